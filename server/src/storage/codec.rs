@@ -1,0 +1,510 @@
+//! Binary encodings of what the stores keep as bytes: messages, ack states,
+//! topic and subscription records, and the keys they are stored under.
+//!
+//! Every value starts with a format byte, so a later format can be told from
+//! this one. Integers are big-endian; strings are a `u32` length and UTF-8
+//! bytes. Decoding never panics and never trusts a length it has not checked:
+//! bad bytes give [`StoreError::Corrupt`]. This module does no I/O and names
+//! no storage engine.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::{NewMessage, TopicRecord};
+use super::{StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, TopicId};
+use crate::names::{SubscriptionName, TopicName};
+use crate::offsets::{AckState, Offset, OffsetRanges};
+
+/// The format byte of every value this version writes.
+const FORMAT_V1: u8 = 1;
+
+/// The length of a message key: topic id and offset, big-endian.
+pub(crate) const MESSAGE_KEY_LEN: usize = 16;
+
+/// Microseconds since the Unix epoch; times before it count as 0.
+pub(crate) fn to_micros(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `time` rounded down to what the codec keeps (whole microseconds), so that
+/// a value handed to a caller equals the one decoded later.
+pub(crate) fn truncate_to_micros(time: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(to_micros(time))
+}
+
+fn from_micros(what: &'static str, micros: u64) -> StoreResult<SystemTime> {
+    UNIX_EPOCH
+        .checked_add(Duration::from_micros(micros))
+        .ok_or_else(|| {
+            corrupt(
+                what,
+                format!("time of {micros} microseconds is out of range"),
+            )
+        })
+}
+
+fn corrupt(what: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// The key of a message: topic id ‖ offset, so a topic's messages sort by
+/// offset and sit together.
+pub(crate) fn message_key(topic: TopicId, offset: Offset) -> [u8; MESSAGE_KEY_LEN] {
+    let mut key = [0; MESSAGE_KEY_LEN];
+    key[..8].copy_from_slice(&topic.0.to_be_bytes());
+    key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// The offset in a message key.
+pub(crate) fn message_key_offset(key: &[u8]) -> StoreResult<Offset> {
+    let bytes: [u8; 8] = key
+        .get(8..MESSAGE_KEY_LEN)
+        .and_then(|b| b.try_into().ok())
+        .filter(|_| key.len() == MESSAGE_KEY_LEN)
+        .ok_or_else(|| corrupt("message key", format!("{} bytes, want 16", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// A `u64` as eight big-endian bytes (heads and id counters).
+pub(crate) fn encode_u64(value: u64) -> [u8; 8] {
+    value.to_be_bytes()
+}
+
+/// Decodes what [`encode_u64`] wrote.
+pub(crate) fn decode_u64(what: &'static str, bytes: &[u8]) -> StoreResult<u64> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(what, format!("{} bytes, want 8", bytes.len())))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// Appends to a value under construction.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity + 1);
+        buf.push(FORMAT_V1);
+        Self(buf)
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn str(&mut self, value: &str) {
+        // Names, keys and attributes come through gRPC, whose messages are
+        // far below 4 GiB; saturate rather than panic all the same.
+        self.u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(value.as_bytes());
+    }
+}
+
+/// Takes from a value being decoded; every read checks the length left.
+struct Reader<'a> {
+    what: &'static str,
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Starts after the format byte, which must be one this version reads.
+    fn new(what: &'static str, buf: &'a [u8]) -> StoreResult<Self> {
+        match buf.first() {
+            Some(&FORMAT_V1) => Ok(Self { what, buf, pos: 1 }),
+            Some(other) => Err(corrupt(what, format!("unknown format byte {other}"))),
+            None => Err(corrupt(what, "empty value")),
+        }
+    }
+
+    fn take(&mut self, len: usize) -> StoreResult<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.buf.len());
+        let Some(end) = end else {
+            return Err(corrupt(
+                self.what,
+                format!("truncated: wanted {len} bytes at byte {}", self.pos),
+            ));
+        };
+        let bytes = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u32(&mut self) -> StoreResult<u32> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self) -> StoreResult<u64> {
+        decode_u64(self.what, self.take(8)?)
+    }
+
+    fn time(&mut self) -> StoreResult<SystemTime> {
+        let micros = self.u64()?;
+        from_micros(self.what, micros)
+    }
+
+    fn string(&mut self) -> StoreResult<String> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt(self.what, "string is not UTF-8"))
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn finish(&self) -> StoreResult<()> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(corrupt(
+                self.what,
+                format!("{extra} unexpected trailing bytes"),
+            )),
+        }
+    }
+}
+
+/// Encodes a message as stored: publish time, key, attributes, then the
+/// payload, which runs to the end so it can be sliced out without a copy.
+pub(crate) fn encode_message(publish_time: SystemTime, message: &NewMessage) -> Vec<u8> {
+    let attributes: usize = message
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    let mut w = Writer::new(8 + 4 + message.key.len() + 4 + attributes + message.payload.len());
+    w.u64(to_micros(publish_time));
+    w.str(&message.key);
+    w.u32(u32::try_from(message.attributes.len()).unwrap_or(u32::MAX));
+    for (name, value) in &message.attributes {
+        w.str(name);
+        w.str(value);
+    }
+    w.0.extend_from_slice(&message.payload);
+    w.0
+}
+
+/// Decodes a message stored at `offset`; the payload shares `value`'s memory.
+pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<StoredMessage> {
+    let mut r = Reader::new("message", &value)?;
+    let publish_time = r.time()?;
+    let key = r.string()?;
+    let count = r.u32()?;
+    // Each attribute takes at least 8 bytes: do not trust a count the value
+    // cannot hold before allocating for it.
+    if count as usize > r.remaining() / 8 {
+        return Err(corrupt("message", format!("{count} attributes cannot fit")));
+    }
+    let mut attributes = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let name = r.string()?;
+        attributes.push((name, r.string()?));
+    }
+    let start = r.pos;
+    Ok(StoredMessage {
+        offset,
+        publish_time,
+        payload: value.slice(start..),
+        key,
+        attributes,
+    })
+}
+
+/// Decodes only the publish time of a stored message.
+pub(crate) fn decode_publish_time(value: &[u8]) -> StoreResult<SystemTime> {
+    Reader::new("message", value)?.time()
+}
+
+/// Encodes an ack state: floor, then the acknowledged ranges above it.
+pub(crate) fn encode_ack_state(state: &AckState) -> Vec<u8> {
+    let mut w = Writer::new(8 + 4 + 16 * state.acked.range_count());
+    w.u64(state.floor);
+    w.u32(u32::try_from(state.acked.range_count()).unwrap_or(u32::MAX));
+    for range in state.acked.ranges() {
+        w.u64(range.start);
+        w.u64(range.end);
+    }
+    w.0
+}
+
+/// Decodes what [`encode_ack_state`] wrote.
+pub(crate) fn decode_ack_state(value: &[u8]) -> StoreResult<AckState> {
+    const WHAT: &str = "ack state";
+    let mut r = Reader::new(WHAT, value)?;
+    let floor = r.u64()?;
+    let count = r.u32()? as usize;
+    if r.remaining() != count.saturating_mul(16) {
+        return Err(corrupt(
+            WHAT,
+            format!("{count} ranges do not match {} bytes", r.remaining()),
+        ));
+    }
+    let mut ranges: Vec<Range<Offset>> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = r.u64()?;
+        ranges.push(start..r.u64()?);
+    }
+    r.finish()?;
+    let acked = OffsetRanges::from_sorted_ranges(ranges)
+        .ok_or_else(|| corrupt(WHAT, "ranges are empty, unordered or overlapping"))?;
+    Ok(AckState { floor, acked })
+}
+
+/// Encodes a topic record without its `next_offset`, which is stored apart
+/// (as the topic's head) so that an append does not rewrite the record.
+pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
+    let mut w = Writer::new(8 + 8 + 4 + record.name.as_str().len());
+    w.u64(record.id.0);
+    w.u64(to_micros(record.created));
+    w.str(record.name.as_str());
+    w.0
+}
+
+/// Decodes what [`encode_topic`] wrote, completing it with `next_offset`.
+pub(crate) fn decode_topic(value: &[u8], next_offset: Offset) -> StoreResult<TopicRecord> {
+    const WHAT: &str = "topic record";
+    let mut r = Reader::new(WHAT, value)?;
+    let id = TopicId(r.u64()?);
+    let created = r.time()?;
+    let name = TopicName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
+    r.finish()?;
+    Ok(TopicRecord {
+        id,
+        name,
+        next_offset,
+        created,
+    })
+}
+
+/// Encodes a subscription record.
+pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
+    let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len());
+    w.u64(record.id.0);
+    w.u64(record.topic.0);
+    w.u64(record.ack_deadline.as_secs());
+    w.u32(record.ack_deadline.subsec_nanos());
+    w.u64(to_micros(record.created));
+    w.str(record.name.as_str());
+    w.0
+}
+
+/// Decodes what [`encode_subscription`] wrote.
+pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecord> {
+    const WHAT: &str = "subscription record";
+    let mut r = Reader::new(WHAT, value)?;
+    let id = SubscriptionId(r.u64()?);
+    let topic = TopicId(r.u64()?);
+    let secs = r.u64()?;
+    let nanos = r.u32()?;
+    if nanos >= 1_000_000_000 {
+        return Err(corrupt(WHAT, format!("{nanos} nanoseconds in a deadline")));
+    }
+    let created = r.time()?;
+    let name = SubscriptionName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
+    r.finish()?;
+    Ok(SubscriptionRecord {
+        id,
+        name,
+        topic,
+        ack_deadline: Duration::new(secs, nanos),
+        created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(micros: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(micros)
+    }
+
+    fn sample_message() -> NewMessage {
+        NewMessage {
+            payload: Bytes::from_static(b"\x00payload\xff"),
+            key: "order-7".to_owned(),
+            attributes: vec![
+                ("kind".to_owned(), "placed".to_owned()),
+                ("".to_owned(), "ünïcode".to_owned()),
+            ],
+        }
+    }
+
+    fn topic_record() -> TopicRecord {
+        TopicRecord {
+            id: TopicId(42),
+            name: TopicName::new("order.placed").expect("valid name"),
+            next_offset: 9,
+            created: time(1_700_000_000_123_456),
+        }
+    }
+
+    fn subscription_record() -> SubscriptionRecord {
+        SubscriptionRecord {
+            id: SubscriptionId(7),
+            name: SubscriptionName::new("inventory").expect("valid name"),
+            topic: TopicId(42),
+            ack_deadline: Duration::new(30, 5),
+            created: time(1_700_000_000_000_001),
+        }
+    }
+
+    fn ack_state() -> AckState {
+        let mut state = AckState::starting_at(10);
+        for offset in [12, 13, 20, 1_000_000] {
+            state.ack(offset);
+        }
+        state
+    }
+
+    fn assert_corrupt<T: std::fmt::Debug>(result: StoreResult<T>, input: &[u8]) {
+        assert!(
+            matches!(result, Err(StoreError::Corrupt { .. })),
+            "{input:?} gave {result:?}"
+        );
+    }
+
+    #[test]
+    fn message_round_trips_and_payload_is_sliced() {
+        let message = sample_message();
+        let value = Bytes::from(encode_message(time(123), &message));
+        let decoded = decode_message(5, value.clone()).expect("decodes");
+        assert_eq!(decoded.offset, 5);
+        assert_eq!(decoded.publish_time, time(123));
+        assert_eq!(decoded.key, message.key);
+        assert_eq!(decoded.attributes, message.attributes);
+        assert_eq!(decoded.payload, message.payload);
+        // The payload points into the value: no copy was made.
+        let tail = &value[value.len() - message.payload.len()..];
+        assert_eq!(decoded.payload.as_ptr(), tail.as_ptr());
+        assert_eq!(decode_publish_time(&value).expect("decodes"), time(123));
+    }
+
+    #[test]
+    fn empty_message_round_trips() {
+        let value = encode_message(time(0), &NewMessage::default());
+        let decoded = decode_message(0, Bytes::from(value)).expect("decodes");
+        assert!(decoded.payload.is_empty() && decoded.key.is_empty());
+        assert!(decoded.attributes.is_empty());
+    }
+
+    #[test]
+    fn records_and_ack_states_round_trip() {
+        let topic = topic_record();
+        assert_eq!(
+            decode_topic(&encode_topic(&topic), 9).expect("decodes"),
+            topic
+        );
+        let sub = subscription_record();
+        assert_eq!(
+            decode_subscription(&encode_subscription(&sub)).expect("decodes"),
+            sub
+        );
+        let state = ack_state();
+        assert_eq!(
+            decode_ack_state(&encode_ack_state(&state)).expect("decodes"),
+            state
+        );
+        let empty = AckState::default();
+        assert_eq!(
+            decode_ack_state(&encode_ack_state(&empty)).expect("decodes"),
+            empty
+        );
+    }
+
+    #[test]
+    fn truncated_values_are_corrupt_not_panics() {
+        let message = encode_message(time(1), &sample_message());
+        // The payload runs to the end, so only cuts inside the header fail.
+        let header = message.len() - sample_message().payload.len();
+        for cut in 0..header {
+            assert_corrupt(
+                decode_message(0, Bytes::copy_from_slice(&message[..cut])),
+                &message[..cut],
+            );
+        }
+        let topic = encode_topic(&topic_record());
+        for cut in 0..topic.len() {
+            assert_corrupt(decode_topic(&topic[..cut], 0), &topic[..cut]);
+        }
+        let sub = encode_subscription(&subscription_record());
+        for cut in 0..sub.len() {
+            assert_corrupt(decode_subscription(&sub[..cut]), &sub[..cut]);
+        }
+        let state = encode_ack_state(&ack_state());
+        for cut in 0..state.len() {
+            assert_corrupt(decode_ack_state(&state[..cut]), &state[..cut]);
+        }
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_panics() {
+        let inputs: [&[u8]; 5] = [
+            b"",
+            b"\x09whatever",
+            b"\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            &[1; 64],
+            &[0xff; 64],
+        ];
+        for input in inputs {
+            assert_corrupt(decode_message(0, Bytes::copy_from_slice(input)), input);
+            assert_corrupt(decode_topic(input, 0), input);
+            assert_corrupt(decode_subscription(input), input);
+            assert_corrupt(decode_ack_state(input), input);
+        }
+        let mut extra = encode_topic(&topic_record());
+        extra.push(0);
+        assert_corrupt(decode_topic(&extra, 0), &extra);
+    }
+
+    #[test]
+    fn invalid_names_and_overlapping_ranges_are_corrupt() {
+        let mut record = encode_topic(&topic_record());
+        let last = record.len() - 1;
+        record[last] = b' ';
+        assert_corrupt(decode_topic(&record, 0), &record);
+
+        let mut w = Writer::new(40);
+        w.u64(0);
+        w.u32(2);
+        for bound in [5, 9, 8, 12] {
+            w.u64(bound);
+        }
+        assert_corrupt(decode_ack_state(&w.0), &w.0);
+    }
+
+    #[test]
+    fn message_keys_sort_by_topic_then_offset() {
+        assert!(message_key(TopicId(1), u64::MAX) < message_key(TopicId(2), 0));
+        assert!(message_key(TopicId(1), 255) < message_key(TopicId(1), 256));
+        let key = message_key(TopicId(3), 77);
+        assert_eq!(message_key_offset(&key).expect("decodes"), 77);
+        assert_corrupt(message_key_offset(&key[..15]), &key[..15]);
+    }
+
+    #[test]
+    fn times_keep_microseconds() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(
+            truncate_to_micros(t),
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_000)
+        );
+        assert_eq!(to_micros(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
+}

@@ -1,0 +1,598 @@
+//! The storage conformance suite: one set of checks of the [`Store`]
+//! contract, run against every implementation.
+//!
+//! Each check takes a [`Harness`] that opens a store and reopens it on the
+//! same data, as a restart would. The `conformance!` macro at the bottom
+//! turns every check into a `#[tokio::test]` per implementation. A new
+//! engine joins by adding a harness and one line there. Checks assert only
+//! what the contract in `mod.rs` promises.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, ensure};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    MemoryStore, NewMessage, ReadLimit, RocksStore, SharedStore, StoreError, StoredMessage,
+    SubscriptionId, SyncPolicy, TopicId,
+};
+use crate::names::{SubscriptionName, TopicName};
+use crate::offsets::AckState;
+
+/// How long one check may take before it counts as hung.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+const EVERYTHING: ReadLimit = ReadLimit {
+    max_messages: usize::MAX,
+    max_bytes: usize::MAX,
+};
+
+/// Opens a store, and opens it again on the same data.
+#[async_trait]
+trait Harness: Send {
+    /// Opens the store for the first time.
+    async fn open(&mut self) -> anyhow::Result<SharedStore>;
+    /// Closes `store` and opens its data again, as after a restart.
+    async fn reopen(&mut self, store: SharedStore) -> anyhow::Result<SharedStore>;
+}
+
+#[derive(Default)]
+struct MemoryHarness {
+    store: MemoryStore,
+}
+
+#[async_trait]
+impl Harness for MemoryHarness {
+    async fn open(&mut self) -> anyhow::Result<SharedStore> {
+        Ok(std::sync::Arc::new(self.store.clone()))
+    }
+
+    async fn reopen(&mut self, store: SharedStore) -> anyhow::Result<SharedStore> {
+        store.close().await?;
+        Ok(std::sync::Arc::new(self.store.reopen()))
+    }
+}
+
+struct RocksHarness {
+    dir: tempfile::TempDir,
+    policy: SyncPolicy,
+}
+
+impl RocksHarness {
+    fn new(policy: SyncPolicy) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+            policy,
+        })
+    }
+}
+
+#[async_trait]
+impl Harness for RocksHarness {
+    async fn open(&mut self) -> anyhow::Result<SharedStore> {
+        Ok(std::sync::Arc::new(
+            RocksStore::open(self.dir.path(), self.policy).await?,
+        ))
+    }
+
+    async fn reopen(&mut self, store: SharedStore) -> anyhow::Result<SharedStore> {
+        // Closing releases the database even while other handles remain.
+        store.close().await?;
+        drop(store);
+        self.open().await
+    }
+}
+
+fn topic_name(name: &str) -> anyhow::Result<TopicName> {
+    Ok(TopicName::new(name)?)
+}
+
+fn subscription_name(name: &str) -> anyhow::Result<SubscriptionName> {
+    Ok(SubscriptionName::new(name)?)
+}
+
+/// A message whose payload, key and attributes all carry `tag`.
+fn message(tag: &str) -> NewMessage {
+    NewMessage {
+        payload: Bytes::from(format!("payload {tag}")),
+        key: format!("key {tag}"),
+        attributes: vec![
+            ("tag".to_owned(), tag.to_owned()),
+            ("n".to_owned(), "1".to_owned()),
+        ],
+    }
+}
+
+fn messages(tags: &[&str]) -> Vec<NewMessage> {
+    tags.iter().map(|tag| message(tag)).collect()
+}
+
+fn payloads(read: &[StoredMessage]) -> Vec<Bytes> {
+    read.iter().map(|m| m.payload.clone()).collect()
+}
+
+fn offsets(read: &[StoredMessage]) -> Vec<u64> {
+    read.iter().map(|m| m.offset).collect()
+}
+
+/// Appends `count` messages of `size` payload bytes each, one per batch.
+async fn append_sized(
+    store: &SharedStore,
+    topic: TopicId,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<()> {
+    for i in 0..count {
+        let payload = Bytes::from(vec![b'a' + (i % 26) as u8; size]);
+        store
+            .append(
+                topic,
+                vec![NewMessage {
+                    payload,
+                    ..NewMessage::default()
+                }],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn next_offset(store: &SharedStore, topic: TopicId) -> anyhow::Result<u64> {
+    let catalog = store.load().await?;
+    let record = catalog
+        .topics
+        .iter()
+        .find(|t| t.id == topic)
+        .context("topic is listed")?;
+    Ok(record.next_offset)
+}
+
+/// Waits until the wall clock has passed `time` (by more than the
+/// microsecond stores keep), so later appends get a later publish time.
+async fn wait_past(time: SystemTime) {
+    while SystemTime::now() <= time + Duration::from_micros(1) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn offsets_start_at_zero_and_are_contiguous(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let orders = store.create_topic(&topic_name("orders")?).await?;
+    let stock = store.create_topic(&topic_name("stock")?).await?;
+    ensure!(orders.next_offset == 0 && orders.id != stock.id);
+    ensure!(
+        store
+            .append(orders.id, messages(&["a", "b", "c"]))
+            .await?
+            .first_offset
+            == 0
+    );
+    ensure!(
+        store
+            .append(orders.id, messages(&["d", "e"]))
+            .await?
+            .first_offset
+            == 3
+    );
+    ensure!(store.append(stock.id, messages(&["x"])).await?.first_offset == 0);
+    ensure!(next_offset(&store, orders.id).await? == 5);
+    ensure!(next_offset(&store, stock.id).await? == 1);
+    let read = store.read(orders.id, 0, EVERYTHING).await?;
+    ensure!(offsets(&read) == vec![0, 1, 2, 3, 4], "{read:?}");
+    let expected: Vec<NewMessage> = messages(&["a", "b", "c", "d", "e"]);
+    for (stored, sent) in read.iter().zip(&expected) {
+        ensure!(stored.payload == sent.payload && stored.key == sent.key);
+        ensure!(stored.attributes == sent.attributes);
+    }
+    ensure!(
+        read[0].publish_time == read[2].publish_time,
+        "one batch, one publish time"
+    );
+    Ok(())
+}
+
+async fn concurrent_appends_get_disjoint_contiguous_ranges(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    const TASKS: usize = 16;
+    const BATCHES: usize = 20;
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("busy")?).await?.id;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut landed = Vec::new();
+            for batch in 0..BATCHES {
+                let len = 1 + (task + batch) % 4;
+                let tags: Vec<String> = (0..len).map(|i| format!("{task}/{batch}/{i}")).collect();
+                let batch_messages = tags.iter().map(|t| message(t)).collect();
+                let appended = store.append(topic, batch_messages).await?;
+                landed.push((appended.first_offset, tags));
+            }
+            anyhow::Ok(landed)
+        });
+    }
+    let mut landed = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        landed.extend(result??);
+    }
+    landed.sort_by_key(|(first, _)| *first);
+    let mut expected_next = 0;
+    for (first, tags) in &landed {
+        ensure!(
+            *first == expected_next,
+            "batch at {first}, expected {expected_next}"
+        );
+        expected_next += tags.len() as u64;
+    }
+    ensure!(next_offset(&store, topic).await? == expected_next);
+    let read = store.read(topic, 0, EVERYTHING).await?;
+    ensure!(read.len() as u64 == expected_next);
+    let mut by_offset = read.iter();
+    for (first, tags) in &landed {
+        for (i, tag) in tags.iter().enumerate() {
+            let stored = by_offset.next().context("message is there")?;
+            ensure!(stored.offset == first + i as u64 && stored.payload == message(tag).payload);
+        }
+    }
+    ensure!(
+        read.windows(2)
+            .all(|w| w[0].publish_time <= w[1].publish_time)
+    );
+    Ok(())
+}
+
+async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    append_sized(&store, topic, 10, 10).await?;
+    let limit = |max_messages, max_bytes| ReadLimit {
+        max_messages,
+        max_bytes,
+    };
+    ensure!(offsets(&store.read(topic, 0, limit(3, usize::MAX)).await?) == vec![0, 1, 2]);
+    ensure!(offsets(&store.read(topic, 8, limit(10, usize::MAX)).await?) == vec![8, 9]);
+    ensure!(offsets(&store.read(topic, 2, limit(10, 25)).await?) == vec![2, 3, 4]);
+    ensure!(offsets(&store.read(topic, 2, limit(10, 30)).await?) == vec![2, 3, 4]);
+    ensure!(
+        offsets(&store.read(topic, 5, limit(10, 1)).await?) == vec![5],
+        "at least one"
+    );
+    ensure!(
+        offsets(&store.read(topic, 5, limit(10, 0)).await?) == vec![5],
+        "at least one"
+    );
+    ensure!(store.read(topic, 10, EVERYTHING).await?.is_empty());
+    ensure!(store.read(topic, u64::MAX, EVERYTHING).await?.is_empty());
+    let first = store.read(topic, 0, limit(1, usize::MAX)).await?;
+    ensure!(payloads(&first) == vec![Bytes::from(vec![b'a'; 10])]);
+    Ok(())
+}
+
+async fn read_offsets_skips_missing(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    store
+        .append(topic, messages(&["0", "1", "2", "3", "4"]))
+        .await?;
+    let read = store
+        .read_offsets(topic, vec![1, 3, 5, 100, u64::MAX])
+        .await?;
+    ensure!(offsets(&read) == vec![1, 3], "{read:?}");
+    ensure!(payloads(&read) == vec![message("1").payload, message("3").payload]);
+    ensure!(read[1].key == "key 3" && read[1].attributes == message("3").attributes);
+    ensure!(store.read_offsets(topic, Vec::new()).await?.is_empty());
+    Ok(())
+}
+
+async fn offset_at_time_finds_first_message_at_or_after(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    ensure!(
+        store.offset_at_time(topic, UNIX_EPOCH).await? == 0,
+        "empty topic"
+    );
+    let first = store.append(topic, messages(&["0", "1"])).await?;
+    wait_past(first.publish_time).await;
+    let second = store.append(topic, messages(&["2", "3", "4"])).await?;
+    ensure!(second.publish_time > first.publish_time);
+    wait_past(second.publish_time).await;
+    let third = store.append(topic, messages(&["5"])).await?;
+    let at = |time| store.offset_at_time(topic, time);
+    ensure!(at(UNIX_EPOCH).await? == 0);
+    ensure!(at(first.publish_time).await? == 0);
+    ensure!(at(first.publish_time + Duration::from_micros(1)).await? == 2);
+    ensure!(at(second.publish_time).await? == 2);
+    ensure!(at(third.publish_time).await? == 5);
+    ensure!(
+        at(third.publish_time + Duration::from_secs(3600)).await? == 6,
+        "past the end"
+    );
+    let missing = store
+        .offset_at_time(TopicId(u64::MAX - 1), UNIX_EPOCH)
+        .await;
+    ensure!(
+        matches!(missing, Err(StoreError::TopicNotFound(_))),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
+async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let name = subscription_name("s")?;
+    let deadline = Duration::from_secs(30);
+    let sub = store
+        .create_subscription(&name, topic, deadline, AckState::starting_at(3))
+        .await?;
+    let catalog = store.load().await?;
+    ensure!(catalog.subscriptions == vec![(sub.clone(), AckState::starting_at(3))]);
+    let mut state = AckState::starting_at(3);
+    for offset in [5, 6, 9] {
+        state.ack(offset);
+    }
+    store.save_ack_states(vec![(sub.id, state.clone())]).await?;
+    ensure!(store.load().await?.subscriptions == vec![(sub.clone(), state.clone())]);
+    state.ack(3);
+    state.ack(4);
+    ensure!(state.floor == 7);
+    // A state for a subscription that does not exist is ignored.
+    let unknown = SubscriptionId(u64::MAX - 1);
+    store
+        .save_ack_states(vec![
+            (unknown, AckState::starting_at(1)),
+            (sub.id, state.clone()),
+        ])
+        .await?;
+    ensure!(store.load().await?.subscriptions == vec![(sub, state)]);
+    Ok(())
+}
+
+async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let deadline = Duration::from_millis(12_500);
+    let first = store
+        .create_subscription(
+            &subscription_name("one")?,
+            topic,
+            deadline,
+            AckState::default(),
+        )
+        .await?;
+    let second = store
+        .create_subscription(
+            &subscription_name("two")?,
+            topic,
+            deadline,
+            AckState::starting_at(7),
+        )
+        .await?;
+    ensure!(first.id < second.id, "ids grow");
+    ensure!(first.topic == topic && first.ack_deadline == deadline && first.name.as_str() == "one");
+    let listed: Vec<_> = store
+        .load()
+        .await?
+        .subscriptions
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    ensure!(listed == vec![first.clone(), second.clone()], "{listed:?}");
+    store.delete_subscription(first.id).await?;
+    let again = store.delete_subscription(first.id).await;
+    ensure!(
+        matches!(again, Err(StoreError::SubscriptionNotFound(id)) if id == first.id),
+        "{again:?}"
+    );
+    // Saving the deleted one's state must not bring it back.
+    store
+        .save_ack_states(vec![(first.id, AckState::starting_at(2))])
+        .await?;
+    let left = store.load().await?.subscriptions;
+    ensure!(left == vec![(second, AckState::starting_at(7))], "{left:?}");
+    let orphan = store
+        .create_subscription(
+            &subscription_name("x")?,
+            TopicId(u64::MAX - 1),
+            deadline,
+            AckState::default(),
+        )
+        .await;
+    ensure!(
+        matches!(orphan, Err(StoreError::TopicNotFound(_))),
+        "{orphan:?}"
+    );
+    Ok(())
+}
+
+async fn delete_topic_removes_messages_and_subscriptions(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let doomed = store.create_topic(&topic_name("doomed")?).await?;
+    let kept = store.create_topic(&topic_name("kept")?).await?;
+    store.append(doomed.id, messages(&["a", "b"])).await?;
+    store.append(kept.id, messages(&["k"])).await?;
+    let deadline = Duration::from_secs(10);
+    store
+        .create_subscription(
+            &subscription_name("gone")?,
+            doomed.id,
+            deadline,
+            AckState::default(),
+        )
+        .await?;
+    let stays = store
+        .create_subscription(
+            &subscription_name("stays")?,
+            kept.id,
+            deadline,
+            AckState::default(),
+        )
+        .await?;
+    store.delete_topic(doomed.id).await?;
+
+    ensure!(store.read(doomed.id, 0, EVERYTHING).await?.is_empty());
+    ensure!(store.read_offsets(doomed.id, vec![0, 1]).await?.is_empty());
+    let catalog = store.load().await?;
+    ensure!(catalog.topics.iter().map(|t| t.id).collect::<Vec<_>>() == vec![kept.id]);
+    ensure!(catalog.subscriptions == vec![(stays, AckState::default())]);
+    let append = store.append(doomed.id, messages(&["c"])).await;
+    ensure!(
+        matches!(append, Err(StoreError::TopicNotFound(id)) if id == doomed.id),
+        "{append:?}"
+    );
+    let again = store.delete_topic(doomed.id).await;
+    ensure!(
+        matches!(again, Err(StoreError::TopicNotFound(_))),
+        "{again:?}"
+    );
+    let at = store.offset_at_time(doomed.id, UNIX_EPOCH).await;
+    ensure!(matches!(at, Err(StoreError::TopicNotFound(_))), "{at:?}");
+    let sub = store
+        .create_subscription(
+            &subscription_name("late")?,
+            doomed.id,
+            deadline,
+            AckState::default(),
+        )
+        .await;
+    ensure!(matches!(sub, Err(StoreError::TopicNotFound(_))), "{sub:?}");
+
+    // The name can be used again, under a fresh id and with no old data.
+    let reborn = store.create_topic(&topic_name("doomed")?).await?;
+    ensure!(
+        reborn.id > kept.id && reborn.id != doomed.id,
+        "ids are not reused"
+    );
+    ensure!(
+        store
+            .append(reborn.id, messages(&["new"]))
+            .await?
+            .first_offset
+            == 0
+    );
+    ensure!(payloads(&store.read(reborn.id, 0, EVERYTHING).await?) == vec![message("new").payload]);
+    ensure!(
+        store.read(kept.id, 0, EVERYTHING).await?.len() == 1,
+        "other topics untouched"
+    );
+    Ok(())
+}
+
+async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("orders")?).await?;
+    let deleted = store.create_topic(&topic_name("deleted")?).await?;
+    let before = store.append(topic.id, messages(&["a", "b", "c"])).await?;
+    let sub = store
+        .create_subscription(
+            &subscription_name("s")?,
+            topic.id,
+            Duration::from_secs(30),
+            AckState::default(),
+        )
+        .await?;
+    let mut state = AckState::default();
+    state.ack(0);
+    state.ack(2);
+    store.save_ack_states(vec![(sub.id, state.clone())]).await?;
+    store.delete_topic(deleted.id).await?;
+    let catalog = store.load().await?;
+
+    let store = h.reopen(store).await?;
+    let reopened = store.load().await?;
+    ensure!(reopened == catalog, "{reopened:?} != {catalog:?}");
+    ensure!(reopened.topics[0].next_offset == 3);
+    ensure!(reopened.subscriptions == vec![(sub, state)]);
+    let read = store.read(topic.id, 0, EVERYTHING).await?;
+    ensure!(payloads(&read) == payloads(&store.read_offsets(topic.id, vec![0, 1, 2]).await?));
+    ensure!(
+        read.len() == 3 && read[2].key == "key c" && read[0].publish_time == before.publish_time
+    );
+
+    let after = store.append(topic.id, messages(&["d"])).await?;
+    ensure!(after.first_offset == 3, "continues at the old head");
+    ensure!(
+        after.publish_time >= before.publish_time,
+        "publish time never decreases"
+    );
+    let newer = store.create_topic(&topic_name("newer")?).await?;
+    ensure!(
+        newer.id > deleted.id,
+        "a deleted topic's id is not reused after a restart"
+    );
+    let gone = store.append(deleted.id, messages(&["x"])).await;
+    ensure!(
+        matches!(gone, Err(StoreError::TopicNotFound(_))),
+        "{gone:?}"
+    );
+    store.close().await?;
+    Ok(())
+}
+
+async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    store.append(topic, messages(&["a"])).await?;
+    store.close().await?;
+    store.close().await.context("closing twice is fine")?;
+    let closed = |result: Result<(), StoreError>| matches!(result, Err(StoreError::Closed));
+    ensure!(closed(store.load().await.map(drop)));
+    ensure!(closed(
+        store.append(topic, messages(&["b"])).await.map(drop)
+    ));
+    ensure!(closed(
+        store.create_topic(&topic_name("u")?).await.map(drop)
+    ));
+    ensure!(closed(store.read(topic, 0, EVERYTHING).await.map(drop)));
+    ensure!(closed(store.read_offsets(topic, vec![0]).await.map(drop)));
+    ensure!(closed(
+        store.offset_at_time(topic, UNIX_EPOCH).await.map(drop)
+    ));
+    ensure!(closed(store.save_ack_states(Vec::new()).await));
+    ensure!(closed(store.delete_topic(topic).await));
+    Ok(())
+}
+
+/// Turns every check into one `#[tokio::test]` per store, under a timeout.
+macro_rules! conformance {
+    ($($module:ident => $harness:expr),+ $(,)?) => {
+        conformance!(@each [$($module => $harness),+] [
+            offsets_start_at_zero_and_are_contiguous,
+            concurrent_appends_get_disjoint_contiguous_ranges,
+            reads_respect_limits,
+            read_offsets_skips_missing,
+            offset_at_time_finds_first_message_at_or_after,
+            ack_states_are_saved_replaced_and_loaded,
+            subscriptions_are_created_and_deleted,
+            delete_topic_removes_messages_and_subscriptions,
+            reopen_keeps_everything,
+            closed_store_refuses_calls,
+        ]);
+    };
+    (@each [$($module:ident => $harness:expr),+] $checks:tt) => {
+        $(conformance!(@module $module, $harness, $checks);)+
+    };
+    (@module $module:ident, $harness:expr, [$($check:ident),+ $(,)?]) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() -> anyhow::Result<()> {
+                    let harness = $harness;
+                    tokio::time::timeout(CHECK_TIMEOUT, super::$check(harness)).await?
+                }
+            )+
+        }
+    };
+}
+
+conformance! {
+    memory => MemoryHarness::default(),
+    rocks_sync_always => RocksHarness::new(SyncPolicy::Always)?,
+    rocks_sync_interval => RocksHarness::new(SyncPolicy::Interval(Duration::from_millis(10)))?,
+}
