@@ -1,0 +1,116 @@
+//! The broker's one error type. The gRPC layer maps it to a status in one
+//! place (`grpc::status`); nothing here knows about gRPC.
+
+use std::time::Duration;
+
+use crate::names::{NameError, SubscriptionName, TopicName};
+use crate::offsets::Offset;
+use crate::storage::StoreError;
+
+/// What a broker call can fail with. Messages are lowercase, name the thing,
+/// and say what to do where that helps.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A name broke the grammar.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The topic does not exist.
+    #[error("topic \"{0}\" does not exist; create it first (AdminService.CreateTopic)")]
+    TopicNotFound(TopicName),
+    /// The subscription does not exist.
+    #[error(
+        "subscription \"{0}\" does not exist; create it (AdminService.CreateSubscription) or pass a topic to Subscribe"
+    )]
+    SubscriptionNotFound(SubscriptionName),
+    /// A topic of that name exists already.
+    #[error("topic \"{0}\" already exists")]
+    TopicExists(TopicName),
+    /// A subscription of that name exists already.
+    #[error("subscription \"{0}\" already exists")]
+    SubscriptionExists(SubscriptionName),
+    /// The subscription exists, on another topic than the one named.
+    #[error(
+        "subscription \"{subscription}\" is on topic \"{actual}\", not \"{requested}\"; use another subscription name or leave the topic empty"
+    )]
+    TopicMismatch {
+        /// The subscription.
+        subscription: SubscriptionName,
+        /// The topic it is on.
+        actual: TopicName,
+        /// The topic the caller named.
+        requested: TopicName,
+    },
+    /// The topic was deleted while a stream was reading it.
+    #[error("topic \"{0}\" was deleted")]
+    TopicDeleted(TopicName),
+    /// The subscription was deleted while a stream was reading it.
+    #[error("subscription \"{0}\" was deleted")]
+    SubscriptionDeleted(SubscriptionName),
+    /// A publish request held no message.
+    #[error("publish request holds no message; send at least one")]
+    EmptyBatch,
+    /// A message is over the size limit.
+    #[error(
+        "message {index} is {size} bytes (payload, key and attributes); the limit is {limit} bytes (--max-message-bytes)"
+    )]
+    MessageTooLarge {
+        /// Its position in the request.
+        index: usize,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An attribute had an empty name.
+    #[error("message {index} has an attribute with an empty name")]
+    EmptyAttributeName {
+        /// The message's position in the request.
+        index: usize,
+    },
+    /// An offset named in an ack, nack or start position was never published.
+    #[error(
+        "offset {offset} has not been published on topic \"{topic}\" (its next offset is {next_offset})"
+    )]
+    OffsetNotPublished {
+        /// The topic.
+        topic: TopicName,
+        /// The offset asked for.
+        offset: Offset,
+        /// The topic's next offset.
+        next_offset: Offset,
+    },
+    /// A duration was outside its allowed range.
+    #[error("{what} must be between {min:?} and {max:?}, not {given:?}")]
+    DurationOutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        given: Duration,
+        /// The smallest allowed.
+        min: Duration,
+        /// The largest allowed.
+        max: Duration,
+    },
+    /// A count was outside its allowed range.
+    #[error("{what} must be at most {max}, not {given}")]
+    CountOutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        given: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// Any other request the broker cannot act on, with the reason.
+    #[error("{0}")]
+    Invalid(String),
+    /// The broker is shutting down.
+    #[error("broker is shutting down; reconnect and retry")]
+    ShuttingDown,
+    /// Storage failed.
+    #[error("storage failed")]
+    Storage(#[from] StoreError),
+}
+
+/// Shorthand for broker results.
+pub type BrokerResult<T> = Result<T, BrokerError>;
