@@ -1,0 +1,608 @@
+//! Conversions between protobuf messages and the broker's types.
+//!
+//! Requests become domain values through `TryFrom`, which is where the
+//! gRPC-level validation lives (names, oneofs, zero-means-default fields,
+//! page tokens); failures are [`BrokerError`]s, so they reach the client
+//! through the one mapping in `status.rs`. Results become protobuf messages
+//! through `From`. Nothing here calls the broker.
+
+use std::time::{Duration, SystemTime};
+
+use tidings::v1;
+use tidings::v1::start_position::Position;
+
+use crate::broker::{
+    BrokerError, BrokerResult, Delivery, Page, StartPosition, SubscribeSpec, SubscriptionInfo,
+    SubscriptionSpec, TopicInfo,
+};
+use crate::names::{SubscriptionName, TopicName};
+use crate::offsets::Offset;
+use crate::storage::NewMessage;
+
+/// Page size when a request asks for 0.
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
+/// The most items one page holds.
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
+
+/// Checks a topic name from a request.
+///
+/// # Errors
+/// [`BrokerError::InvalidName`].
+pub(crate) fn topic_name(name: String) -> BrokerResult<TopicName> {
+    Ok(TopicName::new(name)?)
+}
+
+/// Checks a subscription name from a request.
+///
+/// # Errors
+/// [`BrokerError::InvalidName`].
+pub(crate) fn subscription_name(name: String) -> BrokerResult<SubscriptionName> {
+    Ok(SubscriptionName::new(name)?)
+}
+
+/// An optional topic name: empty means none.
+///
+/// # Errors
+/// [`BrokerError::InvalidName`] for a non-empty invalid name.
+pub(crate) fn optional_topic_name(name: String) -> BrokerResult<Option<TopicName>> {
+    if name.is_empty() {
+        Ok(None)
+    } else {
+        topic_name(name).map(Some)
+    }
+}
+
+/// A validated `Publish` request.
+#[derive(Debug)]
+pub(crate) struct PublishCommand {
+    /// The topic to append to.
+    pub(crate) topic: TopicName,
+    /// The messages, in request order.
+    pub(crate) messages: Vec<NewMessage>,
+}
+
+impl TryFrom<v1::PublishRequest> for PublishCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::PublishRequest) -> BrokerResult<Self> {
+        Ok(Self {
+            topic: TopicName::new(request.topic)?,
+            messages: request.messages.into_iter().map(NewMessage::from).collect(),
+        })
+    }
+}
+
+impl From<v1::PublishMessage> for NewMessage {
+    fn from(message: v1::PublishMessage) -> Self {
+        let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
+        // A map has no order; sorting makes what is stored deterministic.
+        attributes.sort_unstable();
+        Self {
+            payload: message.payload,
+            key: message.key,
+            attributes,
+        }
+    }
+}
+
+/// A validated `Ack` request.
+#[derive(Debug)]
+pub(crate) struct AckCommand {
+    /// The subscription the messages were delivered on.
+    pub(crate) subscription: SubscriptionName,
+    /// The offsets to acknowledge.
+    pub(crate) offsets: Vec<Offset>,
+}
+
+impl TryFrom<v1::AckRequest> for AckCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::AckRequest) -> BrokerResult<Self> {
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            offsets: request.offsets,
+        })
+    }
+}
+
+/// A validated `Nack` request.
+#[derive(Debug)]
+pub(crate) struct NackCommand {
+    /// The subscription the messages were delivered on.
+    pub(crate) subscription: SubscriptionName,
+    /// The offsets to give back.
+    pub(crate) offsets: Vec<Offset>,
+    /// How long to wait before delivering them again.
+    pub(crate) delay: Duration,
+}
+
+impl TryFrom<v1::NackRequest> for NackCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::NackRequest) -> BrokerResult<Self> {
+        let delay = match request.delay {
+            None => Duration::ZERO,
+            Some(delay) => Duration::try_from(delay).map_err(|_| {
+                BrokerError::Invalid(format!(
+                    "nack delay must not be negative, got {}s {}ns; leave it unset to deliver again at once",
+                    delay.seconds, delay.nanos
+                ))
+            })?,
+        };
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            offsets: request.offsets,
+            delay,
+        })
+    }
+}
+
+/// A validated `ModifyAckDeadline` request.
+#[derive(Debug)]
+pub(crate) struct DeadlineCommand {
+    /// The subscription the messages were delivered on.
+    pub(crate) subscription: SubscriptionName,
+    /// The offsets whose leases change.
+    pub(crate) offsets: Vec<Offset>,
+    /// The new lease from now; zero gives it up.
+    pub(crate) deadline: Duration,
+}
+
+impl TryFrom<v1::ModifyAckDeadlineRequest> for DeadlineCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::ModifyAckDeadlineRequest) -> BrokerResult<Self> {
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            offsets: request.offsets,
+            deadline: Duration::from_secs(request.ack_deadline_seconds.into()),
+        })
+    }
+}
+
+impl TryFrom<v1::SubscribeRequest> for SubscribeSpec {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::SubscribeRequest) -> BrokerResult<Self> {
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            topic: optional_topic_name(request.topic)?,
+            start: start_position(request.start)?,
+            ack_deadline: ack_deadline(request.ack_deadline_seconds),
+            max_outstanding: nonzero(request.max_outstanding_messages)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_messages: nonzero(request.max_messages).map(u64::from),
+        })
+    }
+}
+
+impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::CreateSubscriptionRequest) -> BrokerResult<Self> {
+        Ok(Self {
+            name: SubscriptionName::new(request.name)?,
+            topic: TopicName::new(request.topic)?,
+            ack_deadline: ack_deadline(request.ack_deadline_seconds),
+            start: start_position(request.start)?,
+        })
+    }
+}
+
+/// Where a new subscription begins; unset means the earliest message.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for `earliest` or `latest` set to `false`, or a
+/// time out of range.
+pub(crate) fn start_position(start: Option<v1::StartPosition>) -> BrokerResult<StartPosition> {
+    let Some(position) = start.and_then(|start| start.position) else {
+        return Ok(StartPosition::Earliest);
+    };
+    match position {
+        Position::Earliest(true) => Ok(StartPosition::Earliest),
+        Position::Latest(true) => Ok(StartPosition::Latest),
+        Position::Earliest(false) | Position::Latest(false) => Err(BrokerError::Invalid(
+            "start.earliest and start.latest must be true when set; \
+             leave start unset to begin at the earliest message"
+                .into(),
+        )),
+        Position::Offset(offset) => Ok(StartPosition::Offset(offset)),
+        Position::Time(time) => SystemTime::try_from(time)
+            .map(StartPosition::Time)
+            .map_err(|err| BrokerError::Invalid(format!("start.time is not a usable time: {err}"))),
+    }
+}
+
+/// `0` means the default deadline.
+fn ack_deadline(seconds: u32) -> Option<Duration> {
+    nonzero(seconds).map(|seconds| Duration::from_secs(seconds.into()))
+}
+
+fn nonzero(value: u32) -> Option<u32> {
+    (value != 0).then_some(value)
+}
+
+/// Which page of a listing a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PageQuery {
+    /// List names after this one; `None` for the first page.
+    pub(crate) after: Option<String>,
+    /// The most items to return.
+    pub(crate) limit: usize,
+}
+
+impl PageQuery {
+    /// Reads `page_size` (0 means the default, capped) and `page_token` (the
+    /// last name of the previous page, so it must be a valid name).
+    ///
+    /// # Errors
+    /// [`BrokerError::Invalid`] when the token is not a name.
+    pub(crate) fn new(page_size: u32, page_token: String) -> BrokerResult<Self> {
+        let limit = match usize::try_from(page_size).unwrap_or(MAX_PAGE_SIZE) {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            // Topic and subscription names share one grammar.
+            if TopicName::new(page_token.as_str()).is_err() {
+                return Err(BrokerError::Invalid(format!(
+                    "page_token {page_token:?} is not valid; pass the next_page_token of the \
+                     previous page, or leave it empty for the first page"
+                )));
+            }
+            Some(page_token)
+        };
+        Ok(Self { after, limit })
+    }
+}
+
+/// The `next_page_token` of a page: empty on the last page.
+pub(crate) fn next_page_token<T>(page: &Page<T>) -> String {
+    page.next_after.clone().unwrap_or_default()
+}
+
+impl From<TopicInfo> for v1::Topic {
+    fn from(info: TopicInfo) -> Self {
+        Self {
+            name: info.name.as_str().to_owned(),
+            next_offset: info.next_offset,
+            create_time: Some(info.created.into()),
+        }
+    }
+}
+
+impl From<SubscriptionInfo> for v1::Subscription {
+    fn from(info: SubscriptionInfo) -> Self {
+        Self {
+            name: info.name.as_str().to_owned(),
+            topic: info.topic.as_str().to_owned(),
+            ack_deadline_seconds: u32::try_from(info.ack_deadline.as_secs()).unwrap_or(u32::MAX),
+            backlog: info.backlog,
+            in_flight: info.in_flight,
+            ack_floor: info.ack_floor,
+            create_time: Some(info.created.into()),
+            open_streams: info.open_streams,
+        }
+    }
+}
+
+impl From<Delivery> for v1::ReceivedMessage {
+    fn from(delivery: Delivery) -> Self {
+        let message = delivery.message;
+        Self {
+            offset: message.offset,
+            payload: message.payload,
+            key: message.key,
+            attributes: message.attributes.into_iter().collect(),
+            publish_time: Some(message.publish_time.into()),
+            delivery_attempt: delivery.attempt,
+        }
+    }
+}
+
+/// One response frame of a `Subscribe` stream.
+pub(crate) fn subscribe_frame(deliveries: Vec<Delivery>) -> v1::SubscribeResponse {
+    v1::SubscribeResponse {
+        messages: deliveries
+            .into_iter()
+            .map(v1::ReceivedMessage::from)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::storage::StoredMessage;
+
+    fn position(position: Position) -> Option<v1::StartPosition> {
+        Some(v1::StartPosition {
+            position: Some(position),
+        })
+    }
+
+    fn invalid_message(result: BrokerResult<impl std::fmt::Debug>) -> String {
+        match result {
+            Err(BrokerError::Invalid(message)) => message,
+            other => panic!("expected BrokerError::Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unset_start_is_earliest() {
+        assert_eq!(start_position(None).ok(), Some(StartPosition::Earliest));
+        let empty = Some(v1::StartPosition { position: None });
+        assert_eq!(start_position(empty).ok(), Some(StartPosition::Earliest));
+    }
+
+    #[test]
+    fn start_positions_convert() {
+        assert_eq!(
+            start_position(position(Position::Earliest(true))).ok(),
+            Some(StartPosition::Earliest)
+        );
+        assert_eq!(
+            start_position(position(Position::Latest(true))).ok(),
+            Some(StartPosition::Latest)
+        );
+        assert_eq!(
+            start_position(position(Position::Offset(42))).ok(),
+            Some(StartPosition::Offset(42))
+        );
+        let time = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
+        let expected = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(
+            start_position(position(Position::Time(time))).ok(),
+            Some(StartPosition::Time(expected))
+        );
+    }
+
+    #[test]
+    fn false_earliest_or_latest_is_rejected() {
+        for pos in [Position::Earliest(false), Position::Latest(false)] {
+            let message = invalid_message(start_position(position(pos)));
+            assert!(message.contains("must be true"), "{message}");
+        }
+    }
+
+    #[test]
+    fn publish_request_moves_payloads_and_sorts_attributes() {
+        let payload = Bytes::from(vec![7u8; 1024]);
+        let payload_ptr = payload.as_ptr();
+        let request = v1::PublishRequest {
+            topic: "order.placed".into(),
+            messages: vec![v1::PublishMessage {
+                payload,
+                key: "order-1".into(),
+                attributes: HashMap::from([
+                    ("b".to_owned(), "2".to_owned()),
+                    ("a".to_owned(), "1".to_owned()),
+                ]),
+            }],
+        };
+        let command = PublishCommand::try_from(request).expect("valid request");
+        assert_eq!(command.topic.as_str(), "order.placed");
+        let message = &command.messages[0];
+        assert_eq!(message.payload.as_ptr(), payload_ptr, "payload was copied");
+        assert_eq!(message.key, "order-1");
+        assert_eq!(
+            message.attributes,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn bad_topic_name_is_invalid_name() {
+        let request = v1::PublishRequest {
+            topic: "no spaces".into(),
+            messages: vec![],
+        };
+        assert!(matches!(
+            PublishCommand::try_from(request),
+            Err(BrokerError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn subscribe_zeros_mean_defaults() {
+        let spec = SubscribeSpec::try_from(v1::SubscribeRequest {
+            subscription: "inventory".into(),
+            ..Default::default()
+        })
+        .expect("valid request");
+        assert_eq!(spec.subscription.as_str(), "inventory");
+        assert_eq!(spec.topic, None);
+        assert_eq!(spec.start, StartPosition::Earliest);
+        assert_eq!(spec.ack_deadline, None);
+        assert_eq!(spec.max_outstanding, None);
+        assert_eq!(spec.max_messages, None);
+    }
+
+    #[test]
+    fn subscribe_fields_convert() {
+        let spec = SubscribeSpec::try_from(v1::SubscribeRequest {
+            subscription: "inventory".into(),
+            topic: "order.placed".into(),
+            start: position(Position::Latest(true)),
+            max_outstanding_messages: 10,
+            ack_deadline_seconds: 60,
+            max_messages: 3,
+        })
+        .expect("valid request");
+        assert_eq!(
+            spec.topic.as_ref().map(TopicName::as_str),
+            Some("order.placed")
+        );
+        assert_eq!(spec.start, StartPosition::Latest);
+        assert_eq!(spec.ack_deadline, Some(Duration::from_secs(60)));
+        assert_eq!(spec.max_outstanding, Some(10));
+        assert_eq!(spec.max_messages, Some(3));
+    }
+
+    #[test]
+    fn create_subscription_defaults_deadline() {
+        let spec = SubscriptionSpec::try_from(v1::CreateSubscriptionRequest {
+            name: "s".into(),
+            topic: "t".into(),
+            ack_deadline_seconds: 0,
+            start: None,
+        })
+        .expect("valid request");
+        assert_eq!(spec.ack_deadline, None);
+        assert_eq!(spec.start, StartPosition::Earliest);
+        let missing_topic = SubscriptionSpec::try_from(v1::CreateSubscriptionRequest {
+            name: "s".into(),
+            ..Default::default()
+        });
+        assert!(matches!(missing_topic, Err(BrokerError::InvalidName(_))));
+    }
+
+    #[test]
+    fn nack_delay_converts_and_rejects_negative() {
+        let request = |delay| v1::NackRequest {
+            subscription: "s".into(),
+            offsets: vec![1, 2],
+            delay,
+        };
+        let command = NackCommand::try_from(request(None)).expect("valid");
+        assert_eq!(command.delay, Duration::ZERO);
+        assert_eq!(command.offsets, vec![1, 2]);
+        let delay = prost_types::Duration {
+            seconds: 2,
+            nanos: 500_000_000,
+        };
+        let command = NackCommand::try_from(request(Some(delay))).expect("valid");
+        assert_eq!(command.delay, Duration::from_millis(2500));
+        let negative = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        let message = invalid_message(NackCommand::try_from(request(Some(negative))));
+        assert!(message.contains("must not be negative"), "{message}");
+    }
+
+    #[test]
+    fn zero_ack_deadline_gives_the_lease_up() {
+        let command = DeadlineCommand::try_from(v1::ModifyAckDeadlineRequest {
+            subscription: "s".into(),
+            offsets: vec![4],
+            ack_deadline_seconds: 0,
+        })
+        .expect("valid");
+        assert_eq!(command.deadline, Duration::ZERO);
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(
+            PageQuery::new(0, String::new()).ok().map(|q| q.limit),
+            Some(100)
+        );
+        assert_eq!(
+            PageQuery::new(7, String::new()).ok().map(|q| q.limit),
+            Some(7)
+        );
+        assert_eq!(
+            PageQuery::new(5000, String::new()).ok().map(|q| q.limit),
+            Some(1000)
+        );
+        let query = PageQuery::new(0, "orders".into()).expect("valid token");
+        assert_eq!(query.after.as_deref(), Some("orders"));
+        assert_eq!(
+            PageQuery::new(0, String::new()).ok().and_then(|q| q.after),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_page_token_is_rejected() {
+        let message = invalid_message(PageQuery::new(0, "not/a name".into()));
+        assert!(message.contains("page_token"), "{message}");
+    }
+
+    #[test]
+    fn next_page_token_is_empty_on_the_last_page() {
+        let last: Page<()> = Page {
+            items: vec![],
+            next_after: None,
+        };
+        assert_eq!(next_page_token(&last), "");
+        let more: Page<()> = Page {
+            items: vec![],
+            next_after: Some("m".into()),
+        };
+        assert_eq!(next_page_token(&more), "m");
+    }
+
+    #[test]
+    fn delivery_becomes_received_message() {
+        let publish_time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let delivery = Delivery {
+            message: StoredMessage {
+                offset: 9,
+                publish_time,
+                payload: Bytes::from_static(b"hello"),
+                key: "k".into(),
+                attributes: vec![("a".into(), "1".into())],
+            },
+            attempt: 2,
+        };
+        let frame = subscribe_frame(vec![delivery]);
+        let received = &frame.messages[0];
+        assert_eq!(received.offset, 9);
+        assert_eq!(received.payload, Bytes::from_static(b"hello"));
+        assert_eq!(received.key, "k");
+        assert_eq!(received.attributes.get("a").map(String::as_str), Some("1"));
+        assert_eq!(
+            received.publish_time,
+            Some(prost_types::Timestamp {
+                seconds: 1_000,
+                nanos: 0
+            })
+        );
+        assert_eq!(received.delivery_attempt, 2);
+    }
+
+    #[test]
+    fn infos_become_resources() {
+        let created = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
+        let topic = v1::Topic::from(TopicInfo {
+            name: TopicName::new("t").expect("valid"),
+            next_offset: 12,
+            created,
+        });
+        assert_eq!((topic.name.as_str(), topic.next_offset), ("t", 12));
+        assert_eq!(topic.create_time.map(|t| t.seconds), Some(5));
+        let subscription = v1::Subscription::from(SubscriptionInfo {
+            name: SubscriptionName::new("s").expect("valid"),
+            topic: TopicName::new("t").expect("valid"),
+            ack_deadline: Duration::from_secs(30),
+            backlog: 4,
+            in_flight: 1,
+            ack_floor: 8,
+            open_streams: 2,
+            created,
+        });
+        assert_eq!(subscription.name, "s");
+        assert_eq!(subscription.topic, "t");
+        assert_eq!(subscription.ack_deadline_seconds, 30);
+        assert_eq!(
+            (
+                subscription.backlog,
+                subscription.in_flight,
+                subscription.ack_floor
+            ),
+            (4, 1, 8)
+        );
+        assert_eq!(subscription.open_streams, 2);
+    }
+}

@@ -1,0 +1,181 @@
+//! The gRPC front door: the only module that names tonic.
+//!
+//! Each service is a thin adapter holding a [`Broker`] handle: it converts
+//! the request (`convert.rs`, where validation lives), calls the broker and
+//! converts the result; broker errors become statuses in one place
+//! (`status.rs`). [`serve`] assembles the tidings services with health and
+//! reflection on one transport and runs the shutdown sequence. Nothing here
+//! decides delivery, leases or storage.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tidings::v1::admin_service_server::{self, AdminServiceServer};
+use tidings::v1::publisher_service_server::{self, PublisherServiceServer};
+use tidings::v1::subscriber_service_server::{self, SubscriberServiceServer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::ServeError;
+use crate::broker::Broker;
+use crate::config::Config;
+
+mod admin;
+mod convert;
+mod publisher;
+mod status;
+mod subscriber;
+
+pub use admin::Admin;
+pub use publisher::Publisher;
+pub use subscriber::{SubscribeStream, Subscriber};
+
+/// Every service whose health is reported, `""` being the server as a whole.
+const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    publisher_service_server::SERVICE_NAME,
+    subscriber_service_server::SERVICE_NAME,
+    admin_service_server::SERVICE_NAME,
+];
+
+/// How often an idle HTTP/2 connection is pinged, and how long the answer
+/// may take before the connection is dropped.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive of accepted connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Serves the tidings services, health and reflection on `listener` until
+/// `shutdown` resolves, then shuts down in order:
+///
+/// 1. health turns NOT_SERVING (health `Watch` streams then end) and no new
+///    connection is accepted;
+/// 2. [`Broker::begin_shutdown`] ends open `Subscribe` streams with
+///    UNAVAILABLE;
+/// 3. in-flight requests drain, for at most `config.shutdown_timeout`
+///    (beyond that, a warning is logged and remaining connections are left
+///    to the runtime).
+///
+/// Closing the broker is the caller's job. Prints `listening on <addr>` to
+/// standard output once serving.
+///
+/// # Errors
+/// [`ServeError::Listener`] when the listener's address cannot be read,
+/// [`ServeError::Grpc`] when the reflection service cannot be built or the
+/// transport fails.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let local_addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let request_limit = config.max_request_bytes();
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_adaptive_window(Some(true))
+        .add_service(health_service)
+        .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
+        .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
+        .add_service(
+            PublisherServiceServer::new(Publisher::new(broker.clone()))
+                .max_decoding_message_size(request_limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            SubscriberServiceServer::new(Subscriber::new(broker.clone()))
+                .max_decoding_message_size(request_limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            AdminServiceServer::new(Admin::new(broker.clone()))
+                .max_decoding_message_size(request_limit)
+                .max_encoding_message_size(usize::MAX),
+        );
+    // The builder's TCP settings do not apply to an incoming stream, so
+    // they are set here.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+
+    set_health(&health, ServingStatus::Serving).await;
+    info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
+    announce(local_addr);
+
+    let (draining_tx, draining_rx) = oneshot::channel();
+    let signal = begin_shutdown(shutdown, health, broker, draining_tx);
+    let drain_deadline = async move {
+        match draining_rx.await {
+            Ok(()) => tokio::time::sleep(config.shutdown_timeout).await,
+            // The signal never fired: the server ended on its own.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = router.serve_with_incoming_shutdown(incoming, signal) => {
+            served.map_err(grpc_error)?;
+            info!("all connections closed");
+        }
+        () = drain_deadline => warn!(
+            timeout = ?config.shutdown_timeout,
+            "connections still open after the shutdown timeout; no longer waiting for them",
+        ),
+    }
+    Ok(())
+}
+
+/// Waits for `shutdown`, then turns health NOT_SERVING (ending health
+/// watches), ends the broker's streams and reports that draining has begun. Resolving lets the
+/// transport stop accepting and drain.
+async fn begin_shutdown(
+    shutdown: impl Future<Output = ()>,
+    mut health: HealthReporter,
+    broker: Broker,
+    draining_tx: oneshot::Sender<()>,
+) {
+    shutdown.await;
+    info!("shutting down: refusing new connections and ending open streams");
+    set_health(&health, ServingStatus::NotServing).await;
+    // Health watchers see NOT_SERVING, then their streams end, so they do
+    // not hold the drain open until the shutdown timeout.
+    for service in HEALTH_SERVICES {
+        health.clear_service_status(service).await;
+    }
+    broker.begin_shutdown();
+    // The receiver is gone only when serving already ended.
+    let _ = draining_tx.send(());
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Reflection over the tidings API and the health service, so tools such as
+/// grpcurl need no proto files.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tidings::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Tells whoever started the process where it listens: black-box tests
+/// start the binary on port 0 and read this line.
+fn announce(addr: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    // Nobody may be reading standard output; that is not an error.
+    let _ = writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush());
+}
+
+fn grpc_error(err: impl std::error::Error + Send + Sync + 'static) -> ServeError {
+    ServeError::Grpc(Box::new(err))
+}

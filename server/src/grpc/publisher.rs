@@ -1,0 +1,51 @@
+//! `tidings.v1.PublisherService` over the broker: converts a `Publish`
+//! request, appends it, returns the offsets. No broker logic lives here.
+
+use tidings::v1;
+use tidings::v1::publisher_service_server::PublisherService;
+use tonic::{Request, Response, Status};
+use tracing::{debug, instrument};
+
+use super::convert::PublishCommand;
+use crate::broker::Broker;
+
+/// The gRPC adapter of the publisher service.
+#[derive(Clone)]
+pub struct Publisher {
+    broker: Broker,
+}
+
+impl Publisher {
+    /// An adapter over `broker`.
+    pub fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl PublisherService for Publisher {
+    #[instrument(
+        name = "Publish",
+        skip_all,
+        fields(topic = %request.get_ref().topic, messages = request.get_ref().messages.len())
+    )]
+    async fn publish(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        debug!("publish");
+        let command = PublishCommand::try_from(request.into_inner())?;
+        let offsets = self
+            .broker
+            .publish(&command.topic, command.messages)
+            .await?;
+        debug!(
+            first_offset = offsets.start,
+            next_offset = offsets.end,
+            "published"
+        );
+        Ok(Response::new(v1::PublishResponse {
+            offsets: offsets.collect(),
+        }))
+    }
+}

@@ -1,0 +1,135 @@
+//! `tidings.v1.SubscriberService` over the broker: opens `Subscribe`
+//! streams and forwards acks, nacks and lease changes.
+//!
+//! A stream is the broker's bounded channel of frames, mapped to responses;
+//! the broker's task does the delivering, this only translates. No broker
+//! logic lives here.
+
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use tidings::v1;
+use tidings::v1::subscriber_service_server::SubscriberService;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Span, debug, info_span, instrument, trace};
+
+use super::convert::{AckCommand, DeadlineCommand, NackCommand, subscribe_frame};
+use crate::broker::{Broker, DeliveryStream, SubscribeSpec};
+use crate::names::SubscriptionName;
+
+/// The response stream of `Subscribe`.
+pub type SubscribeStream = BoxStream<'static, Result<v1::SubscribeResponse, Status>>;
+
+/// The gRPC adapter of the subscriber service.
+#[derive(Clone)]
+pub struct Subscriber {
+    broker: Broker,
+}
+
+impl Subscriber {
+    /// An adapter over `broker`.
+    pub fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl SubscriberService for Subscriber {
+    type SubscribeStream = SubscribeStream;
+
+    #[instrument(name = "Subscribe", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<SubscribeStream>, Status> {
+        let spec = SubscribeSpec::try_from(request.into_inner())?;
+        debug!(topic = ?spec.topic, start = ?spec.start, "opening stream");
+        let subscription = spec.subscription.clone();
+        let deliveries = self.broker.subscribe(spec).await?;
+        Ok(Response::new(response_stream(deliveries, &subscription)))
+    }
+
+    #[instrument(name = "Ack", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn ack(
+        &self,
+        request: Request<v1::AckRequest>,
+    ) -> Result<Response<v1::AckResponse>, Status> {
+        let command = AckCommand::try_from(request.into_inner())?;
+        debug!(offsets = command.offsets.len(), "ack");
+        self.broker
+            .ack(&command.subscription, &command.offsets)
+            .await?;
+        Ok(Response::new(v1::AckResponse {}))
+    }
+
+    #[instrument(name = "Nack", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn nack(
+        &self,
+        request: Request<v1::NackRequest>,
+    ) -> Result<Response<v1::NackResponse>, Status> {
+        let command = NackCommand::try_from(request.into_inner())?;
+        debug!(offsets = command.offsets.len(), delay = ?command.delay, "nack");
+        self.broker
+            .nack(&command.subscription, &command.offsets, command.delay)?;
+        Ok(Response::new(v1::NackResponse {}))
+    }
+
+    #[instrument(
+        name = "ModifyAckDeadline",
+        skip_all,
+        fields(subscription = %request.get_ref().subscription)
+    )]
+    async fn modify_ack_deadline(
+        &self,
+        request: Request<v1::ModifyAckDeadlineRequest>,
+    ) -> Result<Response<v1::ModifyAckDeadlineResponse>, Status> {
+        let command = DeadlineCommand::try_from(request.into_inner())?;
+        debug!(offsets = command.offsets.len(), deadline = ?command.deadline, "modify ack deadline");
+        self.broker.modify_ack_deadline(
+            &command.subscription,
+            &command.offsets,
+            command.deadline,
+        )?;
+        Ok(Response::new(v1::ModifyAckDeadlineResponse {}))
+    }
+}
+
+/// Maps the broker's frames to responses; an error frame becomes the status
+/// that ends the stream.
+fn response_stream(deliveries: DeliveryStream, subscription: &SubscriptionName) -> SubscribeStream {
+    let mut log = StreamLog {
+        span: info_span!("subscribe_stream", subscription = %subscription),
+        delivered: 0,
+    };
+    log.span.in_scope(|| debug!("stream open"));
+    ReceiverStream::new(deliveries.frames_rx)
+        .map(move |frame| {
+            let _entered = log.span.enter();
+            match frame {
+                Ok(frame) => {
+                    log.delivered += frame.len() as u64;
+                    trace!(messages = frame.len(), "frame");
+                    Ok(subscribe_frame(frame))
+                }
+                Err(err) => {
+                    debug!(error = %err, "stream ended by the broker");
+                    Err(Status::from(err))
+                }
+            }
+        })
+        .boxed()
+}
+
+/// The span of one stream, and what it delivered; logs the stream's end
+/// when the transport drops it.
+struct StreamLog {
+    span: Span,
+    delivered: u64,
+}
+
+impl Drop for StreamLog {
+    fn drop(&mut self) {
+        self.span
+            .in_scope(|| debug!(delivered = self.delivered, "stream closed"));
+    }
+}

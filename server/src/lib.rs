@@ -1,0 +1,121 @@
+//! Tidings: a durable publish/subscribe broker for event-driven services.
+//!
+//! The layers, each in its own module, each naming only what it must:
+//!
+//! - [`grpc`]: the gRPC adapters, the only place that names tonic;
+//! - [`broker`]: the domain (topics, subscriptions, leases, redelivery);
+//! - [`storage`]: the [`Store`](storage::Store) seam, the only place that
+//!   names RocksDB;
+//! - [`config`]: command-line flags and `TIDINGS_*` environment variables.
+//!
+//! [`run`] is what the `tidings-server` binary calls, and what tests call to
+//! start a broker in-process on `127.0.0.1:0`.
+
+pub mod broker;
+pub mod config;
+pub mod grpc;
+pub mod names;
+pub mod offsets;
+pub mod storage;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::storage::{RocksStore, SharedStore, StoreError};
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage could not be opened.
+    #[error("cannot open storage in {}; is another broker using this --data-dir?", path.display())]
+    OpenStorage {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The broker could not load what storage holds.
+    #[error("cannot start the broker")]
+    StartBroker(#[source] BrokerError),
+    /// The listener's local address could not be read.
+    #[error("cannot read the listening socket's address")]
+    Listener(#[source] std::io::Error),
+    /// The gRPC transport failed.
+    #[error("gRPC server failed")]
+    Grpc(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Pending acknowledgements could not be stored at shutdown.
+    #[error("cannot close storage cleanly")]
+    Close(#[source] BrokerError),
+}
+
+/// Runs a broker on `listener` until `shutdown` resolves.
+///
+/// Opens (creating if needed) the RocksDB store in `config.data_dir`, loads
+/// the broker, and serves the tidings services, `grpc.health.v1.Health` and
+/// server reflection (v1 and v1alpha). Once ready, logs the address and
+/// prints `listening on <addr>` to standard output.
+///
+/// When `shutdown` resolves: health turns NOT_SERVING, open `Subscribe`
+/// streams end with UNAVAILABLE, in-flight requests drain for at most
+/// `config.shutdown_timeout`, then pending acknowledgements are stored and
+/// the store is synced and closed. Returns `Ok(())` after a clean shutdown,
+/// within a bounded time even when clients keep connections open.
+///
+/// # Errors
+/// [`ServeError`] when storage cannot be opened or closed, or the transport
+/// fails.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let broker = open_broker(&config).await?;
+    let served = grpc::serve(listener, broker.clone(), &config, shutdown).await;
+    let closed = broker.close().await.map_err(ServeError::Close);
+    match (served, closed) {
+        (Ok(()), Ok(())) => {
+            info!("broker stopped");
+            Ok(())
+        }
+        (Err(err), Ok(())) => Err(err),
+        (Ok(()), Err(err)) => Err(err),
+        (Err(err), Err(close_err)) => {
+            warn!(error = %close_err, "storage did not close cleanly after the server failed");
+            Err(err)
+        }
+    }
+}
+
+/// Opens the store in the data directory and loads the broker from it.
+async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
+    let path = config.data_dir.clone();
+    tokio::fs::create_dir_all(&path)
+        .await
+        .map_err(|source| ServeError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    let policy = config.sync_interval.policy();
+    let store = RocksStore::open(&path, policy)
+        .await
+        .map_err(|source| ServeError::OpenStorage { path, source })?;
+    let store: SharedStore = Arc::new(store);
+    Broker::open(store, config.broker_config())
+        .await
+        .map_err(ServeError::StartBroker)
+}
