@@ -105,8 +105,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A [`Store`] on RocksDB, with group commit.
 ///
 /// Call [`Store::close`] before dropping it: that syncs the write-ahead log,
-/// stops the writer thread and releases the database. A store dropped
-/// without closing stops its writer in the background.
+/// stops the writer thread and releases the database off the async threads.
+/// A store dropped without closing does the same in `drop`, blocking the
+/// dropping thread until the writer has stopped, so that the database is
+/// never released behind the process's back while it exits.
 #[derive(Debug)]
 pub struct RocksStore {
     /// `None` once closed.
@@ -181,6 +183,25 @@ impl RocksStore {
         tokio::task::spawn_blocking(move || read(&db))
             .await
             .map_err(|e| engine(context, e))?
+    }
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        let Some(writer) = lock(&self.writer).take() else {
+            return;
+        };
+        let (reply_tx, _reply_rx) = oneshot::channel();
+        let request = Request {
+            op: Op::Close { reply: reply_tx },
+            permit: None,
+        };
+        // A send fails only when the writer has stopped already.
+        let _ = self.requests_tx.send(request);
+        if writer.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+        lock(&self.db).take();
     }
 }
 
