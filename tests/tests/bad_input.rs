@@ -1,0 +1,353 @@
+//! Every kind of bad input gets a clear status and leaves stored data
+//! intact.
+
+use std::collections::HashMap;
+
+use tidings::v1::{
+    AckRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteTopicRequest,
+    GetSubscriptionRequest, GetTopicRequest, ModifyAckDeadlineRequest, NackRequest, PublishMessage,
+    PublishRequest, SubscribeRequest,
+};
+use tidings_client::Client;
+use tidings_tests::{
+    Deliveries, TestBroker, create_subscription, create_topic, expect_code, get_subscription,
+    get_topic, offsets, payloads, publish, subscribe_request,
+};
+use tonic::Code;
+
+/// A broker with topic `t` holding three messages and subscription `s` on it.
+async fn broker_with_data() -> anyhow::Result<TestBroker> {
+    let broker = TestBroker::start_with(|config| config.max_message_bytes = 1024).await?;
+    let client = broker.client();
+    create_topic(&client, "t").await?;
+    publish(&client, "t", &["0", "1", "2"]).await?;
+    create_subscription(&client, "s", "t", 0).await?;
+    Ok(broker)
+}
+
+/// Checks that the data of [`broker_with_data`] is intact and usable.
+async fn assert_data_intact(client: &Client) -> anyhow::Result<()> {
+    assert_eq!(get_topic(client, "t").await?.next_offset, 3);
+    let figures = get_subscription(client, "s").await?;
+    assert_eq!((figures.backlog, figures.ack_floor), (3, 0), "{figures:?}");
+    assert_eq!(publish(client, "t", &["3"]).await?, [3]);
+    let mut stream = Deliveries::open(client, subscribe_request("s", "")).await?;
+    let received = stream.next_n(4).await?;
+    assert_eq!(offsets(&received), [0, 1, 2, 3]);
+    assert_eq!(payloads(&received), ["0", "1", "2", "3"]);
+    Ok(())
+}
+
+fn publish_request(topic: &str, messages: Vec<PublishMessage>) -> PublishRequest {
+    PublishRequest {
+        topic: topic.into(),
+        messages,
+    }
+}
+
+fn payload_of(len: usize) -> PublishMessage {
+    PublishMessage {
+        payload: vec![b'x'; len].into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    for bad in ["has space", ".hidden", "-dash", "a/b", "ünicode"] {
+        let created = client
+            .admin()
+            .create_topic(CreateTopicRequest { name: bad.into() })
+            .await;
+        let status = expect_code(created, Code::InvalidArgument)?;
+        assert!(
+            status.message().contains("letters, digits"),
+            "{bad}: {status:?}"
+        );
+        assert!(status.message().contains(bad), "{bad}: {status:?}");
+
+        let published = client
+            .publisher()
+            .publish(publish_request(bad, vec![payload_of(1)]))
+            .await;
+        expect_code(published, Code::InvalidArgument)?;
+        let subscription = client
+            .admin()
+            .create_subscription(CreateSubscriptionRequest {
+                name: bad.into(),
+                topic: "t".into(),
+                ..Default::default()
+            })
+            .await;
+        let status = expect_code(subscription, Code::InvalidArgument)?;
+        assert!(
+            status.message().contains("letters, digits"),
+            "{bad}: {status:?}"
+        );
+        let stream = Deliveries::open_expecting_error(&client, subscribe_request(bad, "t")).await?;
+        assert_eq!(stream.code(), Code::InvalidArgument, "{bad}: {stream:?}");
+    }
+    let empty = client
+        .admin()
+        .create_topic(CreateTopicRequest::default())
+        .await;
+    let status = expect_code(empty, Code::InvalidArgument)?;
+    assert!(status.message().contains("empty"), "{status:?}");
+    let long = client
+        .admin()
+        .create_topic(CreateTopicRequest {
+            name: "x".repeat(256),
+        })
+        .await;
+    let status = expect_code(long, Code::InvalidArgument)?;
+    assert!(status.message().contains("255"), "{status:?}");
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_message_is_invalid_argument_naming_the_limit() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let too_big = client
+        .publisher()
+        .publish(publish_request("t", vec![payload_of(2000)]))
+        .await;
+    let status = expect_code(too_big, Code::InvalidArgument)?;
+    assert!(status.message().contains("1024"), "{status:?}");
+
+    // A batch with one oversized message stores none of it.
+    let mixed = client
+        .publisher()
+        .publish(publish_request("t", vec![payload_of(10), payload_of(4000)]))
+        .await;
+    expect_code(mixed, Code::InvalidArgument)?;
+    // Key and attributes count towards the limit too.
+    let heavy = PublishMessage {
+        payload: vec![b'x'; 600].into(),
+        key: "k".repeat(300),
+        attributes: HashMap::from([("a".to_owned(), "v".repeat(300))]),
+    };
+    let heavy = client
+        .publisher()
+        .publish(publish_request("t", vec![heavy]))
+        .await;
+    expect_code(heavy, Code::InvalidArgument)?;
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_publish_and_empty_attribute_name_are_invalid_argument() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let empty = client
+        .publisher()
+        .publish(publish_request("t", Vec::new()))
+        .await;
+    let status = expect_code(empty, Code::InvalidArgument)?;
+    assert!(status.message().contains("at least one"), "{status:?}");
+    let unnamed = PublishMessage {
+        attributes: HashMap::from([(String::new(), "v".to_owned())]),
+        ..payload_of(1)
+    };
+    let unnamed = client
+        .publisher()
+        .publish(publish_request("t", vec![unnamed]))
+        .await;
+    expect_code(unnamed, Code::InvalidArgument)?;
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let published = client
+        .publisher()
+        .publish(publish_request("nowhere", vec![payload_of(1)]))
+        .await;
+    let status = expect_code(published, Code::NotFound)?;
+    assert!(status.message().contains("nowhere"), "{status:?}");
+    let topic = client
+        .admin()
+        .get_topic(GetTopicRequest {
+            name: "nowhere".into(),
+        })
+        .await;
+    expect_code(topic, Code::NotFound)?;
+    let deleted = client
+        .admin()
+        .delete_topic(DeleteTopicRequest {
+            name: "nowhere".into(),
+        })
+        .await;
+    expect_code(deleted, Code::NotFound)?;
+    let subscription = client
+        .admin()
+        .get_subscription(GetSubscriptionRequest {
+            name: "nobody".into(),
+        })
+        .await;
+    let status = expect_code(subscription, Code::NotFound)?;
+    assert!(status.message().contains("nobody"), "{status:?}");
+    let on_nothing = client
+        .admin()
+        .create_subscription(CreateSubscriptionRequest {
+            name: "orphan".into(),
+            topic: "nowhere".into(),
+            ..Default::default()
+        })
+        .await;
+    expect_code(on_nothing, Code::NotFound)?;
+
+    let without_topic =
+        Deliveries::open_expecting_error(&client, subscribe_request("nobody", "")).await?;
+    assert_eq!(without_topic.code(), Code::NotFound, "{without_topic:?}");
+    let on_unknown_topic =
+        Deliveries::open_expecting_error(&client, subscribe_request("nobody", "nowhere")).await?;
+    assert_eq!(
+        on_unknown_topic.code(),
+        Code::NotFound,
+        "{on_unknown_topic:?}"
+    );
+    let acked = client
+        .subscriber()
+        .ack(AckRequest {
+            subscription: "nobody".into(),
+            offsets: vec![0],
+        })
+        .await;
+    expect_code(acked, Code::NotFound)?;
+    let nacked = client
+        .subscriber()
+        .nack(NackRequest {
+            subscription: "nobody".into(),
+            offsets: vec![0],
+            delay: None,
+        })
+        .await;
+    expect_code(nacked, Code::NotFound)?;
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_are_already_exists() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let topic = client
+        .admin()
+        .create_topic(CreateTopicRequest { name: "t".into() })
+        .await;
+    let status = expect_code(topic, Code::AlreadyExists)?;
+    assert!(status.message().contains("\"t\""), "{status:?}");
+    let subscription = client
+        .admin()
+        .create_subscription(CreateSubscriptionRequest {
+            name: "s".into(),
+            topic: "t".into(),
+            ..Default::default()
+        })
+        .await;
+    expect_code(subscription, Code::AlreadyExists)?;
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribing_with_another_topic_is_failed_precondition() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    create_topic(&client, "other").await?;
+    let status = Deliveries::open_expecting_error(&client, subscribe_request("s", "other")).await?;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("other"), "{status:?}");
+    assert_eq!(get_subscription(&client, "s").await?.topic, "t");
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acking_an_unpublished_offset_is_invalid_argument_and_acks_nothing() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let acked = client
+        .subscriber()
+        .ack(AckRequest {
+            subscription: "s".into(),
+            offsets: vec![0, 99],
+        })
+        .await;
+    let status = expect_code(acked, Code::InvalidArgument)?;
+    assert!(status.message().contains("99"), "{status:?}");
+    // Offset 0, named in the same request, is still unacknowledged.
+    assert_data_intact(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let too_many = SubscribeRequest {
+        max_outstanding_messages: 100_001,
+        ..subscribe_request("s", "")
+    };
+    let status = Deliveries::open_expecting_error(&client, too_many).await?;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("100000"), "{status:?}");
+
+    let long_deadline = client
+        .admin()
+        .create_subscription(CreateSubscriptionRequest {
+            name: "slow".into(),
+            topic: "t".into(),
+            ack_deadline_seconds: 601,
+            start: None,
+        })
+        .await;
+    expect_code(long_deadline, Code::InvalidArgument)?;
+    let created_by_subscribe = SubscribeRequest {
+        ack_deadline_seconds: 601,
+        ..subscribe_request("slow", "t")
+    };
+    let status = Deliveries::open_expecting_error(&client, created_by_subscribe).await?;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let extended = client
+        .subscriber()
+        .modify_ack_deadline(ModifyAckDeadlineRequest {
+            subscription: "s".into(),
+            offsets: vec![0],
+            ack_deadline_seconds: 601,
+        })
+        .await;
+    expect_code(extended, Code::InvalidArgument)?;
+    let delayed = client
+        .subscriber()
+        .nack(NackRequest {
+            subscription: "s".into(),
+            offsets: vec![0],
+            delay: Some(prost_types::Duration {
+                seconds: 601,
+                nanos: 0,
+            }),
+        })
+        .await;
+    expect_code(delayed, Code::InvalidArgument)?;
+    let beyond = client
+        .admin()
+        .create_subscription(CreateSubscriptionRequest {
+            name: "beyond".into(),
+            topic: "t".into(),
+            ack_deadline_seconds: 0,
+            start: Some(tidings_tests::start_at_offset(4)),
+        })
+        .await;
+    expect_code(beyond, Code::InvalidArgument)?;
+
+    // None of the refused subscriptions was created.
+    for name in ["slow", "beyond"] {
+        assert!(
+            get_subscription(&client, name).await.is_err(),
+            "{name} exists"
+        );
+    }
+    assert_data_intact(&client).await
+}

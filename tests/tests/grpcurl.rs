@@ -1,0 +1,226 @@
+//! grpcurl against a real broker, with no proto files: the README's
+//! walk-through, run command for command.
+//!
+//! The commands are taken from the fenced `sh` blocks between the
+//! `walkthrough:start` and `walkthrough:end` markers of `README.md`, with the
+//! README's `localhost:50051` replaced by the test broker's address, and run
+//! with bash and the test environment's grpcurl first on `PATH`. Every block
+//! must match one check below, so a step added to the README without a check
+//! fails here rather than going unproven.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use tidings_tests::{PythonEnv, TestBroker, get_subscription, get_topic};
+
+const README: &str = include_str!("../../README.md");
+const START_MARKER: &str = "<!-- walkthrough:start -->";
+const END_MARKER: &str = "<!-- walkthrough:end -->";
+const README_ADDR: &str = "localhost:50051";
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one walk-through step must print: the step is recognised by
+/// `command_has`, and its standard output, with all whitespace removed,
+/// must contain each of `output_has`.
+struct Check {
+    command_has: &'static str,
+    output_has: &'static [&'static str],
+}
+
+const CHECKS: &[Check] = &[
+    Check {
+        command_has: " list",
+        output_has: &[
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "tidings.v1.AdminService",
+            "tidings.v1.PublisherService",
+            "tidings.v1.SubscriberService",
+        ],
+    },
+    Check {
+        command_has: "describe tidings.v1.PublisherService",
+        output_has: &[
+            "servicePublisherService",
+            "rpcPublish(.tidings.v1.PublishRequest)returns(.tidings.v1.PublishResponse)",
+            "bytespayload=1;",
+            "map<string,string>attributes=3;",
+        ],
+    },
+    Check {
+        command_has: "grpc.health.v1.Health/Check",
+        output_has: &["\"status\":\"SERVING\""],
+    },
+    Check {
+        command_has: "AdminService/CreateTopic",
+        output_has: &["\"name\":\"order.placed\""],
+    },
+    Check {
+        command_has: "PublisherService/Publish",
+        output_has: &["\"offsets\":[\"0\"]"],
+    },
+    Check {
+        command_has: "SubscriberService/Subscribe",
+        output_has: &[
+            "\"offset\":\"0\"",
+            // base64 of {"order_id":42,"sku":"tea-01","qty":2}
+            "\"payload\":\"eyJvcmRlcl9pZCI6NDIsInNrdSI6InRlYS0wMSIsInF0eSI6Mn0=\"",
+            "\"key\":\"order-42\"",
+            "\"source\":\"web\"",
+            "\"deliveryAttempt\":1",
+            "\"publishTime\":",
+        ],
+    },
+    Check {
+        command_has: "SubscriberService/Ack",
+        output_has: &["{}"],
+    },
+    Check {
+        command_has: "AdminService/GetSubscription",
+        output_has: &[
+            "\"name\":\"inventory\"",
+            "\"topic\":\"order.placed\"",
+            "\"backlog\":\"0\"",
+            "\"inFlight\":\"0\"",
+            "\"ackFloor\":\"1\"",
+        ],
+    },
+];
+
+/// The fenced `sh` blocks between the walk-through markers, in order.
+fn walkthrough_blocks(readme: &str) -> anyhow::Result<Vec<String>> {
+    let start = readme
+        .find(START_MARKER)
+        .context("README.md has no walk-through start marker")?;
+    let end = readme
+        .find(END_MARKER)
+        .context("README.md has no walk-through end marker")?;
+    ensure!(
+        start < end,
+        "the walk-through markers are in the wrong order"
+    );
+    let section = &readme[start + START_MARKER.len()..end];
+
+    // `Some(is_sh)` inside a fenced block; its lines gather in `lines`.
+    let mut blocks = Vec::new();
+    let mut open: Option<bool> = None;
+    let mut lines: Vec<&str> = Vec::new();
+    for line in section.lines() {
+        let is_fence = line.trim_start().starts_with("```");
+        match (open, is_fence) {
+            (None, true) => open = Some(line.trim() == "```sh"),
+            (Some(is_sh), true) => {
+                if is_sh {
+                    blocks.push(lines.join("\n") + "\n");
+                }
+                lines.clear();
+                open = None;
+            }
+            (Some(_), false) => lines.push(line),
+            (None, false) => {}
+        }
+    }
+    ensure!(
+        open.is_none(),
+        "a fenced block in the walk-through is not closed"
+    );
+    Ok(blocks)
+}
+
+/// Runs one block with bash; returns its standard output.
+async fn run_block(env: &PythonEnv, script: &str) -> anyhow::Result<String> {
+    let output = env
+        .command("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .output();
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, output)
+        .await
+        .with_context(|| format!("still running after {COMMAND_TIMEOUT:?}:\n{script}"))?
+        .with_context(|| format!("cannot run bash for:\n{script}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{script}\nexited with {}\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+#[test]
+fn the_walkthrough_has_a_check_for_every_step() -> anyhow::Result<()> {
+    let blocks = walkthrough_blocks(README)?;
+    ensure!(blocks.len() >= CHECKS.len(), "only {} steps", blocks.len());
+    for block in &blocks {
+        ensure!(
+            block.contains(README_ADDR),
+            "a step does not use {README_ADDR}:\n{block}"
+        );
+        let matching = CHECKS
+            .iter()
+            .filter(|c| block.contains(c.command_has))
+            .count();
+        ensure!(matching == 1, "{matching} checks match the step:\n{block}");
+    }
+    for check in CHECKS {
+        ensure!(
+            blocks.iter().any(|b| b.contains(check.command_has)),
+            "no walk-through step runs {:?}",
+            check.command_has
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_grpcurl_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    let addr = broker.addr().to_string();
+
+    for block in walkthrough_blocks(README)? {
+        let check = CHECKS
+            .iter()
+            .find(|c| block.contains(c.command_has))
+            .with_context(|| format!("no check for the step:\n{block}"))?;
+        let script = block.replace(README_ADDR, &addr);
+        let stdout = run_block(&env, &script).await?;
+        let squeezed: String = stdout.split_whitespace().collect();
+        for expected in check.output_has {
+            ensure!(
+                squeezed.contains(expected),
+                "{script}\nprinted:\n{stdout}\nwhich lacks {expected}"
+            );
+        }
+    }
+
+    // What the walk-through did is visible through the Rust client too.
+    let client = broker.client();
+    assert_eq!(get_topic(&client, "order.placed").await?.next_offset, 1);
+    let inventory = get_subscription(&client, "inventory").await?;
+    assert_eq!(
+        (inventory.backlog, inventory.ack_floor),
+        (0, 1),
+        "{inventory:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_sees_errors_as_grpc_statuses() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    let output = env
+        .command("grpcurl")
+        .args(["-plaintext", "-d", r#"{"name": "no such topic"}"#])
+        .arg(broker.addr().to_string())
+        .arg("tidings.v1.AdminService/GetTopic")
+        .output();
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, output).await??;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("letters, digits"), "{stderr}");
+    Ok(())
+}
