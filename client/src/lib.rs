@@ -10,7 +10,7 @@
 //!
 //! let client = Client::connect("http://localhost:50051").await?;
 //! let response = client
-//!     .publisher()
+//!     .publisher_service()
 //!     .publish(PublishRequest {
 //!         topic: "order.placed".into(),
 //!         messages: vec![PublishMessage {
@@ -123,17 +123,17 @@ impl Client {
     }
 
     /// A client of `tidings.v1.PublisherService`.
-    pub fn publisher(&self) -> PublisherServiceClient<Channel> {
+    pub fn publisher_service(&self) -> PublisherServiceClient<Channel> {
         PublisherServiceClient::new(self.channel.clone())
     }
 
     /// A client of `tidings.v1.SubscriberService`.
-    pub fn subscriber(&self) -> SubscriberServiceClient<Channel> {
+    pub fn subscriber_service(&self) -> SubscriberServiceClient<Channel> {
         SubscriberServiceClient::new(self.channel.clone())
     }
 
     /// A client of `tidings.v1.AdminService`.
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
+    pub fn admin_service(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel.clone())
     }
 }

@@ -58,7 +58,7 @@ async fn publish_until_killed(
     record: Record,
     count_tx: watch::Sender<usize>,
 ) {
-    let mut publisher = client.publisher();
+    let mut publisher = client.publisher_service();
     for seq in 0..MAX_BATCHES {
         let size = 1 + (seq % 4) as usize;
         let payloads: Vec<String> = (0..size).map(|i| format!("p{id}-s{seq}-i{i}")).collect();
@@ -114,7 +114,7 @@ fn check_batches_contiguous(stored: &BTreeMap<u64, String>) -> anyhow::Result<()
 async fn seed_and_hold(client: &Client) -> anyhow::Result<(Acknowledged, Deliveries)> {
     let seeds: Vec<String> = (0..SEEDS).map(|i| format!("seed-{i}")).collect();
     let seeded = client
-        .publisher()
+        .publisher_service()
         .publish(PublishRequest {
             topic: TOPIC.into(),
             messages: batch(&seeds),
@@ -133,7 +133,7 @@ async fn seed_and_hold(client: &Client) -> anyhow::Result<(Acknowledged, Deliver
     let mut held = Deliveries::open(client, request).await?;
     held.next_n(SEEDS as usize).await?;
     client
-        .subscriber()
+        .subscriber_service()
         .ack(AckRequest {
             subscription: "held".into(),
             offsets: (0..SEEDS / 2).collect(),
@@ -192,7 +192,7 @@ async fn check_log(
     acknowledged: &[Acknowledged],
 ) -> anyhow::Result<BTreeMap<u64, String>> {
     let next_offset = client
-        .admin()
+        .admin_service()
         .get_topic(GetTopicRequest { name: TOPIC.into() })
         .await?
         .into_inner()
@@ -242,7 +242,7 @@ async fn check_log(
 /// the broker died, is delivered again.
 async fn check_held_subscription(client: &Client, next_offset: u64) -> anyhow::Result<()> {
     let figures = client
-        .admin()
+        .admin_service()
         .get_subscription(GetSubscriptionRequest {
             name: "held".into(),
         })
@@ -272,7 +272,7 @@ async fn acknowledged_publishes_and_acks_survive_kill_9() -> anyhow::Result<()> 
     let server = ServerProcess::start(&data_dir, dir.path()).await?;
     let client = server.client().await?;
     client
-        .admin()
+        .admin_service()
         .create_topic(CreateTopicRequest { name: TOPIC.into() })
         .await?;
     let (seed_batch, held) = seed_and_hold(&client).await?;

@@ -18,7 +18,7 @@ async fn sigterm_ends_open_streams_exits_zero_and_keeps_acks() -> anyhow::Result
     let mut server = ServerProcess::start(&data_dir, dir.path()).await?;
     let client = server.client().await?;
     client
-        .admin()
+        .admin_service()
         .create_topic(CreateTopicRequest { name: "t".into() })
         .await?;
     let messages = ["0", "1", "2"]
@@ -28,7 +28,7 @@ async fn sigterm_ends_open_streams_exits_zero_and_keeps_acks() -> anyhow::Result
         })
         .to_vec();
     client
-        .publisher()
+        .publisher_service()
         .publish(PublishRequest {
             topic: "t".into(),
             messages,
@@ -37,7 +37,7 @@ async fn sigterm_ends_open_streams_exits_zero_and_keeps_acks() -> anyhow::Result
     let mut stream = Deliveries::open(&client, subscribe_request("s", "t")).await?;
     stream.next_n(3).await?;
     client
-        .subscriber()
+        .subscriber_service()
         .ack(AckRequest {
             subscription: "s".into(),
             offsets: vec![0],
@@ -54,7 +54,7 @@ async fn sigterm_ends_open_streams_exits_zero_and_keeps_acks() -> anyhow::Result
     let mut server = ServerProcess::start(&data_dir, dir.path()).await?;
     let client = server.client().await?;
     let figures = client
-        .admin()
+        .admin_service()
         .get_subscription(GetSubscriptionRequest { name: "s".into() })
         .await?
         .into_inner()

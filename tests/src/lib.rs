@@ -105,7 +105,7 @@ pub fn publish_time(message: &ReceivedMessage) -> anyhow::Result<SystemTime> {
 /// The broker's status, as an error.
 pub async fn create_topic(client: &Client, name: &str) -> anyhow::Result<Topic> {
     let response = client
-        .admin()
+        .admin_service()
         .create_topic(CreateTopicRequest { name: name.into() })
         .await
         .with_context(|| format!("create topic {name:?}"))?;
@@ -121,7 +121,7 @@ pub async fn create_topic(client: &Client, name: &str) -> anyhow::Result<Topic> 
 /// The broker's status, as an error.
 pub async fn get_topic(client: &Client, name: &str) -> anyhow::Result<Topic> {
     let response = client
-        .admin()
+        .admin_service()
         .get_topic(GetTopicRequest { name: name.into() })
         .await
         .with_context(|| format!("get topic {name:?}"))?;
@@ -151,7 +151,7 @@ pub async fn publish_messages(
 ) -> anyhow::Result<Vec<u64>> {
     let count = messages.len();
     let response = client
-        .publisher()
+        .publisher_service()
         .publish(PublishRequest {
             topic: topic.into(),
             messages,
@@ -179,7 +179,7 @@ pub async fn create_subscription(
         start: None,
     };
     let response = client
-        .admin()
+        .admin_service()
         .create_subscription(request)
         .await
         .with_context(|| format!("create subscription {name:?} on {topic:?}"))?;
@@ -195,7 +195,7 @@ pub async fn create_subscription(
 /// The broker's status, as an error.
 pub async fn get_subscription(client: &Client, name: &str) -> anyhow::Result<Subscription> {
     let response = client
-        .admin()
+        .admin_service()
         .get_subscription(GetSubscriptionRequest { name: name.into() })
         .await
         .with_context(|| format!("get subscription {name:?}"))?;
@@ -211,7 +211,7 @@ pub async fn get_subscription(client: &Client, name: &str) -> anyhow::Result<Sub
 /// The broker's status, as an error.
 pub async fn ack(client: &Client, subscription: &str, offsets: &[u64]) -> anyhow::Result<()> {
     client
-        .subscriber()
+        .subscriber_service()
         .ack(AckRequest {
             subscription: subscription.into(),
             offsets: offsets.to_vec(),

@@ -28,10 +28,13 @@ impl Deliveries {
     /// When the broker refuses the call (its status is in the error).
     pub async fn open(client: &Client, request: SubscribeRequest) -> anyhow::Result<Self> {
         let name = request.subscription.clone();
-        let response = tokio::time::timeout(EVENT_TIMEOUT, client.subscriber().subscribe(request))
-            .await
-            .map_err(|_| anyhow!("Subscribe to {name:?} did not answer within {EVENT_TIMEOUT:?}"))?
-            .with_context(|| format!("subscribe to {name:?}"))?;
+        let response = tokio::time::timeout(
+            EVENT_TIMEOUT,
+            client.subscriber_service().subscribe(request),
+        )
+        .await
+        .map_err(|_| anyhow!("Subscribe to {name:?} did not answer within {EVENT_TIMEOUT:?}"))?
+        .with_context(|| format!("subscribe to {name:?}"))?;
         Ok(Self {
             inner: response.into_inner(),
             buffered: VecDeque::new(),
@@ -49,7 +52,7 @@ impl Deliveries {
         client: &Client,
         request: SubscribeRequest,
     ) -> anyhow::Result<tonic::Status> {
-        let mut subscriber = client.subscriber();
+        let mut subscriber = client.subscriber_service();
         let call = subscriber.subscribe(request);
         let response = match tokio::time::timeout(EVENT_TIMEOUT, call).await {
             Err(_) => bail!("Subscribe did not answer within {EVENT_TIMEOUT:?}"),

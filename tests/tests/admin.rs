@@ -98,7 +98,7 @@ async fn all_topic_pages(client: &Client, page_size: u32) -> anyhow::Result<Vec<
     let mut page_token = String::new();
     loop {
         let page = client
-            .admin()
+            .admin_service()
             .list_topics(ListTopicsRequest {
                 page_size,
                 page_token,
@@ -148,7 +148,7 @@ async fn list_subscriptions_pages_and_filters_by_topic() -> anyhow::Result<()> {
     create_subscription(&client, "a-stock", "stock", 0).await?;
 
     let first = client
-        .admin()
+        .admin_service()
         .list_subscriptions(ListSubscriptionsRequest {
             topic: "orders".into(),
             page_size: 2,
@@ -164,7 +164,7 @@ async fn list_subscriptions_pages_and_filters_by_topic() -> anyhow::Result<()> {
     assert_eq!(names, ["a-orders", "b-orders"]);
     assert!(!first.next_page_token.is_empty());
     let second = client
-        .admin()
+        .admin_service()
         .list_subscriptions(ListSubscriptionsRequest {
             topic: "orders".into(),
             page_size: 2,
@@ -181,7 +181,7 @@ async fn list_subscriptions_pages_and_filters_by_topic() -> anyhow::Result<()> {
     assert!(second.next_page_token.is_empty());
 
     let everything = client
-        .admin()
+        .admin_service()
         .list_subscriptions(ListSubscriptionsRequest::default())
         .await?
         .into_inner();
@@ -217,7 +217,7 @@ async fn delete_topic_ends_its_streams_with_not_found_and_removes_its_subscripti
     create_subscription(&client, "also-on-doomed", "doomed", 0).await?;
 
     client
-        .admin()
+        .admin_service()
         .delete_topic(DeleteTopicRequest {
             name: "doomed".into(),
         })
@@ -230,7 +230,7 @@ async fn delete_topic_ends_its_streams_with_not_found_and_removes_its_subscripti
     assert!(status.message().contains("doomed"), "{status:?}");
 
     let gone = client
-        .admin()
+        .admin_service()
         .get_topic(GetTopicRequest {
             name: "doomed".into(),
         })
@@ -242,7 +242,7 @@ async fn delete_topic_ends_its_streams_with_not_found_and_removes_its_subscripti
         assert_eq!(status.code(), Code::NotFound, "{name}: {status:?}");
     }
     let left = client
-        .admin()
+        .admin_service()
         .list_subscriptions(ListSubscriptionsRequest::default())
         .await?
         .into_inner();
@@ -270,7 +270,7 @@ async fn delete_subscription_ends_its_streams_and_keeps_the_topic() -> anyhow::R
     ack(&client, "s", &[0, 1]).await?;
 
     client
-        .admin()
+        .admin_service()
         .delete_subscription(DeleteSubscriptionRequest { name: "s".into() })
         .await?;
     let status = stream
@@ -282,7 +282,7 @@ async fn delete_subscription_ends_its_streams_and_keeps_the_topic() -> anyhow::R
     let status = err.downcast_ref::<tonic::Status>().expect("a status");
     assert_eq!(status.code(), Code::NotFound);
     let again = client
-        .admin()
+        .admin_service()
         .delete_subscription(DeleteSubscriptionRequest { name: "s".into() })
         .await;
     expect_code(again, Code::NotFound)?;

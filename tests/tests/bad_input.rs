@@ -58,7 +58,7 @@ async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Resu
     let client = broker.client();
     for bad in ["has space", ".hidden", "-dash", "a/b", "ünicode"] {
         let created = client
-            .admin()
+            .admin_service()
             .create_topic(CreateTopicRequest { name: bad.into() })
             .await;
         let status = expect_code(created, Code::InvalidArgument)?;
@@ -69,12 +69,12 @@ async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Resu
         assert!(status.message().contains(bad), "{bad}: {status:?}");
 
         let published = client
-            .publisher()
+            .publisher_service()
             .publish(publish_request(bad, vec![payload_of(1)]))
             .await;
         expect_code(published, Code::InvalidArgument)?;
         let subscription = client
-            .admin()
+            .admin_service()
             .create_subscription(CreateSubscriptionRequest {
                 name: bad.into(),
                 topic: "t".into(),
@@ -90,13 +90,13 @@ async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Resu
         assert_eq!(stream.code(), Code::InvalidArgument, "{bad}: {stream:?}");
     }
     let empty = client
-        .admin()
+        .admin_service()
         .create_topic(CreateTopicRequest::default())
         .await;
     let status = expect_code(empty, Code::InvalidArgument)?;
     assert!(status.message().contains("empty"), "{status:?}");
     let long = client
-        .admin()
+        .admin_service()
         .create_topic(CreateTopicRequest {
             name: "x".repeat(256),
         })
@@ -111,7 +111,7 @@ async fn oversized_message_is_invalid_argument_naming_the_limit() -> anyhow::Res
     let broker = broker_with_data().await?;
     let client = broker.client();
     let too_big = client
-        .publisher()
+        .publisher_service()
         .publish(publish_request("t", vec![payload_of(2000)]))
         .await;
     let status = expect_code(too_big, Code::InvalidArgument)?;
@@ -119,7 +119,7 @@ async fn oversized_message_is_invalid_argument_naming_the_limit() -> anyhow::Res
 
     // A batch with one oversized message stores none of it.
     let mixed = client
-        .publisher()
+        .publisher_service()
         .publish(publish_request("t", vec![payload_of(10), payload_of(4000)]))
         .await;
     expect_code(mixed, Code::InvalidArgument)?;
@@ -130,7 +130,7 @@ async fn oversized_message_is_invalid_argument_naming_the_limit() -> anyhow::Res
         attributes: HashMap::from([("a".to_owned(), "v".repeat(300))]),
     };
     let heavy = client
-        .publisher()
+        .publisher_service()
         .publish(publish_request("t", vec![heavy]))
         .await;
     expect_code(heavy, Code::InvalidArgument)?;
@@ -142,7 +142,7 @@ async fn empty_publish_and_empty_attribute_name_are_invalid_argument() -> anyhow
     let broker = broker_with_data().await?;
     let client = broker.client();
     let empty = client
-        .publisher()
+        .publisher_service()
         .publish(publish_request("t", Vec::new()))
         .await;
     let status = expect_code(empty, Code::InvalidArgument)?;
@@ -152,7 +152,7 @@ async fn empty_publish_and_empty_attribute_name_are_invalid_argument() -> anyhow
         ..payload_of(1)
     };
     let unnamed = client
-        .publisher()
+        .publisher_service()
         .publish(publish_request("t", vec![unnamed]))
         .await;
     expect_code(unnamed, Code::InvalidArgument)?;
@@ -164,27 +164,27 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
     let broker = broker_with_data().await?;
     let client = broker.client();
     let published = client
-        .publisher()
+        .publisher_service()
         .publish(publish_request("nowhere", vec![payload_of(1)]))
         .await;
     let status = expect_code(published, Code::NotFound)?;
     assert!(status.message().contains("nowhere"), "{status:?}");
     let topic = client
-        .admin()
+        .admin_service()
         .get_topic(GetTopicRequest {
             name: "nowhere".into(),
         })
         .await;
     expect_code(topic, Code::NotFound)?;
     let deleted = client
-        .admin()
+        .admin_service()
         .delete_topic(DeleteTopicRequest {
             name: "nowhere".into(),
         })
         .await;
     expect_code(deleted, Code::NotFound)?;
     let subscription = client
-        .admin()
+        .admin_service()
         .get_subscription(GetSubscriptionRequest {
             name: "nobody".into(),
         })
@@ -192,7 +192,7 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
     let status = expect_code(subscription, Code::NotFound)?;
     assert!(status.message().contains("nobody"), "{status:?}");
     let on_nothing = client
-        .admin()
+        .admin_service()
         .create_subscription(CreateSubscriptionRequest {
             name: "orphan".into(),
             topic: "nowhere".into(),
@@ -212,7 +212,7 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
         "{on_unknown_topic:?}"
     );
     let acked = client
-        .subscriber()
+        .subscriber_service()
         .ack(AckRequest {
             subscription: "nobody".into(),
             offsets: vec![0],
@@ -220,7 +220,7 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
         .await;
     expect_code(acked, Code::NotFound)?;
     let nacked = client
-        .subscriber()
+        .subscriber_service()
         .nack(NackRequest {
             subscription: "nobody".into(),
             offsets: vec![0],
@@ -236,13 +236,13 @@ async fn duplicates_are_already_exists() -> anyhow::Result<()> {
     let broker = broker_with_data().await?;
     let client = broker.client();
     let topic = client
-        .admin()
+        .admin_service()
         .create_topic(CreateTopicRequest { name: "t".into() })
         .await;
     let status = expect_code(topic, Code::AlreadyExists)?;
     assert!(status.message().contains("\"t\""), "{status:?}");
     let subscription = client
-        .admin()
+        .admin_service()
         .create_subscription(CreateSubscriptionRequest {
             name: "s".into(),
             topic: "t".into(),
@@ -270,7 +270,7 @@ async fn acking_an_unpublished_offset_is_invalid_argument_and_acks_nothing() -> 
     let broker = broker_with_data().await?;
     let client = broker.client();
     let acked = client
-        .subscriber()
+        .subscriber_service()
         .ack(AckRequest {
             subscription: "s".into(),
             offsets: vec![0, 99],
@@ -295,7 +295,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
     assert!(status.message().contains("100000"), "{status:?}");
 
     let long_deadline = client
-        .admin()
+        .admin_service()
         .create_subscription(CreateSubscriptionRequest {
             name: "slow".into(),
             topic: "t".into(),
@@ -311,7 +311,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
     let status = Deliveries::open_expecting_error(&client, created_by_subscribe).await?;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let extended = client
-        .subscriber()
+        .subscriber_service()
         .modify_ack_deadline(ModifyAckDeadlineRequest {
             subscription: "s".into(),
             offsets: vec![0],
@@ -320,7 +320,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
         .await;
     expect_code(extended, Code::InvalidArgument)?;
     let delayed = client
-        .subscriber()
+        .subscriber_service()
         .nack(NackRequest {
             subscription: "s".into(),
             offsets: vec![0],
@@ -332,7 +332,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
         .await;
     expect_code(delayed, Code::InvalidArgument)?;
     let beyond = client
-        .admin()
+        .admin_service()
         .create_subscription(CreateSubscriptionRequest {
             name: "beyond".into(),
             topic: "t".into(),

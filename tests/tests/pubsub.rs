@@ -266,7 +266,7 @@ async fn start_at_offset_begins_there() -> anyhow::Result<()> {
     create_topic(&client, "log").await?;
     publish(&client, "log", &["0", "1", "2", "3", "4"]).await?;
     client
-        .admin()
+        .admin_service()
         .create_subscription(CreateSubscriptionRequest {
             name: "from-two".into(),
             topic: "log".into(),

@@ -49,14 +49,20 @@ async fn nacked_message_is_redelivered_at_once_with_attempt_two() -> anyhow::Res
     assert!(first.iter().all(|m| m.delivery_attempt == 1));
 
     ack(&client, "s", &[0]).await?;
-    client.subscriber().nack(nack_request(&[1], None)).await?;
+    client
+        .subscriber_service()
+        .nack(nack_request(&[1], None))
+        .await?;
     let again = stream.next().await?;
     assert_eq!((again.offset, again.delivery_attempt), (1, 2));
     assert_eq!(again.payload, "b".as_bytes());
 
     // Each nack counts another attempt; the acknowledged message never
     // comes back in between.
-    client.subscriber().nack(nack_request(&[1], None)).await?;
+    client
+        .subscriber_service()
+        .nack(nack_request(&[1], None))
+        .await?;
     let third = stream.next().await?;
     assert_eq!((third.offset, third.delivery_attempt), (1, 3));
     Ok(())
@@ -72,7 +78,7 @@ async fn nack_with_delay_redelivers_only_after_the_delay() -> anyhow::Result<()>
     let delay = Duration::from_secs(1);
     let nacked_at = Instant::now();
     client
-        .subscriber()
+        .subscriber_service()
         .nack(nack_request(&[0], Some(delay)))
         .await?;
     let again = stream.next().await?;
@@ -133,7 +139,7 @@ async fn modify_ack_deadline_zero_redelivers_at_once() -> anyhow::Result<()> {
     let mut stream = Deliveries::open(&client, subscribe_request("s", "")).await?;
     assert_eq!(stream.next().await?.delivery_attempt, 1);
     client
-        .subscriber()
+        .subscriber_service()
         .modify_ack_deadline(deadline_request(&[0], 0))
         .await?;
     let again = stream.next().await?;
@@ -148,7 +154,7 @@ async fn modify_ack_deadline_extends_the_lease() -> anyhow::Result<()> {
     let mut stream = Deliveries::open(&client, subscribe_request("s", "")).await?;
     assert_eq!(offsets(&stream.next_n(2).await?), [0, 1]);
     client
-        .subscriber()
+        .subscriber_service()
         .modify_ack_deadline(deadline_request(&[0], 60))
         .await?;
     // Offset 1 expires twice while offset 0, extended, stays leased.

@@ -36,7 +36,7 @@ async fn restart_keeps_topics_messages_offsets_and_acknowledgements() -> anyhow:
     assert_eq!(get_topic(&client, "order.placed").await?.next_offset, 5);
     assert_eq!(get_topic(&client, "empty.topic").await?.next_offset, 0);
     let listed = client
-        .admin()
+        .admin_service()
         .list_topics(ListTopicsRequest::default())
         .await?
         .into_inner();

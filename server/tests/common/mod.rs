@@ -158,7 +158,7 @@ pub(crate) struct Deliveries {
 impl Deliveries {
     /// Opens a stream.
     pub(crate) async fn open(client: &Client, request: SubscribeRequest) -> anyhow::Result<Self> {
-        let mut subscriber = client.subscriber();
+        let mut subscriber = client.subscriber_service();
         let call = subscriber.subscribe(request);
         let response = tokio::time::timeout(EVENT_TIMEOUT, call)
             .await
