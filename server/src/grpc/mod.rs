@@ -50,6 +50,13 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// TCP keepalive of accepted connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// HTTP/2 flow-control windows. Fixed and generous rather than adaptive:
+/// h2 caps the number of small DATA frames a connection may buffer at half
+/// the connection window, and with adaptive windows (which start small)
+/// a burst of a few hundred small unary calls on one connection — acks,
+/// say — exhausted that budget and the connection was torn down.
+const HTTP2_STREAM_WINDOW: u32 = 2 << 20;
+const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Serves the tidings services, health and reflection on `listener` until
 /// `shutdown` resolves, then shuts down in order:
@@ -81,7 +88,8 @@ pub async fn serve(
     let router = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
