@@ -343,3 +343,30 @@ async fn auto_create_topics_creates_the_topic_on_first_publish() -> anyhow::Resu
     assert_eq!(payloads(&stream.next_n(1).await?), ["first"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_max_messages_stream_ends_ok_and_its_messages_stay_leased() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    create_topic(&client, "t").await?;
+    publish(&client, "t", &["a", "b", "c"]).await?;
+
+    let bounded = SubscribeRequest {
+        max_messages: 2,
+        ..subscribe_request("s", "t")
+    };
+    let mut first = Deliveries::open(&client, bounded).await?;
+    assert_eq!(offsets(&first.next_n(2).await?), [0, 1]);
+    assert_eq!(first.end().await?.map(|s| s.code()), None, "ends with OK");
+    assert_eq!(get_subscription(&client, "s").await?.in_flight, 2);
+
+    // The two stay leased to the finished stream: the next stream gets only
+    // the third, and nothing more once that is acknowledged.
+    let mut second = Deliveries::open(&client, subscribe_request("s", "")).await?;
+    let third = second.next().await?;
+    assert_eq!((third.offset, third.delivery_attempt), (2, 1));
+    ack(&client, "s", &[0, 1, 2]).await?;
+    let figures = get_subscription(&client, "s").await?;
+    assert_eq!((figures.backlog, figures.in_flight), (0, 0));
+    Ok(())
+}

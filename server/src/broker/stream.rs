@@ -49,7 +49,14 @@ pub(super) struct StreamTask {
 impl StreamTask {
     pub(super) async fn run(mut self) {
         let end = self.deliver().await;
-        self.subscription.book().close_stream(self.stream);
+        {
+            let mut book = self.subscription.book();
+            if self.remaining == Some(0) {
+                book.finish_stream(self.stream);
+            } else {
+                book.close_stream(self.stream);
+            }
+        }
         self.subscription.wake.notify_waiters();
         match end {
             End::Done => debug!("stream ended"),

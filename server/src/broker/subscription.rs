@@ -66,7 +66,8 @@ impl LeaseBook {
         self.next_stream
     }
 
-    /// Ends a stream: everything it held is due again at once.
+    /// Ends a stream that broke or was closed by its client: everything it
+    /// held is due again at once.
     pub(super) fn close_stream(&mut self, stream: StreamId) {
         if self.streams.remove(&stream).is_none() {
             return;
@@ -80,6 +81,13 @@ impl LeaseBook {
         for offset in held {
             self.unlease_to_ready(offset);
         }
+    }
+
+    /// Ends a stream that finished its work (it delivered all it was asked
+    /// for): its client is still there to settle what it received, so those
+    /// leases run to their deadlines like any other.
+    pub(super) fn finish_stream(&mut self, stream: StreamId) {
+        self.streams.remove(&stream);
     }
 
     pub(super) fn outstanding(&self, stream: StreamId) -> usize {
@@ -311,7 +319,9 @@ impl Subscription {
 
     pub(super) fn info(&self) -> SubscriptionInfo {
         let head = self.topic.head();
-        let book = self.book();
+        let mut book = self.book();
+        // Leases of finished streams expire with nobody waiting on them.
+        book.reap(Instant::now());
         SubscriptionInfo {
             name: self.name.clone(),
             topic: self.topic.name.clone(),
@@ -416,6 +426,22 @@ mod tests {
         book.close_stream(a);
         assert_eq!(book.in_flight(), 0);
         assert_eq!(book.claim(b, 5, 2, now, DEADLINE), vec![(0, 2), (1, 2)]);
+    }
+
+    #[test]
+    fn a_finished_stream_keeps_its_leases_until_their_deadline() {
+        let mut book = LeaseBook::new(AckState::starting_at(0));
+        let (done, other) = (book.open_stream(), book.open_stream());
+        let now = Instant::now();
+        book.claim(done, 2, 2, now, DEADLINE);
+        book.finish_stream(done);
+        assert_eq!(book.in_flight(), 2);
+        assert!(book.claim(other, 5, 2, now, DEADLINE).is_empty());
+        book.ack(&[0], 2).unwrap();
+        assert_eq!(
+            book.claim(other, 5, 2, now + DEADLINE, DEADLINE),
+            vec![(1, 2)]
+        );
     }
 
     #[test]
