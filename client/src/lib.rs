@@ -1,176 +1,110 @@
 //! The Rust client of the Tidings broker.
 //!
-//! A [`Client`] holds one gRPC channel to a broker and hands out the
-//! generated clients of its three services, which share that channel:
+//! A [`Client`] holds one gRPC channel to a broker. From it come
+//! - admin calls: [`Client::create_topic`], [`Client::list_topics`],
+//!   [`Client::create_subscription`], [`Client::get_subscription`] …, and
+//!   [`Client::health`];
+//! - a [`Publisher`]: [`Publisher::publish`] queues a message and returns
+//!   a future of its offset; a background task sends queued messages in
+//!   batches, several batches at a time;
+//! - a [`Subscriber`]: a [`Stream`](futures::Stream) of [`Delivery`]
+//!   values. Acks are batched, leases of unsettled deliveries are extended
+//!   on their own, and the stream reconnects when the broker restarts.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), tidings_client::Error> {
-//! use tidings_client::Client;
-//! use tidings_client::v1::{PublishMessage, PublishRequest};
+//! use futures::StreamExt as _;
+//! use tidings_client::{Client, Message};
 //!
-//! let client = Client::connect("http://localhost:50051").await?;
-//! let response = client
-//!     .publisher_service()
-//!     .publish(PublishRequest {
-//!         topic: "order.placed".into(),
-//!         messages: vec![PublishMessage {
-//!             payload: "order 42".into(),
-//!             ..Default::default()
-//!         }],
-//!     })
+//! # async fn example() -> Result<(), tidings_client::Error> {
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! client.create_topic("order.placed").await?;
+//!
+//! // Publish: each future resolves to the message's offset once stored.
+//! let publisher = client.publisher("order.placed");
+//! let offset = publisher
+//!     .publish(Message::new(r#"{"order":42}"#).with_key("order-42"))
 //!     .await?;
-//! println!("stored at offsets {:?}", response.into_inner().offsets);
+//! println!("stored at offset {offset}");
+//!
+//! // Subscribe: the subscription is created on the topic when missing.
+//! let mut subscriber = client
+//!     .subscriber("inventory")
+//!     .topic("order.placed")
+//!     .subscribe()
+//!     .await?;
+//! while let Some(delivery) = subscriber.next().await {
+//!     let delivery = delivery?;
+//!     println!("{} {:?}", delivery.offset(), delivery.payload());
+//!     delivery.ack();
+//! }
+//! subscriber.close().await?;
+//! publisher.close().await?;
 //! # Ok(())
 //! # }
 //! ```
 //!
+//! # Delivery promises
+//! Delivery is at least once: a message comes again until it is acked —
+//! after a nack, when a dropped [`Delivery`] is nacked for you, when its
+//! lease expires (only past the subscriber's `max_lease_extension`), or
+//! when the stream breaks. Acks are idempotent and are retried across
+//! reconnects. See [`Publisher`] for what publishing promises about order
+//! and errors.
+//!
+//! # Layout
+//! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` the
+//! plain data; `publisher.rs` and `batch.rs` the publisher; `subscriber.rs`,
+//! `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
+//! generated API stays reachable as [`v1`] (and through
+//! [`Client::publisher_service`] and friends).
+//!
 //! This crate speaks only the wire API (`tidings::v1`); it never depends on
 //! the server or its storage engine.
 
-use tonic::transport::{Channel, Endpoint};
+mod admin;
+mod backoff;
+mod batch;
+mod client;
+mod delivery;
+mod error;
+mod lease;
+mod publisher;
+mod settle;
+mod subscriber;
+mod types;
 
 pub use tidings::v1;
-use tidings::v1::admin_service_client::AdminServiceClient;
-use tidings::v1::publisher_service_client::PublisherServiceClient;
-use tidings::v1::subscriber_service_client::SubscriberServiceClient;
 
-/// What a client call can fail with. The underlying `tonic` error is kept as
-/// the source, so callers can inspect it.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The broker address is not a valid URL.
-    #[error("broker address {url:?} is not valid; use a URL such as http://localhost:50051")]
-    InvalidUrl {
-        /// The address given.
-        url: String,
-        /// Why it was rejected.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// No connection to the broker could be made.
-    #[error("cannot connect to the broker at {url}; is it running?")]
-    Connect {
-        /// The address dialled.
-        url: String,
-        /// Why the connection failed.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The broker answered a call with an error status.
-    #[error("the broker answered {code:?}: {message}", code = .0.code(), message = .0.message())]
-    Status(#[source] tonic::Status),
-}
-
-impl Error {
-    /// The gRPC status code of the failure: the broker's code for
-    /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
-    /// `INVALID_ARGUMENT` for a bad address.
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            Self::InvalidUrl { .. } => tonic::Code::InvalidArgument,
-            Self::Connect { .. } => tonic::Code::Unavailable,
-            Self::Status(status) => status.code(),
-        }
-    }
-
-    /// The broker's status, when the broker answered.
-    pub fn status(&self) -> Option<&tonic::Status> {
-        match self {
-            Self::Status(status) => Some(status),
-            _ => None,
-        }
-    }
-}
-
-impl From<tonic::Status> for Error {
-    fn from(status: tonic::Status) -> Self {
-        Self::Status(status)
-    }
-}
-
-/// A connection to one broker. Cloning is cheap; clones share the channel.
-#[derive(Debug, Clone)]
-pub struct Client {
-    channel: Channel,
-}
-
-impl Client {
-    /// Connects to the broker at `url` (for example `http://localhost:50051`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidUrl`] when `url` cannot be parsed, [`Error::Connect`]
-    /// when the broker cannot be reached.
-    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
-        let url = url.into();
-        let endpoint = match Endpoint::from_shared(url.clone()) {
-            Ok(endpoint) => endpoint,
-            Err(source) => return Err(Error::InvalidUrl { url, source }),
-        };
-        match endpoint.connect().await {
-            Ok(channel) => Ok(Self::from_channel(channel)),
-            Err(source) => Err(Error::Connect { url, source }),
-        }
-    }
-
-    /// Wraps a channel made elsewhere (for example with custom timeouts).
-    pub fn from_channel(channel: Channel) -> Self {
-        Self { channel }
-    }
-
-    /// The channel every service client uses.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    /// A client of `tidings.v1.PublisherService`.
-    pub fn publisher_service(&self) -> PublisherServiceClient<Channel> {
-        PublisherServiceClient::new(self.channel.clone())
-    }
-
-    /// A client of `tidings.v1.SubscriberService`.
-    pub fn subscriber_service(&self) -> SubscriberServiceClient<Channel> {
-        SubscriberServiceClient::new(self.channel.clone())
-    }
-
-    /// A client of `tidings.v1.AdminService`.
-    pub fn admin_service(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
-    }
-}
+pub use client::{
+    Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DECODING_MESSAGE_SIZE,
+};
+pub use delivery::{Delivery, MAX_NACK_DELAY};
+pub use error::{Error, Result};
+pub use publisher::{
+    DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,
+    PublishFuture, Publisher, PublisherBuilder,
+};
+pub use subscriber::{
+    DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_MESSAGES,
+    Subscriber, SubscriberBuilder,
+};
+pub use types::{Message, StartPosition, Subscription, SubscriptionConfig, Topic};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn bad_url_is_invalid_argument() {
-        let err = Client::connect("not a url").await.expect_err("must fail");
-        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.to_string().contains("not a url"), "{err}");
-    }
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send + Unpin>() {}
 
-    #[tokio::test]
-    async fn unreachable_broker_is_unavailable() {
-        // Bind a port, then free it, so nothing listens there.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        drop(listener);
-        let err = Client::connect(format!("http://{addr}"))
-            .await
-            .expect_err("must fail");
-        assert_eq!(err.code(), tonic::Code::Unavailable);
-        assert!(std::error::Error::source(&err).is_some());
-    }
-
+    /// Handles are shared across tasks: the compiler checks it here.
     #[test]
-    fn status_keeps_its_code_and_source() {
-        let err = Error::from(tonic::Status::not_found("topic \"x\" does not exist"));
-        assert_eq!(err.code(), tonic::Code::NotFound);
-        assert_eq!(
-            err.status().map(tonic::Status::message),
-            Some("topic \"x\" does not exist")
-        );
-        assert!(std::error::Error::source(&err).is_some());
+    fn handles_can_cross_tasks() {
+        send_sync::<Client>();
+        send_sync::<Publisher>();
+        send_sync::<Delivery>();
+        send_sync::<Error>();
+        send::<PublishFuture>();
+        send::<Subscriber>();
     }
 }

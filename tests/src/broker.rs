@@ -29,6 +29,9 @@ pub struct TestBroker {
     data_dir: TempDir,
     configure: Configure,
     running: Option<Running>,
+    /// Where the last run listened, for
+    /// [`resume_on_same_port`](TestBroker::resume_on_same_port).
+    last_addr: Option<SocketAddr>,
 }
 
 /// One run of the broker, from start to stop.
@@ -66,16 +69,22 @@ impl TestBroker {
             data_dir,
             configure: Arc::new(configure),
             running: None,
+            last_addr: None,
         };
         broker.launch().await?;
         Ok(broker)
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        self.launch_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn launch_on(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(addr)
             .await
-            .context("bind 127.0.0.1:0")?;
+            .with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr().context("read the bound address")?;
+        self.last_addr = Some(addr);
         let mut config = Config::for_data_dir(self.data_dir.path().to_path_buf());
         (self.configure)(&mut config);
         let shutdown = CancellationToken::new();
@@ -155,6 +164,33 @@ impl TestBroker {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         self.launch().await
+    }
+
+    /// Stops the broker gracefully and starts it again on the same data
+    /// directory and the same address, so that clients made before (which
+    /// reconnect by address) find it again.
+    ///
+    /// # Errors
+    /// As [`TestBroker::stop`] and [`TestBroker::resume_on_same_port`].
+    pub async fn restart_on_same_port(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.resume_on_same_port().await
+    }
+
+    /// Starts a [`stop`](TestBroker::stop)ped broker again on the same data
+    /// directory and the address it listened on before.
+    ///
+    /// # Errors
+    /// When the broker is running, or the address cannot be bound again, or
+    /// as [`TestBroker::start`].
+    pub async fn resume_on_same_port(&mut self) -> anyhow::Result<()> {
+        if self.running.is_some() {
+            anyhow::bail!("the test broker is running; stop it first");
+        }
+        let addr = self
+            .last_addr
+            .context("the test broker never listened anywhere")?;
+        self.launch_on(addr).await
     }
 }
 

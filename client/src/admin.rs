@@ -1,0 +1,213 @@
+//! The admin calls of [`Client`]: topics and subscriptions, created,
+//! read, listed (following every page) and deleted.
+//!
+//! Each call is one request (or one per page) and a conversion to the
+//! types of `types.rs`; nothing is cached or retried here.
+
+use tidings::v1;
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::types::{Subscription, SubscriptionConfig, Topic};
+
+impl Client {
+    /// Creates a topic.
+    ///
+    /// # Errors
+    /// `ALREADY_EXISTS` when the name is taken, `INVALID_ARGUMENT` for a bad
+    /// name (1 to 255 ASCII letters, digits, `.`, `_`, `-`).
+    pub async fn create_topic(&self, name: &str) -> Result<Topic> {
+        let request = self.request(v1::CreateTopicRequest { name: name.into() });
+        let response = self.admin_service().create_topic(request).await?;
+        Ok(topic_of(response.into_inner().topic, name))
+    }
+
+    /// Returns a topic with its `next_offset`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when it does not exist.
+    pub async fn get_topic(&self, name: &str) -> Result<Topic> {
+        let request = self.request(v1::GetTopicRequest { name: name.into() });
+        let response = self.admin_service().get_topic(request).await?;
+        Ok(topic_of(response.into_inner().topic, name))
+    }
+
+    /// Lists every topic in name order, following all pages.
+    ///
+    /// # Errors
+    /// The broker's status when a page cannot be read.
+    pub async fn list_topics(&self) -> Result<Vec<Topic>> {
+        let mut topics = Vec::new();
+        let mut pages = PageTokens::default();
+        while let Some(page_token) = pages.next_request()? {
+            let request = self.request(v1::ListTopicsRequest {
+                page_size: 0,
+                page_token,
+            });
+            let page = self
+                .admin_service()
+                .list_topics(request)
+                .await?
+                .into_inner();
+            topics.extend(page.topics.into_iter().map(Topic::from));
+            pages.answered(page.next_page_token);
+        }
+        Ok(topics)
+    }
+
+    /// Deletes a topic with all its messages and subscriptions.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when it does not exist.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = self.request(v1::DeleteTopicRequest { name: name.into() });
+        self.admin_service().delete_topic(request).await?;
+        Ok(())
+    }
+
+    /// Creates a subscription.
+    ///
+    /// # Errors
+    /// `ALREADY_EXISTS` when the name is taken, `NOT_FOUND` when the topic
+    /// does not exist, `INVALID_ARGUMENT` for a bad name, deadline or start.
+    pub async fn create_subscription(&self, config: SubscriptionConfig) -> Result<Subscription> {
+        let name = config.name.clone();
+        let request = self.request(v1::CreateSubscriptionRequest::from(config));
+        let response = self.admin_service().create_subscription(request).await?;
+        subscription_of(response.into_inner().subscription, &name)
+    }
+
+    /// Returns a subscription with its live figures (backlog, in flight,
+    /// ack floor, open streams).
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when it does not exist.
+    pub async fn get_subscription(&self, name: &str) -> Result<Subscription> {
+        let request = self.request(v1::GetSubscriptionRequest { name: name.into() });
+        let response = self.admin_service().get_subscription(request).await?;
+        subscription_of(response.into_inner().subscription, name)
+    }
+
+    /// Lists every subscription in name order, following all pages; only
+    /// those of `topic` when it is given.
+    ///
+    /// # Errors
+    /// The broker's status when a page cannot be read.
+    pub async fn list_subscriptions(&self, topic: Option<&str>) -> Result<Vec<Subscription>> {
+        let mut subscriptions = Vec::new();
+        let mut pages = PageTokens::default();
+        while let Some(page_token) = pages.next_request()? {
+            let request = self.request(v1::ListSubscriptionsRequest {
+                topic: topic.unwrap_or_default().to_owned(),
+                page_size: 0,
+                page_token,
+            });
+            let page = self
+                .admin_service()
+                .list_subscriptions(request)
+                .await?
+                .into_inner();
+            subscriptions.extend(page.subscriptions.into_iter().map(Subscription::from));
+            pages.answered(page.next_page_token);
+        }
+        Ok(subscriptions)
+    }
+
+    /// Deletes a subscription; its open streams end with `NOT_FOUND`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when it does not exist.
+    pub async fn delete_subscription(&self, name: &str) -> Result<()> {
+        let request = self.request(v1::DeleteSubscriptionRequest { name: name.into() });
+        self.admin_service().delete_subscription(request).await?;
+        Ok(())
+    }
+}
+
+/// A topic from a response; a broker that leaves it out still told us the
+/// call succeeded, so the name alone stands in.
+fn topic_of(topic: Option<v1::Topic>, name: &str) -> Topic {
+    topic.map_or_else(
+        || Topic {
+            name: name.to_owned(),
+            next_offset: 0,
+            create_time: None,
+        },
+        Topic::from,
+    )
+}
+
+/// A subscription from a response; its figures cannot be made up, so a
+/// response without one is an error.
+fn subscription_of(subscription: Option<v1::Subscription>, name: &str) -> Result<Subscription> {
+    subscription.map(Subscription::from).ok_or_else(|| {
+        tonic::Status::internal(format!(
+            "the broker answered without subscription {name:?}; check the broker version"
+        ))
+        .into()
+    })
+}
+
+/// Walks `page_token`s: the first request has none, and the walk ends on an
+/// empty `next_page_token`. A page that hands back the token it was asked
+/// with would loop forever, so that is an error.
+#[derive(Debug, Default)]
+struct PageTokens {
+    sent: Option<String>,
+    next: Option<String>,
+    stuck: bool,
+}
+
+impl PageTokens {
+    /// The token of the next request, or `None` when every page was read.
+    fn next_request(&mut self) -> Result<Option<String>> {
+        if self.stuck {
+            return Err(tonic::Status::internal(
+                "the broker returned the same page token twice; check the broker version",
+            )
+            .into());
+        }
+        let token = match (&self.sent, self.next.take()) {
+            (None, _) => String::new(),
+            (Some(_), Some(next)) => next,
+            (Some(_), None) => return Ok(None),
+        };
+        self.sent = Some(token.clone());
+        Ok(Some(token))
+    }
+
+    /// Records a page's `next_page_token`.
+    fn answered(&mut self, next_page_token: String) {
+        if next_page_token.is_empty() {
+            return;
+        }
+        self.stuck = self.sent.as_deref() == Some(next_page_token.as_str());
+        self.next = Some(next_page_token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_walk_until_an_empty_token() {
+        let mut pages = PageTokens::default();
+        assert_eq!(pages.next_request().ok().flatten().as_deref(), Some(""));
+        pages.answered("t1".into());
+        assert_eq!(pages.next_request().ok().flatten().as_deref(), Some("t1"));
+        pages.answered(String::new());
+        assert_eq!(pages.next_request().ok().flatten(), None);
+    }
+
+    #[test]
+    fn a_repeated_page_token_is_an_error() {
+        let mut pages = PageTokens::default();
+        assert!(pages.next_request().is_ok());
+        pages.answered("t1".into());
+        assert!(pages.next_request().is_ok());
+        pages.answered("t1".into());
+        let err = pages.next_request().expect_err("must not loop");
+        assert_eq!(err.code(), tonic::Code::Internal);
+    }
+}

@@ -1,0 +1,325 @@
+//! [`Client`] and [`ClientBuilder`]: one gRPC channel to a broker, the raw
+//! generated service clients over it, and the health check.
+//!
+//! The admin calls live in `admin.rs`, publishing in `publisher.rs` and
+//! subscribing in `subscriber.rs`; this module only connects and hands out
+//! the channel. It never retries: callers (or the publisher and subscriber)
+//! decide that.
+
+use std::time::Duration;
+
+use tidings::v1::admin_service_client::AdminServiceClient;
+use tidings::v1::publisher_service_client::PublisherServiceClient;
+use tidings::v1::subscriber_service_client::SubscriberServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::error::{Error, Result};
+use crate::publisher::{Publisher, PublisherBuilder};
+use crate::subscriber::SubscriberBuilder;
+
+/// HTTP/2 stream flow-control window of a connection.
+const HTTP2_STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 connection flow-control window.
+const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
+/// The default [`ClientBuilder::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default [`ClientBuilder::max_decoding_message_size`]: 64 MiB, well
+/// above the broker's largest `Subscribe` frames.
+pub const DEFAULT_MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// A connection to one broker. Cloning is cheap; clones share the channel.
+///
+/// Connect with [`Client::connect`] (or [`Client::builder`] for timeouts and
+/// keep-alives); then use the admin calls ([`Client::create_topic`] …),
+/// [`Client::publisher`] and [`Client::subscriber`]. The channel reconnects
+/// on its own when the broker comes back after a restart on the same
+/// address.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    request_timeout: Option<Duration>,
+    max_decoding_message_size: usize,
+}
+
+impl Client {
+    /// Connects to the broker at `url` (for example `http://127.0.0.1:50051`)
+    /// with the default settings of [`ClientBuilder`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] when `url` cannot be parsed, [`Error::Connect`]
+    /// when the broker cannot be reached.
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts configuring a connection to the broker at `url`.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url.into())
+    }
+
+    /// Wraps a channel made elsewhere (for example with TLS), with no
+    /// request timeout and the default decoding limit.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            channel,
+            request_timeout: None,
+            max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
+        }
+    }
+
+    /// The channel every service client uses.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// A raw client of `tidings.v1.PublisherService` on this channel.
+    pub fn publisher_service(&self) -> PublisherServiceClient<Channel> {
+        PublisherServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_decoding_message_size)
+    }
+
+    /// A raw client of `tidings.v1.SubscriberService` on this channel.
+    pub fn subscriber_service(&self) -> SubscriberServiceClient<Channel> {
+        SubscriberServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_decoding_message_size)
+    }
+
+    /// A raw client of `tidings.v1.AdminService` on this channel.
+    pub fn admin_service(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_decoding_message_size)
+    }
+
+    /// Asks the broker's `grpc.health.v1.Health` service about the server as
+    /// a whole (service `""`): `true` when it answers `SERVING`.
+    ///
+    /// # Errors
+    /// [`Error::Status`] when the check itself fails (for example
+    /// `UNAVAILABLE` when the broker is down).
+    pub async fn health(&self) -> Result<bool> {
+        let request = self.request(HealthCheckRequest {
+            service: String::new(),
+        });
+        let response = HealthClient::new(self.channel.clone())
+            .check(request)
+            .await?
+            .into_inner();
+        Ok(response.status == ServingStatus::Serving as i32)
+    }
+
+    /// A publisher of `topic` with the default settings of
+    /// [`PublisherBuilder`].
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime: the publisher runs a task.
+    pub fn publisher(&self, topic: impl Into<String>) -> Publisher {
+        self.publisher_builder(topic).build()
+    }
+
+    /// Starts configuring a publisher of `topic`.
+    pub fn publisher_builder(&self, topic: impl Into<String>) -> PublisherBuilder {
+        PublisherBuilder::new(self.clone(), topic.into())
+    }
+
+    /// Starts configuring a subscriber of `subscription`; finish with
+    /// [`SubscriberBuilder::subscribe`].
+    pub fn subscriber(&self, subscription: impl Into<String>) -> SubscriberBuilder {
+        SubscriberBuilder::new(self.clone(), subscription.into())
+    }
+
+    /// Wraps `message` in a request carrying the unary request timeout, if
+    /// one is set.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = self.request_timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+}
+
+/// Settings of a connection; made by [`Client::builder`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tidings_client::Error> {
+/// use std::time::Duration;
+/// use tidings_client::Client;
+///
+/// let client = Client::builder("http://127.0.0.1:50051")
+///     .connect_timeout(Duration::from_secs(2))
+///     .request_timeout(Duration::from_secs(10))
+///     .http2_keep_alive_interval(Duration::from_secs(30))
+///     .connect()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    tcp_keepalive: Option<Duration>,
+    http2_keep_alive_interval: Option<Duration>,
+    max_decoding_message_size: usize,
+}
+
+impl ClientBuilder {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: None,
+            tcp_keepalive: None,
+            http2_keep_alive_interval: None,
+            max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
+        }
+    }
+
+    /// How long to wait for a TCP connection to be made (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A deadline for each unary call (admin calls, `Publish`, `Ack`, …);
+    /// none by default. It is sent to the broker as `grpc-timeout` too.
+    /// `Subscribe` streams are never cut by it.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Turns TCP keep-alive on, probing after this much idle time.
+    pub fn tcp_keepalive(mut self, interval: Duration) -> Self {
+        self.tcp_keepalive = Some(interval);
+        self
+    }
+
+    /// Sends HTTP/2 pings at this interval, even while idle, so that a dead
+    /// connection (and a `Subscribe` stream on it) is noticed.
+    pub fn http2_keep_alive_interval(mut self, interval: Duration) -> Self {
+        self.http2_keep_alive_interval = Some(interval);
+        self
+    }
+
+    /// The largest response message accepted, in bytes (default 64 MiB:
+    /// one `Subscribe` frame may hold many messages).
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = limit;
+        self
+    }
+
+    /// Connects now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] when the URL cannot be parsed,
+    /// [`Error::Connect`] when the broker cannot be reached.
+    pub async fn connect(self) -> Result<Client> {
+        let endpoint = self.endpoint()?;
+        match endpoint.connect().await {
+            Ok(channel) => Ok(self.client(channel)),
+            Err(source) => Err(Error::Connect {
+                url: self.url,
+                source,
+            }),
+        }
+    }
+
+    /// Returns a client that connects on its first call.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] when the URL cannot be parsed.
+    pub fn connect_lazy(self) -> Result<Client> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.client(channel))
+    }
+
+    fn endpoint(&self) -> Result<Endpoint> {
+        let endpoint = match Endpoint::from_shared(self.url.clone()) {
+            Ok(endpoint) => endpoint,
+            Err(source) => {
+                return Err(Error::InvalidUrl {
+                    url: self.url.clone(),
+                    source,
+                });
+            }
+        };
+        // Generous fixed HTTP/2 windows: h2 lets a connection buffer small
+        // DATA frames only up to half its connection window, and many
+        // concurrent calls with tiny answers (acks, publishes) would
+        // otherwise exhaust the default and lose the connection.
+        let mut endpoint = endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_keepalive(self.tcp_keepalive)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+        if let Some(interval) = self.http2_keep_alive_interval {
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_while_idle(true);
+        }
+        Ok(endpoint)
+    }
+
+    fn client(&self, channel: Channel) -> Client {
+        Client {
+            channel,
+            request_timeout: self.request_timeout,
+            max_decoding_message_size: self.max_decoding_message_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_url_is_invalid_argument() {
+        let err = Client::connect("not a url").await.expect_err("must fail");
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("not a url"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_is_unavailable() {
+        // Bind a port, then free it, so nothing listens there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        drop(listener);
+        let err = Client::connect(format!("http://{addr}"))
+            .await
+            .expect_err("must fail");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[tokio::test]
+    async fn lazy_client_fails_on_its_first_call_not_before() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        drop(listener);
+        let client = Client::builder(format!("http://{addr}"))
+            .request_timeout(Duration::from_secs(5))
+            .connect_lazy()
+            .expect("a valid URL");
+        let err = client.health().await.expect_err("nothing listens");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn request_carries_the_timeout() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let mut client = Client::from_channel(channel);
+        assert!(client.request(()).metadata().get("grpc-timeout").is_none());
+        client.request_timeout = Some(Duration::from_secs(3));
+        assert!(client.request(()).metadata().get("grpc-timeout").is_some());
+    }
+}

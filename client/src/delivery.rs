@@ -1,0 +1,155 @@
+//! [`Delivery`]: one message handed out by a [`Subscriber`](crate::Subscriber),
+//! with the means to settle it.
+//!
+//! Settling only queues the settlement with the subscriber's settlement
+//! task (see `settle.rs`), which batches and sends it; nothing here does
+//! I/O or blocks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tidings::v1::ReceivedMessage;
+
+use crate::lease::Settlement;
+use crate::settle::Settle;
+
+/// The longest delay the broker accepts for a nack.
+pub const MAX_NACK_DELAY: Duration = Duration::from_secs(600);
+
+/// One delivered message. Settle it with [`ack`](Delivery::ack) or
+/// [`nack`](Delivery::nack); dropping it unsettled nacks it, so it is
+/// delivered again at once.
+///
+/// While a delivery is unsettled, its subscriber keeps its lease alive
+/// (up to the subscriber's `max_lease_extension`), so slow processing does
+/// not cause a redelivery. Settlements are sent in batches within the
+/// subscriber's `ack_flush_interval`; they keep being sent after the
+/// [`Subscriber`](crate::Subscriber) itself is dropped, and
+/// [`Subscriber::close`](crate::Subscriber::close) waits for them.
+pub struct Delivery {
+    offset: u64,
+    payload: Bytes,
+    key: String,
+    attributes: HashMap<String, String>,
+    publish_time: Option<SystemTime>,
+    delivery_attempt: u32,
+    epoch: u64,
+    serial: u64,
+    settle: Arc<Settle>,
+    settled: bool,
+}
+
+impl Delivery {
+    /// Wraps a received message of the stream of `epoch`, recording it with
+    /// the settlement task.
+    pub(crate) fn new(message: ReceivedMessage, epoch: u64, settle: Arc<Settle>) -> Self {
+        let serial = settle.received(epoch, message.offset);
+        Self {
+            offset: message.offset,
+            payload: message.payload,
+            key: message.key,
+            attributes: message.attributes,
+            publish_time: message
+                .publish_time
+                .and_then(|t| SystemTime::try_from(t).ok()),
+            delivery_attempt: message.delivery_attempt,
+            epoch,
+            serial,
+            settle,
+            settled: false,
+        }
+    }
+
+    /// Whether the stream this came on is still open. A delivery of an
+    /// ended stream was taken back by the broker and comes again.
+    pub(crate) fn is_current(&self) -> bool {
+        self.settle.is_live(self.epoch)
+    }
+
+    /// The message's offset in its topic.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The message body, as published.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The key, as published (empty when none).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The attributes, as published.
+    pub fn attributes(&self) -> &HashMap<String, String> {
+        &self.attributes
+    }
+
+    /// When the broker stored the message.
+    pub fn publish_time(&self) -> Option<SystemTime> {
+        self.publish_time
+    }
+
+    /// How many times the message has been delivered on this subscription,
+    /// this delivery included: 1 on the first (counts restart with the
+    /// broker).
+    pub fn delivery_attempt(&self) -> u32 {
+        self.delivery_attempt
+    }
+
+    /// Acknowledges the message: it is never delivered again on this
+    /// subscription. Sent within the flush interval (and retried across
+    /// reconnects).
+    pub fn ack(mut self) {
+        self.finish(Settlement::Ack);
+    }
+
+    /// Gives the message back, to be delivered again at once.
+    pub fn nack(mut self) {
+        self.finish(Settlement::Nack(Duration::ZERO));
+    }
+
+    /// Gives the message back, to be delivered again after `delay` (at most
+    /// [`MAX_NACK_DELAY`]; longer delays are shortened to it).
+    pub fn nack_after(mut self, delay: Duration) {
+        self.finish(Settlement::Nack(delay.min(MAX_NACK_DELAY)));
+    }
+
+    /// Extends the lease now, by the subscription's ack deadline. The
+    /// subscriber does this on its own on a timer; call it only to extend
+    /// past `max_lease_extension`.
+    pub fn extend(&self) {
+        self.settle
+            .settle(self.offset, self.serial, Settlement::Extend);
+    }
+
+    fn finish(&mut self, settlement: Settlement) {
+        self.settled = true;
+        self.settle.settle(self.offset, self.serial, settlement);
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.finish(Settlement::Nack(Duration::ZERO));
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("offset", &self.offset)
+            .field("payload_len", &self.payload.len())
+            .field("key", &self.key)
+            .field("attributes", &self.attributes)
+            .field("publish_time", &self.publish_time)
+            .field("delivery_attempt", &self.delivery_attempt)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,149 @@
+//! [`Error`]: what every call of this crate can fail with.
+//!
+//! The broker's `tonic::Status` is kept whole as the error's source, never
+//! flattened to a string. This module only describes failures; it does not
+//! retry, log or decide anything.
+
+use std::error::Error as _;
+
+/// What a call of this crate can fail with.
+///
+/// [`Error::code`] gives a gRPC code for every variant, so callers can
+/// branch on `NOT_FOUND`, `ALREADY_EXISTS` and so on without matching.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker address is not a valid URL.
+    #[error("broker address {url:?} is not valid; use a URL such as http://localhost:50051")]
+    InvalidUrl {
+        /// The address given.
+        url: String,
+        /// Why it was rejected.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// No connection to the broker could be made.
+    #[error("cannot connect to the broker at {url}; is it running?")]
+    Connect {
+        /// The address dialled.
+        url: String,
+        /// Why the connection failed.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The broker answered a call with an error status (or the call failed
+    /// on the way, which `tonic` also reports as a status).
+    #[error("the broker answered {code:?}: {message}", code = .0.code(), message = .0.message())]
+    Status(#[source] tonic::Status),
+    /// An argument was refused before anything was sent to the broker.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The [`Publisher`](crate::Publisher) or
+    /// [`Subscriber`](crate::Subscriber) was closed; make a new one.
+    #[error("the publisher or subscriber is closed; create a new one to carry on")]
+    Closed,
+}
+
+impl Error {
+    /// The gRPC status code of the failure: the broker's code for
+    /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
+    /// `INVALID_ARGUMENT` for a bad address or argument, `CANCELLED` for
+    /// [`Error::Closed`].
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::InvalidUrl { .. } | Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            Self::Connect { .. } => tonic::Code::Unavailable,
+            Self::Status(status) => status.code(),
+            Self::Closed => tonic::Code::Cancelled,
+        }
+    }
+
+    /// The broker's status, when the broker answered.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            Self::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// A copy of this error, for handing one batch's failure to every
+    /// message of the batch. Transport errors cannot be cloned, so their
+    /// copies become [`Error::Status`] with the same code and text.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Status(status) => Self::Status(status.clone()),
+            Self::InvalidArgument(message) => Self::InvalidArgument(message.clone()),
+            Self::Closed => Self::Closed,
+            other => Self::Status(tonic::Status::new(other.code(), other.to_string())),
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+/// The result of a call of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether a failed call may succeed when made again on a new connection:
+/// `UNAVAILABLE` (the broker is restarting or unreachable), or a failure of
+/// the transport itself (a status that `tonic` built from a connection error
+/// carries that error as its source; statuses sent by the broker carry none).
+pub(crate) fn is_retryable(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => status.source().is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_keeps_its_code_and_source() {
+        let err = Error::from(tonic::Status::not_found("topic \"x\" does not exist"));
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(
+            err.status().map(tonic::Status::message),
+            Some("topic \"x\" does not exist")
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn duplicate_keeps_code_and_message() {
+        let err = Error::from(tonic::Status::invalid_argument("message too large"));
+        let copy = err.duplicate();
+        assert_eq!(copy.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            copy.status().map(tonic::Status::message),
+            Some("message too large")
+        );
+        assert!(matches!(Error::Closed.duplicate(), Error::Closed));
+    }
+
+    #[test]
+    fn closed_and_invalid_argument_have_codes() {
+        assert_eq!(Error::Closed.code(), tonic::Code::Cancelled);
+        let err = Error::InvalidArgument("bad".into());
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.status().is_none());
+    }
+
+    #[test]
+    fn only_unavailable_and_transport_failures_are_retryable() {
+        assert!(is_retryable(&tonic::Status::unavailable("shutting down")));
+        assert!(!is_retryable(&tonic::Status::not_found("gone")));
+        // The broker's own INTERNAL carries no source: not retried.
+        assert!(!is_retryable(&tonic::Status::internal("bug")));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let transport = tonic::Status::from_error(Box::new(io));
+        assert_eq!(transport.code(), tonic::Code::Unknown);
+        assert!(is_retryable(&transport));
+    }
+}

@@ -1,0 +1,473 @@
+//! [`Publisher`]: a cheap handle to a background task that batches queued
+//! messages into `Publish` calls, keeps several batches in flight, and
+//! resolves each message's [`PublishFuture`] with its offset or the error
+//! of its batch.
+//!
+//! The batching decisions live in `batch.rs`; this module runs the task and
+//! talks to the broker. It never retries a `Publish` that may have reached
+//! the broker (that could store a batch twice) and never drops a message
+//! without answering its future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use tidings::v1::{PublishMessage, PublishRequest};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tracing::{Instrument as _, debug, info_span};
+
+use crate::batch::{Batch, BatchLimits, BatchQueue, Pending};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::types::Message;
+
+/// The default [`PublisherBuilder::max_batch_messages`].
+pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 1000;
+/// The default [`PublisherBuilder::max_batch_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// The default [`PublisherBuilder::linger`].
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+/// The default [`PublisherBuilder::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+
+/// Publishes messages to one topic, in batches, several batches at a time.
+///
+/// [`publish`](Publisher::publish) queues a message at once (it never waits)
+/// and returns a [`PublishFuture`] that resolves to the message's offset
+/// once the broker stored it durably, or to the error of its batch. A
+/// background task cuts the queue into batches of up to
+/// [`max_batch_messages`](PublisherBuilder::max_batch_messages) messages and
+/// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) bytes, waiting at
+/// most [`linger`](PublisherBuilder::linger) after a batch's first message,
+/// and keeps up to [`max_in_flight`](PublisherBuilder::max_in_flight)
+/// `Publish` calls running at once.
+///
+/// Clones share the queue and the task. Dropping every clone publishes
+/// what is queued in the background; [`close`](Publisher::close) does the
+/// same and waits for it.
+///
+/// # Order
+/// Messages are queued in the order of `publish` calls, and each batch is
+/// stored contiguously in that order. With `max_in_flight(1)` the topic
+/// holds a publisher's messages exactly in publish order. With more batches
+/// in flight (the default) batches may be stored in a different order than
+/// they were cut, as with Pub/Sub publishers without ordering keys.
+///
+/// # Errors and retries
+/// Every message's future gets an answer: its offset, the error of its
+/// batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE` when
+/// the broker is down), or [`Error::Closed`]. Failed batches are not
+/// retried, since the broker may have stored a batch whose answer was lost.
+/// When the broker refuses a batch of several messages as
+/// `INVALID_ARGUMENT` (say one message is too large), the messages are sent
+/// again one by one, in order, so that only the bad one fails.
+///
+/// # Memory
+/// The queue is not bounded: `publish` never blocks and never loses a
+/// message. Backpressure comes from awaiting the futures — a producer that
+/// awaits each message (or keeps a bounded window of futures, or calls
+/// [`flush`](Publisher::flush) now and then) never gets ahead of the
+/// broker by more than that.
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+}
+
+/// What the handles share; dropping the last one closes the command
+/// channel, which tells the task to publish what is left and stop.
+struct Shared {
+    topic: String,
+    commands: mpsc::UnboundedSender<Command>,
+    closed: AtomicBool,
+}
+
+/// A request to the publisher task.
+enum Command {
+    Publish(Pending),
+    Flush(oneshot::Sender<Result<()>>),
+    Close(oneshot::Sender<Result<()>>),
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.shared.topic)
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// The topic this publisher publishes to.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// Queues a message; the future resolves to its offset once the broker
+    /// stored it, or to the error of its batch. Dropping the future does not
+    /// cancel the publish.
+    pub fn publish(&self, message: impl Into<Message>) -> PublishFuture {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return PublishFuture::failed(Error::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending::new(PublishMessage::from(message.into()), reply);
+        match self.shared.commands.send(Command::Publish(pending)) {
+            Ok(()) => PublishFuture {
+                state: State::Waiting(answer),
+            },
+            Err(_) => PublishFuture::failed(Error::Closed),
+        }
+    }
+
+    /// Waits until every message queued before this call is stored (or
+    /// failed).
+    ///
+    /// # Errors
+    /// The first error of the batches waited for. Each message's own future
+    /// still gets its own answer.
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        if self.shared.commands.send(Command::Flush(reply)).is_err() {
+            // Closed: close() already waited for everything.
+            return Ok(());
+        }
+        answer.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Flushes, then stops: later `publish` calls (on any clone) fail with
+    /// [`Error::Closed`]. Closing twice is fine.
+    ///
+    /// # Errors
+    /// As [`flush`](Publisher::flush).
+    pub async fn close(&self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::Release);
+        let (reply, answer) = oneshot::channel();
+        if self.shared.commands.send(Command::Close(reply)).is_err() {
+            return Ok(());
+        }
+        answer.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// The answer to one [`Publisher::publish`]: the message's offset in its
+/// topic, or why it was not stored. The message is published whether or not
+/// this future is awaited.
+#[derive(Debug)]
+#[must_use = "the message is published either way; await the future to learn its offset or error"]
+pub struct PublishFuture {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Waiting(oneshot::Receiver<Result<u64>>),
+    Failed(Option<Error>),
+}
+
+impl PublishFuture {
+    fn failed(error: Error) -> Self {
+        Self {
+            state: State::Failed(Some(error)),
+        }
+    }
+}
+
+impl Future for PublishFuture {
+    type Output = Result<u64>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            // A reply dropped unanswered means the task is gone (its
+            // runtime shut down).
+            State::Waiting(answer) => Pin::new(answer)
+                .poll(cx)
+                .map(|answer| answer.unwrap_or(Err(Error::Closed))),
+            State::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
+        }
+    }
+}
+
+/// Settings of a [`Publisher`]; made by [`Client::publisher_builder`].
+///
+/// ```no_run
+/// # async fn example(client: tidings_client::Client) {
+/// use std::time::Duration;
+///
+/// let publisher = client
+///     .publisher_builder("order.placed")
+///     .max_batch_messages(500)
+///     .linger(Duration::from_millis(5))
+///     .max_in_flight(1) // keep publish order in the topic
+///     .build();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PublisherBuilder {
+    client: Client,
+    topic: String,
+    limits: BatchLimits,
+    max_in_flight: usize,
+}
+
+impl PublisherBuilder {
+    pub(crate) fn new(client: Client, topic: String) -> Self {
+        Self {
+            client,
+            topic,
+            limits: BatchLimits {
+                max_messages: DEFAULT_MAX_BATCH_MESSAGES,
+                max_bytes: DEFAULT_MAX_BATCH_BYTES,
+                linger: DEFAULT_LINGER,
+            },
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+
+    /// Most messages in one `Publish` call (default 1000; 0 counts as 1).
+    pub fn max_batch_messages(mut self, max: usize) -> Self {
+        self.limits.max_messages = max.max(1);
+        self
+    }
+
+    /// Most bytes in one `Publish` call (default 1 MiB); a larger message
+    /// is sent alone. Keep it under the broker's request limit (4 MiB by
+    /// default).
+    pub fn max_batch_bytes(mut self, max: usize) -> Self {
+        self.limits.max_bytes = max.max(1);
+        self
+    }
+
+    /// How long a batch's first message waits for more before the batch is
+    /// sent (default 1 ms; zero sends at once, batching only what queues up
+    /// while every slot is busy).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.limits.linger = linger;
+        self
+    }
+
+    /// Most `Publish` calls running at once (default 8; 0 counts as 1).
+    /// With 1, messages are stored in publish order.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Starts the publisher's task.
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
+    pub fn build(self) -> Publisher {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let task = Task {
+            client: self.client,
+            topic: self.topic.clone(),
+            queue: BatchQueue::new(self.limits),
+            max_in_flight: self.max_in_flight,
+            commands: commands_rx,
+            receiving: true,
+            closing: false,
+            in_flight: FuturesUnordered::new(),
+        };
+        let span = info_span!("publisher", topic = %self.topic);
+        tokio::spawn(task.run().instrument(span));
+        Publisher {
+            shared: Arc::new(Shared {
+                topic: self.topic,
+                commands,
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+/// A `Publish` call in flight; it yields its batch's sequence number and
+/// error.
+type InFlight = Pin<Box<dyn Future<Output = (u64, Option<Error>)> + Send>>;
+
+/// The background task of one publisher (and its clones).
+struct Task {
+    client: Client,
+    topic: String,
+    queue: BatchQueue,
+    max_in_flight: usize,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// False once every handle is gone.
+    receiving: bool,
+    /// True once `close` was called.
+    closing: bool,
+    in_flight: FuturesUnordered<InFlight>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        loop {
+            self.dispatch(Instant::now());
+            let stopping = !self.receiving || self.closing;
+            if stopping && self.queue.is_idle() {
+                break;
+            }
+            let slot_free = self.in_flight.len() < self.max_in_flight;
+            let can_receive = self.receiving && !self.queue.has_sealed();
+            let linger = self.queue.linger_deadline().filter(|_| slot_free);
+            tokio::select! {
+                biased;
+                Some((seq, error)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.queue.completed(seq, error.as_ref());
+                }
+                command = self.commands.recv(), if can_receive => self.handle(command),
+                () = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
+                    self.queue.seal();
+                }
+            }
+        }
+        // Publishes that raced with close() are answered, not dropped.
+        self.commands.close();
+        while let Some(command) = self.commands.recv().await {
+            self.handle_after_close(command);
+        }
+        debug!(topic = %self.topic, "publisher stopped");
+    }
+
+    fn handle(&mut self, command: Option<Command>) {
+        match command {
+            None => {
+                self.receiving = false;
+                self.queue.seal();
+            }
+            Some(Command::Publish(pending)) if self.closing => {
+                let _ = pending.reply.send(Err(Error::Closed));
+            }
+            Some(Command::Publish(pending)) => self.queue.push(pending, Instant::now()),
+            Some(Command::Flush(reply)) => {
+                self.queue.seal();
+                self.queue.wait(reply);
+            }
+            Some(Command::Close(reply)) => {
+                self.closing = true;
+                self.queue.seal();
+                self.queue.wait(reply);
+            }
+        }
+    }
+
+    fn handle_after_close(&mut self, command: Command) {
+        match command {
+            Command::Publish(pending) => {
+                let _ = pending.reply.send(Err(Error::Closed));
+            }
+            Command::Flush(reply) | Command::Close(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Seals a batch whose linger ended and starts sealed batches while
+    /// slots are free.
+    fn dispatch(&mut self, now: Instant) {
+        if self.in_flight.len() < self.max_in_flight {
+            self.queue.seal_if_due(now);
+        }
+        while self.in_flight.len() < self.max_in_flight {
+            let Some(batch) = self.queue.pop_sealed() else {
+                break;
+            };
+            let client = self.client.clone();
+            let topic = self.topic.clone();
+            self.in_flight.push(Box::pin(async move {
+                publish_batch(&client, topic, batch).await
+            }));
+        }
+    }
+}
+
+/// Sends one batch and answers each of its messages. Returns the batch's
+/// sequence number and its first error.
+async fn publish_batch(
+    client: &Client,
+    topic: String,
+    (seq, batch): Batch,
+) -> (u64, Option<Error>) {
+    let (messages, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.message, p.reply)).unzip();
+    debug!(topic = %topic, seq, messages = messages.len(), "publishing a batch");
+    let copies = (messages.len() > 1).then(|| messages.clone());
+    let error = match (publish(client, &topic, messages).await, copies) {
+        (Ok(offsets), _) => {
+            for (reply, offset) in replies.into_iter().zip(offsets) {
+                let _ = reply.send(Ok(offset));
+            }
+            None
+        }
+        (Err(error), Some(messages)) if is_per_message(&error) => {
+            debug!(topic = %topic, seq, %error, "batch refused; sending its messages one by one");
+            publish_one_by_one(client, &topic, messages, replies).await
+        }
+        (Err(error), _) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+            Some(error)
+        }
+    };
+    (seq, error)
+}
+
+/// Sends each message alone, in order; returns the first error.
+async fn publish_one_by_one(
+    client: &Client,
+    topic: &str,
+    messages: Vec<PublishMessage>,
+    replies: Vec<oneshot::Sender<Result<u64>>>,
+) -> Option<Error> {
+    let mut first_error = None;
+    for (message, reply) in messages.into_iter().zip(replies) {
+        let result = publish(client, topic, vec![message])
+            .await
+            .map(|offsets| offsets[0]);
+        if let Err(error) = &result {
+            first_error.get_or_insert_with(|| error.duplicate());
+        }
+        let _ = reply.send(result);
+    }
+    first_error
+}
+
+/// Whether a refused batch may hold good messages beside a bad one: the
+/// broker (or the transport, for an oversized request) refused its content.
+fn is_per_message(error: &Error) -> bool {
+    matches!(
+        error.code(),
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+    )
+}
+
+/// One `Publish` call; checks that the broker answered one offset per
+/// message.
+async fn publish(client: &Client, topic: &str, messages: Vec<PublishMessage>) -> Result<Vec<u64>> {
+    let count = messages.len();
+    let request = client.request(PublishRequest {
+        topic: topic.to_owned(),
+        messages,
+    });
+    let offsets = client
+        .publisher_service()
+        .publish(request)
+        .await?
+        .into_inner()
+        .offsets;
+    if offsets.len() != count {
+        return Err(tonic::Status::internal(format!(
+            "the broker answered {} offsets for {count} messages published to {topic:?}",
+            offsets.len()
+        ))
+        .into());
+    }
+    Ok(offsets)
+}

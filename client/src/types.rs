@@ -1,0 +1,328 @@
+//! Plain data of the client API: [`Topic`], [`Subscription`],
+//! [`SubscriptionConfig`], [`StartPosition`] and [`Message`], with their
+//! conversions from and to the generated wire types.
+//!
+//! Nothing here talks to the broker; these are values and conversions only.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tidings::v1;
+use tidings::v1::start_position::Position;
+
+/// A topic as the broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    /// The topic's name, for example `order.placed`.
+    pub name: String,
+    /// The offset the next published message will get: also the number of
+    /// messages ever published to the topic.
+    pub next_offset: u64,
+    /// When the topic was created, when the broker says.
+    pub create_time: Option<SystemTime>,
+}
+
+impl From<v1::Topic> for Topic {
+    fn from(topic: v1::Topic) -> Self {
+        Self {
+            name: topic.name,
+            next_offset: topic.next_offset,
+            create_time: topic.create_time.and_then(|t| SystemTime::try_from(t).ok()),
+        }
+    }
+}
+
+/// A subscription with its live figures, as the broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The subscription's name.
+    pub name: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// How long a delivery stays leased before it is delivered again.
+    pub ack_deadline: Duration,
+    /// Messages published but not yet acknowledged (including those in
+    /// flight).
+    pub backlog: u64,
+    /// Messages currently leased to a stream, awaiting acknowledgement.
+    pub in_flight: u64,
+    /// Every message below this offset is acknowledged.
+    pub ack_floor: u64,
+    /// `Subscribe` streams currently open on the subscription.
+    pub open_streams: u32,
+    /// When the subscription was created, when the broker says.
+    pub create_time: Option<SystemTime>,
+}
+
+impl From<v1::Subscription> for Subscription {
+    fn from(sub: v1::Subscription) -> Self {
+        Self {
+            name: sub.name,
+            topic: sub.topic,
+            ack_deadline: Duration::from_secs(sub.ack_deadline_seconds.into()),
+            backlog: sub.backlog,
+            in_flight: sub.in_flight,
+            ack_floor: sub.ack_floor,
+            open_streams: sub.open_streams,
+            create_time: sub.create_time.and_then(|t| SystemTime::try_from(t).ok()),
+        }
+    }
+}
+
+/// Where a *new* subscription begins. It has no effect on a subscription
+/// that exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPosition {
+    /// At the earliest retained message (the default), so that a consumer
+    /// deployed after its publisher misses nothing.
+    #[default]
+    Earliest,
+    /// After the last message published so far: only newer messages.
+    Latest,
+    /// At this offset (at most the topic's `next_offset`).
+    Offset(u64),
+    /// At the first message published at or after this time.
+    Time(SystemTime),
+}
+
+impl From<StartPosition> for v1::StartPosition {
+    fn from(start: StartPosition) -> Self {
+        let position = match start {
+            StartPosition::Earliest => Position::Earliest(true),
+            StartPosition::Latest => Position::Latest(true),
+            StartPosition::Offset(offset) => Position::Offset(offset),
+            StartPosition::Time(time) => Position::Time(time.into()),
+        };
+        Self {
+            position: Some(position),
+        }
+    }
+}
+
+/// What [`Client::create_subscription`](crate::Client::create_subscription)
+/// creates.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidings_client::{StartPosition, SubscriptionConfig};
+///
+/// let config = SubscriptionConfig::new("inventory", "order.placed")
+///     .ack_deadline(Duration::from_secs(60))
+///     .start(StartPosition::Latest);
+/// assert_eq!(config.topic, "order.placed");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SubscriptionConfig {
+    /// The new subscription's name.
+    pub name: String,
+    /// The topic to subscribe to; it must exist.
+    pub topic: String,
+    /// The ack deadline, in whole seconds (rounded up) from 1 s to 600 s;
+    /// `None` for the broker's default of 30 s.
+    pub ack_deadline: Option<Duration>,
+    /// Where the subscription begins; the earliest message by default.
+    pub start: StartPosition,
+}
+
+impl SubscriptionConfig {
+    /// A subscription `name` on `topic`, with the default ack deadline,
+    /// starting at the earliest message.
+    pub fn new(name: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            topic: topic.into(),
+            ack_deadline: None,
+            start: StartPosition::Earliest,
+        }
+    }
+
+    /// Sets the ack deadline (whole seconds, rounded up; 1 s to 600 s).
+    pub fn ack_deadline(mut self, deadline: Duration) -> Self {
+        self.ack_deadline = Some(deadline);
+        self
+    }
+
+    /// Sets where the subscription begins.
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+}
+
+impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
+    fn from(config: SubscriptionConfig) -> Self {
+        Self {
+            name: config.name,
+            topic: config.topic,
+            ack_deadline_seconds: config.ack_deadline.map_or(0, deadline_seconds),
+            start: Some(config.start.into()),
+        }
+    }
+}
+
+/// A duration as the whole seconds the wire API takes: rounded up, so that
+/// a short non-zero deadline never becomes 0 (which means "the default" or
+/// "give the lease up"), and saturating rather than wrapping.
+pub(crate) fn deadline_seconds(duration: Duration) -> u32 {
+    let seconds = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
+    u32::try_from(seconds).unwrap_or(u32::MAX)
+}
+
+/// A message to publish.
+///
+/// ```
+/// use tidings_client::Message;
+///
+/// let message = Message::new(r#"{"order":42}"#)
+///     .with_key("order-42")
+///     .with_attribute("content-type", "application/json");
+/// assert_eq!(message.key, "order-42");
+/// let plain: Message = "hello".into();
+/// assert_eq!(&plain.payload[..], b"hello");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The body: any bytes.
+    pub payload: Bytes,
+    /// An optional key (for example an order id), delivered with the
+    /// message.
+    pub key: String,
+    /// Optional string attributes, delivered with the message. Names must
+    /// not be empty.
+    pub attributes: HashMap<String, String>,
+}
+
+impl Message {
+    /// A message with this payload, no key and no attributes.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = key.into();
+        self
+    }
+
+    /// Adds (or replaces) an attribute.
+    pub fn with_attribute(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(name.into(), value.into());
+        self
+    }
+}
+
+impl From<&'static str> for Message {
+    fn from(payload: &'static str) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<String> for Message {
+    fn from(payload: String) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(payload: Vec<u8>) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(payload: Bytes) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<Message> for v1::PublishMessage {
+    fn from(message: Message) -> Self {
+        Self {
+            payload: message.payload,
+            key: message.key,
+            attributes: message.attributes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_whole_seconds() {
+        assert_eq!(deadline_seconds(Duration::ZERO), 0);
+        assert_eq!(deadline_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(deadline_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(deadline_seconds(Duration::from_millis(30_001)), 31);
+        assert_eq!(deadline_seconds(Duration::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn subscription_config_becomes_a_request() {
+        let request = v1::CreateSubscriptionRequest::from(
+            SubscriptionConfig::new("inventory", "order.placed")
+                .ack_deadline(Duration::from_secs(45))
+                .start(StartPosition::Offset(7)),
+        );
+        assert_eq!(request.name, "inventory");
+        assert_eq!(request.topic, "order.placed");
+        assert_eq!(request.ack_deadline_seconds, 45);
+        assert_eq!(
+            request.start.and_then(|s| s.position),
+            Some(Position::Offset(7))
+        );
+        let default = v1::CreateSubscriptionRequest::from(SubscriptionConfig::new("a", "b"));
+        assert_eq!(default.ack_deadline_seconds, 0);
+        assert_eq!(
+            default.start.and_then(|s| s.position),
+            Some(Position::Earliest(true))
+        );
+    }
+
+    #[test]
+    fn start_time_converts_to_a_timestamp() {
+        let time = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        let start = v1::StartPosition::from(StartPosition::Time(time));
+        let Some(Position::Time(timestamp)) = start.position else {
+            panic!("expected a time position, got {start:?}");
+        };
+        assert_eq!((timestamp.seconds, timestamp.nanos), (1_700_000_000, 5));
+    }
+
+    #[test]
+    fn subscription_converts_from_the_wire() {
+        let sub = Subscription::from(v1::Subscription {
+            name: "s".into(),
+            topic: "t".into(),
+            ack_deadline_seconds: 10,
+            backlog: 3,
+            in_flight: 1,
+            ack_floor: 2,
+            create_time: None,
+            open_streams: 1,
+        });
+        assert_eq!(sub.ack_deadline, Duration::from_secs(10));
+        assert_eq!((sub.backlog, sub.in_flight, sub.ack_floor), (3, 1, 2));
+        assert_eq!(sub.create_time, None);
+    }
+
+    #[test]
+    fn message_builders_and_conversions() {
+        let message = Message::new(vec![1u8, 2])
+            .with_key("k")
+            .with_attribute("a", "1");
+        let wire = v1::PublishMessage::from(message.clone());
+        assert_eq!(&wire.payload[..], [1, 2]);
+        assert_eq!(wire.key, "k");
+        assert_eq!(wire.attributes.get("a").map(String::as_str), Some("1"));
+        assert_eq!(Message::from(String::from("x")).payload, Bytes::from("x"));
+        assert_eq!(Message::from(Bytes::from("y")).payload, Bytes::from("y"));
+    }
+}

@@ -1,0 +1,221 @@
+//! The Rust client's `Publisher` against a real broker: batching, offsets,
+//! order, flush and close, and errors that reach every caller.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::future::{join_all, try_join_all};
+use tidings_client::{Delivery, Error, Message, Publisher};
+use tidings_tests::{EVENT_TIMEOUT, TestBroker};
+use tokio::time::timeout;
+use tonic::Code;
+
+/// Long enough that a batch is never sent because its linger ended while a
+/// test runs: whatever gets sent was sent by a full batch, flush or close.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// Awaits `future` under [`EVENT_TIMEOUT`].
+async fn within<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
+    timeout(EVENT_TIMEOUT, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("nothing happened within {EVENT_TIMEOUT:?}"))
+}
+
+/// Reads `count` messages of `topic` through a fresh subscription.
+async fn read_back(
+    client: &tidings_client::Client,
+    topic: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Delivery>> {
+    let mut subscriber = client
+        .subscriber(format!("{topic}-reader"))
+        .topic(topic)
+        .max_outstanding_messages(u32::try_from(count)?)
+        .subscribe()
+        .await?;
+    let mut deliveries = Vec::with_capacity(count);
+    while deliveries.len() < count {
+        let next = within(subscriber.next()).await?;
+        deliveries.push(next.ok_or_else(|| anyhow::anyhow!("the stream ended"))??);
+    }
+    Ok(deliveries)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_publishes_get_every_offset_exactly_once() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("orders").await?;
+    let publisher = client.publisher("orders");
+
+    // 10 tasks publish 100 messages each through clones of one publisher.
+    let tasks = (0..10).map(|task| {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let futures = (0..100).map(|i| publisher.publish(format!("{task}-{i}")));
+            let offsets = try_join_all(futures).await?;
+            let payloads = (0..100).map(|i| format!("{task}-{i}"));
+            Ok::<_, Error>(offsets.into_iter().zip(payloads).collect::<Vec<_>>())
+        })
+    });
+    let mut published: HashMap<u64, String> = HashMap::new();
+    for task in within(join_all(tasks)).await? {
+        for (offset, payload) in task?? {
+            assert!(
+                published.insert(offset, payload).is_none(),
+                "offset {offset} given twice"
+            );
+        }
+    }
+    let mut offsets: Vec<u64> = published.keys().copied().collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..1000).collect::<Vec<u64>>());
+    assert_eq!(client.get_topic("orders").await?.next_offset, 1000);
+
+    // Each future got the offset its own message was stored at.
+    for delivery in read_back(&client, "orders", 1000).await? {
+        let expected = published.get(&delivery.offset()).map(String::as_bytes);
+        assert_eq!(Some(&delivery.payload()[..]), expected);
+        delivery.ack();
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_batch_in_flight_keeps_publish_order() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("ordered").await?;
+    let publisher = client
+        .publisher_builder("ordered")
+        .max_in_flight(1)
+        .max_batch_messages(7)
+        .linger(Duration::ZERO)
+        .build();
+    let futures: Vec<_> = (0..200)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(offsets, (0..200).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flush_sends_a_lingering_batch_and_waits_for_it() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("lingering").await?;
+    let publisher = client
+        .publisher_builder("lingering")
+        .linger(FOREVER)
+        .build();
+    let futures: Vec<_> = (0..50)
+        .map(|i| publisher.publish(Message::new(format!("m{i}")).with_key("k")))
+        .collect();
+    assert_eq!(client.get_topic("lingering").await?.next_offset, 0);
+
+    within(publisher.flush()).await??;
+    assert_eq!(client.get_topic("lingering").await?.next_offset, 50);
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(
+        offsets,
+        (0..50).collect::<Vec<u64>>(),
+        "one batch, in order"
+    );
+    within(publisher.flush()).await??; // nothing queued: returns at once
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_publishes_what_is_queued_then_refuses_more() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("closing").await?;
+    let publisher = client.publisher_builder("closing").linger(FOREVER).build();
+    let clone = publisher.clone();
+    let queued: Vec<_> = (0..10)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+
+    within(publisher.close()).await??;
+    assert_eq!(client.get_topic("closing").await?.next_offset, 10);
+    assert_eq!(within(try_join_all(queued)).await??.len(), 10);
+    let refused = within(clone.publish("late")).await?;
+    assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
+    within(publisher.close()).await??; // closing twice is fine
+    within(clone.flush()).await??;
+    assert_eq!(client.get_topic("closing").await?.next_offset, 10);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_every_handle_still_publishes_the_queue() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("dropped").await?;
+    let publisher: Publisher = client.publisher_builder("dropped").linger(FOREVER).build();
+    let queued: Vec<_> = (0..10)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+    drop(publisher);
+    let offsets = within(try_join_all(queued)).await??;
+    assert_eq!(offsets, (0..10).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_topic_fails_every_message_and_the_flush() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    let publisher = client.publisher_builder("nowhere").linger(FOREVER).build();
+    let queued: Vec<_> = (0..20)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+
+    let flushed = within(publisher.flush()).await?;
+    assert_eq!(flushed.map_err(|e| e.code()), Err(Code::NotFound));
+    for result in within(join_all(queued)).await? {
+        let err = result.expect_err("the topic does not exist");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        assert!(
+            err.status().is_some(),
+            "the broker's status is kept: {err:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_message_fails_alone() -> anyhow::Result<()> {
+    let broker = TestBroker::start_with(|config| config.max_message_bytes = 1024).await?;
+    let client = broker.client();
+    client.create_topic("sizes").await?;
+    let publisher = client.publisher_builder("sizes").linger(FOREVER).build();
+    let small = publisher.publish("small");
+    let big = publisher.publish(vec![b'x'; 4096]);
+    let after = publisher.publish("after");
+
+    let flushed = within(publisher.flush()).await?;
+    assert_eq!(flushed.map_err(|e| e.code()), Err(Code::InvalidArgument));
+    assert_eq!(within(small).await??, 0);
+    let err = within(big).await?.expect_err("over the broker's limit");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert_eq!(within(after).await??, 1, "later messages keep their order");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_while_the_broker_is_down_fails_with_unavailable() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    client.create_topic("down").await?;
+    let publisher = client.publisher("down");
+    assert_eq!(within(publisher.publish("before")).await??, 0);
+    broker.stop().await?;
+    let err = within(publisher.publish("during"))
+        .await?
+        .expect_err("nothing listens");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    Ok(())
+}

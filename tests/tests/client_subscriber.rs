@@ -1,0 +1,400 @@
+//! The Rust client's `Subscriber` against a real broker: deliveries, acks,
+//! nacks, dropped deliveries, automatic lease extension, flow control,
+//! errors, and a broker restart under a live subscriber.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tidings_client::{Client, Delivery, Message, Subscriber, SubscriptionConfig};
+use tidings_tests::{EVENT_TIMEOUT, TestBroker};
+use tokio::time::{Instant, timeout};
+use tonic::Code;
+
+/// Awaits `future` under [`EVENT_TIMEOUT`].
+async fn within<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
+    timeout(EVENT_TIMEOUT, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("nothing happened within {EVENT_TIMEOUT:?}"))
+}
+
+/// The next delivery, under [`EVENT_TIMEOUT`].
+async fn next(subscriber: &mut Subscriber) -> anyhow::Result<Delivery> {
+    match within(subscriber.next()).await? {
+        Some(delivery) => Ok(delivery?),
+        None => anyhow::bail!("the subscriber's stream ended"),
+    }
+}
+
+/// Asserts that nothing is delivered for `window`.
+async fn nothing_within(subscriber: &mut Subscriber, window: Duration) {
+    if let Ok(item) = timeout(window, subscriber.next()).await {
+        panic!("expected no delivery within {window:?}, got {item:?}");
+    }
+}
+
+/// A topic with `payloads` published to it, and a client.
+async fn topic_with(
+    broker: &TestBroker,
+    topic: &str,
+    payloads: &[&'static str],
+) -> anyhow::Result<Client> {
+    let client = broker.client();
+    client.create_topic(topic).await?;
+    let publisher = client.publisher_builder(topic).max_in_flight(1).build();
+    for payload in payloads {
+        within(publisher.publish(*payload)).await??;
+    }
+    Ok(client)
+}
+
+/// Waits until `check` holds for the subscription's figures. Acks are
+/// fire-and-forget, so their effect can only be observed on the broker: its
+/// figures are polled (a call failing while a restarted broker is being
+/// reconnected to counts as "not yet").
+async fn wait_for_subscription(
+    client: &Client,
+    name: &str,
+    check: impl Fn(&tidings_client::Subscription) -> bool,
+) -> anyhow::Result<()> {
+    within(async {
+        loop {
+            match client.get_subscription(name).await {
+                Ok(figures) if check(&figures) => return Ok::<_, anyhow::Error>(()),
+                Ok(_) => {}
+                Err(err) if matches!(err.code(), Code::Unavailable | Code::Unknown) => {}
+                Err(err) => return Err(err.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_come_in_order_and_acks_clear_the_backlog() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("orders").await?;
+    let publisher = client.publisher_builder("orders").max_in_flight(1).build();
+    let keyed = Message::new("first")
+        .with_key("order-1")
+        .with_attribute("type", "placed");
+    within(publisher.publish(keyed)).await??;
+    for i in 1..20 {
+        within(publisher.publish(format!("m{i}"))).await??;
+    }
+    let mut subscriber = client
+        .subscriber("inventory")
+        .topic("orders")
+        .subscribe()
+        .await?;
+    assert_eq!(subscriber.ack_deadline(), Duration::from_secs(30));
+
+    let first = next(&mut subscriber).await?;
+    assert_eq!((first.offset(), &first.payload()[..]), (0, &b"first"[..]));
+    assert_eq!(first.key(), "order-1");
+    assert_eq!(
+        first.attributes().get("type").map(String::as_str),
+        Some("placed")
+    );
+    assert_eq!(first.delivery_attempt(), 1);
+    assert!(first.publish_time().is_some());
+    first.ack();
+    for offset in 1..20 {
+        let delivery = next(&mut subscriber).await?;
+        assert_eq!(delivery.offset(), offset);
+        delivery.ack();
+    }
+    // close() sends the pending acks before it returns.
+    within(subscriber.close()).await??;
+    let figures = client.get_subscription("inventory").await?;
+    assert_eq!(
+        (figures.backlog, figures.in_flight, figures.ack_floor),
+        (0, 0, 20),
+        "{figures:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nack_redelivers_at_once() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["one"]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    let delivery = next(&mut subscriber).await?;
+    assert_eq!(delivery.delivery_attempt(), 1);
+    delivery.nack();
+    let again = next(&mut subscriber).await?;
+    assert_eq!((again.offset(), again.delivery_attempt()), (0, 2));
+    again.ack();
+    within(subscriber.close()).await??;
+    assert_eq!(client.get_subscription("s").await?.backlog, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nack_after_redelivers_after_the_delay() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["one"]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    let delivery = next(&mut subscriber).await?;
+    let delay = Duration::from_millis(400);
+    let nacked_at = Instant::now();
+    delivery.nack_after(delay);
+    let again = next(&mut subscriber).await?;
+    assert!(
+        nacked_at.elapsed() >= delay,
+        "redelivered after {:?}",
+        nacked_at.elapsed()
+    );
+    assert_eq!((again.offset(), again.delivery_attempt()), (0, 2));
+    again.ack();
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_delivery_is_redelivered() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["one", "two"]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    assert_eq!((first.offset(), second.offset()), (0, 1));
+    drop(first);
+    let again = next(&mut subscriber).await?;
+    assert_eq!((again.offset(), again.delivery_attempt()), (0, 2));
+    again.ack();
+    second.ack();
+    within(subscriber.close()).await??;
+    assert_eq!(client.get_subscription("s").await?.backlog, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_are_extended_while_a_delivery_is_held() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["slow work"]).await?;
+    let config = SubscriptionConfig::new("s", "t").ack_deadline(Duration::from_secs(1));
+    client.create_subscription(config).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    assert_eq!(subscriber.ack_deadline(), Duration::from_secs(1));
+    let held = next(&mut subscriber).await?;
+
+    // Three ack deadlines pass; without extensions it would come back.
+    nothing_within(&mut subscriber, Duration::from_secs(3)).await;
+    assert_eq!(client.get_subscription("s").await?.in_flight, 1);
+    held.ack();
+    within(subscriber.close()).await??;
+    let figures = client.get_subscription("s").await?;
+    assert_eq!((figures.backlog, figures.in_flight), (0, 0), "{figures:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_expire_past_the_maximum_extension() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["slow work"]).await?;
+    let config = SubscriptionConfig::new("s", "t").ack_deadline(Duration::from_secs(1));
+    client.create_subscription(config).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .max_lease_extension(Duration::ZERO)
+        .subscribe()
+        .await?;
+    let held = next(&mut subscriber).await?;
+    let again = next(&mut subscriber).await?;
+    assert_eq!((again.offset(), again.delivery_attempt()), (0, 2));
+    held.ack();
+    drop(again);
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_outstanding_messages_limits_unsettled_deliveries() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["a", "b", "c"]).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .max_outstanding_messages(2)
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let _second = next(&mut subscriber).await?;
+    nothing_within(&mut subscriber, Duration::from_millis(300)).await;
+    first.ack();
+    assert_eq!(next(&mut subscriber).await?.offset(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribe_errors_come_back_from_subscribe() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &[]).await?;
+    client.create_topic("other").await?;
+    let missing = client.subscriber("missing").subscribe().await;
+    assert_eq!(missing.map(drop).map_err(|e| e.code()), Err(Code::NotFound));
+    let no_topic = client.subscriber("s").topic("nope").subscribe().await;
+    assert_eq!(
+        no_topic.map(drop).map_err(|e| e.code()),
+        Err(Code::NotFound)
+    );
+    client
+        .create_subscription(SubscriptionConfig::new("s", "t"))
+        .await?;
+    let wrong = client.subscriber("s").topic("other").subscribe().await;
+    assert_eq!(
+        wrong.map(drop).map_err(|e| e.code()),
+        Err(Code::FailedPrecondition)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_subscription_ends_the_stream_with_its_error() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &[]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    client.delete_subscription("s").await?;
+    let ended = within(subscriber.next()).await?;
+    let err = ended.expect("an error item").expect_err("an error item");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(within(subscriber.next()).await?.is_none(), "then the end");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_survives_a_broker_restart() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    // A client of its own: it reconnects to the same address.
+    let client = Client::connect(broker.url()).await?;
+    client.create_topic("t").await?;
+    let publisher = client.publisher_builder("t").max_in_flight(1).build();
+    for payload in ["acked", "held"] {
+        within(publisher.publish(payload)).await??;
+    }
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .subscribe()
+        .await?;
+    next(&mut subscriber).await?.ack();
+    let held = next(&mut subscriber).await?;
+    assert_eq!(held.offset(), 1);
+    wait_for_subscription(&client, "s", |s| s.ack_floor == 1).await?;
+
+    broker.restart_on_same_port().await?;
+    let fresh = broker.client();
+    let after = tidings_tests::publish(&fresh, "t", &["after restart"]).await?;
+    assert_eq!(after, [2]);
+
+    // The held message comes back, the new one arrives, the acked one
+    // does not.
+    let mut seen = BTreeMap::new();
+    while seen.len() < 2 {
+        let delivery = next(&mut subscriber).await?;
+        assert_ne!(delivery.offset(), 0, "an acknowledged message came back");
+        seen.insert(delivery.offset(), delivery);
+    }
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    // The delivery from before the restart is still ackable.
+    held.ack();
+    seen.into_values().for_each(Delivery::ack);
+    within(subscriber.close()).await??;
+    let figures = client.get_subscription("s").await?;
+    assert_eq!((figures.backlog, figures.ack_floor), (0, 3), "{figures:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_made_while_the_broker_is_down_are_sent_when_it_returns() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = Client::connect(broker.url()).await?;
+    client.create_topic("t").await?;
+    tidings_tests::publish(&client, "t", &["one"]).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .subscribe()
+        .await?;
+    let delivery = next(&mut subscriber).await?;
+
+    broker.stop().await?;
+    delivery.ack(); // fails with UNAVAILABLE for now, and is retried
+    // An outage, not a synchronisation: long enough for the ack to be
+    // attempted (within the 5 ms flush interval) and refused at least once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.resume_on_same_port().await?;
+    wait_for_subscription(&client, "s", |s| s.ack_floor == 1 && s.backlog == 0).await?;
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_reports_a_settlement_the_broker_refused() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["one"]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    let delivery = next(&mut subscriber).await?;
+    client.delete_subscription("s").await?;
+    let ended = within(subscriber.next()).await?.map(|item| item.map(drop));
+    assert_eq!(
+        ended.map(|item| item.map_err(|e| e.code())),
+        Some(Err(Code::NotFound))
+    );
+    delivery.ack();
+    let closed = within(subscriber.close()).await?;
+    assert_eq!(closed.map_err(|e| e.code()), Err(Code::NotFound));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_messages_ends_the_stream_with_the_rest_left_for_others() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["a", "b", "c"]).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .max_messages(2)
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    assert_eq!((first.offset(), second.offset()), (0, 1));
+    assert!(within(subscriber.next()).await?.is_none(), "the stream ends");
+    first.ack();
+    second.ack();
+    subscriber.close().await?;
+
+    // Only the third is left, delivered for the first time.
+    let mut rest = client.subscriber("s").subscribe().await?;
+    let third = next(&mut rest).await?;
+    assert_eq!((third.offset(), third.delivery_attempt()), (2, 1));
+    third.ack();
+    rest.close().await?;
+    wait_for_subscription(&client, "s", |s| s.backlog == 0).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_hands_buffered_deliveries_back_once() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["a", "b"]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    let first = next(&mut subscriber).await?;
+    first.ack();
+    // The second is received (and buffered) but never taken.
+    wait_for_subscription(&client, "s", |s| s.in_flight == 1).await?;
+    subscriber.close().await?;
+
+    let mut again = client.subscriber("s").subscribe().await?;
+    let second = next(&mut again).await?;
+    assert_eq!((second.offset(), second.delivery_attempt()), (1, 2));
+    second.ack();
+    again.close().await?;
+    Ok(())
+}
