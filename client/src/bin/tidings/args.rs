@@ -1,0 +1,135 @@
+//! The command line of `tidings`: the global options and the list of
+//! commands, declared with clap derive.
+//!
+//! Each command's own flags live in its module under `commands/`; this
+//! module only lists the commands. It connects to nothing and prints
+//! nothing.
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{publish, subs, subscribe, topics};
+use crate::values;
+
+/// The broker's default address, the broker's own default `--listen`.
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Examples shown at the end of `tidings --help`.
+const EXAMPLES: &str = "\
+Examples:
+  tidings topics create orders
+  echo 'order 42' | tidings pub orders --key order-42
+  tidings sub billing --topic orders --count 1
+  tidings subs describe billing --json
+  tidings --server 10.0.0.5:50051 health";
+
+/// `tidings`: publish, receive and manage messages of a Tidings broker.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Publish, receive and manage messages of a Tidings broker",
+    long_about = "Publish, receive and manage messages of a Tidings broker.\n\n\
+        Every command talks to the broker at --server (default \
+        http://127.0.0.1:50051). Output is tables and lines for people; \
+        with --json every command prints JSON instead. On failure a command \
+        exits non-zero and prints one line, `tidings: <reason>`, on standard \
+        error.",
+    after_long_help = EXAMPLES
+)]
+pub(crate) struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes, before or after the command's name.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GlobalArgs {
+    /// Address of the broker: a URL such as http://127.0.0.1:50051, or
+    /// host:port (http:// is then assumed).
+    #[arg(
+        long,
+        global = true,
+        env = "TIDINGS_SERVER",
+        default_value = DEFAULT_SERVER,
+        value_parser = values::parse_server,
+        value_name = "URL"
+    )]
+    pub(crate) server: String,
+
+    /// Print machine-readable JSON instead of tables and lines.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The commands. Each one is a module under `commands/`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Publish messages to a topic and print their offsets.
+    #[command(
+        name = "pub",
+        long_about = "Publish messages to a topic and print the offset of each, one per line \
+            (with --json: {\"topic\": …, \"offsets\": […]}).\n\n\
+            The messages are the MESSAGE arguments or, when there are none, the lines of \
+            standard input (one message per line, without its newline). Messages are sent \
+            in batches; the command returns once every one of them is stored.",
+        after_long_help = "Examples:\n  \
+            tidings pub orders 'order 42' 'order 43'\n  \
+            printf 'a\\nb\\n' | tidings pub orders --key customer-7 --attr source=import"
+    )]
+    Publish(publish::PublishArgs),
+
+    /// Receive messages of a subscription and print them.
+    #[command(
+        name = "sub",
+        long_about = "Receive messages of a subscription, print each one, then acknowledge it \
+            (unless --no-ack).\n\n\
+            With --topic, the subscription is created on that topic when it does not exist yet \
+            (starting at --start). Stops after --count messages, or runs until Ctrl-C. \
+            Acknowledgements are flushed to the broker before the command exits.",
+        after_long_help = "Examples:\n  \
+            tidings sub billing --topic orders --count 10 --format jsonl\n  \
+            tidings sub audit --topic orders --start latest\n  \
+            tidings sub billing --count 5 --no-ack        # peek: the messages stay in the backlog"
+    )]
+    Subscribe(subscribe::SubscribeArgs),
+
+    /// List, create, describe and delete topics.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+
+    /// List, create, describe and delete subscriptions.
+    #[command(subcommand)]
+    Subs(subs::SubsCommand),
+
+    /// Check that the broker is up and serving.
+    #[command(
+        long_about = "Check that the broker is up and serving (the standard gRPC health check). \
+            Exits 0 when it serves, non-zero when it is unreachable or shutting down."
+    )]
+    Health,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_command() {
+        let cli = Cli::try_parse_from(["tidings", "topics", "ls", "--json", "--server", "h:1"])
+            .expect("parses");
+        assert!(cli.global.json);
+        assert_eq!(cli.global.server, "http://h:1");
+    }
+}

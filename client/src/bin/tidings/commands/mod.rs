@@ -1,0 +1,54 @@
+//! The commands of `tidings`, one module each, and [`run`], which
+//! dispatches to them.
+//!
+//! A new command (a later `tidings bench`, say) is a new module with its
+//! clap `Args`, one variant in [`crate::args::Command`] and one
+//! arm here. Commands reach the broker only through `tidings_client`.
+
+pub(crate) mod health;
+pub(crate) mod publish;
+pub(crate) mod subs;
+pub(crate) mod subscribe;
+pub(crate) mod topics;
+
+use tidings_client::Client;
+
+use crate::args::{Cli, Command};
+
+/// What every command needs besides its own arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    /// The broker's URL.
+    pub(crate) server: String,
+    /// Print JSON instead of text for people.
+    pub(crate) json: bool,
+}
+
+impl Context {
+    /// Connects to the broker.
+    ///
+    /// # Errors
+    /// The library's error when the address is bad or the broker cannot be
+    /// reached.
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.server.clone()).await?)
+    }
+}
+
+/// Runs the command `cli` names.
+///
+/// # Errors
+/// Whatever the command failed with; `main` prints it as one line.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context {
+        server: cli.global.server,
+        json: cli.global.json,
+    };
+    match cli.command {
+        Command::Publish(args) => publish::run(&ctx, args).await,
+        Command::Subscribe(args) => subscribe::run(&ctx, args).await,
+        Command::Topics(command) => topics::run(&ctx, command).await,
+        Command::Subs(command) => subs::run(&ctx, command).await,
+        Command::Health => health::run(&ctx).await,
+    }
+}

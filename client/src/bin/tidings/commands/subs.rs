@@ -1,0 +1,136 @@
+//! `tidings subs ls|create|describe|delete`: manage subscriptions.
+//!
+//! Thin: one library call per command, then the result printed as a
+//! table, lines or JSON. Receiving messages is `tidings sub`, elsewhere.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+use tidings_client::{Client, StartPosition, SubscriptionConfig};
+
+use super::Context;
+use crate::{output, values};
+
+/// The `subs` commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SubsCommand {
+    /// List subscriptions with their backlog and messages in flight.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the subscriptions of this topic.
+        #[arg(long, short)]
+        topic: Option<String>,
+    },
+
+    /// Create a subscription on a topic.
+    #[command(after_long_help = "Examples:\n  \
+        tidings subs create billing --topic orders\n  \
+        tidings subs create audit --topic orders --start latest --ack-deadline 2m")]
+    Create {
+        /// The new subscription's name; the same grammar as topic names.
+        name: String,
+
+        /// The topic to subscribe to; it must exist.
+        #[arg(long, short)]
+        topic: String,
+
+        /// How long a delivered message stays leased before it is
+        /// delivered again: whole seconds, such as 30s or 2m (1s to 10m).
+        /// Default: the broker's, 30s.
+        #[arg(long, value_parser = values::parse_ack_deadline, value_name = "DURATION")]
+        ack_deadline: Option<Duration>,
+
+        /// Where the subscription begins: earliest (every retained
+        /// message), latest (only messages published from now on), an
+        /// offset such as 42, or an RFC 3339 time such as
+        /// 2024-05-01T12:00:00Z.
+        #[arg(
+            long,
+            default_value = "earliest",
+            value_parser = values::parse_start,
+            value_name = "earliest|latest|OFFSET|TIME"
+        )]
+        start: StartPosition,
+    },
+
+    /// Show a subscription with its live figures: backlog, messages in
+    /// flight, ack floor, open streams.
+    #[command(visible_alias = "get")]
+    Describe {
+        /// The subscription's name.
+        name: String,
+    },
+
+    /// Delete a subscription; its open streams end.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// The subscription's name.
+        name: String,
+    },
+}
+
+/// Creates a subscription and prints it.
+async fn create(ctx: &Context, client: &Client, config: SubscriptionConfig) -> anyhow::Result<()> {
+    let sub = client.create_subscription(config).await?;
+    if ctx.json {
+        output::json(&output::subscription_json(&sub))?;
+    } else {
+        output::line(&format!(
+            "created subscription \"{}\" on topic \"{}\"",
+            sub.name, sub.topic
+        ))?;
+    }
+    Ok(())
+}
+
+/// Runs a `subs` command.
+///
+/// # Errors
+/// When the broker cannot be reached or refuses the call (for example
+/// NOT_FOUND for an unknown subscription or topic).
+pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<()> {
+    let client = ctx.connect().await?;
+    match command {
+        SubsCommand::Ls { topic } => {
+            let subs = client.list_subscriptions(topic.as_deref()).await?;
+            if ctx.json {
+                let list = subs.iter().map(output::subscription_json).collect();
+                output::json(&Value::Array(list))?;
+            } else if subs.is_empty() {
+                output::line("no subscriptions")?;
+            } else {
+                output::write(output::subscriptions_table(&subs).as_bytes())?;
+            }
+        }
+        SubsCommand::Create {
+            name,
+            topic,
+            ack_deadline,
+            start,
+        } => {
+            let mut config = SubscriptionConfig::new(name, topic).start(start);
+            if let Some(deadline) = ack_deadline {
+                config = config.ack_deadline(deadline);
+            }
+            create(ctx, &client, config).await?;
+        }
+        SubsCommand::Describe { name } => {
+            let sub = client.get_subscription(&name).await?;
+            if ctx.json {
+                output::json(&output::subscription_json(&sub))?;
+            } else {
+                output::write(output::subscription_text(&sub).as_bytes())?;
+            }
+        }
+        SubsCommand::Delete { name } => {
+            client.delete_subscription(&name).await?;
+            if ctx.json {
+                output::json(&json!({ "name": name, "deleted": true }))?;
+            } else {
+                output::line(&format!("deleted subscription \"{name}\""))?;
+            }
+        }
+    }
+    Ok(())
+}

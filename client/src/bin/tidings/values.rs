@@ -1,0 +1,163 @@
+//! Parsers of flag values: broker addresses, `NAME=VALUE` attributes,
+//! start positions, times and ack deadlines.
+//!
+//! Pure functions returning a message clap shows next to the flag; no
+//! input or output here.
+
+use std::time::{Duration, SystemTime};
+
+use tidings_client::StartPosition;
+
+/// Parses `--server`: a URL, or `host:port` to which `http://` is added.
+pub(crate) fn parse_server(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("expected a broker address such as http://127.0.0.1:50051".into());
+    }
+    if value.contains("://") {
+        Ok(value.to_owned())
+    } else {
+        Ok(format!("http://{value}"))
+    }
+}
+
+/// Parses `--attr NAME=VALUE`.
+pub(crate) fn parse_attribute(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some(("", _)) => {
+            Err("the attribute name is empty; use NAME=VALUE, such as region=eu".into())
+        }
+        Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+        None => Err("expected NAME=VALUE, such as region=eu".into()),
+    }
+}
+
+/// Parses `--start`: `earliest`, `latest`, an offset, or an RFC 3339 time.
+pub(crate) fn parse_start(value: &str) -> Result<StartPosition, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("earliest") {
+        return Ok(StartPosition::Earliest);
+    }
+    if value.eq_ignore_ascii_case("latest") {
+        return Ok(StartPosition::Latest);
+    }
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse()
+            .map(StartPosition::Offset)
+            .map_err(|err| format!("offset {value} is out of range ({err})"));
+    }
+    parse_time(value).map(StartPosition::Time).map_err(|_| {
+        "expected earliest, latest, an offset such as 42, or an RFC 3339 time such as \
+         2024-05-01T12:00:00Z"
+            .into()
+    })
+}
+
+/// Parses an RFC 3339 time: UTC (`Z`, or no zone) or with a `+HH:MM` /
+/// `-HH:MM` offset.
+pub(crate) fn parse_time(value: &str) -> Result<SystemTime, String> {
+    let bad = || format!("{value:?} is not an RFC 3339 time such as 2024-05-01T12:00:00Z");
+    let Some((local, offset)) = split_zone_offset(value) else {
+        return humantime::parse_rfc3339_weak(value).map_err(|_| bad());
+    };
+    let local = humantime::parse_rfc3339_weak(local).map_err(|_| bad())?;
+    // A local time at offset +01:00 is one hour ahead of UTC.
+    let utc = if offset >= 0 {
+        local.checked_sub(Duration::from_secs(offset.unsigned_abs()))
+    } else {
+        local.checked_add(Duration::from_secs(offset.unsigned_abs()))
+    };
+    utc.ok_or_else(bad)
+}
+
+/// Splits `…T10:00:00+02:00` into the local time and the offset in seconds.
+fn split_zone_offset(value: &str) -> Option<(&str, i64)> {
+    let split = value.len().checked_sub(6)?;
+    let (local, zone) = (value.get(..split)?, value.get(split..)?);
+    let sign = match zone.as_bytes() {
+        [b'+', _, _, b':', _, _] => 1,
+        [b'-', _, _, b':', _, _] => -1,
+        _ => return None,
+    };
+    if !local.contains(['T', 't', ' ']) {
+        return None;
+    }
+    let hours: i64 = zone.get(1..3)?.parse().ok()?;
+    let minutes: i64 = zone.get(4..6)?.parse().ok()?;
+    Some((local, sign * (hours * 3600 + minutes * 60)))
+}
+
+/// Parses an ack deadline: whole seconds, as `30`, `30s` or `1m`.
+pub(crate) fn parse_ack_deadline(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let deadline = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|_| format!("expected a duration such as 30s or 2m, not {value:?}"))?,
+    };
+    if deadline.subsec_nanos() != 0 || deadline.is_zero() {
+        return Err("the ack deadline must be a whole number of seconds, at least 1s".into());
+    }
+    Ok(deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_without_scheme_gets_http() {
+        assert_eq!(
+            parse_server("127.0.0.1:50051").as_deref(),
+            Ok("http://127.0.0.1:50051")
+        );
+        assert_eq!(
+            parse_server("https://broker:443").as_deref(),
+            Ok("https://broker:443")
+        );
+        assert!(parse_server(" ").is_err());
+    }
+
+    #[test]
+    fn attributes_need_a_name_and_an_equals_sign() {
+        assert_eq!(
+            parse_attribute("a=b=c"),
+            Ok(("a".to_owned(), "b=c".to_owned()))
+        );
+        assert_eq!(parse_attribute("a="), Ok(("a".to_owned(), String::new())));
+        assert!(parse_attribute("=b").is_err());
+        assert!(parse_attribute("ab").is_err());
+    }
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(parse_start("earliest"), Ok(StartPosition::Earliest));
+        assert_eq!(parse_start("LATEST"), Ok(StartPosition::Latest));
+        assert_eq!(parse_start("42"), Ok(StartPosition::Offset(42)));
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800);
+        assert_eq!(
+            parse_start("2024-05-01T12:00:00Z"),
+            Ok(StartPosition::Time(time))
+        );
+        assert!(parse_start("soon").is_err());
+        assert!(parse_start("").is_err());
+    }
+
+    #[test]
+    fn times_with_offsets_are_converted_to_utc() {
+        let utc = parse_time("2024-05-01T12:00:00Z").expect("utc");
+        assert_eq!(parse_time("2024-05-01T14:00:00+02:00"), Ok(utc));
+        assert_eq!(parse_time("2024-05-01T07:30:00-04:30"), Ok(utc));
+        assert!(parse_time("2024-05-01").is_err());
+    }
+
+    #[test]
+    fn ack_deadlines_are_whole_seconds() {
+        assert_eq!(parse_ack_deadline("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ack_deadline("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_ack_deadline("1500ms").is_err());
+        assert!(parse_ack_deadline("0s").is_err());
+        assert!(parse_ack_deadline("later").is_err());
+    }
+}

@@ -1,0 +1,469 @@
+//! The `tidings` command-line tool, run as a person would: the real
+//! binary against a real broker started in-process, with input piped in
+//! and output parsed back.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{Broker, next_line, strings, tidings, tidings_env};
+use serde_json::Value;
+use tokio::io::BufReader;
+
+/// Creates `topic` through the CLI.
+async fn create_topic(broker: &Broker, topic: &str) -> anyhow::Result<()> {
+    broker.tidings(&["topics", "create", topic]).await?.ok()?;
+    Ok(())
+}
+
+/// Parses each line of `stdout` as a JSON object.
+fn json_lines(stdout: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+/// `subs describe NAME --json`.
+async fn describe_subscription(broker: &Broker, name: &str) -> anyhow::Result<Value> {
+    broker
+        .tidings(&["subs", "describe", name, "--json"])
+        .await?
+        .ok()?
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn piped_lines_are_published_and_read_back_as_jsonl() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+
+    let published = broker
+        .tidings_with_stdin(
+            &[
+                "pub",
+                "orders",
+                "--key",
+                "order-7",
+                "--attr",
+                "region=eu",
+                "--attr",
+                "kind=test",
+            ],
+            b"alpha\nbeta\ngamma\n",
+        )
+        .await?
+        .ok()?;
+    assert_eq!(published.lines(), ["0", "1", "2"]);
+
+    let received = broker
+        .tidings(&[
+            "sub", "billing", "--topic", "orders", "--count", "3", "--format", "jsonl",
+        ])
+        .await?
+        .ok()?;
+    let messages = json_lines(&received.stdout)?;
+    assert_eq!(messages.len(), 3, "{}", received.stdout);
+    for (i, (message, payload)) in messages.iter().zip(["alpha", "beta", "gamma"]).enumerate() {
+        assert_eq!(message["offset"], i);
+        assert_eq!(message["payload"], payload);
+        assert_eq!(message["key"], "order-7");
+        assert_eq!(message["attributes"]["region"], "eu");
+        assert_eq!(message["attributes"]["kind"], "test");
+        assert_eq!(message["delivery_attempt"], 1);
+        let time = message["publish_time"].as_str().unwrap_or_default();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{message}");
+    }
+
+    // Every printed message was acknowledged before the command exited.
+    let sub = describe_subscription(&broker, "billing").await?;
+    assert_eq!(sub["topic"], "orders");
+    assert_eq!(sub["backlog"], 0, "{sub}");
+    assert_eq!(sub["ack_floor"], 3, "{sub}");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_arguments_are_published_and_json_lists_offsets() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "events").await?;
+    broker.tidings(&["pub", "events", "first"]).await?.ok()?;
+    let published = broker
+        .tidings(&["pub", "events", "second", "third", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        published,
+        serde_json::json!({ "topic": "events", "offsets": [1, 2] })
+    );
+
+    let raw = broker
+        .tidings(&["sub", "reader", "--topic", "events", "-n", "3"])
+        .await?
+        .ok()?;
+    assert_eq!(raw.stdout, "first\nsecond\nthird\n");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_ack_leaves_the_messages_for_the_next_subscriber() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "jobs").await?;
+    broker
+        .tidings_with_stdin(&["pub", "jobs"], b"j0\nj1\nj2\n")
+        .await?
+        .ok()?;
+
+    let peeked = broker
+        .tidings(&[
+            "sub", "workers", "--topic", "jobs", "--count", "2", "--no-ack",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(peeked.stdout, "j0\nj1\n");
+    let sub = describe_subscription(&broker, "workers").await?;
+    assert_eq!(sub["backlog"], 3, "nothing was acknowledged: {sub}");
+    assert_eq!(sub["ack_floor"], 0, "{sub}");
+
+    // The peeked messages come again, as second attempts.
+    let taken = broker
+        .tidings(&["sub", "workers", "--count", "3", "--json"])
+        .await?
+        .ok()?;
+    let messages = json_lines(&taken.stdout)?;
+    let mut seen: Vec<(u64, u64)> = messages
+        .iter()
+        .map(|m| {
+            let offset = m["offset"].as_u64().unwrap_or(u64::MAX);
+            (offset, m["delivery_attempt"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [(0, 2), (1, 2), (2, 1)], "{}", taken.stdout);
+    assert_eq!(
+        describe_subscription(&broker, "workers").await?["backlog"],
+        0
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_payloads_are_base64_in_json() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "blobs").await?;
+    broker
+        .tidings_with_stdin(&["pub", "blobs"], b"\xff\xfe\x00\nplain\n")
+        .await?
+        .ok()?;
+    let received = broker
+        .tidings(&[
+            "sub", "s", "--topic", "blobs", "--count", "2", "--format", "json",
+        ])
+        .await?
+        .ok()?;
+    // Pretty-printed objects, one after the other.
+    let messages: Vec<Value> = serde_json::Deserializer::from_str(&received.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    assert_eq!(messages.len(), 2, "{}", received.stdout);
+    assert_eq!(messages[0]["payload_base64"], "//4A");
+    assert!(messages[0].get("payload").is_none());
+    assert_eq!(messages[1]["payload"], "plain");
+    assert!(received.stdout.contains("\n  \"offset\": 0"), "not pretty");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_and_subscriptions_are_managed_in_json() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let created = broker
+        .tidings(&["topics", "create", "orders", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(created["name"], "orders");
+    assert_eq!(created["next_offset"], 0);
+    assert!(created["create_time"].is_string(), "{created}");
+    create_topic(&broker, "audit").await?;
+    broker.tidings(&["pub", "orders", "a", "b"]).await?.ok()?;
+
+    let listed = broker
+        .tidings(&["topics", "ls", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    let names: Vec<&str> = listed
+        .as_array()
+        .map(|topics| topics.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["audit", "orders"]);
+    let described = broker
+        .tidings(&["topics", "describe", "orders", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(described["next_offset"], 2);
+
+    let sub = broker
+        .tidings(&[
+            "subs",
+            "create",
+            "billing",
+            "--topic",
+            "orders",
+            "--ack-deadline",
+            "1m",
+            "--json",
+        ])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(sub["ack_deadline_seconds"], 60);
+    assert_eq!(sub["backlog"], 2, "starts at the earliest message: {sub}");
+    let late = broker
+        .tidings(&[
+            "subs", "create", "late", "--topic", "orders", "--start", "latest", "--json",
+        ])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(late["backlog"], 0, "{late}");
+    let from_one = broker
+        .tidings(&[
+            "subs", "create", "from-one", "--topic", "orders", "--start", "1", "--json",
+        ])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(from_one["backlog"], 1, "{from_one}");
+    broker
+        .tidings(&["subs", "create", "other", "--topic", "audit"])
+        .await?
+        .ok()?;
+
+    let of_orders = broker
+        .tidings(&["subs", "ls", "--topic", "orders", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    let names: Vec<&str> = of_orders
+        .as_array()
+        .map(|subs| subs.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["billing", "from-one", "late"]);
+
+    let deleted = broker
+        .tidings(&["subs", "delete", "late", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        deleted,
+        serde_json::json!({ "name": "late", "deleted": true })
+    );
+    broker
+        .tidings(&["subs", "describe", "late"])
+        .await?
+        .failure_line()?;
+    broker
+        .tidings(&["topics", "delete", "orders"])
+        .await?
+        .ok()?;
+    let listed = broker
+        .tidings(&["topics", "ls", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let all = broker
+        .tidings(&["subs", "ls", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(1),
+        "went with the topic: {all}"
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_get_tables_and_lines() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let empty = broker.tidings(&["topics", "ls"]).await?.ok()?;
+    assert_eq!(empty.stdout, "no topics\n");
+    let created = broker
+        .tidings(&["topics", "create", "orders"])
+        .await?
+        .ok()?;
+    assert_eq!(created.stdout, "created topic \"orders\"\n");
+    broker.tidings(&["pub", "orders", "x"]).await?.ok()?;
+    broker
+        .tidings(&["subs", "create", "billing", "--topic", "orders"])
+        .await?
+        .ok()?;
+
+    let topics = broker.tidings(&["topics", "ls"]).await?.ok()?;
+    let lines = topics.lines();
+    assert!(
+        lines[0].starts_with("NAME    NEXT OFFSET  CREATED"),
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("orders  1            "), "{lines:?}");
+    let subs = broker.tidings(&["subs", "ls"]).await?.ok()?;
+    assert!(subs.stdout.contains("BACKLOG"), "{}", subs.stdout);
+    assert!(subs.stdout.contains("billing  orders"), "{}", subs.stdout);
+    let described = broker
+        .tidings(&["subs", "describe", "billing"])
+        .await?
+        .ok()?;
+    assert!(
+        described.stdout.contains("backlog:      1\n"),
+        "{}",
+        described.stdout
+    );
+    assert!(
+        described.stdout.contains("ack deadline: 30s\n"),
+        "{}",
+        described.stdout
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_serving_at_every_spelling_of_the_address() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let human = broker.tidings(&["health"]).await?.ok()?;
+    assert_eq!(
+        human.stdout,
+        format!("the broker at {} is serving\n", broker.url())
+    );
+    // host:port without a scheme, from the environment.
+    let addr = broker.addr().to_string();
+    let json = tidings_env(
+        &strings(&["health", "--json"]),
+        None,
+        &[("TIDINGS_SERVER", &addr)],
+    )
+    .await?
+    .ok()?
+    .json()?;
+    assert_eq!(json["serving"], true);
+    assert_eq!(json["server"], broker.url());
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_topic_fails_with_one_line_naming_it() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let published = broker.tidings(&["pub", "nosuch", "hello"]).await?;
+    let line = published.failure_line()?;
+    assert!(line.contains("\"nosuch\" does not exist"), "{line}");
+    assert_eq!(published.stdout, "", "no offset for a failed publish");
+
+    for args in [
+        &["topics", "describe", "nosuch"][..],
+        &["sub", "s", "--topic", "nosuch", "--count", "1"],
+        &["subs", "create", "s", "--topic", "nosuch"],
+    ] {
+        let output = broker.tidings(args).await?;
+        let line = output.failure_line()?;
+        assert!(line.contains("nosuch"), "{args:?}: {line}");
+    }
+    let missing_sub = broker.tidings(&["sub", "ghost", "--count", "1"]).await?;
+    assert!(missing_sub.failure_line()?.contains("ghost"));
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server_fails_with_a_line_naming_it() -> anyhow::Result<()> {
+    // Bind a port and free it, so that nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    drop(listener);
+    for command in [&["topics", "ls"][..], &["pub", "t", "m"], &["health"]] {
+        let mut args = strings(&["--server", &addr]);
+        args.extend(strings(command));
+        let output = tidings(&args, None).await?;
+        let line = output.failure_line()?;
+        assert!(line.contains("cannot connect"), "{line}");
+        assert!(line.contains(&format!("http://{addr}")), "{line}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_sub_after_acknowledging_what_it_printed() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "ticks").await?;
+    broker.tidings(&["pub", "ticks", "t0", "t1"]).await?.ok()?;
+    let mut child = broker.spawn_tidings(&["sub", "watch", "--topic", "ticks"])?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut stdout = BufReader::new(stdout);
+    assert_eq!(next_line(&mut stdout).await?, "t0\n");
+    assert_eq!(next_line(&mut stdout).await?, "t1\n");
+
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(signalled.success());
+    let status = tokio::time::timeout(common::RUN_TIMEOUT, child.wait()).await??;
+    assert!(status.success(), "{status}");
+    assert_eq!(describe_subscription(&broker, "watch").await?["backlog"], 0);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
+    let top = tidings(&strings(&["--help"]), None).await?.ok()?;
+    for text in [
+        "pub",
+        "sub",
+        "topics",
+        "subs",
+        "health",
+        "--server",
+        "--json",
+        "TIDINGS_SERVER",
+        "Examples:",
+    ] {
+        assert!(
+            top.stdout.contains(text),
+            "--help lacks {text}:\n{}",
+            top.stdout
+        );
+    }
+    let sub = tidings(&strings(&["sub", "--help"]), None).await?.ok()?;
+    for text in [
+        "--topic",
+        "--count",
+        "--no-ack",
+        "--format",
+        "jsonl",
+        "--start",
+        "--max-outstanding",
+        "Ctrl-C",
+    ] {
+        assert!(
+            sub.stdout.contains(text),
+            "sub --help lacks {text}:\n{}",
+            sub.stdout
+        );
+    }
+    let publish = tidings(&strings(&["pub", "--help"]), None).await?.ok()?;
+    for text in ["--key", "--attr", "NAME=VALUE", "standard input"] {
+        assert!(
+            publish.stdout.contains(text),
+            "pub --help lacks {text}:\n{}",
+            publish.stdout
+        );
+    }
+    Ok(())
+}
