@@ -366,7 +366,10 @@ async fn max_messages_ends_the_stream_with_the_rest_left_for_others() -> anyhow:
     let first = next(&mut subscriber).await?;
     let second = next(&mut subscriber).await?;
     assert_eq!((first.offset(), second.offset()), (0, 1));
-    assert!(within(subscriber.next()).await?.is_none(), "the stream ends");
+    assert!(
+        within(subscriber.next()).await?.is_none(),
+        "the stream ends"
+    );
     first.ack();
     second.ack();
     subscriber.close().await?;
