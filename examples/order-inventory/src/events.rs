@@ -1,0 +1,151 @@
+//! The topics the services use and the JSON events published on them.
+//!
+//! Plain data: this module does no I/O. Every event is keyed by its order
+//! id when published.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tidings_client::Message;
+
+/// Topic of [`OrderPlaced`] events, published by the order service.
+pub const ORDER_PLACED: &str = "order.placed";
+/// Topic of [`Decision`]s whose outcome is [`Outcome::Reserved`].
+pub const STOCK_RESERVED: &str = "stock.reserved";
+/// Topic of [`Decision`]s whose outcome is [`Outcome::Rejected`].
+pub const STOCK_REJECTED: &str = "stock.rejected";
+
+/// Identifies one order, for example `o-1764259200123-9f3a1c2e`. New ids
+/// start with the creation time in milliseconds, so they sort by age.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(String);
+
+impl OrderId {
+    /// A fresh, unique id.
+    pub fn generate() -> Self {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis());
+        Self(format!("o-{millis}-{:08x}", rand::random::<u32>()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for OrderId {
+    fn from(id: &str) -> Self {
+        Self(id.to_owned())
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An order was placed: `{"order_id": "...", "sku": "tea-01", "quantity": 2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: OrderId,
+    /// The article ordered.
+    pub sku: String,
+    /// How many.
+    pub quantity: u32,
+}
+
+/// What the inventory decided about an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    /// The stock is set aside for the order.
+    Reserved,
+    /// The order cannot be served.
+    Rejected {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// The inventory's decision about one order, published on
+/// [`STOCK_RESERVED`] or [`STOCK_REJECTED`]:
+/// `{"order_id": "...", "sku": "tea-01", "quantity": 2, "outcome": "reserved"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The order.
+    pub order_id: OrderId,
+    /// The article ordered.
+    pub sku: String,
+    /// How many.
+    pub quantity: u32,
+    /// Reserved or rejected.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl OrderPlaced {
+    /// The message to publish on [`ORDER_PLACED`].
+    pub fn to_message(&self) -> Message {
+        to_message(&self.order_id, self)
+    }
+}
+
+impl Decision {
+    /// The message to publish on [`Decision::topic`].
+    pub fn to_message(&self) -> Message {
+        to_message(&self.order_id, self)
+    }
+
+    /// The topic this decision is published on.
+    pub fn topic(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Reserved => STOCK_RESERVED,
+            Outcome::Rejected { .. } => STOCK_REJECTED,
+        }
+    }
+}
+
+/// The JSON message carrying `event`, keyed by its order id.
+fn to_message(order_id: &OrderId, event: &impl Serialize) -> Message {
+    // Events hold only strings and numbers, which always serialize.
+    let json = serde_json::to_vec(event).expect("events serialize to JSON");
+    Message::new(json)
+        .with_key(order_id.as_str())
+        .with_attribute("content-type", "application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_json_is_flat() {
+        let decision = Decision {
+            order_id: OrderId::from("o-1"),
+            sku: "mug-02".into(),
+            quantity: 3,
+            outcome: Outcome::Rejected {
+                reason: "out of stock".into(),
+            },
+        };
+        let json = serde_json::to_value(&decision).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"order_id": "o-1", "sku": "mug-02", "quantity": 3,
+                "outcome": "rejected", "reason": "out of stock"})
+        );
+        let back: Decision = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, decision);
+        assert_eq!(back.topic(), STOCK_REJECTED);
+    }
+
+    #[test]
+    fn generated_ids_differ() {
+        assert_ne!(OrderId::generate(), OrderId::generate());
+    }
+}

@@ -1,0 +1,27 @@
+//! The order/inventory example: two services that talk only through
+//! Tidings events.
+//!
+//! - `order-service` takes orders over HTTP, records them and publishes
+//!   `order.placed`; it follows `stock.reserved` and `stock.rejected` to
+//!   settle each order.
+//! - `inventory-service` consumes `order.placed`, reserves stock or rejects
+//!   the order, and publishes the outcome.
+//!
+//! This library holds what both binaries share:
+//!
+//! - [`events`]: the topics and the JSON events on them;
+//! - [`journal`]: an append-only, fsynced JSON-lines file, each service's
+//!   durable memory;
+//! - [`orders`]: the order service's orders;
+//! - [`stock`]: the inventory's stock and the decision taken per order;
+//! - [`service`]: flags, logging, signals, topics, HTTP serving and the
+//!   consume loop.
+//!
+//! Delivery is at-least-once, so every handler here is idempotent: a
+//! redelivered event changes nothing that its first delivery did not.
+
+pub mod events;
+pub mod journal;
+pub mod orders;
+pub mod service;
+pub mod stock;
