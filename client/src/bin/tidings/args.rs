@@ -7,7 +7,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{publish, subs, subscribe, topics};
+use crate::commands::{bench, publish, subs, subscribe, topics};
 use crate::values;
 
 /// The broker's default address, the broker's own default `--listen`.
@@ -112,6 +112,22 @@ pub(crate) enum Command {
             Exits 0 when it serves, non-zero when it is unreachable or shutting down."
     )]
     Health,
+
+    /// Measure the broker: publish, consume, end-to-end latency, fan-out.
+    #[command(
+        subcommand,
+        long_about = "Measure a running broker with one of four workloads. Each prints a progress \
+            line on standard error, then RESULT and LATENCY lines in the format the NATS \
+            baseline in the benchmarks prints, so runs compare line by line. With \
+            --server-pid (the broker's process id, on this machine) the broker's CPU time per \
+            million messages and peak memory are printed too.",
+        after_long_help = "Examples:\n  \
+            tidings bench publish --count 1000000 --size 256 --batch 100 --in-flight 8 --publishers 4\n  \
+            tidings bench consume --count 1000000 --streams 2\n  \
+            tidings bench e2e --rate 10000 --count 50000 --size 256\n  \
+            tidings bench fanout --subscriptions 100 --count 10000"
+    )]
+    Bench(bench::BenchCommand),
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! clap `Args`, one variant in [`crate::args::Command`] and one
 //! arm here. Commands reach the broker only through `tidings_client`.
 
+pub(crate) mod bench;
 pub(crate) mod health;
 pub(crate) mod publish;
 pub(crate) mod subs;
@@ -50,5 +51,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics(command) => topics::run(&ctx, command).await,
         Command::Subs(command) => subs::run(&ctx, command).await,
         Command::Health => health::run(&ctx).await,
+        Command::Bench(command) => bench::run(&ctx, command).await,
     }
 }

@@ -1,0 +1,164 @@
+//! `tidings bench e2e`: publish-to-receive latency at a fixed rate.
+//!
+//! Open loop: message i is published at `start + i / rate` whether or not
+//! earlier ones were answered, one message per request, each carrying its
+//! send time. A `Subscriber` on a fresh subscription receives them and
+//! acknowledges each; latency is receive time minus send time (one clock:
+//! run it on the broker's machine or one with a synchronised clock).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use tidings_client::v1::{PublishMessage, PublishRequest};
+use tidings_client::{Client, StartPosition, Subscriber, SubscriptionConfig};
+
+use super::report::{self, Progress, ServerUsage};
+use super::{CommonArgs, Context, ensure_topic, unique_name};
+
+/// Publishes in flight at most before the publisher waits.
+const MAX_IN_FLIGHT: usize = 1000;
+/// How long the receiver waits for stragglers after the last publish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Flags of `tidings bench e2e`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct E2eArgs {
+    /// Messages per second to publish.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: u64,
+    /// Messages to publish in all.
+    #[arg(long, default_value_t = 50_000)]
+    count: u64,
+    /// Payload size in bytes (at least 8: the send time travels in it).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..))]
+    size: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Runs the workload and prints its figures.
+///
+/// # Errors
+/// When the broker cannot be reached, a call fails, or messages are
+/// missing at the end.
+pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
+    let size = usize::try_from(args.size)?;
+    let client = ctx.connect().await?;
+    let topic = args.common.topic.clone();
+    ensure_topic(&client, &topic).await?;
+    let subscription = unique_name("bench-e2e");
+    client
+        .create_subscription(
+            SubscriptionConfig::new(subscription.clone(), topic.clone())
+                .start(StartPosition::Latest),
+        )
+        .await?;
+    let subscriber = Client::connect(ctx.server.clone())
+        .await?
+        .subscriber(subscription.clone())
+        .subscribe()
+        .await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let receiver = tokio::spawn(receive(subscriber, args.count, Arc::clone(&received)));
+
+    let usage = ServerUsage::read(args.common.server_pid);
+    let progress = Progress::start("e2e", Arc::clone(&received), args.count);
+    let started = Instant::now();
+    publish_at_rate(&client, &topic, &args, size).await?;
+    let latencies = tokio::time::timeout(DRAIN_TIMEOUT, receiver)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("messages still missing {DRAIN_TIMEOUT:?} after the last publish")
+        })???;
+    let elapsed = started.elapsed();
+    drop(progress);
+    let name = format!("tidings-e2e target_rate={}", args.rate);
+    report::result(&name, args.count, size, elapsed);
+    report::latency("tidings-e2e publish->consume", &latencies);
+    if let Some((pid, before)) = usage {
+        before.report_since(pid, &name, args.count);
+    }
+    client.delete_subscription(&subscription).await?;
+    Ok(())
+}
+
+/// Publishes `args.count` messages on schedule, one per request.
+async fn publish_at_rate(
+    client: &Client,
+    topic: &str,
+    args: &E2eArgs,
+    size: usize,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut body = vec![b'x'; size];
+    let mut pending = FuturesUnordered::new();
+    for i in 0..args.count {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        body[..8].copy_from_slice(&now_nanos().to_le_bytes());
+        let request = PublishRequest {
+            topic: topic.to_owned(),
+            messages: vec![PublishMessage {
+                payload: bytes::Bytes::copy_from_slice(&body),
+                ..PublishMessage::default()
+            }],
+        };
+        let mut service = client.publisher_service();
+        pending.push(async move { service.publish(request).await });
+        // Collect answers that are in without waiting for the others.
+        while let Some(Some(answer)) = futures::FutureExt::now_or_never(pending.next()) {
+            answer?;
+        }
+        while pending.len() >= MAX_IN_FLIGHT {
+            if let Some(answer) = pending.next().await {
+                answer?;
+            }
+        }
+    }
+    while let Some(answer) = pending.next().await {
+        answer?;
+    }
+    Ok(())
+}
+
+/// Receives `count` messages, acknowledging each, and returns their
+/// latencies.
+async fn receive(
+    mut subscriber: Subscriber,
+    count: u64,
+    received: Arc<AtomicU64>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut latencies = report::histogram();
+    while received.load(Ordering::Relaxed) < count {
+        let Some(delivery) = subscriber.next().await else {
+            anyhow::bail!(
+                "the stream ended after {} messages",
+                received.load(Ordering::Relaxed)
+            );
+        };
+        let delivery = delivery?;
+        let sent = delivery
+            .payload()
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        report::record(
+            &mut latencies,
+            Duration::from_nanos(now_nanos().saturating_sub(sent)),
+        );
+        delivery.ack();
+        received.fetch_add(1, Ordering::Relaxed);
+    }
+    subscriber.close().await?;
+    Ok(latencies)
+}

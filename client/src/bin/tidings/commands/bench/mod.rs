@@ -1,0 +1,84 @@
+//! `tidings bench`: load generators that measure a running broker.
+//!
+//! Four workloads, one module each: `publish` (throughput of durable
+//! publishing), `consume` (draining a backlog with per-message acks),
+//! `e2e` (publish-to-receive latency at an open-loop rate) and `fanout`
+//! (many subscriptions of one topic). Each prints its figures last, in the
+//! `RESULT` / `LATENCY` line format that the peer benchmarks print too, so
+//! runs compare line by line. A progress line goes to standard error while
+//! a workload runs. Nothing here asserts a duration: figures are reported,
+//! not judged.
+
+mod consume;
+mod e2e;
+mod fanout;
+mod publish;
+mod report;
+
+use clap::Subcommand;
+use tidings_client::Client;
+use tonic::Code;
+
+use super::Context;
+
+/// The workloads.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Publish N messages from P publishers, B messages per request, W
+    /// requests in flight per publisher.
+    Publish(publish::PublishArgs),
+    /// Drain a backlog of N messages over S competing streams, acknowledging
+    /// every message.
+    Consume(consume::ConsumeArgs),
+    /// Publish at a fixed rate and measure publish-to-receive latency.
+    E2e(e2e::E2eArgs),
+    /// Deliver N messages to each of K subscriptions of one topic.
+    Fanout(fanout::FanoutArgs),
+}
+
+/// Options every workload takes.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CommonArgs {
+    /// The topic to use; created when missing.
+    #[arg(long, default_value = "bench")]
+    pub(crate) topic: String,
+
+    /// Process id of the broker, when it runs on this machine: its CPU time
+    /// and peak memory are then reported too (read from /proc).
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
+}
+
+/// Runs one workload.
+///
+/// # Errors
+/// When the broker cannot be reached or a call fails.
+pub(crate) async fn run(ctx: &Context, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Publish(args) => publish::run(ctx, args).await,
+        BenchCommand::Consume(args) => consume::run(ctx, args).await,
+        BenchCommand::E2e(args) => e2e::run(ctx, args).await,
+        BenchCommand::Fanout(args) => fanout::run(ctx, args).await,
+    }
+}
+
+/// Creates `topic` unless it exists.
+async fn ensure_topic(client: &Client, topic: &str) -> anyhow::Result<()> {
+    match client.create_topic(topic).await {
+        Err(err) if err.code() != Code::AlreadyExists => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A payload of `size` bytes.
+fn payload(size: usize) -> bytes::Bytes {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A name no earlier run used, for subscriptions of one run.
+fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{nanos}")
+}

@@ -1,0 +1,146 @@
+//! `tidings bench publish`: durable publishing throughput.
+//!
+//! P publishers, each on its own connection, keep W `Publish` requests of B
+//! messages in flight until N messages are stored. Every request's latency
+//! (sent to acknowledged) goes into a histogram.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use tidings_client::Client;
+use tidings_client::v1::{PublishMessage, PublishRequest};
+
+use super::report::{self, Progress, ServerUsage};
+use super::{CommonArgs, Context, ensure_topic, payload};
+
+/// Flags of `tidings bench publish`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PublishArgs {
+    /// Messages to publish in all.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Messages per `Publish` request.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Requests in flight per publisher.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    in_flight: u64,
+    /// Publishers, each with its own connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    publishers: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Runs the workload and prints its figures.
+///
+/// # Errors
+/// When the broker cannot be reached or a publish fails.
+pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
+    let client = ctx.connect().await?;
+    ensure_topic(&client, &args.common.topic).await?;
+    let claimed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut publishers = Vec::new();
+    for _ in 0..args.publishers {
+        publishers.push(Client::connect(ctx.server.clone()).await?);
+    }
+    let usage = ServerUsage::read(args.common.server_pid);
+    let progress = Progress::start("publish", Arc::clone(&done), args.count);
+    let started = Instant::now();
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .map(|client| {
+            let work = Work {
+                client,
+                topic: args.common.topic.clone(),
+                payload: payload(args.size),
+                batch: args.batch,
+                in_flight: args.in_flight,
+                count: args.count,
+                claimed: Arc::clone(&claimed),
+                done: Arc::clone(&done),
+            };
+            tokio::spawn(work.run())
+        })
+        .collect();
+    let mut latencies = report::histogram();
+    for task in tasks {
+        latencies.add(task.await??)?;
+    }
+    let elapsed = started.elapsed();
+    drop(progress);
+    let name = format!(
+        "tidings-pub batch={} in_flight={} publishers={}",
+        args.batch, args.in_flight, args.publishers
+    );
+    report::result(&name, args.count, args.size, elapsed);
+    report::latency("tidings-pub publish->ack", &latencies);
+    if let Some((pid, before)) = usage {
+        before.report_since(pid, &name, args.count);
+    }
+    Ok(())
+}
+
+/// One publisher's share of the work.
+struct Work {
+    client: Client,
+    topic: String,
+    payload: bytes::Bytes,
+    batch: u64,
+    in_flight: u64,
+    count: u64,
+    /// Messages claimed by any publisher so far.
+    claimed: Arc<AtomicU64>,
+    /// Messages stored so far.
+    done: Arc<AtomicU64>,
+}
+
+impl Work {
+    /// Claims the next request's worth of messages; `None` when all are
+    /// claimed.
+    fn claim(&self) -> Option<u64> {
+        let start = self.claimed.fetch_add(self.batch, Ordering::Relaxed);
+        (start < self.count).then(|| self.batch.min(self.count - start))
+    }
+
+    fn request(&self, messages: u64) -> PublishRequest {
+        let message = PublishMessage {
+            payload: self.payload.clone(),
+            ..PublishMessage::default()
+        };
+        PublishRequest {
+            topic: self.topic.clone(),
+            messages: (0..messages).map(|_| message.clone()).collect(),
+        }
+    }
+
+    async fn run(self) -> anyhow::Result<Histogram<u64>> {
+        let mut latencies = report::histogram();
+        let mut pending = FuturesUnordered::new();
+        loop {
+            while (pending.len() as u64) < self.in_flight {
+                let Some(messages) = self.claim() else { break };
+                let request = self.request(messages);
+                let mut service = self.client.publisher_service();
+                pending.push(async move {
+                    let sent = Instant::now();
+                    service.publish(request).await.map(|_| (messages, sent))
+                });
+            }
+            let Some(answer) = pending.next().await else {
+                return Ok(latencies);
+            };
+            let (messages, sent) = answer?;
+            report::record(&mut latencies, sent.elapsed());
+            self.done.fetch_add(messages, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `tidings bench` keeps working: each workload runs on a tiny count
+//! against a real broker and prints its figures in the agreed format.
+//! Nothing here judges a duration; the figures only have to be there.
+
+mod common;
+
+use common::Broker;
+
+/// The `RESULT` line of `stdout`, checked against the agreed format, with
+/// its message count.
+fn result_msgs(stdout: &str) -> anyhow::Result<u64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .ok_or_else(|| anyhow::anyhow!("no RESULT line in {stdout:?}"))?;
+    for field in ["msgs=", "size=", "elapsed=", "rate=", " msg/s  ", " MB/s"] {
+        anyhow::ensure!(line.contains(field), "{line:?} lacks {field:?}");
+    }
+    let msgs = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("msgs="))
+        .ok_or_else(|| anyhow::anyhow!("no msgs= in {line:?}"))?;
+    Ok(msgs.parse()?)
+}
+
+fn has_latency_line(stdout: &str) -> bool {
+    stdout.lines().any(|l| {
+        l.starts_with("LATENCY ")
+            && [
+                "(us): n=", "p50=", "p90=", "p99=", "p99.9=", "max=", "mean=",
+            ]
+            .iter()
+            .all(|f| l.contains(f))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bench_workload_runs_and_reports() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let publish = broker
+        .tidings(&[
+            "bench",
+            "publish",
+            "--count",
+            "300",
+            "--size",
+            "16",
+            "--batch",
+            "7",
+            "--in-flight",
+            "4",
+            "--publishers",
+            "2",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(result_msgs(&publish.stdout)?, 300);
+    assert!(has_latency_line(&publish.stdout), "{}", publish.stdout);
+
+    let consume = broker
+        .tidings(&["bench", "consume", "--count", "200", "--streams", "2"])
+        .await?
+        .ok()?;
+    assert_eq!(result_msgs(&consume.stdout)?, 200);
+
+    let e2e = broker
+        .tidings(&[
+            "bench", "e2e", "--rate", "2000", "--count", "100", "--size", "32",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(result_msgs(&e2e.stdout)?, 100);
+    assert!(has_latency_line(&e2e.stdout), "{}", e2e.stdout);
+
+    let fanout = broker
+        .tidings(&["bench", "fanout", "--subscriptions", "3", "--count", "50"])
+        .await?
+        .ok()?;
+    assert_eq!(result_msgs(&fanout.stdout)?, 150);
+
+    // Every message published above is stored: 300 + 200 + 100 + 50.
+    let topic = broker
+        .tidings(&["topics", "describe", "bench", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(topic["next_offset"], 650);
+    broker.stop().await
+}
