@@ -293,6 +293,8 @@ impl Broker {
             other => other?,
         };
         let count = messages.len() as u64;
+        // Streams reading at the head get these from memory.
+        let for_tail = topic.wants_tail().then(|| messages.clone());
         let appended = self
             .inner
             .store
@@ -300,6 +302,9 @@ impl Broker {
             .await
             .map_err(|e| not_found_as_topic(e, &topic))?;
         let offsets = appended.first_offset..appended.first_offset + count;
+        if let Some(batch) = for_tail {
+            topic.cache(appended.first_offset, appended.publish_time, batch);
+        }
         topic.advance_head(offsets.end);
         topic.observe_size(total / usize::try_from(count).unwrap_or(1).max(1));
         Ok(offsets)

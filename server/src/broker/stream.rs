@@ -6,7 +6,7 @@
 //! the subscription's wake-up, the next lease deadline, shutdown, deletion,
 //! and the client leaving. When it ends, whatever it held is due again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -48,7 +48,9 @@ pub(super) struct StreamTask {
 
 impl StreamTask {
     pub(super) async fn run(mut self) {
+        self.subscription.topic.stream_opened();
         let end = self.deliver().await;
+        self.subscription.topic.stream_closed();
         {
             let mut book = self.subscription.book();
             if self.remaining == Some(0) {
@@ -144,33 +146,56 @@ impl StreamTask {
         Ok(())
     }
 
-    /// Reads the claimed offsets: first-time deliveries form one run read in
-    /// a single scan, redeliveries are read by offset.
+    /// Reads the claimed offsets, in claim order: from the topic's tail
+    /// cache when they are there, else from storage — first-time deliveries
+    /// form one run read in a single scan, redeliveries are read by offset.
     async fn fetch(&self, claimed: &[(Offset, u32)]) -> BrokerResult<Vec<Delivery>> {
-        let topic = self.subscription.topic.id;
-        let (again, new): (Vec<_>, Vec<_>) = claimed.iter().partition(|&&(_, attempt)| attempt > 1);
-        let mut messages: Vec<StoredMessage> = Vec::with_capacity(claimed.len());
-        if !again.is_empty() {
-            let offsets = again.iter().map(|&(o, _)| o).collect();
-            messages.extend(self.store.read_offsets(topic, offsets).await?);
+        let topic = &self.subscription.topic;
+        let (cached, missing) = topic.cached(claimed.iter().map(|&(o, _)| o));
+        let mut by_offset: HashMap<Offset, StoredMessage> =
+            cached.into_iter().map(|m| (m.offset, m)).collect();
+        if !missing.is_empty() {
+            for message in self.read(&missing, claimed).await? {
+                by_offset.insert(message.offset, message);
+            }
         }
-        if let (Some(&(first, _)), Some(&(last, _))) = (new.first(), new.last()) {
+        // An offset missing now belonged to a topic deleted meanwhile; the
+        // stream ends on the deletion signal.
+        Ok(claimed
+            .iter()
+            .filter_map(|&(offset, attempt)| {
+                let message = by_offset.remove(&offset)?;
+                Some(Delivery { message, attempt })
+            })
+            .collect())
+    }
+
+    /// Reads `missing` (ascending within each kind) from storage.
+    async fn read(
+        &self,
+        missing: &[Offset],
+        claimed: &[(Offset, u32)],
+    ) -> BrokerResult<Vec<StoredMessage>> {
+        let topic = self.subscription.topic.id;
+        let first_time: HashSet<Offset> = claimed
+            .iter()
+            .filter(|&&(_, attempt)| attempt == 1)
+            .map(|&(o, _)| o)
+            .collect();
+        let (new, again): (Vec<Offset>, Vec<Offset>) =
+            missing.iter().partition(|o| first_time.contains(o));
+        let mut messages = Vec::with_capacity(missing.len());
+        if !again.is_empty() {
+            messages.extend(self.store.read_offsets(topic, again).await?);
+        }
+        if let (Some(&first), Some(&last)) = (new.first(), new.last()) {
             let limit = ReadLimit {
                 max_messages: usize::try_from(last - first + 1).unwrap_or(usize::MAX),
                 max_bytes: usize::MAX,
             };
-            let wanted: HashSet<Offset> = new.iter().map(|&(o, _)| o).collect();
-            let run = self.store.read(topic, first, limit).await?;
-            messages.extend(run.into_iter().filter(|m| wanted.contains(&m.offset)));
+            messages.extend(self.store.read(topic, first, limit).await?);
         }
-        let attempts: std::collections::HashMap<Offset, u32> = claimed.iter().copied().collect();
-        Ok(messages
-            .into_iter()
-            .map(|message| Delivery {
-                attempt: attempts.get(&message.offset).copied().unwrap_or(1),
-                message,
-            })
-            .collect())
+        Ok(messages)
     }
 }
 
