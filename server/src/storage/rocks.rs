@@ -38,6 +38,7 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 
 mod batch;
+mod syncer;
 mod writer;
 
 use writer::{NewSubscription, Op, Request};
@@ -117,6 +118,8 @@ pub struct RocksStore {
     /// One permit per request queued for or being handled by the writer.
     permits: Arc<Semaphore>,
     writer: Mutex<Option<JoinHandle<u64>>>,
+    /// Syncs the log every interval under [`SyncPolicy::Interval`].
+    syncer: Mutex<Option<syncer::Syncer>>,
 }
 
 impl RocksStore {
@@ -137,7 +140,15 @@ impl RocksStore {
     fn open_blocking(path: &Path, policy: SyncPolicy) -> StoreResult<RocksStore> {
         let db = open_database(path)?;
         let db = Arc::new(db);
-        let writer = writer::Writer::recover(Arc::clone(&db), policy)?;
+        let unsynced = syncer::Unsynced::default();
+        let writer = writer::Writer::recover(Arc::clone(&db), policy, Arc::clone(&unsynced))?;
+        let syncer = match policy {
+            SyncPolicy::Always => None,
+            SyncPolicy::Interval(interval) => Some(
+                syncer::Syncer::start(Arc::clone(&db), interval, unsynced)
+                    .map_err(|e| engine("starting the syncer thread", e))?,
+            ),
+        };
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("tidings-writer".to_owned())
@@ -149,6 +160,7 @@ impl RocksStore {
             requests_tx,
             permits: Arc::new(Semaphore::new(MAX_QUEUED_REQUESTS)),
             writer: Mutex::new(Some(handle)),
+            syncer: Mutex::new(syncer),
         })
     }
 
@@ -201,6 +213,7 @@ impl Drop for RocksStore {
         if writer.join().is_err() {
             tracing::error!("the writer thread panicked");
         }
+        lock(&self.syncer).take();
         lock(&self.db).take();
     }
 }
@@ -476,10 +489,12 @@ impl Store for RocksStore {
             Err(_) => Ok(()),
         };
         let writer = lock(&self.writer).take();
+        let syncer = lock(&self.syncer).take();
         let db = lock(&self.db).take();
-        // Joining and releasing the database both block.
+        // Joining and releasing the database all block.
         tokio::task::spawn_blocking(move || {
             let joined = writer.map(JoinHandle::join).transpose();
+            drop(syncer);
             drop(db);
             joined
                 .map(drop)

@@ -9,13 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::batch::{Batch, Columns};
+use super::syncer::Unsynced;
 use super::{CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, SyncPolicy, column, engine};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -103,14 +105,17 @@ pub(super) struct Writer {
     last_subscription_id: u64,
     /// How to undo the state changes of the batch being built.
     undo: Vec<Undo>,
-    /// Something was written without a sync.
-    dirty: bool,
-    last_sync: Instant,
+    /// Something was written without a sync; shared with the syncer.
+    unsynced: Unsynced,
 }
 
 impl Writer {
     /// Rebuilds the writer's state from what the database holds.
-    pub(super) fn recover(db: Arc<DB>, policy: SyncPolicy) -> StoreResult<Self> {
+    pub(super) fn recover(
+        db: Arc<DB>,
+        policy: SyncPolicy,
+        unsynced: Unsynced,
+    ) -> StoreResult<Self> {
         Columns::of(&db)?;
         let catalog = super::load_catalog(&db)?;
         let mut topics = HashMap::with_capacity(catalog.topics.len());
@@ -141,8 +146,7 @@ impl Writer {
             topics,
             subscriptions,
             undo: Vec::new(),
-            dirty: false,
-            last_sync: Instant::now(),
+            unsynced,
         })
     }
 
@@ -203,34 +207,9 @@ impl Writer {
         }
     }
 
-    /// Waits for the next request, syncing the log when the interval
-    /// policy says it is time. `None` when every sender is gone.
+    /// Waits for the next request; `None` when every sender is gone.
     fn next_request(&mut self, requests_rx: &Receiver<Request>) -> Option<Request> {
-        loop {
-            let deadline = match self.policy {
-                SyncPolicy::Interval(interval) if self.dirty => self.last_sync + interval,
-                _ => return requests_rx.recv().ok(),
-            };
-            let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
-                self.sync_wal();
-                continue;
-            };
-            match requests_rx.recv_timeout(wait) {
-                Ok(request) => return Some(request),
-                Err(RecvTimeoutError::Timeout) => self.sync_wal(),
-                Err(RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-
-    fn sync_wal(&mut self) {
-        match self.db.flush_wal(true) {
-            Ok(()) => tracing::trace!("write-ahead log synced"),
-            // Nobody waits on this sync; an operator must see it.
-            Err(e) => tracing::error!(error = %e, "syncing the write-ahead log failed"),
-        }
-        self.dirty = false;
-        self.last_sync = Instant::now();
+        requests_rx.recv().ok()
     }
 
     /// Writes the batch, then answers its callers.
@@ -254,7 +233,9 @@ impl Writer {
         options.set_sync(sync);
         self.db.write_opt(write, &options)?;
         if !sync {
-            self.dirty = true;
+            // The syncer thread (interval policy) or the next synced write
+            // (always) makes it durable.
+            self.unsynced.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -457,7 +438,7 @@ mod tests {
     fn waiting_requests_share_one_batch() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let db = Arc::new(super::super::open_database(dir.path())?);
-        let writer = Writer::recover(db, SyncPolicy::Always)?;
+        let writer = Writer::recover(db, SyncPolicy::Always, Unsynced::default())?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (created_tx, mut created_rx) = oneshot::channel();
         let name = TopicName::new("t")?;
