@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Tidings' figures on this machine, in the same format and with the same
+# workloads as the NATS JetStream baseline (../shared/peer-bench/run-nats.sh),
+# so that the two compare line by line in one session.
+#
+#   server/benches/run-tidings.sh [page-cache|fsync] [N] [SIZE]
+#
+# fsync:      the default --sync-interval=always (synced before each ack).
+# page-cache: --sync-interval=100ms (acknowledged once written to the log).
+# Builds release binaries, starts a broker on a free loopback port with a
+# fresh data directory, runs the workloads, and stops the broker.
+set -euo pipefail
+MODE=${1:-page-cache}
+N=${2:-300000}
+SIZE=${3:-256}
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
+cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
+BIN="$CARGO_TARGET_DIR/release"
+
+dir=$(mktemp -d)
+sync=always; [ "$MODE" = page-cache ] && sync=100ms
+"$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
+    --log warn > "$dir/stdout" 2> "$dir/server.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
+addr=$(sed -n 's/^listening on //p' "$dir/stdout")
+T=("$BIN/tidings" --server "$addr" bench)
+
+echo "# Tidings file storage, mode=$MODE (--sync-interval $sync), N=$N, size=${SIZE}B, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+"${T[@]}" publish --count "$N" --size "$SIZE" --batch 1 --in-flight 256 --server-pid "$pid" 2>/dev/null
+"${T[@]}" consume --count "$N" --size "$SIZE" --server-pid "$pid" 2>/dev/null
+"${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --server-pid "$pid" 2>/dev/null
