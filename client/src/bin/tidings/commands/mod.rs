@@ -34,6 +34,26 @@ impl Context {
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(self.server.clone()).await?)
     }
+
+    /// Prints a result: `json()` with `--json`, else `text()` (a newline is
+    /// added when it lacks one).
+    ///
+    /// # Errors
+    /// When standard output cannot be written.
+    pub(crate) fn emit(
+        &self,
+        json: impl FnOnce() -> serde_json::Value,
+        text: impl FnOnce() -> String,
+    ) -> std::io::Result<()> {
+        if self.json {
+            return crate::output::json(&json());
+        }
+        let mut text = text();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        crate::output::write(text.as_bytes())
+    }
 }
 
 /// Runs the command `cli` names.

@@ -73,14 +73,15 @@ pub(crate) enum SubsCommand {
 /// Creates a subscription and prints it.
 async fn create(ctx: &Context, client: &Client, config: SubscriptionConfig) -> anyhow::Result<()> {
     let sub = client.create_subscription(config).await?;
-    if ctx.json {
-        output::json(&output::subscription_json(&sub))?;
-    } else {
-        output::line(&format!(
-            "created subscription \"{}\" on topic \"{}\"",
-            sub.name, sub.topic
-        ))?;
-    }
+    ctx.emit(
+        || output::subscription_json(&sub),
+        || {
+            format!(
+                "created subscription \"{}\" on topic \"{}\"",
+                sub.name, sub.topic
+            )
+        },
+    )?;
     Ok(())
 }
 
@@ -94,14 +95,16 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
     match command {
         SubsCommand::Ls { topic } => {
             let subs = client.list_subscriptions(topic.as_deref()).await?;
-            if ctx.json {
-                let list = subs.iter().map(output::subscription_json).collect();
-                output::json(&Value::Array(list))?;
-            } else if subs.is_empty() {
-                output::line("no subscriptions")?;
-            } else {
-                output::write(output::subscriptions_table(&subs).as_bytes())?;
-            }
+            ctx.emit(
+                || Value::Array(subs.iter().map(output::subscription_json).collect()),
+                || {
+                    if subs.is_empty() {
+                        "no subscriptions".to_owned()
+                    } else {
+                        output::subscriptions_table(&subs)
+                    }
+                },
+            )?;
         }
         SubsCommand::Create {
             name,
@@ -117,19 +120,17 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
         }
         SubsCommand::Describe { name } => {
             let sub = client.get_subscription(&name).await?;
-            if ctx.json {
-                output::json(&output::subscription_json(&sub))?;
-            } else {
-                output::write(output::subscription_text(&sub).as_bytes())?;
-            }
+            ctx.emit(
+                || output::subscription_json(&sub),
+                || output::subscription_text(&sub),
+            )?;
         }
         SubsCommand::Delete { name } => {
             client.delete_subscription(&name).await?;
-            if ctx.json {
-                output::json(&json!({ "name": name, "deleted": true }))?;
-            } else {
-                output::line(&format!("deleted subscription \"{name}\""))?;
-            }
+            ctx.emit(
+                || json!({ "name": name, "deleted": true }),
+                || format!("deleted subscription \"{name}\""),
+            )?;
         }
     }
     Ok(())

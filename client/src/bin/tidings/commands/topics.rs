@@ -50,41 +50,34 @@ pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result
     match command {
         TopicsCommand::Ls => {
             let topics = client.list_topics().await?;
-            if ctx.json {
-                output::json(&Value::Array(
-                    topics.iter().map(output::topic_json).collect(),
-                ))?;
-            } else if topics.is_empty() {
-                output::line("no topics")?;
-            } else {
-                output::write(output::topics_table(&topics).as_bytes())?;
-            }
+            ctx.emit(
+                || Value::Array(topics.iter().map(output::topic_json).collect()),
+                || {
+                    if topics.is_empty() {
+                        "no topics".to_owned()
+                    } else {
+                        output::topics_table(&topics)
+                    }
+                },
+            )?;
         }
         TopicsCommand::Create { name } => {
             let topic = client.create_topic(&name).await?;
-            if ctx.json {
-                output::json(&output::topic_json(&topic))?;
-            } else {
-                output::line(&format!("created topic \"{}\"", topic.name))?;
-            }
+            ctx.emit(
+                || output::topic_json(&topic),
+                || format!("created topic \"{}\"", topic.name),
+            )?;
         }
         TopicsCommand::Describe { name } => {
             let topic = client.get_topic(&name).await?;
-            if ctx.json {
-                output::json(&output::topic_json(&topic))?;
-            } else {
-                output::write(output::topic_text(&topic).as_bytes())?;
-            }
+            ctx.emit(|| output::topic_json(&topic), || output::topic_text(&topic))?;
         }
         TopicsCommand::Delete { name } => {
             client.delete_topic(&name).await?;
-            if ctx.json {
-                output::json(&json!({ "name": name, "deleted": true }))?;
-            } else {
-                output::line(&format!(
-                    "deleted topic \"{name}\" with its messages and subscriptions"
-                ))?;
-            }
+            ctx.emit(
+                || json!({ "name": name, "deleted": true }),
+                || format!("deleted topic \"{name}\" with its messages and subscriptions"),
+            )?;
         }
     }
     Ok(())
