@@ -21,7 +21,7 @@ BIN="$CARGO_TARGET_DIR/release"
 dir=$(mktemp -d)
 sync=always; [ "$MODE" = page-cache ] && sync=100ms
 "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
-    --log warn > "$dir/stdout" 2> "$dir/server.log" &
+    --log warn,tidings_server::storage::rocks::writer=info > "$dir/stdout" 2> "$dir/server.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
@@ -32,3 +32,6 @@ echo "# Tidings file storage, mode=$MODE (--sync-interval $sync), N=$N, size=${S
 "${T[@]}" publish --count "$N" --size "$SIZE" --batch 1 --in-flight 256 --server-pid "$pid" 2>/dev/null
 "${T[@]}" consume --count "$N" --size "$SIZE" --server-pid "$pid" 2>/dev/null
 "${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --server-pid "$pid" 2>/dev/null
+# Group commit over the whole run: messages per synced write.
+kill -TERM "$pid"; wait "$pid" || true
+grep -o 'batches=.*messages_per_batch=[0-9.]*' "$dir/server.log" | sed 's/^/WRITER /' || true

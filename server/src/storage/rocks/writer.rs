@@ -107,6 +107,8 @@ pub(super) struct Writer {
     undo: Vec<Undo>,
     /// Something was written without a sync; shared with the syncer.
     unsynced: Unsynced,
+    /// Messages staged for appending since the start, for the summary.
+    appended: u64,
 }
 
 impl Writer {
@@ -147,6 +149,7 @@ impl Writer {
             subscriptions,
             undo: Vec::new(),
             unsynced,
+            appended: 0,
         })
     }
 
@@ -180,7 +183,13 @@ impl Writer {
             self.commit(batch);
             batches += 1;
         }
-        tracing::debug!(batches, "writer stopping");
+        // How well group commit worked: messages per write.
+        tracing::info!(
+            batches,
+            messages = self.appended,
+            messages_per_batch = self.appended as f64 / batches.max(1) as f64,
+            "writer stopping"
+        );
         self.stop(requests_rx, closers);
         batches
     }
@@ -326,6 +335,7 @@ impl Writer {
             batch.put_message(topic, offset, value);
         }
         head.next_offset = appended.first_offset + messages.len() as Offset;
+        self.appended += messages.len() as u64;
         head.last_publish = appended.publish_time;
         batch.put_head(topic, head.next_offset);
         Ok(appended)
