@@ -23,7 +23,7 @@ sync=always; [ "$MODE" = page-cache ] && sync=100ms
 "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
     --log warn,tidings_server::storage::rocks::writer=info > "$dir/stdout" 2> "$dir/server.log" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
 addr=$(sed -n 's/^listening on //p' "$dir/stdout")
 T=("$BIN/tidings" --server "$addr" bench)
