@@ -119,3 +119,31 @@ async fn shutdown_ends_open_streams_with_unavailable_and_run_returns_ok() -> any
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_health_watch_reports_not_serving_at_shutdown_and_then_ends() -> anyhow::Result<()> {
+    // A drain held open by the watch would outlast the fixture's bound on
+    // stopping.
+    let mut broker = TestBroker::start_with(|config| {
+        config.shutdown_timeout = std::time::Duration::from_secs(600);
+    })
+    .await?;
+    let channel = broker.client().channel().clone();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest::default();
+    let mut watch = health.watch(request).await?.into_inner();
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+    assert_eq!(
+        watch.message().await?.map(|r| r.status),
+        Some(serving.into())
+    );
+
+    broker.stop().await?;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing;
+    assert_eq!(
+        watch.message().await?.map(|r| r.status),
+        Some(not_serving.into())
+    );
+    assert_eq!(watch.message().await?, None, "the watch ends");
+    Ok(())
+}

@@ -18,16 +18,16 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::ServeError;
 use crate::broker::Broker;
 use crate::config::Config;
+use health::HealthSwitch;
 
 mod admin;
 mod convert;
+mod health;
 mod publisher;
 mod status;
 mod subscriber;
@@ -36,9 +36,9 @@ pub use admin::Admin;
 pub use publisher::Publisher;
 pub use subscriber::{SubscribeStream, Subscriber};
 
-/// Every service whose health is reported, `""` being the server as a whole.
-const HEALTH_SERVICES: [&str; 4] = [
-    "",
+/// The services whose health is reported (besides `""`, the server as a
+/// whole).
+const TIDINGS_SERVICES: [&str; 3] = [
     publisher_service_server::SERVICE_NAME,
     subscriber_service_server::SERVICE_NAME,
     admin_service_server::SERVICE_NAME,
@@ -61,7 +61,7 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Serves the tidings services, health and reflection on `listener` until
 /// `shutdown` resolves, then shuts down in order:
 ///
-/// 1. health turns NOT_SERVING (health `Watch` streams then end) and no new
+/// 1. health turns NOT_SERVING (health `Watch` streams report it and end) and no new
 ///    connection is accepted;
 /// 2. [`Broker::begin_shutdown`] ends open `Subscribe` streams with
 ///    UNAVAILABLE;
@@ -83,7 +83,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let local_addr = listener.local_addr().map_err(ServeError::Listener)?;
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) = HealthSwitch::new(&TIDINGS_SERVICES);
     let request_limit = config.max_request_bytes();
     let router = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -114,7 +114,7 @@ pub async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));
 
-    set_health(&health, ServingStatus::Serving).await;
+    health.serving();
     info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
     announce(local_addr);
 
@@ -140,32 +140,21 @@ pub async fn serve(
     Ok(())
 }
 
-/// Waits for `shutdown`, then turns health NOT_SERVING (ending health
-/// watches), ends the broker's streams and reports that draining has begun. Resolving lets the
-/// transport stop accepting and drain.
+/// Waits for `shutdown`, then turns health NOT_SERVING (health watches
+/// end), ends the broker's streams and reports that draining has begun.
+/// Resolving lets the transport stop accepting and drain.
 async fn begin_shutdown(
     shutdown: impl Future<Output = ()>,
-    mut health: HealthReporter,
+    health: HealthSwitch,
     broker: Broker,
     draining_tx: oneshot::Sender<()>,
 ) {
     shutdown.await;
     info!("shutting down: refusing new connections and ending open streams");
-    set_health(&health, ServingStatus::NotServing).await;
-    // Health watchers see NOT_SERVING, then their streams end, so they do
-    // not hold the drain open until the shutdown timeout.
-    for service in HEALTH_SERVICES {
-        health.clear_service_status(service).await;
-    }
+    health.shutting_down();
     broker.begin_shutdown();
     // The receiver is gone only when serving already ended.
     let _ = draining_tx.send(());
-}
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        health.set_service_status(service, status).await;
-    }
 }
 
 /// Reflection over the tidings API and the health service, so tools such as
