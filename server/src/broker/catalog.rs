@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::acks::AckWriter;
+use super::checks::{check_batch, check_duration, not_found_as_topic, page};
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
 use super::topic::Topic;
@@ -459,74 +460,5 @@ impl Broker {
         self.inner.store.close().await?;
         info!("broker closed");
         Ok(())
-    }
-}
-
-/// Checks a publish batch; returns its total size.
-fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize> {
-    if messages.is_empty() {
-        return Err(BrokerError::EmptyBatch);
-    }
-    let mut total = 0;
-    for (index, message) in messages.iter().enumerate() {
-        let mut size = message.payload.len() + message.key.len();
-        for (name, value) in &message.attributes {
-            if name.is_empty() {
-                return Err(BrokerError::EmptyAttributeName { index });
-            }
-            size += name.len() + value.len();
-        }
-        if size > limit {
-            return Err(BrokerError::MessageTooLarge { index, size, limit });
-        }
-        total += size;
-    }
-    Ok(total)
-}
-
-fn check_duration(what: &'static str, given: Duration, min: Duration) -> BrokerResult<()> {
-    if given < min || given > MAX_ACK_DEADLINE {
-        return Err(BrokerError::DurationOutOfRange {
-            what,
-            given,
-            min,
-            max: MAX_ACK_DEADLINE,
-        });
-    }
-    Ok(())
-}
-
-/// A topic deleted between the name lookup and the store call is reported
-/// by name.
-fn not_found_as_topic(err: StoreError, topic: &Topic) -> BrokerError {
-    match err {
-        StoreError::TopicNotFound(_) => BrokerError::TopicNotFound(topic.name.clone()),
-        other => other.into(),
-    }
-}
-
-fn page<K, V, T>(
-    map: &BTreeMap<K, V>,
-    after: Option<&str>,
-    limit: usize,
-    wanted: impl Fn(&V) -> bool,
-    info: impl Fn(&V) -> T,
-) -> Page<T>
-where
-    K: Ord + AsRef<str> + std::borrow::Borrow<str>,
-{
-    use std::ops::Bound;
-    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut selected = map
-        .range::<str, _>((start, Bound::Unbounded))
-        .filter(|(_, v)| wanted(v));
-    let items: Vec<(&K, &V)> = selected.by_ref().take(limit.max(1)).collect();
-    let next_after = match selected.next() {
-        Some(_) => items.last().map(|(k, _)| k.as_ref().to_owned()),
-        None => None,
-    };
-    Page {
-        items: items.into_iter().map(|(_, v)| info(v)).collect(),
-        next_after,
     }
 }

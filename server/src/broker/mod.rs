@@ -21,6 +21,7 @@ use crate::storage::StoredMessage;
 
 mod acks;
 mod catalog;
+mod checks;
 mod error;
 mod stream;
 mod subscription;
