@@ -8,6 +8,29 @@ use std::time::{Duration, SystemTime};
 
 use tidings_client::StartPosition;
 
+/// How a subscription that a command creates is set up; `subs create` and
+/// `sub --topic` share these flags. Ignored when the subscription exists.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct NewSubscriptionArgs {
+    /// Where the subscription begins: earliest (every retained message),
+    /// latest (only messages published from now on), an offset such as 42,
+    /// or an RFC 3339 time such as 2024-05-01T12:00:00Z. Used only when the
+    /// command creates the subscription.
+    #[arg(
+        long,
+        default_value = "earliest",
+        value_parser = parse_start,
+        value_name = "earliest|latest|OFFSET|TIME"
+    )]
+    pub(crate) start: StartPosition,
+
+    /// How long a delivered message stays leased before it is delivered
+    /// again: whole seconds, such as 30s or 2m (1s to 10m). Default: the
+    /// broker's, 30s. Used only when the command creates the subscription.
+    #[arg(long, value_parser = parse_ack_deadline, value_name = "DURATION")]
+    pub(crate) ack_deadline: Option<Duration>,
+}
+
 /// Parses `--server`: a URL, or `host:port` to which `http://` is added.
 pub(crate) fn parse_server(value: &str) -> Result<String, String> {
     let value = value.trim();

@@ -3,11 +3,9 @@
 //! Thin: one library call per command, then the result printed as a
 //! table, lines or JSON. Receiving messages is `tidings sub`, elsewhere.
 
-use std::time::Duration;
-
 use clap::Subcommand;
 use serde_json::{Value, json};
-use tidings_client::{Client, StartPosition, SubscriptionConfig};
+use tidings_client::{Client, SubscriptionConfig};
 
 use super::Context;
 use crate::{output, values};
@@ -35,23 +33,8 @@ pub(crate) enum SubsCommand {
         #[arg(long, short)]
         topic: String,
 
-        /// How long a delivered message stays leased before it is
-        /// delivered again: whole seconds, such as 30s or 2m (1s to 10m).
-        /// Default: the broker's, 30s.
-        #[arg(long, value_parser = values::parse_ack_deadline, value_name = "DURATION")]
-        ack_deadline: Option<Duration>,
-
-        /// Where the subscription begins: earliest (every retained
-        /// message), latest (only messages published from now on), an
-        /// offset such as 42, or an RFC 3339 time such as
-        /// 2024-05-01T12:00:00Z.
-        #[arg(
-            long,
-            default_value = "earliest",
-            value_parser = values::parse_start,
-            value_name = "earliest|latest|OFFSET|TIME"
-        )]
-        start: StartPosition,
+        #[command(flatten)]
+        new: values::NewSubscriptionArgs,
     },
 
     /// Show a subscription with its live figures: backlog, messages in
@@ -106,14 +89,9 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 },
             )?;
         }
-        SubsCommand::Create {
-            name,
-            topic,
-            ack_deadline,
-            start,
-        } => {
-            let mut config = SubscriptionConfig::new(name, topic).start(start);
-            if let Some(deadline) = ack_deadline {
+        SubsCommand::Create { name, topic, new } => {
+            let mut config = SubscriptionConfig::new(name, topic).start(new.start);
+            if let Some(deadline) = new.ack_deadline {
                 config = config.ack_deadline(deadline);
             }
             create(ctx, &client, config).await?;

@@ -7,11 +7,9 @@
 //! subscriber gets them again. Pending acknowledgements are flushed before
 //! the command exits.
 
-use std::time::Duration;
-
 use clap::ValueEnum;
 use futures::StreamExt as _;
-use tidings_client::{Delivery, StartPosition, Subscriber};
+use tidings_client::{Delivery, Subscriber};
 
 use super::Context;
 use crate::{output, values};
@@ -56,21 +54,8 @@ pub(crate) struct SubscribeArgs {
     #[arg(long, short, value_enum)]
     format: Option<Format>,
 
-    /// Where a subscription created by this command begins: earliest,
-    /// latest, an offset such as 42, or an RFC 3339 time such as
-    /// 2024-05-01T12:00:00Z. Ignored when the subscription exists.
-    #[arg(
-        long,
-        default_value = "earliest",
-        value_parser = values::parse_start,
-        value_name = "earliest|latest|OFFSET|TIME"
-    )]
-    start: StartPosition,
-
-    /// Ack deadline of a subscription created by this command, in whole
-    /// seconds such as 30s or 2m. Ignored when the subscription exists.
-    #[arg(long, value_parser = values::parse_ack_deadline, value_name = "DURATION")]
-    ack_deadline: Option<Duration>,
+    #[command(flatten)]
+    new: values::NewSubscriptionArgs,
 
     /// Flow control: the most unacknowledged messages held at once
     /// (never more than --count).
@@ -105,12 +90,12 @@ pub(crate) async fn run(ctx: &Context, args: SubscribeArgs) -> anyhow::Result<()
     let client = ctx.connect().await?;
     let mut builder = client
         .subscriber(args.subscription.clone())
-        .start(args.start)
+        .start(args.new.start)
         .max_outstanding_messages(args.max_outstanding());
     if let Some(topic) = &args.topic {
         builder = builder.topic(topic.clone());
     }
-    if let Some(deadline) = args.ack_deadline {
+    if let Some(deadline) = args.new.ack_deadline {
         builder = builder.ack_deadline(deadline);
     }
     if let Some(count) = args.count {
