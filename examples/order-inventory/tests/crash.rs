@@ -14,7 +14,7 @@ use order_inventory::events::{Decision, OrderId, Outcome};
 use order_inventory::orders::{Order, OrderStatus};
 use order_inventory::stock::{self, StockReport};
 use serde::Deserialize;
-use support::{Broker, INVENTORY_SERVICE, ORDER_SERVICE, Service, arg, get_json, http, poll_until};
+use support::{Stack, get_json, http, poll_until};
 
 const STOCK: &str = "tea-01=200,mug-02=60,pot-03=5";
 const SKUS: [&str; 3] = ["tea-01", "mug-02", "pot-03"];
@@ -72,21 +72,9 @@ fn pending(orders: &[Order]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_order_is_lost_or_reserved_twice_when_inventory_is_killed() -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let data = tempfile::tempdir()?;
-    let inventory_dir = data.path().join("inventory");
-    let orders_dir = data.path().join("orders");
-    let inventory_args = [
-        "--broker",
-        &broker.url,
-        "--data-dir",
-        arg(&inventory_dir)?,
-        "--stock",
-        STOCK,
-    ];
-    let inventory = Service::start(INVENTORY_SERVICE, &inventory_args).await?;
-    let orders_args = ["--broker", &broker.url, "--data-dir", arg(&orders_dir)?];
-    let orders = Service::start(ORDER_SERVICE, &orders_args).await?;
+    let stack = Stack::start(STOCK).await?;
+    let inventory = stack.start_inventory().await?;
+    let orders = stack.start_orders().await?;
 
     // Kill -9 the inventory while the first wave streams in.
     let first_wave = tokio::spawn(place_orders(orders.addr, 0..FIRST_WAVE));
@@ -105,7 +93,7 @@ async fn no_order_is_lost_or_reserved_twice_when_inventory_is_killed() -> anyhow
         "the kill came after the last decision"
     );
 
-    let inventory = Service::start(INVENTORY_SERVICE, &inventory_args).await?;
+    let inventory = stack.start_inventory().await?;
     let settled = poll_until("every order is settled", async || {
         let list = list_orders(orders.addr).await?;
         Ok(Some(list).filter(|list| list.len() == ORDERS && pending(list) == 0))
@@ -126,7 +114,7 @@ async fn no_order_is_lost_or_reserved_twice_when_inventory_is_killed() -> anyhow
     );
     check_each_order_decided_once(&settled, &report)?;
     check_stock_adds_up(&settled, &report)?;
-    check_journal_holds_one_decision_per_order(&inventory_dir)?;
+    check_journal_holds_one_decision_per_order(&stack.inventory_dir())?;
 
     ensure!(
         inventory.terminate().await?.success(),
@@ -136,7 +124,7 @@ async fn no_order_is_lost_or_reserved_twice_when_inventory_is_killed() -> anyhow
         orders.terminate().await?.success(),
         "orders failed on SIGTERM"
     );
-    broker.stop().await
+    stack.stop().await
 }
 
 /// Each order has exactly one decision, and the order's status is it.

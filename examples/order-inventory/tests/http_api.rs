@@ -7,25 +7,13 @@ mod support;
 use anyhow::ensure;
 use order_inventory::orders::{Order, OrderStatus};
 use order_inventory::stock::StockReport;
-use support::{Broker, INVENTORY_SERVICE, ORDER_SERVICE, Service, arg, get_json, http, poll_until};
+use support::{Stack, get_json, http, poll_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_are_validated_and_settled_by_the_inventory() -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let data = tempfile::tempdir()?;
-    let inventory_dir = data.path().join("inventory");
-    let orders_dir = data.path().join("orders");
-    let inventory_args = [
-        "--broker",
-        &broker.url,
-        "--data-dir",
-        arg(&inventory_dir)?,
-        "--stock",
-        "tea-01=3",
-    ];
-    let inventory = Service::start(INVENTORY_SERVICE, &inventory_args).await?;
-    let orders_args = ["--broker", &broker.url, "--data-dir", arg(&orders_dir)?];
-    let orders = Service::start(ORDER_SERVICE, &orders_args).await?;
+    let stack = Stack::start("tea-01=3").await?;
+    let inventory = stack.start_inventory().await?;
+    let orders = stack.start_orders().await?;
 
     for (body, complaint) in [
         (r#"{"sku": "tea-01"}"#, "missing field `quantity`"),
@@ -84,5 +72,5 @@ async fn orders_are_validated_and_settled_by_the_inventory() -> anyhow::Result<(
 
     ensure!(inventory.terminate().await?.success());
     ensure!(orders.terminate().await?.success());
-    broker.stop().await
+    stack.stop().await
 }

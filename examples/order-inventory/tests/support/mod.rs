@@ -121,6 +121,56 @@ impl Service {
     }
 }
 
+/// A broker and the data directories of both services: what each test
+/// starts the services on, and restarts them on.
+pub(crate) struct Stack {
+    pub(crate) broker: Broker,
+    data: TempDir,
+    stock: &'static str,
+}
+
+impl Stack {
+    /// Starts the broker; `stock` is the inventory's `--stock`.
+    pub(crate) async fn start(stock: &'static str) -> anyhow::Result<Self> {
+        Ok(Self {
+            broker: Broker::start().await?,
+            data: tempfile::tempdir().context("create the services' data directory")?,
+            stock,
+        })
+    }
+
+    /// The inventory service's data directory.
+    pub(crate) fn inventory_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("inventory")
+    }
+
+    /// Starts the inventory service (again) on its data directory.
+    pub(crate) async fn start_inventory(&self) -> anyhow::Result<Service> {
+        let dir = self.inventory_dir();
+        let args = [
+            "--broker",
+            &self.broker.url,
+            "--data-dir",
+            arg(&dir)?,
+            "--stock",
+            self.stock,
+        ];
+        Service::start(INVENTORY_SERVICE, &args).await
+    }
+
+    /// Starts the order service on its data directory.
+    pub(crate) async fn start_orders(&self) -> anyhow::Result<Service> {
+        let dir = self.data.path().join("orders");
+        let args = ["--broker", &self.broker.url, "--data-dir", arg(&dir)?];
+        Service::start(ORDER_SERVICE, &args).await
+    }
+
+    /// Stops the broker gracefully.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.broker.stop().await
+    }
+}
+
 /// The path as a `&str` argument.
 pub(crate) fn arg(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("temporary paths are UTF-8")
