@@ -180,15 +180,32 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Encodes a message as stored: publish time, key, attributes, then the
-/// payload, which runs to the end so it can be sliced out without a copy.
+/// [`encode_message_into`] a fresh buffer.
+#[cfg(test)]
 pub(crate) fn encode_message(publish_time: SystemTime, message: &NewMessage) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_message_into(&mut buf, publish_time, message);
+    buf
+}
+
+/// Encodes a message as stored into `buf`, replacing what it held: publish
+/// time, key, attributes, then the payload, which runs to the end so it can
+/// be sliced out without a copy. The writer reuses one buffer for every
+/// message instead of allocating each time.
+pub(crate) fn encode_message_into(
+    buf: &mut Vec<u8>,
+    publish_time: SystemTime,
+    message: &NewMessage,
+) {
     let attributes: usize = message
         .attributes
         .iter()
         .map(|(k, v)| k.len() + v.len() + 8)
         .sum();
-    let mut w = Writer::new(8 + 4 + message.key.len() + 4 + attributes + message.payload.len());
+    buf.clear();
+    buf.reserve(1 + 8 + 4 + message.key.len() + 4 + attributes + message.payload.len());
+    buf.push(FORMAT_V1);
+    let mut w = Writer(std::mem::take(buf));
     w.u64(to_micros(publish_time));
     w.str(&message.key);
     w.u32(u32::try_from(message.attributes.len()).unwrap_or(u32::MAX));
@@ -197,7 +214,7 @@ pub(crate) fn encode_message(publish_time: SystemTime, message: &NewMessage) -> 
         w.str(value);
     }
     w.0.extend_from_slice(&message.payload);
-    w.0
+    *buf = w.0;
 }
 
 /// Decodes a message stored at `offset`; the payload shares `value`'s memory.

@@ -111,7 +111,7 @@ impl<'db> Batch<'db> {
         drop(self.permits);
     }
 
-    pub(super) fn put_message(&mut self, topic: TopicId, offset: Offset, value: Vec<u8>) {
+    pub(super) fn put_message(&mut self, topic: TopicId, offset: Offset, value: &[u8]) {
         let key = codec::message_key(topic, offset);
         self.write.put_cf(self.columns.messages, key, value);
         self.durable = true;

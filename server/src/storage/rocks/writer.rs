@@ -109,6 +109,8 @@ pub(super) struct Writer {
     unsynced: Unsynced,
     /// Messages staged for appending since the start, for the summary.
     appended: u64,
+    /// Reused for encoding each message; `WriteBatch` copies it.
+    scratch: Vec<u8>,
 }
 
 impl Writer {
@@ -150,6 +152,7 @@ impl Writer {
             undo: Vec::new(),
             unsynced,
             appended: 0,
+            scratch: Vec::new(),
         })
     }
 
@@ -331,8 +334,8 @@ impl Writer {
         }
         self.undo.push(Undo::Topic(topic, Some(*head)));
         for (offset, message) in (appended.first_offset..).zip(messages) {
-            let value = codec::encode_message(appended.publish_time, message);
-            batch.put_message(topic, offset, value);
+            codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
+            batch.put_message(topic, offset, &self.scratch);
         }
         head.next_offset = appended.first_offset + messages.len() as Offset;
         self.appended += messages.len() as u64;
