@@ -12,7 +12,7 @@
 //! requests waiting for it into one `WriteBatch`: group commit. A topic's
 //! head is written in the same batch as its messages, so after a crash the
 //! head is exactly past the last stored message and no offset is handed out
-//! twice. Reads run on `spawn_blocking` straight on the database, with
+//! twice. Reads (see `read`) run on `spawn_blocking` straight on the database, with
 //! short-lived iterators. This is the only module that names RocksDB; it
 //! knows nothing of leases, streams or gRPC.
 
