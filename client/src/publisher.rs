@@ -31,8 +31,9 @@ use crate::types::Message;
 pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 1000;
 /// The default [`PublisherBuilder::max_batch_bytes`]: 1 MiB.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// The default [`PublisherBuilder::linger`].
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+/// The default [`PublisherBuilder::linger`]: none. Batches still form under
+/// load, from the messages queued while every call slot is busy.
+pub const DEFAULT_LINGER: Duration = Duration::ZERO;
 /// The default [`PublisherBuilder::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 
@@ -46,7 +47,11 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) bytes, waiting at
 /// most [`linger`](PublisherBuilder::linger) after a batch's first message,
 /// and keeps up to [`max_in_flight`](PublisherBuilder::max_in_flight)
-/// `Publish` calls running at once.
+/// `Publish` calls running at once. Messages queued together leave
+/// together: by default (no linger) a message is sent as soon as a call
+/// slot is free, with every message queued behind it, and while all slots
+/// are busy new messages gather into the next batch — so batches grow with
+/// the load and a lone message is never held back.
 ///
 /// Clones share the queue and the task. Dropping every clone publishes
 /// what is queued in the background; [`close`](Publisher::close) does the
@@ -245,8 +250,9 @@ impl PublisherBuilder {
     }
 
     /// How long a batch's first message waits for more before the batch is
-    /// sent (default 1 ms; zero sends at once, batching only what queues up
-    /// while every slot is busy).
+    /// sent (default zero: at once, with whatever is queued by then, and
+    /// batching what queues up while every slot is busy). A linger trades
+    /// latency for fewer, larger calls when messages trickle in.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.limits.linger = linger;
         self
@@ -321,7 +327,10 @@ impl Task {
                 Some((seq, error)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.queue.completed(seq, error.as_ref());
                 }
-                command = self.commands.recv(), if can_receive => self.handle(command),
+                command = self.commands.recv(), if can_receive => {
+                    self.handle(command);
+                    self.take_queued();
+                }
                 () = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
                     self.queue.seal();
                 }
@@ -353,6 +362,18 @@ impl Task {
                 self.closing = true;
                 self.queue.seal();
                 self.queue.wait(reply);
+            }
+        }
+    }
+
+    /// Takes the commands already waiting, up to a full batch, so that
+    /// messages queued together leave together instead of one per call.
+    fn take_queued(&mut self) {
+        while self.receiving && !self.queue.has_sealed() {
+            match self.commands.try_recv() {
+                Ok(command) => self.handle(Some(command)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.handle(None),
             }
         }
     }

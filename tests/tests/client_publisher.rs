@@ -2,14 +2,20 @@
 //! order, flush and close, and errors that reach every caller.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::future::{join_all, try_join_all};
-use tidings_client::{Delivery, Error, Message, Publisher};
+use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
+use tidings::v1::{PublishRequest, PublishResponse};
+use tidings_client::{Client, Delivery, Error, Message, Publisher};
 use tidings_tests::{EVENT_TIMEOUT, TestBroker};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tonic::Code;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
 
 /// Long enough that a batch is never sent because its linger ended while a
 /// test runs: whatever gets sent was sent by a full batch, flush or close.
@@ -79,6 +85,70 @@ async fn concurrent_publishes_get_every_offset_exactly_once() -> anyhow::Result<
         assert_eq!(Some(&delivery.payload()[..]), expected);
         delivery.ack();
     }
+    Ok(())
+}
+
+/// A stand-in for the broker's publisher service that reports how many
+/// messages each `Publish` call carried.
+struct CallCounter {
+    calls_tx: mpsc::UnboundedSender<usize>,
+    next_offset: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl PublisherService for CallCounter {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let count = request.get_ref().messages.len();
+        let _ = self.calls_tx.send(count);
+        let first = self.next_offset.fetch_add(count as u64, Ordering::SeqCst);
+        Ok(Response::new(PublishResponse {
+            offsets: (first..first + count as u64).collect(),
+        }))
+    }
+}
+
+/// Serves a [`CallCounter`] on a free port; returns its client and the
+/// sizes of the calls it answers.
+async fn call_counter() -> anyhow::Result<(Client, mpsc::UnboundedReceiver<usize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+    let service = PublisherServiceServer::new(CallCounter {
+        calls_tx,
+        next_offset: AtomicU64::new(0),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Ok((Client::connect(url).await?, calls_rx))
+}
+
+// One thread: the publisher's task cannot run between the `publish` calls
+// below, so all ten are queued before it looks.
+#[tokio::test(flavor = "current_thread")]
+async fn messages_queued_together_leave_in_one_call() -> anyhow::Result<()> {
+    let (client, mut calls_rx) = call_counter().await?;
+    let publisher = client.publisher("burst");
+    let futures: Vec<_> = (0..10)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(offsets, (0..10).collect::<Vec<u64>>());
+    assert_eq!(
+        calls_rx.try_recv().ok(),
+        Some(10),
+        "all ten in the first call"
+    );
+    assert!(calls_rx.try_recv().is_err(), "and no other call");
+
+    // A lone message goes alone.
+    within(publisher.publish("alone")).await??;
+    assert_eq!(calls_rx.try_recv().ok(), Some(1));
     Ok(())
 }
 
