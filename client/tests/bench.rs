@@ -73,6 +73,26 @@ async fn every_bench_workload_runs_and_reports() -> anyhow::Result<()> {
         .ok()?;
     assert_eq!(result_msgs(&e2e.stdout)?, 100);
     assert!(has_latency_line(&e2e.stdout), "{}", e2e.stdout);
+    let unbatched = broker
+        .tidings(&[
+            "bench",
+            "e2e",
+            "--rate",
+            "2000",
+            "--count",
+            "100",
+            "--size",
+            "32",
+            "--unbatched",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(result_msgs(&unbatched.stdout)?, 100);
+    assert!(
+        unbatched.stdout.contains("publish=unbatched"),
+        "{}",
+        unbatched.stdout
+    );
 
     let fanout = broker
         .tidings(&["bench", "fanout", "--subscriptions", "3", "--count", "50"])
@@ -80,12 +100,12 @@ async fn every_bench_workload_runs_and_reports() -> anyhow::Result<()> {
         .ok()?;
     assert_eq!(result_msgs(&fanout.stdout)?, 150);
 
-    // Every message published above is stored: 300 + 200 + 100 + 50.
+    // Every message published above is stored: 300 + 200 + 100 + 100 + 50.
     let topic = broker
         .tidings(&["topics", "describe", "bench", "--json"])
         .await?
         .ok()?
         .json()?;
-    assert_eq!(topic["next_offset"], 650);
+    assert_eq!(topic["next_offset"], 750);
     broker.stop().await
 }

@@ -1,20 +1,25 @@
 //! `tidings bench e2e`: publish-to-receive latency at a fixed rate.
 //!
 //! Open loop: message i is published at `start + i / rate` whether or not
-//! earlier ones were answered, one message per request, each carrying its
-//! send time. A `Subscriber` on a fresh subscription receives them and
-//! acknowledges each; latency is receive time minus send time (one clock:
-//! run it on the broker's machine or one with a synchronised clock).
+//! earlier ones were answered, each carrying its send time. By default the
+//! messages go through the client's `Publisher`, as an application's do:
+//! messages queued together leave in one `Publish` call. `--unbatched`
+//! sends every message in a call of its own instead. A `Subscriber` on a
+//! fresh subscription receives them and acknowledges each; latency is
+//! receive time minus send time (one clock: run it on the broker's machine
+//! or one with a synchronised clock).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt as _;
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tidings_client::v1::{PublishMessage, PublishRequest};
-use tidings_client::{Client, StartPosition, Subscriber, SubscriptionConfig};
+use tidings_client::{Client, Publisher, StartPosition, Subscriber, SubscriptionConfig};
 
 use super::report::{self, Progress, ServerUsage};
 use super::{CommonArgs, Context, ensure_topic, unique_name};
@@ -36,6 +41,11 @@ pub(crate) struct E2eArgs {
     /// Payload size in bytes (at least 8: the send time travels in it).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..))]
     size: u64,
+    /// Publish every message in a `Publish` call of its own, instead of
+    /// through the client's `Publisher` (which sends messages queued
+    /// together in one call).
+    #[arg(long)]
+    unbatched: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -74,7 +84,15 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
     let usage = ServerUsage::read(args.common.server_pid);
     let progress = Progress::start("e2e", Arc::clone(&received), args.count);
     let started = Instant::now();
-    publish_at_rate(&client, &topic, &args, size).await?;
+    let sender = if args.unbatched {
+        Sender::Unbatched {
+            client: client.clone(),
+            topic: topic.clone(),
+        }
+    } else {
+        Sender::Batched(client.publisher(topic.clone()))
+    };
+    publish_at_rate(&sender, &args, size).await?;
     let latencies = tokio::time::timeout(DRAIN_TIMEOUT, receiver)
         .await
         .map_err(|_| {
@@ -82,7 +100,12 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
         })???;
     let elapsed = started.elapsed();
     drop(progress);
-    let name = format!("tidings-e2e target_rate={}", args.rate);
+    let mode = if args.unbatched {
+        "unbatched"
+    } else {
+        "batched"
+    };
+    let name = format!("tidings-e2e target_rate={} publish={mode}", args.rate);
     report::result(&name, args.count, size, elapsed);
     report::latency("tidings-e2e publish->consume", &latencies);
     if let Some((pid, before)) = usage {
@@ -92,13 +115,38 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `args.count` messages on schedule, one per request.
-async fn publish_at_rate(
-    client: &Client,
-    topic: &str,
-    args: &E2eArgs,
-    size: usize,
-) -> anyhow::Result<()> {
+/// How the workload publishes.
+enum Sender {
+    /// Through a `Publisher`, with its default settings.
+    Batched(Publisher),
+    /// One `Publish` call per message.
+    Unbatched { client: Client, topic: String },
+}
+
+impl Sender {
+    /// Publishes one message; the future resolves once it is stored.
+    fn send(&self, payload: Bytes) -> BoxFuture<'static, anyhow::Result<()>> {
+        match self {
+            Self::Batched(publisher) => {
+                publisher.publish(payload).map(|r| Ok(r.map(drop)?)).boxed()
+            }
+            Self::Unbatched { client, topic } => {
+                let request = PublishRequest {
+                    topic: topic.clone(),
+                    messages: vec![PublishMessage {
+                        payload,
+                        ..PublishMessage::default()
+                    }],
+                };
+                let mut service = client.publisher_service();
+                async move { Ok(service.publish(request).await.map(drop)?) }.boxed()
+            }
+        }
+    }
+}
+
+/// Publishes `args.count` messages on schedule.
+async fn publish_at_rate(sender: &Sender, args: &E2eArgs, size: usize) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = tokio::time::Instant::now();
     let mut body = vec![b'x'; size];
@@ -106,17 +154,9 @@ async fn publish_at_rate(
     for i in 0..args.count {
         tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
         body[..8].copy_from_slice(&now_nanos().to_le_bytes());
-        let request = PublishRequest {
-            topic: topic.to_owned(),
-            messages: vec![PublishMessage {
-                payload: bytes::Bytes::copy_from_slice(&body),
-                ..PublishMessage::default()
-            }],
-        };
-        let mut service = client.publisher_service();
-        pending.push(async move { service.publish(request).await });
+        pending.push(sender.send(Bytes::copy_from_slice(&body)));
         // Collect answers that are in without waiting for the others.
-        while let Some(Some(answer)) = futures::FutureExt::now_or_never(pending.next()) {
+        while let Some(Some(answer)) = pending.next().now_or_never() {
             answer?;
         }
         while pending.len() >= MAX_IN_FLIGHT {
