@@ -7,6 +7,9 @@
 #
 # fsync:      the default --sync-interval=always (synced before each ack).
 # page-cache: --sync-interval=100ms (acknowledged once written to the log).
+# e2e runs twice: through the client's Publisher (messages queued together
+# share a call, as in applications) and --unbatched (one call per message,
+# the shape of the NATS load generator).
 # Builds release binaries, starts a broker on a free loopback port with a
 # fresh data directory, runs the workloads, and stops the broker.
 set -euo pipefail
@@ -32,6 +35,7 @@ echo "# Tidings file storage, mode=$MODE (--sync-interval $sync), N=$N, size=${S
 "${T[@]}" publish --count "$N" --size "$SIZE" --batch 1 --in-flight 256 --server-pid "$pid" 2>/dev/null
 "${T[@]}" consume --count "$N" --size "$SIZE" --server-pid "$pid" 2>/dev/null
 "${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --server-pid "$pid" 2>/dev/null
+"${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --unbatched --server-pid "$pid" 2>/dev/null
 # Group commit over the whole run: messages per synced write.
 kill -TERM "$pid"; wait "$pid" || true
 grep -o 'batches=.*messages_per_batch=[0-9.]*' "$dir/server.log" | sed 's/^/WRITER /' || true
