@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -28,6 +28,9 @@ use crate::storage::{
 };
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// A write that takes this long is logged as a warning.
+const SLOW_WRITE: Duration = Duration::from_millis(50);
 
 /// What a caller asks the writer to do.
 #[derive(Debug)]
@@ -243,7 +246,14 @@ impl Writer {
         let sync = durable && self.policy == SyncPolicy::Always;
         let mut options = WriteOptions::default();
         options.set_sync(sync);
+        let (bytes, started) = (write.size_in_bytes(), Instant::now());
         self.db.write_opt(write, &options)?;
+        let took = started.elapsed();
+        if took >= SLOW_WRITE {
+            // Every caller of the batch waited this long: an operator must
+            // be able to tell a slow disk from a slow broker.
+            tracing::warn!(?took, bytes, sync, "slow write to the log");
+        }
         if !sync {
             // The syncer thread (interval policy) or the next synced write
             // (always) makes it durable.
