@@ -107,7 +107,10 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
     };
     let name = format!("tidings-e2e target_rate={} publish={mode}", args.rate);
     report::result(&name, args.count, size, elapsed);
-    report::latency("tidings-e2e publish->consume", &latencies);
+    report::latency(
+        &format!("tidings-e2e publish={mode} publish->consume"),
+        &latencies,
+    );
     if let Some((pid, before)) = usage {
         before.report_since(pid, &name, args.count);
     }
