@@ -401,10 +401,17 @@ mod tests {
         let mut nice = Vec::new();
         for task in std::fs::read_dir("/proc/self/task")? {
             let task = task?.path();
-            if std::fs::read_to_string(task.join("comm"))?.trim() != name {
+            // Threads of other tests come and go meanwhile: skip any that
+            // is gone by the time it is read.
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("stat")),
+            ) else {
+                continue;
+            };
+            if comm.trim() != name {
                 continue;
             }
-            let stat = std::fs::read_to_string(task.join("stat"))?;
             // Fields after the parenthesised name start at field 3; nice is
             // field 19.
             let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
