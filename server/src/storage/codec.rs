@@ -47,7 +47,7 @@ fn from_micros(what: &'static str, micros: u64) -> StoreResult<SystemTime> {
         })
 }
 
-fn corrupt(what: &'static str, detail: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: detail.into(),

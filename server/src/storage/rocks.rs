@@ -12,9 +12,10 @@
 //! requests waiting for it into one `WriteBatch`: group commit. A topic's
 //! head is written in the same batch as its messages, so after a crash the
 //! head is exactly past the last stored message and no offset is handed out
-//! twice. Reads (see `read`) run on `spawn_blocking` straight on the database, with
-//! short-lived iterators. This is the only module that names RocksDB; it
-//! knows nothing of leases, streams or gRPC.
+//! twice. Reads (see `read`) run on `spawn_blocking` straight on the
+//! database, with short-lived iterators; `open` holds the database options.
+//! This is the only module that names RocksDB; it knows nothing of leases,
+//! streams or gRPC.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,10 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Env,
-    Options,
-};
+use rocksdb::{ColumnFamily, DB};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
@@ -36,10 +34,12 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 
 mod batch;
+mod open;
 mod read;
 mod syncer;
 mod writer;
 
+use open::open_database;
 use read::{find_offset_at_time, load_catalog, publish_time_at, read_at_offsets, read_messages};
 
 use writer::{NewSubscription, Op, Request};
@@ -70,8 +70,11 @@ const LAST_SUBSCRIPTION_ID_KEY: &[u8] = b"NS";
 /// Requests that may wait for the writer at once; callers beyond this wait
 /// for a permit instead of growing the queue.
 const MAX_QUEUED_REQUESTS: usize = 4096;
-/// Memory shared by the block caches of all column families.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+/// The key of a subscription's ack state in the `subscriptions` family.
+fn state_key(subscription: SubscriptionId) -> [u8; 8] {
+    subscription.0.to_be_bytes()
+}
 
 fn meta_key(prefix: u8, id: u64) -> [u8; 9] {
     let mut key = [prefix; 9];
@@ -186,6 +189,17 @@ impl RocksStore {
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Asks the writer to write what is queued, sync and stop; `None` when
+    /// it has stopped already.
+    fn send_close(&self) -> Option<oneshot::Receiver<StoreResult<()>>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let request = Request {
+            op: Op::Close { reply: reply_tx },
+            permit: None,
+        };
+        self.requests_tx.send(request).ok().map(|()| reply_rx)
+    }
+
     /// Runs `read` on a blocking thread with the database.
     async fn read_with<T: Send + 'static>(
         &self,
@@ -204,68 +218,13 @@ impl Drop for RocksStore {
         let Some(writer) = lock(&self.writer).take() else {
             return;
         };
-        let (reply_tx, _reply_rx) = oneshot::channel();
-        let request = Request {
-            op: Op::Close { reply: reply_tx },
-            permit: None,
-        };
-        // A send fails only when the writer has stopped already.
-        let _ = self.requests_tx.send(request);
+        drop(self.send_close());
         if writer.join().is_err() {
             tracing::error!("the writer thread panicked");
         }
         lock(&self.syncer).take();
         lock(&self.db).take();
     }
-}
-
-/// Opens the database with the column families and options of this
-/// layout, creating what is missing. Blocks.
-fn open_database(path: &Path) -> StoreResult<DB> {
-    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-    let mut db_options = Options::default();
-    db_options.create_if_missing(true);
-    db_options.create_missing_column_families(true);
-    db_options.set_max_background_jobs(2);
-    db_options.set_keep_log_file_num(5);
-    // Bound the write-ahead log kept alive by a rarely written column
-    // family (meta), which would otherwise never be flushed.
-    db_options.set_max_total_wal_size(256 << 20);
-    db_options.set_env(&background_env()?);
-    let families = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META]
-        .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)));
-    DB::open_cf_descriptors(&db_options, path, families)
-        .map_err(|e| engine("opening the database", e))
-}
-
-/// The environment whose flush and compaction threads run at the lowest CPU
-/// priority: when they compete with the broker's own threads for the
-/// cores, a delivery waits on them for less. Measured on two cores, a
-/// memtable flush during `bench e2e` raised p99.9 latency to 2–6 ms; at the
-/// lowest priority it stayed at 1.2–2.4 ms, and publishing was no slower.
-fn background_env() -> StoreResult<Env> {
-    let mut env = Env::new().map_err(|e| engine("creating the storage environment", e))?;
-    env.lower_thread_pool_cpu_priority();
-    env.lower_high_priority_thread_pool_cpu_priority();
-    Ok(env)
-}
-
-fn column_options(cache: &Cache) -> Options {
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(cache);
-    table.set_bloom_filter(10.0, false);
-    // Index and filter blocks live in the block cache too, so memory stays
-    // within the cache however many table files a long backlog makes. Level
-    // 0's stay pinned: reads of recent messages, the common catch-up, need
-    // them most.
-    // Draining a backlog of 10 million messages peaked at 221 MiB instead
-    // of 250 MiB, at the same speed.
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    let mut options = Options::default();
-    options.set_compression_type(DBCompressionType::Lz4);
-    options.set_block_based_table_factory(&table);
-    options
 }
 
 #[async_trait]
@@ -356,15 +315,10 @@ impl Store for RocksStore {
     async fn close(&self) -> StoreResult<()> {
         // Refuse new requests; those already queued are written first.
         self.permits.close();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let request = Request {
-            op: Op::Close { reply: reply_tx },
-            permit: None,
-        };
-        let synced = match self.requests_tx.send(request) {
+        let synced = match self.send_close() {
             // No answer means another close got there first.
-            Ok(()) => reply_rx.await.unwrap_or(Ok(())),
-            Err(_) => Ok(()),
+            Some(reply_rx) => reply_rx.await.unwrap_or(Ok(())),
+            None => Ok(()),
         };
         let writer = lock(&self.writer).take();
         let syncer = lock(&self.syncer).take();
@@ -388,251 +342,4 @@ impl Store for RocksStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn name(s: &str) -> TopicName {
-        TopicName::new(s).expect("valid name")
-    }
-
-    /// The nice values of this process's threads named `name`.
-    #[cfg(target_os = "linux")]
-    fn nice_of_threads(name: &str) -> anyhow::Result<Vec<i64>> {
-        let mut nice = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task")? {
-            let task = task?.path();
-            // Threads of other tests come and go meanwhile: skip any that
-            // is gone by the time it is read.
-            let (Ok(comm), Ok(stat)) = (
-                std::fs::read_to_string(task.join("comm")),
-                std::fs::read_to_string(task.join("stat")),
-            ) else {
-                continue;
-            };
-            if comm.trim() != name {
-                continue;
-            }
-            // Fields after the parenthesised name start at field 3; nice is
-            // field 19.
-            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            let field = after_name.split_whitespace().nth(16);
-            nice.push(field.unwrap_or_default().parse()?);
-        }
-        Ok(nice)
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn flushes_run_at_the_lowest_cpu_priority() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let db = open_database(dir.path())?;
-        let messages = column(&db, CF_MESSAGES)?;
-        db.put_cf(messages, b"k", b"v")?;
-        // A pool thread takes on the priority when it starts a job.
-        db.flush_cf(messages)?;
-        let nice = nice_of_threads("rocksdb:high")?;
-        assert!(nice.contains(&19), "no flush thread at nice 19: {nice:?}");
-        Ok(())
-    }
-
-    fn message(payload: &'static [u8]) -> NewMessage {
-        NewMessage {
-            payload: Bytes::from_static(payload),
-            ..NewMessage::default()
-        }
-    }
-
-    async fn append_and_reopen(policy: SyncPolicy) -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = RocksStore::open(dir.path(), policy).await?;
-        let topic = store.create_topic(&name("t")).await?;
-        let appended = store
-            .append(topic.id, vec![message(b"a"), message(b"b")])
-            .await?;
-        assert_eq!(appended.first_offset, 0);
-        store.close().await?;
-        let store = RocksStore::open(dir.path(), policy).await?;
-        let catalog = store.load().await?;
-        assert_eq!(catalog.topics[0].next_offset, 2);
-        let read = store.read_offsets(topic.id, vec![0, 1]).await?;
-        assert_eq!(read.len(), 2);
-        assert_eq!(read[1].payload, Bytes::from_static(b"b"));
-        store.close().await?;
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn always_policy_keeps_appends_across_reopen() -> anyhow::Result<()> {
-        append_and_reopen(SyncPolicy::Always).await
-    }
-
-    #[tokio::test]
-    async fn interval_policy_keeps_appends_across_reopen() -> anyhow::Result<()> {
-        append_and_reopen(SyncPolicy::Interval(Duration::from_millis(5))).await
-    }
-
-    #[tokio::test]
-    async fn second_open_of_a_directory_in_use_fails_cleanly() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = RocksStore::open(dir.path(), SyncPolicy::Always).await?;
-        let second = RocksStore::open(dir.path(), SyncPolicy::Always).await;
-        assert!(
-            matches!(second, Err(StoreError::Engine { .. })),
-            "{second:?}"
-        );
-        store.close().await?;
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn dropped_store_without_close_loses_no_acknowledged_append() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store =
-            RocksStore::open(dir.path(), SyncPolicy::Interval(Duration::from_secs(60))).await?;
-        let topic = store.create_topic(&name("t")).await?;
-        store.append(topic.id, vec![message(b"x")]).await?;
-        let writer = lock(&store.writer).take();
-        drop(store);
-        // The writer sees its queue closed, syncs and lets go of the
-        // database; wait for that before opening again.
-        if let Some(writer) = writer {
-            tokio::task::spawn_blocking(move || writer.join())
-                .await?
-                .map_err(|_| anyhow::anyhow!("writer panicked"))?;
-        }
-        let store = RocksStore::open(dir.path(), SyncPolicy::Always).await?;
-        let appended = store.append(topic.id, vec![message(b"y")]).await?;
-        assert_eq!(appended.first_offset, 1, "the head survived");
-        store.close().await?;
-        Ok(())
-    }
-
-    /// Set in the child process of the crash test: where its store lives.
-    const CRASH_DIR_ENV: &str = "TIDINGS_TEST_CRASH_DIR";
-    const CRASH_BATCH: usize = 3;
-
-    /// The child of `kill_9_during_appends_loses_no_acknowledged_append`:
-    /// appends from several tasks and prints every acknowledged batch
-    /// until it is killed. Does nothing when run on its own.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "run as a child process by the crash test"]
-    async fn crash_child_appends_until_killed() -> anyhow::Result<()> {
-        let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
-            return Ok(());
-        };
-        // No sync for an hour: only the write itself protects an append.
-        let policy = SyncPolicy::Interval(Duration::from_secs(3600));
-        let store = Arc::new(RocksStore::open(Path::new(&dir), policy).await?);
-        let topic = store.create_topic(&name("crash")).await?.id;
-        println!("crash-topic {}", topic.0);
-        let mut tasks = tokio::task::JoinSet::new();
-        for task in 0..4 {
-            let store = Arc::clone(&store);
-            tasks.spawn(async move {
-                for seq in 0.. {
-                    let tag = format!("{task}-{seq}");
-                    let batch = (0..CRASH_BATCH)
-                        .map(|i| NewMessage {
-                            payload: Bytes::from(format!("{tag}-{i}")),
-                            ..NewMessage::default()
-                        })
-                        .collect();
-                    let appended = store.append(topic, batch).await?;
-                    println!("crash-acked {} {tag}", appended.first_offset);
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(result) = tasks.join_next().await {
-            result??;
-        }
-        Ok(())
-    }
-
-    /// Parses the child's output into the topic and the acknowledged
-    /// batches (first offset, tag). A marker may follow the test harness's
-    /// own words on a line.
-    fn parse_crash_line(
-        line: &str,
-        topic: &mut Option<TopicId>,
-        acked: &mut Vec<(Offset, String)>,
-    ) {
-        if let Some((_, id)) = line.split_once("crash-topic ") {
-            *topic = id.trim().parse().ok().map(TopicId);
-        } else if let Some((_, rest)) = line.split_once("crash-acked ")
-            && let Some((offset, tag)) = rest.trim().split_once(' ')
-            && let Ok(offset) = offset.parse()
-        {
-            acked.push((offset, tag.to_owned()));
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn kill_9_during_appends_loses_no_acknowledged_append() -> anyhow::Result<()> {
-        use tokio::io::AsyncBufReadExt;
-        let dir = tempfile::tempdir()?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "storage::rocks::tests::crash_child_appends_until_killed",
-            ])
-            .args(["--ignored", "--nocapture", "--test-threads=1"])
-            .env(CRASH_DIR_ENV, dir.path())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let (mut topic, mut acked) = (None, Vec::new());
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while acked.len() < 300 {
-                let line = lines.next_line().await?;
-                let line = line.ok_or_else(|| anyhow::anyhow!("the child ended early"))?;
-                parse_crash_line(&line, &mut topic, &mut acked);
-            }
-            anyhow::Ok(())
-        })
-        .await??;
-        child.kill().await?; // SIGKILL, amid appends in flight.
-        while let Some(line) = lines.next_line().await? {
-            parse_crash_line(&line, &mut topic, &mut acked);
-        }
-        let topic = topic.ok_or_else(|| anyhow::anyhow!("the child named no topic"))?;
-
-        let store = RocksStore::open(dir.path(), SyncPolicy::Always).await?;
-        let catalog = store.load().await?;
-        let head = catalog.topics.first().map(|t| t.next_offset);
-        let head = head.ok_or_else(|| anyhow::anyhow!("the topic was lost"))?;
-        let stored = store
-            .read(
-                topic,
-                0,
-                ReadLimit {
-                    max_messages: usize::MAX,
-                    max_bytes: usize::MAX,
-                },
-            )
-            .await?;
-        assert_eq!(stored.len() as u64, head, "no holes below the head");
-        for (first, tag) in &acked {
-            for i in 0..CRASH_BATCH {
-                let offset = first + i as u64;
-                let message = stored.get(offset as usize);
-                let payload = message.map(|m| m.payload.clone());
-                assert_eq!(
-                    payload,
-                    Some(Bytes::from(format!("{tag}-{i}"))),
-                    "offset {offset}"
-                );
-            }
-        }
-        let appended = store.append(topic, vec![message(b"after")]).await?;
-        assert_eq!(appended.first_offset, head, "no offset is handed out twice");
-        store.close().await?;
-        Ok(())
-    }
-}
+mod tests;

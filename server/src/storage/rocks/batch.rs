@@ -4,12 +4,14 @@
 //! It only records writes and answers; deciding offsets and ids, writing
 //! and syncing are the writer's.
 
+use std::collections::HashMap;
+
 use rocksdb::{ColumnFamily, DB, WriteBatch};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{
     CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
-    LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, TOPIC_PREFIX, column, engine, meta_key,
+    LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, TOPIC_PREFIX, column, engine, meta_key, state_key,
 };
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
@@ -49,6 +51,9 @@ pub(super) struct Batch<'db> {
     write: WriteBatch,
     completions: Vec<Completion>,
     permits: Vec<OwnedSemaphorePermit>,
+    /// Each topic's head as of the end of the batch: written once, however
+    /// many appends to the topic the batch holds.
+    heads: HashMap<TopicId, Offset>,
     requests: usize,
     bytes: usize,
     /// Anything but ack states was written, so the sync policy applies.
@@ -62,6 +67,7 @@ impl<'db> Batch<'db> {
             write: WriteBatch::default(),
             completions: Vec::new(),
             permits: Vec::new(),
+            heads: HashMap::new(),
             requests: 0,
             bytes: 0,
             durable: false,
@@ -100,6 +106,11 @@ impl<'db> Batch<'db> {
 
     /// The writes, and whether the sync policy applies to them.
     pub(super) fn take_write(&mut self) -> (WriteBatch, bool) {
+        for (topic, next_offset) in self.heads.drain() {
+            let key = meta_key(HEAD_PREFIX, topic.0);
+            self.write
+                .put_cf(self.columns.meta, key, codec::encode_u64(next_offset));
+        }
         (std::mem::take(&mut self.write), self.durable)
     }
 
@@ -117,10 +128,9 @@ impl<'db> Batch<'db> {
         self.durable = true;
     }
 
+    /// Sets a topic's head; it is written with the rest of the batch.
     pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset) {
-        let key = meta_key(HEAD_PREFIX, topic.0);
-        self.write
-            .put_cf(self.columns.meta, key, codec::encode_u64(next_offset));
+        self.heads.insert(topic, next_offset);
         self.durable = true;
     }
 
@@ -144,6 +154,7 @@ impl<'db> Batch<'db> {
         let meta = self.columns.meta;
         self.write.delete_cf(meta, meta_key(TOPIC_PREFIX, topic.0));
         self.write.delete_cf(meta, meta_key(HEAD_PREFIX, topic.0));
+        self.heads.remove(&topic);
         self.durable = true;
     }
 
@@ -163,7 +174,7 @@ impl<'db> Batch<'db> {
         let key = meta_key(SUBSCRIPTION_PREFIX, subscription.0);
         self.write.delete_cf(self.columns.meta, key);
         self.write
-            .delete_cf(self.columns.states, subscription.0.to_be_bytes());
+            .delete_cf(self.columns.states, state_key(subscription));
         self.durable = true;
     }
 
@@ -172,6 +183,6 @@ impl<'db> Batch<'db> {
     pub(super) fn put_ack_state(&mut self, subscription: SubscriptionId, state: &AckState) {
         let value = codec::encode_ack_state(state);
         self.write
-            .put_cf(self.columns.states, subscription.0.to_be_bytes(), value);
+            .put_cf(self.columns.states, state_key(subscription), value);
     }
 }

@@ -10,7 +10,7 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
 use super::{
     CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, HEAD_PREFIX, SUBSCRIPTION_PREFIX, TOPIC_PREFIX, column,
-    engine, meta_key,
+    engine, meta_key, state_key,
 };
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
@@ -41,13 +41,9 @@ pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
         .iter()
         .map(|value| {
             let record = codec::decode_topic(value, 0)?;
-            let head = heads
-                .get(&record.id.0)
-                .copied()
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: "topic head",
-                    detail: format!("topic {:?} has no head", record.id),
-                })?;
+            let head = heads.get(&record.id.0).copied().ok_or_else(|| {
+                codec::corrupt("topic head", format!("topic {:?} has no head", record.id))
+            })?;
             Ok(TopicRecord {
                 next_offset: head,
                 ..record
@@ -67,14 +63,16 @@ pub(super) fn load_ack_states(
     records: Vec<SubscriptionRecord>,
 ) -> StoreResult<Vec<(SubscriptionRecord, AckState)>> {
     let states = column(db, CF_SUBSCRIPTIONS)?;
-    let keys = records.iter().map(|r| (states, r.id.0.to_be_bytes()));
+    let keys = records.iter().map(|r| (states, state_key(r.id)));
     let values = db.multi_get_cf(keys);
     let mut subscriptions = Vec::with_capacity(records.len());
     for (record, value) in records.into_iter().zip(values) {
         let value = value.map_err(|e| engine("reading ack states", e))?;
-        let value = value.ok_or_else(|| StoreError::Corrupt {
-            what: "ack state",
-            detail: format!("subscription {:?} has no ack state", record.id),
+        let value = value.ok_or_else(|| {
+            codec::corrupt(
+                "ack state",
+                format!("subscription {:?} has no ack state", record.id),
+            )
         })?;
         subscriptions.push((record, codec::decode_ack_state(&value)?));
     }

@@ -46,7 +46,7 @@ impl Syncer {
     /// Ends the thread and waits for it (a sync under way finishes first).
     pub(super) fn stop(&mut self) {
         let (stopped, wake) = &*self.stop;
-        *stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *super::lock(stopped) = true;
         wake.notify_all();
         if let Some(handle) = self.handle.take()
             && handle.join().is_err()
@@ -67,7 +67,7 @@ fn run(db: &DB, interval: Duration, unsynced: &AtomicBool, stop: &(Mutex<bool>, 
     let mut next = Instant::now() + interval;
     loop {
         {
-            let mut guard = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = super::lock(stopped);
             while !*guard {
                 let Some(wait) = next.checked_duration_since(Instant::now()) else {
                     break;

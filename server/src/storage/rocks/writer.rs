@@ -175,7 +175,8 @@ impl Writer {
         let mut closers = Vec::new();
         let mut batches = 0;
         while closers.is_empty() {
-            let Some(first) = self.next_request(&requests_rx) else {
+            // `Err` when every sender is gone.
+            let Ok(first) = requests_rx.recv() else {
                 break;
             };
             let mut batch = Batch::new(columns);
@@ -220,11 +221,6 @@ impl Writer {
                 .map_err(|e| engine("syncing the write-ahead log", e.clone()));
             let _ = reply.send(outcome);
         }
-    }
-
-    /// Waits for the next request; `None` when every sender is gone.
-    fn next_request(&mut self, requests_rx: &Receiver<Request>) -> Option<Request> {
-        requests_rx.recv().ok()
     }
 
     /// Writes the batch, then answers its callers.
