@@ -293,7 +293,8 @@ impl Broker {
             }
             other => other?,
         };
-        let count = messages.len() as u64;
+        // `check_batch` refused an empty batch.
+        let count = messages.len();
         // Streams reading at the head get these from memory.
         let for_tail = topic.wants_tail().then(|| messages.clone());
         let appended = self
@@ -302,12 +303,12 @@ impl Broker {
             .append(topic.id, messages)
             .await
             .map_err(|e| not_found_as_topic(e, &topic))?;
-        let offsets = appended.first_offset..appended.first_offset + count;
+        let offsets = appended.first_offset..appended.first_offset + count as u64;
         if let Some(batch) = for_tail {
             topic.cache(appended.first_offset, appended.publish_time, batch);
         }
         topic.advance_head(offsets.end);
-        topic.observe_size(total / usize::try_from(count).unwrap_or(1).max(1));
+        topic.observe_size(total / count);
         Ok(offsets)
     }
 
@@ -398,10 +399,10 @@ impl Broker {
         offsets: &[Offset],
     ) -> BrokerResult<()> {
         let sub = self.subscription(subscription)?;
-        sub.ack(offsets)?;
         if offsets.is_empty() {
             return Ok(());
         }
+        sub.ack(offsets)?;
         self.inner.acks.persist(&sub).await
     }
 

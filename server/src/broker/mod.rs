@@ -55,7 +55,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             auto_create_topics: false,
-            max_message_bytes: 1024 * 1024,
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             max_frame_bytes: 1024 * 1024,
         }
     }

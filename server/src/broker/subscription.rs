@@ -196,12 +196,14 @@ impl LeaseBook {
             return Err(bad);
         }
         for &offset in offsets {
-            if self.acks.ack(offset) {
-                self.unlease(offset);
-                self.ready.remove(&offset);
-                if !self.delayed.is_empty() {
-                    self.delayed.retain(|&(_, o), _| o != offset);
-                }
+            // An offset is leased, ready or delayed, never two of these:
+            // scan the delayed nacks only when it was neither of the others.
+            if self.acks.ack(offset)
+                && self.unlease(offset).is_none()
+                && self.ready.remove(&offset).is_none()
+                && !self.delayed.is_empty()
+            {
+                self.delayed.retain(|&(_, o), _| o != offset);
             }
         }
         Ok(())

@@ -314,7 +314,6 @@ pub(crate) fn subscribe_frame(deliveries: Vec<Delivery>) -> v1::SubscribeRespons
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use bytes::Bytes;
 
@@ -383,10 +382,10 @@ mod tests {
             messages: vec![v1::PublishMessage {
                 payload,
                 key: "order-1".into(),
-                attributes: HashMap::from([
-                    ("b".to_owned(), "2".to_owned()),
-                    ("a".to_owned(), "1".to_owned()),
-                ]),
+                // Enough names that a map's own order is never sorted by chance.
+                attributes: ('a'..='z')
+                    .map(|c| (c.to_string(), c.to_string()))
+                    .collect(),
             }],
         };
         let command = PublishCommand::try_from(request).expect("valid request");
@@ -394,10 +393,10 @@ mod tests {
         let message = &command.messages[0];
         assert_eq!(message.payload.as_ptr(), payload_ptr, "payload was copied");
         assert_eq!(message.key, "order-1");
-        assert_eq!(
-            message.attributes,
-            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
-        );
+        let sorted: Vec<(String, String)> = ('a'..='z')
+            .map(|c| (c.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(message.attributes, sorted);
     }
 
     #[test]

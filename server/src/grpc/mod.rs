@@ -95,18 +95,15 @@ pub async fn serve(
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
         .add_service(
             PublisherServiceServer::new(Publisher::new(broker.clone()))
-                .max_decoding_message_size(request_limit)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(request_limit),
         )
         .add_service(
             SubscriberServiceServer::new(Subscriber::new(broker.clone()))
-                .max_decoding_message_size(request_limit)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(request_limit),
         )
         .add_service(
             AdminServiceServer::new(Admin::new(broker.clone()))
-                .max_decoding_message_size(request_limit)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(request_limit),
         );
     // The builder's TCP settings do not apply to an incoming stream, so
     // they are set here.
