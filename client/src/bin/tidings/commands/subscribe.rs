@@ -14,9 +14,6 @@ use tidings_client::{Delivery, Subscriber};
 use super::Context;
 use crate::{output, values};
 
-/// The library's default `--max-outstanding`.
-const DEFAULT_MAX_OUTSTANDING: u32 = 1000;
-
 /// How `tidings sub` prints a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
@@ -61,7 +58,7 @@ pub(crate) struct SubscribeArgs {
     /// (never more than --count).
     #[arg(
         long,
-        default_value_t = DEFAULT_MAX_OUTSTANDING,
+        default_value_t = tidings_client::DEFAULT_MAX_OUTSTANDING_MESSAGES,
         value_parser = clap::value_parser!(u32).range(1..=100_000)
     )]
     max_outstanding: u32,

@@ -36,7 +36,7 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, default_value_t = 256)]
     size: usize,
     /// Unacknowledged messages each stream may hold.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = tidings_client::DEFAULT_MAX_OUTSTANDING_MESSAGES)]
     max_outstanding: u32,
     #[command(flatten)]
     common: CommonArgs,
@@ -69,7 +69,7 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
     let all_in_tx = Arc::new(all_in_tx);
     let mut streams = FuturesUnordered::new();
     for _ in 0..args.streams {
-        let client = Client::connect(ctx.server.clone()).await?;
+        let client = ctx.connect().await?;
         let mut subscriber = client
             .subscriber(subscription.clone())
             .max_outstanding_messages(args.max_outstanding)

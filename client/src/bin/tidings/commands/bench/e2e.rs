@@ -73,7 +73,8 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
                 .start(StartPosition::Latest),
         )
         .await?;
-    let subscriber = Client::connect(ctx.server.clone())
+    let subscriber = ctx
+        .connect()
         .await?
         .subscriber(subscription.clone())
         .subscribe()

@@ -55,7 +55,7 @@ pub(crate) async fn run(ctx: &Context, args: FanoutArgs) -> anyhow::Result<()> {
     let mut connection = client.clone();
     for k in 0..args.subscriptions {
         if k % STREAMS_PER_CONNECTION == 0 {
-            connection = Client::connect(ctx.server.clone()).await?;
+            connection = ctx.connect().await?;
         }
         let name = format!("{prefix}-{k}");
         connection

@@ -50,7 +50,7 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let done = Arc::new(AtomicU64::new(0));
     let mut publishers = Vec::new();
     for _ in 0..args.publishers {
-        publishers.push(Client::connect(ctx.server.clone()).await?);
+        publishers.push(ctx.connect().await?);
     }
     let usage = ServerUsage::read(args.common.server_pid);
     let progress = Progress::start("publish", Arc::clone(&done), args.count);
