@@ -5,7 +5,6 @@
 //! `tidings_server::run`, and never touches the broker's internals.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
@@ -130,11 +129,6 @@ impl TestBroker {
     /// When the broker is stopped.
     pub fn client(&self) -> Client {
         self.running().client.clone()
-    }
-
-    /// The data directory, kept across restarts.
-    pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
     }
 
     /// Shuts the broker down gracefully and waits, at most

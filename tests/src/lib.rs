@@ -33,6 +33,16 @@ pub use stream::Deliveries;
 /// before it fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Awaits `future` under [`EVENT_TIMEOUT`].
+///
+/// # Errors
+/// When it has not finished by then.
+pub async fn within<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(EVENT_TIMEOUT, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("nothing happened within {EVENT_TIMEOUT:?}"))
+}
+
 /// How long a broker may take to shut down before a test fails.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 

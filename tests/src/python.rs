@@ -86,7 +86,7 @@ impl PythonEnv {
     }
 
     /// The directory of the environment's programs (`python`, `grpcurl`).
-    pub fn bin_dir(&self) -> PathBuf {
+    fn bin_dir(&self) -> PathBuf {
         self.root.join("bin")
     }
 
@@ -96,7 +96,7 @@ impl PythonEnv {
     }
 
     /// `PATH` with the environment's programs first.
-    pub fn path_var(&self) -> OsString {
+    fn path_var(&self) -> OsString {
         let mut paths = vec![self.bin_dir()];
         if let Some(path) = std::env::var_os("PATH") {
             paths.extend(std::env::split_paths(&path));

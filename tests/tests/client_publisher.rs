@@ -10,23 +10,15 @@ use futures::future::{join_all, try_join_all};
 use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
 use tidings::v1::{PublishRequest, PublishResponse};
 use tidings_client::{Client, Delivery, Error, Message, Publisher};
-use tidings_tests::{EVENT_TIMEOUT, TestBroker};
+use tidings_tests::{TestBroker, within};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
 /// Long enough that a batch is never sent because its linger ended while a
 /// test runs: whatever gets sent was sent by a full batch, flush or close.
 const FOREVER: Duration = Duration::from_secs(3600);
-
-/// Awaits `future` under [`EVENT_TIMEOUT`].
-async fn within<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
-    timeout(EVENT_TIMEOUT, future)
-        .await
-        .map_err(|_| anyhow::anyhow!("nothing happened within {EVENT_TIMEOUT:?}"))
-}
 
 /// Reads `count` messages of `topic` through a fresh subscription.
 async fn read_back(

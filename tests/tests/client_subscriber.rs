@@ -7,16 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use tidings_client::{Client, Delivery, Message, Subscriber, SubscriptionConfig};
-use tidings_tests::{EVENT_TIMEOUT, TestBroker};
+use tidings_tests::{TestBroker, within};
 use tokio::time::{Instant, timeout};
 use tonic::Code;
-
-/// Awaits `future` under [`EVENT_TIMEOUT`].
-async fn within<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
-    timeout(EVENT_TIMEOUT, future)
-        .await
-        .map_err(|_| anyhow::anyhow!("nothing happened within {EVENT_TIMEOUT:?}"))
-}
 
 /// The next delivery, under [`EVENT_TIMEOUT`].
 async fn next(subscriber: &mut Subscriber) -> anyhow::Result<Delivery> {
