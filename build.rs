@@ -14,10 +14,8 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A directory: cargo rebuilds when anything under it changes.
     println!("cargo:rerun-if-changed=proto");
-    for proto in PROTOS {
-        println!("cargo:rerun-if-changed=proto/{proto}");
-    }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let fds = protox::compile(PROTOS, ["proto"])?;
