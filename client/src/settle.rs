@@ -318,6 +318,7 @@ async fn ack(config: &SettleConfig, offsets: Vec<u64>) -> Result<(), tonic::Stat
     let request = config.client.request(AckRequest {
         subscription: config.subscription.clone(),
         offsets,
+        ack_ids: Vec::new(),
     });
     config.client.subscriber_service().ack(request).await?;
     Ok(())
@@ -335,6 +336,7 @@ async fn nack(
         subscription: config.subscription.clone(),
         offsets,
         delay,
+        ack_ids: Vec::new(),
     });
     config.client.subscriber_service().nack(request).await?;
     Ok(())
@@ -345,6 +347,7 @@ async fn extend(config: &SettleConfig, offsets: Vec<u64>) -> Result<(), tonic::S
         subscription: config.subscription.clone(),
         offsets,
         ack_deadline_seconds: deadline_seconds(config.ack_deadline),
+        ack_ids: Vec::new(),
     });
     config
         .client

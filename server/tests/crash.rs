@@ -137,6 +137,7 @@ async fn seed_and_hold(client: &Client) -> anyhow::Result<(Acknowledged, Deliver
         .ack(AckRequest {
             subscription: "held".into(),
             offsets: (0..SEEDS / 2).collect(),
+            ack_ids: Vec::new(),
         })
         .await?;
     let seed_batch = Acknowledged {

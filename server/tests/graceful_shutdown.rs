@@ -41,6 +41,7 @@ async fn sigterm_ends_open_streams_exits_zero_and_keeps_acks() -> anyhow::Result
         .ack(AckRequest {
             subscription: "s".into(),
             offsets: vec![0],
+            ack_ids: Vec::new(),
         })
         .await?;
 

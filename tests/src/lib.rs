@@ -225,6 +225,7 @@ pub async fn ack(client: &Client, subscription: &str, offsets: &[u64]) -> anyhow
         .ack(AckRequest {
             subscription: subscription.into(),
             offsets: offsets.to_vec(),
+            ack_ids: Vec::new(),
         })
         .await
         .with_context(|| format!("ack {offsets:?} on {subscription:?}"))?;

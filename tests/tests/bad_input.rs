@@ -216,6 +216,7 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
         .ack(AckRequest {
             subscription: "nobody".into(),
             offsets: vec![0],
+            ack_ids: Vec::new(),
         })
         .await;
     expect_code(acked, Code::NotFound)?;
@@ -225,6 +226,7 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
             subscription: "nobody".into(),
             offsets: vec![0],
             delay: None,
+            ack_ids: Vec::new(),
         })
         .await;
     expect_code(nacked, Code::NotFound)?;
@@ -274,6 +276,7 @@ async fn acking_an_unpublished_offset_is_invalid_argument_and_acks_nothing() -> 
         .ack(AckRequest {
             subscription: "s".into(),
             offsets: vec![0, 99],
+            ack_ids: Vec::new(),
         })
         .await;
     let status = expect_code(acked, Code::InvalidArgument)?;
@@ -316,6 +319,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
             subscription: "s".into(),
             offsets: vec![0],
             ack_deadline_seconds: 601,
+            ack_ids: Vec::new(),
         })
         .await;
     expect_code(extended, Code::InvalidArgument)?;
@@ -328,6 +332,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
                 seconds: 601,
                 nanos: 0,
             }),
+            ack_ids: Vec::new(),
         })
         .await;
     expect_code(delayed, Code::InvalidArgument)?;

@@ -29,6 +29,7 @@ fn nack_request(offsets: &[u64], delay: Option<Duration>) -> NackRequest {
             seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: 0,
         }),
+        ack_ids: Vec::new(),
     }
 }
 
@@ -37,6 +38,7 @@ fn deadline_request(offsets: &[u64], seconds: u32) -> ModifyAckDeadlineRequest {
         subscription: "s".into(),
         offsets: offsets.to_vec(),
         ack_deadline_seconds: seconds,
+        ack_ids: Vec::new(),
     }
 }
 

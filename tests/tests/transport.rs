@@ -24,6 +24,7 @@ async fn a_thousand_concurrent_small_calls_share_one_connection() -> anyhow::Res
                 .ack(AckRequest {
                     subscription: "s".into(),
                     offsets: vec![0],
+                    ack_ids: Vec::new(),
                 })
                 .await
         }

@@ -269,6 +269,7 @@ impl From<TopicInfo> for v1::Topic {
             name: info.name.as_str().to_owned(),
             next_offset: info.next_offset,
             create_time: Some(info.created.into()),
+            first_offset: 0,
         }
     }
 }
@@ -298,6 +299,7 @@ impl From<Delivery> for v1::ReceivedMessage {
             attributes: message.attributes.into_iter().collect(),
             publish_time: Some(message.publish_time.into()),
             delivery_attempt: delivery.attempt,
+            ack_id: String::new(),
         }
     }
 }
@@ -471,6 +473,7 @@ mod tests {
             subscription: "s".into(),
             offsets: vec![1, 2],
             delay,
+            ack_ids: Vec::new(),
         };
         let command = NackCommand::try_from(request(None)).expect("valid");
         assert_eq!(command.delay, Duration::ZERO);
@@ -495,6 +498,7 @@ mod tests {
             subscription: "s".into(),
             offsets: vec![4],
             ack_deadline_seconds: 0,
+            ack_ids: Vec::new(),
         })
         .expect("valid");
         assert_eq!(command.deadline, Duration::ZERO);
