@@ -4,8 +4,9 @@
 //! the request (`convert.rs`, where validation lives), calls the broker and
 //! converts the result; broker errors become statuses in one place
 //! (`status.rs`). [`serve`] assembles the tidings services with health and
-//! reflection on one transport and runs the shutdown sequence. Nothing here
-//! decides delivery, leases or storage.
+//! reflection on one transport and runs the shutdown sequence; a request
+//! over the transport limit answers RESOURCE_EXHAUSTED (`limits.rs`).
+//! Nothing here decides delivery, leases or storage.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -24,10 +25,12 @@ use crate::ServeError;
 use crate::broker::Broker;
 use crate::config::Config;
 use health::HealthSwitch;
+use limits::RequestLimit;
 
 mod admin;
 mod convert;
 mod health;
+mod limits;
 mod publisher;
 mod status;
 mod subscriber;
@@ -93,18 +96,21 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
-        .add_service(
+        .add_service(RequestLimit::new(
             PublisherServiceServer::new(Publisher::new(broker.clone()))
                 .max_decoding_message_size(request_limit),
-        )
-        .add_service(
+            request_limit,
+        ))
+        .add_service(RequestLimit::new(
             SubscriberServiceServer::new(Subscriber::new(broker.clone()))
                 .max_decoding_message_size(request_limit),
-        )
-        .add_service(
+            request_limit,
+        ))
+        .add_service(RequestLimit::new(
             AdminServiceServer::new(Admin::new(broker.clone()))
                 .max_decoding_message_size(request_limit),
-        );
+            request_limit,
+        ));
     // The builder's TCP settings do not apply to an incoming stream, so
     // they are set here.
     let incoming = TcpIncoming::from(listener)
