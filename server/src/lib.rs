@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, SharedEngine};
 use crate::config::Config;
 use crate::storage::{RocksStore, SharedStore, StoreError};
 
@@ -102,7 +102,7 @@ pub async fn run(
 }
 
 /// Opens the store in the data directory and loads the broker from it.
-async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
+async fn open_broker(config: &Config) -> Result<SharedEngine, ServeError> {
     let path = config.data_dir.clone();
     tokio::fs::create_dir_all(&path)
         .await
@@ -115,7 +115,8 @@ async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
         .await
         .map_err(|source| ServeError::OpenStorage { path, source })?;
     let store: SharedStore = Arc::new(store);
-    Broker::open(store, config.broker_config())
+    let broker = Broker::open(store, config.broker_config())
         .await
-        .map_err(ServeError::StartBroker)
+        .map_err(ServeError::StartBroker)?;
+    Ok(Arc::new(broker))
 }

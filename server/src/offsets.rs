@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// A message's position in its topic. Offsets start at 0 and grow by one per
-/// message; they are never reused.
+/// message; they are never reused. Offsets below a topic's first offset
+/// were deleted, and an engine may leave offsets unused, so a topic's
+/// offsets need not be dense.
 pub type Offset = u64;
 
 /// A set of offsets kept as disjoint, non-adjacent half-open ranges.
@@ -39,10 +41,25 @@ impl OffsetRanges {
 
     /// Whether `offset` is in the set.
     pub fn contains(&self, offset: Offset) -> bool {
+        self.containing(offset).is_some()
+    }
+
+    /// The range holding `offset`, if any.
+    pub fn containing(&self, offset: Offset) -> Option<Range<Offset>> {
         self.ranges
             .range(..=offset)
             .next_back()
-            .is_some_and(|(_, &end)| offset < end)
+            .filter(|&(_, &end)| offset < end)
+            .map(|(&start, &end)| start..end)
+    }
+
+    /// The start of the first range that begins above `offset`.
+    pub fn next_start_after(&self, offset: Offset) -> Option<Offset> {
+        use std::ops::Bound;
+        self.ranges
+            .range((Bound::Excluded(offset), Bound::Unbounded))
+            .next()
+            .map(|(&start, _)| start)
     }
 
     /// Adds `offset`; returns false when it was already there.
@@ -150,6 +167,23 @@ impl AckState {
         true
     }
 
+    /// Moves the floor up to `floor` (offsets below it were deleted, say):
+    /// they count as acknowledged. Returns whether the floor moved.
+    pub fn advance_floor(&mut self, floor: Offset) -> bool {
+        if floor <= self.floor {
+            return false;
+        }
+        self.floor = floor;
+        while let Some(first) = self.acked.first() {
+            if first.start > self.floor {
+                break;
+            }
+            self.acked.pop_first();
+            self.floor = self.floor.max(first.end);
+        }
+        true
+    }
+
     /// How many offsets below `head` are not acknowledged.
     pub fn unacked_below(&self, head: Offset) -> u64 {
         let acked_below_head: u64 = self
@@ -200,6 +234,31 @@ mod tests {
         assert!(state.acked.is_empty());
         assert!(!state.ack(11), "acking below the floor is a no-op");
         assert!(state.is_acked(3));
+    }
+
+    #[test]
+    fn ranges_are_found_by_offset_and_by_the_next_start() {
+        let set = OffsetRanges::from_sorted_ranges([2..5, 9..10]).unwrap();
+        assert_eq!(set.containing(4), Some(2..5));
+        assert_eq!(set.containing(5), None);
+        assert_eq!(set.containing(1), None);
+        assert_eq!(set.next_start_after(2), Some(9));
+        assert_eq!(set.next_start_after(0), Some(2));
+        assert_eq!(set.next_start_after(9), None);
+    }
+
+    #[test]
+    fn advancing_the_floor_swallows_the_ranges_it_reaches() {
+        let mut state = AckState::starting_at(0);
+        for offset in [3, 4, 7, 12] {
+            state.ack(offset);
+        }
+        assert!(state.advance_floor(4));
+        assert_eq!(state.floor, 5, "joined the range 3..5");
+        assert_eq!(state.acked.ranges().collect::<Vec<_>>(), vec![7..8, 12..13]);
+        assert!(!state.advance_floor(2), "never moves down");
+        assert!(state.advance_floor(10));
+        assert_eq!(state.acked.ranges().collect::<Vec<_>>(), vec![12..13]);
     }
 
     #[test]

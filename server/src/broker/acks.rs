@@ -1,10 +1,14 @@
-//! Persists acknowledgements in batches.
+//! Persists delivery state in batches: acknowledgements, and the delivery
+//! records of messages whose delivery failed.
 //!
 //! An `Ack` call changes the lease book in memory at once, marks its
-//! subscription dirty and waits for the next flush round. One task writes the
-//! ack states of every dirty subscription in a single store call, so many
-//! concurrent acks cost one write; while a write is under way the next round
-//! gathers. Rounds are numbered, so a caller knows when its change is stored.
+//! subscription dirty and waits for the next flush round; a nack, an
+//! expired lease or a skipped gap marks it dirty without waiting. One task
+//! writes the changes of every dirty subscription in a single store call,
+//! so many concurrent acks cost one write; while a write is under way the
+//! next round gathers. Rounds are numbered, so a caller knows when its
+//! change is stored. Marking happens before any await, so a cancelled
+//! `Ack` is still stored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,13 +35,13 @@ struct Flushed {
     ok: bool,
 }
 
-pub(super) struct AckWriter {
+pub(super) struct DeliveryWriter {
     dirty: Mutex<Dirty>,
     kick: Notify,
     flushed_tx: watch::Sender<Flushed>,
 }
 
-impl AckWriter {
+impl DeliveryWriter {
     pub(super) fn new() -> Self {
         Self {
             dirty: Mutex::new(Dirty {
@@ -53,11 +57,10 @@ impl AckWriter {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks a subscription's ack state for writing and waits until the
-    /// round that writes it is done.
-    pub(super) async fn persist(&self, subscription: &Arc<Subscription>) -> BrokerResult<()> {
-        let mut flushed_rx = self.flushed_tx.subscribe();
-        let target = {
+    /// Marks a subscription's state for writing in the next round; returns
+    /// that round.
+    pub(super) fn mark(&self, subscription: &Arc<Subscription>) -> u64 {
+        let round = {
             let mut dirty = self.lock();
             dirty
                 .subscriptions
@@ -65,6 +68,14 @@ impl AckWriter {
             dirty.round
         };
         self.kick.notify_one();
+        round
+    }
+
+    /// Marks a subscription's state for writing and waits until the round
+    /// that writes it is done.
+    pub(super) async fn persist(&self, subscription: &Arc<Subscription>) -> BrokerResult<()> {
+        let mut flushed_rx = self.flushed_tx.subscribe();
+        let target = self.mark(subscription);
         let flushed = *flushed_rx
             .wait_for(|f| f.round >= target)
             .await
@@ -92,20 +103,23 @@ impl AckWriter {
         let ok = if subscriptions.is_empty() {
             true
         } else {
-            let states: Vec<_> = subscriptions
+            let live: Vec<_> = subscriptions
                 .values()
                 .filter(|s| !s.deleted.is_cancelled())
-                .map(|s| (s.id, s.ack_snapshot()))
                 .collect();
-            let count = states.len();
-            match store.save_ack_states(states).await {
+            let updates: Vec<_> = live.iter().map(|s| s.take_changes()).collect();
+            let count = updates.len();
+            match store.save_deliveries(updates).await {
                 Ok(()) => {
-                    debug!(subscriptions = count, round, "acknowledgements stored");
+                    debug!(subscriptions = count, round, "delivery state stored");
                     true
                 }
                 Err(err) => {
-                    error!(error = %err, source = ?std::error::Error::source(&err), round, "could not store acknowledgements");
+                    error!(error = %err, source = ?std::error::Error::source(&err), round, "could not store delivery state");
                     // Keep them dirty so that a later round tries again.
+                    for sub in &live {
+                        sub.unsaved();
+                    }
                     let mut dirty = self.lock();
                     for (id, sub) in subscriptions {
                         dirty.subscriptions.entry(id).or_insert(sub);

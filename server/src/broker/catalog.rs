@@ -1,25 +1,38 @@
-//! The [`Broker`] handle: the names of live topics and subscriptions, and
-//! the calls every front door (gRPC today) makes.
+//! The [`Broker`]: the local engine. It maps names to live topics and
+//! subscriptions and serves the [`Engine`] calls.
+//!
+//! State that mirrors storage has one owner each, so a cancelled request
+//! cannot split them:
+//!
+//! - topic heads and tail caches follow the store's listener (`topic`),
+//!   which runs on the store's side of every append;
+//! - names change only in admin tasks: creating or deleting a topic or a
+//!   subscription runs as a task of its own, under the admin lock, with the
+//!   store call first and the names after, and the request merely awaits
+//!   its outcome. A request dropped halfway leaves the task to finish, so a
+//!   stored record always has its name and a deleted one never comes back;
+//! - delivery state changes in memory first and is marked for the writer
+//!   (`acks`) before any await.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::acks::AckWriter;
+use super::acks::DeliveryWriter;
 use super::checks::{check_batch, check_duration, not_found_as_topic, page};
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
-use super::topic::Topic;
+use super::topic::{Topic, Topics};
 use super::*;
 use crate::offsets::AckState;
-use crate::storage::{NewMessage, SharedStore, StoreError};
+use crate::storage::{NewMessage, SharedStore, StoreError, StoreListener, StoredSubscription};
 
-/// The broker: a cheap `Clone` handle over one shared state.
+/// The local engine: a cheap `Clone` handle over one shared state.
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,
@@ -29,15 +42,18 @@ struct Inner {
     store: SharedStore,
     config: BrokerConfig,
     names: Mutex<Names>,
+    /// The live topics by id, told about appends by the store.
+    topics: Arc<Topics>,
     /// Serialises creations and deletions, which check a name, await the
-    /// store, then change the names. Only admin calls take it; it is a tokio
-    /// mutex because it is held across that await, on purpose.
+    /// store, then change the names. Only admin tasks take it; it is a
+    /// tokio mutex because it is held across that await, on purpose.
     admin: tokio::sync::Mutex<()>,
-    acks: Arc<AckWriter>,
-    /// Cancelled by [`Broker::begin_shutdown`].
+    writer: Arc<DeliveryWriter>,
+    /// Cancelled by [`Engine::begin_shutdown`].
     shutdown: CancellationToken,
-    /// Cancelled by [`Broker::close`], after the last flush of acks.
-    stop_acks: CancellationToken,
+    /// Cancelled by [`Engine::close`], after the last flush of delivery
+    /// state.
+    stop_writer: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -48,29 +64,31 @@ struct Names {
 }
 
 impl Broker {
-    /// Loads the catalog from `store` and starts the broker's background
-    /// task (the acknowledgement writer).
+    /// Loads the catalog from `store`, becomes its listener and starts the
+    /// broker's background task (the delivery-state writer).
     ///
     /// # Errors
     /// [`BrokerError::Storage`] when the store cannot be read.
     pub async fn open(store: SharedStore, config: BrokerConfig) -> BrokerResult<Self> {
         let catalog = store.load().await?;
+        let topics = Arc::new(Topics::default());
+        store.set_listener(Arc::clone(&topics) as Arc<dyn StoreListener>);
         let mut names = Names::default();
         let mut by_id = BTreeMap::new();
         for record in &catalog.topics {
             let topic = Arc::new(Topic::new(record));
+            topics.insert(Arc::clone(&topic));
             by_id.insert(record.id, Arc::clone(&topic));
             names.topics.insert(record.name.clone(), topic);
         }
-        for (record, acks) in catalog.subscriptions {
-            let Some(topic) = by_id.get(&record.topic) else {
-                warn!(subscription = %record.name, "subscription of a missing topic skipped");
+        for stored in catalog.subscriptions {
+            let Some(topic) = by_id.get(&stored.record.topic) else {
+                warn!(subscription = %stored.record.name, "subscription of a missing topic skipped");
                 continue;
             };
-            let sub = Subscription::new(&record, Arc::clone(topic), acks);
-            names
-                .subscriptions
-                .insert(record.name.clone(), Arc::new(sub));
+            let name = stored.record.name.clone();
+            let sub = Subscription::new(stored, Arc::clone(topic));
+            names.subscriptions.insert(name, Arc::new(sub));
         }
         info!(
             topics = names.topics.len(),
@@ -81,16 +99,17 @@ impl Broker {
             store,
             config,
             names: Mutex::new(names),
+            topics,
             admin: tokio::sync::Mutex::new(()),
-            acks: Arc::new(AckWriter::new()),
+            writer: Arc::new(DeliveryWriter::new()),
             shutdown: CancellationToken::new(),
-            stop_acks: CancellationToken::new(),
+            stop_writer: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-        let writer = Arc::clone(&inner.acks);
+        let writer = Arc::clone(&inner.writer);
         inner
             .tasks
-            .spawn(writer.run(Arc::clone(&inner.store), inner.stop_acks.clone()));
+            .spawn(writer.run(Arc::clone(&inner.store), inner.stop_writer.clone()));
         Ok(Self { inner })
     }
 
@@ -114,202 +133,118 @@ impl Broker {
             .ok_or_else(|| BrokerError::SubscriptionNotFound(name.clone()))
     }
 
-    /// Creates a topic.
-    ///
-    /// # Errors
-    /// [`BrokerError::TopicExists`] when the name is taken.
-    pub async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
-        let _admin = self.inner.admin.lock().await;
+    /// Runs an admin change as a task of its own, so that it finishes
+    /// whether or not its caller still waits, and returns its outcome.
+    async fn admin<T, F>(&self, change: impl FnOnce(Broker) -> F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = BrokerResult<T>> + Send + 'static,
+    {
+        let this = self.clone();
+        let task = change(self.clone());
+        let handle = self.inner.tasks.spawn(async move {
+            let _admin = this.inner.admin.lock().await;
+            task.await
+        });
+        match handle.await {
+            Ok(outcome) => outcome,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // The runtime is going away.
+            Err(_) => Err(BrokerError::ShuttingDown),
+        }
+    }
+
+    async fn do_create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
         if self.names().topics.contains_key(&name) {
             return Err(BrokerError::TopicExists(name));
         }
         let record = self.inner.store.create_topic(&name).await?;
         let topic = Arc::new(Topic::new(&record));
         let info = topic.info();
+        self.inner.topics.insert(Arc::clone(&topic));
         self.names().topics.insert(name, topic);
         info!(topic = %info.name, "topic created");
         Ok(info)
     }
 
-    /// Returns a topic.
-    ///
-    /// # Errors
-    /// [`BrokerError::TopicNotFound`].
-    pub fn get_topic(&self, name: &TopicName) -> BrokerResult<TopicInfo> {
-        Ok(self.topic(name)?.info())
-    }
-
-    /// Lists up to `limit` topics whose names sort after `after`.
-    pub fn list_topics(&self, after: Option<&str>, limit: usize) -> Page<TopicInfo> {
-        let names = self.names();
-        page(&names.topics, after, limit, |_| true, |t| t.info())
-    }
-
-    /// Deletes a topic, its messages and its subscriptions; their open
-    /// streams end with [`BrokerError::TopicDeleted`].
-    ///
-    /// # Errors
-    /// [`BrokerError::TopicNotFound`].
-    pub async fn delete_topic(&self, name: &TopicName) -> BrokerResult<()> {
-        let _admin = self.inner.admin.lock().await;
-        let topic = {
+    async fn do_delete_topic(&self, name: TopicName) -> BrokerResult<()> {
+        let topic = self.topic(&name)?;
+        self.inner
+            .store
+            .delete_topic(topic.id)
+            .await
+            .map_err(|e| not_found_as_topic(e, &topic))?;
+        {
             let mut names = self.names();
-            let topic = names
-                .topics
-                .remove(name)
-                .ok_or_else(|| BrokerError::TopicNotFound(name.clone()))?;
+            names.topics.remove(&name);
             names.subscriptions.retain(|_, s| s.topic.id != topic.id);
-            topic
-        };
+        }
+        self.inner.topics.remove(topic.id);
         topic.deleted.cancel();
-        self.inner.store.delete_topic(topic.id).await?;
         info!(topic = %name, "topic deleted");
         Ok(())
     }
 
-    /// Creates a subscription.
-    ///
-    /// # Errors
-    /// [`BrokerError::SubscriptionExists`], [`BrokerError::TopicNotFound`],
-    /// [`BrokerError::OffsetNotPublished`] for a start offset above the
-    /// topic's next offset, [`BrokerError::DurationOutOfRange`] for the ack
-    /// deadline.
-    pub async fn create_subscription(
+    async fn do_create_subscription(
         &self,
         spec: SubscriptionSpec,
+        ack_deadline: Duration,
     ) -> BrokerResult<SubscriptionInfo> {
-        let ack_deadline = spec.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE);
-        check_duration("ack deadline", ack_deadline, Duration::from_secs(1))?;
-        let _admin = self.inner.admin.lock().await;
         if self.names().subscriptions.contains_key(&spec.name) {
             return Err(BrokerError::SubscriptionExists(spec.name));
         }
         let topic = self.topic(&spec.topic)?;
         let floor = self.start_offset(&topic, spec.start).await?;
+        let acks = AckState::starting_at(floor);
         let record = self
             .inner
             .store
-            .create_subscription(
-                &spec.name,
-                topic.id,
-                ack_deadline,
-                AckState::starting_at(floor),
-            )
+            .create_subscription(&spec.name, topic.id, ack_deadline, acks.clone())
             .await
             .map_err(|e| not_found_as_topic(e, &topic))?;
-        let sub = Arc::new(Subscription::new(
-            &record,
-            topic,
-            AckState::starting_at(floor),
-        ));
+        let stored = StoredSubscription {
+            record,
+            acks,
+            deliveries: Vec::new(),
+        };
+        let sub = Arc::new(Subscription::new(stored, topic));
         let info = sub.info();
         self.names().subscriptions.insert(spec.name, sub);
         info!(subscription = %info.name, topic = %info.topic, floor, "subscription created");
         Ok(info)
     }
 
+    /// Where a new subscription begins; below the first offset means at it.
     async fn start_offset(&self, topic: &Topic, start: StartPosition) -> BrokerResult<Offset> {
         let head = topic.head();
+        let first = topic.first_offset().min(head);
         match start {
-            StartPosition::Earliest => Ok(0),
+            StartPosition::Earliest => Ok(first),
             StartPosition::Latest => Ok(head),
-            StartPosition::Offset(offset) if offset <= head => Ok(offset),
+            StartPosition::Offset(offset) if offset <= head => Ok(offset.max(first)),
             StartPosition::Offset(offset) => Err(BrokerError::OffsetNotPublished {
                 topic: topic.name.clone(),
                 offset,
                 next_offset: head,
             }),
             StartPosition::Time(time) => {
-                Ok(self.inner.store.offset_at_time(topic.id, time).await?)
+                let offset = self.inner.store.offset_at_time(topic.id, time).await;
+                Ok(offset.map_err(|e| not_found_as_topic(e, topic))?.max(first))
             }
         }
     }
 
-    /// Returns a subscription with its live figures.
-    ///
-    /// # Errors
-    /// [`BrokerError::SubscriptionNotFound`].
-    pub fn get_subscription(&self, name: &SubscriptionName) -> BrokerResult<SubscriptionInfo> {
-        Ok(self.subscription(name)?.info())
-    }
-
-    /// Lists up to `limit` subscriptions whose names sort after `after`,
-    /// only those of `topic` when given.
-    ///
-    /// # Errors
-    /// [`BrokerError::TopicNotFound`] when `topic` does not exist.
-    pub fn list_subscriptions(
-        &self,
-        topic: Option<&TopicName>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BrokerResult<Page<SubscriptionInfo>> {
-        let topic_id = topic.map(|t| self.topic(t)).transpose()?.map(|t| t.id);
-        let names = self.names();
-        let wanted = |s: &Arc<Subscription>| topic_id.is_none_or(|id| s.topic.id == id);
-        Ok(page(&names.subscriptions, after, limit, wanted, |s| {
-            s.info()
-        }))
-    }
-
-    /// Deletes a subscription; its open streams end with
-    /// [`BrokerError::SubscriptionDeleted`].
-    ///
-    /// # Errors
-    /// [`BrokerError::SubscriptionNotFound`].
-    pub async fn delete_subscription(&self, name: &SubscriptionName) -> BrokerResult<()> {
-        let _admin = self.inner.admin.lock().await;
-        let sub = self
-            .names()
-            .subscriptions
-            .remove(name)
-            .ok_or_else(|| BrokerError::SubscriptionNotFound(name.clone()))?;
-        sub.deleted.cancel();
+    async fn do_delete_subscription(&self, name: SubscriptionName) -> BrokerResult<()> {
+        let sub = self.subscription(&name)?;
         match self.inner.store.delete_subscription(sub.id).await {
             // Its topic was deleted meanwhile, which took it along.
             Ok(()) | Err(StoreError::SubscriptionNotFound(_)) => {}
             Err(err) => return Err(err.into()),
         }
+        self.names().subscriptions.remove(&name);
+        sub.deleted.cancel();
         info!(subscription = %name, "subscription deleted");
         Ok(())
-    }
-
-    /// Appends `messages` to a topic once they are durable; returns their
-    /// offsets.
-    ///
-    /// # Errors
-    /// [`BrokerError::EmptyBatch`], [`BrokerError::MessageTooLarge`],
-    /// [`BrokerError::EmptyAttributeName`], [`BrokerError::TopicNotFound`]
-    /// (unless topics are created automatically).
-    pub async fn publish(
-        &self,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-    ) -> BrokerResult<PublishedOffsets> {
-        let total = check_batch(&messages, self.inner.config.max_message_bytes)?;
-        let topic = match self.topic(topic) {
-            Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
-                self.get_or_create_topic(name).await?
-            }
-            other => other?,
-        };
-        // `check_batch` refused an empty batch.
-        let count = messages.len();
-        // Streams reading at the head get these from memory.
-        let for_tail = topic.wants_tail().then(|| messages.clone());
-        let appended = self
-            .inner
-            .store
-            .append(topic.id, messages)
-            .await
-            .map_err(|e| not_found_as_topic(e, &topic))?;
-        let offsets = appended.first_offset..appended.first_offset + count as u64;
-        if let Some(batch) = for_tail {
-            topic.cache(appended.first_offset, appended.publish_time, batch);
-        }
-        topic.advance_head(offsets.end);
-        topic.observe_size(total / count);
-        Ok(offsets)
     }
 
     async fn get_or_create_topic(&self, name: TopicName) -> BrokerResult<Arc<Topic>> {
@@ -317,43 +252,6 @@ impl Broker {
             Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(&name),
             Err(err) => Err(err),
         }
-    }
-
-    /// Opens a stream of deliveries; creates the subscription when it does
-    /// not exist and `spec.topic` is set.
-    ///
-    /// # Errors
-    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::TopicNotFound`],
-    /// [`BrokerError::TopicMismatch`], [`BrokerError::CountOutOfRange`] for
-    /// `max_outstanding`, [`BrokerError::ShuttingDown`].
-    pub async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        let max_outstanding = spec.max_outstanding.unwrap_or(DEFAULT_MAX_OUTSTANDING);
-        if max_outstanding == 0 || max_outstanding > MAX_OUTSTANDING {
-            return Err(BrokerError::CountOutOfRange {
-                what: "max_outstanding_messages",
-                given: max_outstanding as u64,
-                max: MAX_OUTSTANDING as u64,
-            });
-        }
-        let sub = self.subscription_for_stream(&spec).await?;
-        let stream = sub.book().open_stream();
-        let (frames_tx, frames_rx) = mpsc::channel(FRAME_BUFFER);
-        let span = info_span!("stream", subscription = %sub.name, stream);
-        let task = StreamTask {
-            store: Arc::clone(&self.inner.store),
-            config: self.inner.config.clone(),
-            shutdown: self.inner.shutdown.clone(),
-            subscription: sub,
-            stream,
-            max_outstanding,
-            remaining: spec.max_messages,
-            frames_tx,
-        };
-        self.inner.tasks.spawn(task.run().instrument(span));
-        Ok(DeliveryStream { frames_rx })
     }
 
     async fn subscription_for_stream(
@@ -388,36 +286,195 @@ impl Broker {
         }
     }
 
+    /// Parses ack ids; one malformed id refuses the whole request.
+    fn ack_ids(ack_ids: &[String]) -> BrokerResult<Vec<AckId>> {
+        ack_ids.iter().map(|id| AckId::parse(id)).collect()
+    }
+}
+
+#[async_trait]
+impl Engine for Broker {
+    /// # Errors
+    /// [`BrokerError::TopicExists`] when the name is taken.
+    async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
+        self.admin(|this| async move { this.do_create_topic(name).await })
+            .await
+    }
+
+    /// # Errors
+    /// [`BrokerError::TopicNotFound`].
+    fn get_topic(&self, name: &TopicName) -> BrokerResult<TopicInfo> {
+        Ok(self.topic(name)?.info())
+    }
+
+    fn list_topics(&self, after: Option<&str>, limit: usize) -> Page<TopicInfo> {
+        let names = self.names();
+        page(&names.topics, after, limit, |_| true, |t| t.info())
+    }
+
+    /// Deletes a topic, its messages and its subscriptions; their open
+    /// streams end with [`BrokerError::TopicDeleted`].
+    ///
+    /// # Errors
+    /// [`BrokerError::TopicNotFound`].
+    async fn delete_topic(&self, name: &TopicName) -> BrokerResult<()> {
+        let name = name.clone();
+        self.admin(|this| async move { this.do_delete_topic(name).await })
+            .await
+    }
+
+    /// # Errors
+    /// [`BrokerError::SubscriptionExists`], [`BrokerError::TopicNotFound`],
+    /// [`BrokerError::OffsetNotPublished`] for a start offset above the
+    /// topic's next offset, [`BrokerError::DurationOutOfRange`] for the ack
+    /// deadline.
+    async fn create_subscription(&self, spec: SubscriptionSpec) -> BrokerResult<SubscriptionInfo> {
+        let ack_deadline = spec.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE);
+        check_duration("ack deadline", ack_deadline, Duration::from_secs(1))?;
+        self.admin(|this| async move { this.do_create_subscription(spec, ack_deadline).await })
+            .await
+    }
+
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`].
+    fn get_subscription(&self, name: &SubscriptionName) -> BrokerResult<SubscriptionInfo> {
+        Ok(self.subscription(name)?.info())
+    }
+
+    /// # Errors
+    /// [`BrokerError::TopicNotFound`] when `topic` does not exist.
+    fn list_subscriptions(
+        &self,
+        topic: Option<&TopicName>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BrokerResult<Page<SubscriptionInfo>> {
+        let topic_id = topic.map(|t| self.topic(t)).transpose()?.map(|t| t.id);
+        let names = self.names();
+        let wanted = |s: &Arc<Subscription>| topic_id.is_none_or(|id| s.topic.id == id);
+        Ok(page(&names.subscriptions, after, limit, wanted, |s| {
+            s.info()
+        }))
+    }
+
+    /// Deletes a subscription; its open streams end with
+    /// [`BrokerError::SubscriptionDeleted`].
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`].
+    async fn delete_subscription(&self, name: &SubscriptionName) -> BrokerResult<()> {
+        let name = name.clone();
+        self.admin(|this| async move { this.do_delete_subscription(name).await })
+            .await
+    }
+
+    /// Appends `messages` to a topic once they are durable; returns their
+    /// offsets. The topic's head moves on the store's side of the write,
+    /// so a publish whose caller gave up is still delivered.
+    ///
+    /// # Errors
+    /// [`BrokerError::EmptyBatch`], [`BrokerError::MessageTooLarge`],
+    /// [`BrokerError::EmptyAttributeName`], [`BrokerError::TopicNotFound`]
+    /// (unless topics are created automatically).
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> BrokerResult<PublishedOffsets> {
+        check_batch(&messages, self.inner.config.max_message_bytes)?;
+        let topic = match self.topic(topic) {
+            Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
+                self.get_or_create_topic(name).await?
+            }
+            other => other?,
+        };
+        let count = messages.len() as u64;
+        let appended = self
+            .inner
+            .store
+            .append(topic.id, messages)
+            .await
+            .map_err(|e| not_found_as_topic(e, &topic))?;
+        Ok(appended.first_offset..appended.first_offset + count)
+    }
+
+    /// Opens a stream of deliveries; creates the subscription when it does
+    /// not exist and `spec.topic` is set.
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::TopicNotFound`],
+    /// [`BrokerError::TopicMismatch`], [`BrokerError::CountOutOfRange`] for
+    /// `max_outstanding`, [`BrokerError::ShuttingDown`].
+    async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let max_outstanding = spec.max_outstanding.unwrap_or(DEFAULT_MAX_OUTSTANDING);
+        if max_outstanding == 0 || max_outstanding > MAX_OUTSTANDING {
+            return Err(BrokerError::CountOutOfRange {
+                what: "max_outstanding_messages",
+                given: max_outstanding as u64,
+                max: MAX_OUTSTANDING as u64,
+            });
+        }
+        let sub = self.subscription_for_stream(&spec).await?;
+        let stream = sub.book().open_stream();
+        let (frames_tx, end_tx, deliveries) = DeliveryStream::channel(FRAME_BUFFER);
+        let span = info_span!("stream", subscription = %sub.name, stream);
+        let task = StreamTask {
+            store: Arc::clone(&self.inner.store),
+            config: self.inner.config.clone(),
+            shutdown: self.inner.shutdown.clone(),
+            subscription: sub,
+            writer: Arc::clone(&self.inner.writer),
+            stream,
+            max_outstanding,
+            remaining: spec.max_messages,
+            frames_tx,
+            end_tx,
+        };
+        self.inner.tasks.spawn(task.run().instrument(span));
+        Ok(deliveries)
+    }
+
     /// Acknowledges messages; returns once the acknowledgement is stored.
     ///
     /// # Errors
     /// [`BrokerError::SubscriptionNotFound`],
-    /// [`BrokerError::OffsetNotPublished`] (then nothing is acknowledged).
-    pub async fn ack(
+    /// [`BrokerError::OffsetNotPublished`] and
+    /// [`BrokerError::InvalidAckId`] (then nothing is acknowledged).
+    async fn ack(
         &self,
         subscription: &SubscriptionName,
         offsets: &[Offset],
+        ack_ids: &[String],
     ) -> BrokerResult<()> {
         let sub = self.subscription(subscription)?;
-        if offsets.is_empty() {
+        let ack_ids = Self::ack_ids(ack_ids)?;
+        if offsets.is_empty() && ack_ids.is_empty() {
             return Ok(());
         }
-        sub.ack(offsets)?;
-        self.inner.acks.persist(&sub).await
+        sub.ack(offsets, &ack_ids)?;
+        self.inner.writer.persist(&sub).await
     }
 
     /// Gives messages in flight back, to be delivered again after `delay`.
     ///
     /// # Errors
-    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::DurationOutOfRange`].
-    pub fn nack(
+    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::DurationOutOfRange`],
+    /// [`BrokerError::InvalidAckId`].
+    async fn nack(
         &self,
         subscription: &SubscriptionName,
         offsets: &[Offset],
+        ack_ids: &[String],
         delay: Duration,
     ) -> BrokerResult<()> {
         check_duration("nack delay", delay, Duration::ZERO)?;
-        self.subscription(subscription)?.nack(offsets, delay);
+        let sub = self.subscription(subscription)?;
+        let ack_ids = Self::ack_ids(ack_ids)?;
+        sub.nack(offsets, &ack_ids, delay);
+        self.inner.writer.mark(&sub);
         Ok(())
     }
 
@@ -425,38 +482,40 @@ impl Broker {
     /// gives the lease up.
     ///
     /// # Errors
-    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::DurationOutOfRange`].
-    pub fn modify_ack_deadline(
+    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::DurationOutOfRange`],
+    /// [`BrokerError::InvalidAckId`].
+    async fn modify_ack_deadline(
         &self,
         subscription: &SubscriptionName,
         offsets: &[Offset],
+        ack_ids: &[String],
         deadline: Duration,
     ) -> BrokerResult<()> {
         check_duration("ack deadline", deadline, Duration::ZERO)?;
-        self.subscription(subscription)?
-            .modify_deadline(offsets, deadline);
+        let sub = self.subscription(subscription)?;
+        let ack_ids = Self::ack_ids(ack_ids)?;
+        sub.modify_deadline(offsets, &ack_ids, deadline);
+        if deadline.is_zero() {
+            self.inner.writer.mark(&sub);
+        }
         Ok(())
     }
 
-    /// Starts shutting down: every open stream ends with
-    /// [`BrokerError::ShuttingDown`] and new streams are refused. Publishes
-    /// and acks in progress complete.
-    pub fn begin_shutdown(&self) {
+    fn begin_shutdown(&self) {
         self.inner.shutdown.cancel();
     }
 
-    /// Stores every pending acknowledgement and closes the store. Call after
-    /// [`Broker::begin_shutdown`] once no more requests arrive.
+    /// Stores every pending change of delivery state and closes the store.
     ///
     /// # Errors
     /// [`BrokerError::Storage`].
-    pub async fn close(&self) -> BrokerResult<()> {
+    async fn close(&self) -> BrokerResult<()> {
         self.begin_shutdown();
-        self.inner.stop_acks.cancel();
+        self.inner.stop_writer.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        if !self.inner.acks.flush(&self.inner.store).await {
-            warn!("some acknowledgements could not be stored at shutdown");
+        if !self.inner.writer.flush(&self.inner.store).await {
+            warn!("some delivery state could not be stored at shutdown");
         }
         self.inner.store.close().await?;
         info!("broker closed");

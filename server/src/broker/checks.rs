@@ -9,20 +9,23 @@ use super::topic::Topic;
 use super::{BrokerError, BrokerResult, MAX_ACK_DEADLINE, Page};
 use crate::storage::{NewMessage, StoreError};
 
-/// Checks a publish batch; returns its total size.
-pub(super) fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize> {
+/// Checks a publish batch against the message size limit: not empty, no
+/// attribute without a name, no message over `limit` bytes. Returns its
+/// total size. Every engine checks batches with it.
+///
+/// # Errors
+/// [`BrokerError::EmptyBatch`], [`BrokerError::EmptyAttributeName`],
+/// [`BrokerError::MessageTooLarge`].
+pub fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize> {
     if messages.is_empty() {
         return Err(BrokerError::EmptyBatch);
     }
     let mut total = 0;
     for (index, message) in messages.iter().enumerate() {
-        let mut size = message.payload.len() + message.key.len();
-        for (name, value) in &message.attributes {
-            if name.is_empty() {
-                return Err(BrokerError::EmptyAttributeName { index });
-            }
-            size += name.len() + value.len();
+        if message.attributes.iter().any(|(name, _)| name.is_empty()) {
+            return Err(BrokerError::EmptyAttributeName { index });
         }
+        let size = message.size();
         if size > limit {
             return Err(BrokerError::MessageTooLarge { index, size, limit });
         }

@@ -101,6 +101,11 @@ pub enum BrokerError {
         /// The largest allowed.
         max: u64,
     },
+    /// An ack id that the broker did not write.
+    #[error(
+        "ack_id {0:?} is malformed; pass the ack_id of a received message unchanged, or use offsets"
+    )]
+    InvalidAckId(String),
     /// Any other request the broker cannot act on, with the reason.
     #[error("{0}")]
     Invalid(String),
@@ -109,7 +114,19 @@ pub enum BrokerError {
     ShuttingDown,
     /// Storage failed.
     #[error("storage failed")]
-    Storage(#[from] StoreError),
+    Storage(#[source] StoreError),
+}
+
+impl From<StoreError> for BrokerError {
+    /// A closed store means the broker is shutting down (a request that
+    /// outlived the drain, say): the caller should retry elsewhere or
+    /// later, not report an internal error.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Closed => Self::ShuttingDown,
+            other => Self::Storage(other),
+        }
+    }
 }
 
 /// Shorthand for broker results.

@@ -1,33 +1,44 @@
-//! The broker core: topics, subscriptions, leases and redelivery.
+//! The broker core: the [`Engine`] seam every front door (gRPC today)
+//! calls, and [`Broker`], the local engine behind it: topics,
+//! subscriptions, leases and redelivery over a [`Store`](crate::storage::Store).
 //!
 //! Plain async Rust with its own error type ([`BrokerError`]). It reaches
-//! storage only through [`Store`](crate::storage::Store) and never names
-//! tonic or RocksDB. [`Broker`] is a cheap `Clone` handle over one `Arc`.
+//! storage only through `Store` and never names tonic or RocksDB.
+//! [`Broker`] is a cheap `Clone` handle over one `Arc`.
 //!
-//! - `catalog` maps names to live topics and subscriptions;
-//! - `subscription` holds the lease book of one subscription: what is in
-//!   flight, to which stream, until when, and what is due again;
+//! - `engine` is the seam, and says why it sits where it does;
+//! - `catalog` maps names to live topics and subscriptions and serves the
+//!   calls; changes to what is stored run as tasks of their own, so a
+//!   cancelled request cannot leave memory and storage apart;
+//! - `topic` follows each topic's head as the store reports it;
+//! - `book` holds the lease book of one subscription, `subscription` wraps
+//!   it with its configuration;
 //! - `stream` is the task behind one `Subscribe` stream;
-//! - `acks` persists acknowledgements in batches.
+//! - `acks` persists delivery state (acks, failure counts) in batches.
 
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
-use crate::storage::StoredMessage;
+use crate::storage::{StoredMessage, SubscriptionId};
 
 mod acks;
+mod book;
 mod catalog;
 mod checks;
+mod engine;
 mod error;
 mod stream;
 mod subscription;
 mod topic;
 
 pub use catalog::Broker;
+pub use checks::check_batch;
+pub use engine::{Engine, SharedEngine};
 pub use error::{BrokerError, BrokerResult};
 
 /// The default ack deadline of a subscription.
@@ -66,6 +77,9 @@ impl Default for BrokerConfig {
 pub struct TopicInfo {
     /// Its name.
     pub name: TopicName,
+    /// The earliest offset that may hold a message; `next_offset` when the
+    /// topic holds none.
+    pub first_offset: Offset,
     /// The offset the next message will get.
     pub next_offset: Offset,
     /// When it was created.
@@ -146,6 +160,42 @@ pub struct Delivery {
     pub message: StoredMessage,
     /// 1 on the first delivery on this subscription, then counting up.
     pub attempt: u32,
+    /// Names this delivery (the message and its lease) for settlements.
+    pub ack_id: String,
+}
+
+/// The local engine's ack id: a subscription, an offset and one lease on
+/// it. Written as three decimal numbers joined by `-`; clients treat it as
+/// opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckId {
+    subscription: SubscriptionId,
+    offset: Offset,
+    lease: u64,
+}
+
+impl AckId {
+    /// Parses an ack id as the broker wrote it.
+    ///
+    /// # Errors
+    /// [`BrokerError::InvalidAckId`] for anything else.
+    pub fn parse(text: &str) -> BrokerResult<Self> {
+        let mut parts = text.split('-').map(str::parse::<u64>);
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(subscription)), Some(Ok(offset)), Some(Ok(lease)), None) => Ok(Self {
+                subscription: SubscriptionId(subscription),
+                offset,
+                lease,
+            }),
+            _ => Err(BrokerError::InvalidAckId(text.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for AckId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}", self.subscription.0, self.offset, self.lease)
+    }
 }
 
 /// A page of a listing.
@@ -157,18 +207,70 @@ pub struct Page<T> {
     pub next_after: Option<String>,
 }
 
-/// The receiving end of a `Subscribe` stream: frames of deliveries, then at
-/// most one error that ends the stream. The stream ends without error after
-/// `max_messages` deliveries. Dropping it ends the stream; its messages in
-/// flight become deliverable again.
+/// The receiving end of a `Subscribe` stream, itself a [`Stream`]: frames
+/// of deliveries, then at most one error that ends the stream. It ends
+/// without error after `max_messages` deliveries. Dropping it ends the
+/// stream; its messages in flight become deliverable again.
+///
+/// The error travels apart from the frames, so it gets through however
+/// far behind the reader is: it comes after every frame sent before it.
 #[derive(Debug)]
 pub struct DeliveryStream {
-    /// Frames, as the stream task produces them.
-    pub frames_rx: mpsc::Receiver<BrokerResult<Vec<Delivery>>>,
+    frames_rx: mpsc::Receiver<Vec<Delivery>>,
+    end_rx: Option<oneshot::Receiver<BrokerError>>,
+}
+
+impl DeliveryStream {
+    /// The reading end of a stream fed by `frames_tx`, ended by what
+    /// `end_tx` sends (or by dropping both, for an end without error).
+    pub fn channel(
+        buffer: usize,
+    ) -> (
+        mpsc::Sender<Vec<Delivery>>,
+        oneshot::Sender<BrokerError>,
+        Self,
+    ) {
+        let (frames_tx, frames_rx) = mpsc::channel(buffer);
+        let (end_tx, end_rx) = oneshot::channel();
+        let stream = Self {
+            frames_rx,
+            end_rx: Some(end_rx),
+        };
+        (frames_tx, end_tx, stream)
+    }
+}
+
+impl Stream for DeliveryStream {
+    type Item = BrokerResult<Vec<Delivery>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match self.frames_rx.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
+        }
+        let Some(end_rx) = self.end_rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let end = std::pin::Pin::new(end_rx).poll(cx);
+        match end {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(end) => {
+                self.end_rx = None;
+                Poll::Ready(end.ok().map(Err))
+            }
+        }
+    }
 }
 
 /// Offsets handed out by one publish.
 pub type PublishedOffsets = Range<Offset>;
 
+#[cfg(test)]
+mod test_store;
 #[cfg(test)]
 mod tests;

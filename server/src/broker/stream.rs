@@ -1,36 +1,44 @@
 //! The task behind one `Subscribe` stream.
 //!
-//! It claims deliverable offsets from its subscription's lease book (never
-//! more than the stream may hold), reads them from storage, and sends them in
-//! frames. With nothing to send it waits — never polls — on the topic's head,
-//! the subscription's wake-up, the next lease deadline, shutdown, deletion,
-//! and the client leaving. When it ends, whatever it held is due again.
+//! Each turn it claims from its subscription's lease book (never more than
+//! the stream may hold, within a byte budget), reads what it was given —
+//! a scan of new offsets from the topic's tail cache or storage, bounded by
+//! count and bytes; redeliveries by offset — hands the scan to the book,
+//! and sends the deliveries in frames. With nothing to send it waits, never
+//! polls, on the topic's head, the subscription's wake-up, the next lease
+//! deadline, shutdown, deletion, and the client leaving; every wake-up
+//! settles expired leases first, so it always makes progress. When it ends,
+//! whatever it held is due again, and the error that ended it reaches the
+//! client after every frame sent before it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio::time::sleep_until;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
-use super::subscription::{StreamId, Subscription};
-use super::{BrokerConfig, BrokerError, BrokerResult, Delivery};
+use super::acks::DeliveryWriter;
+use super::book::{Budget, Leased, Now, Scan, StreamId};
+use super::subscription::Subscription;
+use super::{AckId, BrokerConfig, BrokerError, BrokerResult, Delivery};
 use crate::offsets::Offset;
 use crate::storage::{ReadLimit, SharedStore, StoredMessage};
 
 /// The most messages claimed at once.
 const MAX_CLAIM: usize = 512;
-/// Roughly how many bytes one claim should read from storage.
+/// Roughly how many bytes of messages one claim reads and delivers.
 const CLAIM_BYTES: usize = 4 * 1024 * 1024;
 /// Frames buffered between this task and the transport.
 pub(super) const FRAME_BUFFER: usize = 2;
 
 /// Why the delivery loop stopped.
 enum End {
-    /// The client went away, or `max_messages` were delivered.
-    Done,
+    /// The client went away.
+    Left,
+    /// `max_messages` were delivered.
+    Complete,
     /// The stream ends with this error.
     Failed(BrokerError),
 }
@@ -40,32 +48,58 @@ pub(super) struct StreamTask {
     pub(super) config: BrokerConfig,
     pub(super) shutdown: CancellationToken,
     pub(super) subscription: Arc<Subscription>,
+    pub(super) writer: Arc<DeliveryWriter>,
     pub(super) stream: StreamId,
     pub(super) max_outstanding: usize,
     pub(super) remaining: Option<u64>,
-    pub(super) frames_tx: mpsc::Sender<BrokerResult<Vec<Delivery>>>,
+    pub(super) frames_tx: mpsc::Sender<Vec<Delivery>>,
+    pub(super) end_tx: oneshot::Sender<BrokerError>,
+}
+
+/// Gives a scan back to the book unless it was admitted: a stream whose
+/// read failed must not leave the subscription unable to scan.
+struct ScanGuard<'a> {
+    subscription: &'a Subscription,
+    armed: bool,
+}
+
+impl Drop for ScanGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.subscription.book().abandon_scan();
+            self.subscription.wake.notify_waiters();
+        }
+    }
 }
 
 impl StreamTask {
     pub(super) async fn run(mut self) {
-        self.subscription.topic.stream_opened();
+        let sub = Arc::clone(&self.subscription);
+        sub.topic.stream_opened();
         let end = self.deliver().await;
-        self.subscription.topic.stream_closed();
+        sub.topic.stream_closed();
         {
-            let mut book = self.subscription.book();
-            if self.remaining == Some(0) {
-                book.finish_stream(self.stream);
-            } else {
-                book.close_stream(self.stream);
+            let mut book = sub.book();
+            match &end {
+                End::Complete => book.finish_stream(self.stream),
+                // The broker's own shutdown is no failure of the delivery.
+                End::Failed(BrokerError::ShuttingDown) => {
+                    book.close_stream(self.stream, false, Now::get());
+                }
+                End::Left | End::Failed(_) => book.close_stream(self.stream, true, Now::get()),
             }
         }
-        self.subscription.wake.notify_waiters();
+        sub.wake.notify_waiters();
+        if !sub.deleted.is_cancelled() && sub.book().has_changes() {
+            self.writer.mark(&sub);
+        }
         match end {
-            End::Done => debug!("stream ended"),
+            End::Left => debug!("stream ended: the client left"),
+            End::Complete => debug!("stream ended: every message asked for was sent"),
             End::Failed(err) => {
                 debug!(error = %err, "stream ended with an error");
-                // The client may not be reading; don't wait for it forever.
-                let _ = self.frames_tx.try_send(Err(err));
+                // Never blocks: the error travels beside the frames.
+                let _ = self.end_tx.send(err);
             }
         }
     }
@@ -79,21 +113,21 @@ impl StreamTask {
             woken.as_mut().enable();
             head_rx.borrow_and_update();
 
-            let claimed = self.claim();
-            if !claimed.is_empty() {
-                if let Err(end) = self.send(claimed).await {
-                    return end;
-                }
-                if self.remaining == Some(0) {
-                    return End::Done;
-                }
+            let (sent, scanned) = match self.turn().await {
+                Ok(turn) => turn,
+                Err(end) => return end,
+            };
+            if self.remaining == Some(0) {
+                return End::Complete;
+            }
+            if sent || scanned {
                 continue;
             }
             let wakeup = sub.book().next_wakeup();
             tokio::select! {
                 () = self.shutdown.cancelled() => return End::Failed(BrokerError::ShuttingDown),
                 () = sub.deleted.cancelled() => return End::Failed(sub.deleted_error()),
-                () = self.frames_tx.closed() => return End::Done,
+                () = self.frames_tx.closed() => return End::Left,
                 changed = head_rx.changed() => {
                     if changed.is_err() {
                         return End::Failed(sub.deleted_error());
@@ -105,97 +139,186 @@ impl StreamTask {
         }
     }
 
-    fn claim(&self) -> Vec<(Offset, u32)> {
-        let sub = &self.subscription;
+    /// One claim: leases, reads and sends. Returns whether it sent
+    /// anything and whether it scanned new offsets.
+    async fn turn(&mut self) -> Result<(bool, bool), End> {
+        let sub = Arc::clone(&self.subscription);
         let head = sub.topic.head();
-        let by_size = (CLAIM_BYTES / sub.topic.size_estimate()).clamp(1, MAX_CLAIM);
-        let mut book = sub.book();
-        let room = self
-            .max_outstanding
-            .saturating_sub(book.outstanding(self.stream));
-        let mut max = room.min(by_size);
+        let mut budget = Budget {
+            messages: MAX_CLAIM,
+            bytes: CLAIM_BYTES,
+        };
         if let Some(remaining) = self.remaining {
-            max = max.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            budget.messages = budget
+                .messages
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         }
-        if max == 0 {
-            return Vec::new();
+        let claim = sub.book().claim(
+            self.stream,
+            self.max_outstanding,
+            budget,
+            head,
+            Now::get(),
+            sub.ack_deadline,
+        );
+        let mut leased = claim.leased;
+        let mut in_hand = HashMap::new();
+        let scanned = claim.scan.is_some();
+        if let Some(scan) = claim.scan {
+            let left = Budget {
+                messages: budget.messages - leased.len(),
+                bytes: budget.bytes,
+            };
+            let (more, read) = self.scan(scan, left).await.map_err(End::Failed)?;
+            leased.extend(more);
+            in_hand = read;
         }
-        book.claim(self.stream, max, head, Instant::now(), sub.ack_deadline)
+        if leased.is_empty() {
+            return Ok((false, scanned));
+        }
+        let deliveries = self.fetch(leased, in_hand).await.map_err(End::Failed)?;
+        self.send(deliveries).await?;
+        Ok((true, scanned))
     }
 
-    /// Reads the claimed messages and sends them in frames.
-    async fn send(&mut self, claimed: Vec<(Offset, u32)>) -> Result<(), End> {
-        let deliveries = self.fetch(&claimed).await.map_err(End::Failed)?;
-        if let Some(remaining) = self.remaining.as_mut() {
-            *remaining = remaining.saturating_sub(deliveries.len() as u64);
+    /// Reads a scan's messages, from the tail cache when it holds them,
+    /// and hands them to the book. Returns what the book leased to this
+    /// stream, and the messages read, by offset.
+    async fn scan(
+        &self,
+        scan: Scan,
+        budget: Budget,
+    ) -> BrokerResult<(Vec<Leased>, HashMap<Offset, StoredMessage>)> {
+        let sub = &self.subscription;
+        let mut guard = ScanGuard {
+            subscription: sub,
+            armed: true,
+        };
+        let range_len = usize::try_from(scan.range.end - scan.range.start).unwrap_or(usize::MAX);
+        let limit = ReadLimit {
+            max_messages: budget.messages.min(range_len),
+            max_bytes: budget.bytes,
+        };
+        let messages = match sub.topic.cached_range(&scan.range, limit) {
+            Some(messages) => messages,
+            None => {
+                self.store
+                    .read(sub.topic.id, scan.range.clone(), limit)
+                    .await?
+            }
+        };
+        // The whole range was looked at unless the read stopped at a limit.
+        let bytes: usize = messages.iter().map(StoredMessage::wire_size).sum();
+        let examined = match messages.last() {
+            Some(last) if messages.len() >= limit.max_messages || bytes >= limit.max_bytes => {
+                last.offset + 1
+            }
+            _ => scan.range.end,
+        };
+        trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
+        let leased = sub.book().admit(
+            self.stream,
+            scan.range,
+            &messages,
+            examined,
+            budget,
+            Now::get(),
+            sub.ack_deadline,
+        );
+        guard.armed = false;
+        // Others may take what this stream had no room for, or scan on.
+        sub.wake.notify_waiters();
+        if sub.book().has_changes() {
+            self.writer.mark(sub);
         }
+        let read = messages.into_iter().map(|m| (m.offset, m)).collect();
+        Ok((leased, read))
+    }
+
+    /// The deliveries of `leased`, in lease order: from `in_hand`, the
+    /// topic's tail cache, or storage. A message no longer stored (deleted
+    /// meanwhile) is settled instead of delivered.
+    async fn fetch(
+        &self,
+        leased: Vec<Leased>,
+        mut in_hand: HashMap<Offset, StoredMessage>,
+    ) -> BrokerResult<Vec<Delivery>> {
+        let sub = &self.subscription;
+        let wanted = leased
+            .iter()
+            .map(|l| l.offset)
+            .filter(|o| !in_hand.contains_key(o));
+        let (cached, missing) = sub.topic.cached(wanted);
+        in_hand.extend(cached.into_iter().map(|m| (m.offset, m)));
+        if !missing.is_empty() {
+            let read = self.store.read_offsets(sub.topic.id, missing).await?;
+            in_hand.extend(read.into_iter().map(|m| (m.offset, m)));
+        }
+        let mut deliveries = Vec::with_capacity(leased.len());
+        let mut gone = Vec::new();
+        for lease in leased {
+            let Some(message) = in_hand.remove(&lease.offset) else {
+                gone.push(lease.offset);
+                continue;
+            };
+            let ack_id = AckId {
+                subscription: sub.id,
+                offset: lease.offset,
+                lease: lease.lease,
+            };
+            deliveries.push(Delivery {
+                message,
+                attempt: lease.attempt,
+                ack_id: ack_id.to_string(),
+            });
+        }
+        if !gone.is_empty() {
+            debug!(count = gone.len(), "leased messages are no longer stored");
+            sub.book().gone_offsets(&gone, Now::get());
+            self.writer.mark(sub);
+        }
+        Ok(deliveries)
+    }
+
+    /// Sends deliveries in frames. Counts against `max_messages` only what
+    /// was sent; what could not be sent is handed back uncounted.
+    async fn send(&mut self, deliveries: Vec<Delivery>) -> Result<(), End> {
         trace!(count = deliveries.len(), "delivering");
-        for frame in frames(deliveries, self.config.max_frame_bytes) {
-            tokio::select! {
-                sent = self.frames_tx.send(Ok(frame)) => {
-                    if sent.is_err() {
-                        return Err(End::Done);
-                    }
+        let mut frames = frames(deliveries, self.config.max_frame_bytes).into_iter();
+        while let Some(frame) = frames.next() {
+            let count = frame.len() as u64;
+            let unsent = |frame: &[Delivery], rest: &mut dyn Iterator<Item = Vec<Delivery>>| {
+                let mut offsets: Vec<Offset> = frame.iter().map(|d| d.message.offset).collect();
+                offsets.extend(rest.flatten().map(|d| d.message.offset));
+                offsets
+            };
+            let sent = tokio::select! {
+                sent = self.frames_tx.reserve() => sent.ok(),
+                () = self.shutdown.cancelled() => {
+                    self.release(&unsent(&frame, &mut frames));
+                    return Err(End::Failed(BrokerError::ShuttingDown));
                 }
-                () = self.shutdown.cancelled() => return Err(End::Failed(BrokerError::ShuttingDown)),
                 () = self.subscription.deleted.cancelled() => {
                     return Err(End::Failed(self.subscription.deleted_error()));
                 }
+            };
+            let Some(permit) = sent else {
+                self.release(&unsent(&frame, &mut frames));
+                return Err(End::Left);
+            };
+            permit.send(frame);
+            if let Some(remaining) = self.remaining.as_mut() {
+                *remaining = remaining.saturating_sub(count);
             }
         }
         Ok(())
     }
 
-    /// Reads the claimed offsets, in claim order: from the topic's tail
-    /// cache when they are there, else from storage — first-time deliveries
-    /// form one run read in a single scan, redeliveries are read by offset.
-    async fn fetch(&self, claimed: &[(Offset, u32)]) -> BrokerResult<Vec<Delivery>> {
-        let topic = &self.subscription.topic;
-        let (cached, missing) = topic.cached(claimed.iter().map(|&(o, _)| o));
-        let mut by_offset: HashMap<Offset, StoredMessage> =
-            cached.into_iter().map(|m| (m.offset, m)).collect();
-        if !missing.is_empty() {
-            for message in self.read(&missing, claimed).await? {
-                by_offset.insert(message.offset, message);
-            }
-        }
-        // An offset missing now belonged to a topic deleted meanwhile; the
-        // stream ends on the deletion signal.
-        Ok(claimed
-            .iter()
-            .filter_map(|&(offset, attempt)| {
-                let message = by_offset.remove(&offset)?;
-                Some(Delivery { message, attempt })
-            })
-            .collect())
-    }
-
-    /// Reads `missing` (ascending within each kind) from storage.
-    async fn read(
-        &self,
-        missing: &[Offset],
-        claimed: &[(Offset, u32)],
-    ) -> BrokerResult<Vec<StoredMessage>> {
-        let topic = self.subscription.topic.id;
-        let first_time: HashSet<Offset> = claimed
-            .iter()
-            .filter(|&&(_, attempt)| attempt == 1)
-            .map(|&(o, _)| o)
-            .collect();
-        let (new, again): (Vec<Offset>, Vec<Offset>) =
-            missing.iter().partition(|o| first_time.contains(o));
-        let mut messages = Vec::with_capacity(missing.len());
-        if !again.is_empty() {
-            messages.extend(self.store.read_offsets(topic, again).await?);
-        }
-        if let (Some(&first), Some(&last)) = (new.first(), new.last()) {
-            let limit = ReadLimit {
-                max_messages: usize::try_from(last - first + 1).unwrap_or(usize::MAX),
-                max_bytes: usize::MAX,
-            };
-            messages.extend(self.store.read(topic, first, limit).await?);
-        }
-        Ok(messages)
+    /// Hands back leases that were never sent.
+    fn release(&self, offsets: &[Offset]) {
+        self.subscription
+            .book()
+            .release_unsent(self.stream, offsets);
     }
 }
 
@@ -243,6 +366,7 @@ mod tests {
                 attributes: Vec::new(),
             },
             attempt: 1,
+            ack_id: String::new(),
         }
     }
 

@@ -1,9 +1,16 @@
-//! A live topic: its identity, its durable head, and the signal that it was
-//! deleted. Messages themselves stay in storage.
+//! A live topic: its identity, its head and first offset as storage
+//! reports them, its tail cache, and the signal that it was deleted.
+//! Messages themselves stay in storage.
+//!
+//! [`Topics`] is the registry of live topics by id, and the storage
+//! listener: the store tells it about every append and truncation, on the
+//! store's side of the write, so heads advance and streams wake even when
+//! the publishing request was cancelled meanwhile.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
@@ -12,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::TopicInfo;
 use crate::names::TopicName;
 use crate::offsets::Offset;
-use crate::storage::{NewMessage, StoredMessage, TopicId, TopicRecord};
+use crate::storage::{
+    Appended, NewMessage, ReadLimit, StoreListener, StoredMessage, TopicId, TopicRecord,
+};
 
-/// The size assumed for a message before any was published.
-const INITIAL_SIZE_ESTIMATE: usize = 1024;
 /// Bounds of a topic's tail cache.
 const TAIL_CACHE_BYTES: usize = 4 << 20;
 const TAIL_CACHE_MESSAGES: usize = 8192;
@@ -23,7 +30,8 @@ const TAIL_CACHE_MESSAGES: usize = 8192;
 /// The most recently published messages of a topic, kept while streams are
 /// open on it so that streams reading at the head are served from memory
 /// instead of storage. Holds payloads by reference (`Bytes`), bounded in
-/// bytes and count; the oldest go first.
+/// bytes and count; the oldest go first. Its offsets are contiguous up to
+/// the head: appends are cached in order, before the head moves.
 #[derive(Default)]
 struct TailCache {
     messages: BTreeMap<Offset, StoredMessage>,
@@ -37,10 +45,25 @@ impl TailCache {
             self.bytes -= old.wire_size();
         }
         while self.bytes > TAIL_CACHE_BYTES || self.messages.len() > TAIL_CACHE_MESSAGES {
-            let Some((_, oldest)) = self.messages.pop_first() else {
+            if self.pop_first().is_none() {
                 break;
-            };
-            self.bytes -= oldest.wire_size();
+            }
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<StoredMessage> {
+        let (_, oldest) = self.messages.pop_first()?;
+        self.bytes -= oldest.wire_size();
+        Some(oldest)
+    }
+
+    fn drop_below(&mut self, first: Offset) {
+        while self
+            .messages
+            .first_key_value()
+            .is_some_and(|(&o, _)| o < first)
+        {
+            self.pop_first();
         }
     }
 }
@@ -49,11 +72,11 @@ pub(super) struct Topic {
     pub(super) id: TopicId,
     pub(super) name: TopicName,
     pub(super) created: SystemTime,
-    /// The next offset: every offset below it is durable and readable.
-    /// Streams wait on it for new messages.
+    /// The next offset: every offset below it is written and readable.
+    /// Streams wait on it for new messages. Moved by the store's listener.
     head_tx: watch::Sender<Offset>,
-    /// A running estimate of message size, to size storage reads.
-    size_estimate: AtomicUsize,
+    /// The first offset that may hold a message.
+    first_offset: AtomicU64,
     /// Cancelled when the topic is deleted; subscriptions' tokens are its
     /// children.
     pub(super) deleted: CancellationToken,
@@ -70,7 +93,7 @@ impl Topic {
             name: record.name.clone(),
             created: record.created,
             head_tx: watch::Sender::new(record.next_offset),
-            size_estimate: AtomicUsize::new(INITIAL_SIZE_ESTIMATE),
+            first_offset: AtomicU64::new(record.first_offset),
             deleted: CancellationToken::new(),
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
@@ -92,28 +115,36 @@ impl Topic {
     }
 
     /// Whether published messages should be cached: streams are open.
-    pub(super) fn wants_tail(&self) -> bool {
+    fn wants_tail(&self) -> bool {
         self.open_streams.load(Ordering::Relaxed) > 0
     }
 
-    /// Caches a batch that storage appended at `first_offset`. Call before
-    /// [`Topic::advance_head`], so that woken streams find it.
-    pub(super) fn cache(
-        &self,
-        first_offset: Offset,
-        publish_time: SystemTime,
-        batch: Vec<NewMessage>,
-    ) {
-        let mut tail = self.tail();
-        for (offset, message) in (first_offset..).zip(batch) {
-            tail.insert(StoredMessage {
-                offset,
-                publish_time,
-                payload: message.payload,
-                key: message.key,
-                attributes: message.attributes,
-            });
+    /// A batch was written at `appended.first_offset`: caches it while
+    /// streams are open, then moves the head, which wakes the streams.
+    fn appended(&self, appended: Appended, messages: Vec<NewMessage>) {
+        let count = messages.len() as u64;
+        if count == 0 {
+            return;
         }
+        if self.wants_tail() {
+            let mut tail = self.tail();
+            for (offset, message) in (appended.first_offset..).zip(messages) {
+                tail.insert(StoredMessage {
+                    offset,
+                    publish_time: appended.publish_time,
+                    payload: message.payload,
+                    key: message.key,
+                    attributes: message.attributes,
+                });
+            }
+        }
+        self.advance_head(appended.first_offset + count);
+    }
+
+    /// Every offset below `first` was deleted.
+    fn truncated(&self, first: Offset) {
+        self.first_offset.fetch_max(first, Ordering::AcqRel);
+        self.tail().drop_below(first);
     }
 
     /// The cached messages among `offsets`, and the offsets not cached.
@@ -132,13 +163,39 @@ impl Topic {
         (found, missing)
     }
 
+    /// The messages of `range` within `limit`, when the cache holds the
+    /// range's start (it then holds everything after it up to the head).
+    pub(super) fn cached_range(
+        &self,
+        range: &Range<Offset>,
+        limit: ReadLimit,
+    ) -> Option<Vec<StoredMessage>> {
+        let tail = self.tail();
+        if !tail.messages.contains_key(&range.start) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for message in tail.messages.range(range.clone()).map(|(_, m)| m) {
+            if out.len() >= limit.max_messages || (!out.is_empty() && bytes >= limit.max_bytes) {
+                break;
+            }
+            bytes += message.wire_size();
+            out.push(message.clone());
+        }
+        Some(out)
+    }
+
     pub(super) fn head(&self) -> Offset {
         *self.head_tx.borrow()
     }
 
-    /// Moves the head up to `to` (never down: appends complete in any
-    /// order, and each completion implies every earlier offset is durable).
-    pub(super) fn advance_head(&self, to: Offset) {
+    pub(super) fn first_offset(&self) -> Offset {
+        self.first_offset.load(Ordering::Acquire)
+    }
+
+    /// Moves the head up to `to` (never down).
+    fn advance_head(&self, to: Offset) {
         self.head_tx.send_if_modified(|head| {
             let moved = to > *head;
             if moved {
@@ -152,22 +209,53 @@ impl Topic {
         self.head_tx.subscribe()
     }
 
-    /// Folds the mean size of a published batch into the estimate.
-    pub(super) fn observe_size(&self, mean: usize) {
-        let old = self.size_estimate.load(Ordering::Relaxed);
-        self.size_estimate
-            .store((old * 7 + mean.max(1)) / 8, Ordering::Relaxed);
-    }
-
-    pub(super) fn size_estimate(&self) -> usize {
-        self.size_estimate.load(Ordering::Relaxed).max(1)
-    }
-
     pub(super) fn info(&self) -> TopicInfo {
+        let next_offset = self.head();
         TopicInfo {
             name: self.name.clone(),
-            next_offset: self.head(),
+            first_offset: self.first_offset().min(next_offset),
+            next_offset,
             created: self.created,
+        }
+    }
+}
+
+/// The live topics by id: what the store's listener needs to find them.
+#[derive(Default)]
+pub(super) struct Topics {
+    by_id: RwLock<HashMap<TopicId, Arc<Topic>>>,
+}
+
+impl Topics {
+    pub(super) fn insert(&self, topic: Arc<Topic>) {
+        self.write().insert(topic.id, topic);
+    }
+
+    pub(super) fn remove(&self, id: TopicId) {
+        self.write().remove(&id);
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TopicId, Arc<Topic>>> {
+        self.by_id.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: TopicId) -> Option<Arc<Topic>> {
+        let by_id = self.by_id.read().unwrap_or_else(|p| p.into_inner());
+        by_id.get(&id).cloned()
+    }
+}
+
+impl StoreListener for Topics {
+    fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>) {
+        // A topic deleted meanwhile has nobody left to tell.
+        if let Some(topic) = self.get(topic) {
+            topic.appended(appended, messages);
+        }
+    }
+
+    fn truncated(&self, topic: TopicId, first_offset: Offset) {
+        if let Some(topic) = self.get(topic) {
+            topic.truncated(first_offset);
         }
     }
 }
@@ -182,6 +270,7 @@ mod tests {
         Topic::new(&TopicRecord {
             id: TopicId(1),
             name: TopicName::new("t").unwrap(),
+            first_offset: 0,
             next_offset: 0,
             created: SystemTime::UNIX_EPOCH,
         })
@@ -196,19 +285,38 @@ mod tests {
             .collect()
     }
 
+    fn appended_at(first_offset: Offset) -> Appended {
+        Appended {
+            first_offset,
+            publish_time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
     #[test]
     fn the_tail_is_cached_only_while_streams_are_open() {
         let topic = topic();
-        assert!(!topic.wants_tail());
+        topic.appended(appended_at(0), batch(2, 10));
+        assert!(
+            topic
+                .cached_range(
+                    &(0..2),
+                    ReadLimit {
+                        max_messages: 9,
+                        max_bytes: 9
+                    }
+                )
+                .is_none()
+        );
         topic.stream_opened();
-        topic.cache(0, SystemTime::UNIX_EPOCH, batch(3, 10));
-        let (found, missing) = topic.cached([1, 2, 3].into_iter());
-        assert_eq!(found.iter().map(|m| m.offset).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(missing, [3]);
+        topic.appended(appended_at(2), batch(3, 10));
+        let (found, missing) = topic.cached([3, 4, 5].into_iter());
+        assert_eq!(found.iter().map(|m| m.offset).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(missing, [5]);
+        assert_eq!(topic.head(), 5, "the head follows every append");
         topic.stream_closed();
         assert_eq!(
-            topic.cached([0].into_iter()).1,
-            [0],
+            topic.cached([3].into_iter()).1,
+            [3],
             "cleared with the last stream"
         );
     }
@@ -218,10 +326,44 @@ mod tests {
         let topic = topic();
         topic.stream_opened();
         let big = TAIL_CACHE_BYTES / 4;
-        topic.cache(0, SystemTime::UNIX_EPOCH, batch(6, big));
+        topic.appended(appended_at(0), batch(6, big));
         let (found, missing) = topic.cached(0..6);
         assert!(found.len() < 6 && found.iter().all(|m| m.offset >= 2));
         assert!(missing.contains(&0));
         assert!(found.iter().any(|m| m.offset == 5), "the newest stays");
+    }
+
+    #[test]
+    fn cached_ranges_are_bounded_and_truncation_drops_what_is_gone() {
+        let topic = topic();
+        topic.stream_opened();
+        topic.appended(appended_at(0), batch(10, 100));
+        let limit = |max_messages, max_bytes| ReadLimit {
+            max_messages,
+            max_bytes,
+        };
+        let offsets = |read: Option<Vec<StoredMessage>>| {
+            read.map(|r| r.iter().map(|m| m.offset).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            offsets(topic.cached_range(&(2..9), limit(3, usize::MAX))),
+            Some(vec![2, 3, 4])
+        );
+        // Each message is 132 bytes on the wire: the one that reaches the
+        // byte budget is the last.
+        assert_eq!(
+            offsets(topic.cached_range(&(2..9), limit(99, 200))),
+            Some(vec![2, 3])
+        );
+        assert_eq!(
+            offsets(topic.cached_range(&(2..9), limit(99, 0))),
+            Some(vec![2])
+        );
+        topic.truncated(4);
+        assert_eq!(topic.first_offset(), 4);
+        assert!(topic.cached_range(&(2..9), limit(99, usize::MAX)).is_none());
+        assert_eq!(topic.info().first_offset, 4);
+        topic.truncated(1);
+        assert_eq!(topic.first_offset(), 4, "never moves down");
     }
 }

@@ -9,17 +9,17 @@ use tracing::{debug, instrument};
 use super::convert::{
     PageQuery, next_page_token, optional_topic_name, subscription_name, topic_name,
 };
-use crate::broker::{Broker, SubscriptionSpec};
+use crate::broker::{SharedEngine, SubscriptionSpec};
 
 /// The gRPC adapter of the admin service.
 #[derive(Clone)]
 pub struct Admin {
-    broker: Broker,
+    broker: SharedEngine,
 }
 
 impl Admin {
     /// An adapter over `broker`.
-    pub fn new(broker: Broker) -> Self {
+    pub fn new(broker: SharedEngine) -> Self {
         Self { broker }
     }
 }

@@ -92,6 +92,8 @@ pub(crate) struct AckCommand {
     pub(crate) subscription: SubscriptionName,
     /// The offsets to acknowledge.
     pub(crate) offsets: Vec<Offset>,
+    /// The deliveries to acknowledge.
+    pub(crate) ack_ids: Vec<String>,
 }
 
 impl TryFrom<v1::AckRequest> for AckCommand {
@@ -101,6 +103,7 @@ impl TryFrom<v1::AckRequest> for AckCommand {
         Ok(Self {
             subscription: SubscriptionName::new(request.subscription)?,
             offsets: request.offsets,
+            ack_ids: request.ack_ids,
         })
     }
 }
@@ -112,6 +115,8 @@ pub(crate) struct NackCommand {
     pub(crate) subscription: SubscriptionName,
     /// The offsets to give back.
     pub(crate) offsets: Vec<Offset>,
+    /// The deliveries to give back.
+    pub(crate) ack_ids: Vec<String>,
     /// How long to wait before delivering them again.
     pub(crate) delay: Duration,
 }
@@ -132,6 +137,7 @@ impl TryFrom<v1::NackRequest> for NackCommand {
         Ok(Self {
             subscription: SubscriptionName::new(request.subscription)?,
             offsets: request.offsets,
+            ack_ids: request.ack_ids,
             delay,
         })
     }
@@ -144,6 +150,8 @@ pub(crate) struct DeadlineCommand {
     pub(crate) subscription: SubscriptionName,
     /// The offsets whose leases change.
     pub(crate) offsets: Vec<Offset>,
+    /// The deliveries whose leases change.
+    pub(crate) ack_ids: Vec<String>,
     /// The new lease from now; zero gives it up.
     pub(crate) deadline: Duration,
 }
@@ -155,6 +163,7 @@ impl TryFrom<v1::ModifyAckDeadlineRequest> for DeadlineCommand {
         Ok(Self {
             subscription: SubscriptionName::new(request.subscription)?,
             offsets: request.offsets,
+            ack_ids: request.ack_ids,
             deadline: Duration::from_secs(request.ack_deadline_seconds.into()),
         })
     }
@@ -269,7 +278,7 @@ impl From<TopicInfo> for v1::Topic {
             name: info.name.as_str().to_owned(),
             next_offset: info.next_offset,
             create_time: Some(info.created.into()),
-            first_offset: 0,
+            first_offset: info.first_offset,
         }
     }
 }
@@ -299,7 +308,7 @@ impl From<Delivery> for v1::ReceivedMessage {
             attributes: message.attributes.into_iter().collect(),
             publish_time: Some(message.publish_time.into()),
             delivery_attempt: delivery.attempt,
-            ack_id: String::new(),
+            ack_id: delivery.ack_id,
         }
     }
 }
@@ -558,6 +567,7 @@ mod tests {
                 attributes: vec![("a".into(), "1".into())],
             },
             attempt: 2,
+            ack_id: "1-9-3".into(),
         };
         let frame = subscribe_frame(vec![delivery]);
         let received = &frame.messages[0];
@@ -573,6 +583,7 @@ mod tests {
             })
         );
         assert_eq!(received.delivery_attempt, 2);
+        assert_eq!(received.ack_id, "1-9-3");
     }
 
     #[test]
@@ -580,10 +591,12 @@ mod tests {
         let created = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
         let topic = v1::Topic::from(TopicInfo {
             name: TopicName::new("t").expect("valid"),
+            first_offset: 4,
             next_offset: 12,
             created,
         });
         assert_eq!((topic.name.as_str(), topic.next_offset), ("t", 12));
+        assert_eq!(topic.first_offset, 4);
         assert_eq!(topic.create_time.map(|t| t.seconds), Some(5));
         let subscription = v1::Subscription::from(SubscriptionInfo {
             name: SubscriptionName::new("s").expect("valid"),

@@ -1,6 +1,7 @@
 //! The gRPC front door: the only module that names tonic.
 //!
-//! Each service is a thin adapter holding a [`Broker`] handle: it converts
+//! Each service is a thin adapter holding the engine
+//! ([`SharedEngine`]): it converts
 //! the request (`convert.rs`, where validation lives), calls the broker and
 //! converts the result; broker errors become statuses in one place
 //! (`status.rs`). [`serve`] assembles the tidings services with health and
@@ -22,7 +23,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::ServeError;
-use crate::broker::Broker;
+use crate::broker::SharedEngine;
 use crate::config::Config;
 use health::HealthSwitch;
 use limits::RequestLimit;
@@ -66,7 +67,7 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 ///
 /// 1. health turns NOT_SERVING (health `Watch` streams report it and end) and no new
 ///    connection is accepted;
-/// 2. [`Broker::begin_shutdown`] ends open `Subscribe` streams with
+/// 2. [`Engine::begin_shutdown`](crate::broker::Engine::begin_shutdown) ends open `Subscribe` streams with
 ///    UNAVAILABLE;
 /// 3. in-flight requests drain, for at most `config.shutdown_timeout`
 ///    (beyond that, a warning is logged and remaining connections are left
@@ -81,7 +82,7 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// transport fails.
 pub async fn serve(
     listener: TcpListener,
-    broker: Broker,
+    broker: SharedEngine,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -149,7 +150,7 @@ pub async fn serve(
 async fn begin_shutdown(
     shutdown: impl Future<Output = ()>,
     health: HealthSwitch,
-    broker: Broker,
+    broker: SharedEngine,
     draining_tx: oneshot::Sender<()>,
 ) {
     shutdown.await;

@@ -7,17 +7,17 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::convert::PublishCommand;
-use crate::broker::Broker;
+use crate::broker::SharedEngine;
 
 /// The gRPC adapter of the publisher service.
 #[derive(Clone)]
 pub struct Publisher {
-    broker: Broker,
+    broker: SharedEngine,
 }
 
 impl Publisher {
     /// An adapter over `broker`.
-    pub fn new(broker: Broker) -> Self {
+    pub fn new(broker: SharedEngine) -> Self {
         Self { broker }
     }
 }

@@ -30,6 +30,7 @@ fn code_of(err: &BrokerError) -> Code {
         | BrokerError::OffsetNotPublished { .. }
         | BrokerError::DurationOutOfRange { .. }
         | BrokerError::CountOutOfRange { .. }
+        | BrokerError::InvalidAckId(_)
         | BrokerError::Invalid(_) => Code::InvalidArgument,
         BrokerError::TopicNotFound(_)
         | BrokerError::SubscriptionNotFound(_)
@@ -101,6 +102,7 @@ mod tests {
                 given: 7,
                 max: 5,
             },
+            BrokerError::InvalidAckId("x".into()),
             BrokerError::Invalid("nope".into()),
         ];
         for err in errors {
@@ -160,6 +162,13 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[test]
+    fn a_closed_store_is_unavailable_not_internal() {
+        // What a request still running after the drain timeout meets.
+        let status = status(BrokerError::from(StoreError::Closed));
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 
     #[test]

@@ -9,12 +9,11 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tidings::v1;
 use tidings::v1::subscriber_service_server::SubscriberService;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
 use super::convert::{AckCommand, DeadlineCommand, NackCommand, subscribe_frame};
-use crate::broker::{Broker, DeliveryStream, SubscribeSpec};
+use crate::broker::{DeliveryStream, SharedEngine, SubscribeSpec};
 use crate::names::SubscriptionName;
 
 /// The response stream of `Subscribe`.
@@ -23,12 +22,12 @@ pub type SubscribeStream = BoxStream<'static, Result<v1::SubscribeResponse, Stat
 /// The gRPC adapter of the subscriber service.
 #[derive(Clone)]
 pub struct Subscriber {
-    broker: Broker,
+    broker: SharedEngine,
 }
 
 impl Subscriber {
     /// An adapter over `broker`.
-    pub fn new(broker: Broker) -> Self {
+    pub fn new(broker: SharedEngine) -> Self {
         Self { broker }
     }
 }
@@ -55,9 +54,13 @@ impl SubscriberService for Subscriber {
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
         let command = AckCommand::try_from(request.into_inner())?;
-        debug!(offsets = command.offsets.len(), "ack");
+        debug!(
+            offsets = command.offsets.len(),
+            ack_ids = command.ack_ids.len(),
+            "ack"
+        );
         self.broker
-            .ack(&command.subscription, &command.offsets)
+            .ack(&command.subscription, &command.offsets, &command.ack_ids)
             .await?;
         Ok(Response::new(v1::AckResponse {}))
     }
@@ -68,9 +71,15 @@ impl SubscriberService for Subscriber {
         request: Request<v1::NackRequest>,
     ) -> Result<Response<v1::NackResponse>, Status> {
         let command = NackCommand::try_from(request.into_inner())?;
-        debug!(offsets = command.offsets.len(), delay = ?command.delay, "nack");
+        debug!(offsets = command.offsets.len(), ack_ids = command.ack_ids.len(), delay = ?command.delay, "nack");
         self.broker
-            .nack(&command.subscription, &command.offsets, command.delay)?;
+            .nack(
+                &command.subscription,
+                &command.offsets,
+                &command.ack_ids,
+                command.delay,
+            )
+            .await?;
         Ok(Response::new(v1::NackResponse {}))
     }
 
@@ -84,12 +93,15 @@ impl SubscriberService for Subscriber {
         request: Request<v1::ModifyAckDeadlineRequest>,
     ) -> Result<Response<v1::ModifyAckDeadlineResponse>, Status> {
         let command = DeadlineCommand::try_from(request.into_inner())?;
-        debug!(offsets = command.offsets.len(), deadline = ?command.deadline, "modify ack deadline");
-        self.broker.modify_ack_deadline(
-            &command.subscription,
-            &command.offsets,
-            command.deadline,
-        )?;
+        debug!(offsets = command.offsets.len(), ack_ids = command.ack_ids.len(), deadline = ?command.deadline, "modify ack deadline");
+        self.broker
+            .modify_ack_deadline(
+                &command.subscription,
+                &command.offsets,
+                &command.ack_ids,
+                command.deadline,
+            )
+            .await?;
         Ok(Response::new(v1::ModifyAckDeadlineResponse {}))
     }
 }
@@ -102,7 +114,7 @@ fn response_stream(deliveries: DeliveryStream, subscription: &SubscriptionName) 
         delivered: 0,
     };
     log.span.in_scope(|| debug!("stream open"));
-    ReceiverStream::new(deliveries.frames_rx)
+    deliveries
         .map(move |frame| {
             let _entered = log.span.enter();
             match frame {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{NewMessage, TopicRecord};
+use super::{DeliveryRecord, NewMessage, TopicRecord};
 use super::{StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, TopicId};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset, OffsetRanges};
@@ -293,8 +293,13 @@ pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
     w.0
 }
 
-/// Decodes what [`encode_topic`] wrote, completing it with `next_offset`.
-pub(crate) fn decode_topic(value: &[u8], next_offset: Offset) -> StoreResult<TopicRecord> {
+/// Decodes what [`encode_topic`] wrote, completing it with the offsets
+/// stored apart.
+pub(crate) fn decode_topic(
+    value: &[u8],
+    first_offset: Offset,
+    next_offset: Offset,
+) -> StoreResult<TopicRecord> {
     const WHAT: &str = "topic record";
     let mut r = Reader::new(WHAT, value)?;
     let id = TopicId(r.u64()?);
@@ -304,6 +309,7 @@ pub(crate) fn decode_topic(value: &[u8], next_offset: Offset) -> StoreResult<Top
     Ok(TopicRecord {
         id,
         name,
+        first_offset,
         next_offset,
         created,
     })
@@ -344,6 +350,34 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     })
 }
 
+/// Encodes a delivery record: failures, then the redelivery time in
+/// microseconds (0 for none).
+pub(crate) fn encode_delivery(record: &DeliveryRecord) -> Vec<u8> {
+    let mut w = Writer::new(4 + 8);
+    w.u32(record.failures);
+    // A time at the epoch itself reads back as "none": nothing is lost, it
+    // is long past either way.
+    w.u64(record.redeliver_at.map_or(0, to_micros));
+    w.0
+}
+
+/// Decodes what [`encode_delivery`] wrote.
+pub(crate) fn decode_delivery(value: &[u8]) -> StoreResult<DeliveryRecord> {
+    const WHAT: &str = "delivery record";
+    let mut r = Reader::new(WHAT, value)?;
+    let failures = r.u32()?;
+    let micros = r.u64()?;
+    r.finish()?;
+    let redeliver_at = match micros {
+        0 => None,
+        micros => Some(from_micros(WHAT, micros)?),
+    };
+    Ok(DeliveryRecord {
+        failures,
+        redeliver_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +401,7 @@ mod tests {
         TopicRecord {
             id: TopicId(42),
             name: TopicName::new("order.placed").expect("valid name"),
+            first_offset: 4,
             next_offset: 9,
             created: time(1_700_000_000_123_456),
         }
@@ -425,7 +460,7 @@ mod tests {
     fn records_and_ack_states_round_trip() {
         let topic = topic_record();
         assert_eq!(
-            decode_topic(&encode_topic(&topic), 9).expect("decodes"),
+            decode_topic(&encode_topic(&topic), 4, 9).expect("decodes"),
             topic
         );
         let sub = subscription_record();
@@ -438,6 +473,19 @@ mod tests {
             decode_ack_state(&encode_ack_state(&state)).expect("decodes"),
             state
         );
+        for record in [
+            DeliveryRecord {
+                failures: 3,
+                redeliver_at: Some(time(1_700_000_000_000_007)),
+            },
+            DeliveryRecord {
+                failures: 1,
+                redeliver_at: None,
+            },
+        ] {
+            let decoded = decode_delivery(&encode_delivery(&record)).expect("decodes");
+            assert_eq!(decoded, record);
+        }
         let empty = AckState::default();
         assert_eq!(
             decode_ack_state(&encode_ack_state(&empty)).expect("decodes"),
@@ -458,7 +506,7 @@ mod tests {
         }
         let topic = encode_topic(&topic_record());
         for cut in 0..topic.len() {
-            assert_corrupt(decode_topic(&topic[..cut], 0), &topic[..cut]);
+            assert_corrupt(decode_topic(&topic[..cut], 0, 0), &topic[..cut]);
         }
         let sub = encode_subscription(&subscription_record());
         for cut in 0..sub.len() {
@@ -481,13 +529,17 @@ mod tests {
         ];
         for input in inputs {
             assert_corrupt(decode_message(0, Bytes::copy_from_slice(input)), input);
-            assert_corrupt(decode_topic(input, 0), input);
+            assert_corrupt(decode_topic(input, 0, 0), input);
             assert_corrupt(decode_subscription(input), input);
             assert_corrupt(decode_ack_state(input), input);
         }
+        // A record is 13 bytes: a format byte, a count and a time.
+        for input in [&b""[..], b"\x09whatever", &[1; 12], &[1; 14]] {
+            assert_corrupt(decode_delivery(input), input);
+        }
         let mut extra = encode_topic(&topic_record());
         extra.push(0);
-        assert_corrupt(decode_topic(&extra, 0), &extra);
+        assert_corrupt(decode_topic(&extra, 0, 0), &extra);
     }
 
     #[test]
@@ -495,7 +547,7 @@ mod tests {
         let mut record = encode_topic(&topic_record());
         let last = record.len() - 1;
         record[last] = b' ';
-        assert_corrupt(decode_topic(&record, 0), &record);
+        assert_corrupt(decode_topic(&record, 0, 0), &record);
 
         let mut w = Writer::new(40);
         w.u64(0);

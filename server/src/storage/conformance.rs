@@ -13,12 +13,15 @@ use anyhow::{Context, ensure};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use std::sync::{Arc, Mutex};
+
 use super::{
-    MemoryStore, NewMessage, ReadLimit, RocksStore, SharedStore, StoreError, StoredMessage,
-    SubscriptionId, SyncPolicy, TopicId,
+    Appended, DeliveryRecord, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, RocksStore,
+    SharedStore, StoreError, StoreListener, StoredMessage, StoredSubscription, SubscriptionId,
+    SubscriptionRecord, SyncPolicy, TopicId,
 };
 use crate::names::{SubscriptionName, TopicName};
-use crate::offsets::AckState;
+use crate::offsets::{AckState, Offset};
 
 /// How long one check may take before it counts as hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,6 +141,52 @@ async fn append_sized(
     Ok(())
 }
 
+/// A subscription as `load` reports it, with no delivery records.
+fn stored(record: &SubscriptionRecord, acks: AckState) -> StoredSubscription {
+    StoredSubscription {
+        record: record.clone(),
+        acks,
+        deliveries: Vec::new(),
+    }
+}
+
+/// An update of acknowledgements alone.
+fn acks_update(subscription: SubscriptionId, acks: AckState) -> DeliveryUpdate {
+    DeliveryUpdate {
+        subscription,
+        acks,
+        records: Vec::new(),
+    }
+}
+
+/// What a store told its listener, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Heard {
+    Appended(TopicId, Offset, Vec<NewMessage>),
+    Truncated(TopicId, Offset),
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Heard>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<Heard> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl StoreListener for Recorder {
+    fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>) {
+        let heard = Heard::Appended(topic, appended.first_offset, messages);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(heard);
+    }
+
+    fn truncated(&self, topic: TopicId, first_offset: Offset) {
+        let heard = Heard::Truncated(topic, first_offset);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(heard);
+    }
+}
+
 async fn next_offset(store: &SharedStore, topic: TopicId) -> anyhow::Result<u64> {
     let catalog = store.load().await?;
     let record = catalog
@@ -178,7 +227,7 @@ async fn offsets_start_at_zero_and_are_contiguous(mut h: impl Harness) -> anyhow
     ensure!(store.append(stock.id, messages(&["x"])).await?.first_offset == 0);
     ensure!(next_offset(&store, orders.id).await? == 5);
     ensure!(next_offset(&store, stock.id).await? == 1);
-    let read = store.read(orders.id, 0, EVERYTHING).await?;
+    let read = store.read(orders.id, 0..u64::MAX, EVERYTHING).await?;
     ensure!(offsets(&read) == vec![0, 1, 2, 3, 4], "{read:?}");
     let expected: Vec<NewMessage> = messages(&["a", "b", "c", "d", "e"]);
     for (stored, sent) in read.iter().zip(&expected) {
@@ -228,7 +277,7 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
         expected_next += tags.len() as u64;
     }
     ensure!(next_offset(&store, topic).await? == expected_next);
-    let read = store.read(topic, 0, EVERYTHING).await?;
+    let read = store.read(topic, 0..u64::MAX, EVERYTHING).await?;
     ensure!(read.len() as u64 == expected_next);
     let mut by_offset = read.iter();
     for (first, tags) in &landed {
@@ -252,21 +301,38 @@ async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
         max_messages,
         max_bytes,
     };
-    ensure!(offsets(&store.read(topic, 0, limit(3, usize::MAX)).await?) == vec![0, 1, 2]);
-    ensure!(offsets(&store.read(topic, 8, limit(10, usize::MAX)).await?) == vec![8, 9]);
-    ensure!(offsets(&store.read(topic, 2, limit(10, 25)).await?) == vec![2, 3, 4]);
-    ensure!(offsets(&store.read(topic, 2, limit(10, 30)).await?) == vec![2, 3, 4]);
+    ensure!(offsets(&store.read(topic, 0..u64::MAX, limit(3, usize::MAX)).await?) == vec![0, 1, 2]);
     ensure!(
-        offsets(&store.read(topic, 5, limit(10, 1)).await?) == vec![5],
+        offsets(
+            &store
+                .read(topic, 8..u64::MAX, limit(10, usize::MAX))
+                .await?
+        ) == vec![8, 9]
+    );
+    // Each message's wire size is its 10 payload bytes plus 32.
+    ensure!(offsets(&store.read(topic, 2..u64::MAX, limit(10, 100)).await?) == vec![2, 3, 4]);
+    ensure!(offsets(&store.read(topic, 2..u64::MAX, limit(10, 126)).await?) == vec![2, 3, 4]);
+    ensure!(
+        offsets(&store.read(topic, 5..u64::MAX, limit(10, 1)).await?) == vec![5],
         "at least one"
     );
     ensure!(
-        offsets(&store.read(topic, 5, limit(10, 0)).await?) == vec![5],
+        offsets(&store.read(topic, 5..u64::MAX, limit(10, 0)).await?) == vec![5],
         "at least one"
     );
-    ensure!(store.read(topic, 10, EVERYTHING).await?.is_empty());
-    ensure!(store.read(topic, u64::MAX, EVERYTHING).await?.is_empty());
-    let first = store.read(topic, 0, limit(1, usize::MAX)).await?;
+    ensure!(
+        store
+            .read(topic, 10..u64::MAX, EVERYTHING)
+            .await?
+            .is_empty()
+    );
+    ensure!(
+        store
+            .read(topic, u64::MAX - 1..u64::MAX, EVERYTHING)
+            .await?
+            .is_empty()
+    );
+    let first = store.read(topic, 0..u64::MAX, limit(1, usize::MAX)).await?;
     ensure!(payloads(&first) == vec![Bytes::from(vec![b'a'; 10])]);
     Ok(())
 }
@@ -329,25 +395,27 @@ async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow
         .create_subscription(&name, topic, deadline, AckState::starting_at(3))
         .await?;
     let catalog = store.load().await?;
-    ensure!(catalog.subscriptions == vec![(sub.clone(), AckState::starting_at(3))]);
+    ensure!(catalog.subscriptions == vec![stored(&sub, AckState::starting_at(3))]);
     let mut state = AckState::starting_at(3);
     for offset in [5, 6, 9] {
         state.ack(offset);
     }
-    store.save_ack_states(vec![(sub.id, state.clone())]).await?;
-    ensure!(store.load().await?.subscriptions == vec![(sub.clone(), state.clone())]);
+    store
+        .save_deliveries(vec![acks_update(sub.id, state.clone())])
+        .await?;
+    ensure!(store.load().await?.subscriptions == vec![stored(&sub, state.clone())]);
     state.ack(3);
     state.ack(4);
     ensure!(state.floor == 7);
     // A state for a subscription that does not exist is ignored.
     let unknown = SubscriptionId(u64::MAX - 1);
     store
-        .save_ack_states(vec![
-            (unknown, AckState::starting_at(1)),
-            (sub.id, state.clone()),
+        .save_deliveries(vec![
+            acks_update(unknown, AckState::starting_at(1)),
+            acks_update(sub.id, state.clone()),
         ])
         .await?;
-    ensure!(store.load().await?.subscriptions == vec![(sub, state)]);
+    ensure!(store.load().await?.subscriptions == vec![stored(&sub, state)]);
     Ok(())
 }
 
@@ -378,7 +446,7 @@ async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::R
         .await?
         .subscriptions
         .into_iter()
-        .map(|(r, _)| r)
+        .map(|s| s.record)
         .collect();
     ensure!(listed == vec![first.clone(), second.clone()], "{listed:?}");
     store.delete_subscription(first.id).await?;
@@ -389,10 +457,13 @@ async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::R
     );
     // Saving the deleted one's state must not bring it back.
     store
-        .save_ack_states(vec![(first.id, AckState::starting_at(2))])
+        .save_deliveries(vec![acks_update(first.id, AckState::starting_at(2))])
         .await?;
     let left = store.load().await?.subscriptions;
-    ensure!(left == vec![(second, AckState::starting_at(7))], "{left:?}");
+    ensure!(
+        left == vec![stored(&second, AckState::starting_at(7))],
+        "{left:?}"
+    );
     let orphan = store
         .create_subscription(
             &subscription_name("x")?,
@@ -435,11 +506,16 @@ async fn delete_topic_removes_messages_and_subscriptions(
         .await?;
     store.delete_topic(doomed.id).await?;
 
-    ensure!(store.read(doomed.id, 0, EVERYTHING).await?.is_empty());
+    ensure!(
+        store
+            .read(doomed.id, 0..u64::MAX, EVERYTHING)
+            .await?
+            .is_empty()
+    );
     ensure!(store.read_offsets(doomed.id, vec![0, 1]).await?.is_empty());
     let catalog = store.load().await?;
     ensure!(catalog.topics.iter().map(|t| t.id).collect::<Vec<_>>() == vec![kept.id]);
-    ensure!(catalog.subscriptions == vec![(stays, AckState::default())]);
+    ensure!(catalog.subscriptions == vec![stored(&stays, AckState::default())]);
     let append = store.append(doomed.id, messages(&["c"])).await;
     ensure!(
         matches!(append, Err(StoreError::TopicNotFound(id)) if id == doomed.id),
@@ -475,9 +551,12 @@ async fn delete_topic_removes_messages_and_subscriptions(
             .first_offset
             == 0
     );
-    ensure!(payloads(&store.read(reborn.id, 0, EVERYTHING).await?) == vec![message("new").payload]);
     ensure!(
-        store.read(kept.id, 0, EVERYTHING).await?.len() == 1,
+        payloads(&store.read(reborn.id, 0..u64::MAX, EVERYTHING).await?)
+            == vec![message("new").payload]
+    );
+    ensure!(
+        store.read(kept.id, 0..u64::MAX, EVERYTHING).await?.len() == 1,
         "other topics untouched"
     );
     Ok(())
@@ -499,19 +578,34 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
     let mut state = AckState::default();
     state.ack(0);
     state.ack(2);
-    store.save_ack_states(vec![(sub.id, state.clone())]).await?;
+    let record = DeliveryRecord {
+        failures: 2,
+        redeliver_at: Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+    };
+    let update = DeliveryUpdate {
+        records: vec![(1, Some(record))],
+        ..acks_update(sub.id, state.clone())
+    };
+    store.save_deliveries(vec![update]).await?;
+    store.truncate(topic.id, 1).await?;
     store.delete_topic(deleted.id).await?;
     let catalog = store.load().await?;
 
     let store = h.reopen(store).await?;
     let reopened = store.load().await?;
     ensure!(reopened == catalog, "{reopened:?} != {catalog:?}");
-    ensure!(reopened.topics[0].next_offset == 3);
-    ensure!(reopened.subscriptions == vec![(sub, state)]);
-    let read = store.read(topic.id, 0, EVERYTHING).await?;
+    ensure!(reopened.topics[0].next_offset == 3 && reopened.topics[0].first_offset == 1);
+    let expected = StoredSubscription {
+        deliveries: vec![(1, record)],
+        ..stored(&sub, state)
+    };
+    ensure!(reopened.subscriptions == vec![expected]);
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
     ensure!(payloads(&read) == payloads(&store.read_offsets(topic.id, vec![0, 1, 2]).await?));
     ensure!(
-        read.len() == 3 && read[2].key == "key c" && read[0].publish_time == before.publish_time
+        offsets(&read) == vec![1, 2]
+            && read[1].key == "key c"
+            && read[0].publish_time == before.publish_time
     );
 
     let after = store.append(topic.id, messages(&["d"])).await?;
@@ -548,13 +642,178 @@ async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
     ensure!(closed(
         store.create_topic(&topic_name("u")?).await.map(drop)
     ));
-    ensure!(closed(store.read(topic, 0, EVERYTHING).await.map(drop)));
+    ensure!(closed(
+        store.read(topic, 0..u64::MAX, EVERYTHING).await.map(drop)
+    ));
     ensure!(closed(store.read_offsets(topic, vec![0]).await.map(drop)));
     ensure!(closed(
         store.offset_at_time(topic, UNIX_EPOCH).await.map(drop)
     ));
-    ensure!(closed(store.save_ack_states(Vec::new()).await));
+    ensure!(closed(store.save_deliveries(Vec::new()).await));
+    ensure!(closed(store.truncate(topic, 1).await.map(drop)));
     ensure!(closed(store.delete_topic(topic).await));
+    Ok(())
+}
+
+async fn reads_stop_at_the_end_of_their_range(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    append_sized(&store, topic, 6, 10).await?;
+    ensure!(offsets(&store.read(topic, 1..4, EVERYTHING).await?) == vec![1, 2, 3]);
+    ensure!(store.read(topic, 3..3, EVERYTHING).await?.is_empty());
+    ensure!(offsets(&store.read(topic, 5..100, EVERYTHING).await?) == vec![5]);
+    Ok(())
+}
+
+async fn the_listener_hears_every_append_in_order(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let recorder = Arc::new(Recorder::default());
+    store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
+    let a = store.create_topic(&topic_name("a")?).await?.id;
+    let b = store.create_topic(&topic_name("b")?).await?.id;
+    store.append(a, messages(&["1", "2"])).await?;
+    store.append(b, messages(&["x"])).await?;
+    store.append(a, messages(&["3"])).await?;
+    ensure!(
+        recorder.take()
+            == vec![
+                Heard::Appended(a, 0, messages(&["1", "2"])),
+                Heard::Appended(b, 0, messages(&["x"])),
+                Heard::Appended(a, 2, messages(&["3"])),
+            ]
+    );
+    // Heard even when nobody waits for the answer.
+    let store_clone = store.clone();
+    let dropped = tokio::spawn(async move { store_clone.append(a, messages(&["4"])).await });
+    dropped.abort();
+    let _ = dropped.await;
+    store.append(a, messages(&["5"])).await?;
+    let heard = recorder.take();
+    let firsts: Vec<Offset> = heard
+        .iter()
+        .filter_map(|h| match h {
+            Heard::Appended(_, first, _) => Some(*first),
+            Heard::Truncated(..) => None,
+        })
+        .collect();
+    let stored = next_offset(&store, a).await?;
+    ensure!(
+        firsts.len() as u64 + 3 == stored && firsts.windows(2).all(|w| w[0] < w[1]),
+        "every stored batch heard, in order: {heard:?}"
+    );
+    store.truncate(a, 2).await?;
+    ensure!(recorder.take() == vec![Heard::Truncated(a, 2)]);
+    Ok(())
+}
+
+async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let first_at = |store: SharedStore| async move {
+        let catalog = store.load().await?;
+        let record = catalog.topics.into_iter().find(|t| t.id == topic);
+        anyhow::Ok(record.context("topic is listed")?.first_offset)
+    };
+    ensure!(first_at(store.clone()).await? == 0);
+    append_sized(&store, topic, 6, 10).await?;
+    ensure!(store.truncate(topic, 4).await? == 4);
+    ensure!(offsets(&store.read(topic, 0..u64::MAX, EVERYTHING).await?) == vec![4, 5]);
+    ensure!(offsets(&store.read_offsets(topic, vec![1, 3, 4]).await?) == vec![4]);
+    ensure!(first_at(store.clone()).await? == 4);
+    ensure!(store.truncate(topic, 2).await? == 4, "never lowered");
+    ensure!(store.truncate(topic, 100).await? == 6, "capped at the head");
+    ensure!(store.read(topic, 0..u64::MAX, EVERYTHING).await?.is_empty());
+    ensure!(next_offset(&store, topic).await? == 6);
+    let appended = store.append(topic, messages(&["after"])).await?;
+    ensure!(appended.first_offset == 6, "offsets are not reused");
+    ensure!(store.offset_at_time(topic, UNIX_EPOCH).await? == 6);
+    let store = h.reopen(store).await?;
+    ensure!(first_at(store.clone()).await? == 6);
+    ensure!(offsets(&store.read(topic, 0..u64::MAX, EVERYTHING).await?) == vec![6]);
+    let missing = store.truncate(TopicId(u64::MAX - 1), 1).await;
+    ensure!(
+        matches!(missing, Err(StoreError::TopicNotFound(_))),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
+async fn offset_at_time_skips_offsets_without_messages(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let first = store.append(topic, messages(&["0", "1", "2"])).await?;
+    wait_past(first.publish_time).await;
+    let second = store.append(topic, messages(&["3", "4"])).await?;
+    store.truncate(topic, 2).await?;
+    let at = |time| store.offset_at_time(topic, time);
+    ensure!(at(UNIX_EPOCH).await? == 2, "clamped to the first offset");
+    ensure!(at(first.publish_time).await? == 2);
+    ensure!(at(second.publish_time).await? == 3);
+    Ok(())
+}
+
+async fn delivery_records_are_stored_deleted_and_go_with_their_subscription(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let deadline = Duration::from_secs(30);
+    let create = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            let name = subscription_name(name)?;
+            let created = store
+                .create_subscription(&name, topic, deadline, AckState::default())
+                .await?;
+            anyhow::Ok(created)
+        }
+    };
+    let (one, two) = (create("one").await?, create("two").await?);
+    let record = |failures| DeliveryRecord {
+        failures,
+        redeliver_at: None,
+    };
+    let later = DeliveryRecord {
+        failures: 1,
+        redeliver_at: Some(UNIX_EPOCH + Duration::from_micros(1_900_000_000_000_001)),
+    };
+    store
+        .save_deliveries(vec![
+            DeliveryUpdate {
+                records: vec![(7, Some(record(1))), (3, Some(later)), (9, Some(record(4)))],
+                ..acks_update(one.id, AckState::default())
+            },
+            DeliveryUpdate {
+                records: vec![(7, Some(record(2)))],
+                ..acks_update(two.id, AckState::default())
+            },
+        ])
+        .await?;
+    store
+        .save_deliveries(vec![DeliveryUpdate {
+            records: vec![(9, None), (7, Some(record(5))), (100, None)],
+            ..acks_update(one.id, AckState::starting_at(2))
+        }])
+        .await?;
+    let loaded = store.load().await?.subscriptions;
+    let expected = vec![
+        StoredSubscription {
+            deliveries: vec![(3, later), (7, record(5))],
+            ..stored(&one, AckState::starting_at(2))
+        },
+        StoredSubscription {
+            deliveries: vec![(7, record(2))],
+            ..stored(&two, AckState::default())
+        },
+    ];
+    ensure!(loaded == expected, "{loaded:?}");
+    store.delete_subscription(one.id).await?;
+    let again = create("one").await?;
+    let loaded = store.load().await?.subscriptions;
+    ensure!(
+        loaded == vec![expected[1].clone(), stored(&again, AckState::default())],
+        "a deleted subscription's records go with it: {loaded:?}"
+    );
     Ok(())
 }
 
@@ -572,6 +831,11 @@ macro_rules! conformance {
             delete_topic_removes_messages_and_subscriptions,
             reopen_keeps_everything,
             closed_store_refuses_calls,
+            reads_stop_at_the_end_of_their_range,
+            the_listener_hears_every_append_in_order,
+            truncate_deletes_below_and_never_goes_back,
+            offset_at_time_skips_offsets_without_messages,
+            delivery_records_are_stored_deleted_and_go_with_their_subscription,
         ]);
     };
     (@each [$($module:ident => $harness:expr),+] $checks:tt) => {

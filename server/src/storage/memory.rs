@@ -6,6 +6,7 @@
 //! must not be used where durability matters.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -13,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Appended, Catalog, NewMessage, ReadLimit, Store, StoreError, StoreResult, StoredMessage,
-    SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
+    Appended, Catalog, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError,
+    StoreListener, StoreResult, StoredMessage, StoredSubscription, SubscriptionId,
+    SubscriptionRecord, TopicId, TopicRecord,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -29,12 +31,13 @@ use crate::offsets::{AckState, Offset};
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     closed: Arc<AtomicBool>,
+    listener: Arc<Mutex<Option<Arc<dyn StoreListener>>>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     topics: BTreeMap<TopicId, TopicData>,
-    subscriptions: BTreeMap<SubscriptionId, (SubscriptionRecord, AckState)>,
+    subscriptions: BTreeMap<SubscriptionId, SubscriptionData>,
     next_topic: u64,
     next_subscription: u64,
 }
@@ -42,8 +45,14 @@ struct State {
 #[derive(Debug)]
 struct TopicData {
     record: TopicRecord,
-    /// The message at offset `i` is `messages[i]`.
-    messages: Vec<StoredMessage>,
+    messages: BTreeMap<Offset, StoredMessage>,
+}
+
+#[derive(Debug)]
+struct SubscriptionData {
+    record: SubscriptionRecord,
+    acks: AckState,
+    deliveries: BTreeMap<Offset, DeliveryRecord>,
 }
 
 impl MemoryStore {
@@ -53,11 +62,13 @@ impl MemoryStore {
     }
 
     /// A new open handle on this store's data, as after a restart; this
-    /// handle and its clones are not reopened.
+    /// handle and its clones are not reopened, and the new one has no
+    /// listener yet.
     pub fn reopen(&self) -> Self {
         Self {
             state: Arc::clone(&self.state),
             closed: Arc::new(AtomicBool::new(false)),
+            listener: Arc::default(),
         }
     }
 
@@ -69,6 +80,13 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave the maps half-updated
         // in a way that matters to tests; carry on with the data.
         Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn listener(&self) -> Option<Arc<dyn StoreListener>> {
+        self.listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -84,10 +102,23 @@ impl State {
 impl Store for MemoryStore {
     async fn load(&self) -> StoreResult<Catalog> {
         let state = self.lock()?;
+        let subscriptions = state
+            .subscriptions
+            .values()
+            .map(|s| StoredSubscription {
+                record: s.record.clone(),
+                acks: s.acks.clone(),
+                deliveries: s.deliveries.iter().map(|(&o, &r)| (o, r)).collect(),
+            })
+            .collect();
         Ok(Catalog {
             topics: state.topics.values().map(|t| t.record.clone()).collect(),
-            subscriptions: state.subscriptions.values().cloned().collect(),
+            subscriptions,
         })
+    }
+
+    fn set_listener(&self, listener: Arc<dyn StoreListener>) {
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
     async fn create_topic(&self, name: &TopicName) -> StoreResult<TopicRecord> {
@@ -96,12 +127,13 @@ impl Store for MemoryStore {
         let record = TopicRecord {
             id: TopicId(state.next_topic),
             name: name.clone(),
+            first_offset: 0,
             next_offset: 0,
             created: SystemTime::now(),
         };
         let data = TopicData {
             record: record.clone(),
-            messages: Vec::new(),
+            messages: BTreeMap::new(),
         };
         state.topics.insert(record.id, data);
         Ok(record)
@@ -113,9 +145,7 @@ impl Store for MemoryStore {
             .topics
             .remove(&topic)
             .ok_or(StoreError::TopicNotFound(topic))?;
-        state
-            .subscriptions
-            .retain(|_, (record, _)| record.topic != topic);
+        state.subscriptions.retain(|_, s| s.record.topic != topic);
         Ok(())
     }
 
@@ -123,44 +153,67 @@ impl Store for MemoryStore {
         let mut state = self.lock()?;
         let data = state.topic_mut(topic)?;
         let first_offset = data.record.next_offset;
-        let last_time = data.messages.last().map(|m| m.publish_time);
+        let last_time = data.messages.last_key_value().map(|(_, m)| m.publish_time);
         let publish_time = last_time.map_or_else(SystemTime::now, |t| t.max(SystemTime::now()));
-        let stored = messages
-            .into_iter()
-            .zip(first_offset..)
-            .map(|(m, offset)| StoredMessage {
+        for (message, offset) in messages.iter().zip(first_offset..) {
+            let stored = StoredMessage {
                 offset,
                 publish_time,
-                payload: m.payload,
-                key: m.key,
-                attributes: m.attributes,
-            });
-        data.messages.extend(stored);
-        data.record.next_offset = data.messages.len() as Offset;
-        Ok(Appended {
+                payload: message.payload.clone(),
+                key: message.key.clone(),
+                attributes: message.attributes.clone(),
+            };
+            data.messages.insert(offset, stored);
+        }
+        data.record.next_offset = first_offset + messages.len() as Offset;
+        let appended = Appended {
             first_offset,
             publish_time,
-        })
+        };
+        // Told under the lock, so that the listener hears of appends in
+        // offset order.
+        if let Some(listener) = self.listener() {
+            listener.appended(topic, appended, messages);
+        }
+        Ok(appended)
+    }
+
+    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset> {
+        let mut state = self.lock()?;
+        let data = state.topic_mut(topic)?;
+        let before = before.min(data.record.next_offset);
+        if before <= data.record.first_offset {
+            return Ok(data.record.first_offset);
+        }
+        data.messages = data.messages.split_off(&before);
+        data.record.first_offset = before;
+        if let Some(listener) = self.listener() {
+            listener.truncated(topic, before);
+        }
+        Ok(before)
     }
 
     async fn read(
         &self,
         topic: TopicId,
-        from: Offset,
+        range: Range<Offset>,
         limit: ReadLimit,
     ) -> StoreResult<Vec<StoredMessage>> {
         let state = self.lock()?;
         let Some(data) = state.topics.get(&topic) else {
             return Ok(Vec::new());
         };
-        let start = usize::try_from(from)
-            .unwrap_or(usize::MAX)
-            .min(data.messages.len());
         let mut out = Vec::new();
+        if range.is_empty() {
+            return Ok(out);
+        }
         let mut bytes = 0;
-        for message in data.messages[start..].iter().take(limit.max_messages) {
+        for message in data.messages.range(range).map(|(_, m)| m) {
+            if out.len() >= limit.max_messages {
+                break;
+            }
             out.push(message.clone());
-            bytes += message.payload.len();
+            bytes += message.wire_size();
             if bytes >= limit.max_bytes {
                 break;
             }
@@ -179,15 +232,19 @@ impl Store for MemoryStore {
         };
         let found = offsets
             .into_iter()
-            .filter_map(|o| data.messages.get(usize::try_from(o).ok()?).cloned());
+            .filter_map(|o| data.messages.get(&o).cloned());
         Ok(found.collect())
     }
 
     async fn offset_at_time(&self, topic: TopicId, time: SystemTime) -> StoreResult<Offset> {
         let mut state = self.lock()?;
         let data = state.topic_mut(topic)?;
-        let index = data.messages.partition_point(|m| m.publish_time < time);
-        Ok(index as Offset)
+        let first_at_or_after = data
+            .messages
+            .values()
+            .find(|m| m.publish_time >= time)
+            .map(|m| m.offset);
+        Ok(first_at_or_after.unwrap_or(data.record.next_offset))
     }
 
     async fn create_subscription(
@@ -207,9 +264,12 @@ impl Store for MemoryStore {
             ack_deadline,
             created: SystemTime::now(),
         };
-        state
-            .subscriptions
-            .insert(record.id, (record.clone(), initial));
+        let data = SubscriptionData {
+            record: record.clone(),
+            acks: initial,
+            deliveries: BTreeMap::new(),
+        };
+        state.subscriptions.insert(record.id, data);
         Ok(record)
     }
 
@@ -221,11 +281,18 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn save_ack_states(&self, states: Vec<(SubscriptionId, AckState)>) -> StoreResult<()> {
+    async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()> {
         let mut state = self.lock()?;
-        for (id, ack_state) in states {
-            if let Some((_, stored)) = state.subscriptions.get_mut(&id) {
-                *stored = ack_state;
+        for update in updates {
+            let Some(data) = state.subscriptions.get_mut(&update.subscription) else {
+                continue;
+            };
+            data.acks = update.acks;
+            for (offset, record) in update.records {
+                match record {
+                    Some(record) => data.deliveries.insert(offset, record),
+                    None => data.deliveries.remove(&offset),
+                };
             }
         }
         Ok(())

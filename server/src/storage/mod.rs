@@ -1,16 +1,31 @@
-//! The storage seam: everything the broker keeps on disk goes through
-//! [`Store`].
+//! The storage seam of the local engine: everything the
+//! [`Broker`](crate::broker::Broker) keeps on disk goes through [`Store`].
 //!
 //! The broker core names only this trait and its types; RocksDB is named in
 //! [`rocks`] alone, and [`memory`] is an in-memory implementation for fast
-//! tests. A second engine (a NATS JetStream cluster, say) implements the same
-//! trait. Every implementation passes the conformance suite in
+//! tests. Every implementation passes the conformance suite in
 //! `conformance.rs`.
 //!
-//! The store owns offsets: [`Store::append`] hands them out, contiguously per
-//! batch and never twice, across crashes too. Leases, deadlines and streams
-//! are not stored: they live in the broker's memory.
+//! The store owns offsets and heads: [`Store::append`] hands offsets out,
+//! contiguously per batch and never twice, across crashes too, and tells
+//! the [`StoreListener`] about every batch once it is written, before any
+//! caller hears of it. That listener is how the broker's topic heads and
+//! tail caches follow storage: the bookkeeping after a write happens on the
+//! store's side, so a caller that stops waiting (a cancelled request) cannot
+//! leave it undone, and a store whose messages arrive from elsewhere wakes
+//! the broker's streams the same way.
+//!
+//! What is stored of a subscription: its [`AckState`] and, for messages
+//! whose delivery failed, a [`DeliveryRecord`] (failure count and when to
+//! deliver again). First deliveries write nothing; only redeliveries pay.
+//! Leases, deadlines and streams are not stored: they live in memory.
+//!
+//! This seam sits below the broker's lease book. A scale-out engine that
+//! keeps leases and acknowledgements itself (NATS JetStream consumers) does
+//! not implement `Store`: it sits beside the broker behind
+//! [`Engine`](crate::broker::Engine), one level up.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,6 +60,9 @@ pub struct TopicRecord {
     pub id: TopicId,
     /// Its name.
     pub name: TopicName,
+    /// The earliest offset that may still hold a message: every offset below
+    /// it was deleted ([`Store::truncate`]). Never above `next_offset`.
+    pub first_offset: Offset,
     /// The offset the next appended message gets.
     pub next_offset: Offset,
     /// When it was created.
@@ -66,13 +84,48 @@ pub struct SubscriptionRecord {
     pub created: SystemTime,
 }
 
+/// What is stored of a message whose delivery on a subscription failed:
+/// how often, and when it may be delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// Failed deliveries so far (nacks, expired leases, broken streams).
+    pub failures: u32,
+    /// Not to be delivered again before this time; `None` for at once.
+    pub redeliver_at: Option<SystemTime>,
+}
+
+/// A subscription as stored: configuration, acknowledgements, and the
+/// delivery records of messages whose delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    /// Its configuration.
+    pub record: SubscriptionRecord,
+    /// Its acknowledgements.
+    pub acks: AckState,
+    /// Records of unacknowledged messages whose delivery failed, in offset
+    /// order.
+    pub deliveries: Vec<(Offset, DeliveryRecord)>,
+}
+
 /// What a store holds, as read when the broker starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     /// Every topic, in id order.
     pub topics: Vec<TopicRecord>,
-    /// Every subscription with its last saved ack state, in id order.
-    pub subscriptions: Vec<(SubscriptionRecord, AckState)>,
+    /// Every subscription with its last saved state, in id order.
+    pub subscriptions: Vec<StoredSubscription>,
+}
+
+/// A change to one subscription's stored delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryUpdate {
+    /// The subscription.
+    pub subscription: SubscriptionId,
+    /// Its acknowledgements, whole; they replace what was stored.
+    pub acks: AckState,
+    /// Delivery records to store (`Some`) or delete (`None`). Records
+    /// not named stay as they are.
+    pub records: Vec<(Offset, Option<DeliveryRecord>)>,
 }
 
 /// A message to append.
@@ -84,6 +137,20 @@ pub struct NewMessage {
     pub key: String,
     /// The attributes, in the order given.
     pub attributes: Vec<(String, String)>,
+}
+
+impl NewMessage {
+    /// How many bytes count against the message size limit: payload, key,
+    /// and attribute names and values.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
 }
 
 /// A message as stored.
@@ -129,8 +196,9 @@ pub struct Appended {
 pub struct ReadLimit {
     /// Return at most this many messages.
     pub max_messages: usize,
-    /// Stop after the first message that brings the total payload to this
-    /// many bytes. At least one message is returned when one is there.
+    /// Stop after the first message that brings the total of
+    /// [`StoredMessage::wire_size`] to this many bytes. At least one message
+    /// is returned when one is there.
     pub max_bytes: usize,
 }
 
@@ -168,6 +236,28 @@ pub enum StoreError {
 /// Shorthand for results of [`Store`] calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Told by a store about changes to topics' messages, as they are written.
+///
+/// # Contract
+/// Calls come from the store's own thread or from inside its calls, in the
+/// order the changes were written (per topic: in offset order), after the
+/// write and before any caller of the change is answered. They must be
+/// quick and must not call back into the store.
+pub trait StoreListener: Send + Sync {
+    /// A batch was appended at `appended.first_offset`; `messages` are its
+    /// messages in order, handed over.
+    fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>);
+
+    /// Every offset of `topic` below `first_offset` was deleted.
+    fn truncated(&self, topic: TopicId, first_offset: Offset);
+}
+
+impl std::fmt::Debug for dyn StoreListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreListener")
+    }
+}
+
 /// Durable storage of topics, messages and subscriptions.
 ///
 /// # Contract
@@ -178,20 +268,26 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///   starting at the topic's `next_offset` (0 for a new topic) and advances
 ///   it by the batch's length. An offset is never handed out twice, even
 ///   after a crash. A batch is stored whole or not at all.
+/// - **Listening.** Every append and truncation is told to the listener
+///   set with [`set_listener`](Store::set_listener), as [`StoreListener`]
+///   describes, whether or not its caller is still waiting.
 /// - **Durability.** When `append` returns `Ok`, the batch survives a crash of
 ///   the process; with the store's strictest sync policy, a power loss too.
 ///   When it returns, every batch appended to any topic before it (by any
-///   caller, whose call had returned `Ok`) is as durable as it is.
-/// - **Acknowledgements.** [`save_ack_states`](Store::save_ack_states) stores
-///   the given states whole, replacing earlier ones; when it returns `Ok`
-///   they survive a crash of the process. States of deleted subscriptions
-///   are ignored.
+///   caller, whose call had returned `Ok`) is as durable as it is. Creating
+///   and deleting topics and subscriptions, and truncating, survive a power
+///   loss once they return, whatever the sync policy.
+/// - **Delivery state.** [`save_deliveries`](Store::save_deliveries) stores
+///   ack states whole and delivery records one by one, all in one write;
+///   when it returns `Ok` they survive a crash of the process. Updates of
+///   deleted subscriptions are ignored.
 /// - **Deletion.** After [`delete_topic`](Store::delete_topic) returns, the
 ///   topic's messages and subscriptions are gone from reads and from
 ///   [`load`](Store::load); appends to it fail with
 ///   [`StoreError::TopicNotFound`].
-/// - **Reads** see every batch whose `append` has returned, in offset order,
-///   with offsets that were never appended simply absent.
+/// - **Reads** see every batch whose append has returned (and that was not
+///   truncated), in offset order, with offsets that hold no message simply
+///   absent: offsets need not be dense.
 /// - **Threads.** Methods may be called concurrently from any task. No
 ///   implementation blocks the async worker thread it is polled on.
 #[async_trait]
@@ -201,6 +297,10 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Corrupt`] when stored metadata cannot be decoded.
     async fn load(&self) -> StoreResult<Catalog>;
+
+    /// Sets the listener told about every later append and truncation. Set
+    /// once, before the first append; a second call replaces the first.
+    fn set_listener(&self, listener: Arc<dyn StoreListener>);
 
     /// Creates a topic with a fresh id and `next_offset` 0. Name uniqueness
     /// is the broker's business, not the store's.
@@ -218,25 +318,34 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::TopicNotFound`] when there is no such topic.
     async fn append(&self, topic: TopicId, messages: Vec<NewMessage>) -> StoreResult<Appended>;
 
-    /// Reads messages with offsets from `from` upward, in offset order,
-    /// within `limit`. Returns an empty vector when there are none.
+    /// Deletes every message of `topic` below `before` (capped at the
+    /// topic's `next_offset`) and raises its `first_offset` to it; returns
+    /// the new `first_offset`. Never lowers it.
+    ///
+    /// # Errors
+    /// [`StoreError::TopicNotFound`] when there is no such topic.
+    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset>;
+
+    /// Reads the messages with offsets in `range`, in offset order, within
+    /// `limit`. Returns an empty vector when there are none.
     async fn read(
         &self,
         topic: TopicId,
-        from: Offset,
+        range: Range<Offset>,
         limit: ReadLimit,
     ) -> StoreResult<Vec<StoredMessage>>;
 
     /// Reads the messages at the given offsets (ascending), skipping offsets
-    /// that hold no message.
+    /// that hold no message. Callers bound how many they ask for.
     async fn read_offsets(
         &self,
         topic: TopicId,
         offsets: Vec<Offset>,
     ) -> StoreResult<Vec<StoredMessage>>;
 
-    /// The offset of the first message published at or after `time`, or the
-    /// topic's `next_offset` when there is none.
+    /// The lowest offset at or above the topic's `first_offset` from which
+    /// every stored message was published at or after `time`; the topic's
+    /// `next_offset` when there is none.
     ///
     /// # Errors
     /// [`StoreError::TopicNotFound`] when there is no such topic.
@@ -255,19 +364,24 @@ pub trait Store: Send + Sync + 'static {
         initial: AckState,
     ) -> StoreResult<SubscriptionRecord>;
 
-    /// Deletes a subscription.
+    /// Deletes a subscription and its delivery state.
     ///
     /// # Errors
     /// [`StoreError::SubscriptionNotFound`] when there is no such
     /// subscription.
     async fn delete_subscription(&self, subscription: SubscriptionId) -> StoreResult<()>;
 
-    /// Stores the ack states of several subscriptions in one write.
-    async fn save_ack_states(&self, states: Vec<(SubscriptionId, AckState)>) -> StoreResult<()>;
+    /// Stores the delivery state of several subscriptions in one write.
+    async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()>;
 
     /// Makes everything written so far durable and stops accepting writes.
     /// Later calls fail with [`StoreError::Closed`]; closing twice is fine.
     async fn close(&self) -> StoreResult<()>;
+}
+
+/// Microseconds since the Unix epoch, as stores keep times (0 before it).
+pub(crate) fn micros_since_epoch(time: SystemTime) -> u64 {
+    codec::to_micros(time)
 }
 
 /// A store shared by the broker's tasks.

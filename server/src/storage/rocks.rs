@@ -3,16 +3,23 @@
 //! Layout, in three fixed column families:
 //!
 //! - `messages`: topic id ‖ offset (big-endian) → a codec-encoded message;
-//! - `subscriptions`: subscription id → its ack state;
+//! - `subscriptions`: subscription id → its ack state, and subscription id
+//!   ‖ offset → the delivery record of a message whose delivery failed, so
+//!   that deleting a subscription's state is one range;
 //! - `meta`: `T`‖id → topic record, `H`‖id → the topic's head (its
-//!   `next_offset`), `S`‖id → subscription record, `NT` / `NS` → the last
-//!   topic / subscription id handed out.
+//!   `next_offset`), `F`‖id → its first offset (absent: 0), `S`‖id →
+//!   subscription record, `NT` / `NS` → the last topic / subscription id
+//!   handed out.
 //!
 //! All writes go through one writer thread (see `writer`), which batches the
 //! requests waiting for it into one `WriteBatch`: group commit. A topic's
 //! head is written in the same batch as its messages, so after a crash the
 //! head is exactly past the last stored message and no offset is handed out
-//! twice. Reads (see `read`) run on `spawn_blocking` straight on the
+//! twice. Changes of topics and subscriptions are synced whatever the sync
+//! policy: they are rare, and losing one to a power loss would bring a
+//! deleted topic back or lose one a caller was told exists. The writer
+//! tells the [`StoreListener`] about each append once it is written.
+//! Reads (see `read`) run on `spawn_blocking` straight on the
 //! database, with short-lived iterators; `open` holds the database options.
 //! This is the only module that names RocksDB; it knows nothing of leases,
 //! streams or gRPC.
@@ -27,8 +34,8 @@ use rocksdb::{ColumnFamily, DB};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
-    Appended, Catalog, NewMessage, ReadLimit, Store, StoreError, StoreResult, StoredMessage,
-    SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
+    Appended, Catalog, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError, StoreListener,
+    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -63,6 +70,7 @@ const CF_META: &str = "meta";
 
 const TOPIC_PREFIX: u8 = b'T';
 const HEAD_PREFIX: u8 = b'H';
+const FIRST_PREFIX: u8 = b'F';
 const SUBSCRIPTION_PREFIX: u8 = b'S';
 const LAST_TOPIC_ID_KEY: &[u8] = b"NT";
 const LAST_SUBSCRIPTION_ID_KEY: &[u8] = b"NS";
@@ -72,9 +80,22 @@ const LAST_SUBSCRIPTION_ID_KEY: &[u8] = b"NS";
 const MAX_QUEUED_REQUESTS: usize = 4096;
 
 /// The key of a subscription's ack state in the `subscriptions` family.
+/// Its delivery records follow it (`record_key`), before the next
+/// subscription's state.
 fn state_key(subscription: SubscriptionId) -> [u8; 8] {
     subscription.0.to_be_bytes()
 }
+
+/// The key of a delivery record: subscription id ‖ offset.
+fn record_key(subscription: SubscriptionId, offset: Offset) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&subscription.0.to_be_bytes());
+    key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// Where the writer finds the listener to tell about appends.
+type ListenerSlot = Arc<Mutex<Option<Arc<dyn StoreListener>>>>;
 
 fn meta_key(prefix: u8, id: u64) -> [u8; 9] {
     let mut key = [prefix; 9];
@@ -124,6 +145,8 @@ pub struct RocksStore {
     writer: Mutex<Option<JoinHandle<u64>>>,
     /// Syncs the log every interval under [`SyncPolicy::Interval`].
     syncer: Mutex<Option<syncer::Syncer>>,
+    /// Shared with the writer, which calls it after each write.
+    listener: ListenerSlot,
 }
 
 impl RocksStore {
@@ -145,7 +168,13 @@ impl RocksStore {
         let db = open_database(path)?;
         let db = Arc::new(db);
         let unsynced = syncer::Unsynced::default();
-        let writer = writer::Writer::recover(Arc::clone(&db), policy, Arc::clone(&unsynced))?;
+        let listener = ListenerSlot::default();
+        let writer = writer::Writer::recover(
+            Arc::clone(&db),
+            policy,
+            Arc::clone(&unsynced),
+            Arc::clone(&listener),
+        )?;
         let syncer = match policy {
             SyncPolicy::Always => None,
             SyncPolicy::Interval(interval) => Some(
@@ -165,6 +194,7 @@ impl RocksStore {
             permits: Arc::new(Semaphore::new(MAX_QUEUED_REQUESTS)),
             writer: Mutex::new(Some(handle)),
             syncer: Mutex::new(syncer),
+            listener,
         })
     }
 
@@ -233,6 +263,10 @@ impl Store for RocksStore {
         self.read_with("loading the catalog", load_catalog).await
     }
 
+    fn set_listener(&self, listener: Arc<dyn StoreListener>) {
+        *lock(&self.listener) = Some(listener);
+    }
+
     async fn create_topic(&self, name: &TopicName) -> StoreResult<TopicRecord> {
         let name = name.clone();
         self.submit(|reply| Op::CreateTopic { name, reply }).await
@@ -251,14 +285,23 @@ impl Store for RocksStore {
         .await
     }
 
+    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset> {
+        self.submit(|reply| Op::Truncate {
+            topic,
+            before,
+            reply,
+        })
+        .await
+    }
+
     async fn read(
         &self,
         topic: TopicId,
-        from: Offset,
+        range: std::ops::Range<Offset>,
         limit: ReadLimit,
     ) -> StoreResult<Vec<StoredMessage>> {
         self.read_with("reading messages", move |db| {
-            read_messages(db, topic, from, limit)
+            read_messages(db, topic, range, limit)
         })
         .await
     }
@@ -307,8 +350,8 @@ impl Store for RocksStore {
         .await
     }
 
-    async fn save_ack_states(&self, states: Vec<(SubscriptionId, AckState)>) -> StoreResult<()> {
-        self.submit(|reply| Op::SaveAckStates { states, reply })
+    async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()> {
+        self.submit(|reply| Op::SaveDeliveries { updates, reply })
             .await
     }
 

@@ -10,12 +10,16 @@ use rocksdb::{ColumnFamily, DB, WriteBatch};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{
-    CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
-    LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, TOPIC_PREFIX, column, engine, meta_key, state_key,
+    CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, FIRST_PREFIX, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
+    LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, SyncPolicy, TOPIC_PREFIX, column, engine, meta_key,
+    record_key, state_key,
 };
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
-use crate::storage::{StoreResult, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord};
+use crate::storage::{
+    Appended, DeliveryRecord, NewMessage, StoreListener, StoreResult, SubscriptionId,
+    SubscriptionRecord, TopicId, TopicRecord,
+};
 
 /// Requests taken into one batch at most.
 const MAX_BATCH_REQUESTS: usize = 4096;
@@ -42,8 +46,33 @@ impl<'db> Columns<'db> {
 }
 
 /// Answers one caller once the batch's fate is known (`Some` = the write
-/// failed).
-type Completion = Box<dyn FnOnce(Option<&rocksdb::Error>) + Send>;
+/// failed), after telling the listener about a change that was written.
+type Completion = Box<dyn FnOnce(Option<&rocksdb::Error>, Option<&dyn StoreListener>) + Send>;
+
+/// How much syncing a batch needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum SyncNeed {
+    /// Ack states and delivery records only: the contract asks that they
+    /// survive a crash of the process, not a power loss.
+    None,
+    /// Appended messages: synced under [`SyncPolicy::Always`].
+    Data,
+    /// Topics or subscriptions created, deleted or truncated: always
+    /// synced. They are rare, and a power loss must not bring back a
+    /// deleted topic or lose one a caller was told exists.
+    Metadata,
+}
+
+impl SyncNeed {
+    /// Whether a batch needing this is synced under `policy`.
+    pub(super) fn applies(self, policy: SyncPolicy) -> bool {
+        match self {
+            SyncNeed::None => false,
+            SyncNeed::Data => policy == SyncPolicy::Always,
+            SyncNeed::Metadata => true,
+        }
+    }
+}
 
 /// One batch under construction.
 pub(super) struct Batch<'db> {
@@ -56,8 +85,7 @@ pub(super) struct Batch<'db> {
     heads: HashMap<TopicId, Offset>,
     requests: usize,
     bytes: usize,
-    /// Anything but ack states was written, so the sync policy applies.
-    durable: bool,
+    sync: SyncNeed,
 }
 
 impl<'db> Batch<'db> {
@@ -70,7 +98,7 @@ impl<'db> Batch<'db> {
             heads: HashMap::new(),
             requests: 0,
             bytes: 0,
-            durable: false,
+            sync: SyncNeed::None,
         }
     }
 
@@ -94,44 +122,95 @@ impl<'db> Batch<'db> {
         reply: oneshot::Sender<StoreResult<T>>,
         staged: StoreResult<T>,
     ) {
-        self.completions.push(Box::new(move |failure| {
+        self.answer_then(reply, staged, |_, _| {});
+    }
+
+    /// As [`Batch::answer`], telling the listener about the appended
+    /// `messages` first when they were written.
+    pub(super) fn answer_append(
+        &mut self,
+        reply: oneshot::Sender<StoreResult<Appended>>,
+        staged: StoreResult<Appended>,
+        topic: TopicId,
+        messages: Vec<NewMessage>,
+    ) {
+        self.answer_then(reply, staged, move |appended, listener| {
+            listener.appended(topic, *appended, messages);
+        });
+    }
+
+    /// As [`Batch::answer`], telling the listener about the truncation
+    /// first when it was written.
+    pub(super) fn answer_truncate(
+        &mut self,
+        reply: oneshot::Sender<StoreResult<Offset>>,
+        staged: StoreResult<Offset>,
+        topic: TopicId,
+    ) {
+        self.answer_then(reply, staged, move |first_offset, listener| {
+            listener.truncated(topic, *first_offset);
+        });
+    }
+
+    /// Sends `staged` to the caller once the batch is written, or the write
+    /// error if it fails and `staged` was a success; runs `written` with
+    /// the listener first when the change was written.
+    fn answer_then<T: Send + 'static>(
+        &mut self,
+        reply: oneshot::Sender<StoreResult<T>>,
+        staged: StoreResult<T>,
+        written: impl FnOnce(&T, &dyn StoreListener) + Send + 'static,
+    ) {
+        self.completions.push(Box::new(move |failure, listener| {
             let outcome = match failure {
                 Some(e) if staged.is_ok() => Err(engine("writing a batch", e.clone())),
                 _ => staged,
             };
+            if let (Ok(value), Some(listener)) = (&outcome, listener) {
+                written(value, listener);
+            }
             // The caller may have stopped waiting; the write stands anyway.
             let _ = reply.send(outcome);
         }));
     }
 
-    /// The writes, and whether the sync policy applies to them.
-    pub(super) fn take_write(&mut self) -> (WriteBatch, bool) {
+    /// The writes, and how much syncing they need.
+    pub(super) fn take_write(&mut self) -> (WriteBatch, SyncNeed) {
         for (topic, next_offset) in self.heads.drain() {
             let key = meta_key(HEAD_PREFIX, topic.0);
             self.write
                 .put_cf(self.columns.meta, key, codec::encode_u64(next_offset));
         }
-        (std::mem::take(&mut self.write), self.durable)
+        (std::mem::take(&mut self.write), self.sync)
     }
 
-    /// Answers every caller and releases their permits.
-    pub(super) fn finish(self, failure: Option<&rocksdb::Error>) {
+    /// Tells the listener about what was written, answers every caller, in
+    /// the order they were staged, and releases their permits.
+    pub(super) fn finish(
+        self,
+        failure: Option<&rocksdb::Error>,
+        listener: Option<&dyn StoreListener>,
+    ) {
         for complete in self.completions {
-            complete(failure);
+            complete(failure, listener);
         }
         drop(self.permits);
+    }
+
+    fn needs(&mut self, sync: SyncNeed) {
+        self.sync = self.sync.max(sync);
     }
 
     pub(super) fn put_message(&mut self, topic: TopicId, offset: Offset, value: &[u8]) {
         let key = codec::message_key(topic, offset);
         self.write.put_cf(self.columns.messages, key, value);
-        self.durable = true;
+        self.needs(SyncNeed::Data);
     }
 
     /// Sets a topic's head; it is written with the rest of the batch.
     pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset) {
         self.heads.insert(topic, next_offset);
-        self.durable = true;
+        self.needs(SyncNeed::Data);
     }
 
     /// A new topic: its record, its head and the id counter.
@@ -142,6 +221,22 @@ impl<'db> Batch<'db> {
         self.write
             .put_cf(meta, LAST_TOPIC_ID_KEY, codec::encode_u64(id));
         self.put_head(record.id, record.next_offset);
+        self.needs(SyncNeed::Metadata);
+    }
+
+    /// Deletes a topic's messages in `from..before` and records `before` as
+    /// its first offset.
+    pub(super) fn truncate(&mut self, topic: TopicId, from: Offset, before: Offset) {
+        let (start, end) = (
+            codec::message_key(topic, from),
+            codec::message_key(topic, before),
+        );
+        self.write
+            .delete_range_cf(self.columns.messages, start, end);
+        let key = meta_key(FIRST_PREFIX, topic.0);
+        self.write
+            .put_cf(self.columns.meta, key, codec::encode_u64(before));
+        self.needs(SyncNeed::Metadata);
     }
 
     /// A topic's messages, record and head; not its subscriptions.
@@ -154,8 +249,9 @@ impl<'db> Batch<'db> {
         let meta = self.columns.meta;
         self.write.delete_cf(meta, meta_key(TOPIC_PREFIX, topic.0));
         self.write.delete_cf(meta, meta_key(HEAD_PREFIX, topic.0));
+        self.write.delete_cf(meta, meta_key(FIRST_PREFIX, topic.0));
         self.heads.remove(&topic);
-        self.durable = true;
+        self.needs(SyncNeed::Metadata);
     }
 
     /// A new subscription: its record, the id counter and its ack state.
@@ -167,22 +263,43 @@ impl<'db> Batch<'db> {
         self.write
             .put_cf(meta, LAST_SUBSCRIPTION_ID_KEY, codec::encode_u64(id));
         self.put_ack_state(record.id, initial);
-        self.durable = true;
+        self.needs(SyncNeed::Metadata);
     }
 
+    /// A subscription's record, ack state and delivery records.
     pub(super) fn delete_subscription(&mut self, subscription: SubscriptionId) {
         let key = meta_key(SUBSCRIPTION_PREFIX, subscription.0);
         self.write.delete_cf(self.columns.meta, key);
+        // The ack state's key starts the range; no record sits at the
+        // last offset, where the range ends.
+        let start = state_key(subscription);
+        let end = record_key(subscription, u64::MAX);
         self.write
-            .delete_cf(self.columns.states, state_key(subscription));
-        self.durable = true;
+            .delete_range_cf(self.columns.states, &start[..], &end[..]);
+        self.needs(SyncNeed::Metadata);
     }
 
-    /// Ack states alone do not make a batch durable: the contract asks
-    /// only that they survive a crash of the process.
+    /// Ack states alone do not make a batch durable (see [`SyncNeed::None`]).
     pub(super) fn put_ack_state(&mut self, subscription: SubscriptionId, state: &AckState) {
         let value = codec::encode_ack_state(state);
         self.write
             .put_cf(self.columns.states, state_key(subscription), value);
+    }
+
+    /// Stores (`Some`) or deletes (`None`) a message's delivery record.
+    pub(super) fn put_delivery(
+        &mut self,
+        subscription: SubscriptionId,
+        offset: Offset,
+        record: Option<&DeliveryRecord>,
+    ) {
+        let key = record_key(subscription, offset);
+        match record {
+            Some(record) => {
+                let value = codec::encode_delivery(record);
+                self.write.put_cf(self.columns.states, key, value);
+            }
+            None => self.write.delete_cf(self.columns.states, key),
+        }
     }
 }

@@ -3,27 +3,30 @@
 //! publish time. Blocking functions over `&DB`, run by the store on
 //! `spawn_blocking`; each iterator lives for one call. Nothing here writes.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
 use super::{
-    CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, HEAD_PREFIX, SUBSCRIPTION_PREFIX, TOPIC_PREFIX, column,
-    engine, meta_key, state_key,
+    CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, FIRST_PREFIX, HEAD_PREFIX, SUBSCRIPTION_PREFIX,
+    TOPIC_PREFIX, column, engine, meta_key,
 };
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Catalog, ReadLimit, StoreError, StoreResult, StoredMessage, SubscriptionRecord, TopicId,
-    TopicRecord,
+    Catalog, DeliveryRecord, ReadLimit, StoreError, StoreResult, StoredMessage, StoredSubscription,
+    SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
 };
 
 /// Reads every topic and subscription.
 pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
     let meta = column(db, CF_META)?;
     let mut topics = Vec::new();
-    let mut heads = std::collections::HashMap::new();
+    let mut heads = HashMap::new();
+    let mut firsts = HashMap::new();
     let mut records = Vec::new();
     for item in db.iterator_cf(meta, IteratorMode::Start) {
         let (key, value) = item.map_err(|e| engine("reading metadata", e))?;
@@ -33,6 +36,10 @@ pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
                 let id = codec::decode_u64("topic head key", id)?;
                 heads.insert(id, codec::decode_u64("topic head", &value)?);
             }
+            Some((&FIRST_PREFIX, id)) => {
+                let id = codec::decode_u64("first offset key", id)?;
+                firsts.insert(id, codec::decode_u64("first offset", &value)?);
+            }
             Some((&SUBSCRIPTION_PREFIX, _)) => records.push(codec::decode_subscription(&value)?),
             _ => {}
         }
@@ -40,58 +47,88 @@ pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
     let topics = topics
         .iter()
         .map(|value| {
-            let record = codec::decode_topic(value, 0)?;
+            let record = codec::decode_topic(value, 0, 0)?;
             let head = heads.get(&record.id.0).copied().ok_or_else(|| {
                 codec::corrupt("topic head", format!("topic {:?} has no head", record.id))
             })?;
+            // Topics written before first offsets were stored start at 0.
+            let first = firsts.get(&record.id.0).copied().unwrap_or(0).min(head);
             Ok(TopicRecord {
+                first_offset: first,
                 next_offset: head,
                 ..record
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    let subscriptions = load_ack_states(db, records)?;
+    let subscriptions = load_delivery_states(db, records)?;
     Ok(Catalog {
         topics,
         subscriptions,
     })
 }
 
-/// Pairs each subscription with its stored ack state.
-pub(super) fn load_ack_states(
+/// Pairs each subscription with its stored ack state and delivery records,
+/// read in one pass over the `subscriptions` family.
+pub(super) fn load_delivery_states(
     db: &DB,
     records: Vec<SubscriptionRecord>,
-) -> StoreResult<Vec<(SubscriptionRecord, AckState)>> {
+) -> StoreResult<Vec<StoredSubscription>> {
+    let mut acks: HashMap<SubscriptionId, AckState> = HashMap::new();
+    let mut deliveries: HashMap<SubscriptionId, Vec<(Offset, DeliveryRecord)>> = HashMap::new();
     let states = column(db, CF_SUBSCRIPTIONS)?;
-    let keys = records.iter().map(|r| (states, state_key(r.id)));
-    let values = db.multi_get_cf(keys);
-    let mut subscriptions = Vec::with_capacity(records.len());
-    for (record, value) in records.into_iter().zip(values) {
-        let value = value.map_err(|e| engine("reading ack states", e))?;
-        let value = value.ok_or_else(|| {
-            codec::corrupt(
-                "ack state",
-                format!("subscription {:?} has no ack state", record.id),
-            )
-        })?;
-        subscriptions.push((record, codec::decode_ack_state(&value)?));
+    for item in db.iterator_cf(states, IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| engine("reading ack states", e))?;
+        let id = SubscriptionId(codec::decode_u64(
+            "ack state key",
+            key.get(..8).unwrap_or(&key),
+        )?);
+        match key.len() {
+            8 => {
+                acks.insert(id, codec::decode_ack_state(&value)?);
+            }
+            16 => {
+                let offset = codec::decode_u64("delivery record key", &key[8..])?;
+                let record = codec::decode_delivery(&value)?;
+                deliveries.entry(id).or_default().push((offset, record));
+            }
+            len => {
+                let detail = format!("a key of {len} bytes in the subscriptions family");
+                return Err(codec::corrupt("ack state key", detail));
+            }
+        }
     }
-    Ok(subscriptions)
+    records
+        .into_iter()
+        .map(|record| {
+            let acks = acks.remove(&record.id).ok_or_else(|| {
+                codec::corrupt(
+                    "ack state",
+                    format!("subscription {:?} has no ack state", record.id),
+                )
+            })?;
+            let deliveries = deliveries.remove(&record.id).unwrap_or_default();
+            Ok(StoredSubscription {
+                record,
+                acks,
+                deliveries,
+            })
+        })
+        .collect()
 }
 
 pub(super) fn read_messages(
     db: &DB,
     topic: TopicId,
-    from: Offset,
+    range: Range<Offset>,
     limit: ReadLimit,
 ) -> StoreResult<Vec<StoredMessage>> {
     let mut out = Vec::new();
-    if limit.max_messages == 0 {
+    if limit.max_messages == 0 || range.is_empty() {
         return Ok(out);
     }
     let mut options = ReadOptions::default();
-    options.set_iterate_upper_bound(codec::message_key(topic, u64::MAX));
-    let start = codec::message_key(topic, from);
+    options.set_iterate_upper_bound(codec::message_key(topic, range.end));
+    let start = codec::message_key(topic, range.start);
     let iter = db.iterator_cf_opt(
         column(db, CF_MESSAGES)?,
         options,
@@ -102,7 +139,7 @@ pub(super) fn read_messages(
         let (key, value) = item.map_err(|e| engine("reading messages", e))?;
         let offset = codec::message_key_offset(&key)?;
         let message = codec::decode_message(offset, Bytes::from(value.into_vec()))?;
-        bytes += message.payload.len();
+        bytes += message.wire_size();
         out.push(message);
         if out.len() >= limit.max_messages || bytes >= limit.max_bytes {
             break;
@@ -130,13 +167,42 @@ pub(super) fn read_at_offsets(
     Ok(out)
 }
 
-/// The head of a topic, from storage.
-fn read_head(db: &DB, topic: TopicId) -> StoreResult<Offset> {
-    let value = db
-        .get_pinned_cf(column(db, CF_META)?, meta_key(HEAD_PREFIX, topic.0))
-        .map_err(|e| engine("reading a topic head", e))?
-        .ok_or(StoreError::TopicNotFound(topic))?;
-    codec::decode_u64("topic head", &value)
+/// The first and next offset of a topic, from storage.
+fn read_bounds(db: &DB, topic: TopicId) -> StoreResult<Range<Offset>> {
+    let meta = column(db, CF_META)?;
+    let get = |prefix, what| {
+        db.get_pinned_cf(meta, meta_key(prefix, topic.0))
+            .map_err(|e| engine("reading a topic head", e))?
+            .map(|v| codec::decode_u64(what, &v))
+            .transpose()
+    };
+    let head = get(HEAD_PREFIX, "topic head")?.ok_or(StoreError::TopicNotFound(topic))?;
+    let first = get(FIRST_PREFIX, "first offset")?.unwrap_or(0);
+    Ok(first.min(head)..head)
+}
+
+/// The offset and publish time of the first message at or after `offset`
+/// and below `end`.
+fn first_message_from(
+    db: &DB,
+    topic: TopicId,
+    offset: Offset,
+    end: Offset,
+) -> StoreResult<Option<(Offset, SystemTime)>> {
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(codec::message_key(topic, end));
+    let start = codec::message_key(topic, offset);
+    let mut iter = db.iterator_cf_opt(
+        column(db, CF_MESSAGES)?,
+        options,
+        IteratorMode::From(&start, Direction::Forward),
+    );
+    let Some(item) = iter.next() else {
+        return Ok(None);
+    };
+    let (key, value) = item.map_err(|e| engine("reading a message", e))?;
+    let found = codec::message_key_offset(&key)?;
+    Ok(Some((found, codec::decode_publish_time(&value)?)))
 }
 
 /// The publish time of the message at `offset`, if there is one.
@@ -151,19 +217,25 @@ pub(super) fn publish_time_at(
     value.map(|v| codec::decode_publish_time(&v)).transpose()
 }
 
-/// Binary search over `0..head`: publish times never decrease along
-/// offsets. A missing message counts as published before `time`.
+/// Binary search over the topic's offsets: publish times never decrease
+/// along offsets. Each probe seeks to the first message at or after the
+/// middle, so offsets without a message (deleted, or never used) cost
+/// nothing and cannot mislead the search.
 pub(super) fn find_offset_at_time(
     db: &DB,
     topic: TopicId,
     time: SystemTime,
 ) -> StoreResult<Offset> {
-    let (mut low, mut high) = (0, read_head(db, topic)?);
+    let bounds = read_bounds(db, topic)?;
+    let (mut low, mut high) = (bounds.start, bounds.end);
     while low < high {
         let mid = low + (high - low) / 2;
-        match publish_time_at(db, topic, mid)? {
-            Some(published) if published >= time => high = mid,
-            _ => low = mid + 1,
+        match first_message_from(db, topic, mid, high)? {
+            // Every message from `mid` on is at or after `time`.
+            Some((_, published)) if published >= time => high = mid,
+            Some((found, _)) => low = found + 1,
+            // Nothing stored in `mid..high`: the answer is at most `mid`.
+            None => high = mid,
         }
     }
     Ok(low)

@@ -143,7 +143,7 @@ async fn kill_9_during_appends_loses_no_acknowledged_append() -> anyhow::Result<
     let stored = store
         .read(
             topic,
-            0,
+            0..u64::MAX,
             ReadLimit {
                 max_messages: usize::MAX,
                 max_bytes: usize::MAX,

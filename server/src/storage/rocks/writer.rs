@@ -2,10 +2,11 @@
 //!
 //! It owns every write. It blocks for one request, takes every other request
 //! already waiting (up to a cap), stages them all into one [`Batch`],
-//! writes it once (synced when the policy asks) and only then answers every
-//! caller. Offsets come from its in-memory topic heads, which advance only
-//! when the batch was written. It never reads for callers and never runs on
-//! an async worker thread.
+//! writes it once (synced when the policy asks, and always when it changes
+//! topics or subscriptions), tells the listener about the appends it
+//! holds, and only then answers every caller. Offsets come from its
+//! in-memory topic heads, which advance only when the batch was written. It
+//! never reads for callers and never runs on an async worker thread.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,13 +19,16 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::batch::{Batch, Columns};
 use super::syncer::Unsynced;
-use super::{CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, SyncPolicy, column, engine};
+use super::{
+    CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, ListenerSlot, SyncPolicy, column, engine,
+    lock,
+};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Appended, NewMessage, StoreError, StoreResult, SubscriptionId, SubscriptionRecord, TopicId,
-    TopicRecord,
+    Appended, DeliveryUpdate, NewMessage, StoreError, StoreResult, SubscriptionId,
+    SubscriptionRecord, TopicId, TopicRecord,
 };
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -43,6 +47,11 @@ pub(super) enum Op {
         topic: TopicId,
         reply: Reply<()>,
     },
+    Truncate {
+        topic: TopicId,
+        before: Offset,
+        reply: Reply<Offset>,
+    },
     Append {
         topic: TopicId,
         messages: Vec<NewMessage>,
@@ -56,8 +65,8 @@ pub(super) enum Op {
         subscription: SubscriptionId,
         reply: Reply<()>,
     },
-    SaveAckStates {
-        states: Vec<(SubscriptionId, AckState)>,
+    SaveDeliveries {
+        updates: Vec<DeliveryUpdate>,
         reply: Reply<()>,
     },
     /// Write what came before, sync, and stop.
@@ -85,6 +94,7 @@ pub(super) struct Request {
 
 #[derive(Debug, Clone, Copy)]
 struct TopicHead {
+    first_offset: Offset,
     next_offset: Offset,
     /// The publish time of the last message; the next is never earlier.
     last_publish: SystemTime,
@@ -114,6 +124,8 @@ pub(super) struct Writer {
     appended: u64,
     /// Reused for encoding each message; `WriteBatch` copies it.
     scratch: Vec<u8>,
+    /// Told about appends and truncations once they are written.
+    listener: ListenerSlot,
 }
 
 impl Writer {
@@ -122,6 +134,7 @@ impl Writer {
         db: Arc<DB>,
         policy: SyncPolicy,
         unsynced: Unsynced,
+        listener: ListenerSlot,
     ) -> StoreResult<Self> {
         Columns::of(&db)?;
         let catalog = super::load_catalog(&db)?;
@@ -132,6 +145,7 @@ impl Writer {
                 None => None,
             };
             let head = TopicHead {
+                first_offset: topic.first_offset,
                 next_offset: topic.next_offset,
                 last_publish: last_publish.unwrap_or(UNIX_EPOCH),
             };
@@ -140,7 +154,7 @@ impl Writer {
         let subscriptions: HashMap<_, _> = catalog
             .subscriptions
             .iter()
-            .map(|(record, _)| (record.id, record.topic))
+            .map(|s| (s.record.id, s.record.topic))
             .collect();
         let max_topic = topics.keys().map(|id| id.0).max().unwrap_or(0);
         let max_subscription = subscriptions.keys().map(|id| id.0).max().unwrap_or(0);
@@ -156,6 +170,7 @@ impl Writer {
             unsynced,
             appended: 0,
             scratch: Vec::new(),
+            listener,
         })
     }
 
@@ -223,23 +238,23 @@ impl Writer {
         }
     }
 
-    /// Writes the batch, then answers its callers.
+    /// Writes the batch, then tells the listener and answers its callers.
     fn commit(&mut self, mut batch: Batch<'_>) {
-        let (write, durable) = batch.take_write();
+        let (write, sync) = batch.take_write();
         let result = if write.is_empty() {
             Ok(())
         } else {
-            self.write(write, durable)
+            self.write(write, sync.applies(self.policy))
         };
         let undo = std::mem::take(&mut self.undo);
         if result.is_err() {
             self.roll_back(undo);
         }
-        batch.finish(result.as_ref().err());
+        let listener = lock(&self.listener).clone();
+        batch.finish(result.as_ref().err(), listener.as_deref());
     }
 
-    fn write(&mut self, write: WriteBatch, durable: bool) -> Result<(), rocksdb::Error> {
-        let sync = durable && self.policy == SyncPolicy::Always;
+    fn write(&mut self, write: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         let (bytes, started) = (write.size_in_bytes(), Instant::now());
@@ -291,7 +306,15 @@ impl Writer {
                 reply,
             } => {
                 let staged = self.stage_append(topic, &messages, batch);
-                batch.answer(reply, staged);
+                batch.answer_append(reply, staged, topic, messages);
+            }
+            Op::Truncate {
+                topic,
+                before,
+                reply,
+            } => {
+                let staged = self.stage_truncate(topic, before, batch);
+                batch.answer_truncate(reply, staged, topic);
             }
             Op::CreateTopic { name, reply } => {
                 let staged = Ok(self.stage_create_topic(name, batch));
@@ -312,8 +335,8 @@ impl Writer {
                 let staged = self.stage_delete_subscription(subscription, batch);
                 batch.answer(reply, staged);
             }
-            Op::SaveAckStates { states, reply } => {
-                self.stage_ack_states(&states, batch);
+            Op::SaveDeliveries { updates, reply } => {
+                self.stage_deliveries(&updates, batch);
                 batch.answer(reply, Ok(()));
             }
             Op::Close { reply } => closers.push(reply),
@@ -356,17 +379,41 @@ impl Writer {
         let record = TopicRecord {
             id: TopicId(self.last_topic_id),
             name,
+            first_offset: 0,
             next_offset: 0,
             created: codec::truncate_to_micros(SystemTime::now()),
         };
         batch.put_topic(&record);
         let head = TopicHead {
+            first_offset: 0,
             next_offset: 0,
             last_publish: UNIX_EPOCH,
         };
         let previous = self.topics.insert(record.id, head);
         self.undo.push(Undo::Topic(record.id, previous));
         record
+    }
+
+    /// Deletes the messages below `before` (at most the head) and moves the
+    /// first offset up; returns it.
+    fn stage_truncate(
+        &mut self,
+        topic: TopicId,
+        before: Offset,
+        batch: &mut Batch<'_>,
+    ) -> StoreResult<Offset> {
+        let head = self
+            .topics
+            .get_mut(&topic)
+            .ok_or(StoreError::TopicNotFound(topic))?;
+        let before = before.min(head.next_offset);
+        if before <= head.first_offset {
+            return Ok(head.first_offset);
+        }
+        self.undo.push(Undo::Topic(topic, Some(*head)));
+        batch.truncate(topic, head.first_offset, before);
+        head.first_offset = before;
+        Ok(before)
     }
 
     fn stage_delete_topic(&mut self, topic: TopicId, batch: &mut Batch<'_>) -> StoreResult<()> {
@@ -426,13 +473,16 @@ impl Writer {
         Ok(())
     }
 
-    /// States of subscriptions that no longer exist are ignored.
-    fn stage_ack_states(&self, states: &[(SubscriptionId, AckState)], batch: &mut Batch<'_>) {
-        let live = states
+    /// Updates of subscriptions that no longer exist are ignored.
+    fn stage_deliveries(&self, updates: &[DeliveryUpdate], batch: &mut Batch<'_>) {
+        let live = updates
             .iter()
-            .filter(|(id, _)| self.subscriptions.contains_key(id));
-        for (id, state) in live {
-            batch.put_ack_state(*id, state);
+            .filter(|u| self.subscriptions.contains_key(&u.subscription));
+        for update in live {
+            batch.put_ack_state(update.subscription, &update.acks);
+            for (offset, record) in &update.records {
+                batch.put_delivery(update.subscription, *offset, record.as_ref());
+            }
         }
     }
 }
@@ -457,7 +507,12 @@ mod tests {
     fn waiting_requests_share_one_batch() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let db = Arc::new(super::super::open_database(dir.path())?);
-        let writer = Writer::recover(db, SyncPolicy::Always, Unsynced::default())?;
+        let writer = Writer::recover(
+            db,
+            SyncPolicy::Always,
+            Unsynced::default(),
+            ListenerSlot::default(),
+        )?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (created_tx, mut created_rx) = oneshot::channel();
         let name = TopicName::new("t")?;

@@ -1,0 +1,783 @@
+//! The lease book of one subscription: the delivery state of every message
+//! the subscription has looked at.
+//!
+//! Plain synchronous state, tested on its own with explicit instants; it
+//! does no I/O and knows nothing of storage or transport. What it keeps:
+//!
+//! - which offsets are acknowledged ([`AckState`], persisted);
+//! - for messages whose delivery failed, how often and when they may go
+//!   again ([`DeliveryRecord`], persisted one per message, so only
+//!   redeliveries cost a write);
+//! - which messages are leased to which stream until when (each lease has
+//!   an id, so a settlement can name the one lease it means), which are due
+//!   now, and which wait for a later time;
+//! - for ordered subscriptions, which message holds each key and which wait
+//!   behind it.
+//!
+//! New messages enter the book by being *scanned*: [`LeaseBook::claim`]
+//! hands one stream at a time a range of offsets never looked at (one run
+//! between acknowledged ranges, so skipping acknowledged messages costs per
+//! range, not per offset), the stream reads those messages within a count
+//! and byte budget, and [`LeaseBook::admit`] takes in what was read. So the
+//! book knows a message's key and size — and, as features arrive, its
+//! attributes and due time — before it leases it, and reads are bounded by
+//! what the stream may hold. Offsets in a scanned range that hold no
+//! message (deleted, or never used) are acknowledged on the way.
+//!
+//! With ordering, a key is held by its lowest unsettled message from the
+//! moment that message is admitted until it is acknowledged: later
+//! messages of the key wait in a queue of their own and cost nothing to
+//! skip, and a failed delivery holds back only its own key.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::offsets::{AckState, Offset};
+use crate::storage::{DeliveryRecord, StoredMessage};
+
+/// Identifies one open stream within its subscription.
+pub(super) type StreamId = u64;
+
+/// A key's identity for ordering: a hash of the key. Two keys that collide
+/// share one order, which costs parallelism, never correctness.
+type KeyHash = u64;
+
+/// Messages waiting behind held keys at which scanning pauses, so that a
+/// key held for long cannot make the book grow without bound.
+const MAX_QUEUED: usize = 100_000;
+
+/// The time now, on both clocks: deadlines run on the monotonic one,
+/// stored redelivery times on the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Now {
+    pub(super) instant: Instant,
+    pub(super) wall: SystemTime,
+}
+
+impl Now {
+    pub(super) fn get() -> Self {
+        Self {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The instant of a stored wall-clock time (now, when it has passed).
+    fn instant_of(&self, at: SystemTime) -> Instant {
+        self.instant + at.duration_since(self.wall).unwrap_or_default()
+    }
+}
+
+/// What the book knows of a message without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Meta {
+    /// The ordering key's hash; `None` when unordered or without a key.
+    key: Option<KeyHash>,
+    /// Its size on the wire, to bound what one claim delivers.
+    size: u32,
+}
+
+impl Meta {
+    fn of(message: &StoredMessage, ordered: bool) -> Self {
+        let key = (ordered && !message.key.is_empty()).then(|| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            message.key.hash(&mut hasher);
+            hasher.finish()
+        });
+        Self {
+            key,
+            size: u32::try_from(message.wire_size()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    stream: StreamId,
+    deadline: Instant,
+    id: u64,
+    meta: Meta,
+}
+
+/// A message leased to a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Leased {
+    pub(super) offset: Offset,
+    /// 1 on the first delivery.
+    pub(super) attempt: u32,
+    /// The lease's id, for the delivery's ack id.
+    pub(super) lease: u64,
+}
+
+/// How much one claim may lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Budget {
+    /// Messages.
+    pub(super) messages: usize,
+    /// Bytes on the wire; at least one message goes whatever its size.
+    pub(super) bytes: usize,
+}
+
+/// A run of never-examined offsets one stream is to read and then
+/// [`admit`](LeaseBook::admit): the offsets in `range`, at most
+/// `max_messages` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Scan {
+    pub(super) range: Range<Offset>,
+}
+
+/// What a claim gave a stream.
+#[derive(Debug, Default)]
+pub(super) struct Claim {
+    /// Leased messages the book knew already (redeliveries, and messages
+    /// another stream's scan found), lowest offset first.
+    pub(super) leased: Vec<Leased>,
+    /// New offsets for this stream to read and admit; the scan is this
+    /// stream's until it admits or abandons it.
+    pub(super) scan: Option<Scan>,
+}
+
+/// What a settlement names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    /// A message, whoever holds it.
+    Offset(Offset),
+    /// One lease on a message; a settlement of a lease that is gone
+    /// changes nothing.
+    Lease(Offset, u64),
+}
+
+/// The ordering state of an ordered subscription.
+#[derive(Debug, Default)]
+struct Keys {
+    /// The message holding each key.
+    holder: HashMap<KeyHash, Offset>,
+    /// Messages waiting behind each key's holder, in offset order.
+    queued: HashMap<KeyHash, BTreeMap<Offset, Meta>>,
+    /// The key each queued message waits for.
+    queued_at: HashMap<Offset, KeyHash>,
+    queued_count: usize,
+}
+
+impl Keys {
+    /// Makes `offset` hold `key` unless another message does; returns
+    /// whether it holds it.
+    fn hold(&mut self, key: KeyHash, offset: Offset, meta: Meta) -> bool {
+        match self.holder.get(&key) {
+            Some(&holder) if holder == offset => true,
+            Some(_) => {
+                if self
+                    .queued
+                    .entry(key)
+                    .or_default()
+                    .insert(offset, meta)
+                    .is_none()
+                {
+                    self.queued_count += 1;
+                    self.queued_at.insert(offset, key);
+                }
+                false
+            }
+            None => {
+                self.holder.insert(key, offset);
+                true
+            }
+        }
+    }
+
+    /// Removes `offset` from its key's queue, if it waits in one.
+    fn unqueue(&mut self, offset: Offset) {
+        let Some(key) = self.queued_at.remove(&offset) else {
+            return;
+        };
+        if let Some(queue) = self.queued.get_mut(&key)
+            && queue.remove(&offset).is_some()
+        {
+            self.queued_count -= 1;
+            if queue.is_empty() {
+                self.queued.remove(&key);
+            }
+        }
+    }
+
+    /// `offset` no longer holds `key`: the next queued message takes it
+    /// over and is returned.
+    fn release(&mut self, key: KeyHash, offset: Offset) -> Option<(Offset, Meta)> {
+        if self.holder.get(&key) != Some(&offset) {
+            return None;
+        }
+        let next = self.queued.get_mut(&key).and_then(BTreeMap::pop_first);
+        match next {
+            Some((next, meta)) => {
+                self.queued_count -= 1;
+                self.queued_at.remove(&next);
+                if self.queued.get(&key).is_some_and(BTreeMap::is_empty) {
+                    self.queued.remove(&key);
+                }
+                self.holder.insert(key, next);
+                Some((next, meta))
+            }
+            None => {
+                self.holder.remove(&key);
+                None
+            }
+        }
+    }
+}
+
+/// The delivery state of one subscription.
+#[derive(Debug)]
+pub(super) struct LeaseBook {
+    acks: AckState,
+    ordered: bool,
+    /// Offsets at or above it have not been examined since the book was
+    /// made; below it, every unacknowledged message is in one of `ready`,
+    /// `waiting`, `leases` or a key's queue.
+    next_new: Offset,
+    /// A stream is reading a scan.
+    scanning: bool,
+    /// The topic's first offset as last applied.
+    first_offset: Offset,
+    /// Due now and not leased.
+    ready: BTreeMap<Offset, Meta>,
+    /// Due later: (due, offset), with when each offset is due.
+    waiting: BTreeMap<(Instant, Offset), Meta>,
+    waiting_due: HashMap<Offset, Instant>,
+    leases: HashMap<Offset, Lease>,
+    /// The leases ordered by deadline.
+    deadlines: BTreeSet<(Instant, Offset)>,
+    /// Leases held per open stream.
+    streams: HashMap<StreamId, usize>,
+    next_stream: StreamId,
+    next_lease: u64,
+    keys: Keys,
+    /// Delivery records of unacknowledged messages whose delivery failed.
+    records: HashMap<Offset, DeliveryRecord>,
+    /// Offsets whose record changed since the last save.
+    dirty: BTreeSet<Offset>,
+    /// The ack state changed without an `Ack` (holes were skipped, the
+    /// first offset moved): it should be saved.
+    acks_changed: bool,
+}
+
+impl LeaseBook {
+    /// A book over stored state. `first_lease` seeds the lease ids: pass
+    /// something that grows across restarts (the wall clock in
+    /// microseconds), so that an ack id from before a restart never names a
+    /// lease made after it.
+    pub(super) fn new(
+        acks: AckState,
+        records: impl IntoIterator<Item = (Offset, DeliveryRecord)>,
+        ordered: bool,
+        first_lease: u64,
+    ) -> Self {
+        let mut book = Self {
+            next_new: acks.floor,
+            first_offset: 0,
+            acks,
+            ordered,
+            scanning: false,
+            ready: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            waiting_due: HashMap::new(),
+            leases: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            streams: HashMap::new(),
+            next_stream: 0,
+            next_lease: first_lease,
+            keys: Keys::default(),
+            records: HashMap::new(),
+            dirty: BTreeSet::new(),
+            acks_changed: false,
+        };
+        for (offset, record) in records {
+            if book.acks.is_acked(offset) {
+                book.dirty.insert(offset);
+            } else {
+                book.records.insert(offset, record);
+            }
+        }
+        book
+    }
+
+    pub(super) fn open_stream(&mut self) -> StreamId {
+        self.next_stream += 1;
+        self.streams.insert(self.next_stream, 0);
+        self.next_stream
+    }
+
+    /// Ends a stream that broke or was closed: what it held is due again.
+    /// `counted`: its deliveries count as failed (not when the broker
+    /// itself is shutting down).
+    pub(super) fn close_stream(&mut self, stream: StreamId, counted: bool, now: Now) {
+        if self.streams.remove(&stream).is_none() {
+            return;
+        }
+        let held: Vec<Offset> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.stream == stream)
+            .map(|(&offset, _)| offset)
+            .collect();
+        for offset in held {
+            if let Some(lease) = self.unlease(offset) {
+                self.failed(offset, lease.meta, counted, None, now);
+            }
+        }
+    }
+
+    /// Ends a stream that finished its work (it delivered all it was asked
+    /// for): its client is still there to settle what it received, so those
+    /// leases run to their deadlines like any other.
+    pub(super) fn finish_stream(&mut self, stream: StreamId) {
+        self.streams.remove(&stream);
+    }
+
+    /// Takes back leases a stream made but never sent: due again at once,
+    /// and not counted as failures.
+    pub(super) fn release_unsent(&mut self, stream: StreamId, offsets: &[Offset]) {
+        for &offset in offsets {
+            if self.leases.get(&offset).is_some_and(|l| l.stream == stream)
+                && let Some(lease) = self.unlease(offset)
+            {
+                self.ready.insert(offset, lease.meta);
+            }
+        }
+    }
+
+    pub(super) fn outstanding(&self, stream: StreamId) -> usize {
+        self.streams.get(&stream).copied().unwrap_or(0)
+    }
+
+    /// Leases to `stream` what is due, lowest offset first, within
+    /// `budget` (less what it already holds of `max_outstanding`), and
+    /// hands it a scan of new offsets below `head` when there is room left
+    /// and no other stream is scanning. Expired leases and waits that are
+    /// over are settled first, so a stream with every slot taken still
+    /// gets its expired messages back.
+    pub(super) fn claim(
+        &mut self,
+        stream: StreamId,
+        max_outstanding: usize,
+        budget: Budget,
+        head: Offset,
+        now: Now,
+        deadline: Duration,
+    ) -> Claim {
+        self.reap(now);
+        let room = max_outstanding.saturating_sub(self.outstanding(stream));
+        let budget = Budget {
+            messages: budget.messages.min(room),
+            ..budget
+        };
+        let leased = self.lease_ready(stream, budget, now, deadline);
+        let left = budget.messages - leased.len();
+        let scan = if left > 0 && !self.scanning && self.keys.queued_count < MAX_QUEUED {
+            self.next_scan(head, left)
+        } else {
+            None
+        };
+        self.scanning = scan.is_some();
+        Claim { leased, scan }
+    }
+
+    /// The next run of unexamined, unacknowledged offsets below `head`, at
+    /// most `max` long.
+    fn next_scan(&mut self, head: Offset, max: usize) -> Option<Scan> {
+        let mut start = self.next_new.max(self.acks.floor);
+        if let Some(acked) = self.acks.acked.containing(start) {
+            start = acked.end;
+        }
+        self.next_new = start;
+        if start >= head {
+            return None;
+        }
+        let next_acked = self.acks.acked.next_start_after(start).unwrap_or(head);
+        let end = head.min(next_acked).min(start.saturating_add(max as u64));
+        Some(Scan { range: start..end })
+    }
+
+    /// A stream gave up its scan without admitting it (its read failed).
+    pub(super) fn abandon_scan(&mut self) {
+        self.scanning = false;
+    }
+
+    /// Takes in what a stream read for its scan: `messages` are the
+    /// messages it found in `range`, in offset order, and every offset of
+    /// `range` below `examined` was looked at (those without a message are
+    /// acknowledged as gone). Then leases to `stream` what is due, within
+    /// `budget`, lowest offset first.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit(
+        &mut self,
+        stream: StreamId,
+        range: Range<Offset>,
+        messages: &[StoredMessage],
+        examined: Offset,
+        budget: Budget,
+        now: Now,
+        deadline: Duration,
+    ) -> Vec<Leased> {
+        self.scanning = false;
+        let examined = examined.min(range.end);
+        let mut expected = range.start;
+        for message in messages {
+            let offset = message.offset;
+            if offset < expected || offset >= examined {
+                continue;
+            }
+            self.gone(expected..offset, now);
+            expected = offset + 1;
+            self.take_in(offset, Meta::of(message, self.ordered), now);
+        }
+        self.gone(expected..examined, now);
+        self.next_new = self.next_new.max(examined);
+        self.lease_ready(stream, budget, now, deadline)
+    }
+
+    /// Leased offsets that turned out to hold no message (deleted since
+    /// they were scanned): they are settled.
+    pub(super) fn gone_offsets(&mut self, offsets: &[Offset], now: Now) {
+        for &offset in offsets {
+            self.gone(offset..offset + 1, now);
+        }
+    }
+
+    /// Offsets in `range` hold no message: they are settled.
+    fn gone(&mut self, range: Range<Offset>, now: Now) {
+        for offset in range {
+            if self.acks.ack(offset) {
+                self.acks_changed = true;
+            }
+            self.forget(offset, now);
+        }
+    }
+
+    /// Puts a newly examined message where it belongs.
+    fn take_in(&mut self, offset: Offset, meta: Meta, now: Now) {
+        if self.acks.is_acked(offset) || self.is_known(offset) {
+            return;
+        }
+        if let Some(key) = meta.key
+            && !self.keys.hold(key, offset, meta)
+        {
+            return;
+        }
+        self.schedule(offset, meta, now);
+    }
+
+    fn is_known(&self, offset: Offset) -> bool {
+        self.leases.contains_key(&offset)
+            || self.ready.contains_key(&offset)
+            || self.waiting_due.contains_key(&offset)
+    }
+
+    /// Makes a message due: now, or when its record says.
+    fn schedule(&mut self, offset: Offset, meta: Meta, now: Now) {
+        let due = self
+            .records
+            .get(&offset)
+            .and_then(|r| r.redeliver_at)
+            .map(|at| now.instant_of(at))
+            .filter(|&due| due > now.instant);
+        match due {
+            Some(due) => {
+                self.waiting.insert((due, offset), meta);
+                self.waiting_due.insert(offset, due);
+            }
+            None => {
+                self.ready.insert(offset, meta);
+            }
+        }
+    }
+
+    fn lease_ready(
+        &mut self,
+        stream: StreamId,
+        budget: Budget,
+        now: Now,
+        deadline: Duration,
+    ) -> Vec<Leased> {
+        let mut leased = Vec::new();
+        let mut bytes = 0;
+        let until = now.instant + deadline;
+        while leased.len() < budget.messages {
+            let Some((&offset, &meta)) = self.ready.first_key_value() else {
+                break;
+            };
+            if !leased.is_empty() && bytes + meta.size as usize > budget.bytes {
+                break;
+            }
+            self.ready.pop_first();
+            bytes += meta.size as usize;
+            let attempt = self.failures(offset).saturating_add(1);
+            leased.push(self.lease(offset, stream, until, attempt, meta));
+        }
+        leased
+    }
+
+    fn failures(&self, offset: Offset) -> u32 {
+        self.records.get(&offset).map_or(0, |r| r.failures)
+    }
+
+    fn lease(
+        &mut self,
+        offset: Offset,
+        stream: StreamId,
+        deadline: Instant,
+        attempt: u32,
+        meta: Meta,
+    ) -> Leased {
+        self.next_lease += 1;
+        let lease = Lease {
+            stream,
+            deadline,
+            id: self.next_lease,
+            meta,
+        };
+        self.leases.insert(offset, lease);
+        self.deadlines.insert((deadline, offset));
+        *self.streams.entry(stream).or_default() += 1;
+        Leased {
+            offset,
+            attempt,
+            lease: lease.id,
+        }
+    }
+
+    /// Removes a lease, returning it.
+    fn unlease(&mut self, offset: Offset) -> Option<Lease> {
+        let lease = self.leases.remove(&offset)?;
+        self.deadlines.remove(&(lease.deadline, offset));
+        if let Some(held) = self.streams.get_mut(&lease.stream) {
+            *held = held.saturating_sub(1);
+        }
+        Some(lease)
+    }
+
+    /// A delivery failed (or, not `counted`, was cut short by the broker):
+    /// the message is due again after `delay`, or at once.
+    fn failed(
+        &mut self,
+        offset: Offset,
+        meta: Meta,
+        counted: bool,
+        delay: Option<Duration>,
+        now: Now,
+    ) {
+        let delay = delay.filter(|d| !d.is_zero());
+        if counted || delay.is_some() {
+            let record = self.records.entry(offset).or_insert(DeliveryRecord {
+                failures: 0,
+                redeliver_at: None,
+            });
+            if counted {
+                record.failures = record.failures.saturating_add(1);
+            }
+            record.redeliver_at = delay.map(|d| now.wall + d);
+            self.dirty.insert(offset);
+        }
+        self.schedule(offset, meta, now);
+    }
+
+    /// Settles expired leases (each a failed delivery) and waits that are
+    /// over. Returns whether anything became due.
+    pub(super) fn reap(&mut self, now: Now) -> bool {
+        let mut moved = false;
+        while let Some(&(deadline, offset)) = self.deadlines.first() {
+            if deadline > now.instant {
+                break;
+            }
+            if let Some(lease) = self.unlease(offset) {
+                self.failed(offset, lease.meta, true, None, now);
+            }
+            moved = true;
+        }
+        while let Some((&(due, offset), &meta)) = self.waiting.first_key_value() {
+            if due > now.instant {
+                break;
+            }
+            self.waiting.remove(&(due, offset));
+            self.waiting_due.remove(&offset);
+            self.ready.insert(offset, meta);
+            moved = true;
+        }
+        moved
+    }
+
+    /// When the next lease expires or the next wait is over.
+    pub(super) fn next_wakeup(&self) -> Option<Instant> {
+        let lease = self.deadlines.first().map(|&(at, _)| at);
+        let waiting = self.waiting.first_key_value().map(|(&(at, _), _)| at);
+        match (lease, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acknowledges offsets (below the topic's head: the caller checks).
+    /// An ack of a lease acknowledges its message even when the lease has
+    /// moved on: the work was done.
+    pub(super) fn ack(&mut self, targets: &[Target], now: Now) {
+        for target in targets {
+            let (Target::Offset(offset) | Target::Lease(offset, _)) = *target;
+            if self.acks.ack(offset) {
+                self.forget(offset, now);
+            }
+        }
+    }
+
+    /// Drops every trace of an offset that is settled, releasing its key
+    /// to the next message waiting for it.
+    fn forget(&mut self, offset: Offset, now: Now) {
+        let meta = if let Some(lease) = self.unlease(offset) {
+            Some(lease.meta)
+        } else if let Some(meta) = self.ready.remove(&offset) {
+            Some(meta)
+        } else if let Some(due) = self.waiting_due.remove(&offset) {
+            self.waiting.remove(&(due, offset))
+        } else {
+            None
+        };
+        if self.records.remove(&offset).is_some() {
+            self.dirty.insert(offset);
+        }
+        let Some(key) = meta.and_then(|m| m.key) else {
+            // Not scheduled: it may wait behind its key.
+            self.keys.unqueue(offset);
+            return;
+        };
+        if let Some((next, next_meta)) = self.keys.release(key, offset) {
+            self.schedule(next, next_meta, now);
+        }
+    }
+
+    /// Gives leases back, due again after `delay` (at once when `None`):
+    /// each a failed delivery. Offsets not in flight, and leases that are
+    /// gone, are ignored.
+    pub(super) fn nack(&mut self, targets: &[Target], delay: Option<Duration>, now: Now) {
+        for &target in targets {
+            if let Some((offset, lease)) = self.take_lease(target) {
+                self.failed(offset, lease.meta, true, delay, now);
+            }
+        }
+    }
+
+    /// Removes the lease a target names, if it is still there.
+    fn take_lease(&mut self, target: Target) -> Option<(Offset, Lease)> {
+        let (offset, id) = match target {
+            Target::Offset(offset) => (offset, None),
+            Target::Lease(offset, id) => (offset, Some(id)),
+        };
+        let lease = self.leases.get(&offset)?;
+        if id.is_some_and(|id| id != lease.id) {
+            return None;
+        }
+        self.unlease(offset).map(|lease| (offset, lease))
+    }
+
+    /// Moves the deadline of leases to `now + deadline`; zero gives them up
+    /// (a failed delivery). Leases that are gone are ignored.
+    pub(super) fn modify_deadline(&mut self, targets: &[Target], deadline: Duration, now: Now) {
+        if deadline.is_zero() {
+            self.nack(targets, None, now);
+            return;
+        }
+        for &target in targets {
+            let (offset, id) = match target {
+                Target::Offset(offset) => (offset, None),
+                Target::Lease(offset, id) => (offset, Some(id)),
+            };
+            let Some(lease) = self.leases.get_mut(&offset) else {
+                continue;
+            };
+            if id.is_some_and(|id| id != lease.id) {
+                continue;
+            }
+            self.deadlines.remove(&(lease.deadline, offset));
+            lease.deadline = now.instant + deadline;
+            self.deadlines.insert((lease.deadline, offset));
+        }
+    }
+
+    /// Applies the topic's first offset: everything below it is gone. Does
+    /// nothing unless it moved up.
+    pub(super) fn clamp(&mut self, first_offset: Offset, now: Now) {
+        if first_offset <= self.first_offset {
+            return;
+        }
+        self.first_offset = first_offset;
+        if self.acks.advance_floor(first_offset) {
+            self.acks_changed = true;
+        }
+        self.next_new = self.next_new.max(first_offset);
+        // Queued messages first, so that a key released below never passes
+        // to a message that is gone too.
+        let queued: Vec<Offset> = self
+            .keys
+            .queued_at
+            .keys()
+            .copied()
+            .filter(|&o| o < first_offset)
+            .collect();
+        for offset in queued {
+            self.keys.unqueue(offset);
+        }
+        let below: Vec<Offset> = self
+            .leases
+            .keys()
+            .chain(self.ready.keys())
+            .chain(self.waiting_due.keys())
+            .chain(self.records.keys())
+            .copied()
+            .filter(|&o| o < first_offset)
+            .collect();
+        for offset in below {
+            self.forget(offset, now);
+        }
+    }
+
+    pub(super) fn ack_state(&self) -> &AckState {
+        &self.acks
+    }
+
+    /// What to store: the ack state, and the records changed since the
+    /// last call (`None` = delete). After a failed write,
+    /// [`LeaseBook::unsaved`] has everything saved again.
+    pub(super) fn take_changes(&mut self) -> (AckState, Vec<(Offset, Option<DeliveryRecord>)>) {
+        self.acks_changed = false;
+        let records = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|offset| (offset, self.records.get(&offset).copied()))
+            .collect();
+        (self.acks.clone(), records)
+    }
+
+    /// The last changes could not be stored: every record is saved with
+    /// the next ones. (A lost deletion is harmless: a stored record of an
+    /// acknowledged message is dropped when it is loaded.)
+    pub(super) fn unsaved(&mut self) {
+        self.dirty.extend(self.records.keys().copied());
+        self.acks_changed = true;
+    }
+
+    /// Whether there is anything to save that no `Ack` call will save.
+    pub(super) fn has_changes(&self) -> bool {
+        self.acks_changed || !self.dirty.is_empty()
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub(super) fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,563 @@
+//! The lease book on its own, with explicit instants, over a stand-in
+//! topic: `deliver` does what a stream does (claim, read the scan, admit).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::*;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+const ALL: Budget = Budget {
+    messages: usize::MAX,
+    bytes: usize::MAX,
+};
+
+fn start() -> Now {
+    Now {
+        instant: Instant::now(),
+        wall: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    }
+}
+
+fn later(now: Now, by: Duration) -> Now {
+    Now {
+        instant: now.instant + by,
+        wall: now.wall + by,
+    }
+}
+
+fn message(offset: Offset, key: &str) -> StoredMessage {
+    StoredMessage {
+        offset,
+        publish_time: SystemTime::UNIX_EPOCH,
+        payload: Bytes::from_static(b"0123456789"),
+        key: key.to_owned(),
+        attributes: Vec::new(),
+    }
+}
+
+/// A topic of `n` messages without keys.
+fn topic(n: Offset) -> Vec<StoredMessage> {
+    (0..n).map(|o| message(o, "")).collect()
+}
+
+fn book(ordered: bool) -> LeaseBook {
+    LeaseBook::new(AckState::starting_at(0), [], ordered, 0)
+}
+
+/// What a stream does until it has nothing more to scan: turns.
+fn deliver(
+    book: &mut LeaseBook,
+    topic: &[StoredMessage],
+    stream: StreamId,
+    max_outstanding: usize,
+    budget: Budget,
+    now: Now,
+) -> Vec<Leased> {
+    let mut leased = Vec::new();
+    loop {
+        let (more, scanned) = turn(book, topic, stream, max_outstanding, budget, now);
+        leased.extend(more);
+        if !scanned {
+            return leased;
+        }
+    }
+}
+
+/// What a stream does in one turn: claims, reads its scan from `topic`
+/// within the budget, admits it. Returns the leases, lowest first, and
+/// whether it scanned.
+fn turn(
+    book: &mut LeaseBook,
+    topic: &[StoredMessage],
+    stream: StreamId,
+    max_outstanding: usize,
+    budget: Budget,
+    now: Now,
+) -> (Vec<Leased>, bool) {
+    let head = topic.last().map_or(0, |m| m.offset + 1);
+    let claim = book.claim(stream, max_outstanding, budget, head, now, DEADLINE);
+    let mut leased = claim.leased;
+    let scanned = claim.scan.is_some();
+    if let Some(scan) = claim.scan {
+        let room = budget
+            .messages
+            .min(max_outstanding - book.outstanding(stream) + leased.len())
+            - leased.len();
+        let read: Vec<StoredMessage> = topic
+            .iter()
+            .filter(|m| scan.range.contains(&m.offset))
+            .take(room)
+            .cloned()
+            .collect();
+        let examined = match read.last() {
+            Some(last) if read.len() == room => last.offset + 1,
+            _ => scan.range.end,
+        };
+        let left = Budget {
+            messages: budget.messages - leased.len(),
+            ..budget
+        };
+        leased.extend(book.admit(stream, scan.range, &read, examined, left, now, DEADLINE));
+    }
+    (leased, scanned)
+}
+
+fn offsets(leased: &[Leased]) -> Vec<Offset> {
+    leased.iter().map(|l| l.offset).collect()
+}
+
+fn attempts(leased: &[Leased]) -> Vec<(Offset, u32)> {
+    leased.iter().map(|l| (l.offset, l.attempt)).collect()
+}
+
+#[test]
+fn new_messages_are_leased_in_offset_order_up_to_max_outstanding() {
+    let (mut book, topic, now) = (book(false), topic(10), start());
+    let s = book.open_stream();
+    let first = deliver(&mut book, &topic, s, 3, ALL, now);
+    assert_eq!(attempts(&first), vec![(0, 1), (1, 1), (2, 1)]);
+    assert!(
+        deliver(&mut book, &topic, s, 3, ALL, now).is_empty(),
+        "full"
+    );
+    assert_eq!(book.outstanding(s), 3);
+    book.ack(&[Target::Offset(1)], now);
+    assert_eq!(
+        offsets(&deliver(&mut book, &topic, s, 3, ALL, now)),
+        vec![3]
+    );
+}
+
+#[test]
+fn each_message_goes_to_one_stream_at_a_time() {
+    let (mut book, topic, now) = (book(false), topic(4), start());
+    let (a, b) = (book.open_stream(), book.open_stream());
+    let to_a = offsets(&deliver(&mut book, &topic, a, 2, ALL, now));
+    let to_b = offsets(&deliver(&mut book, &topic, b, 5, ALL, now));
+    assert_eq!((to_a, to_b), (vec![0, 1], vec![2, 3]));
+}
+
+#[test]
+fn claims_are_bounded_by_bytes_and_a_single_large_message_still_goes() {
+    let (mut book, topic, now) = (book(false), topic(10), start());
+    let s = book.open_stream();
+    // Each message is 42 bytes on the wire: 100 bytes take two. The scan
+    // reads what the budget allows; the book leases two of them and keeps
+    // the rest due.
+    let small = Budget {
+        messages: usize::MAX,
+        bytes: 100,
+    };
+    assert_eq!(
+        offsets(&turn(&mut book, &topic, s, 100, small, now).0),
+        vec![0, 1]
+    );
+    let tiny = Budget {
+        messages: usize::MAX,
+        bytes: 1,
+    };
+    assert_eq!(
+        offsets(&turn(&mut book, &topic, s, 100, tiny, now).0),
+        vec![2]
+    );
+}
+
+#[test]
+fn a_full_stream_gets_its_expired_leases_back_when_it_claims() {
+    // The stream holds its only slot and never settles: the claim must
+    // settle the expired lease first and hand the message out again, or
+    // the stream would wait forever for a deadline already past.
+    let (mut book, topic, now) = (book(false), topic(1), start());
+    let s = book.open_stream();
+    assert_eq!(
+        offsets(&deliver(&mut book, &topic, s, 1, ALL, now)),
+        vec![0]
+    );
+    let expired = later(now, DEADLINE);
+    assert_eq!(book.next_wakeup(), Some(expired.instant));
+    let again = deliver(&mut book, &topic, s, 1, ALL, expired);
+    assert_eq!(attempts(&again), vec![(0, 2)]);
+    assert!(
+        book.next_wakeup() > Some(expired.instant),
+        "the next wake-up is in the future, not one already past"
+    );
+}
+
+#[test]
+fn skipping_acknowledged_messages_costs_per_range_not_per_offset() {
+    // A trillion acknowledged offsets after the first: stepping over them
+    // one by one would never finish.
+    let acked =
+        crate::offsets::OffsetRanges::from_sorted_ranges(std::iter::once(1..1_000_000_000_000))
+            .unwrap();
+    let acks = AckState { floor: 0, acked };
+    let mut book = LeaseBook::new(acks, [], false, 0);
+    let s = book.open_stream();
+    let now = start();
+    let head = 1_000_000_000_010;
+    let claim = book.claim(s, 100, ALL, head, now, DEADLINE);
+    assert_eq!(claim.scan.map(|s| s.range), Some(0..1));
+    book.admit(s, 0..1, &[message(0, "")], 1, ALL, now, DEADLINE);
+    let claim = book.claim(s, 100, ALL, head, now, DEADLINE);
+    assert_eq!(
+        claim.scan.map(|s| s.range),
+        Some(1_000_000_000_000..head),
+        "one step over the acknowledged range"
+    );
+}
+
+#[test]
+fn a_scan_never_spans_acknowledged_messages_and_is_bounded_by_room() {
+    let mut acks = AckState::starting_at(0);
+    for offset in 3..7 {
+        acks.ack(offset);
+    }
+    let mut book = LeaseBook::new(acks, [], false, 0);
+    let s = book.open_stream();
+    let claim = book.claim(s, 2, ALL, 100, start(), DEADLINE);
+    assert_eq!(
+        claim.scan.map(|s| s.range),
+        Some(0..2),
+        "as long as the room"
+    );
+    book.abandon_scan();
+    let claim = book.claim(s, 50, ALL, 100, start(), DEADLINE);
+    assert_eq!(
+        claim.scan.map(|s| s.range),
+        Some(0..3),
+        "up to the acked run"
+    );
+}
+
+#[test]
+fn only_one_stream_scans_at_a_time_and_an_abandoned_scan_is_free_again() {
+    let mut book = book(false);
+    let (a, b) = (book.open_stream(), book.open_stream());
+    let now = start();
+    assert!(book.claim(a, 10, ALL, 5, now, DEADLINE).scan.is_some());
+    assert!(book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_none());
+    book.abandon_scan();
+    assert!(book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_some());
+}
+
+#[test]
+fn offsets_without_a_message_are_acknowledged_as_the_scan_passes() {
+    let (mut book, now) = (book(false), start());
+    let topic = vec![message(0, ""), message(3, ""), message(4, "")];
+    let s = book.open_stream();
+    assert_eq!(
+        offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+        vec![0, 3, 4]
+    );
+    assert!(book.ack_state().is_acked(1) && book.ack_state().is_acked(2));
+    assert!(book.has_changes(), "the skipped offsets are to be stored");
+    assert_eq!(book.ack_state().unacked_below(5), 3);
+}
+
+#[test]
+fn a_stale_settlement_cannot_touch_the_lease_another_stream_holds_now() {
+    let (mut book, topic, now) = (book(false), topic(1), start());
+    let (a, b) = (book.open_stream(), book.open_stream());
+    let first = deliver(&mut book, &topic, a, 1, ALL, now)[0];
+    // A's lease expires and B gets the message.
+    let expired = later(now, DEADLINE);
+    let second = deliver(&mut book, &topic, b, 1, ALL, expired)[0];
+    assert_eq!((second.offset, second.attempt), (0, 2));
+    assert_ne!(first.lease, second.lease);
+    // A's late nack and extension name its own, expired lease: nothing moves.
+    book.nack(&[Target::Lease(0, first.lease)], None, expired);
+    book.modify_deadline(&[Target::Lease(0, first.lease)], Duration::ZERO, expired);
+    assert_eq!(book.outstanding(b), 1);
+    assert!(deliver(&mut book, &topic, a, 1, ALL, expired).is_empty());
+    // B's own nack does move it.
+    book.nack(&[Target::Lease(0, second.lease)], None, expired);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, a, 1, ALL, expired)),
+        vec![(0, 3)]
+    );
+}
+
+#[test]
+fn an_ack_of_a_moved_lease_still_acknowledges_the_message() {
+    let (mut book, topic, now) = (book(false), topic(1), start());
+    let (a, b) = (book.open_stream(), book.open_stream());
+    let first = deliver(&mut book, &topic, a, 1, ALL, now)[0];
+    let expired = later(now, DEADLINE);
+    deliver(&mut book, &topic, b, 1, ALL, expired);
+    book.ack(&[Target::Lease(0, first.lease)], expired);
+    assert!(book.ack_state().is_acked(0), "the work was done");
+    assert_eq!((book.in_flight(), book.outstanding(b)), (0, 0));
+}
+
+#[test]
+fn an_extended_lease_is_not_redelivered_at_the_old_deadline() {
+    let (mut book, topic, now) = (book(false), topic(1), start());
+    let s = book.open_stream();
+    let leased = deliver(&mut book, &topic, s, 1, ALL, now)[0];
+    book.modify_deadline(&[Target::Lease(0, leased.lease)], DEADLINE * 3, now);
+    assert!(deliver(&mut book, &topic, s, 1, ALL, later(now, DEADLINE * 2)).is_empty());
+    let expired = later(now, DEADLINE * 3);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, s, 1, ALL, expired)),
+        vec![(0, 2)]
+    );
+}
+
+#[test]
+fn a_nack_with_a_delay_waits_without_holding_a_slot() {
+    let (mut book, topic, now) = (book(false), topic(2), start());
+    let s = book.open_stream();
+    deliver(&mut book, &topic, s, 2, ALL, now);
+    let delay = Duration::from_secs(5);
+    book.nack(&[Target::Offset(0)], Some(delay), now);
+    book.modify_deadline(&[Target::Offset(1)], Duration::ZERO, now);
+    assert_eq!(book.outstanding(s), 0);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, s, 2, ALL, now)),
+        vec![(1, 2)]
+    );
+    assert_eq!(
+        book.next_wakeup(),
+        Some(now.instant + delay).min(book.next_wakeup())
+    );
+    let due = later(now, delay);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, s, 2, ALL, due)),
+        vec![(0, 2)]
+    );
+}
+
+#[test]
+fn a_closed_stream_hands_its_messages_on_and_counts_the_failure() {
+    let (mut book, topic, now) = (book(false), topic(2), start());
+    let (a, b) = (book.open_stream(), book.open_stream());
+    deliver(&mut book, &topic, a, 2, ALL, now);
+    book.close_stream(a, true, now);
+    assert_eq!(book.in_flight(), 0);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, b, 5, ALL, now)),
+        vec![(0, 2), (1, 2)]
+    );
+}
+
+#[test]
+fn a_stream_ended_by_shutdown_and_unsent_leases_count_no_failure() {
+    let (mut book, topic, now) = (book(false), topic(3), start());
+    let (a, b) = (book.open_stream(), book.open_stream());
+    deliver(&mut book, &topic, a, 3, ALL, now);
+    book.release_unsent(a, &[2]);
+    book.close_stream(a, false, now);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, b, 5, ALL, now)),
+        vec![(0, 1), (1, 1), (2, 1)]
+    );
+    let (_, records) = book.take_changes();
+    assert!(records.is_empty(), "nothing to store: {records:?}");
+}
+
+#[test]
+fn a_finished_stream_keeps_its_leases_until_their_deadline() {
+    let (mut book, topic, now) = (book(false), topic(2), start());
+    let (done, other) = (book.open_stream(), book.open_stream());
+    deliver(&mut book, &topic, done, 2, ALL, now);
+    book.finish_stream(done);
+    assert_eq!(book.in_flight(), 2);
+    assert!(deliver(&mut book, &topic, other, 5, ALL, now).is_empty());
+    book.ack(&[Target::Offset(0)], now);
+    let expired = later(now, DEADLINE);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, other, 5, ALL, expired)),
+        vec![(1, 2)]
+    );
+}
+
+#[test]
+fn failures_are_recorded_for_storage_and_cleared_by_the_ack() {
+    let (mut book, topic, now) = (book(false), topic(2), start());
+    let s = book.open_stream();
+    deliver(&mut book, &topic, s, 2, ALL, now);
+    let delay = Duration::from_secs(7);
+    book.nack(&[Target::Offset(1)], Some(delay), now);
+    let (_, records) = book.take_changes();
+    let expected = DeliveryRecord {
+        failures: 1,
+        redeliver_at: Some(now.wall + delay),
+    };
+    assert_eq!(records, vec![(1, Some(expected))]);
+    assert!(!book.has_changes(), "taken");
+    book.ack(&[Target::Offset(1)], now);
+    let (acks, records) = book.take_changes();
+    assert_eq!(records, vec![(1, None)], "the record is deleted");
+    assert!(acks.is_acked(1));
+}
+
+#[test]
+fn a_restored_book_continues_the_counts_and_waits_out_stored_delays() {
+    let mut acks = AckState::starting_at(4);
+    acks.ack(6);
+    let now = start();
+    let records = [
+        (
+            5,
+            DeliveryRecord {
+                failures: 2,
+                redeliver_at: None,
+            },
+        ),
+        (
+            7,
+            DeliveryRecord {
+                failures: 1,
+                redeliver_at: Some(now.wall + Duration::from_secs(5)),
+            },
+        ),
+        // Acknowledged meanwhile: dropped, and deleted from storage.
+        (
+            6,
+            DeliveryRecord {
+                failures: 9,
+                redeliver_at: None,
+            },
+        ),
+    ];
+    let mut book = LeaseBook::new(acks, records, false, 0);
+    let s = book.open_stream();
+    let topic = topic(9);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, s, 10, ALL, now)),
+        vec![(4, 1), (5, 3), (8, 1)]
+    );
+    let (_, changes) = book.take_changes();
+    assert_eq!(changes, vec![(6, None)]);
+    let due = later(now, Duration::from_secs(5));
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, s, 10, ALL, due)),
+        vec![(7, 2)]
+    );
+}
+
+#[test]
+fn lease_ids_grow_from_their_seed() {
+    let mut book = LeaseBook::new(AckState::starting_at(0), [], false, 5_000);
+    let s = book.open_stream();
+    let leased = deliver(&mut book, &topic(2), s, 2, ALL, start());
+    assert!(leased.iter().all(|l| l.lease > 5_000));
+    assert!(leased[0].lease < leased[1].lease);
+}
+
+#[test]
+fn moving_the_first_offset_up_settles_everything_below_it() {
+    let (mut book, topic, now) = (book(false), topic(6), start());
+    let s = book.open_stream();
+    deliver(&mut book, &topic, s, 3, ALL, now);
+    book.nack(&[Target::Offset(1)], None, now);
+    book.clamp(4, now);
+    assert_eq!((book.in_flight(), book.outstanding(s)), (0, 0));
+    assert_eq!(book.ack_state().floor, 4);
+    assert_eq!(
+        attempts(&deliver(&mut book, &topic, s, 10, ALL, now)),
+        vec![(4, 1), (5, 1)]
+    );
+    let (_, records) = book.take_changes();
+    assert_eq!(records, vec![(1, None)], "the failure record of 1 goes");
+}
+
+mod ordered {
+    use super::*;
+
+    fn keyed(keys: &[&str]) -> Vec<StoredMessage> {
+        keys.iter()
+            .enumerate()
+            .map(|(o, k)| message(o as Offset, k))
+            .collect()
+    }
+
+    #[test]
+    fn one_message_per_key_is_in_flight_across_all_streams() {
+        let (mut book, now) = (book(true), start());
+        let topic = keyed(&["a", "a", "b", "a", "b", "c"]);
+        let (s, t) = (book.open_stream(), book.open_stream());
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![0, 2, 5]
+        );
+        assert!(
+            deliver(&mut book, &topic, t, 10, ALL, now).is_empty(),
+            "a and b are held"
+        );
+        book.ack(&[Target::Offset(0)], now);
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, t, 10, ALL, now)),
+            vec![1]
+        );
+        book.ack(&[Target::Offset(2)], now);
+        book.ack(&[Target::Offset(1)], now);
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![3, 4]
+        );
+    }
+
+    #[test]
+    fn a_failed_message_holds_back_only_its_own_key() {
+        let (mut book, now) = (book(true), start());
+        let topic = keyed(&["a", "b", "a", "b", "b"]);
+        let s = book.open_stream();
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![0, 1]
+        );
+        let delay = Duration::from_secs(60);
+        book.nack(&[Target::Offset(0)], Some(delay), now);
+        // b keeps flowing while a waits out its delay.
+        book.ack(&[Target::Offset(1)], now);
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![3]
+        );
+        book.ack(&[Target::Offset(3)], now);
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![4]
+        );
+        book.ack(&[Target::Offset(4)], now);
+        // a's next message never overtakes the failed one.
+        let due = later(now, delay);
+        assert_eq!(
+            attempts(&deliver(&mut book, &topic, s, 10, ALL, due)),
+            vec![(0, 2)]
+        );
+        book.ack(&[Target::Offset(0)], due);
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, due)),
+            vec![2]
+        );
+    }
+
+    #[test]
+    fn messages_without_a_key_are_not_ordered() {
+        let (mut book, now) = (book(true), start());
+        let topic = keyed(&["", "", "a", "a"]);
+        let s = book.open_stream();
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn acknowledging_a_queued_message_by_offset_takes_it_out_of_line() {
+        let (mut book, now) = (book(true), start());
+        let topic = keyed(&["a", "a", "a"]);
+        let s = book.open_stream();
+        deliver(&mut book, &topic, s, 10, ALL, now);
+        book.ack(&[Target::Offset(1)], now);
+        book.ack(&[Target::Offset(0)], now);
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+            vec![2]
+        );
+    }
+}

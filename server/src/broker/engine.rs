@@ -1,0 +1,124 @@
+//! [`Engine`]: the seam between the front doors (the gRPC services today;
+//! the HTTP bus and the Pub/Sub adapter later) and what keeps and delivers
+//! messages.
+//!
+//! # Why the seam is here
+//!
+//! Two engines must fit behind it. The local engine ([`Broker`]) keeps its
+//! messages in a [`Store`](crate::storage::Store) and its leases in memory,
+//! in one lease book per subscription. A NATS JetStream engine keeps
+//! messages in streams and leases, acknowledgements, redelivery and
+//! attempt counts in JetStream consumers: the server does that work, not
+//! our memory. A seam at the storage level would force JetStream to
+//! pretend to be a dumb log under our lease book, giving up its replicated
+//! consumer state; a seam at the lease book would leak our scheduling into
+//! its model. So the seam is the broker's whole vocabulary: topics,
+//! subscriptions, publish, subscribe, settle. Every engine validates with
+//! the same helpers (names in `names`, [`check_batch`](super::check_batch))
+//! and speaks the same errors, so the front doors map them once.
+//!
+//! What an engine cannot provide it refuses, never weakens: a
+//! [`BrokerError`] that names the feature and the engine.
+//!
+//! Costs: one boxed future per call, which is nothing beside a gRPC call;
+//! delivery is a [`DeliveryStream`] an engine feeds from a task of its own.
+//!
+//! [`Broker`]: super::Broker
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    BrokerResult, DeliveryStream, Page, PublishedOffsets, SubscribeSpec, SubscriptionInfo,
+    SubscriptionSpec, TopicInfo,
+};
+use crate::names::{SubscriptionName, TopicName};
+use crate::offsets::Offset;
+use crate::storage::NewMessage;
+
+/// What keeps topics and delivers their messages. Cancel safety: a call
+/// whose future is dropped either did nothing or finishes on its own; it
+/// never leaves the engine half-changed.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Creates a topic.
+    async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo>;
+
+    /// Returns a topic.
+    fn get_topic(&self, name: &TopicName) -> BrokerResult<TopicInfo>;
+
+    /// Lists up to `limit` topics whose names sort after `after`.
+    fn list_topics(&self, after: Option<&str>, limit: usize) -> Page<TopicInfo>;
+
+    /// Deletes a topic with its messages and subscriptions.
+    async fn delete_topic(&self, name: &TopicName) -> BrokerResult<()>;
+
+    /// Creates a subscription.
+    async fn create_subscription(&self, spec: SubscriptionSpec) -> BrokerResult<SubscriptionInfo>;
+
+    /// Returns a subscription with its live figures.
+    fn get_subscription(&self, name: &SubscriptionName) -> BrokerResult<SubscriptionInfo>;
+
+    /// Lists up to `limit` subscriptions whose names sort after `after`,
+    /// only those of `topic` when given.
+    fn list_subscriptions(
+        &self,
+        topic: Option<&TopicName>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BrokerResult<Page<SubscriptionInfo>>;
+
+    /// Deletes a subscription.
+    async fn delete_subscription(&self, name: &SubscriptionName) -> BrokerResult<()>;
+
+    /// Appends messages to a topic; returns their offsets once durable.
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> BrokerResult<PublishedOffsets>;
+
+    /// Opens a stream of deliveries.
+    async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream>;
+
+    /// Acknowledges messages by offset and by ack id; returns once stored.
+    async fn ack(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+        ack_ids: &[String],
+    ) -> BrokerResult<()>;
+
+    /// Gives deliveries back, to be delivered again after `delay`.
+    async fn nack(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+        ack_ids: &[String],
+        delay: Duration,
+    ) -> BrokerResult<()>;
+
+    /// Sets the lease of deliveries to `deadline` from now; zero gives them
+    /// up.
+    async fn modify_ack_deadline(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+        ack_ids: &[String],
+        deadline: Duration,
+    ) -> BrokerResult<()>;
+
+    /// Starts shutting down: open streams end with
+    /// [`BrokerError::ShuttingDown`](super::BrokerError::ShuttingDown) and
+    /// new ones are refused; calls in progress complete.
+    fn begin_shutdown(&self);
+
+    /// Finishes what is pending and releases the engine's resources. Call
+    /// once no more requests arrive.
+    async fn close(&self) -> BrokerResult<()>;
+}
+
+/// An engine shared by the front doors.
+pub type SharedEngine = Arc<dyn Engine>;
