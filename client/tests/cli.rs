@@ -379,10 +379,11 @@ async fn unknown_topic_fails_with_one_line_naming_it() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_server_fails_with_a_line_naming_it() -> anyhow::Result<()> {
-    // Bind a port and free it, so that nothing listens there.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?.to_string();
-    drop(listener);
+    // A port that is bound but not listening: connections to it are
+    // refused, and no other process can take it while the test runs.
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.bind("127.0.0.1:0".parse()?)?;
+    let addr = holder.local_addr()?.to_string();
     for command in [&["topics", "ls"][..], &["pub", "t", "m"], &["health"]] {
         let mut args = strings(&["--server", &addr]);
         args.extend(strings(command));
