@@ -379,10 +379,11 @@ async fn unknown_topic_fails_with_one_line_naming_it() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_server_fails_with_a_line_naming_it() -> anyhow::Result<()> {
-    // Bind a port and free it, so that nothing listens there.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?.to_string();
-    drop(listener);
+    // A port that is bound but not listening: connections to it are
+    // refused, and no other process can take it while the test runs.
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.bind("127.0.0.1:0".parse()?)?;
+    let addr = holder.local_addr()?.to_string();
     for command in [&["topics", "ls"][..], &["pub", "t", "m"], &["health"]] {
         let mut args = strings(&["--server", &addr]);
         args.extend(strings(command));
@@ -392,6 +393,208 @@ async fn unreachable_server_fails_with_a_line_naming_it() -> anyhow::Result<()> 
         assert!(line.contains(&format!("http://{addr}")), "{line}");
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_refusal_exits_1_with_one_line() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    create_topic(&broker, "audit").await?;
+    broker
+        .tidings(&["subs", "create", "billing", "--topic", "orders"])
+        .await?
+        .ok()?;
+    for (args, names) in [
+        // INVALID_ARGUMENT
+        (&["topics", "create", "no spaces"][..], "no spaces"),
+        // ALREADY_EXISTS, on the same topic and on another
+        (&["topics", "create", "orders"], "orders"),
+        (
+            &["subs", "create", "billing", "--topic", "audit"],
+            "billing",
+        ),
+        // FAILED_PRECONDITION: the subscription belongs to another topic
+        (
+            &["sub", "billing", "--topic", "audit", "--count", "1"],
+            "audit",
+        ),
+        // NOT_FOUND
+        (&["subs", "describe", "ghost"], "ghost"),
+    ] {
+        let output = broker.tidings(args).await?;
+        let line = output.failure_line()?;
+        assert!(line.contains(names), "{args:?}: {line}");
+        assert_eq!(output.stdout, "", "{args:?}");
+    }
+    let billing = describe_subscription(&broker, "billing").await?;
+    assert_eq!(billing["topic"], "orders", "{billing}");
+    broker.stop().await
+}
+
+/// Publishes each payload with its own `tidings pub`, so that each has a
+/// publish time of its own.
+async fn publish_one_by_one(broker: &Broker, topic: &str, payloads: &[&str]) -> anyhow::Result<()> {
+    for payload in payloads {
+        broker.tidings(&["pub", topic, payload]).await?.ok()?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_creates_its_subscription_at_start_with_its_ack_deadline() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    publish_one_by_one(&broker, "orders", &["a0", "a1", "a2", "a3", "a4"]).await?;
+
+    // At an offset, with a deadline.
+    let from_two = broker
+        .tidings(&[
+            "sub",
+            "from-two",
+            "--topic",
+            "orders",
+            "--start",
+            "2",
+            "--ack-deadline",
+            "45s",
+            "--count",
+            "2",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(from_two.stdout, "a2\na3\n");
+    let sub = describe_subscription(&broker, "from-two").await?;
+    assert_eq!(sub["ack_deadline_seconds"], 45, "{sub}");
+    assert_eq!(
+        (&sub["ack_floor"], &sub["backlog"]),
+        (&4.into(), &1.into()),
+        "{sub}"
+    );
+
+    // At a time: the publish time of a3.
+    let peeked = broker
+        .tidings(&[
+            "sub", "peek", "--topic", "orders", "--count", "5", "--no-ack", "--json",
+        ])
+        .await?
+        .ok()?;
+    let messages = json_lines(&peeked.stdout)?;
+    let time = messages[3]["publish_time"].as_str().unwrap_or_default();
+    assert_eq!(messages[3]["payload"], "a3", "{}", peeked.stdout);
+    let since = broker
+        .tidings(&[
+            "sub", "since", "--topic", "orders", "--start", time, "--count", "1",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(since.stdout, "a3\n");
+    let sub = describe_subscription(&broker, "since").await?;
+    assert_eq!(sub["ack_deadline_seconds"], 30, "the default: {sub}");
+    assert_eq!(
+        (&sub["ack_floor"], &sub["backlog"]),
+        (&4.into(), &1.into()),
+        "{sub}"
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_at_latest_skips_what_was_published_before() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "ticks").await?;
+    publish_one_by_one(&broker, "ticks", &["old0", "old1", "old2"]).await?;
+    let mut child = broker.spawn_tidings(&[
+        "sub", "tail", "--topic", "ticks", "--start", "latest", "--count", "1", "--json",
+    ])?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut stdout = BufReader::new(stdout);
+    let mut first_line = tokio::spawn(async move { next_line(&mut stdout).await });
+
+    // When `sub` has made the subscription is not visible from here: keep
+    // publishing until it prints the first message it gets.
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    let publisher = client.publisher("ticks");
+    let mut published = 0_u32;
+    let line = loop {
+        tokio::select! {
+            line = &mut first_line => break line??,
+            offset = publisher.publish(format!("new{published}")) => {
+                offset?;
+                published += 1;
+            }
+        }
+    };
+    let message: Value = serde_json::from_str(&line)?;
+    let offset = message["offset"].as_u64().unwrap_or_default();
+    assert!(offset >= 3, "an earlier message came: {line}");
+    assert_eq!(message["payload"], format!("new{}", offset - 3), "{line}");
+    let status = tokio::time::timeout(common::RUN_TIMEOUT, child.wait()).await??;
+    assert!(status.success(), "{status}");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_max_outstanding_bounds_what_the_broker_leases_to_it() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "jobs").await?;
+    let jobs: Vec<String> = (0..20).map(|i| format!("j{i}\n")).collect();
+    broker
+        .tidings_with_stdin(&["pub", "jobs"], jobs.concat().as_bytes())
+        .await?
+        .ok()?;
+    // Holding every message it prints (--no-ack), it can take no more
+    // than 3.
+    let mut child = broker.spawn_tidings(&[
+        "sub",
+        "workers",
+        "--topic",
+        "jobs",
+        "--no-ack",
+        "--max-outstanding",
+        "3",
+    ])?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut stdout = BufReader::new(stdout);
+    for job in &jobs[..3] {
+        assert_eq!(&next_line(&mut stdout).await?, job);
+    }
+    let sub = describe_subscription(&broker, "workers").await?;
+    assert_eq!(
+        (&sub["in_flight"], &sub["open_streams"]),
+        (&3.into(), &1.into()),
+        "{sub}"
+    );
+
+    // Every other message is left for another subscriber, as first
+    // deliveries.
+    let rest = broker
+        .tidings(&["sub", "workers", "--count", "17", "--no-ack", "--json"])
+        .await?
+        .ok()?;
+    let rest = json_lines(&rest.stdout)?;
+    let offsets: Vec<u64> = rest.iter().filter_map(|m| m["offset"].as_u64()).collect();
+    assert_eq!(offsets, (3..20).collect::<Vec<_>>());
+    assert!(rest.iter().all(|m| m["delivery_attempt"] == 1), "{rest:?}");
+
+    // Stopped, the first printed nothing beyond its three.
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(signalled.success());
+    let status = tokio::time::timeout(common::RUN_TIMEOUT, child.wait()).await??;
+    assert!(status.success(), "{status}");
+    let mut more = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut more).await?;
+    assert_eq!(more, "", "printed beyond --max-outstanding");
+    broker.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread")]

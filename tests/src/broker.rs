@@ -1,8 +1,16 @@
-//! [`TestBroker`]: a real broker in-process, on `127.0.0.1:0`, over a
-//! temporary data directory that outlives restarts.
+//! [`TestBroker`]: a real broker in-process, on a port of `127.0.0.1`
+//! picked by the system, over a temporary data directory that outlives
+//! restarts.
 //!
 //! It starts the broker exactly as the binary does, through
 //! `tidings_server::run`, and never touches the broker's internals.
+//!
+//! The broker keeps one address for the fixture's whole life, across
+//! restarts: a socket bound to the port (and never listening) holds it
+//! while the broker is stopped, so nothing else can take the port between
+//! runs, and connections to it are refused exactly as by a stopped broker.
+//! Each run listens on the same port through a socket of its own; both
+//! sockets set `SO_REUSEPORT`, which is what lets them share the port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +19,7 @@ use anyhow::{Context as _, anyhow};
 use tempfile::TempDir;
 use tidings_client::Client;
 use tidings_server::config::Config;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,24 +29,68 @@ use crate::SHUTDOWN_TIMEOUT;
 /// Adjusts the configuration of a [`TestBroker`] before each start.
 type Configure = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
-/// A broker running in this process, and the data directory it keeps across
-/// [`restart`](TestBroker::restart)s. Dropping it stops the broker abruptly
-/// and removes the data.
+/// How many connections may wait to be accepted.
+const BACKLOG: u32 = 1024;
+
+/// A broker running in this process, and the data directory and address it
+/// keeps across [`restart`](TestBroker::restart)s. Dropping it stops the
+/// broker and removes the data.
 pub struct TestBroker {
     data_dir: TempDir,
     configure: Configure,
+    /// The port every run listens on, held by a socket that is bound to it
+    /// and never listens (see the module documentation).
+    port: ReservedPort,
     running: Option<Running>,
-    /// Where the last run listened, for
-    /// [`resume_on_same_port`](TestBroker::resume_on_same_port).
-    last_addr: Option<SocketAddr>,
 }
 
 /// One run of the broker, from start to stop.
 struct Running {
-    addr: SocketAddr,
     client: Client,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), tidings_server::ServeError>>,
+}
+
+/// A port of `127.0.0.1` kept for this fixture: bound, never listening.
+struct ReservedPort {
+    addr: SocketAddr,
+    _holder: TcpSocket,
+}
+
+impl ReservedPort {
+    /// Takes a free port from the system and holds it.
+    fn new() -> anyhow::Result<Self> {
+        let holder = shareable_socket()?;
+        holder
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .context("bind 127.0.0.1:0")?;
+        let addr = holder.local_addr().context("read the bound address")?;
+        Ok(Self {
+            addr,
+            _holder: holder,
+        })
+    }
+
+    /// A listener on the held port, for one run of the broker.
+    fn listen(&self) -> anyhow::Result<TcpListener> {
+        let socket = shareable_socket()?;
+        socket
+            .bind(self.addr)
+            .with_context(|| format!("bind {} again", self.addr))?;
+        socket
+            .listen(BACKLOG)
+            .with_context(|| format!("listen on {}", self.addr))
+    }
+}
+
+/// A TCP socket that may share its port with the other sockets of this
+/// fixture (`SO_REUSEPORT`; the system allows that only within one user).
+fn shareable_socket() -> anyhow::Result<TcpSocket> {
+    let socket = TcpSocket::new_v4().context("create a socket")?;
+    socket
+        .set_reuseport(true)
+        .context("set SO_REUSEPORT on a socket")?;
+    Ok(socket)
 }
 
 impl TestBroker {
@@ -67,33 +119,27 @@ impl TestBroker {
         let mut broker = Self {
             data_dir,
             configure: Arc::new(configure),
+            port: ReservedPort::new()?,
             running: None,
-            last_addr: None,
         };
         broker.launch().await?;
         Ok(broker)
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        self.launch_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
-    }
-
-    async fn launch_on(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind {addr}"))?;
-        let addr = listener.local_addr().context("read the bound address")?;
-        self.last_addr = Some(addr);
+        if self.running.is_some() {
+            anyhow::bail!("the test broker is running; stop it first");
+        }
+        let listener = self.port.listen()?;
         let mut config = Config::for_data_dir(self.data_dir.path().to_path_buf());
         (self.configure)(&mut config);
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone().cancelled_owned();
         let task = tokio::spawn(tidings_server::run(listener, config, signal));
-        let client = Client::connect(format!("http://{addr}"))
+        let client = Client::connect(self.url())
             .await
-            .with_context(|| format!("connect to the test broker at {addr}"))?;
+            .with_context(|| format!("connect to the test broker at {}", self.addr()))?;
         self.running = Some(Running {
-            addr,
             client,
             shutdown,
             task,
@@ -107,18 +153,15 @@ impl TestBroker {
             .expect("the test broker is stopped; restart it first")
     }
 
-    /// The address the broker listens on.
-    ///
-    /// # Panics
-    /// When the broker is stopped.
+    /// The address the broker listens on; the same for the fixture's whole
+    /// life, also while the broker is stopped (connections are refused
+    /// then).
     pub fn addr(&self) -> SocketAddr {
-        self.running().addr
+        self.port.addr
     }
 
-    /// The broker's URL, for example `http://127.0.0.1:40123`.
-    ///
-    /// # Panics
-    /// When the broker is stopped.
+    /// The broker's URL, for example `http://127.0.0.1:40123`; the same
+    /// for the fixture's whole life, as [`TestBroker::addr`].
     pub fn url(&self) -> String {
         format!("http://{}", self.addr())
     }
@@ -151,7 +194,9 @@ impl TestBroker {
     }
 
     /// Stops the broker gracefully and starts it again on the same data
-    /// directory, on a new port. Clients taken before must be taken again.
+    /// directory and address. Clients made before reconnect by themselves,
+    /// as clients of a real broker do; [`TestBroker::client`] gives one
+    /// connected to the new run.
     ///
     /// # Errors
     /// As [`TestBroker::stop`] and [`TestBroker::start`].
@@ -160,31 +205,22 @@ impl TestBroker {
         self.launch().await
     }
 
-    /// Stops the broker gracefully and starts it again on the same data
-    /// directory and the same address, so that clients made before (which
-    /// reconnect by address) find it again.
+    /// The same as [`TestBroker::restart`], named for callers that rely on
+    /// the address staying the same (it always does).
     ///
     /// # Errors
-    /// As [`TestBroker::stop`] and [`TestBroker::resume_on_same_port`].
+    /// As [`TestBroker::restart`].
     pub async fn restart_on_same_port(&mut self) -> anyhow::Result<()> {
-        self.stop().await?;
-        self.resume_on_same_port().await
+        self.restart().await
     }
 
     /// Starts a [`stop`](TestBroker::stop)ped broker again on the same data
-    /// directory and the address it listened on before.
+    /// directory and address.
     ///
     /// # Errors
-    /// When the broker is running, or the address cannot be bound again, or
-    /// as [`TestBroker::start`].
+    /// When the broker is running, or as [`TestBroker::start`].
     pub async fn resume_on_same_port(&mut self) -> anyhow::Result<()> {
-        if self.running.is_some() {
-            anyhow::bail!("the test broker is running; stop it first");
-        }
-        let addr = self
-            .last_addr
-            .context("the test broker never listened anywhere")?;
-        self.launch_on(addr).await
+        self.launch().await
     }
 }
 

@@ -11,12 +11,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use tidings::v1::start_position::Position;
 use tidings::v1::{
     AckRequest, CreateSubscriptionRequest, CreateTopicRequest, GetSubscriptionRequest,
-    GetTopicRequest, PublishMessage, PublishRequest, ReceivedMessage, StartPosition,
-    SubscribeRequest, Subscription, Topic,
+    GetTopicRequest, ListSubscriptionsRequest, ListTopicsRequest, PublishMessage, PublishRequest,
+    ReceivedMessage, StartPosition, SubscribeRequest, Subscription, Topic,
 };
 pub use tidings_client::Client;
 use tonic::Code;
@@ -229,6 +229,105 @@ pub async fn ack(client: &Client, subscription: &str, offsets: &[u64]) -> anyhow
         })
         .await
         .with_context(|| format!("ack {offsets:?} on {subscription:?}"))?;
+    Ok(())
+}
+
+/// The most pages a listing may take before a test gives up on it: more
+/// than any test makes, fewer than a broker that repeats a page forever.
+const MAX_PAGES: usize = 1000;
+
+/// The topic names of every page of `ListTopics` with `page_size`, page by
+/// page, following `next_page_token` until it is empty.
+///
+/// # Errors
+/// The broker's status, or more than a thousand pages.
+pub async fn topic_pages(client: &Client, page_size: u32) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListTopicsRequest {
+            page_size,
+            page_token,
+        };
+        let page = client
+            .admin_service()
+            .list_topics(request)
+            .await
+            .with_context(|| format!("list topics, page {}", pages.len() + 1))?
+            .into_inner();
+        pages.push(page.topics.into_iter().map(|t| t.name).collect());
+        if page.next_page_token.is_empty() {
+            return Ok(pages);
+        }
+        ensure!(pages.len() < MAX_PAGES, "ListTopics never ends");
+        page_token = page.next_page_token;
+    }
+}
+
+/// The subscription names of every page of `ListSubscriptions` of `topic`
+/// (every topic when empty) with `page_size`, page by page.
+///
+/// # Errors
+/// The broker's status, or more than a thousand pages.
+pub async fn subscription_pages(
+    client: &Client,
+    topic: &str,
+    page_size: u32,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListSubscriptionsRequest {
+            topic: topic.to_owned(),
+            page_size,
+            page_token,
+        };
+        let page = client
+            .admin_service()
+            .list_subscriptions(request)
+            .await
+            .with_context(|| format!("list subscriptions, page {}", pages.len() + 1))?
+            .into_inner();
+        pages.push(page.subscriptions.into_iter().map(|s| s.name).collect());
+        if page.next_page_token.is_empty() {
+            return Ok(pages);
+        }
+        ensure!(pages.len() < MAX_PAGES, "ListSubscriptions never ends");
+        page_token = page.next_page_token;
+    }
+}
+
+/// Checks that `pages` split `expected` (in order) into full pages of
+/// `page_size` names and a last, shorter one (or an empty one after the
+/// last full page, which the API allows): the pages join up without a gap,
+/// a repeat or a name out of order.
+///
+/// # Errors
+/// When a page has the wrong length or the pages joined are not `expected`.
+pub fn check_pages(
+    pages: &[Vec<String>],
+    expected: &[String],
+    page_size: usize,
+) -> anyhow::Result<()> {
+    let mut lengths: Vec<usize> = pages.iter().map(Vec::len).collect();
+    if lengths.len() > 1 && lengths.last() == Some(&0) {
+        lengths.pop();
+    }
+    let mut want: Vec<usize> = expected.chunks(page_size).map(<[String]>::len).collect();
+    if want.is_empty() {
+        want.push(0);
+    }
+    ensure!(
+        lengths == want,
+        "pages of {lengths:?} names, expected {want:?} for {} names a page",
+        page_size
+    );
+    let joined: Vec<&String> = pages.iter().flatten().collect();
+    let expected: Vec<&String> = expected.iter().collect();
+    ensure!(
+        joined == expected,
+        "the pages joined are not the names in order: {joined:?}"
+    );
     Ok(())
 }
 

@@ -3,12 +3,10 @@
 
 use tidings::v1::{
     DeleteSubscriptionRequest, DeleteTopicRequest, GetTopicRequest, ListSubscriptionsRequest,
-    ListTopicsRequest,
 };
-use tidings_client::Client;
 use tidings_tests::{
     Deliveries, TestBroker, ack, create_subscription, create_topic, expect_code, get_subscription,
-    get_topic, offsets, payloads, publish, subscribe_request,
+    get_topic, offsets, payloads, publish, subscribe_request, subscription_pages, topic_pages,
 };
 use tonic::Code;
 
@@ -92,28 +90,6 @@ async fn subscription_reports_backlog_in_flight_and_ack_floor() -> anyhow::Resul
     Ok(())
 }
 
-/// Follows `next_page_token` through every page of topics.
-async fn all_topic_pages(client: &Client, page_size: u32) -> anyhow::Result<Vec<Vec<String>>> {
-    let mut pages = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .admin_service()
-            .list_topics(ListTopicsRequest {
-                page_size,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        pages.push(page.topics.into_iter().map(|t| t.name).collect());
-        if page.next_page_token.is_empty() {
-            return Ok(pages);
-        }
-        anyhow::ensure!(pages.len() < 100, "list_topics never ends");
-        page_token = page.next_page_token;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn list_topics_pages_through_every_topic_in_name_order() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
@@ -121,7 +97,7 @@ async fn list_topics_pages_through_every_topic_in_name_order() -> anyhow::Result
     for name in ["delta", "alpha", "echo", "charlie", "bravo"] {
         create_topic(&client, name).await?;
     }
-    let pages = all_topic_pages(&client, 2).await?;
+    let pages = topic_pages(&client, 2).await?;
     assert_eq!(
         pages,
         [
@@ -130,9 +106,8 @@ async fn list_topics_pages_through_every_topic_in_name_order() -> anyhow::Result
             vec!["echo"]
         ]
     );
-    let one_page = all_topic_pages(&client, 0).await?;
-    assert_eq!(one_page.len(), 1);
-    assert_eq!(one_page[0].len(), 5);
+    let one_page = topic_pages(&client, 0).await?;
+    assert_eq!(one_page, [["alpha", "bravo", "charlie", "delta", "echo"]]);
     Ok(())
 }
 
@@ -142,43 +117,29 @@ async fn list_subscriptions_pages_and_filters_by_topic() -> anyhow::Result<()> {
     let client = broker.client();
     create_topic(&client, "orders").await?;
     create_topic(&client, "stock").await?;
-    for name in ["c-orders", "a-orders", "b-orders"] {
+    for name in ["c-orders", "e-orders", "a-orders", "d-orders", "b-orders"] {
         create_subscription(&client, name, "orders", 0).await?;
     }
     create_subscription(&client, "a-stock", "stock", 0).await?;
 
-    let first = client
-        .admin_service()
-        .list_subscriptions(ListSubscriptionsRequest {
-            topic: "orders".into(),
-            page_size: 2,
-            page_token: String::new(),
-        })
-        .await?
-        .into_inner();
-    let names: Vec<&str> = first
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    assert_eq!(names, ["a-orders", "b-orders"]);
-    assert!(!first.next_page_token.is_empty());
-    let second = client
-        .admin_service()
-        .list_subscriptions(ListSubscriptionsRequest {
-            topic: "orders".into(),
-            page_size: 2,
-            page_token: first.next_page_token,
-        })
-        .await?
-        .into_inner();
-    let names: Vec<&str> = second
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    assert_eq!(names, ["c-orders"]);
-    assert!(second.next_page_token.is_empty());
+    let of_orders = subscription_pages(&client, "orders", 2).await?;
+    assert_eq!(
+        of_orders,
+        [
+            vec!["a-orders", "b-orders"],
+            vec!["c-orders", "d-orders"],
+            vec!["e-orders"]
+        ]
+    );
+    // Pages of every topic: the other topic's subscription sits between.
+    let all = subscription_pages(&client, "", 3).await?;
+    assert_eq!(
+        all,
+        [
+            vec!["a-orders", "a-stock", "b-orders"],
+            vec!["c-orders", "d-orders", "e-orders"]
+        ]
+    );
 
     let everything = client
         .admin_service()
@@ -196,9 +157,12 @@ async fn list_subscriptions_pages_and_filters_by_topic() -> anyhow::Result<()> {
             ("a-orders", "orders"),
             ("a-stock", "stock"),
             ("b-orders", "orders"),
-            ("c-orders", "orders")
+            ("c-orders", "orders"),
+            ("d-orders", "orders"),
+            ("e-orders", "orders")
         ]
     );
+    assert!(everything.next_page_token.is_empty(), "one page");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use tidings::v1::{
 use tidings_client::Client;
 use tidings_tests::{
     Deliveries, TestBroker, create_subscription, create_topic, expect_code, get_subscription,
-    get_topic, offsets, payloads, publish, subscribe_request,
+    get_topic, offsets, payloads, publish, subscribe_request, subscription_pages, topic_pages,
 };
 use tonic::Code;
 
@@ -25,10 +25,49 @@ async fn broker_with_data() -> anyhow::Result<TestBroker> {
     Ok(broker)
 }
 
-/// Checks that the data of [`broker_with_data`] is intact and usable.
+/// Checks that the broker holds exactly `topics` and `subscriptions`
+/// (in name order): nothing a refused call named was created.
+async fn assert_only(
+    client: &Client,
+    topics: &[&str],
+    subscriptions: &[&str],
+) -> anyhow::Result<()> {
+    let listed_topics = topic_pages(client, 0).await?.concat();
+    assert_eq!(listed_topics, topics, "the topics");
+    let listed_subscriptions = subscription_pages(client, "", 0).await?.concat();
+    assert_eq!(listed_subscriptions, subscriptions, "the subscriptions");
+    Ok(())
+}
+
+/// Checks that `name` is no subscription: `GetSubscription` answers
+/// NOT_FOUND.
+async fn assert_no_subscription(client: &Client, name: &str) -> anyhow::Result<()> {
+    let got = client
+        .admin_service()
+        .get_subscription(GetSubscriptionRequest { name: name.into() })
+        .await;
+    expect_code(got, Code::NotFound)?;
+    Ok(())
+}
+
+/// Checks that the data of [`broker_with_data`] is intact and usable, and
+/// that no other topic or subscription was created.
 async fn assert_data_intact(client: &Client) -> anyhow::Result<()> {
+    assert_data_intact_beside(client, &[]).await
+}
+
+/// As [`assert_data_intact`], with the topics `also` made by the test.
+async fn assert_data_intact_beside(client: &Client, also: &[&str]) -> anyhow::Result<()> {
+    let mut topics = [&["t"][..], also].concat();
+    topics.sort_unstable();
+    assert_only(client, &topics, &["s"]).await?;
     assert_eq!(get_topic(client, "t").await?.next_offset, 3);
     let figures = get_subscription(client, "s").await?;
+    assert_eq!(
+        (figures.topic.as_str(), figures.ack_deadline_seconds),
+        ("t", 30),
+        "{figures:?}"
+    );
     assert_eq!((figures.backlog, figures.ack_floor), (3, 0), "{figures:?}");
     assert_eq!(publish(client, "t", &["3"]).await?, [3]);
     let mut stream = Deliveries::open(client, subscribe_request("s", "")).await?;
@@ -99,6 +138,16 @@ async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Resu
         .admin_service()
         .create_topic(CreateTopicRequest {
             name: "x".repeat(256),
+        })
+        .await;
+    let status = expect_code(long, Code::InvalidArgument)?;
+    assert!(status.message().contains("255"), "{status:?}");
+    let long = client
+        .admin_service()
+        .create_subscription(CreateSubscriptionRequest {
+            name: "x".repeat(256),
+            topic: "t".into(),
+            ..Default::default()
         })
         .await;
     let status = expect_code(long, Code::InvalidArgument)?;
@@ -230,6 +279,9 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
         })
         .await;
     expect_code(nacked, Code::NotFound)?;
+    // Neither "nowhere" nor "orphan" nor "nobody" was created.
+    assert_no_subscription(&client, "orphan").await?;
+    assert_no_subscription(&client, "nobody").await?;
     assert_data_intact(&client).await
 }
 
@@ -243,28 +295,44 @@ async fn duplicates_are_already_exists() -> anyhow::Result<()> {
         .await;
     let status = expect_code(topic, Code::AlreadyExists)?;
     assert!(status.message().contains("\"t\""), "{status:?}");
+    // Other settings do not make it a different subscription: the one
+    // there keeps its own (the default deadline, the earliest start).
     let subscription = client
         .admin_service()
         .create_subscription(CreateSubscriptionRequest {
             name: "s".into(),
             topic: "t".into(),
-            ..Default::default()
+            ack_deadline_seconds: 60,
+            start: Some(tidings_tests::start_latest()),
         })
         .await;
-    expect_code(subscription, Code::AlreadyExists)?;
+    let status = expect_code(subscription, Code::AlreadyExists)?;
+    assert!(status.message().contains("\"s\""), "{status:?}");
     assert_data_intact(&client).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn subscribing_with_another_topic_is_failed_precondition() -> anyhow::Result<()> {
+async fn a_subscription_name_is_taken_on_every_topic() -> anyhow::Result<()> {
     let broker = broker_with_data().await?;
     let client = broker.client();
     create_topic(&client, "other").await?;
+    // Subscribe naming another topic than the subscription's own.
     let status = Deliveries::open_expecting_error(&client, subscribe_request("s", "other")).await?;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("other"), "{status:?}");
+    // Creating the name again on another topic.
+    let created = client
+        .admin_service()
+        .create_subscription(CreateSubscriptionRequest {
+            name: "s".into(),
+            topic: "other".into(),
+            ..Default::default()
+        })
+        .await;
+    let status = expect_code(created, Code::AlreadyExists)?;
+    assert!(status.message().contains("\"s\""), "{status:?}");
     assert_eq!(get_subscription(&client, "s").await?.topic, "t");
-    assert_data_intact(&client).await
+    assert_data_intact_beside(&client, &["other"]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -349,10 +417,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
 
     // None of the refused subscriptions was created.
     for name in ["slow", "beyond"] {
-        assert!(
-            get_subscription(&client, name).await.is_err(),
-            "{name} exists"
-        );
+        assert_no_subscription(&client, name).await?;
     }
     assert_data_intact(&client).await
 }

@@ -5,12 +5,17 @@ use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use tidings_client::{Client, Error, StartPosition, SubscriptionConfig};
-use tidings_tests::{TestBroker, within};
+use tidings_tests::{TestBroker, check_pages, subscription_pages, topic_pages, within};
 use tonic::Code;
 
 /// How many admin calls the tests make at once. (Hundreds at once on one
 /// fresh connection can outrun the HTTP/2 settings exchange.)
 const CONCURRENT_CALLS: usize = 16;
+
+/// Names on a page of a listing, by default and at most (README, "Names
+/// and limits").
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn topics_are_created_read_listed_and_deleted() -> anyhow::Result<()> {
@@ -58,8 +63,9 @@ async fn topics_are_created_read_listed_and_deleted() -> anyhow::Result<()> {
 async fn list_topics_follows_every_page() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     let client = broker.client();
-    // 250 topics: three pages of the broker's default page size (100).
-    let mut names: Vec<String> = (0..250).map(|i| format!("topic-{i:03}")).collect();
+    // 1001 topics: eleven pages of the broker's default page size (100),
+    // and two of its largest (1000).
+    let mut names: Vec<String> = (0..1001).map(|i| format!("topic-{i:04}")).collect();
     let creates = futures::stream::iter(&names).map(|name| client.create_topic(name));
     within(
         creates
@@ -67,8 +73,14 @@ async fn list_topics_follows_every_page() -> anyhow::Result<()> {
             .try_collect::<Vec<_>>(),
     )
     .await??;
-    let listed = within(client.list_topics()).await??;
     names.sort();
+    let by_default = within(topic_pages(&client, 0)).await??;
+    check_pages(&by_default, &names, DEFAULT_PAGE_SIZE)?;
+    let at_most = within(topic_pages(&client, 5000)).await??;
+    check_pages(&at_most, &names, MAX_PAGE_SIZE)?;
+
+    // The client follows the pages and joins them up.
+    let listed = within(client.list_topics()).await??;
     let listed: Vec<String> = listed.into_iter().map(|t| t.name).collect();
     assert_eq!(listed, names);
     Ok(())
@@ -94,7 +106,7 @@ async fn subscriptions_are_created_read_listed_and_deleted() -> anyhow::Result<(
     let latest = SubscriptionConfig::new("tail", "small").start(StartPosition::Latest);
     assert_eq!(client.create_subscription(latest).await?.backlog, 0);
 
-    // 120 subscriptions on "big": more than one page.
+    // 120 subscriptions on "big": two pages of the default size.
     let mut big: Vec<String> = (0..120).map(|i| format!("sub-{i:03}")).collect();
     let creates = futures::stream::iter(&big)
         .map(|name| client.create_subscription(SubscriptionConfig::new(name.as_str(), "big")));
@@ -105,6 +117,8 @@ async fn subscriptions_are_created_read_listed_and_deleted() -> anyhow::Result<(
     )
     .await??;
     big.sort();
+    let pages = within(subscription_pages(&client, "big", 0)).await??;
+    check_pages(&pages, &big, DEFAULT_PAGE_SIZE)?;
     let listed = within(client.list_subscriptions(Some("big"))).await??;
     assert_eq!(
         listed.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),

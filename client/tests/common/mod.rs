@@ -170,13 +170,21 @@ impl Output {
         self.stdout.lines().collect()
     }
 
-    /// Checks that the run failed with exactly one line on standard error,
-    /// `tidings: …`, and returns that line.
+    /// Checks that the run failed as the README says a command fails: exit
+    /// status 1 and exactly one line on standard error, `tidings: …`;
+    /// returns that line.
     pub(crate) fn failure_line(&self) -> anyhow::Result<&str> {
         if self.status.success() {
             bail!(
                 "tidings succeeded but should have failed: {:?}",
                 self.stdout
+            );
+        }
+        if self.status.code() != Some(1) {
+            bail!(
+                "tidings failed with {}, not exit status 1: {:?}",
+                self.status,
+                self.stderr
             );
         }
         let lines: Vec<&str> = self.stderr.lines().collect();
