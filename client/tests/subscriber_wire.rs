@@ -1,11 +1,14 @@
 //! The `Subscriber` against a stand-in broker that plays scripted
 //! `Subscribe` streams and records every call it gets: what goes on the
 //! wire. Settlements name a delivery by its ack_id, or by its offset when
-//! the broker gave none; leases are extended on a timer.
+//! the broker gave none; leases are extended on a timer; a stream that
+//! ends early with OK is reopened without the topic, so a deleted
+//! subscription ends the subscriber with NOT_FOUND instead of being
+//! created again.
 //!
-//! The stand-in lets a test choose what today's broker cannot show
-//! (ack_ids). The subscriber against the real broker is
-//! tested in `tests/tests/client_subscriber.rs`.
+//! The stand-in lets a test choose what today's broker cannot show:
+//! ack_ids, a stream that ends with OK. The subscriber against the real
+//! broker is tested in `tests/tests/client_subscriber.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,7 +30,7 @@ use tidings_client::{Client, Delivery, Subscriber};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// How long a test waits for an event before it fails.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -265,6 +268,11 @@ fn stay_open(messages: Vec<ReceivedMessage>) -> Opened {
         .boxed())
 }
 
+/// Sends `messages` in one frame, then ends the stream with OK.
+fn end_with_ok(messages: Vec<ReceivedMessage>) -> Opened {
+    Ok(stream::iter([frame(messages)]).boxed())
+}
+
 /// Sends `messages` in one frame, then ends the stream once `cue` is
 /// notified: with OK, or with the status of `end`. (A stream that breaks
 /// takes its unread deliveries along, so a test reads them first.)
@@ -459,5 +467,115 @@ async fn a_stale_and_a_fresh_delivery_of_one_offset_each_use_their_own_ack_id() 
         .collect();
     acked.sort_unstable();
     assert_eq!(acked, ["new-5", "new-6", "old-6"]);
+    Ok(())
+}
+
+/// The script of a subscription deleted under its first stream (on `cue`)
+/// by a broker that then ends the stream with OK instead of NOT_FOUND:
+/// reopening without a topic is NOT_FOUND, while a `Subscribe` carrying
+/// the topic would create the subscription again and replay the topic.
+fn deleted_under_the_first_stream(
+    cue: Arc<Notify>,
+) -> impl Fn(&SubscribeRequest, u32) -> Opened + Send + Sync + 'static {
+    move |request, n| {
+        let topic = vec![message(0, "a0"), message(1, "a1")];
+        if n == 1 {
+            end_on_cue(topic, &cue, Ok(()))
+        } else if request.topic.is_empty() {
+            Err(Status::not_found("subscription \"s\" does not exist"))
+        } else {
+            stay_open(topic)
+        }
+    }
+}
+
+/// Reads a subscription deleted under its first stream; checks it ends
+/// with NOT_FOUND, once, and was created by the first `Subscribe` only.
+async fn read_a_deleted_subscription(max_messages: Option<u32>) -> anyhow::Result<()> {
+    let cue = Arc::new(Notify::new());
+    let script = deleted_under_the_first_stream(Arc::clone(&cue));
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut builder = client
+        .subscriber("s")
+        .topic("t")
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100));
+    if let Some(max) = max_messages {
+        builder = builder.max_messages(max);
+    }
+    let mut subscriber = builder.subscribe().await?;
+    for offset in 0..2 {
+        let delivery = next(&mut subscriber).await?;
+        assert_eq!(delivery.offset(), offset);
+        delivery.ack();
+    }
+    cue.notify_one();
+    let err = match within(subscriber.next()).await? {
+        Some(Err(err)) => err,
+        other => anyhow::bail!("expected NOT_FOUND, got {other:?}"),
+    };
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(within(subscriber.next()).await?.is_none(), "then the end");
+    within(subscriber.close()).await??;
+
+    let creating: Vec<SubscribeRequest> = drain(&mut calls_rx)
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Subscribe(request) if !request.topic.is_empty() => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(creating.len(), 1, "only the first open names the topic");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_subscription_ends_with_not_found_and_is_not_created_again() -> anyhow::Result<()>
+{
+    read_a_deleted_subscription(None).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_max_messages_a_deleted_subscription_ends_with_not_found_too() -> anyhow::Result<()> {
+    read_a_deleted_subscription(Some(10)).await
+}
+
+/// A stream that ends with OK before `max_messages` were delivered (a
+/// proxy cut it, or a broker lost its final status) is not the end: the
+/// subscriber reopens it, without the topic, for the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ended_early_with_ok_is_reopened_for_the_rest() -> anyhow::Result<()> {
+    let cue = Arc::new(Notify::new());
+    let first_cue = Arc::clone(&cue);
+    let script = move |request: &SubscribeRequest, n| match (n, request.max_messages) {
+        (1, 2) => end_on_cue(vec![message(0, "a0")], &first_cue, Ok(())),
+        (_, 1) => end_with_ok(vec![message(1, "a1")]),
+        _ => Err(Status::invalid_argument(format!("unexpected {request:?}"))),
+    };
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .max_messages(2)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    assert_eq!(first.offset(), 0);
+    first.ack();
+    cue.notify_one();
+    let second = next(&mut subscriber).await?;
+    assert_eq!(second.offset(), 1);
+    second.ack();
+    assert!(within(subscriber.next()).await?.is_none(), "then the end");
+    within(subscriber.close()).await??;
+
+    let opens: Vec<(String, u32)> = drain(&mut calls_rx)
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Subscribe(r) => Some((r.topic, r.max_messages)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opens, [("t".to_owned(), 2), (String::new(), 1)]);
     Ok(())
 }
