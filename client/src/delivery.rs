@@ -67,10 +67,11 @@ impl Delivery {
         }
     }
 
-    /// Whether the stream this came on is still open. A delivery of an
+    /// Counts this delivery as handed to the application, if the stream it
+    /// came on is still open; returns whether it is. A delivery of an
     /// ended stream was taken back by the broker and comes again.
-    pub(crate) fn is_current(&self) -> bool {
-        self.settle.is_live(self.epoch)
+    pub(crate) fn hand_out(&self) -> bool {
+        self.settle.hand_out(self.epoch)
     }
 
     /// The message's offset in its topic.

@@ -62,6 +62,8 @@ struct State {
     ledger: Ledger,
     waiters: Vec<oneshot::Sender<Result<()>>>,
     first_error: Option<Error>,
+    /// Deliveries handed to the application, for `max_messages`.
+    handed_out: u64,
     closing: bool,
     /// Every [`Settle`] handle is gone: flush and stop.
     gone: bool,
@@ -103,9 +105,22 @@ impl Settle {
         self.shared.state().ledger.end_epoch(epoch);
     }
 
-    /// Whether `epoch` is the live stream's.
-    pub(crate) fn is_live(&self, epoch: u64) -> bool {
-        self.shared.state().ledger.is_live(epoch)
+    /// Counts a delivery of the stream of `epoch` as handed to the
+    /// application, if that stream is still live; returns whether it is.
+    /// (A delivery of an ended stream was taken back by the broker and
+    /// comes again.) One step under the lock, so that once
+    /// [`end_epoch`](Self::end_epoch) returns, [`handed_out`](Self::handed_out)
+    /// no longer counts that stream's deliveries.
+    pub(crate) fn hand_out(&self, epoch: u64) -> bool {
+        let mut state = self.shared.state();
+        let live = state.ledger.is_live(epoch);
+        state.handed_out += u64::from(live);
+        live
+    }
+
+    /// How many deliveries were handed to the application.
+    pub(crate) fn handed_out(&self) -> u64 {
+        self.shared.state().handed_out
     }
 
     /// Records a delivery of `offset`, named `target` on the wire; returns

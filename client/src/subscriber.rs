@@ -196,6 +196,7 @@ impl SubscriberBuilder {
             settle: Arc::clone(&settle),
             deliveries_tx,
             backoff: Backoff::new(min, max),
+            max_messages: self.max_messages,
             remaining: self.max_messages,
         };
         let span = info_span!("subscriber", subscription = %self.subscription);
@@ -289,7 +290,7 @@ impl Stream for Subscriber {
             match self.deliveries.poll_recv(cx) {
                 // Buffered when its stream broke: the broker took it back
                 // and delivers it again, so it is not handed out twice.
-                Poll::Ready(Some(Ok(delivery))) if !delivery.is_current() => {}
+                Poll::Ready(Some(Ok(delivery))) if !delivery.hand_out() => {}
                 other => return other,
             }
         }
@@ -312,7 +313,9 @@ struct Reader {
     settle: Arc<Settle>,
     deliveries_tx: mpsc::Sender<Result<Delivery>>,
     backoff: Backoff,
-    /// Deliveries still wanted when `max_messages` was set.
+    /// The deliveries to hand out in all, when `max_messages` was set.
+    max_messages: Option<u32>,
+    /// Of those, the ones the current stream still has to bring.
     remaining: Option<u32>,
 }
 
@@ -358,11 +361,30 @@ impl Reader {
                     warn!("the subscribe stream ended early with OK; reconnecting");
                 }
             }
+            if !self.ask_for_the_rest() {
+                debug!("every message asked for was handed out");
+                return;
+            }
             match self.reconnect().await {
                 Some(reopened) => stream = reopened,
                 None => return,
             }
         }
+    }
+
+    /// After a stream ended early: the next one asks for the deliveries
+    /// not handed out yet. Those still buffered went back with the ended
+    /// stream, so they count as not delivered. Returns false when nothing
+    /// is left to ask for.
+    fn ask_for_the_rest(&mut self) -> bool {
+        let Some(max) = self.max_messages else {
+            return true;
+        };
+        let handed_out = u32::try_from(self.settle.handed_out()).unwrap_or(u32::MAX);
+        let rest = max.saturating_sub(handed_out);
+        self.remaining = Some(rest);
+        self.request.max_messages = rest;
+        rest > 0
     }
 
     /// Reads frames until the stream ends or the subscriber is dropped.
@@ -394,8 +416,6 @@ impl Reader {
             if let Some(remaining) = self.remaining.as_mut() {
                 let received = u32::try_from(messages.len()).unwrap_or(u32::MAX);
                 *remaining = remaining.saturating_sub(received);
-                // A reopened stream asks only for the rest.
-                self.request.max_messages = (*remaining).max(1);
             }
             // Recorded first, all of them, so leases are kept alive while
             // the deliveries wait in the buffer.

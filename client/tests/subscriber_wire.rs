@@ -579,3 +579,51 @@ async fn a_stream_ended_early_with_ok_is_reopened_for_the_rest() -> anyhow::Resu
     assert_eq!(opens, [("t".to_owned(), 2), (String::new(), 1)]);
     Ok(())
 }
+
+/// `max_messages` counts what the application got: deliveries still
+/// buffered when a stream breaks go back with it, so the reopened stream
+/// asks for them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_messages_counts_what_was_handed_out_across_a_break() -> anyhow::Result<()> {
+    let cue = Arc::new(Notify::new());
+    let break_cue = Arc::clone(&cue);
+    let script = move |request: &SubscribeRequest, n| match (n, request.max_messages) {
+        (1, 3) => end_on_cue(
+            vec![message(0, "a0"), message(1, "a1")],
+            &break_cue,
+            Err(Status::unavailable("restarting")),
+        ),
+        (_, 2) => stay_open(vec![message(1, "b1"), message(2, "b2")]),
+        _ => Err(Status::invalid_argument(format!("unexpected {request:?}"))),
+    };
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .max_messages(3)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .subscribe()
+        .await?;
+    // Offset 1 arrives too, and waits in the buffer while the stream
+    // breaks: the reopening shows the break was seen.
+    let is_subscribe = |c: &Call| matches!(c, Call::Subscribe(_));
+    wait_for_call(&mut calls_rx, is_subscribe).await?;
+    let first = next(&mut subscriber).await?;
+    cue.notify_one();
+    let calls = wait_for_call(&mut calls_rx, is_subscribe).await?;
+    let Some(Call::Subscribe(reopened)) = calls.last() else {
+        unreachable!("wait_for_call ends on a Subscribe");
+    };
+    assert_eq!(reopened.max_messages, 2, "the two not handed out");
+    let mut got = vec![(first.offset(), first.ack_id().to_owned())];
+    for _ in 0..2 {
+        let delivery = next(&mut subscriber).await?;
+        got.push((delivery.offset(), delivery.ack_id().to_owned()));
+        delivery.ack();
+    }
+    let expected = [(0, "a0"), (1, "b1"), (2, "b2")].map(|(o, id)| (o, id.to_owned()));
+    assert_eq!(got, expected);
+    assert!(within(subscriber.next()).await?.is_none(), "then the end");
+    first.ack();
+    within(subscriber.close()).await??;
+    Ok(())
+}
