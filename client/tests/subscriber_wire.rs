@@ -333,14 +333,15 @@ async fn ack_nack_extend(ack_ids: [&'static str; 3]) -> anyhow::Result<Vec<Call>
     let (client, mut calls_rx) =
         stand_in(LONG_DEADLINE, move |_, _| stay_open(messages.clone())).await?;
     let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
-    let mut deliveries = Vec::new();
-    for (offset, ack_id) in (0..3).zip(ack_ids) {
-        let delivery = next(&mut subscriber).await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    let third = next(&mut subscriber).await?;
+    for (delivery, (offset, ack_id)) in [&first, &second, &third]
+        .into_iter()
+        .zip((0..).zip(ack_ids))
+    {
         assert_eq!((delivery.offset(), delivery.ack_id()), (offset, ack_id));
-        deliveries.push(delivery);
     }
-    let [first, second, third] =
-        <[Delivery; 3]>::try_from(deliveries).map_err(|_| anyhow::anyhow!("three deliveries"))?;
     first.ack();
     second.nack();
     third.extend();
