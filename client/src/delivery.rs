@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tidings::v1::ReceivedMessage;
 
-use crate::lease::Settlement;
+use crate::lease::{Settlement, Target};
 use crate::settle::Settle;
 
 /// The longest delay the broker accepts for a nack.
@@ -36,6 +36,8 @@ pub struct Delivery {
     attributes: HashMap<String, String>,
     publish_time: Option<SystemTime>,
     delivery_attempt: u32,
+    /// How settlements name this delivery: its ack_id, or its offset.
+    target: Target,
     epoch: u64,
     serial: u64,
     settle: Arc<Settle>,
@@ -46,7 +48,8 @@ impl Delivery {
     /// Wraps a received message of the stream of `epoch`, recording it with
     /// the settlement task.
     pub(crate) fn new(message: ReceivedMessage, epoch: u64, settle: Arc<Settle>) -> Self {
-        let serial = settle.received(epoch, message.offset);
+        let target = Target::new(message.offset, message.ack_id);
+        let serial = settle.received(epoch, message.offset, target.clone());
         Self {
             offset: message.offset,
             payload: message.payload,
@@ -56,6 +59,7 @@ impl Delivery {
                 .publish_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
             delivery_attempt: message.delivery_attempt,
+            target,
             epoch,
             serial,
             settle,
@@ -63,10 +67,11 @@ impl Delivery {
         }
     }
 
-    /// Whether the stream this came on is still open. A delivery of an
+    /// Counts this delivery as handed to the application, if the stream it
+    /// came on is still open; returns whether it is. A delivery of an
     /// ended stream was taken back by the broker and comes again.
-    pub(crate) fn is_current(&self) -> bool {
-        self.settle.is_live(self.epoch)
+    pub(crate) fn hand_out(&self) -> bool {
+        self.settle.hand_out(self.epoch)
     }
 
     /// The message's offset in its topic.
@@ -101,6 +106,19 @@ impl Delivery {
         self.delivery_attempt
     }
 
+    /// The broker's name for this one delivery (the message and the lease
+    /// this subscriber holds on it): opaque, and empty from a broker that
+    /// gives none.
+    ///
+    /// Settling names the delivery by its `ack_id` when it has one, by its
+    /// offset only when it has none. By `ack_id`, a delivery whose lease
+    /// has moved on (it expired, or its stream broke and the message went
+    /// to another) cannot nack or extend the lease another stream now
+    /// holds; its ack still counts while the message is unacknowledged.
+    pub fn ack_id(&self) -> &str {
+        self.target.ack_id()
+    }
+
     /// Acknowledges the message: it is never delivered again on this
     /// subscription. Sent within the flush interval (and retried across
     /// reconnects).
@@ -124,12 +142,13 @@ impl Delivery {
     /// past `max_lease_extension`.
     pub fn extend(&self) {
         self.settle
-            .settle(self.offset, self.serial, Settlement::Extend);
+            .settle(self.offset, self.serial, &self.target, Settlement::Extend);
     }
 
     fn finish(&mut self, settlement: Settlement) {
         self.settled = true;
-        self.settle.settle(self.offset, self.serial, settlement);
+        self.settle
+            .settle(self.offset, self.serial, &self.target, settlement);
     }
 }
 
@@ -150,6 +169,7 @@ impl fmt::Debug for Delivery {
             .field("attributes", &self.attributes)
             .field("publish_time", &self.publish_time)
             .field("delivery_attempt", &self.delivery_attempt)
+            .field("ack_id", &self.ack_id())
             .finish_non_exhaustive()
     }
 }

@@ -5,16 +5,56 @@
 //!
 //! Every delivery gets a serial number. A lease belongs to the newest
 //! delivery of its offset on the live stream; only that delivery may nack
-//! or extend it. Acks always go through (they are idempotent and by
-//! offset). When a stream ends, the broker takes its leases back, so the
-//! ledger forgets them and later nacks of those deliveries are skipped.
+//! or extend it. Acks always go through (they are idempotent). When a
+//! stream ends, the broker takes its leases back, so the ledger forgets
+//! them and later nacks of those deliveries are skipped.
+//!
+//! A settlement names its delivery as the wire will ([`Target`]): by the
+//! delivery's `ack_id`, or by offset when the broker gave none. The name
+//! is taken from the delivery when the settlement is queued (and, for
+//! automatic extensions, from the lease, which holds its delivery's name),
+//! never looked up by offset later: after a reconnect a stale delivery
+//! and a fresh one of the same offset may both be held, and each must
+//! speak only for itself.
 //!
 //! This module sends nothing and reads no clock: callers pass `now` in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How a settlement names its delivery on the wire: one or the other,
+/// never both.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Target {
+    /// The delivery's `ack_id`: the broker settles only the lease it
+    /// names (an ack still acknowledges the message).
+    AckId(Arc<str>),
+    /// The message's offset, for a broker that gives no `ack_id`.
+    Offset(u64),
+}
+
+impl Target {
+    /// The name of a delivery of `offset` that came with `ack_id` (empty
+    /// from a broker that predates ack_ids).
+    pub(crate) fn new(offset: u64, ack_id: String) -> Self {
+        if ack_id.is_empty() {
+            Self::Offset(offset)
+        } else {
+            Self::AckId(ack_id.into())
+        }
+    }
+
+    /// The `ack_id`, or `""` when the delivery is named by offset.
+    pub(crate) fn ack_id(&self) -> &str {
+        match self {
+            Self::AckId(ack_id) => ack_id,
+            Self::Offset(_) => "",
+        }
+    }
+}
 
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,23 +68,25 @@ pub(crate) enum Settlement {
 }
 
 /// A delivery leased to the live stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Lease {
     serial: u64,
+    /// The name of the delivery that holds it, for its extensions.
+    target: Target,
     received: Instant,
     /// False once `max_lease_extension` has passed since receipt.
     extending: bool,
 }
 
-/// Settlements to send in one go.
+/// Settlements to send in one go, each naming its delivery.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Round {
-    /// Offsets to acknowledge.
-    pub(crate) acks: Vec<u64>,
-    /// Offsets to give back, grouped by delay.
-    pub(crate) nacks: Vec<(Duration, Vec<u64>)>,
+    /// Deliveries to acknowledge.
+    pub(crate) acks: Vec<Target>,
+    /// Deliveries to give back, grouped by delay.
+    pub(crate) nacks: Vec<(Duration, Vec<Target>)>,
     /// Leases to extend by the ack deadline.
-    pub(crate) extends: Vec<u64>,
+    pub(crate) extends: Vec<Target>,
 }
 
 impl Round {
@@ -58,9 +100,11 @@ impl Round {
 /// Leases of the live stream and settlements waiting to be sent.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    acks: Vec<u64>,
-    nacks: BTreeMap<Duration, Vec<u64>>,
-    extends: BTreeSet<u64>,
+    acks: Vec<Target>,
+    nacks: BTreeMap<Duration, Vec<Target>>,
+    extends: BTreeSet<Target>,
+    /// By offset: the broker leases a message to one stream at a time, so
+    /// the live stream holds at most one lease per offset.
     leases: HashMap<u64, Lease>,
     live_epoch: Option<u64>,
     last_epoch: u64,
@@ -91,23 +135,41 @@ impl Ledger {
         self.live_epoch == Some(epoch)
     }
 
-    /// Records a delivery of `offset` on the stream of `epoch`, received at
-    /// `now`; returns its serial number.
-    pub(crate) fn received(&mut self, epoch: u64, offset: u64, now: Instant) -> u64 {
+    /// Records a delivery of `offset`, named `target`, on the stream of
+    /// `epoch`, received at `now`; returns its serial number. It takes over
+    /// the lease of an earlier delivery of the same offset.
+    pub(crate) fn received(
+        &mut self,
+        epoch: u64,
+        offset: u64,
+        target: Target,
+        now: Instant,
+    ) -> u64 {
         self.last_serial += 1;
         if self.is_live(epoch) {
             let lease = Lease {
                 serial: self.last_serial,
+                target,
                 received: now,
                 extending: true,
             };
-            self.leases.insert(offset, lease);
+            if let Some(earlier) = self.leases.insert(offset, lease) {
+                // Its lease is gone: an extension it queued is moot.
+                self.extends.remove(&earlier.target);
+            }
         }
         self.last_serial
     }
 
-    /// Queues the settlement of delivery `serial` of `offset`.
-    pub(crate) fn settle(&mut self, offset: u64, serial: u64, settlement: Settlement) {
+    /// Queues the settlement of delivery `serial` of `offset`, named
+    /// `target` on the wire.
+    pub(crate) fn settle(
+        &mut self,
+        offset: u64,
+        serial: u64,
+        target: &Target,
+        settlement: Settlement,
+    ) {
         let holds_lease = self
             .leases
             .get(&offset)
@@ -116,20 +178,20 @@ impl Ledger {
             Settlement::Ack => {
                 if holds_lease {
                     self.leases.remove(&offset);
-                    self.extends.remove(&offset);
+                    self.extends.remove(target);
                 }
-                self.acks.push(offset);
+                self.acks.push(target.clone());
             }
             // A lease that is gone was taken back by the broker (or belongs
             // to a newer delivery): nacking it would only disturb others.
             Settlement::Nack(_) | Settlement::Extend if !holds_lease => {}
             Settlement::Nack(delay) => {
                 self.leases.remove(&offset);
-                self.extends.remove(&offset);
-                self.nacks.entry(delay).or_default().push(offset);
+                self.extends.remove(target);
+                self.nacks.entry(delay).or_default().push(target.clone());
             }
             Settlement::Extend => {
-                self.extends.insert(offset);
+                self.extends.insert(target.clone());
             }
         }
     }
@@ -156,10 +218,10 @@ impl Ledger {
     ) -> Round {
         let mut extends = std::mem::take(&mut self.extends);
         if extend_leases {
-            for (&offset, lease) in &mut self.leases {
+            for lease in self.leases.values_mut() {
                 lease.extending &= now.saturating_duration_since(lease.received) < max_extension;
                 if lease.extending {
-                    extends.insert(offset);
+                    extends.insert(lease.target.clone());
                 }
             }
         }
@@ -172,10 +234,10 @@ impl Ledger {
 
     /// Puts back acks and nacks whose sending failed and will be retried.
     /// (Failed extensions are not retried: the next tick extends again.)
-    pub(crate) fn requeue(&mut self, acks: Vec<u64>, nacks: Vec<(Duration, Vec<u64>)>) {
+    pub(crate) fn requeue(&mut self, acks: Vec<Target>, nacks: Vec<(Duration, Vec<Target>)>) {
         self.acks.extend(acks);
-        for (delay, offsets) in nacks {
-            self.nacks.entry(delay).or_default().extend(offsets);
+        for (delay, targets) in nacks {
+            self.nacks.entry(delay).or_default().extend(targets);
         }
     }
 }
@@ -186,26 +248,51 @@ mod tests {
 
     const MAX: Duration = Duration::from_secs(600);
 
+    /// A delivery named by its ack_id.
+    fn id(ack_id: &str) -> Target {
+        Target::AckId(ack_id.into())
+    }
+
+    /// A delivery named by its offset (a broker without ack_ids).
+    fn at(offset: u64) -> Target {
+        Target::Offset(offset)
+    }
+
+    /// Records a delivery; returns its serial number and name.
+    fn receive(ledger: &mut Ledger, epoch: u64, offset: u64, ack_id: &str) -> (u64, Target) {
+        let target = Target::new(offset, ack_id.to_owned());
+        let serial = ledger.received(epoch, offset, target.clone(), Instant::now());
+        (serial, target)
+    }
+
+    #[test]
+    fn a_delivery_is_named_by_its_ack_id_or_else_its_offset() {
+        let named = Target::new(7, "a7".to_owned());
+        assert_eq!((&named, named.ack_id()), (&id("a7"), "a7"));
+        let unnamed = Target::new(7, String::new());
+        assert_eq!((&unnamed, unnamed.ack_id()), (&at(7), ""));
+    }
+
     #[test]
     fn acks_and_nacks_are_batched_and_leave_the_lease() {
         let now = Instant::now();
         let mut ledger = Ledger::default();
         let epoch = ledger.begin_epoch();
-        let a = ledger.received(epoch, 10, now);
-        let b = ledger.received(epoch, 11, now);
-        let c = ledger.received(epoch, 12, now);
-        ledger.settle(10, a, Settlement::Ack);
-        ledger.settle(11, b, Settlement::Nack(Duration::ZERO));
-        ledger.settle(12, c, Settlement::Nack(Duration::from_secs(5)));
+        let (a, ta) = receive(&mut ledger, epoch, 10, "");
+        let (b, tb) = receive(&mut ledger, epoch, 11, "");
+        let (c, tc) = receive(&mut ledger, epoch, 12, "");
+        ledger.settle(10, a, &ta, Settlement::Ack);
+        ledger.settle(11, b, &tb, Settlement::Nack(Duration::ZERO));
+        ledger.settle(12, c, &tc, Settlement::Nack(Duration::from_secs(5)));
         assert_eq!(ledger.pending(), 3);
         assert_eq!(ledger.outstanding(), 0);
         let round = ledger.take_round(true, now, MAX);
-        assert_eq!(round.acks, [10]);
+        assert_eq!(round.acks, [at(10)]);
         assert_eq!(
             round.nacks,
             [
-                (Duration::ZERO, vec![11]),
-                (Duration::from_secs(5), vec![12])
+                (Duration::ZERO, vec![at(11)]),
+                (Duration::from_secs(5), vec![at(12)])
             ]
         );
         assert!(round.extends.is_empty(), "settled leases are not extended");
@@ -213,17 +300,39 @@ mod tests {
     }
 
     #[test]
+    fn settlements_carry_the_ack_id_and_not_the_offset() {
+        let now = Instant::now();
+        let mut ledger = Ledger::default();
+        let epoch = ledger.begin_epoch();
+        let (a, ta) = receive(&mut ledger, epoch, 10, "ack-10");
+        let (b, tb) = receive(&mut ledger, epoch, 11, "ack-11");
+        let (c, tc) = receive(&mut ledger, epoch, 12, "ack-12");
+        receive(&mut ledger, epoch, 13, "ack-13");
+        ledger.settle(10, a, &ta, Settlement::Ack);
+        ledger.settle(11, b, &tb, Settlement::Nack(Duration::ZERO));
+        ledger.settle(12, c, &tc, Settlement::Extend);
+        let round = ledger.take_round(true, now, MAX);
+        assert_eq!(round.acks, [id("ack-10")]);
+        assert_eq!(round.nacks, [(Duration::ZERO, vec![id("ack-11")])]);
+        assert_eq!(round.extends, [id("ack-12"), id("ack-13")]);
+    }
+
+    #[test]
     fn leases_are_extended_until_the_maximum_extension() {
         let start = Instant::now();
         let mut ledger = Ledger::default();
         let epoch = ledger.begin_epoch();
-        ledger.received(epoch, 1, start);
-        ledger.received(epoch, 2, start + Duration::from_secs(5));
+        ledger.received(epoch, 1, id("one"), start);
+        ledger.received(epoch, 2, at(2), start + Duration::from_secs(5));
         let max = Duration::from_secs(10);
         let round = ledger.take_round(true, start + Duration::from_secs(9), max);
-        assert_eq!(round.extends, [1, 2]);
+        assert_eq!(round.extends, [id("one"), at(2)]);
         let round = ledger.take_round(true, start + Duration::from_secs(11), max);
-        assert_eq!(round.extends, [2], "offset 1 is past its maximum extension");
+        assert_eq!(
+            round.extends,
+            [at(2)],
+            "offset 1 is past its maximum extension"
+        );
         assert!(ledger.take_round(false, start, max).extends.is_empty());
         assert_eq!(
             ledger.outstanding(),
@@ -237,10 +346,10 @@ mod tests {
         let now = Instant::now();
         let mut ledger = Ledger::default();
         let epoch = ledger.begin_epoch();
-        let serial = ledger.received(epoch, 7, now);
-        ledger.settle(7, serial, Settlement::Extend);
-        ledger.settle(8, serial, Settlement::Extend);
-        assert_eq!(ledger.take_round(false, now, MAX).extends, [7]);
+        let (serial, target) = receive(&mut ledger, epoch, 7, "");
+        ledger.settle(7, serial, &target, Settlement::Extend);
+        ledger.settle(8, serial, &at(8), Settlement::Extend);
+        assert_eq!(ledger.take_round(false, now, MAX).extends, [at(7)]);
     }
 
     #[test]
@@ -248,33 +357,94 @@ mod tests {
         let now = Instant::now();
         let mut ledger = Ledger::default();
         let old = ledger.begin_epoch();
-        let a = ledger.received(old, 1, now);
-        let b = ledger.received(old, 2, now);
+        let (a, ta) = receive(&mut ledger, old, 1, "");
+        let (b, tb) = receive(&mut ledger, old, 2, "");
         ledger.end_epoch(old);
         assert!(!ledger.is_live(old));
         let new = ledger.begin_epoch();
         assert!(ledger.is_live(new));
-        ledger.settle(1, a, Settlement::Ack);
-        ledger.settle(2, b, Settlement::Nack(Duration::ZERO));
-        ledger.settle(2, b, Settlement::Extend);
+        ledger.settle(1, a, &ta, Settlement::Ack);
+        ledger.settle(2, b, &tb, Settlement::Nack(Duration::ZERO));
+        ledger.settle(2, b, &tb, Settlement::Extend);
         let round = ledger.take_round(true, now, MAX);
-        assert_eq!(round.acks, [1]);
+        assert_eq!(round.acks, [at(1)]);
         assert!(
             round.nacks.is_empty() && round.extends.is_empty(),
             "{round:?}"
         );
     }
 
+    /// After a reconnect the stale delivery of an offset and the fresh one
+    /// are both held: each is settled under its own ack_id, and only the
+    /// fresh one's lease is extended.
     #[test]
-    fn a_newer_delivery_owns_the_lease() {
+    fn a_stale_and_a_fresh_delivery_of_one_offset_each_use_their_own_ack_id() {
+        let now = Instant::now();
+        let mut ledger = Ledger::default();
+        let old = ledger.begin_epoch();
+        let (stale, stale_id) = receive(&mut ledger, old, 5, "old-5");
+        ledger.end_epoch(old);
+        let new = ledger.begin_epoch();
+        let (fresh, fresh_id) = receive(&mut ledger, new, 5, "new-5");
+
+        ledger.settle(5, stale, &stale_id, Settlement::Extend);
+        ledger.settle(5, stale, &stale_id, Settlement::Nack(Duration::ZERO));
+        let round = ledger.take_round(true, now, MAX);
+        assert!(
+            round.nacks.is_empty(),
+            "the stale one holds no lease: {round:?}"
+        );
+        assert_eq!(round.extends, [id("new-5")]);
+
+        // The work was done: the stale delivery's ack goes out, under its
+        // own name, and the fresh lease is still the fresh one's.
+        ledger.settle(5, stale, &stale_id, Settlement::Ack);
+        let round = ledger.take_round(true, now, MAX);
+        assert_eq!(round.acks, [id("old-5")]);
+        assert_eq!(round.extends, [id("new-5")]);
+
+        ledger.settle(5, fresh, &fresh_id, Settlement::Nack(Duration::ZERO));
+        let round = ledger.take_round(true, now, MAX);
+        assert_eq!(round.nacks, [(Duration::ZERO, vec![id("new-5")])]);
+        assert!(round.extends.is_empty(), "{round:?}");
+    }
+
+    /// A settlement queued by a delivery keeps that delivery's name even
+    /// when a newer delivery of the offset arrives before it is sent.
+    #[test]
+    fn a_queued_nack_keeps_its_ack_id_when_the_offset_comes_again() {
         let now = Instant::now();
         let mut ledger = Ledger::default();
         let epoch = ledger.begin_epoch();
-        let first = ledger.received(epoch, 3, now);
-        let second = ledger.received(epoch, 3, now);
-        ledger.settle(3, first, Settlement::Nack(Duration::ZERO));
+        let (first, first_id) = receive(&mut ledger, epoch, 3, "first");
+        ledger.settle(3, first, &first_id, Settlement::Nack(Duration::ZERO));
+        receive(&mut ledger, epoch, 3, "second");
+        let round = ledger.take_round(true, now, MAX);
+        assert_eq!(round.nacks, [(Duration::ZERO, vec![id("first")])]);
+        assert_eq!(round.extends, [id("second")]);
+    }
+
+    #[test]
+    fn an_extension_queued_by_a_superseded_delivery_is_dropped() {
+        let now = Instant::now();
+        let mut ledger = Ledger::default();
+        let epoch = ledger.begin_epoch();
+        let (first, first_id) = receive(&mut ledger, epoch, 3, "first");
+        ledger.settle(3, first, &first_id, Settlement::Extend);
+        receive(&mut ledger, epoch, 3, "second");
+        assert!(ledger.take_round(false, now, MAX).is_empty());
+        assert_eq!(ledger.take_round(true, now, MAX).extends, [id("second")]);
+    }
+
+    #[test]
+    fn a_newer_delivery_owns_the_lease() {
+        let mut ledger = Ledger::default();
+        let epoch = ledger.begin_epoch();
+        let (first, target) = receive(&mut ledger, epoch, 3, "");
+        let (second, _) = receive(&mut ledger, epoch, 3, "");
+        ledger.settle(3, first, &target, Settlement::Nack(Duration::ZERO));
         assert_eq!(ledger.pending(), 0, "the stale delivery does not nack");
-        ledger.settle(3, second, Settlement::Nack(Duration::ZERO));
+        ledger.settle(3, second, &target, Settlement::Nack(Duration::ZERO));
         assert_eq!(ledger.pending(), 1);
     }
 
@@ -282,9 +452,9 @@ mod tests {
     fn failed_settlements_are_requeued() {
         let now = Instant::now();
         let mut ledger = Ledger::default();
-        ledger.requeue(vec![1, 2], vec![(Duration::ZERO, vec![3])]);
+        ledger.requeue(vec![at(1), id("two")], vec![(Duration::ZERO, vec![at(3)])]);
         let round = ledger.take_round(false, now, MAX);
-        assert_eq!(round.acks, [1, 2]);
-        assert_eq!(round.nacks, [(Duration::ZERO, vec![3])]);
+        assert_eq!(round.acks, [at(1), id("two")]);
+        assert_eq!(round.nacks, [(Duration::ZERO, vec![at(3)])]);
     }
 }

@@ -48,7 +48,9 @@
 //! after a nack, when a dropped [`Delivery`] is nacked for you, when its
 //! lease expires (only past the subscriber's `max_lease_extension`), or
 //! when the stream breaks. Acks are idempotent and are retried across
-//! reconnects. See [`Publisher`] for what publishing promises about order
+//! reconnects. Settlements name each delivery by its ack_id (by its offset
+//! with a broker that gives none), so a late nack or extension never
+//! disturbs a lease that has moved on. See [`Publisher`] for what publishing promises about order
 //! and errors.
 //!
 //! # Layout

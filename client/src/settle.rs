@@ -2,7 +2,8 @@
 //! acks, nacks and lease extensions in batched `Ack`, `Nack` and
 //! `ModifyAckDeadline` calls, extends every outstanding lease on a timer,
 //! retries on `UNAVAILABLE` so that nothing is lost across a reconnect, and
-//! answers flushes.
+//! answers flushes. Each delivery goes in a request's `ack_ids` when it
+//! has one, else in its `offsets`; never both.
 //!
 //! Deliveries reach it through [`Settle`], a handle over a short-lived
 //! mutex (never held across `.await`) and a `Notify`: settling is a
@@ -21,11 +22,15 @@ use tracing::{Instrument as _, debug, info_span, warn};
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result, is_retryable};
-use crate::lease::{Ledger, Round, Settlement};
+use crate::lease::{Ledger, Round, Settlement, Target};
 use crate::types::deadline_seconds;
 
-/// Most offsets in one settlement request.
-const MAX_OFFSETS_PER_REQUEST: usize = 2500;
+/// Most deliveries named in one settlement request.
+const MAX_TARGETS_PER_REQUEST: usize = 2500;
+/// Most bytes of ack_ids and offsets in one settlement request, well under
+/// the 4 MiB a gRPC server accepts by default: ack_ids are opaque and of
+/// any length.
+const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Pending settlements that trigger a send before the flush interval ends.
 const URGENT_PENDING: usize = 1000;
 /// Attempts at sending settlements once the subscriber is closing, before
@@ -57,6 +62,8 @@ struct State {
     ledger: Ledger,
     waiters: Vec<oneshot::Sender<Result<()>>>,
     first_error: Option<Error>,
+    /// Deliveries handed to the application, for `max_messages`.
+    handed_out: u64,
     closing: bool,
     /// Every [`Settle`] handle is gone: flush and stop.
     gone: bool,
@@ -98,25 +105,40 @@ impl Settle {
         self.shared.state().ledger.end_epoch(epoch);
     }
 
-    /// Whether `epoch` is the live stream's.
-    pub(crate) fn is_live(&self, epoch: u64) -> bool {
-        self.shared.state().ledger.is_live(epoch)
+    /// Counts a delivery of the stream of `epoch` as handed to the
+    /// application, if that stream is still live; returns whether it is.
+    /// (A delivery of an ended stream was taken back by the broker and
+    /// comes again.) One step under the lock, so that once
+    /// [`end_epoch`](Self::end_epoch) returns, [`handed_out`](Self::handed_out)
+    /// no longer counts that stream's deliveries.
+    pub(crate) fn hand_out(&self, epoch: u64) -> bool {
+        let mut state = self.shared.state();
+        let live = state.ledger.is_live(epoch);
+        state.handed_out += u64::from(live);
+        live
     }
 
-    /// Records a delivery; returns its serial number.
-    pub(crate) fn received(&self, epoch: u64, offset: u64) -> u64 {
+    /// How many deliveries were handed to the application.
+    pub(crate) fn handed_out(&self) -> u64 {
+        self.shared.state().handed_out
+    }
+
+    /// Records a delivery of `offset`, named `target` on the wire; returns
+    /// its serial number.
+    pub(crate) fn received(&self, epoch: u64, offset: u64, target: Target) -> u64 {
         self.shared
             .state()
             .ledger
-            .received(epoch, offset, Instant::now())
+            .received(epoch, offset, target, Instant::now())
     }
 
-    /// Queues a settlement; it is sent within the flush interval.
-    pub(crate) fn settle(&self, offset: u64, serial: u64, settlement: Settlement) {
+    /// Queues a settlement of delivery `serial` of `offset`; it is sent
+    /// within the flush interval, naming the delivery by `target`.
+    pub(crate) fn settle(&self, offset: u64, serial: u64, target: &Target, settlement: Settlement) {
         self.shared
             .state()
             .ledger
-            .settle(offset, serial, settlement);
+            .settle(offset, serial, target, settlement);
         self.shared.wake.notify_one();
     }
 
@@ -215,8 +237,8 @@ fn is_urgent(shared: &Shared) -> bool {
 /// What became of a round.
 #[derive(Default)]
 struct Outcome {
-    retry_acks: Vec<u64>,
-    retry_nacks: Vec<(Duration, Vec<u64>)>,
+    retry_acks: Vec<Target>,
+    retry_nacks: Vec<(Duration, Vec<Target>)>,
     /// Why the retried settlements failed.
     unavailable: Option<Error>,
     /// The first settlement the broker refused.
@@ -226,24 +248,24 @@ struct Outcome {
 /// Sends every settlement of `round`, in requests of bounded size.
 async fn send_round(config: &SettleConfig, round: Round) -> Outcome {
     let mut outcome = Outcome::default();
-    for chunk in round.acks.chunks(MAX_OFFSETS_PER_REQUEST) {
-        if let Err(status) = ack(config, chunk.to_vec()).await
+    for chunk in requests(&round.acks) {
+        if let Err(status) = ack(config, Names::of(chunk)).await
             && outcome.note("acks", status, config)
         {
             outcome.retry_acks.extend_from_slice(chunk);
         }
     }
-    for (delay, offsets) in round.nacks {
-        for chunk in offsets.chunks(MAX_OFFSETS_PER_REQUEST) {
-            if let Err(status) = nack(config, chunk.to_vec(), delay).await
+    for (delay, targets) in &round.nacks {
+        for chunk in requests(targets) {
+            if let Err(status) = nack(config, Names::of(chunk), *delay).await
                 && outcome.note("nacks", status, config)
             {
-                outcome.retry_nacks.push((delay, chunk.to_vec()));
+                outcome.retry_nacks.push((*delay, chunk.to_vec()));
             }
         }
     }
-    for chunk in round.extends.chunks(MAX_OFFSETS_PER_REQUEST) {
-        if let Err(status) = extend(config, chunk.to_vec()).await {
+    for chunk in requests(&round.extends) {
+        if let Err(status) = extend(config, Names::of(chunk)).await {
             // Not retried: the next tick extends the leases again.
             let _ = outcome.note("lease extensions", status, config);
         }
@@ -314,40 +336,89 @@ fn finish_round(
     }
 }
 
-async fn ack(config: &SettleConfig, offsets: Vec<u64>) -> Result<(), tonic::Status> {
+/// Splits `targets` into the runs that go in one request each: at most
+/// [`MAX_TARGETS_PER_REQUEST`] of them and about [`MAX_REQUEST_BYTES`]
+/// (an ack_id longer than that still goes, alone).
+fn requests(targets: &[Target]) -> impl Iterator<Item = &[Target]> {
+    let mut rest = targets;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut len = 0;
+        for target in rest.iter().take(MAX_TARGETS_PER_REQUEST) {
+            bytes += wire_bytes(target);
+            if len > 0 && bytes > MAX_REQUEST_BYTES {
+                break;
+            }
+            len += 1;
+        }
+        let (run, after) = rest.split_at(len);
+        rest = after;
+        Some(run)
+    })
+}
+
+/// About the bytes `target` takes in a request: its tag, length and text,
+/// or a varint.
+fn wire_bytes(target: &Target) -> usize {
+    match target {
+        Target::AckId(ack_id) => ack_id.len() + 4,
+        Target::Offset(_) => 10,
+    }
+}
+
+/// The deliveries of one request, as the request's two fields.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Names {
+    offsets: Vec<u64>,
+    ack_ids: Vec<String>,
+}
+
+impl Names {
+    fn of(targets: &[Target]) -> Self {
+        let mut names = Self::default();
+        for target in targets {
+            match target {
+                Target::AckId(ack_id) => names.ack_ids.push(ack_id.to_string()),
+                Target::Offset(offset) => names.offsets.push(*offset),
+            }
+        }
+        names
+    }
+}
+
+async fn ack(config: &SettleConfig, names: Names) -> Result<(), tonic::Status> {
     let request = config.client.request(AckRequest {
         subscription: config.subscription.clone(),
-        offsets,
-        ack_ids: Vec::new(),
+        offsets: names.offsets,
+        ack_ids: names.ack_ids,
     });
     config.client.subscriber_service().ack(request).await?;
     Ok(())
 }
 
-async fn nack(
-    config: &SettleConfig,
-    offsets: Vec<u64>,
-    delay: Duration,
-) -> Result<(), tonic::Status> {
+async fn nack(config: &SettleConfig, names: Names, delay: Duration) -> Result<(), tonic::Status> {
     let delay = (!delay.is_zero())
         .then(|| prost_types::Duration::try_from(delay).ok())
         .flatten();
     let request = config.client.request(NackRequest {
         subscription: config.subscription.clone(),
-        offsets,
+        offsets: names.offsets,
         delay,
-        ack_ids: Vec::new(),
+        ack_ids: names.ack_ids,
     });
     config.client.subscriber_service().nack(request).await?;
     Ok(())
 }
 
-async fn extend(config: &SettleConfig, offsets: Vec<u64>) -> Result<(), tonic::Status> {
+async fn extend(config: &SettleConfig, names: Names) -> Result<(), tonic::Status> {
     let request = config.client.request(ModifyAckDeadlineRequest {
         subscription: config.subscription.clone(),
-        offsets,
+        offsets: names.offsets,
         ack_deadline_seconds: deadline_seconds(config.ack_deadline),
-        ack_ids: Vec::new(),
+        ack_ids: names.ack_ids,
     });
     config
         .client
@@ -355,4 +426,39 @@ async fn extend(config: &SettleConfig, offsets: Vec<u64>) -> Result<(), tonic::S
         .modify_ack_deadline(request)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ack_id: &str) -> Target {
+        Target::AckId(ack_id.into())
+    }
+
+    #[test]
+    fn a_request_names_each_delivery_once_by_ack_id_or_offset() {
+        let names = Names::of(&[id("a"), Target::Offset(4), id("b")]);
+        assert_eq!(names.ack_ids, ["a", "b"]);
+        assert_eq!(names.offsets, [4]);
+    }
+
+    #[test]
+    fn requests_are_capped_by_count() {
+        let targets: Vec<Target> = (0..MAX_TARGETS_PER_REQUEST as u64 * 2 + 1)
+            .map(Target::Offset)
+            .collect();
+        let sizes: Vec<usize> = requests(&targets).map(<[Target]>::len).collect();
+        assert_eq!(sizes, [MAX_TARGETS_PER_REQUEST, MAX_TARGETS_PER_REQUEST, 1]);
+        assert_eq!(requests(&[]).count(), 0);
+    }
+
+    #[test]
+    fn requests_are_capped_by_bytes() {
+        let long = id(&"x".repeat(MAX_REQUEST_BYTES / 3));
+        let huge = id(&"y".repeat(MAX_REQUEST_BYTES * 2));
+        let targets = [long.clone(), long.clone(), long.clone(), huge, long];
+        let sizes: Vec<usize> = requests(&targets).map(<[Target]>::len).collect();
+        assert_eq!(sizes, [2, 1, 1, 1], "an oversized ack_id goes alone");
+    }
 }

@@ -87,7 +87,9 @@ impl SubscriberBuilder {
 
     /// The subscription's topic: when the subscription does not exist, it
     /// is created on this topic. Without it, a missing subscription is
-    /// `NOT_FOUND`.
+    /// `NOT_FOUND`. Only [`subscribe`](Self::subscribe) sends it: if the
+    /// subscription is deleted while the subscriber runs, the subscriber
+    /// ends with `NOT_FOUND` and does not create it again.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topic = topic.into();
         self
@@ -190,15 +192,11 @@ impl SubscriberBuilder {
         let (deliveries_tx, deliveries) = mpsc::channel(self.max_outstanding_messages as usize);
         let reader = Reader {
             client: self.client,
-            // Reopening never creates the subscription again: if it was
-            // deleted meanwhile, the stream ends with NOT_FOUND.
-            request: SubscribeRequest {
-                topic: String::new(),
-                ..request
-            },
+            request: reopen_request(request),
             settle: Arc::clone(&settle),
             deliveries_tx,
             backoff: Backoff::new(min, max),
+            max_messages: self.max_messages,
             remaining: self.max_messages,
         };
         let span = info_span!("subscriber", subscription = %self.subscription);
@@ -214,14 +212,29 @@ impl SubscriberBuilder {
     }
 }
 
+/// The request that reopens a stream: the first one without its topic.
+/// Only the first open may create the subscription; if it was deleted
+/// since, reopening is NOT_FOUND and the subscriber ends with that error
+/// rather than bring the subscription back at its start position (which
+/// would replay the topic).
+fn reopen_request(first: SubscribeRequest) -> SubscribeRequest {
+    SubscribeRequest {
+        topic: String::new(),
+        ..first
+    }
+}
+
 /// A stream of [`Delivery`] values of one subscription.
 ///
 /// It yields `Ok(delivery)` for each message; settle each one (see
 /// [`Delivery`]). When the broker goes away (`UNAVAILABLE`, a broken
-/// connection) the subscriber reconnects with backoff and carries on;
-/// deliveries from before stay ackable, and the unsettled ones are
-/// delivered again. Any other error (say the subscription was deleted) is
-/// yielded once as `Err`, and then the stream ends.
+/// connection, or a stream that ends with OK before it was done) the
+/// subscriber reconnects with backoff and carries on; deliveries from
+/// before stay ackable, and the unsettled ones are delivered again. Any
+/// other error (say the subscription was deleted: `NOT_FOUND`) is yielded
+/// once as `Err`, and then the stream ends. Reconnecting never creates
+/// the subscription again. Without an error, the stream ends only after
+/// `max_messages` deliveries.
 ///
 /// Dropping the subscriber ends the stream after sending pending
 /// settlements in the background; [`close`](Subscriber::close) waits for
@@ -277,7 +290,7 @@ impl Stream for Subscriber {
             match self.deliveries.poll_recv(cx) {
                 // Buffered when its stream broke: the broker took it back
                 // and delivers it again, so it is not handed out twice.
-                Poll::Ready(Some(Ok(delivery))) if !delivery.is_current() => {}
+                Poll::Ready(Some(Ok(delivery))) if !delivery.hand_out() => {}
                 other => return other,
             }
         }
@@ -300,7 +313,9 @@ struct Reader {
     settle: Arc<Settle>,
     deliveries_tx: mpsc::Sender<Result<Delivery>>,
     backoff: Backoff,
-    /// Deliveries still wanted when `max_messages` was set.
+    /// The deliveries to hand out in all, when `max_messages` was set.
+    max_messages: Option<u32>,
+    /// Of those, the ones the current stream still has to bring.
     remaining: Option<u32>,
 }
 
@@ -308,10 +323,12 @@ struct Reader {
 enum End {
     /// The subscriber is gone.
     Dropped,
-    /// The broker sent the `max_messages` asked for and ended with OK. Its
+    /// Every one of the `max_messages` asked for arrived (the broker ends
+    /// the stream with OK after them; that end is not read). Its
     /// deliveries stay leased, so they stay current.
     Completed,
-    /// The broker went away; reconnect.
+    /// The broker went away, or the stream ended with OK before it was
+    /// done; reconnect.
     Broken(Option<tonic::Status>),
     /// The broker ended the stream for good.
     Failed(tonic::Status),
@@ -337,16 +354,37 @@ impl Reader {
             match end {
                 End::Dropped | End::Completed => return,
                 End::Failed(status) => return self.fail(status).await,
-                End::Broken(status) => {
-                    let code = status.as_ref().map(tonic::Status::code);
-                    warn!(?code, "the subscribe stream broke; reconnecting");
+                End::Broken(Some(status)) => {
+                    warn!(code = ?status.code(), "the subscribe stream broke; reconnecting");
                 }
+                End::Broken(None) => {
+                    warn!("the subscribe stream ended early with OK; reconnecting");
+                }
+            }
+            if !self.ask_for_the_rest() {
+                debug!("every message asked for was handed out");
+                return;
             }
             match self.reconnect().await {
                 Some(reopened) => stream = reopened,
                 None => return,
             }
         }
+    }
+
+    /// After a stream ended early: the next one asks for the deliveries
+    /// not handed out yet. Those still buffered went back with the ended
+    /// stream, so they count as not delivered. Returns false when nothing
+    /// is left to ask for.
+    fn ask_for_the_rest(&mut self) -> bool {
+        let Some(max) = self.max_messages else {
+            return true;
+        };
+        let handed_out = u32::try_from(self.settle.handed_out()).unwrap_or(u32::MAX);
+        let rest = max.saturating_sub(handed_out);
+        self.remaining = Some(rest);
+        self.request.max_messages = rest;
+        rest > 0
     }
 
     /// Reads frames until the stream ends or the subscriber is dropped.
@@ -359,7 +397,17 @@ impl Reader {
             };
             let messages = match frame {
                 Ok(Some(frame)) => frame.messages,
-                Ok(None) if self.remaining.is_some() => return End::Completed,
+                // The broker ends a stream with OK only once it delivered
+                // the `max_messages` asked for, and then we stopped reading
+                // before this (see below). Every other end carries a
+                // status: NOT_FOUND when the subscription was deleted,
+                // UNAVAILABLE when the broker shuts down. So OK here means
+                // something between us cut the stream (a proxy capping
+                // stream lifetimes), or a broker lost the final status. It
+                // is not the end of the subscription: take it as a break
+                // and reopen. The reopened stream names no topic, so a
+                // subscription deleted meanwhile is reported NOT_FOUND and
+                // never created again.
                 Ok(None) => return End::Broken(None),
                 Err(status) if is_retryable(&status) => return End::Broken(Some(status)),
                 Err(status) => return End::Failed(status),
@@ -368,8 +416,6 @@ impl Reader {
             if let Some(remaining) = self.remaining.as_mut() {
                 let received = u32::try_from(messages.len()).unwrap_or(u32::MAX);
                 *remaining = remaining.saturating_sub(received);
-                // A reopened stream asks only for the rest.
-                self.request.max_messages = (*remaining).max(1);
             }
             // Recorded first, all of them, so leases are kept alive while
             // the deliveries wait in the buffer.

@@ -165,18 +165,26 @@ async fn a_dropped_delivery_is_redelivered() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An ack deadline long enough that extending a lease cannot lose the
+/// race on a loaded machine: the subscriber extends every third of it, so
+/// each extension has 4 s to land (six times the 0.67 s a 1 s deadline
+/// would leave).
+const ROOMY_DEADLINE: Duration = Duration::from_secs(6);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leases_are_extended_while_a_delivery_is_held() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     let client = topic_with(&broker, "t", &["slow work"]).await?;
-    let config = SubscriptionConfig::new("s", "t").ack_deadline(Duration::from_secs(1));
+    let config = SubscriptionConfig::new("s", "t").ack_deadline(ROOMY_DEADLINE);
     client.create_subscription(config).await?;
     let mut subscriber = client.subscriber("s").subscribe().await?;
-    assert_eq!(subscriber.ack_deadline(), Duration::from_secs(1));
+    assert_eq!(subscriber.ack_deadline(), ROOMY_DEADLINE);
     let held = next(&mut subscriber).await?;
 
-    // Three ack deadlines pass; without extensions it would come back.
-    nothing_within(&mut subscriber, Duration::from_secs(3)).await;
+    // One ack deadline and a half pass: without extensions it would come
+    // back after the first. (That extensions are sent, and under which
+    // name, is checked against a stand-in broker in the client's tests.)
+    nothing_within(&mut subscriber, ROOMY_DEADLINE * 3 / 2).await;
     assert_eq!(client.get_subscription("s").await?.in_flight, 1);
     held.ack();
     within(subscriber.close()).await??;
