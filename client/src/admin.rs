@@ -130,6 +130,7 @@ fn topic_of(topic: Option<v1::Topic>, name: &str) -> Topic {
     topic.map_or_else(
         || Topic {
             name: name.to_owned(),
+            first_offset: 0,
             next_offset: 0,
             create_time: None,
         },

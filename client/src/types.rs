@@ -16,8 +16,11 @@ use tidings::v1::start_position::Position;
 pub struct Topic {
     /// The topic's name, for example `order.placed`.
     pub name: String,
-    /// The offset the next published message will get: also the number of
-    /// messages ever published to the topic.
+    /// The earliest offset that may still hold a message (messages below it
+    /// were deleted); `next_offset` when the topic holds none.
+    pub first_offset: u64,
+    /// The offset the next published message will get. Offsets are never
+    /// reused.
     pub next_offset: u64,
     /// When the topic was created, when the broker says.
     pub create_time: Option<SystemTime>,
@@ -27,6 +30,7 @@ impl From<v1::Topic> for Topic {
     fn from(topic: v1::Topic) -> Self {
         Self {
             name: topic.name,
+            first_offset: topic.first_offset,
             next_offset: topic.next_offset,
             create_time: topic.create_time.and_then(|t| SystemTime::try_from(t).ok()),
         }

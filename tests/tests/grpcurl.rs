@@ -69,6 +69,8 @@ const CHECKS: &[Check] = &[
             "\"source\":\"web\"",
             "\"deliveryAttempt\":1",
             "\"publishTime\":",
+            // The first subscription's first delivery of offset 0.
+            "\"ackId\":\"1-0-",
         ],
     },
     Check {

@@ -41,6 +41,15 @@ impl ServerProcess {
     /// Starts the binary on `127.0.0.1:0` with `data_dir`, logging to a
     /// file in `log_dir`, and waits for its `listening on` line.
     pub(crate) async fn start(data_dir: &Path, log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, log_dir, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with more flags.
+    pub(crate) async fn start_with(
+        data_dir: &Path,
+        log_dir: &Path,
+        flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let log_path = log_dir.join(format!("server-{}.log", unique_suffix()));
         let log = std::fs::File::create(&log_path).context("create the server log")?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidings-server"));
@@ -49,6 +58,7 @@ impl ServerProcess {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

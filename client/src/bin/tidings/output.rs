@@ -54,6 +54,7 @@ fn duration_text(duration: Duration) -> String {
 pub(crate) fn topic_json(topic: &Topic) -> Value {
     json!({
         "name": topic.name,
+        "first_offset": topic.first_offset,
         "next_offset": topic.next_offset,
         "create_time": time_json(topic.create_time),
     })
@@ -187,6 +188,7 @@ fn fields(pairs: &[(&str, String)]) -> String {
 pub(crate) fn topic_text(topic: &Topic) -> String {
     fields(&[
         ("name", topic.name.clone()),
+        ("first offset", topic.first_offset.to_string()),
         ("next offset", topic.next_offset.to_string()),
         ("created", time_text(topic.create_time)),
     ])
