@@ -704,6 +704,17 @@ impl LeaseBook {
         }
     }
 
+    /// The topic's first offset as last applied with [`LeaseBook::clamp`].
+    pub(super) fn first_offset(&self) -> Offset {
+        self.first_offset
+    }
+
+    /// Whether another stream waiting on the book may find work now:
+    /// something is due, or new offsets below `head` wait for a scan.
+    pub(super) fn has_work(&self, head: Offset) -> bool {
+        !self.ready.is_empty() || (!self.scanning && self.next_new < head)
+    }
+
     /// Applies the topic's first offset: everything below it is gone. Does
     /// nothing unless it moved up.
     pub(super) fn clamp(&mut self, first_offset: Offset, now: Now) {

@@ -216,19 +216,25 @@ impl StreamTask {
             _ => scan.range.end,
         };
         trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
-        let leased = sub.book().admit(
-            self.stream,
-            scan.range,
-            &messages,
-            examined,
-            budget,
-            Now::get(),
-            sub.ack_deadline,
-        );
+        let (leased, others, changed) = {
+            let mut book = sub.book();
+            let leased = book.admit(
+                self.stream,
+                scan.range,
+                &messages,
+                examined,
+                budget,
+                Now::get(),
+                sub.ack_deadline,
+            );
+            (leased, book.has_work(sub.topic.head()), book.has_changes())
+        };
         guard.armed = false;
-        // Others may take what this stream had no room for, or scan on.
-        sub.wake.notify_waiters();
-        if sub.book().has_changes() {
+        if others {
+            // Others may take what this stream had no room for, or scan on.
+            sub.wake.notify_waiters();
+        }
+        if changed {
             self.writer.mark(sub);
         }
         let read = messages.into_iter().map(|m| (m.offset, m)).collect();

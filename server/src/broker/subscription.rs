@@ -58,7 +58,10 @@ impl Subscription {
             .book
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        book.clamp(self.topic.first_offset(), Now::get());
+        let first_offset = self.topic.first_offset();
+        if first_offset > book.first_offset() {
+            book.clamp(first_offset, Now::get());
+        }
         book
     }
 
