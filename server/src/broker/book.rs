@@ -130,6 +130,17 @@ pub(super) struct Scan {
     pub(super) range: Range<Offset>,
 }
 
+/// What a stream read for its scan, for [`LeaseBook::admit`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scanned<'a> {
+    /// The scan's range.
+    pub(super) range: &'a Range<Offset>,
+    /// The messages found in it, in offset order.
+    pub(super) messages: &'a [StoredMessage],
+    /// Every offset of the range below this was looked at.
+    pub(super) examined: Offset,
+}
+
 /// What a claim gave a stream.
 #[derive(Debug, Default)]
 pub(super) struct Claim {
@@ -381,7 +392,10 @@ impl LeaseBook {
         } else {
             None
         };
-        self.scanning = scan.is_some();
+        // Only set, never cleared here: another stream may be scanning.
+        if scan.is_some() {
+            self.scanning = true;
+        }
         Claim { leased, scan }
     }
 
@@ -407,23 +421,28 @@ impl LeaseBook {
     }
 
     /// Takes in what a stream read for its scan: `messages` are the
-    /// messages it found in `range`, in offset order, and every offset of
-    /// `range` below `examined` was looked at (those without a message are
-    /// acknowledged as gone). Then leases to `stream` what is due, within
-    /// `budget`, lowest offset first.
-    #[allow(clippy::too_many_arguments)]
+    /// messages it found in `scan.range`, in offset order, and every offset
+    /// of the range below `examined` was looked at (those without a message
+    /// are acknowledged as gone). Then leases to `stream` what is due,
+    /// lowest offset first, within `budget` and what it may still hold of
+    /// `max_outstanding`.
     pub(super) fn admit(
         &mut self,
         stream: StreamId,
-        range: Range<Offset>,
-        messages: &[StoredMessage],
-        examined: Offset,
+        scan: Scanned<'_>,
+        max_outstanding: usize,
         budget: Budget,
         now: Now,
         deadline: Duration,
     ) -> Vec<Leased> {
+        let Scanned {
+            range,
+            messages,
+            examined,
+        } = scan;
         self.scanning = false;
         let examined = examined.min(range.end);
+        let range = range.clone();
         let mut expected = range.start;
         for message in messages {
             let offset = message.offset;
@@ -436,6 +455,11 @@ impl LeaseBook {
         }
         self.gone(expected..examined, now);
         self.next_new = self.next_new.max(examined);
+        let room = max_outstanding.saturating_sub(self.outstanding(stream));
+        let budget = Budget {
+            messages: budget.messages.min(room),
+            ..budget
+        };
         self.lease_ready(stream, budget, now, deadline)
     }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use super::acks::DeliveryWriter;
-use super::book::{Budget, Leased, Now, Scan, StreamId};
+use super::book::{Budget, Leased, Now, Scan, Scanned, StreamId};
 use super::subscription::Subscription;
 use super::{AckId, BrokerConfig, BrokerError, BrokerResult, Delivery};
 use crate::offsets::Offset;
@@ -218,11 +218,15 @@ impl StreamTask {
         trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
         let (leased, others, changed) = {
             let mut book = sub.book();
+            let scanned = Scanned {
+                range: &scan.range,
+                messages: &messages,
+                examined,
+            };
             let leased = book.admit(
                 self.stream,
-                scan.range,
-                &messages,
-                examined,
+                scanned,
+                self.max_outstanding,
                 budget,
                 Now::get(),
                 sub.ack_deadline,

@@ -99,7 +99,12 @@ fn turn(
             messages: budget.messages - leased.len(),
             ..budget
         };
-        leased.extend(book.admit(stream, scan.range, &read, examined, left, now, DEADLINE));
+        let scanned = Scanned {
+            range: &scan.range,
+            messages: &read,
+            examined,
+        };
+        leased.extend(book.admit(stream, scanned, max_outstanding, left, now, DEADLINE));
     }
     (leased, scanned)
 }
@@ -199,7 +204,12 @@ fn skipping_acknowledged_messages_costs_per_range_not_per_offset() {
     let head = 1_000_000_000_010;
     let claim = book.claim(s, 100, ALL, head, now, DEADLINE);
     assert_eq!(claim.scan.map(|s| s.range), Some(0..1));
-    book.admit(s, 0..1, &[message(0, "")], 1, ALL, now, DEADLINE);
+    let scanned = Scanned {
+        range: &(0..1),
+        messages: &[message(0, "")],
+        examined: 1,
+    };
+    book.admit(s, scanned, 100, ALL, now, DEADLINE);
     let claim = book.claim(s, 100, ALL, head, now, DEADLINE);
     assert_eq!(
         claim.scan.map(|s| s.range),
@@ -238,8 +248,32 @@ fn only_one_stream_scans_at_a_time_and_an_abandoned_scan_is_free_again() {
     let now = start();
     assert!(book.claim(a, 10, ALL, 5, now, DEADLINE).scan.is_some());
     assert!(book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_none());
+    assert!(
+        book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_none(),
+        "a claim without a scan leaves a's scan in place"
+    );
     book.abandon_scan();
     assert!(book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_some());
+}
+
+#[test]
+fn an_admission_never_leases_beyond_the_streams_room() {
+    let (mut book, topic, now) = (book(false), topic(5), start());
+    let (t, s) = (book.open_stream(), book.open_stream());
+    deliver(&mut book, &topic, t, 2, ALL, now);
+    let claim = book.claim(s, 2, ALL, 5, now, DEADLINE);
+    let range = claim.scan.expect("s scans").range;
+    assert_eq!(range, 2..4);
+    // While s reads, t's stream ends: 0 and 1 are due again.
+    book.close_stream(t, true, now);
+    let scanned = Scanned {
+        range: &range,
+        messages: &topic[2..4],
+        examined: 4,
+    };
+    let leased = book.admit(s, scanned, 2, ALL, now, DEADLINE);
+    assert_eq!(offsets(&leased), vec![0, 1]);
+    assert_eq!(book.outstanding(s), 2, "two slots, two leases");
 }
 
 #[test]
