@@ -11,15 +11,21 @@
 # share a call, as in applications) and --unbatched (one call per message,
 # the shape of the NATS load generator).
 # Builds release binaries, starts a broker on a free loopback port with a
-# fresh data directory, runs the workloads, and stops the broker.
+# fresh data directory, runs the workloads, and stops the broker. With
+# TIDINGS_BIN_DIR set, uses the tidings-server and tidings binaries there
+# instead of building (ab.sh compares two builds that way).
 set -euo pipefail
 MODE=${1:-page-cache}
 N=${2:-300000}
 SIZE=${3:-256}
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
-cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
-BIN="$CARGO_TARGET_DIR/release"
+if [ -n "${TIDINGS_BIN_DIR:-}" ]; then
+    BIN="$TIDINGS_BIN_DIR"
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
+    cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
+    BIN="$CARGO_TARGET_DIR/release"
+fi
 
 dir=$(mktemp -d)
 sync=always; [ "$MODE" = page-cache ] && sync=100ms
