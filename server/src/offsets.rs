@@ -6,7 +6,8 @@
 //! one range, not one entry per message. It knows nothing of leases or
 //! streams; those live in memory in the broker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 /// A message's position in its topic. Offsets start at 0 and grow by one per
@@ -14,6 +15,34 @@ use std::ops::Range;
 /// were deleted, and an engine may leave offsets unused, so a topic's
 /// offsets need not be dense.
 pub type Offset = u64;
+
+/// A hash map keyed by offsets (or other small integer ids), with a hasher
+/// made for them: one multiplication instead of SipHash. The keys come
+/// from the broker, not from clients, so there is no flooding to defend
+/// against, and the delivery path looks offsets up several times per
+/// message.
+pub type OffsetMap<V> = HashMap<Offset, V, BuildHasherDefault<OffsetHasher>>;
+
+/// The hasher of [`OffsetMap`]: Fibonacci hashing of a `u64`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for offsets; stay correct for anything.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (value ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// A set of offsets kept as disjoint, non-adjacent half-open ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -29,14 +29,14 @@
 //! messages of the key wait in a queue of their own and cost nothing to
 //! skip, and a failed delivery holds back only its own key.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::offsets::{AckState, Offset};
+use crate::offsets::{AckState, Offset, OffsetMap};
 use crate::storage::{DeliveryRecord, StoredMessage};
 
 /// Identifies one open stream within its subscription.
@@ -166,11 +166,11 @@ pub(super) enum Target {
 #[derive(Debug, Default)]
 struct Keys {
     /// The message holding each key.
-    holder: HashMap<KeyHash, Offset>,
+    holder: OffsetMap<Offset>,
     /// Messages waiting behind each key's holder, in offset order.
-    queued: HashMap<KeyHash, BTreeMap<Offset, Meta>>,
+    queued: OffsetMap<BTreeMap<Offset, Meta>>,
     /// The key each queued message waits for.
-    queued_at: HashMap<Offset, KeyHash>,
+    queued_at: OffsetMap<KeyHash>,
     queued_count: usize,
 }
 
@@ -257,17 +257,17 @@ pub(super) struct LeaseBook {
     ready: BTreeMap<Offset, Meta>,
     /// Due later: (due, offset), with when each offset is due.
     waiting: BTreeMap<(Instant, Offset), Meta>,
-    waiting_due: HashMap<Offset, Instant>,
-    leases: HashMap<Offset, Lease>,
+    waiting_due: OffsetMap<Instant>,
+    leases: OffsetMap<Lease>,
     /// The leases ordered by deadline.
     deadlines: BTreeSet<(Instant, Offset)>,
     /// Leases held per open stream.
-    streams: HashMap<StreamId, usize>,
+    streams: OffsetMap<usize>,
     next_stream: StreamId,
     next_lease: u64,
     keys: Keys,
     /// Delivery records of unacknowledged messages whose delivery failed.
-    records: HashMap<Offset, DeliveryRecord>,
+    records: OffsetMap<DeliveryRecord>,
     /// Offsets whose record changed since the last save.
     dirty: BTreeSet<Offset>,
     /// The ack state changed without an `Ack` (holes were skipped, the
@@ -294,14 +294,14 @@ impl LeaseBook {
             scanning: false,
             ready: BTreeMap::new(),
             waiting: BTreeMap::new(),
-            waiting_due: HashMap::new(),
-            leases: HashMap::new(),
+            waiting_due: OffsetMap::default(),
+            leases: OffsetMap::default(),
             deadlines: BTreeSet::new(),
-            streams: HashMap::new(),
+            streams: OffsetMap::default(),
             next_stream: 0,
             next_lease: first_lease,
             keys: Keys::default(),
-            records: HashMap::new(),
+            records: OffsetMap::default(),
             dirty: BTreeSet::new(),
             acks_changed: false,
         };
@@ -481,9 +481,12 @@ impl LeaseBook {
         }
     }
 
-    /// Puts a newly examined message where it belongs.
+    /// Puts a newly examined message where it belongs. Offsets never
+    /// examined are in none of the book's sets: only one scan runs at a
+    /// time, and only scans put offsets there.
     fn take_in(&mut self, offset: Offset, meta: Meta, now: Now) {
-        if self.acks.is_acked(offset) || self.is_known(offset) {
+        debug_assert!(!self.is_known(offset), "offset {offset} examined twice");
+        if self.acks.is_acked(offset) {
             return;
         }
         if let Some(key) = meta.key
@@ -502,9 +505,11 @@ impl LeaseBook {
 
     /// Makes a message due: now, or when its record says.
     fn schedule(&mut self, offset: Offset, meta: Meta, now: Now) {
-        let due = self
-            .records
-            .get(&offset)
+        let record = match self.records.is_empty() {
+            true => None,
+            false => self.records.get(&offset),
+        };
+        let due = record
             .and_then(|r| r.redeliver_at)
             .map(|at| now.instant_of(at))
             .filter(|&due| due > now.instant);
@@ -545,6 +550,9 @@ impl LeaseBook {
     }
 
     fn failures(&self, offset: Offset) -> u32 {
+        if self.records.is_empty() {
+            return 0;
+        }
         self.records.get(&offset).map_or(0, |r| r.failures)
     }
 
@@ -667,8 +675,11 @@ impl LeaseBook {
         } else {
             None
         };
-        if self.records.remove(&offset).is_some() {
+        if !self.records.is_empty() && self.records.remove(&offset).is_some() {
             self.dirty.insert(offset);
+        }
+        if !self.ordered {
+            return;
         }
         let Some(key) = meta.and_then(|m| m.key) else {
             // Not scheduled: it may wait behind its key.

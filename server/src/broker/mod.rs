@@ -192,9 +192,39 @@ impl AckId {
     }
 }
 
+impl AckId {
+    /// The ack id as text: written for every delivery, so without the
+    /// formatting machinery.
+    pub fn encode(&self) -> String {
+        let mut text = Vec::with_capacity(3 * 20 + 2);
+        push_decimal(&mut text, self.subscription.0);
+        text.push(b'-');
+        push_decimal(&mut text, self.offset);
+        text.push(b'-');
+        push_decimal(&mut text, self.lease);
+        // Digits and dashes are ASCII.
+        String::from_utf8(text).unwrap_or_default()
+    }
+}
+
+/// Appends `value` in decimal ASCII digits.
+fn push_decimal(text: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    text.extend_from_slice(&digits[start..]);
+}
+
 impl std::fmt::Display for AckId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}-{}", self.subscription.0, self.offset, self.lease)
+        f.write_str(&self.encode())
     }
 }
 

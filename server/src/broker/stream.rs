@@ -11,7 +11,6 @@
 //! whatever it held is due again, and the error that ended it reaches the
 //! client after every frame sent before it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -162,7 +161,7 @@ impl StreamTask {
             sub.ack_deadline,
         );
         let mut leased = claim.leased;
-        let mut in_hand = HashMap::new();
+        let mut in_hand = Vec::new();
         let scanned = claim.scan.is_some();
         if let Some(scan) = claim.scan {
             let left = Budget {
@@ -183,12 +182,12 @@ impl StreamTask {
 
     /// Reads a scan's messages, from the tail cache when it holds them,
     /// and hands them to the book. Returns what the book leased to this
-    /// stream, and the messages read, by offset.
+    /// stream, and the messages read, in offset order.
     async fn scan(
         &self,
         scan: Scan,
         budget: Budget,
-    ) -> BrokerResult<(Vec<Leased>, HashMap<Offset, StoredMessage>)> {
+    ) -> BrokerResult<(Vec<Leased>, Vec<StoredMessage>)> {
         let sub = &self.subscription;
         let mut guard = ScanGuard {
             subscription: sub,
@@ -241,33 +240,42 @@ impl StreamTask {
         if changed {
             self.writer.mark(sub);
         }
-        let read = messages.into_iter().map(|m| (m.offset, m)).collect();
-        Ok((leased, read))
+        Ok((leased, messages))
     }
 
-    /// The deliveries of `leased`, in lease order: from `in_hand`, the
-    /// topic's tail cache, or storage. A message no longer stored (deleted
-    /// meanwhile) is settled instead of delivered.
+    /// The deliveries of `leased`, in lease order: from `in_hand` (the
+    /// scan's messages, in offset order), the topic's tail cache, or
+    /// storage. A message no longer stored (deleted meanwhile) is settled
+    /// instead of delivered.
     async fn fetch(
         &self,
         leased: Vec<Leased>,
-        mut in_hand: HashMap<Offset, StoredMessage>,
+        in_hand: Vec<StoredMessage>,
     ) -> BrokerResult<Vec<Delivery>> {
         let sub = &self.subscription;
-        let wanted = leased
+        let mut in_hand = Messages::new(in_hand);
+        let wanted: Vec<Offset> = leased
             .iter()
             .map(|l| l.offset)
-            .filter(|o| !in_hand.contains_key(o));
-        let (cached, missing) = sub.topic.cached(wanted);
-        in_hand.extend(cached.into_iter().map(|m| (m.offset, m)));
-        if !missing.is_empty() {
-            let read = self.store.read_offsets(sub.topic.id, missing).await?;
-            in_hand.extend(read.into_iter().map(|m| (m.offset, m)));
+            .filter(|&o| !in_hand.has(o))
+            .collect();
+        let mut elsewhere = Vec::new();
+        if !wanted.is_empty() {
+            let (cached, missing) = sub.topic.cached(wanted.into_iter());
+            elsewhere = cached;
+            if !missing.is_empty() {
+                elsewhere.extend(self.store.read_offsets(sub.topic.id, missing).await?);
+            }
+            elsewhere.sort_unstable_by_key(|m| m.offset);
         }
+        let mut elsewhere = Messages::new(elsewhere);
         let mut deliveries = Vec::with_capacity(leased.len());
         let mut gone = Vec::new();
         for lease in leased {
-            let Some(message) = in_hand.remove(&lease.offset) else {
+            let Some(message) = in_hand
+                .take(lease.offset)
+                .or_else(|| elsewhere.take(lease.offset))
+            else {
                 gone.push(lease.offset);
                 continue;
             };
@@ -279,7 +287,7 @@ impl StreamTask {
             deliveries.push(Delivery {
                 message,
                 attempt: lease.attempt,
-                ack_id: ack_id.to_string(),
+                ack_id: ack_id.encode(),
             });
         }
         if !gone.is_empty() {
@@ -329,6 +337,31 @@ impl StreamTask {
         self.subscription
             .book()
             .release_unsent(self.stream, offsets);
+    }
+}
+
+/// Messages in offset order, taken out one by one by offset.
+struct Messages {
+    offsets: Vec<Offset>,
+    messages: Vec<Option<StoredMessage>>,
+}
+
+impl Messages {
+    /// `messages` must be in offset order.
+    fn new(messages: Vec<StoredMessage>) -> Self {
+        Self {
+            offsets: messages.iter().map(|m| m.offset).collect(),
+            messages: messages.into_iter().map(Some).collect(),
+        }
+    }
+
+    fn has(&self, offset: Offset) -> bool {
+        self.offsets.binary_search(&offset).is_ok()
+    }
+
+    fn take(&mut self, offset: Offset) -> Option<StoredMessage> {
+        let at = self.offsets.binary_search(&offset).ok()?;
+        self.messages[at].take()
     }
 }
 

@@ -529,6 +529,31 @@ async fn a_late_nack_from_an_expired_lease_cannot_take_the_message_from_its_new_
     assert_eq!((info.backlog, info.in_flight), (0, 0));
 }
 
+#[test]
+fn ack_ids_round_trip_and_anything_else_is_malformed() {
+    let id = AckId {
+        subscription: crate::storage::SubscriptionId(7),
+        offset: 0,
+        lease: u64::MAX,
+    };
+    assert_eq!(id.encode(), "7-0-18446744073709551615");
+    assert_eq!(AckId::parse(&id.encode()).unwrap(), id);
+    for bad in [
+        "",
+        "7-0",
+        "7-0-1-2",
+        "7--1",
+        "a-0-1",
+        "7-0-18446744073709551616",
+        " 7-0-1",
+    ] {
+        assert!(
+            matches!(AckId::parse(bad), Err(BrokerError::InvalidAckId(_))),
+            "{bad:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn ack_ids_are_checked_and_those_of_another_subscription_name_nothing() {
     let broker = broker().await;
