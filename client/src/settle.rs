@@ -381,7 +381,7 @@ impl Names {
         let mut names = Self::default();
         for target in targets {
             match target {
-                Target::AckId(ack_id) => names.ack_ids.push(ack_id.to_string()),
+                Target::AckId(ack_id) => names.ack_ids.push(String::from(&**ack_id)),
                 Target::Offset(offset) => names.offsets.push(*offset),
             }
         }
