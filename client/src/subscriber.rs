@@ -168,6 +168,7 @@ impl SubscriberBuilder {
             max_outstanding_messages: self.max_outstanding_messages,
             ack_deadline_seconds: self.ack_deadline.map_or(0, deadline_seconds),
             max_messages: self.max_messages.unwrap_or(0),
+            max_outstanding_bytes: 0,
         };
         let stream = self
             .client

@@ -152,6 +152,13 @@ impl SubscriberService for StandIn {
         self.record(Call::Extend(request.into_inner()));
         Ok(Response::new(ModifyAckDeadlineResponse {}))
     }
+
+    async fn read_topic(
+        &self,
+        _: Request<tidings_client::v1::ReadTopicRequest>,
+    ) -> Result<Response<tidings_client::v1::ReadTopicResponse>, Status> {
+        Err(Status::unimplemented("the stand-in reads no topic"))
+    }
 }
 
 /// Only `GetSubscription`, which `subscribe()` asks for the ack deadline.

@@ -122,6 +122,23 @@ pub(super) struct Budget {
     pub(super) bytes: usize,
 }
 
+/// What one stream may hold at once: its flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Window {
+    /// Unsettled messages.
+    pub(super) messages: usize,
+    /// Bytes of unsettled messages, if limited. A message larger than the
+    /// limit still goes when the stream holds nothing.
+    pub(super) bytes: Option<usize>,
+}
+
+/// What one stream holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    messages: usize,
+    bytes: usize,
+}
+
 /// A run of never-examined offsets one stream is to read and then
 /// [`admit`](LeaseBook::admit): the offsets in `range`, at most
 /// `max_messages` of them.
@@ -262,7 +279,7 @@ pub(super) struct LeaseBook {
     /// The leases ordered by deadline.
     deadlines: BTreeSet<(Instant, Offset)>,
     /// Leases held per open stream.
-    streams: OffsetMap<usize>,
+    streams: OffsetMap<Held>,
     next_stream: StreamId,
     next_lease: u64,
     keys: Keys,
@@ -317,7 +334,7 @@ impl LeaseBook {
 
     pub(super) fn open_stream(&mut self) -> StreamId {
         self.next_stream += 1;
-        self.streams.insert(self.next_stream, 0);
+        self.streams.insert(self.next_stream, Held::default());
         self.next_stream
     }
 
@@ -360,12 +377,32 @@ impl LeaseBook {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn outstanding(&self, stream: StreamId) -> usize {
-        self.streams.get(&stream).copied().unwrap_or(0)
+        self.streams.get(&stream).map_or(0, |held| held.messages)
+    }
+
+    /// What `stream` may still take within its window, and `budget`: the
+    /// budget's count, and the bytes its window has left (`None`: no byte
+    /// limit, or the stream holds nothing, when one message of any size
+    /// may go so that none is too large to deliver ever).
+    fn room(&self, stream: StreamId, window: Window, budget: Budget) -> (Budget, Option<usize>) {
+        let held = self.streams.get(&stream).copied().unwrap_or_default();
+        let room = Budget {
+            messages: budget
+                .messages
+                .min(window.messages.saturating_sub(held.messages)),
+            bytes: budget.bytes,
+        };
+        let window_left = window
+            .bytes
+            .map(|limit| limit.saturating_sub(held.bytes))
+            .filter(|_| held.messages > 0);
+        (room, window_left)
     }
 
     /// Leases to `stream` what is due, lowest offset first, within
-    /// `budget` (less what it already holds of `max_outstanding`), and
+    /// `budget` and what its `window` leaves, and
     /// hands it a scan of new offsets below `head` when there is room left
     /// and no other stream is scanning. Expired leases and waits that are
     /// over are settled first, so a stream with every slot taken still
@@ -373,19 +410,15 @@ impl LeaseBook {
     pub(super) fn claim(
         &mut self,
         stream: StreamId,
-        max_outstanding: usize,
+        window: Window,
         budget: Budget,
         head: Offset,
         now: Now,
         deadline: Duration,
     ) -> Claim {
         self.reap(now);
-        let room = max_outstanding.saturating_sub(self.outstanding(stream));
-        let budget = Budget {
-            messages: budget.messages.min(room),
-            ..budget
-        };
-        let leased = self.lease_ready(stream, budget, now, deadline);
+        let (budget, window_left) = self.room(stream, window, budget);
+        let leased = self.lease_ready(stream, budget, window, window_left, now, deadline);
         let left = budget.messages - leased.len();
         let scan = if left > 0 && !self.scanning && self.keys.queued_count < MAX_QUEUED {
             self.next_scan(head, left)
@@ -424,13 +457,12 @@ impl LeaseBook {
     /// messages it found in `scan.range`, in offset order, and every offset
     /// of the range below `examined` was looked at (those without a message
     /// are acknowledged as gone). Then leases to `stream` what is due,
-    /// lowest offset first, within `budget` and what it may still hold of
-    /// `max_outstanding`.
+    /// lowest offset first, within `budget` and what its `window` leaves.
     pub(super) fn admit(
         &mut self,
         stream: StreamId,
         scan: Scanned<'_>,
-        max_outstanding: usize,
+        window: Window,
         budget: Budget,
         now: Now,
         deadline: Duration,
@@ -455,12 +487,8 @@ impl LeaseBook {
         }
         self.gone(expected..examined, now);
         self.next_new = self.next_new.max(examined);
-        let room = max_outstanding.saturating_sub(self.outstanding(stream));
-        let budget = Budget {
-            messages: budget.messages.min(room),
-            ..budget
-        };
-        self.lease_ready(stream, budget, now, deadline)
+        let (budget, window_left) = self.room(stream, window, budget);
+        self.lease_ready(stream, budget, window, window_left, now, deadline)
     }
 
     /// Leased offsets that turned out to hold no message (deleted since
@@ -524,10 +552,16 @@ impl LeaseBook {
         }
     }
 
+    /// Leases due messages, lowest first, within `budget` (whose first
+    /// message goes whatever its size) and the window: `window_left` bytes
+    /// when the stream holds something, else one message of any size and
+    /// then the window's bytes.
     fn lease_ready(
         &mut self,
         stream: StreamId,
         budget: Budget,
+        window: Window,
+        window_left: Option<usize>,
         now: Now,
         deadline: Duration,
     ) -> Vec<Leased> {
@@ -538,7 +572,15 @@ impl LeaseBook {
             let Some((&offset, &meta)) = self.ready.first_key_value() else {
                 break;
             };
-            if !leased.is_empty() && bytes + meta.size as usize > budget.bytes {
+            let after = bytes + meta.size as usize;
+            if !leased.is_empty() && after > budget.bytes {
+                break;
+            }
+            let window_full = match window_left {
+                Some(left) => after > left,
+                None => !leased.is_empty() && window.bytes.is_some_and(|limit| after > limit),
+            };
+            if window_full {
                 break;
             }
             self.ready.pop_first();
@@ -573,7 +615,9 @@ impl LeaseBook {
         };
         self.leases.insert(offset, lease);
         self.deadlines.insert((deadline, offset));
-        *self.streams.entry(stream).or_default() += 1;
+        let held = self.streams.entry(stream).or_default();
+        held.messages += 1;
+        held.bytes += meta.size as usize;
         Leased {
             offset,
             attempt,
@@ -586,7 +630,8 @@ impl LeaseBook {
         let lease = self.leases.remove(&offset)?;
         self.deadlines.remove(&(lease.deadline, offset));
         if let Some(held) = self.streams.get_mut(&lease.stream) {
-            *held = held.saturating_sub(1);
+            held.messages = held.messages.saturating_sub(1);
+            held.bytes = held.bytes.saturating_sub(lease.meta.size as usize);
         }
         Some(lease)
     }

@@ -24,13 +24,20 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::acks::DeliveryWriter;
+use super::book::Window;
 use super::checks::{check_batch, check_duration, not_found_as_topic, page};
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
 use super::*;
 use crate::offsets::AckState;
-use crate::storage::{NewMessage, SharedStore, StoreError, StoreListener, StoredSubscription};
+use crate::storage::{
+    NewMessage, ReadLimit, SharedStore, StoreError, StoreListener, StoredMessage,
+    StoredSubscription,
+};
+
+/// About the most bytes one `read_topic` returns.
+const READ_TOPIC_BYTES: usize = 4 << 20;
 
 /// The local engine: a cheap `Clone` handle over one shared state.
 #[derive(Clone)]
@@ -428,13 +435,51 @@ impl Engine for Broker {
             subscription: sub,
             writer: Arc::clone(&self.inner.writer),
             stream,
-            max_outstanding,
+            window: Window {
+                messages: max_outstanding,
+                bytes: spec.max_outstanding_bytes,
+            },
             remaining: spec.max_messages,
             frames_tx,
             end_tx,
         };
         self.inner.tasks.spawn(task.run().instrument(span));
         Ok(deliveries)
+    }
+
+    /// # Errors
+    /// [`BrokerError::TopicNotFound`].
+    async fn read_topic(
+        &self,
+        topic: &TopicName,
+        from: Offset,
+        max_messages: usize,
+    ) -> BrokerResult<TopicRead> {
+        let topic = self.topic(topic)?;
+        let end_offset = topic.head();
+        let from = from.max(topic.first_offset()).min(end_offset);
+        let limit = ReadLimit {
+            max_messages,
+            max_bytes: READ_TOPIC_BYTES,
+        };
+        let messages = self
+            .inner
+            .store
+            .read(topic.id, from..end_offset, limit)
+            .await
+            .map_err(|e| not_found_as_topic(e, &topic))?;
+        let bytes: usize = messages.iter().map(StoredMessage::wire_size).sum();
+        let next_offset = match messages.last() {
+            Some(last) if messages.len() >= max_messages || bytes >= READ_TOPIC_BYTES => {
+                last.offset + 1
+            }
+            _ => end_offset,
+        };
+        Ok(TopicRead {
+            messages,
+            next_offset,
+            end_offset,
+        })
     }
 
     /// Acknowledges messages; returns once the acknowledgement is stored.

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 
 use super::{
     BrokerResult, DeliveryStream, Page, PublishedOffsets, SubscribeSpec, SubscriptionInfo,
-    SubscriptionSpec, TopicInfo,
+    SubscriptionSpec, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -82,6 +82,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Opens a stream of deliveries.
     async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream>;
+
+    /// Reads up to `max_messages` stored messages of a topic from `from`
+    /// (at most about 4 MiB), outside any subscription: nothing is leased
+    /// or acknowledged.
+    async fn read_topic(
+        &self,
+        topic: &TopicName,
+        from: Offset,
+        max_messages: usize,
+    ) -> BrokerResult<TopicRead>;
 
     /// Acknowledges messages by offset and by ack id; returns once stored.
     async fn ack(

@@ -49,6 +49,10 @@ pub const MAX_ACK_DEADLINE: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_OUTSTANDING: usize = 1000;
 /// The largest `max_outstanding_messages` a stream may ask for.
 pub const MAX_OUTSTANDING: usize = 100_000;
+/// The default number of messages one `ReadTopic` returns.
+pub const DEFAULT_READ_MESSAGES: usize = 100;
+/// The most messages one `ReadTopic` returns.
+pub const MAX_READ_MESSAGES: usize = 1000;
 
 /// Settings of the broker core.
 #[derive(Debug, Clone)]
@@ -149,6 +153,9 @@ pub struct SubscribeSpec {
     /// The most unacknowledged messages the stream holds; `None` for
     /// [`DEFAULT_MAX_OUTSTANDING`].
     pub max_outstanding: Option<usize>,
+    /// The most bytes of unacknowledged messages the stream holds; `None`
+    /// for no limit but `max_outstanding`.
+    pub max_outstanding_bytes: Option<usize>,
     /// End the stream after this many deliveries.
     pub max_messages: Option<u64>,
 }
@@ -245,6 +252,17 @@ impl std::fmt::Display for AckId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.encode())
     }
+}
+
+/// Messages read from a topic by offset, outside any subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRead {
+    /// The messages, in offset order.
+    pub messages: Vec<StoredMessage>,
+    /// Where the next read continues.
+    pub next_offset: Offset,
+    /// The topic's next offset when it was read.
+    pub end_offset: Offset,
 }
 
 /// A page of a listing.

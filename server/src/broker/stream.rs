@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use super::acks::DeliveryWriter;
-use super::book::{Budget, Leased, Now, Scan, Scanned, StreamId};
+use super::book::{Budget, Leased, Now, Scan, Scanned, StreamId, Window};
 use super::subscription::Subscription;
 use super::{AckId, BrokerConfig, BrokerError, BrokerResult, Delivery};
 use crate::offsets::Offset;
@@ -49,7 +49,7 @@ pub(super) struct StreamTask {
     pub(super) subscription: Arc<Subscription>,
     pub(super) writer: Arc<DeliveryWriter>,
     pub(super) stream: StreamId,
-    pub(super) max_outstanding: usize,
+    pub(super) window: Window,
     pub(super) remaining: Option<u64>,
     pub(super) frames_tx: mpsc::Sender<Vec<Delivery>>,
     pub(super) end_tx: oneshot::Sender<BrokerError>,
@@ -154,7 +154,7 @@ impl StreamTask {
         }
         let claim = sub.book().claim(
             self.stream,
-            self.max_outstanding,
+            self.window,
             budget,
             head,
             Now::get(),
@@ -225,7 +225,7 @@ impl StreamTask {
             let leased = book.admit(
                 self.stream,
                 scanned,
-                self.max_outstanding,
+                self.window,
                 budget,
                 Now::get(),
                 sub.ack_deadline,

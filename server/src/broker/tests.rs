@@ -49,6 +49,7 @@ fn spec(subscription: &str, topic_name: &str) -> SubscribeSpec {
         start: StartPosition::Earliest,
         ack_deadline: None,
         max_outstanding: None,
+        max_outstanding_bytes: None,
         max_messages: None,
     }
 }
@@ -696,5 +697,66 @@ async fn delivery_attempts_continue_after_a_restart_but_not_for_a_shutdown() {
         got,
         vec![(0, 2), (1, 1)],
         "one counted failure, none for the shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_holds_no_more_bytes_than_it_asked_for() {
+    let broker = broker().await;
+    broker.create_topic(topic("t")).await.unwrap();
+    // Messages of 1000 bytes: about 1032 each on the wire.
+    let big: Vec<NewMessage> = (0..10)
+        .map(|_| NewMessage {
+            payload: Bytes::from(vec![7; 1000]),
+            ..NewMessage::default()
+        })
+        .collect();
+    broker.publish(&topic("t"), big).await.unwrap();
+    let mut stream = broker
+        .subscribe(SubscribeSpec {
+            max_outstanding_bytes: Some(3000),
+            ..spec("s", "t")
+        })
+        .await
+        .unwrap();
+    assert_eq!(offsets(&receive(&mut stream, 2).await), vec![0, 1]);
+    assert_eq!(broker.get_subscription(&sub("s")).unwrap().in_flight, 2);
+    broker.ack(&sub("s"), &[0], &[]).await.unwrap();
+    assert_eq!(offsets(&receive(&mut stream, 1).await), vec![2]);
+    assert_eq!(broker.get_subscription(&sub("s")).unwrap().in_flight, 2);
+}
+
+#[tokio::test]
+async fn reading_a_topic_by_offset_takes_nothing_from_subscriptions() {
+    let broker = broker().await;
+    broker.create_topic(topic("t")).await.unwrap();
+    broker.publish(&topic("t"), messages(5)).await.unwrap();
+    broker
+        .create_subscription(with_deadline("s", "t", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let read = broker.read_topic(&topic("t"), 1, 3).await.unwrap();
+    let got: Vec<Offset> = read.messages.iter().map(|m| m.offset).collect();
+    assert_eq!(
+        (got, read.next_offset, read.end_offset),
+        (vec![1, 2, 3], 4, 5)
+    );
+    let rest = broker
+        .read_topic(&topic("t"), read.next_offset, 3)
+        .await
+        .unwrap();
+    assert_eq!((rest.messages.len(), rest.next_offset), (1, 5));
+    let past = broker.read_topic(&topic("t"), 99, 3).await.unwrap();
+    assert!(past.messages.is_empty() && past.next_offset == 5);
+    let info = broker.get_subscription(&sub("s")).unwrap();
+    assert_eq!(
+        (info.backlog, info.in_flight),
+        (5, 0),
+        "nothing leased or acked"
+    );
+    let missing = broker.read_topic(&topic("nope"), 0, 3).await;
+    assert!(
+        matches!(missing, Err(BrokerError::TopicNotFound(_))),
+        "{missing:?}"
     );
 }

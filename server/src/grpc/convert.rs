@@ -12,8 +12,8 @@ use tidings::v1;
 use tidings::v1::start_position::Position;
 
 use crate::broker::{
-    BrokerError, BrokerResult, Delivery, Page, StartPosition, SubscribeSpec, SubscriptionInfo,
-    SubscriptionSpec, TopicInfo,
+    BrokerError, BrokerResult, DEFAULT_READ_MESSAGES, Delivery, MAX_READ_MESSAGES, Page,
+    StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -82,6 +82,56 @@ impl From<v1::PublishMessage> for NewMessage {
             key: message.key,
             attributes,
         }
+    }
+}
+
+/// A validated `ReadTopic` request.
+#[derive(Debug)]
+pub(crate) struct ReadTopicCommand {
+    /// The topic to read.
+    pub(crate) topic: TopicName,
+    /// The first offset to read.
+    pub(crate) from: Offset,
+    /// The most messages to return.
+    pub(crate) max_messages: usize,
+}
+
+impl TryFrom<v1::ReadTopicRequest> for ReadTopicCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::ReadTopicRequest) -> BrokerResult<Self> {
+        let max_messages = match request.max_messages {
+            0 => DEFAULT_READ_MESSAGES,
+            n => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(MAX_READ_MESSAGES),
+        };
+        Ok(Self {
+            topic: TopicName::new(request.topic)?,
+            from: request.offset,
+            max_messages,
+        })
+    }
+}
+
+/// A topic's messages as `ReadTopic` answers them: not deliveries, so no
+/// attempt and no ack id.
+pub(crate) fn read_topic_response(read: TopicRead) -> v1::ReadTopicResponse {
+    let messages = read
+        .messages
+        .into_iter()
+        .map(|message| {
+            v1::ReceivedMessage::from(Delivery {
+                message,
+                attempt: 0,
+                ack_id: String::new(),
+            })
+        })
+        .collect();
+    v1::ReadTopicResponse {
+        messages,
+        next_offset: read.next_offset,
+        end_offset: read.end_offset,
     }
 }
 
@@ -180,6 +230,8 @@ impl TryFrom<v1::SubscribeRequest> for SubscribeSpec {
             ack_deadline: ack_deadline(request.ack_deadline_seconds),
             max_outstanding: nonzero(request.max_outstanding_messages)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_outstanding_bytes: nonzero(request.max_outstanding_bytes)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             max_messages: nonzero(request.max_messages).map(u64::from),
         })
     }
@@ -227,8 +279,8 @@ fn ack_deadline(seconds: u32) -> Option<Duration> {
     nonzero(seconds).map(|seconds| Duration::from_secs(seconds.into()))
 }
 
-fn nonzero(value: u32) -> Option<u32> {
-    (value != 0).then_some(value)
+fn nonzero<T: Default + PartialEq>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
 }
 
 /// Which page of a listing a request asks for.
@@ -446,6 +498,7 @@ mod tests {
             max_outstanding_messages: 10,
             ack_deadline_seconds: 60,
             max_messages: 3,
+            max_outstanding_bytes: 4096,
         })
         .expect("valid request");
         assert_eq!(
@@ -455,6 +508,7 @@ mod tests {
         assert_eq!(spec.start, StartPosition::Latest);
         assert_eq!(spec.ack_deadline, Some(Duration::from_secs(60)));
         assert_eq!(spec.max_outstanding, Some(10));
+        assert_eq!(spec.max_outstanding_bytes, Some(4096));
         assert_eq!(spec.max_messages, Some(3));
     }
 

@@ -12,7 +12,10 @@ use tidings::v1::subscriber_service_server::SubscriberService;
 use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
-use super::convert::{AckCommand, DeadlineCommand, NackCommand, subscribe_frame};
+use super::convert::{
+    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, read_topic_response,
+    subscribe_frame,
+};
 use crate::broker::{DeliveryStream, SharedEngine, SubscribeSpec};
 use crate::names::SubscriptionName;
 
@@ -103,6 +106,24 @@ impl SubscriberService for Subscriber {
             )
             .await?;
         Ok(Response::new(v1::ModifyAckDeadlineResponse {}))
+    }
+
+    #[instrument(name = "ReadTopic", skip_all, fields(topic = %request.get_ref().topic))]
+    async fn read_topic(
+        &self,
+        request: Request<v1::ReadTopicRequest>,
+    ) -> Result<Response<v1::ReadTopicResponse>, Status> {
+        let command = ReadTopicCommand::try_from(request.into_inner())?;
+        debug!(
+            from = command.from,
+            max = command.max_messages,
+            "read topic"
+        );
+        let read = self
+            .broker
+            .read_topic(&command.topic, command.from, command.max_messages)
+            .await?;
+        Ok(Response::new(read_topic_response(read)))
     }
 }
 

@@ -13,6 +13,13 @@ const ALL: Budget = Budget {
     bytes: usize::MAX,
 };
 
+fn window(messages: usize) -> Window {
+    Window {
+        messages,
+        bytes: None,
+    }
+}
+
 fn start() -> Now {
     Now {
         instant: Instant::now(),
@@ -77,7 +84,7 @@ fn turn(
     now: Now,
 ) -> (Vec<Leased>, bool) {
     let head = topic.last().map_or(0, |m| m.offset + 1);
-    let claim = book.claim(stream, max_outstanding, budget, head, now, DEADLINE);
+    let claim = book.claim(stream, window(max_outstanding), budget, head, now, DEADLINE);
     let mut leased = claim.leased;
     let scanned = claim.scan.is_some();
     if let Some(scan) = claim.scan {
@@ -104,7 +111,14 @@ fn turn(
             messages: &read,
             examined,
         };
-        leased.extend(book.admit(stream, scanned, max_outstanding, left, now, DEADLINE));
+        leased.extend(book.admit(
+            stream,
+            scanned,
+            window(max_outstanding),
+            left,
+            now,
+            DEADLINE,
+        ));
     }
     (leased, scanned)
 }
@@ -202,15 +216,15 @@ fn skipping_acknowledged_messages_costs_per_range_not_per_offset() {
     let s = book.open_stream();
     let now = start();
     let head = 1_000_000_000_010;
-    let claim = book.claim(s, 100, ALL, head, now, DEADLINE);
+    let claim = book.claim(s, window(100), ALL, head, now, DEADLINE);
     assert_eq!(claim.scan.map(|s| s.range), Some(0..1));
     let scanned = Scanned {
         range: &(0..1),
         messages: &[message(0, "")],
         examined: 1,
     };
-    book.admit(s, scanned, 100, ALL, now, DEADLINE);
-    let claim = book.claim(s, 100, ALL, head, now, DEADLINE);
+    book.admit(s, scanned, window(100), ALL, now, DEADLINE);
+    let claim = book.claim(s, window(100), ALL, head, now, DEADLINE);
     assert_eq!(
         claim.scan.map(|s| s.range),
         Some(1_000_000_000_000..head),
@@ -226,14 +240,14 @@ fn a_scan_never_spans_acknowledged_messages_and_is_bounded_by_room() {
     }
     let mut book = LeaseBook::new(acks, [], false, 0);
     let s = book.open_stream();
-    let claim = book.claim(s, 2, ALL, 100, start(), DEADLINE);
+    let claim = book.claim(s, window(2), ALL, 100, start(), DEADLINE);
     assert_eq!(
         claim.scan.map(|s| s.range),
         Some(0..2),
         "as long as the room"
     );
     book.abandon_scan();
-    let claim = book.claim(s, 50, ALL, 100, start(), DEADLINE);
+    let claim = book.claim(s, window(50), ALL, 100, start(), DEADLINE);
     assert_eq!(
         claim.scan.map(|s| s.range),
         Some(0..3),
@@ -246,14 +260,28 @@ fn only_one_stream_scans_at_a_time_and_an_abandoned_scan_is_free_again() {
     let mut book = book(false);
     let (a, b) = (book.open_stream(), book.open_stream());
     let now = start();
-    assert!(book.claim(a, 10, ALL, 5, now, DEADLINE).scan.is_some());
-    assert!(book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_none());
     assert!(
-        book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_none(),
+        book.claim(a, window(10), ALL, 5, now, DEADLINE)
+            .scan
+            .is_some()
+    );
+    assert!(
+        book.claim(b, window(10), ALL, 5, now, DEADLINE)
+            .scan
+            .is_none()
+    );
+    assert!(
+        book.claim(b, window(10), ALL, 5, now, DEADLINE)
+            .scan
+            .is_none(),
         "a claim without a scan leaves a's scan in place"
     );
     book.abandon_scan();
-    assert!(book.claim(b, 10, ALL, 5, now, DEADLINE).scan.is_some());
+    assert!(
+        book.claim(b, window(10), ALL, 5, now, DEADLINE)
+            .scan
+            .is_some()
+    );
 }
 
 #[test]
@@ -261,7 +289,7 @@ fn an_admission_never_leases_beyond_the_streams_room() {
     let (mut book, topic, now) = (book(false), topic(5), start());
     let (t, s) = (book.open_stream(), book.open_stream());
     deliver(&mut book, &topic, t, 2, ALL, now);
-    let claim = book.claim(s, 2, ALL, 5, now, DEADLINE);
+    let claim = book.claim(s, window(2), ALL, 5, now, DEADLINE);
     let range = claim.scan.expect("s scans").range;
     assert_eq!(range, 2..4);
     // While s reads, t's stream ends: 0 and 1 are due again.
@@ -271,9 +299,55 @@ fn an_admission_never_leases_beyond_the_streams_room() {
         messages: &topic[2..4],
         examined: 4,
     };
-    let leased = book.admit(s, scanned, 2, ALL, now, DEADLINE);
+    let leased = book.admit(s, scanned, window(2), ALL, now, DEADLINE);
     assert_eq!(offsets(&leased), vec![0, 1]);
     assert_eq!(book.outstanding(s), 2, "two slots, two leases");
+}
+
+#[test]
+fn a_byte_window_bounds_what_a_stream_holds_but_never_starves_it() {
+    let (mut book, now) = (book(false), start());
+    // Each message is 42 bytes on the wire; the last one is far larger.
+    let mut topic = topic(5);
+    topic.push(StoredMessage {
+        offset: 5,
+        payload: Bytes::from(vec![0; 1000]),
+        ..message(5, "")
+    });
+    let s = book.open_stream();
+    let window = Window {
+        messages: 100,
+        bytes: Some(100),
+    };
+    let first = book.claim(s, window, ALL, 6, now, DEADLINE);
+    let range = first.scan.expect("a scan").range;
+    let scanned = Scanned {
+        range: &range,
+        messages: &topic[0..6],
+        examined: 6,
+    };
+    let leased = book.admit(s, scanned, window, ALL, now, DEADLINE);
+    assert_eq!(offsets(&leased), vec![0, 1], "two fit in 100 bytes");
+    book.ack(&[Target::Offset(0)], now);
+    let claim = book.claim(s, window, ALL, 6, now, DEADLINE);
+    assert_eq!(offsets(&claim.leased), vec![2], "room for one more");
+    book.ack(&[Target::Offset(1)], now);
+    book.ack(&[Target::Offset(2)], now);
+    let claim = book.claim(s, window, ALL, 6, now, DEADLINE);
+    assert_eq!(offsets(&claim.leased), vec![3, 4]);
+    book.ack(&[Target::Offset(3)], now);
+    let claim = book.claim(s, window, ALL, 6, now, DEADLINE);
+    assert!(
+        claim.leased.is_empty(),
+        "the large one waits while 4 is held"
+    );
+    book.ack(&[Target::Offset(4)], now);
+    let claim = book.claim(s, window, ALL, 6, now, DEADLINE);
+    assert_eq!(
+        offsets(&claim.leased),
+        vec![5],
+        "and goes alone once nothing is"
+    );
 }
 
 #[test]
