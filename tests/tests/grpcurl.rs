@@ -60,6 +60,16 @@ const CHECKS: &[Check] = &[
         output_has: &["\"offsets\":[\"0\"]"],
     },
     Check {
+        command_has: "SubscriberService/ReadTopic",
+        output_has: &[
+            "\"offset\":\"0\"",
+            "\"key\":\"order-42\"",
+            "\"deliveryAttempt\":0",
+            "\"nextOffset\":\"1\"",
+            "\"endOffset\":\"1\"",
+        ],
+    },
+    Check {
         command_has: "SubscriberService/Subscribe",
         output_has: &[
             "\"offset\":\"0\"",
