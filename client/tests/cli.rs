@@ -6,7 +6,8 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{Broker, next_line, strings, tidings, tidings_env};
+use anyhow::bail;
+use common::{Broker, Output, next_line, strings, tidings, tidings_env};
 use serde_json::Value;
 use tokio::io::BufReader;
 
@@ -669,4 +670,93 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Checks that a `--json` run failed as the README says: exit status 1
+/// and one JSON object on standard error; returns it.
+fn json_failure(output: &Output) -> anyhow::Result<Value> {
+    if output.status.code() != Some(1) {
+        bail!(
+            "expected exit status 1, got {}: {:?}",
+            output.status,
+            output.stderr
+        );
+    }
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    let [line] = lines.as_slice() else {
+        bail!("expected one line on stderr, got {:?}", output.stderr);
+    };
+    Ok(serde_json::from_str(line)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_the_tidings_command_that_helps() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let missing = broker.tidings(&["topics", "describe", "invoices"]).await?;
+    assert_eq!(
+        missing.failure_line()?,
+        "tidings: topic \"invoices\" does not exist; create it with `tidings topics create invoices`"
+    );
+    create_topic(&broker, "orders").await?;
+    create_topic(&broker, "audit").await?;
+    broker
+        .tidings(&["subs", "create", "billing", "--topic", "orders"])
+        .await?
+        .ok()?;
+    for (args, advice) in [
+        (
+            &["sub", "ghost", "--count", "1"][..],
+            "`tidings subs create ghost --topic TOPIC`",
+        ),
+        (
+            &["sub", "billing", "--topic", "audit", "--count", "1"],
+            "use another subscription name, or leave out --topic",
+        ),
+        (
+            &["topics", "create", "orders"],
+            "see it with `tidings topics describe orders`",
+        ),
+        (
+            &["pub", "invoices", "x"],
+            "create it with `tidings topics create invoices`",
+        ),
+    ] {
+        let output = broker.tidings(args).await?;
+        let line = output.failure_line()?;
+        assert!(line.contains(advice), "{args:?}: {line}");
+        assert!(!line.contains("Service."), "names an RPC: {line}");
+    }
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_errors_are_one_object_with_code_and_message() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let output = broker.tidings(&["pub", "invoices", "x", "--json"]).await?;
+    let error = json_failure(&output)?;
+    assert_eq!(error["code"], "NOT_FOUND", "{error}");
+    assert_eq!(
+        error["message"],
+        "topic \"invoices\" does not exist; create it with `tidings topics create invoices`"
+    );
+
+    // Unreachable: a port bound but not listening.
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.bind("127.0.0.1:0".parse()?)?;
+    let addr = holder.local_addr()?.to_string();
+    let down = tidings(
+        &strings(&["--server", &addr, "topics", "ls", "--json"]),
+        None,
+    )
+    .await?;
+    let error = json_failure(&down)?;
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&addr),
+        "{error}"
+    );
+    broker.stop().await
 }
