@@ -6,10 +6,11 @@ mod common;
 
 use std::process::Stdio;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use common::{Broker, Output, next_line, strings, tidings, tidings_env};
 use serde_json::Value;
-use tokio::io::BufReader;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdout};
 
 /// Creates `topic` through the CLI.
 async fn create_topic(broker: &Broker, topic: &str) -> anyhow::Result<()> {
@@ -662,7 +663,14 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
         );
     }
     let publish = tidings(&strings(&["pub", "--help"]), None).await?.ok()?;
-    for text in ["--key", "--attr", "NAME=VALUE", "standard input"] {
+    for text in [
+        "--key",
+        "--attr",
+        "NAME=VALUE",
+        "standard input",
+        "--file",
+        "order",
+    ] {
         assert!(
             publish.stdout.contains(text),
             "pub --help lacks {text}:\n{}",
@@ -670,6 +678,49 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every payload of `topic` in offset order, read through the library.
+async fn stored_payloads(broker: &Broker, topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    let mut payloads = Vec::new();
+    let mut offset = 0;
+    loop {
+        let read = client.read_topic(topic, offset, 1000).await?;
+        payloads.extend(read.messages.iter().map(|m| m.payload.to_vec()));
+        if read.is_at_end() || read.messages.is_empty() {
+            return Ok(payloads);
+        }
+        offset = read.next_offset;
+    }
+}
+
+/// The standard output of a spawned `tidings`, to read line by line.
+fn stdout_of(child: &mut Child) -> anyhow::Result<BufReader<ChildStdout>> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    Ok(BufReader::new(stdout))
+}
+
+/// Waits for a spawned `tidings` to exit, under the run timeout, reading
+/// the rest of its output.
+async fn finish(mut child: Child, mut stdout: BufReader<ChildStdout>) -> anyhow::Result<Output> {
+    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let (mut out, mut err) = (String::new(), String::new());
+    let run = async {
+        tokio::try_join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        )?;
+        child.wait().await
+    };
+    let status = tokio::time::timeout(common::RUN_TIMEOUT, run)
+        .await
+        .map_err(|_| anyhow!("tidings did not finish within {:?}", common::RUN_TIMEOUT))??;
+    Ok(Output {
+        status,
+        stdout: out,
+        stderr: err,
+    })
 }
 
 /// Checks that a `--json` run failed as the README says: exit status 1
@@ -739,6 +790,7 @@ async fn json_errors_are_one_object_with_code_and_message() -> anyhow::Result<()
         error["message"],
         "topic \"invoices\" does not exist; create it with `tidings topics create invoices`"
     );
+    assert_eq!(output.json()?["offsets"], serde_json::json!([]));
 
     // Unreachable: a port bound but not listening.
     let holder = tokio::net::TcpSocket::new_v4()?;
@@ -758,5 +810,132 @@ async fn json_errors_are_one_object_with_code_and_message() -> anyhow::Result<()
             .contains(&addr),
         "{error}"
     );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn piped_lines_are_stored_in_input_order() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "log").await?;
+    let lines: Vec<String> = (1..=20_000).map(|i| i.to_string()).collect();
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let published = broker
+        .tidings_with_stdin(&["pub", "log"], input.as_bytes())
+        .await?
+        .ok()?;
+    let offsets: Vec<String> = (0..20_000).map(|offset: u32| offset.to_string()).collect();
+    assert!(published.lines() == offsets, "offsets out of order");
+
+    let stored = stored_payloads(&broker, "log").await?;
+    let misplaced = stored
+        .iter()
+        .zip(&lines)
+        .position(|(payload, line)| payload != line.as_bytes());
+    if let Some(offset) = misplaced {
+        bail!(
+            "offset {offset} holds line {}, not line {}",
+            String::from_utf8_lossy(&stored[offset]),
+            lines[offset]
+        );
+    }
+    assert_eq!(stored.len(), lines.len());
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crlf_line_endings_are_not_part_of_the_messages() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "dos").await?;
+    broker
+        .tidings_with_stdin(&["pub", "dos"], b"one\r\ntwo\r\n\r\nthree")
+        .await?
+        .ok()?;
+    let stored = stored_payloads(&broker, "dos").await?;
+    assert_eq!(stored, [&b"one"[..], b"two", b"", b"three"]);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_file_is_published_as_one_message() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "blobs").await?;
+    let blob: &[u8] = b"line 1\r\nline 2\n\xff\x00 binary\n\n";
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("blob.bin");
+    std::fs::write(&path, blob)?;
+    let path = path.to_str().ok_or_else(|| anyhow!("not UTF-8"))?;
+
+    let from_file = broker
+        .tidings(&["pub", "blobs", "--file", path, "--key", "k"])
+        .await?
+        .ok()?;
+    assert_eq!(from_file.stdout, "0\n");
+    let from_stdin = broker
+        .tidings_with_stdin(&["pub", "blobs", "--file", "-"], blob)
+        .await?
+        .ok()?;
+    assert_eq!(from_stdin.stdout, "1\n");
+    assert_eq!(stored_payloads(&broker, "blobs").await?, [blob, blob]);
+
+    let missing = broker
+        .tidings(&["pub", "blobs", "--file", "/no/such/file"])
+        .await?;
+    assert!(missing.failure_line()?.contains("/no/such/file"));
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_dies_mid_pub_is_reported_with_what_was_stored() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "feed").await?;
+    let addr = broker.addr();
+    let mut child = broker.spawn_tidings_fed(&["pub", "feed"])?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+    let mut stdout = stdout_of(&mut child)?;
+    let first: String = (1..=1200).map(|i| format!("line {i}\n")).collect();
+    stdin.write_all(first.as_bytes()).await?;
+    stdin.flush().await?;
+    for offset in 0..1200 {
+        assert_eq!(next_line(&mut stdout).await?, format!("{offset}\n"));
+    }
+
+    broker.stop().await?;
+    // Hold the port (bound, not listening): connections to it are refused,
+    // and no other test's broker can take it.
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.set_reuseaddr(true)?;
+    let _held = holder.bind(addr);
+    let rest: String = (1201..=2000).map(|i| format!("line {i}\n")).collect();
+    stdin.write_all(rest.as_bytes()).await?;
+    drop(stdin);
+
+    let output = finish(child, stdout).await?;
+    let line = output.failure_line()?;
+    assert!(
+        line.starts_with("tidings: stored 1200 of 2000 messages, then the broker went away: "),
+        "{line}"
+    );
+    assert!(line.contains(&addr.to_string()), "{line}");
+    assert_eq!(output.stdout, "", "no offsets after the broker went away");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_message_stops_pub_and_is_numbered_as_in_the_input() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "sized").await?;
+    // The broker's default limit is 1 MiB a message.
+    let too_big = "z".repeat(1_500_000);
+    let input = format!("a\nb\nc\n{too_big}\nd\ne\n");
+    let output = broker
+        .tidings_with_stdin(&["pub", "sized"], input.as_bytes())
+        .await?;
+    let line = output.failure_line()?;
+    assert!(
+        line.starts_with("tidings: stored 3 of 6 messages, then stopped: message 4 is "),
+        "{line}"
+    );
+    assert_eq!(output.lines(), ["0", "1", "2"]);
+    assert_eq!(stored_payloads(&broker, "sized").await?, [b"a", b"b", b"c"]);
     broker.stop().await
 }

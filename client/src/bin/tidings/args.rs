@@ -74,12 +74,16 @@ pub(crate) enum Command {
         name = "pub",
         long_about = "Publish messages to a topic and print the offset of each, one per line \
             (with --json: {\"topic\": …, \"offsets\": […]}).\n\n\
-            The messages are the MESSAGE arguments or, when there are none, the lines of \
-            standard input (one message per line, without its newline). Messages are sent \
-            in batches; the command returns once every one of them is stored.",
+            The messages are the MESSAGE arguments, the whole of a --file as one message, or \
+            else the lines of standard input (one message per line, without its newline or \
+            \\r\\n). They are stored in input order: in batches, one batch in flight at a \
+            time. The command returns once every one of them is stored. If publishing stops \
+            early (the broker refuses a message or goes away), it exits 1 saying how many \
+            were stored, which are the first ones of the input; message N is line N.",
         after_long_help = "Examples:\n  \
             tidings pub orders 'order 42' 'order 43'\n  \
-            printf 'a\\nb\\n' | tidings pub orders --key customer-7 --attr source=import"
+            printf 'a\\nb\\n' | tidings pub orders --key customer-7 --attr source=import\n  \
+            tidings pub images --file photo.jpg --attr type=image/jpeg"
     )]
     Publish(publish::PublishArgs),
 

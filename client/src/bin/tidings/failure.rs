@@ -7,11 +7,51 @@
 //! the `tidings` command that helps. Transport details are reduced to their
 //! root cause. Nothing here prints.
 
+use std::fmt;
+
 use serde_json::json;
 use tidings_client::Error as ClientError;
 
 /// The exit status of a failed command.
 pub(crate) const EXIT_FAILURE: u8 = 1;
+
+/// A failure of a command itself, as opposed to a failed call: what to
+/// say, the code `--json` reports, the exit status, and the library error
+/// behind it, if any (its reason follows the message).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    message: String,
+    code: tonic::Code,
+    exit: u8,
+    source: Option<ClientError>,
+}
+
+impl Failure {
+    /// A failure caused by `source`, whose code it reports; its reason is
+    /// printed after `message`.
+    pub(crate) fn from_client(message: impl Into<String>, source: ClientError) -> Self {
+        Self {
+            message: message.into(),
+            code: source.code(),
+            exit: EXIT_FAILURE,
+            source: Some(source),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// What `tidings` reports about a failed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +71,18 @@ impl Report {
     pub(crate) fn of(err: &anyhow::Error, server: &str) -> Self {
         let mut parts: Vec<String> = Vec::new();
         let mut code = None;
+        let mut exit = EXIT_FAILURE;
         for cause in err.chain() {
+            if let Some(failure) = cause.downcast_ref::<Failure>() {
+                if code.is_none() {
+                    code = Some(failure.code);
+                    exit = failure.exit;
+                }
+                if !failure.message.is_empty() {
+                    parts.push(failure.message.clone());
+                }
+                continue;
+            }
             if let Some(client_err) = cause.downcast_ref::<ClientError>() {
                 code.get_or_insert(client_err.code());
                 parts.push(client_reason(client_err, server));
@@ -42,7 +93,7 @@ impl Report {
         Self {
             code: code.unwrap_or(tonic::Code::Unknown),
             message: one_line(&parts.join(": ")),
-            exit: EXIT_FAILURE,
+            exit,
         }
     }
 
@@ -311,8 +362,18 @@ mod tests {
     }
 
     #[test]
-    fn failures_on_this_side_are_unknown() {
-        assert_eq!(report(anyhow::anyhow!("cannot read x")).code, Code::Unknown);
+    fn failures_give_their_code_and_the_cause_follows() {
+        let caused = report(Failure::from_client(
+            "stored 3 of 9 messages",
+            status(Code::InvalidArgument, "message 4 is too large"),
+        ));
+        assert_eq!(
+            caused.message,
+            "stored 3 of 9 messages: message 4 is too large"
+        );
+        assert_eq!(caused.code, Code::InvalidArgument);
+        let local = report(anyhow::anyhow!("cannot read x"));
+        assert_eq!(local.code, Code::Unknown);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod health;
+mod input;
 pub(crate) mod publish;
 pub(crate) mod subs;
 pub(crate) mod subscribe;
