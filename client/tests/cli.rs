@@ -5,6 +5,7 @@
 mod common;
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use common::{Broker, Output, next_line, strings, tidings, tidings_env};
@@ -654,7 +655,10 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
         "jsonl",
         "--start",
         "--max-outstanding",
+        "--timeout",
+        "--exit-at-end",
         "Ctrl-C",
+        "130",
     ] {
         assert!(
             sub.stdout.contains(text),
@@ -699,6 +703,17 @@ async fn stored_payloads(broker: &Broker, topic: &str) -> anyhow::Result<Vec<Vec
 fn stdout_of(child: &mut Child) -> anyhow::Result<BufReader<ChildStdout>> {
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     Ok(BufReader::new(stdout))
+}
+
+/// Sends SIGINT, as Ctrl-C does, to a spawned `tidings`.
+fn interrupt(child: &Child) -> anyhow::Result<()> {
+    let pid = child.id().ok_or_else(|| anyhow!("no pid"))?;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(signalled.success(), "kill -INT {pid} failed");
+    Ok(())
 }
 
 /// Waits for a spawned `tidings` to exit, under the run timeout, reading
@@ -937,5 +952,141 @@ async fn a_refused_message_stops_pub_and_is_numbered_as_in_the_input() -> anyhow
     );
     assert_eq!(output.lines(), ["0", "1", "2"]);
     assert_eq!(stored_payloads(&broker, "sized").await?, [b"a", b"b", b"c"]);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_timeout_ends_a_quiet_subscription() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "quiet").await?;
+    broker.tidings(&["pub", "quiet", "a", "b"]).await?.ok()?;
+
+    // No goal: the timeout is how it ends, a success.
+    let drained = broker
+        .tidings(&["sub", "tail", "--topic", "quiet", "--timeout", "300ms"])
+        .await?
+        .ok()?;
+    assert_eq!(drained.stdout, "a\nb\n");
+
+    // Short of --count: a failure, after acknowledging what came.
+    broker.tidings(&["pub", "quiet", "c"]).await?.ok()?;
+    let short = broker
+        .tidings(&["sub", "tail", "--count", "3", "--timeout", "300ms"])
+        .await?;
+    assert_eq!(
+        short.failure_line()?,
+        "tidings: received 1 of 3 messages; none came for 300ms"
+    );
+    assert_eq!(short.stdout, "c\n");
+    assert_eq!(describe_subscription(&broker, "tail").await?["backlog"], 0);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_exit_at_end_takes_what_was_there_and_leaves_the_rest() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "jobs").await?;
+    broker
+        .tidings_with_stdin(&["pub", "jobs"], b"j0\nj1\nj2\nj3\nj4\n")
+        .await?
+        .ok()?;
+    // Another consumer holds two of them.
+    let mut holder = broker.spawn_tidings(&[
+        "sub",
+        "workers",
+        "--topic",
+        "jobs",
+        "--no-ack",
+        "--max-outstanding",
+        "2",
+    ])?;
+    let mut held = stdout_of(&mut holder)?;
+    assert_eq!(next_line(&mut held).await?, "j0\n");
+    assert_eq!(next_line(&mut held).await?, "j1\n");
+
+    // Caught up without them: the other three, then exit 0.
+    let drained = broker.tidings(&["sub", "workers", "-e"]).await?.ok()?;
+    assert_eq!(drained.stdout, "j2\nj3\nj4\n");
+    let nothing = broker
+        .tidings(&["sub", "workers", "--exit-at-end"])
+        .await?
+        .ok()?;
+    assert_eq!(nothing.stdout, "", "nothing was left for it");
+
+    // A subscription it creates starts caught up to the same end.
+    let fresh = broker
+        .tidings(&["sub", "audit", "--topic", "jobs", "-e", "--json"])
+        .await?
+        .ok()?;
+    let offsets: Vec<u64> = json_lines(&fresh.stdout)?
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+
+    interrupt(&holder)?;
+    let stopped = finish(holder, held).await?;
+    assert!(
+        stopped.status.success(),
+        "no goal, so Ctrl-C is fine: {stopped:?}"
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_before_count_exits_130_after_acknowledging_what_it_printed() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "ticks").await?;
+    broker.tidings(&["pub", "ticks", "t0", "t1"]).await?.ok()?;
+    let mut child = broker.spawn_tidings(&["sub", "watch", "--topic", "ticks", "--count", "5"])?;
+    let mut stdout = stdout_of(&mut child)?;
+    assert_eq!(next_line(&mut stdout).await?, "t0\n");
+    assert_eq!(next_line(&mut stdout).await?, "t1\n");
+
+    interrupt(&child)?;
+    let output = finish(child, stdout).await?;
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    assert_eq!(
+        output.stderr,
+        "tidings: interrupted after 2 of 5 messages\n"
+    );
+    assert_eq!(describe_subscription(&broker, "watch").await?["backlog"], 0);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_exits_1_when_its_acknowledgements_are_refused() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "big").await?;
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    let publisher = client.publisher("big");
+    // Each larger than a pipe's buffer: `sub` blocks printing the first
+    // until the test reads it, before it acknowledges anything.
+    for _ in 0..2 {
+        publisher.publish(vec![b'x'; 256 * 1024]).await?;
+    }
+    let mut child = broker.spawn_tidings(&["sub", "doomed", "--topic", "big", "--count", "2"])?;
+    let stdout = stdout_of(&mut child)?;
+
+    // Wait (polling the broker's figures) until both are leased to it.
+    tokio::time::timeout(common::RUN_TIMEOUT, async {
+        loop {
+            match client.get_subscription("doomed").await {
+                Ok(sub) if sub.in_flight == 2 => return,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await?;
+    broker.tidings(&["subs", "delete", "doomed"]).await?.ok()?;
+
+    let output = finish(child, stdout).await?;
+    assert_eq!(output.stdout.len(), 2 * (256 * 1024 + 1), "both printed");
+    let line = output.failure_line()?;
+    assert!(
+        line.starts_with("tidings: acknowledgements were not stored"),
+        "{line}"
+    );
+    assert!(line.contains("\"doomed\""), "{line}");
     broker.stop().await
 }

@@ -32,8 +32,10 @@ Examples:
         Every command talks to the broker at --server (default \
         http://127.0.0.1:50051). Output is tables and lines for people; \
         with --json every command prints JSON instead. On failure a command \
-        exits non-zero and prints one line, `tidings: <reason>`, on standard \
-        error.",
+        exits with status 1 and prints one line on standard error: \
+        `tidings: <reason>`, or with --json {\"code\": \"NOT_FOUND\", \"message\": …} \
+        (the gRPC status code, UNKNOWN for local failures). A command stopped by \
+        Ctrl-C before it was done exits with status 130.",
     after_long_help = EXAMPLES
 )]
 pub(crate) struct Cli {
@@ -93,12 +95,17 @@ pub(crate) enum Command {
         long_about = "Receive messages of a subscription, print each one, then acknowledge it \
             (unless --no-ack).\n\n\
             With --topic, the subscription is created on that topic when it does not exist yet \
-            (starting at --start). Stops after --count messages, or runs until Ctrl-C. \
-            Acknowledgements are flushed to the broker before the command exits.",
+            (starting at --start). Stops after --count messages, once caught up with \
+            --exit-at-end, when no message came for --timeout, or at Ctrl-C. \
+            Acknowledgements are flushed to the broker before the command exits; if they \
+            cannot be, it exits 1.\n\n\
+            Stopping short of --count or --exit-at-end is a failure: exit status 130 for \
+            Ctrl-C, 1 for --timeout. Without either, Ctrl-C and --timeout exit 0.",
         after_long_help = "Examples:\n  \
             tidings sub billing --topic orders --count 10 --format jsonl\n  \
             tidings sub audit --topic orders --start latest\n  \
-            tidings sub billing --count 5 --no-ack        # peek: the messages stay in the backlog"
+            tidings sub billing --exit-at-end --timeout 5s   # drain what is there, then exit\n  \
+            tidings sub billing --count 5 --no-ack           # the messages stay in the backlog"
     )]
     Subscribe(subscribe::SubscribeArgs),
 

@@ -15,6 +15,10 @@ use tidings_client::Error as ClientError;
 /// The exit status of a failed command.
 pub(crate) const EXIT_FAILURE: u8 = 1;
 
+/// The exit status of a command stopped by Ctrl-C before it was done: 128
+/// plus SIGINT's number, as shells report a process that SIGINT ended.
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
 /// A failure of a command itself, as opposed to a failed call: what to
 /// say, the code `--json` reports, the exit status, and the library error
 /// behind it, if any (its reason follows the message).
@@ -27,6 +31,16 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
+    /// A failure with this code and message; exit status 1.
+    pub(crate) fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code,
+            exit: EXIT_FAILURE,
+            source: None,
+        }
+    }
+
     /// A failure caused by `source`, whose code it reports; its reason is
     /// printed after `message`.
     pub(crate) fn from_client(message: impl Into<String>, source: ClientError) -> Self {
@@ -35,6 +49,15 @@ impl Failure {
             code: source.code(),
             exit: EXIT_FAILURE,
             source: Some(source),
+        }
+    }
+
+    /// Ctrl-C stopped the command before it was done: CANCELLED, exit
+    /// status 130.
+    pub(crate) fn interrupted(message: impl Into<String>) -> Self {
+        Self {
+            exit: EXIT_INTERRUPTED,
+            ..Self::new(tonic::Code::Cancelled, message)
         }
     }
 }
@@ -56,8 +79,9 @@ impl std::error::Error for Failure {
 /// What `tidings` reports about a failed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Report {
-    /// The gRPC status code: the broker's, or UNAVAILABLE when it could not
-    /// be reached; UNKNOWN for anything else, such as an unreadable file.
+    /// The gRPC status code: the broker's, UNAVAILABLE when it could not
+    /// be reached, or the command's own (CANCELLED for Ctrl-C); UNKNOWN
+    /// for anything else, such as an unreadable file.
     pub(crate) code: tonic::Code,
     /// The reason, on one line.
     pub(crate) message: String,
@@ -362,7 +386,12 @@ mod tests {
     }
 
     #[test]
-    fn failures_give_their_code_and_the_cause_follows() {
+    fn failures_give_their_code_and_exit_status_and_the_cause_follows() {
+        let interrupted = report(Failure::interrupted("interrupted after 2 of 5 messages"));
+        assert_eq!(
+            (interrupted.code, interrupted.exit),
+            (Code::Cancelled, EXIT_INTERRUPTED)
+        );
         let caused = report(Failure::from_client(
             "stored 3 of 9 messages",
             status(Code::InvalidArgument, "message 4 is too large"),
