@@ -632,6 +632,7 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
     for text in [
         "pub",
         "sub",
+        "peek",
         "topics",
         "subs",
         "health",
@@ -679,6 +680,14 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
             publish.stdout.contains(text),
             "pub --help lacks {text}:\n{}",
             publish.stdout
+        );
+    }
+    let peek = tidings(&strings(&["peek", "--help"]), None).await?.ok()?;
+    for text in ["--from", "--count", "--format", "jsonl", "acknowledged"] {
+        assert!(
+            peek.stdout.contains(text),
+            "peek --help lacks {text}:\n{}",
+            peek.stdout
         );
     }
     Ok(())
@@ -1088,5 +1097,75 @@ async fn sub_exits_1_when_its_acknowledgements_are_refused() -> anyhow::Result<(
         "{line}"
     );
     assert!(line.contains("\"doomed\""), "{line}");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peek_prints_messages_by_offset_and_takes_none() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    broker
+        .tidings(&["subs", "create", "billing", "--topic", "orders"])
+        .await?
+        .ok()?;
+    broker
+        .tidings_with_stdin(
+            &["pub", "orders", "--key", "k7", "--attr", "region=eu"],
+            b"o0\no1\no2\no3\no4\n",
+        )
+        .await?
+        .ok()?;
+
+    let all = broker.tidings(&["peek", "orders"]).await?.ok()?;
+    assert_eq!(all.stdout, "o0\no1\no2\no3\no4\n");
+    let some = broker
+        .tidings(&["peek", "orders", "--from", "1", "--count", "3", "--json"])
+        .await?
+        .ok()?;
+    let messages = json_lines(&some.stdout)?;
+    let offsets: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    assert_eq!(messages[0]["payload"], "o1");
+    assert_eq!(messages[0]["key"], "k7");
+    assert_eq!(messages[0]["attributes"]["region"], "eu");
+    assert!(
+        messages[0].get("delivery_attempt").is_none(),
+        "{}",
+        some.stdout
+    );
+    let at_end = broker
+        .tidings(&["peek", "orders", "--from", "5"])
+        .await?
+        .ok()?;
+    assert_eq!(at_end.stdout, "");
+    let past = broker.tidings(&["peek", "orders", "--from", "9"]).await?;
+    assert!(past.failure_line()?.contains("past the end"), "{past:?}");
+    let unknown = broker.tidings(&["peek", "invoices"]).await?;
+    assert!(
+        unknown
+            .failure_line()?
+            .contains("tidings topics create invoices")
+    );
+
+    // Nothing was taken from the subscription: every message still comes
+    // to it, each for the first time.
+    let billing = describe_subscription(&broker, "billing").await?;
+    assert_eq!(
+        (&billing["backlog"], &billing["in_flight"]),
+        (&5.into(), &0.into()),
+        "{billing}"
+    );
+    let taken = broker
+        .tidings(&["sub", "billing", "--count", "5", "--json"])
+        .await?
+        .ok()?;
+    let attempts: Vec<u64> = json_lines(&taken.stdout)?
+        .iter()
+        .filter_map(|m| m["delivery_attempt"].as_u64())
+        .collect();
+    assert_eq!(attempts, [1, 1, 1, 1, 1]);
     broker.stop().await
 }

@@ -7,7 +7,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{bench, publish, subs, subscribe, topics};
+use crate::commands::{bench, peek, publish, subs, subscribe, topics};
 use crate::values;
 
 /// The broker's default address, the broker's own default `--listen`.
@@ -19,6 +19,7 @@ Examples:
   tidings topics create orders
   echo 'order 42' | tidings pub orders --key order-42
   tidings sub billing --topic orders --count 1
+  tidings peek orders --from 40 --count 5
   tidings subs describe billing --json
   tidings --server 10.0.0.5:50051 health";
 
@@ -108,6 +109,19 @@ pub(crate) enum Command {
             tidings sub billing --count 5 --no-ack           # the messages stay in the backlog"
     )]
     Subscribe(subscribe::SubscribeArgs),
+
+    /// Print a topic's stored messages by offset, taking them from nobody.
+    #[command(
+        long_about = "Print the stored messages of a topic by offset, in the formats of \
+            `tidings sub`. It reads the topic itself: nothing is leased or acknowledged, so \
+            subscriptions and their consumers are not disturbed. It prints from --from (the \
+            first message the topic holds by default) up to the topic's end when it started, \
+            or --count messages, and never waits for new ones.",
+        after_long_help = "Examples:\n  \
+            tidings peek orders                          # every message the topic holds\n  \
+            tidings peek orders --from 1200 --count 10 --format jsonl"
+    )]
+    Peek(peek::PeekArgs),
 
     /// List, create, describe and delete topics.
     #[command(subcommand)]

@@ -1,5 +1,5 @@
 //! How results look: JSON values of topics, subscriptions and messages,
-//! the formats `sub` prints messages in, aligned tables and
+//! the formats `sub` and `peek` print messages in, aligned tables and
 //! `field: value` lines for people, and writing to standard output.
 //!
 //! Knows nothing of the broker connection; commands hand it finished
@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tidings_client::{Delivery, Subscription, Topic};
+use tidings_client::{Delivery, StoredMessage, Subscription, Topic};
 
 /// Writes `text` to standard output and flushes it, so that a reader on
 /// the other end of a pipe sees it at once.
@@ -75,7 +75,7 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
     })
 }
 
-/// How `sub` prints a message.
+/// How `sub` and `peek` print a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
     /// The payload's bytes as they are, then a newline.
@@ -95,7 +95,8 @@ impl Format {
     }
 }
 
-/// A message to print: a delivery of `sub` (with its attempt).
+/// A message to print: a delivery of `sub`, or a stored message of `peek`
+/// (which was delivered to nobody, so it has no attempt).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shown<'a> {
     offset: u64,
@@ -115,6 +116,19 @@ impl<'a> From<&'a Delivery> for Shown<'a> {
             attributes: delivery.attributes(),
             publish_time: delivery.publish_time(),
             delivery_attempt: Some(delivery.delivery_attempt()),
+        }
+    }
+}
+
+impl<'a> From<&'a StoredMessage> for Shown<'a> {
+    fn from(message: &'a StoredMessage) -> Self {
+        Self {
+            offset: message.offset,
+            payload: &message.payload,
+            key: &message.key,
+            attributes: &message.attributes,
+            publish_time: message.publish_time,
+            delivery_attempt: None,
         }
     }
 }
@@ -296,6 +310,22 @@ mod tests {
         assert_eq!(value["ack_deadline_seconds"], 30);
         assert_eq!(value["create_time"], "1970-01-01T00:00:01.500000000Z");
         assert!(subscription_text(&sub).contains("ack deadline: 30s"));
+    }
+
+    #[test]
+    fn stored_messages_have_no_attempt_and_binary_payloads_are_base64() {
+        let message = StoredMessage {
+            offset: 7,
+            payload: bytes::Bytes::from_static(b"\xff\x00"),
+            key: String::new(),
+            attributes: HashMap::new(),
+            publish_time: None,
+        };
+        let value = message_json(Shown::from(&message));
+        assert_eq!(value["offset"], 7);
+        assert_eq!(value["payload_base64"], "/wA=");
+        assert!(value.get("payload").is_none());
+        assert!(value.get("delivery_attempt").is_none(), "{value}");
     }
 
     #[test]
