@@ -972,7 +972,7 @@ async fn sub_timeout_ends_a_quiet_subscription() -> anyhow::Result<()> {
 
     // No goal: the timeout is how it ends, a success.
     let drained = broker
-        .tidings(&["sub", "tail", "--topic", "quiet", "--timeout", "300ms"])
+        .tidings(&["sub", "tail", "--topic", "quiet", "--timeout", "2s"])
         .await?
         .ok()?;
     assert_eq!(drained.stdout, "a\nb\n");
@@ -980,11 +980,11 @@ async fn sub_timeout_ends_a_quiet_subscription() -> anyhow::Result<()> {
     // Short of --count: a failure, after acknowledging what came.
     broker.tidings(&["pub", "quiet", "c"]).await?.ok()?;
     let short = broker
-        .tidings(&["sub", "tail", "--count", "3", "--timeout", "300ms"])
+        .tidings(&["sub", "tail", "--count", "3", "--timeout", "2s"])
         .await?;
     assert_eq!(
         short.failure_line()?,
-        "tidings: received 1 of 3 messages; none came for 300ms"
+        "tidings: received 1 of 3 messages; none came for 2s"
     );
     assert_eq!(short.stdout, "c\n");
     assert_eq!(describe_subscription(&broker, "tail").await?["backlog"], 0);
