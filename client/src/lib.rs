@@ -4,6 +4,8 @@
 //! - admin calls: [`Client::create_topic`], [`Client::list_topics`],
 //!   [`Client::create_subscription`], [`Client::get_subscription`] …, and
 //!   [`Client::health`];
+//! - [`Client::read_topic`]: a topic's stored messages by offset, taking
+//!   nothing from its subscriptions;
 //! - a [`Publisher`]: [`Publisher::publish`] queues a message and returns
 //!   a future of its offset; a background task sends queued messages in
 //!   batches, several batches at a time;
@@ -71,6 +73,7 @@ mod delivery;
 mod error;
 mod lease;
 mod publisher;
+mod read;
 mod settle;
 mod subscriber;
 mod types;
@@ -86,6 +89,7 @@ pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,
     PublishFuture, Publisher, PublisherBuilder,
 };
+pub use read::{StoredMessage, TopicRead};
 pub use subscriber::{
     DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_MESSAGES,
     Subscriber, SubscriberBuilder,

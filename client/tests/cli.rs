@@ -5,10 +5,13 @@
 mod common;
 
 use std::process::Stdio;
+use std::time::Duration;
 
-use common::{Broker, next_line, strings, tidings, tidings_env};
+use anyhow::{anyhow, bail};
+use common::{Broker, Output, next_line, strings, tidings, tidings_env};
 use serde_json::Value;
-use tokio::io::BufReader;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdout};
 
 /// Creates `topic` through the CLI.
 async fn create_topic(broker: &Broker, topic: &str) -> anyhow::Result<()> {
@@ -629,6 +632,7 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
     for text in [
         "pub",
         "sub",
+        "peek",
         "topics",
         "subs",
         "health",
@@ -652,7 +656,10 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
         "jsonl",
         "--start",
         "--max-outstanding",
+        "--timeout",
+        "--exit-at-end",
         "Ctrl-C",
+        "130",
     ] {
         assert!(
             sub.stdout.contains(text),
@@ -661,12 +668,504 @@ async fn help_documents_commands_flags_and_examples() -> anyhow::Result<()> {
         );
     }
     let publish = tidings(&strings(&["pub", "--help"]), None).await?.ok()?;
-    for text in ["--key", "--attr", "NAME=VALUE", "standard input"] {
+    for text in [
+        "--key",
+        "--attr",
+        "NAME=VALUE",
+        "standard input",
+        "--file",
+        "order",
+    ] {
         assert!(
             publish.stdout.contains(text),
             "pub --help lacks {text}:\n{}",
             publish.stdout
         );
     }
+    let peek = tidings(&strings(&["peek", "--help"]), None).await?.ok()?;
+    for text in ["--from", "--count", "--format", "jsonl", "acknowledged"] {
+        assert!(
+            peek.stdout.contains(text),
+            "peek --help lacks {text}:\n{}",
+            peek.stdout
+        );
+    }
     Ok(())
+}
+
+/// Every payload of `topic` in offset order, read through the library.
+async fn stored_payloads(broker: &Broker, topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    let mut payloads = Vec::new();
+    let mut offset = 0;
+    loop {
+        let read = client.read_topic(topic, offset, 1000).await?;
+        payloads.extend(read.messages.iter().map(|m| m.payload.to_vec()));
+        if read.is_at_end() || read.messages.is_empty() {
+            return Ok(payloads);
+        }
+        offset = read.next_offset;
+    }
+}
+
+/// The standard output of a spawned `tidings`, to read line by line.
+fn stdout_of(child: &mut Child) -> anyhow::Result<BufReader<ChildStdout>> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    Ok(BufReader::new(stdout))
+}
+
+/// Sends SIGINT, as Ctrl-C does, to a spawned `tidings`.
+fn interrupt(child: &Child) -> anyhow::Result<()> {
+    let pid = child.id().ok_or_else(|| anyhow!("no pid"))?;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(signalled.success(), "kill -INT {pid} failed");
+    Ok(())
+}
+
+/// Waits for a spawned `tidings` to exit, under the run timeout, reading
+/// the rest of its output.
+async fn finish(mut child: Child, mut stdout: BufReader<ChildStdout>) -> anyhow::Result<Output> {
+    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let (mut out, mut err) = (String::new(), String::new());
+    let run = async {
+        tokio::try_join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        )?;
+        child.wait().await
+    };
+    let status = tokio::time::timeout(common::RUN_TIMEOUT, run)
+        .await
+        .map_err(|_| anyhow!("tidings did not finish within {:?}", common::RUN_TIMEOUT))??;
+    Ok(Output {
+        status,
+        stdout: out,
+        stderr: err,
+    })
+}
+
+/// Checks that a `--json` run failed as the README says: exit status 1
+/// and one JSON object on standard error; returns it.
+fn json_failure(output: &Output) -> anyhow::Result<Value> {
+    if output.status.code() != Some(1) {
+        bail!(
+            "expected exit status 1, got {}: {:?}",
+            output.status,
+            output.stderr
+        );
+    }
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    let [line] = lines.as_slice() else {
+        bail!("expected one line on stderr, got {:?}", output.stderr);
+    };
+    Ok(serde_json::from_str(line)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_the_tidings_command_that_helps() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let missing = broker.tidings(&["topics", "describe", "invoices"]).await?;
+    assert_eq!(
+        missing.failure_line()?,
+        "tidings: topic \"invoices\" does not exist; create it with `tidings topics create invoices`"
+    );
+    create_topic(&broker, "orders").await?;
+    create_topic(&broker, "audit").await?;
+    broker
+        .tidings(&["subs", "create", "billing", "--topic", "orders"])
+        .await?
+        .ok()?;
+    for (args, advice) in [
+        (
+            &["sub", "ghost", "--count", "1"][..],
+            "`tidings subs create ghost --topic TOPIC`",
+        ),
+        (
+            &["sub", "billing", "--topic", "audit", "--count", "1"],
+            "use another subscription name, or leave out --topic",
+        ),
+        (
+            &["topics", "create", "orders"],
+            "see it with `tidings topics describe orders`",
+        ),
+        (
+            &["pub", "invoices", "x"],
+            "create it with `tidings topics create invoices`",
+        ),
+    ] {
+        let output = broker.tidings(args).await?;
+        let line = output.failure_line()?;
+        assert!(line.contains(advice), "{args:?}: {line}");
+        assert!(!line.contains("Service."), "names an RPC: {line}");
+    }
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_errors_are_one_object_with_code_and_message() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let output = broker.tidings(&["pub", "invoices", "x", "--json"]).await?;
+    let error = json_failure(&output)?;
+    assert_eq!(error["code"], "NOT_FOUND", "{error}");
+    assert_eq!(
+        error["message"],
+        "topic \"invoices\" does not exist; create it with `tidings topics create invoices`"
+    );
+    assert_eq!(output.json()?["offsets"], serde_json::json!([]));
+
+    // Unreachable: a port bound but not listening.
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.bind("127.0.0.1:0".parse()?)?;
+    let addr = holder.local_addr()?.to_string();
+    let down = tidings(
+        &strings(&["--server", &addr, "topics", "ls", "--json"]),
+        None,
+    )
+    .await?;
+    let error = json_failure(&down)?;
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&addr),
+        "{error}"
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn piped_lines_are_stored_in_input_order() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "log").await?;
+    let lines: Vec<String> = (1..=20_000).map(|i| i.to_string()).collect();
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let published = broker
+        .tidings_with_stdin(&["pub", "log"], input.as_bytes())
+        .await?
+        .ok()?;
+    let offsets: Vec<String> = (0..20_000).map(|offset: u32| offset.to_string()).collect();
+    assert!(published.lines() == offsets, "offsets out of order");
+
+    let stored = stored_payloads(&broker, "log").await?;
+    let misplaced = stored
+        .iter()
+        .zip(&lines)
+        .position(|(payload, line)| payload != line.as_bytes());
+    if let Some(offset) = misplaced {
+        bail!(
+            "offset {offset} holds line {}, not line {}",
+            String::from_utf8_lossy(&stored[offset]),
+            lines[offset]
+        );
+    }
+    assert_eq!(stored.len(), lines.len());
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crlf_line_endings_are_not_part_of_the_messages() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "dos").await?;
+    broker
+        .tidings_with_stdin(&["pub", "dos"], b"one\r\ntwo\r\n\r\nthree")
+        .await?
+        .ok()?;
+    let stored = stored_payloads(&broker, "dos").await?;
+    assert_eq!(stored, [&b"one"[..], b"two", b"", b"three"]);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_file_is_published_as_one_message() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "blobs").await?;
+    let blob: &[u8] = b"line 1\r\nline 2\n\xff\x00 binary\n\n";
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("blob.bin");
+    std::fs::write(&path, blob)?;
+    let path = path.to_str().ok_or_else(|| anyhow!("not UTF-8"))?;
+
+    let from_file = broker
+        .tidings(&["pub", "blobs", "--file", path, "--key", "k"])
+        .await?
+        .ok()?;
+    assert_eq!(from_file.stdout, "0\n");
+    let from_stdin = broker
+        .tidings_with_stdin(&["pub", "blobs", "--file", "-"], blob)
+        .await?
+        .ok()?;
+    assert_eq!(from_stdin.stdout, "1\n");
+    assert_eq!(stored_payloads(&broker, "blobs").await?, [blob, blob]);
+
+    let missing = broker
+        .tidings(&["pub", "blobs", "--file", "/no/such/file"])
+        .await?;
+    assert!(missing.failure_line()?.contains("/no/such/file"));
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_dies_mid_pub_is_reported_with_what_was_stored() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "feed").await?;
+    let addr = broker.addr();
+    let mut child = broker.spawn_tidings_fed(&["pub", "feed"])?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+    let mut stdout = stdout_of(&mut child)?;
+    let first: String = (1..=1200).map(|i| format!("line {i}\n")).collect();
+    stdin.write_all(first.as_bytes()).await?;
+    stdin.flush().await?;
+    for offset in 0..1200 {
+        assert_eq!(next_line(&mut stdout).await?, format!("{offset}\n"));
+    }
+
+    broker.stop().await?;
+    // Hold the port (bound, not listening): connections to it are refused,
+    // and no other test's broker can take it.
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.set_reuseaddr(true)?;
+    let _held = holder.bind(addr);
+    let rest: String = (1201..=2000).map(|i| format!("line {i}\n")).collect();
+    stdin.write_all(rest.as_bytes()).await?;
+    drop(stdin);
+
+    let output = finish(child, stdout).await?;
+    let line = output.failure_line()?;
+    assert!(
+        line.starts_with("tidings: stored 1200 of 2000 messages, then the broker went away: "),
+        "{line}"
+    );
+    assert!(line.contains(&addr.to_string()), "{line}");
+    assert_eq!(output.stdout, "", "no offsets after the broker went away");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_message_stops_pub_and_is_numbered_as_in_the_input() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "sized").await?;
+    // The broker's default limit is 1 MiB a message.
+    let too_big = "z".repeat(1_500_000);
+    let input = format!("a\nb\nc\n{too_big}\nd\ne\n");
+    let output = broker
+        .tidings_with_stdin(&["pub", "sized"], input.as_bytes())
+        .await?;
+    let line = output.failure_line()?;
+    assert!(
+        line.starts_with("tidings: stored 3 of 6 messages, then stopped: message 4 is "),
+        "{line}"
+    );
+    assert_eq!(output.lines(), ["0", "1", "2"]);
+    assert_eq!(stored_payloads(&broker, "sized").await?, [b"a", b"b", b"c"]);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_timeout_ends_a_quiet_subscription() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "quiet").await?;
+    broker.tidings(&["pub", "quiet", "a", "b"]).await?.ok()?;
+
+    // No goal: the timeout is how it ends, a success.
+    let drained = broker
+        .tidings(&["sub", "tail", "--topic", "quiet", "--timeout", "2s"])
+        .await?
+        .ok()?;
+    assert_eq!(drained.stdout, "a\nb\n");
+
+    // Short of --count: a failure, after acknowledging what came.
+    broker.tidings(&["pub", "quiet", "c"]).await?.ok()?;
+    let short = broker
+        .tidings(&["sub", "tail", "--count", "3", "--timeout", "2s"])
+        .await?;
+    assert_eq!(
+        short.failure_line()?,
+        "tidings: received 1 of 3 messages; none came for 2s"
+    );
+    assert_eq!(short.stdout, "c\n");
+    assert_eq!(describe_subscription(&broker, "tail").await?["backlog"], 0);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_exit_at_end_takes_what_was_there_and_leaves_the_rest() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "jobs").await?;
+    broker
+        .tidings_with_stdin(&["pub", "jobs"], b"j0\nj1\nj2\nj3\nj4\n")
+        .await?
+        .ok()?;
+    // Another consumer holds two of them.
+    let mut holder = broker.spawn_tidings(&[
+        "sub",
+        "workers",
+        "--topic",
+        "jobs",
+        "--no-ack",
+        "--max-outstanding",
+        "2",
+    ])?;
+    let mut held = stdout_of(&mut holder)?;
+    assert_eq!(next_line(&mut held).await?, "j0\n");
+    assert_eq!(next_line(&mut held).await?, "j1\n");
+
+    // Caught up without them: the other three, then exit 0.
+    let drained = broker.tidings(&["sub", "workers", "-e"]).await?.ok()?;
+    assert_eq!(drained.stdout, "j2\nj3\nj4\n");
+    let nothing = broker
+        .tidings(&["sub", "workers", "--exit-at-end"])
+        .await?
+        .ok()?;
+    assert_eq!(nothing.stdout, "", "nothing was left for it");
+
+    // A subscription it creates starts caught up to the same end.
+    let fresh = broker
+        .tidings(&["sub", "audit", "--topic", "jobs", "-e", "--json"])
+        .await?
+        .ok()?;
+    let offsets: Vec<u64> = json_lines(&fresh.stdout)?
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+
+    interrupt(&holder)?;
+    let stopped = finish(holder, held).await?;
+    assert!(
+        stopped.status.success(),
+        "no goal, so Ctrl-C is fine: {stopped:?}"
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_before_count_exits_130_after_acknowledging_what_it_printed() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "ticks").await?;
+    broker.tidings(&["pub", "ticks", "t0", "t1"]).await?.ok()?;
+    let mut child = broker.spawn_tidings(&["sub", "watch", "--topic", "ticks", "--count", "5"])?;
+    let mut stdout = stdout_of(&mut child)?;
+    assert_eq!(next_line(&mut stdout).await?, "t0\n");
+    assert_eq!(next_line(&mut stdout).await?, "t1\n");
+
+    interrupt(&child)?;
+    let output = finish(child, stdout).await?;
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    assert_eq!(
+        output.stderr,
+        "tidings: interrupted after 2 of 5 messages\n"
+    );
+    assert_eq!(describe_subscription(&broker, "watch").await?["backlog"], 0);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_exits_1_when_its_acknowledgements_are_refused() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "big").await?;
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    let publisher = client.publisher("big");
+    // Each larger than a pipe's buffer: `sub` blocks printing the first
+    // until the test reads it, before it acknowledges anything.
+    for _ in 0..2 {
+        publisher.publish(vec![b'x'; 256 * 1024]).await?;
+    }
+    let mut child = broker.spawn_tidings(&["sub", "doomed", "--topic", "big", "--count", "2"])?;
+    let stdout = stdout_of(&mut child)?;
+
+    // Wait (polling the broker's figures) until both are leased to it.
+    tokio::time::timeout(common::RUN_TIMEOUT, async {
+        loop {
+            match client.get_subscription("doomed").await {
+                Ok(sub) if sub.in_flight == 2 => return,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await?;
+    broker.tidings(&["subs", "delete", "doomed"]).await?.ok()?;
+
+    let output = finish(child, stdout).await?;
+    assert_eq!(output.stdout.len(), 2 * (256 * 1024 + 1), "both printed");
+    let line = output.failure_line()?;
+    assert!(
+        line.starts_with("tidings: acknowledgements were not stored"),
+        "{line}"
+    );
+    assert!(line.contains("\"doomed\""), "{line}");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peek_prints_messages_by_offset_and_takes_none() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    broker
+        .tidings(&["subs", "create", "billing", "--topic", "orders"])
+        .await?
+        .ok()?;
+    broker
+        .tidings_with_stdin(
+            &["pub", "orders", "--key", "k7", "--attr", "region=eu"],
+            b"o0\no1\no2\no3\no4\n",
+        )
+        .await?
+        .ok()?;
+
+    let all = broker.tidings(&["peek", "orders"]).await?.ok()?;
+    assert_eq!(all.stdout, "o0\no1\no2\no3\no4\n");
+    let some = broker
+        .tidings(&["peek", "orders", "--from", "1", "--count", "3", "--json"])
+        .await?
+        .ok()?;
+    let messages = json_lines(&some.stdout)?;
+    let offsets: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    assert_eq!(messages[0]["payload"], "o1");
+    assert_eq!(messages[0]["key"], "k7");
+    assert_eq!(messages[0]["attributes"]["region"], "eu");
+    assert!(
+        messages[0].get("delivery_attempt").is_none(),
+        "{}",
+        some.stdout
+    );
+    let at_end = broker
+        .tidings(&["peek", "orders", "--from", "5"])
+        .await?
+        .ok()?;
+    assert_eq!(at_end.stdout, "");
+    let past = broker.tidings(&["peek", "orders", "--from", "9"]).await?;
+    assert!(past.failure_line()?.contains("past the end"), "{past:?}");
+    let unknown = broker.tidings(&["peek", "invoices"]).await?;
+    assert!(
+        unknown
+            .failure_line()?
+            .contains("tidings topics create invoices")
+    );
+
+    // Nothing was taken from the subscription: every message still comes
+    // to it, each for the first time.
+    let billing = describe_subscription(&broker, "billing").await?;
+    assert_eq!(
+        (&billing["backlog"], &billing["in_flight"]),
+        (&5.into(), &0.into()),
+        "{billing}"
+    );
+    let taken = broker
+        .tidings(&["sub", "billing", "--count", "5", "--json"])
+        .await?
+        .ok()?;
+    let attempts: Vec<u64> = json_lines(&taken.stdout)?
+        .iter()
+        .filter_map(|m| m["delivery_attempt"].as_u64())
+        .collect();
+    assert_eq!(attempts, [1, 1, 1, 1, 1]);
+    broker.stop().await
 }

@@ -92,6 +92,14 @@ impl Broker {
         command.spawn().context("start the tidings binary")
     }
 
+    /// Starts `tidings --server URL ARGS…` with its standard input and
+    /// output piped, for feeding it while it runs.
+    pub(crate) fn spawn_tidings_fed(&self, args: &[&str]) -> anyhow::Result<Child> {
+        let mut command = tidings_command(&self.server_args(args));
+        command.stdin(Stdio::piped());
+        command.spawn().context("start the tidings binary")
+    }
+
     fn server_args(&self, args: &[&str]) -> Vec<String> {
         let mut all = vec!["--server".to_owned(), self.url()];
         all.extend(args.iter().map(|arg| (*arg).to_owned()));

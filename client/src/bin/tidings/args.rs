@@ -7,7 +7,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{bench, publish, subs, subscribe, topics};
+use crate::commands::{bench, peek, publish, subs, subscribe, topics};
 use crate::values;
 
 /// The broker's default address, the broker's own default `--listen`.
@@ -19,6 +19,7 @@ Examples:
   tidings topics create orders
   echo 'order 42' | tidings pub orders --key order-42
   tidings sub billing --topic orders --count 1
+  tidings peek orders --from 40 --count 5
   tidings subs describe billing --json
   tidings --server 10.0.0.5:50051 health";
 
@@ -32,8 +33,10 @@ Examples:
         Every command talks to the broker at --server (default \
         http://127.0.0.1:50051). Output is tables and lines for people; \
         with --json every command prints JSON instead. On failure a command \
-        exits non-zero and prints one line, `tidings: <reason>`, on standard \
-        error.",
+        exits with status 1 and prints one line on standard error: \
+        `tidings: <reason>`, or with --json {\"code\": \"NOT_FOUND\", \"message\": …} \
+        (the gRPC status code, UNKNOWN for local failures). A command stopped by \
+        Ctrl-C before it was done exits with status 130.",
     after_long_help = EXAMPLES
 )]
 pub(crate) struct Cli {
@@ -74,12 +77,16 @@ pub(crate) enum Command {
         name = "pub",
         long_about = "Publish messages to a topic and print the offset of each, one per line \
             (with --json: {\"topic\": …, \"offsets\": […]}).\n\n\
-            The messages are the MESSAGE arguments or, when there are none, the lines of \
-            standard input (one message per line, without its newline). Messages are sent \
-            in batches; the command returns once every one of them is stored.",
+            The messages are the MESSAGE arguments, the whole of a --file as one message, or \
+            else the lines of standard input (one message per line, without its newline or \
+            \\r\\n). They are stored in input order: in batches, one batch in flight at a \
+            time. The command returns once every one of them is stored. If publishing stops \
+            early (the broker refuses a message or goes away), it exits 1 saying how many \
+            were stored, which are the first ones of the input; message N is line N.",
         after_long_help = "Examples:\n  \
             tidings pub orders 'order 42' 'order 43'\n  \
-            printf 'a\\nb\\n' | tidings pub orders --key customer-7 --attr source=import"
+            printf 'a\\nb\\n' | tidings pub orders --key customer-7 --attr source=import\n  \
+            tidings pub images --file photo.jpg --attr type=image/jpeg"
     )]
     Publish(publish::PublishArgs),
 
@@ -89,14 +96,32 @@ pub(crate) enum Command {
         long_about = "Receive messages of a subscription, print each one, then acknowledge it \
             (unless --no-ack).\n\n\
             With --topic, the subscription is created on that topic when it does not exist yet \
-            (starting at --start). Stops after --count messages, or runs until Ctrl-C. \
-            Acknowledgements are flushed to the broker before the command exits.",
+            (starting at --start). Stops after --count messages, once caught up with \
+            --exit-at-end, when no message came for --timeout, or at Ctrl-C. \
+            Acknowledgements are flushed to the broker before the command exits; if they \
+            cannot be, it exits 1.\n\n\
+            Stopping short of --count or --exit-at-end is a failure: exit status 130 for \
+            Ctrl-C, 1 for --timeout. Without either, Ctrl-C and --timeout exit 0.",
         after_long_help = "Examples:\n  \
             tidings sub billing --topic orders --count 10 --format jsonl\n  \
             tidings sub audit --topic orders --start latest\n  \
-            tidings sub billing --count 5 --no-ack        # peek: the messages stay in the backlog"
+            tidings sub billing --exit-at-end --timeout 5s   # drain what is there, then exit\n  \
+            tidings sub billing --count 5 --no-ack           # the messages stay in the backlog"
     )]
     Subscribe(subscribe::SubscribeArgs),
+
+    /// Print a topic's stored messages by offset, taking them from nobody.
+    #[command(
+        long_about = "Print the stored messages of a topic by offset, in the formats of \
+            `tidings sub`. It reads the topic itself: nothing is leased or acknowledged, so \
+            subscriptions and their consumers are not disturbed. It prints from --from (the \
+            first message the topic holds by default) up to the topic's end when it started, \
+            or --count messages, and never waits for new ones.",
+        after_long_help = "Examples:\n  \
+            tidings peek orders                          # every message the topic holds\n  \
+            tidings peek orders --from 1200 --count 10 --format jsonl"
+    )]
+    Peek(peek::PeekArgs),
 
     /// List, create, describe and delete topics.
     #[command(subcommand)]

@@ -5,7 +5,7 @@
 //! itself). The layout: [`args`] declares the command line, [`commands`]
 //! holds one module per command, [`output`] turns results into tables,
 //! lines and JSON, [`values`] parses flag values, and [`failure`] turns an
-//! error into the one line printed on standard error.
+//! error into the one line printed on standard error and the exit status.
 
 mod args;
 mod commands;
@@ -25,14 +25,16 @@ use clap::Parser as _;
 async fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let server = cli.global.server.clone();
+    let json = cli.global.json;
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of our output went away (`tidings sub … | head -1`):
         // nothing more to say, and nobody to say it to.
         Err(err) if failure::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tidings: {}", failure::reason(&err, &server));
-            ExitCode::FAILURE
+            let report = failure::Report::of(&err, &server);
+            eprintln!("{}", if json { report.json() } else { report.text() });
+            ExitCode::from(report.exit)
         }
     }
 }

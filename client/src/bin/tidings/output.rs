@@ -1,16 +1,17 @@
-//! How results look: JSON values of topics, subscriptions and deliveries,
-//! aligned tables and `field: value` lines for people, and writing to
-//! standard output.
+//! How results look: JSON values of topics, subscriptions and messages,
+//! the formats `sub` and `peek` print messages in, aligned tables and
+//! `field: value` lines for people, and writing to standard output.
 //!
 //! Knows nothing of the broker connection; commands hand it finished
 //! results.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tidings_client::{Delivery, Subscription, Topic};
+use tidings_client::{Delivery, StoredMessage, Subscription, Topic};
 
 /// Writes `text` to standard output and flushes it, so that a reader on
 /// the other end of a pipe sees it at once.
@@ -74,27 +75,99 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
     })
 }
 
-/// A delivered message as JSON: the payload as a string when it is UTF-8,
-/// else base64 under `payload_base64`.
-pub(crate) fn delivery_json(delivery: &Delivery) -> Value {
-    let mut value = json!({
-        "offset": delivery.offset(),
-        "key": delivery.key(),
-        "attributes": delivery.attributes(),
-        "publish_time": time_json(delivery.publish_time()),
-        "delivery_attempt": delivery.delivery_attempt(),
-    });
-    let payload = match std::str::from_utf8(delivery.payload()) {
-        Ok(text) => ("payload", Value::String(text.to_owned())),
-        Err(_) => (
-            "payload_base64",
-            Value::String(base64::engine::general_purpose::STANDARD.encode(delivery.payload())),
+/// How `sub` and `peek` print a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// The payload's bytes as they are, then a newline.
+    Raw,
+    /// Each message as a pretty-printed JSON object.
+    Json,
+    /// Each message as a JSON object on one line: offset, key, attributes,
+    /// publish_time (RFC 3339), delivery_attempt (sub only), and payload
+    /// (UTF-8) or payload_base64.
+    Jsonl,
+}
+
+impl Format {
+    /// The format asked for, else raw, or jsonl with `--json`.
+    pub(crate) fn chosen(format: Option<Self>, json: bool) -> Self {
+        format.unwrap_or(if json { Self::Jsonl } else { Self::Raw })
+    }
+}
+
+/// A message to print: a delivery of `sub`, or a stored message of `peek`
+/// (which was delivered to nobody, so it has no attempt).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shown<'a> {
+    offset: u64,
+    payload: &'a [u8],
+    key: &'a str,
+    attributes: &'a HashMap<String, String>,
+    publish_time: Option<SystemTime>,
+    delivery_attempt: Option<u32>,
+}
+
+impl<'a> From<&'a Delivery> for Shown<'a> {
+    fn from(delivery: &'a Delivery) -> Self {
+        Self {
+            offset: delivery.offset(),
+            payload: delivery.payload(),
+            key: delivery.key(),
+            attributes: delivery.attributes(),
+            publish_time: delivery.publish_time(),
+            delivery_attempt: Some(delivery.delivery_attempt()),
+        }
+    }
+}
+
+impl<'a> From<&'a StoredMessage> for Shown<'a> {
+    fn from(message: &'a StoredMessage) -> Self {
+        Self {
+            offset: message.offset,
+            payload: &message.payload,
+            key: &message.key,
+            attributes: &message.attributes,
+            publish_time: message.publish_time,
+            delivery_attempt: None,
+        }
+    }
+}
+
+/// A message as JSON: the payload as a string when it is UTF-8, else
+/// base64 under `payload_base64`; `delivery_attempt` only for deliveries.
+pub(crate) fn message_json(message: Shown<'_>) -> Value {
+    let mut fields = serde_json::Map::new();
+    fields.insert("offset".into(), message.offset.into());
+    fields.insert("key".into(), message.key.into());
+    fields.insert("attributes".into(), json!(message.attributes));
+    fields.insert("publish_time".into(), time_json(message.publish_time));
+    if let Some(attempt) = message.delivery_attempt {
+        fields.insert("delivery_attempt".into(), attempt.into());
+    }
+    match std::str::from_utf8(message.payload) {
+        Ok(text) => fields.insert("payload".into(), text.into()),
+        Err(_) => fields.insert(
+            "payload_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(message.payload)
+                .into(),
         ),
     };
-    if let Value::Object(fields) = &mut value {
-        fields.insert(payload.0.to_owned(), payload.1);
+    Value::Object(fields)
+}
+
+/// Writes one message to standard output in `format`.
+pub(crate) fn message(message: Shown<'_>, format: Format) -> std::io::Result<()> {
+    match format {
+        Format::Raw => {
+            let mut bytes = Vec::with_capacity(message.payload.len() + 1);
+            bytes.extend_from_slice(message.payload);
+            bytes.push(b'\n');
+            write(&bytes)
+        }
+        Format::Json => json(&message_json(message)),
+        Format::Jsonl => line(&message_json(message).to_string()),
     }
-    value
 }
 
 /// Rows of text printed as aligned columns under a header.
@@ -237,6 +310,22 @@ mod tests {
         assert_eq!(value["ack_deadline_seconds"], 30);
         assert_eq!(value["create_time"], "1970-01-01T00:00:01.500000000Z");
         assert!(subscription_text(&sub).contains("ack deadline: 30s"));
+    }
+
+    #[test]
+    fn stored_messages_have_no_attempt_and_binary_payloads_are_base64() {
+        let message = StoredMessage {
+            offset: 7,
+            payload: bytes::Bytes::from_static(b"\xff\x00"),
+            key: String::new(),
+            attributes: HashMap::new(),
+            publish_time: None,
+        };
+        let value = message_json(Shown::from(&message));
+        assert_eq!(value["offset"], 7);
+        assert_eq!(value["payload_base64"], "/wA=");
+        assert!(value.get("payload").is_none());
+        assert!(value.get("delivery_attempt").is_none(), "{value}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Parsers of flag values: broker addresses, `NAME=VALUE` attributes,
-//! start positions, times and ack deadlines.
+//! start positions, times, ack deadlines and timeouts.
 //!
 //! Pure functions returning a message clap shows next to the flag; no
 //! input or output here.
@@ -125,6 +125,21 @@ pub(crate) fn parse_ack_deadline(value: &str) -> Result<Duration, String> {
     Ok(deadline)
 }
 
+/// Parses a timeout: a positive duration such as `500ms`, `5s` or `1m`
+/// (a bare number is seconds).
+pub(crate) fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let timeout = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|_| format!("expected a duration such as 500ms, 5s or 1m, not {value:?}"))?,
+    };
+    if timeout.is_zero() {
+        return Err("the timeout must be longer than zero".into());
+    }
+    Ok(timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +188,14 @@ mod tests {
         assert_eq!(parse_time("2024-05-01T14:00:00+02:00"), Ok(utc));
         assert_eq!(parse_time("2024-05-01T07:30:00-04:30"), Ok(utc));
         assert!(parse_time("2024-05-01").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_positive_durations() {
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("soon").is_err());
     }
 
     #[test]

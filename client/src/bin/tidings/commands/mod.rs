@@ -7,6 +7,8 @@
 
 pub(crate) mod bench;
 pub(crate) mod health;
+mod input;
+pub(crate) mod peek;
 pub(crate) mod publish;
 pub(crate) mod subs;
 pub(crate) mod subscribe;
@@ -68,6 +70,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::Subscribe(args) => subscribe::run(&ctx, args).await,
+        Command::Peek(args) => peek::run(&ctx, args).await,
         Command::Topics(command) => topics::run(&ctx, command).await,
         Command::Subs(command) => subs::run(&ctx, command).await,
         Command::Health => health::run(&ctx).await,

@@ -1,30 +1,42 @@
-//! `tidings pub`: publish the arguments, or the lines of standard input,
-//! to a topic and print their offsets.
+//! `tidings pub`: publish the arguments, the lines of standard input, or
+//! one whole file to a topic, and print the offsets.
 //!
-//! Messages go through the library's batching `Publisher`; offsets are
-//! printed in input order as soon as each message is stored, so that a
-//! long-running pipe (`tail -f log | tidings pub logs`) shows progress.
-//! The number of messages awaiting their offset is bounded.
+//! Messages are stored in input order: the input is cut into chunks (see
+//! `input.rs`), each sent as one `Publish` request — which the broker
+//! stores atomically and contiguously — and the next is sent only once the
+//! previous one is stored. One request in flight is what keeps the order
+//! (with several, a later batch can be stored before an earlier one); the
+//! chunks grow while a request is in flight, which keeps throughput up.
+//! The library's `Publisher` is not used: it keeps several batches in
+//! flight, and after a failed batch it still sends the ones queued behind
+//! it, where this command must stop at the first failure and say exactly
+//! what was stored.
+//!
+//! Offsets are printed as each chunk is stored, so that a long-running
+//! pipe (`tail -f log | tidings pub logs`) shows progress.
 
-use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Context as _;
-use bytes::Bytes;
-use futures::stream::{self, BoxStream, FuturesOrdered};
-use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::json;
-use tidings_client::{Message, Publisher};
-use tokio::sync::mpsc;
+use tidings_client::v1::{PublishMessage, PublishRequest};
+use tidings_client::{Client, Error as ClientError, Message};
 
 use super::Context;
+use super::input::{Chunk, ChunkLimits, Input};
+use crate::failure::Failure;
 use crate::{output, values};
 
-/// The most messages queued for publishing whose offset is not known yet.
-const MAX_PENDING: usize = 10_000;
+/// The most messages in one request.
+const MAX_CHUNK_MESSAGES: usize = 5000;
 
-/// Lines of standard input buffered between the reading thread and the
-/// publisher.
-const STDIN_BUFFER: usize = 1024;
+/// The most bytes in one request, well under the broker's smallest
+/// request limit (4 MiB); a single larger message is sent alone.
+const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// How long, after a failure, the rest of standard input may take to end
+/// so that the message can say how many messages it held.
+const COUNT_REST_GRACE: Duration = Duration::from_secs(1);
 
 /// Arguments of `tidings pub`.
 #[derive(Debug, clap::Args)]
@@ -35,8 +47,14 @@ pub(crate) struct PublishArgs {
 
     /// The messages to publish, one per argument. Without any, each line
     /// of standard input is one message.
-    #[arg(value_name = "MESSAGE")]
+    #[arg(value_name = "MESSAGE", conflicts_with = "file")]
     messages: Vec<String>,
+
+    /// Publish the whole content of this file as one message, whatever it
+    /// holds (several lines, binary data); `-` reads standard input to its
+    /// end.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
 
     /// A key for every message, such as an order id; delivered with it.
     #[arg(long, short)]
@@ -54,7 +72,7 @@ pub(crate) struct PublishArgs {
 
 impl PublishArgs {
     /// A message with `payload` and the key and attributes of the flags.
-    fn message(&self, payload: Bytes) -> Message {
+    fn message(&self, payload: bytes::Bytes) -> PublishMessage {
         let mut message = Message::new(payload);
         if let Some(key) = &self.key {
             message = message.with_key(key.clone());
@@ -62,97 +80,312 @@ impl PublishArgs {
         for (name, value) in &self.attributes {
             message = message.with_attribute(name.clone(), value.clone());
         }
-        message
+        message.into()
+    }
+
+    /// How the input is cut into requests: a message's key and attributes
+    /// count towards the request's size too.
+    fn limits(&self) -> ChunkLimits {
+        let key = self.key.as_ref().map_or(0, String::len);
+        let attributes: usize = self
+            .attributes
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 16)
+            .sum();
+        ChunkLimits {
+            max_messages: MAX_CHUNK_MESSAGES,
+            max_bytes: MAX_CHUNK_BYTES,
+            overhead: key + attributes + 16,
+        }
+    }
+
+    /// Where the messages come from.
+    fn input(&mut self) -> anyhow::Result<Input> {
+        let limits = self.limits();
+        if let Some(path) = &self.file {
+            return Input::file(path, limits);
+        }
+        if self.messages.is_empty() {
+            return Input::lines(limits);
+        }
+        Ok(Input::arguments(std::mem::take(&mut self.messages), limits))
     }
 }
 
-/// Publishes the messages and prints their offsets.
+/// Publishes the messages in input order and prints their offsets.
 ///
 /// # Errors
-/// When the broker cannot be reached, refuses a batch (for example
-/// NOT_FOUND for an unknown topic), or standard input cannot be read.
+/// When the broker cannot be reached, refuses a request (for example
+/// NOT_FOUND for an unknown topic), goes away, or the input cannot be
+/// read; once anything was stored, the error says how much.
 pub(crate) async fn run(ctx: &Context, mut args: PublishArgs) -> anyhow::Result<()> {
+    let mut input = args.input()?;
     let client = ctx.connect().await?;
-    let publisher = client.publisher(args.topic.clone());
-    let payloads = payloads(std::mem::take(&mut args.messages))?;
-    let offsets = publish_all(ctx, &args, &publisher, payloads).await;
-    // Everything queued has been awaited above; closing only makes sure
-    // nothing is left behind when publishing stopped early.
-    let closed = publisher.close().await;
-    let offsets = offsets?;
-    closed?;
+    let mut offsets = Vec::new();
+    let outcome = publish_all(ctx, &client, &args, &mut input, &mut offsets).await;
     if ctx.json {
+        // What was stored is printed even when publishing stopped early.
         output::json(&json!({ "topic": args.topic, "offsets": offsets }))?;
+    }
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Stop::Output(err)) => Err(err.into()),
+        Err(Stop::Input(err)) => {
+            let stored = offsets.len() as u64;
+            let err = anyhow::Error::new(err).context("cannot read standard input");
+            if stored == 0 {
+                return Err(err);
+            }
+            Err(err.context(format!("stored {stored} messages")))
+        }
+        Err(Stop::Refused { sent, error }) => {
+            let rest = input.count_rest(COUNT_REST_GRACE).await;
+            Err(stopped(offsets.len() as u64, sent, rest, error))
+        }
+    }
+}
+
+/// Why publishing stopped early.
+enum Stop {
+    /// Standard output could not be written.
+    Output(std::io::Error),
+    /// The input could not be read.
+    Input(std::io::Error),
+    /// A request failed; `sent` is what it held.
+    Refused { sent: Sent, error: ClientError },
+}
+
+/// The messages of the request that failed: their number in the input
+/// (1-based) and how many.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    first: u64,
+    count: u64,
+}
+
+/// Sends chunk after chunk, one request at a time, printing the offsets
+/// of each (unless printing JSON at the end) and collecting them.
+async fn publish_all(
+    ctx: &Context,
+    client: &Client,
+    args: &PublishArgs,
+    input: &mut Input,
+    offsets: &mut Vec<u64>,
+) -> Result<(), Stop> {
+    while let Some(chunk) = input.next_chunk().await {
+        let chunk = chunk.map_err(Stop::Input)?;
+        let sent = Sent {
+            first: offsets.len() as u64 + 1,
+            count: chunk.payloads.len() as u64,
+        };
+        let stored = publish_chunk(client, args, chunk)
+            .await
+            .map_err(|error| Stop::Refused { sent, error })?;
+        if !ctx.json {
+            let text: String = stored.iter().map(|offset| format!("{offset}\n")).collect();
+            output::write(text.as_bytes()).map_err(Stop::Output)?;
+        }
+        offsets.extend(stored);
     }
     Ok(())
 }
 
-/// The payloads to publish: the arguments, or else the lines of standard
-/// input.
-fn payloads(messages: Vec<String>) -> anyhow::Result<BoxStream<'static, anyhow::Result<Bytes>>> {
-    if !messages.is_empty() {
-        return Ok(stream::iter(messages.into_iter().map(|m| Ok(Bytes::from(m)))).boxed());
-    }
-    let lines_rx = stdin_lines()?;
-    let lines = stream::unfold(lines_rx, |mut lines_rx| async move {
-        let line = lines_rx.recv().await?;
-        Some((line, lines_rx))
-    });
-    Ok(lines
-        .map_ok(Bytes::from)
-        .map_err(|err| anyhow::Error::new(err).context("cannot read standard input"))
-        .boxed())
-}
-
-/// Reads standard input on a thread of its own (reading it blocks), one
-/// line at a time without its newline, into a bounded channel.
-fn stdin_lines() -> anyhow::Result<mpsc::Receiver<std::io::Result<Vec<u8>>>> {
-    let (lines_tx, lines_rx) = mpsc::channel(STDIN_BUFFER);
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            for line in std::io::stdin().lock().split(b'\n') {
-                let failed = line.is_err();
-                if lines_tx.blocking_send(line).is_err() || failed {
-                    return;
-                }
-            }
-        })
-        .context("cannot start a thread to read standard input")?;
-    Ok(lines_rx)
-}
-
-/// Queues every payload on `publisher` and returns the offsets in input
-/// order, printing each as it arrives (unless printing JSON at the end).
-/// Stops at the first failure.
-async fn publish_all(
-    ctx: &Context,
+/// One `Publish` request of a chunk; checks that the broker answered one
+/// offset per message.
+async fn publish_chunk(
+    client: &Client,
     args: &PublishArgs,
-    publisher: &Publisher,
-    mut payloads: BoxStream<'static, anyhow::Result<Bytes>>,
-) -> anyhow::Result<Vec<u64>> {
-    let mut pending = FuturesOrdered::new();
-    let mut offsets = Vec::new();
-    let mut input_done = false;
-    loop {
-        tokio::select! {
-            // Offsets first: they free room for more input.
-            biased;
-            Some(stored) = pending.next(), if !pending.is_empty() => {
-                let offset: u64 = stored?;
-                if !ctx.json {
-                    output::line(&offset.to_string())?;
-                }
-                offsets.push(offset);
-            }
-            payload = payloads.next(), if !input_done && pending.len() < MAX_PENDING => {
-                match payload {
-                    Some(payload) => pending.push_back(publisher.publish(args.message(payload?))),
-                    None => input_done = true,
-                }
-            }
-            else => break,
-        }
+    chunk: Chunk,
+) -> Result<Vec<u64>, ClientError> {
+    let count = chunk.payloads.len();
+    let request = PublishRequest {
+        topic: args.topic.clone(),
+        messages: chunk
+            .payloads
+            .into_iter()
+            .map(|payload| args.message(payload))
+            .collect(),
+    };
+    let offsets = client
+        .publisher_service()
+        .publish(request)
+        .await?
+        .into_inner()
+        .offsets;
+    if offsets.len() != count {
+        return Err(tonic::Status::internal(format!(
+            "the broker answered {} offsets for {count} messages",
+            offsets.len()
+        ))
+        .into());
     }
     Ok(offsets)
+}
+
+/// The failure of a `pub` that stopped at a failed request, saying what was
+/// stored: `stored` messages before it, the request `sent`, and `rest`
+/// messages after it when the input's end is known.
+fn stopped(stored: u64, sent: Sent, rest: Option<u64>, error: ClientError) -> anyhow::Error {
+    let error = renumber(error, sent.first);
+    let in_doubt = may_have_been_stored(&error);
+    if stored == 0 && !in_doubt {
+        // Nothing was stored: the reason alone says it all.
+        return error.into();
+    }
+    let read = stored + sent.count;
+    let total = match rest {
+        Some(rest) => format!("{}", read + rest),
+        None => format!("at least {read}"),
+    };
+    let mut message = format!("stored {stored} of {total} messages");
+    if in_doubt {
+        let last = sent.first + sent.count - 1;
+        message.push_str(&format!(
+            " (messages {} to {last} were sent but not confirmed: they may have been stored too)",
+            sent.first
+        ));
+    }
+    message.push_str(if went_away(&error) {
+        ", then the broker went away"
+    } else {
+        ", then stopped"
+    });
+    Failure::from_client(message, error).into()
+}
+
+/// The broker numbers a refused message by its place in the request
+/// (`message 3 is … bytes`); the input's numbering (`message 1203`, line
+/// 1203 of standard input) is what the user can find.
+fn renumber(error: ClientError, first: u64) -> ClientError {
+    let Some(status) = error
+        .status()
+        .filter(|s| s.code() == tonic::Code::InvalidArgument)
+    else {
+        return error;
+    };
+    let Some(rest) = status.message().strip_prefix("message ") else {
+        return error;
+    };
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let Ok(index) = rest[..digits].parse::<u64>() else {
+        return error;
+    };
+    let message = format!("message {}{}", first + index, &rest[digits..]);
+    ClientError::Status(tonic::Status::new(status.code(), message))
+}
+
+/// Whether the broker went away (rather than answering with a refusal).
+fn went_away(error: &ClientError) -> bool {
+    error.code() == tonic::Code::Unavailable
+        || error
+            .status()
+            .is_some_and(|s| std::error::Error::source(s).is_some())
+}
+
+/// Whether a failed request may still have been stored: its answer was
+/// lost on the way (a transport failure once it was sent). A refusal the
+/// broker sent, or a connection that was never made, stored nothing.
+fn may_have_been_stored(error: &ClientError) -> bool {
+    let Some(status) = error.status() else {
+        return false;
+    };
+    let mut cause = std::error::Error::source(status);
+    if cause.is_none() {
+        // The broker's own answer; or, with DEADLINE_EXCEEDED, a request
+        // given up on while it may have been in progress.
+        return status.code() == tonic::Code::DeadlineExceeded;
+    }
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return false;
+        }
+        cause = err.source();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, message: &str) -> ClientError {
+        ClientError::Status(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn refused_messages_are_numbered_as_in_the_input() {
+        let err = renumber(
+            status(
+                tonic::Code::InvalidArgument,
+                "message 3 is 9 bytes; the limit is 5",
+            ),
+            1201,
+        );
+        assert_eq!(
+            err.status().map(tonic::Status::message),
+            Some("message 1204 is 9 bytes; the limit is 5")
+        );
+        let other = renumber(
+            status(tonic::Code::NotFound, "topic \"t\" does not exist"),
+            9,
+        );
+        assert_eq!(
+            other.status().map(tonic::Status::message),
+            Some("topic \"t\" does not exist")
+        );
+    }
+
+    #[test]
+    fn a_refusal_before_anything_was_stored_is_the_reason_alone() {
+        let sent = Sent { first: 1, count: 2 };
+        let failure = stopped(0, sent, Some(0), status(tonic::Code::NotFound, "gone"));
+        assert!(failure.downcast_ref::<ClientError>().is_some(), "{failure}");
+    }
+
+    #[test]
+    fn a_stop_after_some_were_stored_counts_them() {
+        let sent = Sent {
+            first: 1201,
+            count: 300,
+        };
+        let refused = stopped(
+            1200,
+            sent,
+            Some(500),
+            status(tonic::Code::InvalidArgument, "bad"),
+        );
+        assert_eq!(
+            refused.to_string(),
+            "stored 1200 of 2000 messages, then stopped"
+        );
+        let gone = stopped(
+            1200,
+            sent,
+            None,
+            status(tonic::Code::Unavailable, "shutting down"),
+        );
+        assert_eq!(
+            gone.to_string(),
+            "stored 1200 of at least 1500 messages, then the broker went away"
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_may_have_been_stored_a_refused_connection_not() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let lost = ClientError::Status(tonic::Status::from_error(Box::new(reset)));
+        assert!(may_have_been_stored(&lost));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let never = ClientError::Status(tonic::Status::from_error(Box::new(refused)));
+        assert!(!may_have_been_stored(&never));
+        assert!(!may_have_been_stored(&status(tonic::Code::NotFound, "no")));
+        let sent = Sent { first: 5, count: 2 };
+        assert_eq!(
+            stopped(4, sent, Some(0), lost).to_string(),
+            "stored 4 of 6 messages (messages 5 to 6 were sent but not confirmed: they may \
+             have been stored too), then the broker went away"
+        );
+    }
 }
