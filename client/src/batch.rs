@@ -38,6 +38,11 @@ impl Pending {
             reply,
         }
     }
+
+    /// Answers the message's future.
+    pub(crate) fn answer(self, result: Result<u64>) {
+        let _ = self.reply.send(result);
+    }
 }
 
 /// A sealed batch: its sequence number and its messages, in queue order.

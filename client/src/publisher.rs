@@ -3,10 +3,15 @@
 //! resolves each message's [`PublishFuture`] with its offset or the error
 //! of its batch.
 //!
-//! The batching decisions live in `batch.rs`; this module runs the task and
-//! talks to the broker. It never retries a `Publish` that may have reached
-//! the broker (that could store a batch twice) and never drops a message
-//! without answering its future.
+//! This module holds the public API: the handle, the future and the
+//! builder. The task lives in `publisher/task.rs` and the `Publish` call in
+//! `publisher/send.rs`; the batching decisions in `batch.rs`. Nothing here
+//! retries a `Publish` that may have reached the broker (that could store
+//! a batch twice), and no message is dropped without an answer to its
+//! future.
+
+mod send;
+mod task;
 
 use std::fmt;
 use std::future::Future;
@@ -16,16 +21,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt as _};
-use tidings::v1::{PublishMessage, PublishRequest};
+use tidings::v1::PublishMessage;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until};
-use tracing::{Instrument as _, debug, info_span};
+use tracing::{Instrument as _, info_span};
 
-use crate::batch::{Batch, BatchLimits, BatchQueue, Pending};
+use crate::batch::{BatchLimits, Pending};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::Message;
+use send::Sender;
+use task::{Command, Task, TaskConfig};
 
 /// The default [`PublisherBuilder::max_batch_messages`].
 pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 1000;
@@ -90,13 +95,6 @@ struct Shared {
     topic: String,
     commands: mpsc::UnboundedSender<Command>,
     closed: AtomicBool,
-}
-
-/// A request to the publisher task.
-enum Command {
-    Publish(Pending),
-    Flush(oneshot::Sender<Result<()>>),
-    Close(oneshot::Sender<Result<()>>),
 }
 
 impl fmt::Debug for Publisher {
@@ -271,16 +269,16 @@ impl PublisherBuilder {
     /// When called outside a Tokio runtime.
     pub fn build(self) -> Publisher {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let task = Task {
+        let sender = Sender {
             client: self.client,
             topic: self.topic.clone(),
-            queue: BatchQueue::new(self.limits),
-            max_in_flight: self.max_in_flight,
-            commands: commands_rx,
-            receiving: true,
-            closing: false,
-            in_flight: FuturesUnordered::new(),
         };
+        let config = TaskConfig {
+            sender,
+            limits: self.limits,
+            max_in_flight: self.max_in_flight,
+        };
+        let task = Task::new(config, commands_rx);
         let span = info_span!("publisher", topic = %self.topic);
         tokio::spawn(task.run().instrument(span));
         Publisher {
@@ -291,204 +289,4 @@ impl PublisherBuilder {
             }),
         }
     }
-}
-
-/// A `Publish` call in flight; it yields its batch's sequence number and
-/// error.
-type InFlight = Pin<Box<dyn Future<Output = (u64, Option<Error>)> + Send>>;
-
-/// The background task of one publisher (and its clones).
-struct Task {
-    client: Client,
-    topic: String,
-    queue: BatchQueue,
-    max_in_flight: usize,
-    commands: mpsc::UnboundedReceiver<Command>,
-    /// False once every handle is gone.
-    receiving: bool,
-    /// True once `close` was called.
-    closing: bool,
-    in_flight: FuturesUnordered<InFlight>,
-}
-
-impl Task {
-    async fn run(mut self) {
-        loop {
-            self.dispatch(Instant::now());
-            let stopping = !self.receiving || self.closing;
-            if stopping && self.queue.is_idle() {
-                break;
-            }
-            let slot_free = self.in_flight.len() < self.max_in_flight;
-            let can_receive = self.receiving && !self.queue.has_sealed();
-            let linger = self.queue.linger_deadline().filter(|_| slot_free);
-            tokio::select! {
-                biased;
-                Some((seq, error)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.queue.completed(seq, error.as_ref());
-                }
-                command = self.commands.recv(), if can_receive => {
-                    self.handle(command);
-                    self.take_queued();
-                }
-                () = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
-                    self.queue.seal();
-                }
-            }
-        }
-        // Publishes that raced with close() are answered, not dropped.
-        self.commands.close();
-        while let Some(command) = self.commands.recv().await {
-            self.handle_after_close(command);
-        }
-        debug!(topic = %self.topic, "publisher stopped");
-    }
-
-    fn handle(&mut self, command: Option<Command>) {
-        match command {
-            None => {
-                self.receiving = false;
-                self.queue.seal();
-            }
-            Some(Command::Publish(pending)) if self.closing => {
-                let _ = pending.reply.send(Err(Error::Closed));
-            }
-            Some(Command::Publish(pending)) => self.queue.push(pending, Instant::now()),
-            Some(Command::Flush(reply)) => {
-                self.queue.seal();
-                self.queue.wait(reply);
-            }
-            Some(Command::Close(reply)) => {
-                self.closing = true;
-                self.queue.seal();
-                self.queue.wait(reply);
-            }
-        }
-    }
-
-    /// Takes the commands already waiting, up to a full batch, so that
-    /// messages queued together leave together instead of one per call.
-    fn take_queued(&mut self) {
-        while self.receiving && !self.queue.has_sealed() {
-            match self.commands.try_recv() {
-                Ok(command) => self.handle(Some(command)),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => self.handle(None),
-            }
-        }
-    }
-
-    fn handle_after_close(&mut self, command: Command) {
-        match command {
-            Command::Publish(pending) => {
-                let _ = pending.reply.send(Err(Error::Closed));
-            }
-            Command::Flush(reply) | Command::Close(reply) => {
-                let _ = reply.send(Ok(()));
-            }
-        }
-    }
-
-    /// Seals a batch whose linger ended and starts sealed batches while
-    /// slots are free.
-    fn dispatch(&mut self, now: Instant) {
-        if self.in_flight.len() < self.max_in_flight {
-            self.queue.seal_if_due(now);
-        }
-        while self.in_flight.len() < self.max_in_flight {
-            let Some(batch) = self.queue.pop_sealed() else {
-                break;
-            };
-            let client = self.client.clone();
-            let topic = self.topic.clone();
-            self.in_flight.push(Box::pin(async move {
-                publish_batch(&client, topic, batch).await
-            }));
-        }
-    }
-}
-
-/// Sends one batch and answers each of its messages. Returns the batch's
-/// sequence number and its first error.
-async fn publish_batch(
-    client: &Client,
-    topic: String,
-    (seq, batch): Batch,
-) -> (u64, Option<Error>) {
-    let (messages, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.message, p.reply)).unzip();
-    debug!(topic = %topic, seq, messages = messages.len(), "publishing a batch");
-    let copies = (messages.len() > 1).then(|| messages.clone());
-    let error = match (publish(client, &topic, messages).await, copies) {
-        (Ok(offsets), _) => {
-            for (reply, offset) in replies.into_iter().zip(offsets) {
-                let _ = reply.send(Ok(offset));
-            }
-            None
-        }
-        (Err(error), Some(messages)) if is_per_message(&error) => {
-            debug!(topic = %topic, seq, %error, "batch refused; sending its messages one by one");
-            publish_one_by_one(client, &topic, messages, replies).await
-        }
-        (Err(error), _) => {
-            for reply in replies {
-                let _ = reply.send(Err(error.duplicate()));
-            }
-            Some(error)
-        }
-    };
-    (seq, error)
-}
-
-/// Sends each message alone, in order; returns the first error.
-async fn publish_one_by_one(
-    client: &Client,
-    topic: &str,
-    messages: Vec<PublishMessage>,
-    replies: Vec<oneshot::Sender<Result<u64>>>,
-) -> Option<Error> {
-    let mut first_error = None;
-    for (message, reply) in messages.into_iter().zip(replies) {
-        let result = publish(client, topic, vec![message])
-            .await
-            .map(|offsets| offsets[0]);
-        if let Err(error) = &result {
-            first_error.get_or_insert_with(|| error.duplicate());
-        }
-        let _ = reply.send(result);
-    }
-    first_error
-}
-
-/// Whether a refused batch may hold good messages beside a bad one: the
-/// broker (or the transport, for an oversized request) refused its content.
-fn is_per_message(error: &Error) -> bool {
-    matches!(
-        error.code(),
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange
-    )
-}
-
-/// One `Publish` call; checks that the broker answered one offset per
-/// message.
-async fn publish(client: &Client, topic: &str, messages: Vec<PublishMessage>) -> Result<Vec<u64>> {
-    let count = messages.len();
-    let request = client.request(PublishRequest {
-        topic: topic.to_owned(),
-        messages,
-    });
-    let offsets = client
-        .publisher_service()
-        .publish(request)
-        .await?
-        .into_inner()
-        .offsets;
-    if offsets.len() != count {
-        return Err(tonic::Status::internal(format!(
-            "the broker answered {} offsets for {count} messages published to {topic:?}",
-            offsets.len()
-        ))
-        .into());
-    }
-    Ok(offsets)
 }
