@@ -14,35 +14,38 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::publisher::Permit;
 
 /// One queued message and where its offset (or error) goes.
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// The message, ready for the wire.
     pub(crate) message: PublishMessage,
-    /// Its share of a request, in bytes.
+    /// Its share of a request, in bytes ([`wire_size`]).
     pub(crate) size: usize,
     /// The caller's end of its `PublishFuture`.
     pub(crate) reply: oneshot::Sender<Result<u64>>,
+    /// Its room in the publisher's queue, given back when it is dropped
+    /// (after the answer).
+    #[expect(
+        dead_code,
+        reason = "held only for its drop, which gives the room back"
+    )]
+    pub(crate) permit: Permit,
 }
 
 impl Pending {
-    /// Wraps `message`, measuring its encoded size in a request.
-    pub(crate) fn new(message: PublishMessage, reply: oneshot::Sender<Result<u64>>) -> Self {
-        let len = prost::Message::encoded_len(&message);
-        // Field tag + length prefix + the message itself.
-        let size = 1 + prost::length_delimiter_len(len) + len;
-        Self {
-            message,
-            size,
-            reply,
-        }
-    }
-
-    /// Answers the message's future.
+    /// Answers the message's future and gives its room back.
     pub(crate) fn answer(self, result: Result<u64>) {
         let _ = self.reply.send(result);
     }
+}
+
+/// The share of a `Publish` request that `message` takes, in bytes.
+pub(crate) fn wire_size(message: &PublishMessage) -> usize {
+    let len = prost::Message::encoded_len(message);
+    // Field tag + length prefix + the message itself.
+    1 + prost::length_delimiter_len(len) + len
 }
 
 /// A sealed batch: its sequence number and its messages, in queue order.
@@ -204,6 +207,7 @@ impl BatchQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publisher::Room;
 
     fn limits(max_messages: usize, max_bytes: usize) -> BatchLimits {
         BatchLimits {
@@ -219,7 +223,16 @@ mod tests {
             payload: payload.to_owned().into(),
             ..Default::default()
         };
-        (Pending::new(message, reply), rx)
+        let size = wire_size(&message);
+        let room = Room::new(usize::MAX, usize::MAX);
+        let permit = room.try_take(size).expect("an unbounded room").permit;
+        let pending = Pending {
+            message,
+            size,
+            reply,
+            permit,
+        };
+        (pending, rx)
     }
 
     fn push(queue: &mut BatchQueue, payload: &str, now: Instant) {

@@ -41,19 +41,34 @@ pub enum Error {
     /// [`Subscriber`](crate::Subscriber) was closed; make a new one.
     #[error("the publisher or subscriber is closed; create a new one to carry on")]
     Closed,
+    /// The [`Publisher`](crate::Publisher)'s queue is full and it was built
+    /// to fail rather than wait
+    /// ([`WhenQueueFull::Fail`](crate::WhenQueueFull::Fail)); the message
+    /// was not queued.
+    #[error(
+        "the publisher's queue is full ({max_messages} messages or {max_bytes} bytes); \
+         await earlier publishes, or raise max_queued_messages or max_queued_bytes"
+    )]
+    QueueFull {
+        /// The publisher's `max_queued_messages`.
+        max_messages: usize,
+        /// The publisher's `max_queued_bytes`.
+        max_bytes: usize,
+    },
 }
 
 impl Error {
     /// The gRPC status code of the failure: the broker's code for
     /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
     /// `INVALID_ARGUMENT` for a bad address or argument, `CANCELLED` for
-    /// [`Error::Closed`].
+    /// [`Error::Closed`] and `RESOURCE_EXHAUSTED` for [`Error::QueueFull`].
     pub fn code(&self) -> tonic::Code {
         match self {
             Self::InvalidUrl { .. } | Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
             Self::Connect { .. } => tonic::Code::Unavailable,
             Self::Status(status) => status.code(),
             Self::Closed => tonic::Code::Cancelled,
+            Self::QueueFull { .. } => tonic::Code::ResourceExhausted,
         }
     }
 
@@ -73,6 +88,13 @@ impl Error {
             Self::Status(status) => Self::Status(status.clone()),
             Self::InvalidArgument(message) => Self::InvalidArgument(message.clone()),
             Self::Closed => Self::Closed,
+            Self::QueueFull {
+                max_messages,
+                max_bytes,
+            } => Self::QueueFull {
+                max_messages: *max_messages,
+                max_bytes: *max_bytes,
+            },
             other => Self::Status(tonic::Status::new(other.code(), other.to_string())),
         }
     }
@@ -145,5 +167,21 @@ mod tests {
         let transport = tonic::Status::from_error(Box::new(io));
         assert_eq!(transport.code(), tonic::Code::Unknown);
         assert!(is_retryable(&transport));
+    }
+
+    #[test]
+    fn queue_full_has_a_code_and_copies() {
+        let full = Error::QueueFull {
+            max_messages: 10,
+            max_bytes: 100,
+        };
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        assert!(matches!(
+            full.duplicate(),
+            Error::QueueFull {
+                max_messages: 10,
+                max_bytes: 100
+            }
+        ));
     }
 }

@@ -4,12 +4,14 @@
 //! of its batch.
 //!
 //! This module holds the public API: the handle, the future and the
-//! builder. The task lives in `publisher/task.rs` and the `Publish` call in
-//! `publisher/send.rs`; the batching decisions in `batch.rs`. Nothing here
+//! builder. The task lives in `publisher/task.rs`, the `Publish` call in
+//! `publisher/send.rs`, the queue limits in
+//! `publisher/room.rs`; the batching decisions in `batch.rs`. Nothing here
 //! retries a `Publish` that may have reached the broker (that could store
 //! a batch twice), and no message is dropped without an answer to its
 //! future.
 
+mod room;
 mod send;
 mod task;
 
@@ -18,17 +20,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tidings::v1::PublishMessage;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, info_span};
 
-use crate::batch::{BatchLimits, Pending};
+use crate::batch::{BatchLimits, Pending, wire_size};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::Message;
+use room::Granted;
+pub(crate) use room::{Permit, Room};
 use send::Sender;
 use task::{Command, Task, TaskConfig};
 
@@ -41,13 +45,35 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_LINGER: Duration = Duration::ZERO;
 /// The default [`PublisherBuilder::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// The default [`PublisherBuilder::max_queued_messages`]: room for every
+/// call slot to carry a full batch, and as much again.
+pub const DEFAULT_MAX_QUEUED_MESSAGES: usize =
+    2 * DEFAULT_MAX_IN_FLIGHT * DEFAULT_MAX_BATCH_MESSAGES;
+/// The default [`PublisherBuilder::max_queued_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// What [`Publisher::publish`] does when the publisher's queue is full
+/// (see [`PublisherBuilder::max_queued_messages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenQueueFull {
+    /// The message waits in its [`PublishFuture`] until there is room; it
+    /// joins the queue when it gets room, in the order in which the
+    /// waiting futures were first polled, behind everything queued before.
+    /// Awaiting the futures is then what slows the producer down. A
+    /// future dropped while it waits drops its message unsent.
+    #[default]
+    Wait,
+    /// The future fails at once with [`Error::QueueFull`] and the message
+    /// is not queued, like a Kafka producer's "queue full".
+    Fail,
+}
 
 /// Publishes messages to one topic, in batches, several batches at a time.
 ///
-/// [`publish`](Publisher::publish) queues a message at once (it never waits)
-/// and returns a [`PublishFuture`] that resolves to the message's offset
-/// once the broker stored it durably, or to the error of its batch. A
-/// background task cuts the queue into batches of up to
+/// [`publish`](Publisher::publish) queues a message and returns a
+/// [`PublishFuture`] that resolves to the message's offset once the broker
+/// stored it durably, or to the reason it was not stored. A background task
+/// cuts the queue into batches of up to
 /// [`max_batch_messages`](PublisherBuilder::max_batch_messages) messages and
 /// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) bytes, waiting at
 /// most [`linger`](PublisherBuilder::linger) after a batch's first message,
@@ -62,39 +88,85 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// what is queued in the background; [`close`](Publisher::close) does the
 /// same and waits for it.
 ///
-/// # Order
-/// Messages are queued in the order of `publish` calls, and each batch is
-/// stored contiguously in that order. With `max_in_flight(1)` the topic
-/// holds a publisher's messages exactly in publish order. With more batches
-/// in flight (the default) batches may be stored in a different order than
-/// they were cut, as with Pub/Sub publishers without ordering keys.
+/// # Memory
+/// The queue holds at most
+/// [`max_queued_messages`](PublisherBuilder::max_queued_messages) messages
+/// and [`max_queued_bytes`](PublisherBuilder::max_queued_bytes) bytes
+/// (default 16 000 and 64 MiB), counting every message from `publish` until
+/// its future is answered: queued or in flight. When it is
+/// full, `publish` either waits for room ([`WhenQueueFull::Wait`], the
+/// default: the future holds the message and enters it into the queue when
+/// there is room) or fails at once with [`Error::QueueFull`]
+/// ([`WhenQueueFull::Fail`]). Either way the publisher's memory stays
+/// bounded while the broker is down and the application keeps publishing.
+/// When a message finds the queue full, the batch being gathered leaves
+/// without waiting for the rest of its linger.
 ///
 /// # Errors and retries
-/// Every message's future gets an answer: its offset, the error of its
-/// batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE` when
-/// the broker is down), or [`Error::Closed`]. Failed batches are not
-/// retried, since the broker may have stored a batch whose answer was lost.
-/// When the broker refuses a batch of several messages as
-/// `INVALID_ARGUMENT` (say one message is too large), the messages are sent
-/// again one by one, in order, so that only the bad one fails.
+/// Failed batches are not retried, since the broker may have stored a
+/// batch whose answer was lost. When the broker refuses a batch of several
+/// messages as `INVALID_ARGUMENT` (say one message is too large), the
+/// messages are sent again one by one, in order, so that only the bad one
+/// fails.
 ///
-/// # Memory
-/// The queue is not bounded: `publish` never blocks and never loses a
-/// message. Backpressure comes from awaiting the futures — a producer that
-/// awaits each message (or keeps a bounded window of futures, or calls
-/// [`flush`](Publisher::flush) now and then) never gets ahead of the
-/// broker by more than that.
+/// # Order
+/// Messages are queued in the order of `publish` calls (or, for messages
+/// that waited for room, the order in which their futures got it), and each
+/// batch is stored contiguously in that order. With more than one batch in
+/// flight (the default) batches may be stored in a different order than
+/// they were cut, as with Pub/Sub publishers without ordering keys. With
+/// `max_in_flight(1)` the topic holds the messages exactly in publish
+/// order.
+///
+/// # Answers
+/// Every queued message's future gets an answer: its offset, the error of
+/// its batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE`
+/// when the broker is down), or [`Error::Closed`].
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
 }
 
-/// What the handles share; dropping the last one closes the command
-/// channel, which tells the task to publish what is left and stop.
+/// What the handles share; dropping the last one (and the last future
+/// waiting for room) closes the command channel, which tells the task to
+/// publish what is left and stop.
 struct Shared {
     topic: String,
     commands: mpsc::UnboundedSender<Command>,
     closed: AtomicBool,
+    room: Arc<Room>,
+    when_full: WhenQueueFull,
+}
+
+impl Shared {
+    /// Whether a message may be queued now: not after `close`.
+    fn accepts(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Hands a message that has room to the task, then passes the turn in
+    /// line on: the next in line cannot queue before this message.
+    fn enqueue(
+        &self,
+        message: PublishMessage,
+        size: usize,
+        granted: Granted,
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
+        let Granted { permit, turn } = granted;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            message,
+            size,
+            reply,
+            permit,
+        };
+        let sent = self.commands.send(Command::Publish(pending));
+        drop(turn);
+        sent.map(|()| answer).map_err(|_| Error::Closed)
+    }
 }
 
 impl fmt::Debug for Publisher {
@@ -113,19 +185,43 @@ impl Publisher {
     }
 
     /// Queues a message; the future resolves to its offset once the broker
-    /// stored it, or to the error of its batch. Dropping the future does not
-    /// cancel the publish.
+    /// stored it, or to the error of its batch.
+    ///
+    /// When the queue has room the message is queued at once, and dropping
+    /// the future does not cancel the publish. When the queue is full, see
+    /// [`WhenQueueFull`]: the future either fails at once with
+    /// [`Error::QueueFull`] or holds the message until there is room (and
+    /// then dropping it before it got room drops the message).
+    ///
+    /// It fails at once with [`Error::Closed`] after
+    /// [`close`](Publisher::close).
     pub fn publish(&self, message: impl Into<Message>) -> PublishFuture {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return PublishFuture::failed(Error::Closed);
+        if let Err(error) = self.shared.accepts() {
+            return PublishFuture::failed(error);
         }
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending::new(PublishMessage::from(message.into()), reply);
-        match self.shared.commands.send(Command::Publish(pending)) {
-            Ok(()) => PublishFuture {
-                state: State::Waiting(answer),
-            },
-            Err(_) => PublishFuture::failed(Error::Closed),
+        let message = PublishMessage::from(message.into());
+        let size = wire_size(&message);
+        if let Some(granted) = self.shared.room.try_take(size) {
+            return match self.shared.enqueue(message, size, granted) {
+                Ok(answer) => PublishFuture::queued(answer),
+                Err(error) => PublishFuture::failed(error),
+            };
+        }
+        match self.shared.when_full {
+            WhenQueueFull::Fail => PublishFuture::failed(Error::QueueFull {
+                max_messages: self.shared.room.max_messages(),
+                max_bytes: self.shared.room.max_bytes(),
+            }),
+            WhenQueueFull::Wait => {
+                let shared = Arc::clone(&self.shared);
+                PublishFuture {
+                    state: State::WaitingForRoom(Box::pin(async move {
+                        let granted = Arc::clone(&shared.room).take(size).await;
+                        shared.accepts()?;
+                        shared.enqueue(message, size, granted)
+                    })),
+                }
+            }
         }
     }
 
@@ -160,21 +256,30 @@ impl Publisher {
 }
 
 /// The answer to one [`Publisher::publish`]: the message's offset in its
-/// topic, or why it was not stored. The message is published whether or not
-/// this future is awaited.
-#[derive(Debug)]
-#[must_use = "the message is published either way; await the future to learn its offset or error"]
+/// topic, or why it was not stored. A message that was queued is published
+/// whether or not this future is awaited; one that waits for room
+/// ([`WhenQueueFull::Wait`]) is queued only while the future is polled.
+#[must_use = "await the future to learn the message's offset or error (a message waiting for room is queued only while its future is polled)"]
 pub struct PublishFuture {
     state: State,
 }
 
-#[derive(Debug)]
+/// A message waiting for room, then handing itself to the task.
+type ForRoom = Pin<Box<dyn Future<Output = Result<oneshot::Receiver<Result<u64>>>> + Send + Sync>>;
+
 enum State {
-    Waiting(oneshot::Receiver<Result<u64>>),
+    WaitingForRoom(ForRoom),
+    Queued(oneshot::Receiver<Result<u64>>),
     Failed(Option<Error>),
 }
 
 impl PublishFuture {
+    fn queued(answer: oneshot::Receiver<Result<u64>>) -> Self {
+        Self {
+            state: State::Queued(answer),
+        }
+    }
+
     fn failed(error: Error) -> Self {
         Self {
             state: State::Failed(Some(error)),
@@ -182,17 +287,40 @@ impl PublishFuture {
     }
 }
 
+impl fmt::Debug for PublishFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::WaitingForRoom(_) => "waiting for room",
+            State::Queued(_) => "queued",
+            State::Failed(_) => "failed",
+        };
+        f.debug_struct("PublishFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
 impl Future for PublishFuture {
     type Output = Result<u64>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            // A reply dropped unanswered means the task is gone (its
-            // runtime shut down).
-            State::Waiting(answer) => Pin::new(answer)
-                .poll(cx)
-                .map(|answer| answer.unwrap_or(Err(Error::Closed))),
-            State::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
+        loop {
+            match &mut self.state {
+                State::WaitingForRoom(waiting) => match ready!(waiting.as_mut().poll(cx)) {
+                    Ok(answer) => self.state = State::Queued(answer),
+                    Err(error) => self.state = State::Failed(Some(error)),
+                },
+                // A reply dropped unanswered means the task is gone (its
+                // runtime shut down).
+                State::Queued(answer) => {
+                    return Pin::new(answer)
+                        .poll(cx)
+                        .map(|answer| answer.unwrap_or(Err(Error::Closed)));
+                }
+                State::Failed(error) => {
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::Closed)));
+                }
+            }
         }
     }
 }
@@ -202,12 +330,15 @@ impl Future for PublishFuture {
 /// ```no_run
 /// # async fn example(client: tidings_client::Client) {
 /// use std::time::Duration;
+/// use tidings_client::WhenQueueFull;
 ///
 /// let publisher = client
 ///     .publisher_builder("order.placed")
 ///     .max_batch_messages(500)
 ///     .linger(Duration::from_millis(5))
 ///     .max_in_flight(1) // keep publish order in the topic
+///     .max_queued_messages(10_000)
+///     .when_queue_full(WhenQueueFull::Fail)
 ///     .build();
 /// # }
 /// ```
@@ -217,6 +348,9 @@ pub struct PublisherBuilder {
     topic: String,
     limits: BatchLimits,
     max_in_flight: usize,
+    max_queued_messages: usize,
+    max_queued_bytes: usize,
+    when_full: WhenQueueFull,
 }
 
 impl PublisherBuilder {
@@ -230,6 +364,9 @@ impl PublisherBuilder {
                 linger: DEFAULT_LINGER,
             },
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            when_full: WhenQueueFull::default(),
         }
     }
 
@@ -263,12 +400,35 @@ impl PublisherBuilder {
         self
     }
 
+    /// Most messages the publisher holds at once, from `publish` until
+    /// their futures are answered (default 16 000; 0 counts as 1).
+    pub fn max_queued_messages(mut self, max: usize) -> Self {
+        self.max_queued_messages = max.max(1);
+        self
+    }
+
+    /// Most bytes the publisher holds at once, counted as the messages
+    /// are encoded in a request (default 64 MiB; 0 counts as 1). A single
+    /// larger message is taken when the queue is empty.
+    pub fn max_queued_bytes(mut self, max: usize) -> Self {
+        self.max_queued_bytes = max.max(1);
+        self
+    }
+
+    /// What `publish` does when the queue is full (default
+    /// [`WhenQueueFull::Wait`]).
+    pub fn when_queue_full(mut self, when_full: WhenQueueFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
     /// Starts the publisher's task.
     ///
     /// # Panics
     /// When called outside a Tokio runtime.
     pub fn build(self) -> Publisher {
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let room = Room::new(self.max_queued_messages, self.max_queued_bytes);
         let sender = Sender {
             client: self.client,
             topic: self.topic.clone(),
@@ -277,6 +437,7 @@ impl PublisherBuilder {
             sender,
             limits: self.limits,
             max_in_flight: self.max_in_flight,
+            room: Arc::clone(&room),
         };
         let task = Task::new(config, commands_rx);
         let span = info_span!("publisher", topic = %self.topic);
@@ -286,6 +447,8 @@ impl PublisherBuilder {
                 topic: self.topic,
                 commands,
                 closed: AtomicBool::new(false),
+                room,
+                when_full: self.when_full,
             }),
         }
     }

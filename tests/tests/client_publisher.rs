@@ -1,18 +1,20 @@
-//! The Rust client's `Publisher` against a real broker: batching, offsets,
-//! order, flush and close, and errors that reach every caller.
+//! The Rust client's `Publisher` against a real broker and against
+//! stand-ins for its publisher service: batching, offsets, order, flush and
+//! close, errors that reach every caller, and the bounded queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use futures::future::{join_all, try_join_all};
+use futures::{FutureExt as _, StreamExt as _};
 use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
 use tidings::v1::{PublishRequest, PublishResponse};
-use tidings_client::{Client, Delivery, Error, Message, Publisher};
+use tidings_client::{Client, Delivery, Error, Message, Publisher, WhenQueueFull};
 use tidings_tests::{TestBroker, within};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -279,5 +281,156 @@ async fn publishing_while_the_broker_is_down_fails_with_unavailable() -> anyhow:
         .await?
         .expect_err("nothing listens");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
+    Ok(())
+}
+
+/// A stand-in for the broker's publisher service. It reports the payloads
+/// of each call as it arrives, holds every call until `open` has a permit,
+/// then fails the calls `fail` picks (storing nothing) and stores the
+/// others, answering consecutive offsets.
+struct StandIn {
+    calls_tx: mpsc::UnboundedSender<Vec<String>>,
+    calls: AtomicUsize,
+    open: Arc<Semaphore>,
+    fail: fn(usize) -> Option<Status>,
+    stored: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl PublisherService for StandIn {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let payloads: Vec<String> = request
+            .into_inner()
+            .messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        let _ = self.calls_tx.send(payloads.clone());
+        drop(self.open.acquire().await);
+        if let Some(status) = (self.fail)(call) {
+            return Err(status);
+        }
+        let mut stored = self
+            .stored
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        let first = stored.len() as u64;
+        stored.extend(payloads);
+        Ok(Response::new(PublishResponse {
+            offsets: (first..stored.len() as u64).collect(),
+        }))
+    }
+}
+
+/// A running [`StandIn`], seen from a test.
+struct StandInView {
+    client: Client,
+    calls_rx: mpsc::UnboundedReceiver<Vec<String>>,
+    /// Add a permit to let held calls (and every later one) through.
+    open: Arc<Semaphore>,
+    stored: Arc<Mutex<Vec<String>>>,
+}
+
+impl StandInView {
+    fn stored(&self) -> Vec<String> {
+        self.stored.lock().expect("not poisoned").clone()
+    }
+}
+
+/// Serves a [`StandIn`] on a free port, open (calls go through) or not.
+async fn stand_in(open: bool, fail: fn(usize) -> Option<Status>) -> anyhow::Result<StandInView> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(usize::from(open)));
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let service = PublisherServiceServer::new(StandIn {
+        calls_tx,
+        calls: AtomicUsize::new(0),
+        open: Arc::clone(&gate),
+        fail,
+        stored: Arc::clone(&stored),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Ok(StandInView {
+        client: Client::connect(url).await?,
+        calls_rx,
+        open: gate,
+        stored,
+    })
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_makes_publish_wait_for_room() -> anyhow::Result<()> {
+    let mut service = stand_in(false, |_| None).await?;
+    let publisher = service
+        .client
+        .publisher_builder("waiting")
+        .max_queued_messages(2)
+        .build();
+    let a = publisher.publish("a");
+    let b = publisher.publish("b");
+    let mut c = publisher.publish("c");
+    assert!(
+        (&mut c).now_or_never().is_none(),
+        "c waits for room (and takes its place in line)"
+    );
+
+    let first = within(service.calls_rx.recv()).await?;
+    assert_eq!(first, Some(strings(&["a", "b"])), "c is not queued yet");
+    assert!((&mut c).now_or_never().is_none(), "a and b hold the room");
+
+    service.open.add_permits(1);
+    assert_eq!(within(try_join_all([a, b])).await??, [0, 1]);
+    assert_eq!(within(c).await??, 2);
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["c"])));
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_fails_fast_when_told_to() -> anyhow::Result<()> {
+    let service = stand_in(false, |_| None).await?;
+    let publisher = service
+        .client
+        .publisher_builder("failing-fast")
+        .max_queued_messages(2)
+        .when_queue_full(WhenQueueFull::Fail)
+        .build();
+    let queued = [publisher.publish("a"), publisher.publish("b")];
+    let refused = publisher
+        .publish("c")
+        .now_or_never()
+        .expect("answered at once");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::QueueFull {
+                max_messages: 2,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+
+    service.open.add_permits(1);
+    assert_eq!(within(try_join_all(queued)).await??, [0, 1]);
+    assert_eq!(
+        within(publisher.publish("d")).await??,
+        2,
+        "answered messages give their room back"
+    );
+    assert_eq!(service.stored(), strings(&["a", "b", "d"]));
     Ok(())
 }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
+use super::room::Room;
 use super::send::{Sender, Sent};
 use crate::batch::{BatchLimits, BatchQueue, Pending};
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ pub(crate) struct TaskConfig {
     pub(crate) sender: Sender,
     pub(crate) limits: BatchLimits,
     pub(crate) max_in_flight: usize,
+    pub(crate) room: Arc<Room>,
 }
 
 /// A send in flight.
@@ -41,6 +43,7 @@ pub(crate) struct Task {
     queue: BatchQueue,
     max_in_flight: usize,
     commands: mpsc::UnboundedReceiver<Command>,
+    room: Arc<Room>,
     /// False once every handle is gone.
     receiving: bool,
     /// True once `close` was called.
@@ -55,6 +58,7 @@ impl Task {
             queue: BatchQueue::new(config.limits),
             max_in_flight: config.max_in_flight,
             commands,
+            room: config.room,
             receiving: true,
             closing: false,
             in_flight: FuturesUnordered::new(),
@@ -71,6 +75,7 @@ impl Task {
             let slot_free = self.in_flight.len() < self.max_in_flight;
             let can_receive = self.receiving && !self.queue.has_sealed();
             let linger = self.queue.linger_deadline().filter(|_| slot_free);
+            let room = Arc::clone(&self.room);
             tokio::select! {
                 biased;
                 Some(sent) = self.in_flight.next(), if !self.in_flight.is_empty() => {
@@ -80,6 +85,9 @@ impl Task {
                     self.handle(command);
                     self.take_queued();
                 }
+                // The open batch cannot grow while the queue is full:
+                // lingering longer only delays the room it would give back.
+                () = room.found_full() => self.queue.seal(),
                 () = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
                     self.queue.seal();
                 }
