@@ -1,7 +1,8 @@
 //! The publisher's bookkeeping, free of I/O: [`BatchQueue`] groups queued
 //! messages into batches (by count, bytes and linger) and tracks which
 //! batches are unfinished, so that `flush` waiters are answered once every
-//! batch sealed before them has completed.
+//! batch sealed before them has completed. A paused publisher fails the
+//! whole queue at once ([`BatchQueue::fail_queued`]).
 //!
 //! This module never sends anything and never reads the clock itself: the
 //! publisher task passes `now` in, which keeps it testable.
@@ -175,6 +176,18 @@ impl BatchQueue {
         }
     }
 
+    /// Fails every message not yet sent (the open batch and the sealed
+    /// ones) with a copy of `error`, and completes their batches.
+    pub(crate) fn fail_queued(&mut self, error: &Error) {
+        self.seal();
+        while let Some((seq, batch)) = self.sealed.pop_front() {
+            for pending in batch {
+                pending.answer(Err(error.duplicate()));
+            }
+            self.completed(seq, Some(error));
+        }
+    }
+
     /// Records that batch `seq` completed, with `error` when it failed, and
     /// answers every waiter that no longer waits for anything.
     pub(crate) fn completed(&mut self, seq: u64, error: Option<&Error>) {
@@ -321,6 +334,36 @@ mod tests {
         assert!(!queue.is_idle(), "batch 2 is unfinished");
         queue.completed(2, None);
         assert!(queue.is_idle());
+    }
+
+    #[test]
+    fn failing_the_queue_answers_every_unsent_message_and_the_flush() {
+        let now = Instant::now();
+        let mut queue = BatchQueue::new(limits(2, 1 << 20));
+        let mut answers = Vec::new();
+        for payload in ["a", "b", "c", "d", "e"] {
+            let (pending, answer) = pending(payload);
+            queue.push(pending, now);
+            answers.push(answer);
+        }
+        let in_flight = queue.pop_sealed().expect("a, b");
+        let (reply, mut flushed) = oneshot::channel();
+        queue.seal();
+        queue.wait(reply);
+
+        let cause = Error::from(tonic::Status::internal("disk full"));
+        queue.completed(in_flight.0, Some(&cause));
+        queue.fail_queued(&Error::Closed);
+        assert!(queue.is_idle(), "nothing is left");
+        for mut answer in answers.drain(2..) {
+            assert!(matches!(answer.try_recv(), Ok(Err(Error::Closed))));
+        }
+        let flushed = flushed.try_recv().expect("answered");
+        assert_eq!(
+            flushed.map_err(|e| e.code()),
+            Err(tonic::Code::Internal),
+            "the flush reports the first failure"
+        );
     }
 
     #[test]

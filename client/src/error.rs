@@ -55,13 +55,27 @@ pub enum Error {
         /// The publisher's `max_queued_bytes`.
         max_bytes: usize,
     },
+    /// An ordered [`Publisher`](crate::Publisher) (`max_in_flight(1)`) did
+    /// not send this message because an earlier one failed; it sends
+    /// nothing until [`Publisher::resume`](crate::Publisher::resume) is
+    /// called, so that the failed messages can be published again first.
+    #[error(
+        "not sent: an earlier message of this ordered publisher failed; \
+         call resume(), then publish the failed messages again, in order"
+    )]
+    Paused {
+        /// The failure that paused the publisher.
+        #[source]
+        cause: Box<Error>,
+    },
 }
 
 impl Error {
     /// The gRPC status code of the failure: the broker's code for
     /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
     /// `INVALID_ARGUMENT` for a bad address or argument, `CANCELLED` for
-    /// [`Error::Closed`] and `RESOURCE_EXHAUSTED` for [`Error::QueueFull`].
+    /// [`Error::Closed`], `RESOURCE_EXHAUSTED` for [`Error::QueueFull`] and
+    /// `FAILED_PRECONDITION` for [`Error::Paused`].
     pub fn code(&self) -> tonic::Code {
         match self {
             Self::InvalidUrl { .. } | Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
@@ -69,6 +83,7 @@ impl Error {
             Self::Status(status) => status.code(),
             Self::Closed => tonic::Code::Cancelled,
             Self::QueueFull { .. } => tonic::Code::ResourceExhausted,
+            Self::Paused { .. } => tonic::Code::FailedPrecondition,
         }
     }
 
@@ -94,6 +109,9 @@ impl Error {
             } => Self::QueueFull {
                 max_messages: *max_messages,
                 max_bytes: *max_bytes,
+            },
+            Self::Paused { cause } => Self::Paused {
+                cause: Box::new(cause.duplicate()),
             },
             other => Self::Status(tonic::Status::new(other.code(), other.to_string())),
         }
@@ -170,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn queue_full_has_a_code_and_copies() {
+    fn new_variants_have_codes_and_copies() {
         let full = Error::QueueFull {
             max_messages: 10,
             max_bytes: 100,
@@ -183,5 +201,12 @@ mod tests {
                 max_bytes: 100
             }
         ));
+        let paused = Error::Paused {
+            cause: Box::new(Error::from(tonic::Status::internal("disk full"))),
+        };
+        assert_eq!(paused.code(), tonic::Code::FailedPrecondition);
+        let copy = paused.duplicate();
+        let cause = std::error::Error::source(&copy).expect("the cause is the source");
+        assert!(cause.to_string().contains("disk full"), "{cause}");
     }
 }

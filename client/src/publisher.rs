@@ -6,11 +6,13 @@
 //! This module holds the public API: the handle, the future and the
 //! builder. The task lives in `publisher/task.rs`, the `Publish` call in
 //! `publisher/send.rs`, the queue limits in
-//! `publisher/room.rs`; the batching decisions in `batch.rs`. Nothing here
+//! `publisher/room.rs` and the ordered publisher's pause in
+//! `publisher/pause.rs`; the batching decisions in `batch.rs`. Nothing here
 //! retries a `Publish` that may have reached the broker (that could store
 //! a batch twice), and no message is dropped without an answer to its
 //! future.
 
+mod pause;
 mod room;
 mod send;
 mod task;
@@ -31,6 +33,7 @@ use crate::batch::{BatchLimits, Pending, wire_size};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::Message;
+use pause::Pause;
 use room::Granted;
 pub(crate) use room::{Permit, Room};
 use send::Sender;
@@ -114,14 +117,21 @@ pub enum WhenQueueFull {
 /// that waited for room, the order in which their futures got it), and each
 /// batch is stored contiguously in that order. With more than one batch in
 /// flight (the default) batches may be stored in a different order than
-/// they were cut, as with Pub/Sub publishers without ordering keys. With
-/// `max_in_flight(1)` the topic holds the messages exactly in publish
-/// order.
+/// they were cut, as with Pub/Sub publishers without ordering keys.
+///
+/// With `max_in_flight(1)` the publisher is *ordered*: the topic holds its
+/// messages exactly in publish order, and a failure cannot be overtaken.
+/// When a message fails, every message queued behind
+/// it fails with [`Error::Paused`], whose source is the first failure, and
+/// so does every later `publish`, until [`resume`](Publisher::resume) is
+/// called. Publish the failed messages again after resuming, and order is
+/// kept. A message waiting for room when the publisher pauses fails the
+/// same way. Dropping a waiting future loses only its own message.
 ///
 /// # Answers
 /// Every queued message's future gets an answer: its offset, the error of
 /// its batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE`
-/// when the broker is down), or [`Error::Closed`].
+/// when the broker is down), [`Error::Paused`], or [`Error::Closed`].
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
@@ -136,15 +146,17 @@ struct Shared {
     closed: AtomicBool,
     room: Arc<Room>,
     when_full: WhenQueueFull,
+    pause: Arc<Pause>,
 }
 
 impl Shared {
-    /// Whether a message may be queued now: not after `close`.
+    /// Whether a message may be queued now: not after `close`, not while
+    /// paused.
     fn accepts(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        Ok(())
+        self.pause.check()
     }
 
     /// Hands a message that has room to the task, then passes the turn in
@@ -174,6 +186,7 @@ impl fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("topic", &self.shared.topic)
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .field("paused", &self.shared.pause.is_paused())
             .finish_non_exhaustive()
     }
 }
@@ -194,7 +207,8 @@ impl Publisher {
     /// then dropping it before it got room drops the message).
     ///
     /// It fails at once with [`Error::Closed`] after
-    /// [`close`](Publisher::close).
+    /// [`close`](Publisher::close), and with [`Error::Paused`] while an
+    /// ordered publisher is paused.
     pub fn publish(&self, message: impl Into<Message>) -> PublishFuture {
         if let Err(error) = self.shared.accepts() {
             return PublishFuture::failed(error);
@@ -252,6 +266,26 @@ impl Publisher {
             return Ok(());
         }
         answer.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Whether this ordered publisher is paused after a failure (see
+    /// "Order" above). Only a publisher with `max_in_flight(1)` pauses.
+    pub fn is_paused(&self) -> bool {
+        self.shared.pause.is_paused()
+    }
+
+    /// Lifts the pause of an ordered publisher after a failure: messages
+    /// published from now on are sent again. Publish the messages that
+    /// failed first (the one that failed with the cause, then those that
+    /// failed with [`Error::Paused`], in their order). Does nothing when the
+    /// publisher is not paused.
+    pub fn resume(&self) {
+        if let Some(epoch) = self.shared.pause.lift() {
+            // After `lift`, so anything published after this call comes
+            // after the resume in the task's order; before the task sees
+            // it, it refuses whatever was published while paused.
+            let _ = self.shared.commands.send(Command::Resume(epoch));
+        }
     }
 }
 
@@ -394,7 +428,8 @@ impl PublisherBuilder {
     }
 
     /// Most `Publish` calls running at once (default 8; 0 counts as 1).
-    /// With 1, messages are stored in publish order.
+    /// With 1 the publisher is ordered: messages are stored in publish
+    /// order, and a failure pauses it until [`Publisher::resume`].
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max.max(1);
         self
@@ -429,15 +464,18 @@ impl PublisherBuilder {
     pub fn build(self) -> Publisher {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let room = Room::new(self.max_queued_messages, self.max_queued_bytes);
+        let pause = Arc::new(Pause::default());
         let sender = Sender {
             client: self.client,
             topic: self.topic.clone(),
+            ordered: self.max_in_flight == 1,
         };
         let config = TaskConfig {
             sender,
             limits: self.limits,
             max_in_flight: self.max_in_flight,
             room: Arc::clone(&room),
+            pause: Arc::clone(&pause),
         };
         let task = Task::new(config, commands_rx);
         let span = info_span!("publisher", topic = %self.topic);
@@ -449,6 +487,7 @@ impl PublisherBuilder {
                 closed: AtomicBool::new(false),
                 room,
                 when_full: self.when_full,
+                pause,
             }),
         }
     }

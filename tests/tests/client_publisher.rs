@@ -1,8 +1,10 @@
 //! The Rust client's `Publisher` against a real broker and against
 //! stand-ins for its publisher service: batching, offsets, order, flush and
-//! close, errors that reach every caller, and the bounded queue.
+//! close, errors that reach every caller, the ordered publisher's pause and
+//! the bounded queue.
 
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -370,6 +372,76 @@ async fn stand_in(open: bool, fail: fn(usize) -> Option<Status>) -> anyhow::Resu
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+// One thread: every `publish` below is queued before the task looks, so
+// the batches are [m0 m1] [m2 m3] [m4 m5].
+#[tokio::test(flavor = "current_thread")]
+async fn an_ordered_publisher_pauses_after_a_failure_until_resumed() -> anyhow::Result<()> {
+    let mut service = stand_in(true, |call| {
+        (call == 1).then(|| Status::internal("disk full"))
+    })
+    .await?;
+    let publisher = service
+        .client
+        .publisher_builder("ordered")
+        .max_in_flight(1)
+        .max_batch_messages(2)
+        .build();
+    let futures: Vec<_> = (0..6).map(|i| publisher.publish(format!("m{i}"))).collect();
+    let results = within(join_all(futures)).await?;
+
+    assert_eq!(results[0].as_ref().ok(), Some(&0));
+    assert_eq!(results[1].as_ref().ok(), Some(&1));
+    for failed in &results[2..4] {
+        let err = failed.as_ref().expect_err("its call failed");
+        assert_eq!(err.code(), Code::Internal, "{err}");
+    }
+    for paused in &results[4..] {
+        let err = paused.as_ref().expect_err("queued behind the failure");
+        assert!(matches!(err, Error::Paused { .. }), "{err:?}");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        let cause = err.source().expect("the cause is the source");
+        assert!(cause.to_string().contains("disk full"), "{cause}");
+    }
+    assert!(publisher.is_paused());
+    let late = within(publisher.publish("late")).await?;
+    assert!(matches!(late, Err(Error::Paused { .. })), "{late:?}");
+    within(publisher.flush()).await??; // nothing is queued
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["m0", "m1"])));
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["m2", "m3"])));
+    assert!(
+        service.calls_rx.try_recv().is_err(),
+        "nothing is sent after the failure"
+    );
+
+    // The application resumes and publishes the failed messages again.
+    publisher.resume();
+    assert!(!publisher.is_paused());
+    let retried: Vec<_> = (2..6).map(|i| publisher.publish(format!("m{i}"))).collect();
+    assert_eq!(within(try_join_all(retried)).await??, [2, 3, 4, 5]);
+    assert_eq!(
+        service.stored(),
+        strings(&["m0", "m1", "m2", "m3", "m4", "m5"]),
+        "stored in publish order"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unordered_publisher_does_not_pause() -> anyhow::Result<()> {
+    let service = stand_in(true, |call| {
+        (call == 0).then(|| Status::internal("disk full"))
+    })
+    .await?;
+    let publisher = service.client.publisher("unordered");
+    let err = within(publisher.publish("a"))
+        .await?
+        .expect_err("call 0 fails");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(!publisher.is_paused());
+    assert_eq!(within(publisher.publish("b")).await??, 0);
+    Ok(())
 }
 
 #[tokio::test(flavor = "current_thread")]

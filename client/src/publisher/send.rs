@@ -18,9 +18,13 @@ use crate::error::{Error, Result};
 pub(crate) struct Sender {
     pub(crate) client: Client,
     pub(crate) topic: String,
+    /// Stop at a message's failure: the messages after it are not sent.
+    pub(crate) ordered: bool,
 }
 
-/// A batch after its send: the messages, and a result for each, in order.
+/// A batch after its send: the messages, and a result for each one that
+/// was sent, in order. An ordered sender leaves the results short when it
+/// stopped at a failure; the messages without a result were not sent.
 #[derive(Debug)]
 pub(crate) struct Sent {
     pub(crate) seq: u64,
@@ -47,7 +51,8 @@ impl Sender {
         }
     }
 
-    /// Sends each message alone, in order.
+    /// Sends each message alone, in order; an ordered sender stops at the
+    /// first failure.
     async fn one_by_one(&self, pendings: &[Pending]) -> Vec<Result<u64>> {
         let mut results = Vec::with_capacity(pendings.len());
         for pending in pendings {
@@ -55,7 +60,11 @@ impl Sender {
                 .call(std::slice::from_ref(pending))
                 .await
                 .map(|offsets| offsets[0]);
+            let failed = result.is_err();
             results.push(result);
+            if failed && self.ordered {
+                break;
+            }
         }
         results
     }

@@ -1,9 +1,11 @@
 //! [`Task`]: the background task of one publisher (and its clones). It
 //! takes commands from the handles, cuts batches, keeps up to
-//! `max_in_flight` sends running, and answers every message's future.
+//! `max_in_flight` sends running, answers every message's future, and
+//! pauses an ordered publisher after a failure.
 //!
-//! It is the only owner of the queue. It never blocks: every wait is a
-//! branch of its one `select!`.
+//! It is the only owner of the queue and of the publisher's view of the
+//! pause; the handles only read the shared flag. It never blocks: every
+//! wait is a branch of its one `select!`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +14,9 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::pause::{Pause, paused};
 use super::room::Room;
 use super::send::{Sender, Sent};
 use crate::batch::{BatchLimits, BatchQueue, Pending};
@@ -24,6 +27,8 @@ pub(crate) enum Command {
     Publish(Pending),
     Flush(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<Result<()>>),
+    /// Lift the pause with this epoch (a later pause stays).
+    Resume(u64),
 }
 
 /// Everything a [`Task`] is made of, besides its command channel.
@@ -32,6 +37,7 @@ pub(crate) struct TaskConfig {
     pub(crate) limits: BatchLimits,
     pub(crate) max_in_flight: usize,
     pub(crate) room: Arc<Room>,
+    pub(crate) pause: Arc<Pause>,
 }
 
 /// A send in flight.
@@ -44,6 +50,10 @@ pub(crate) struct Task {
     max_in_flight: usize,
     commands: mpsc::UnboundedReceiver<Command>,
     room: Arc<Room>,
+    pause: Arc<Pause>,
+    /// The epoch and cause of the pause, from the failure until the
+    /// matching resume arrives in command order.
+    paused: Option<(u64, Error)>,
     /// False once every handle is gone.
     receiving: bool,
     /// True once `close` was called.
@@ -59,6 +69,8 @@ impl Task {
             max_in_flight: config.max_in_flight,
             commands,
             room: config.room,
+            pause: config.pause,
+            paused: None,
             receiving: true,
             closing: false,
             in_flight: FuturesUnordered::new(),
@@ -108,7 +120,10 @@ impl Task {
                 self.queue.seal();
             }
             Some(Command::Publish(pending)) if self.closing => pending.answer(Err(Error::Closed)),
-            Some(Command::Publish(pending)) => self.queue.push(pending, Instant::now()),
+            Some(Command::Publish(pending)) => match &self.paused {
+                Some((_, cause)) => pending.answer(Err(paused(cause))),
+                None => self.queue.push(pending, Instant::now()),
+            },
             Some(Command::Flush(reply)) => {
                 self.queue.seal();
                 self.queue.wait(reply);
@@ -117,6 +132,12 @@ impl Task {
                 self.closing = true;
                 self.queue.seal();
                 self.queue.wait(reply);
+            }
+            Some(Command::Resume(epoch)) => {
+                if self.paused.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                    self.paused = None;
+                    info!(topic = %self.sender.topic, "publisher resumed");
+                }
             }
         }
     }
@@ -139,6 +160,7 @@ impl Task {
             Command::Flush(reply) | Command::Close(reply) => {
                 let _ = reply.send(Ok(()));
             }
+            Command::Resume(_) => {}
         }
     }
 
@@ -158,7 +180,9 @@ impl Task {
         }
     }
 
-    /// Answers every message of a sent batch.
+    /// Answers every message of a sent batch. In an ordered publisher a
+    /// failure pauses first — before any answer, so that a caller who sees
+    /// the failure can already resume — and then fails the whole queue.
     fn finish(&mut self, sent: Sent) {
         let Sent {
             seq,
@@ -169,9 +193,31 @@ impl Task {
             .iter()
             .find_map(|result| result.as_ref().err())
             .map(Error::duplicate);
-        for (pending, result) in pendings.into_iter().zip(results) {
+        if self.sender.ordered
+            && let Some(cause) = &first_error
+        {
+            let epoch = self.pause.set(cause);
+            info!(topic = %self.sender.topic, seq, error = %cause, "ordered publisher paused until resumed");
+            self.paused = Some((epoch, cause.duplicate()));
+        }
+        let mut results = results.into_iter();
+        for pending in pendings {
+            // Not sent: an ordered send stopped at an earlier failure.
+            let result = results.next().unwrap_or_else(|| Err(self.unsent()));
             pending.answer(result);
         }
         self.queue.completed(seq, first_error.as_ref());
+        if self.paused.is_some() {
+            let error = self.unsent();
+            self.queue.fail_queued(&error);
+        }
+    }
+
+    /// The error of a message not sent because of the pause.
+    fn unsent(&self) -> Error {
+        match &self.paused {
+            Some((_, cause)) => paused(cause),
+            None => Error::Closed,
+        }
     }
 }
