@@ -140,6 +140,29 @@ pub(crate) fn is_retryable(status: &tonic::Status) -> bool {
     }
 }
 
+/// Whether a failed call certainly never reached the broker: the channel
+/// could not open a connection (refused, unreachable, the connect timeout
+/// passed, a TLS handshake failed), so the request was never written.
+///
+/// `tonic` reports such a failure as `UNAVAILABLE` with the connector's
+/// [`tonic::ConnectError`] in the status's source chain. Every other
+/// failure — a status the broker sent (which has no source), a connection
+/// that broke during the call, a request timeout — may come after the
+/// broker received the request.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +208,22 @@ mod tests {
         let transport = tonic::Status::from_error(Box::new(io));
         assert_eq!(transport.code(), tonic::Code::Unknown);
         assert!(is_retryable(&transport));
+    }
+
+    #[test]
+    fn only_a_failure_to_connect_was_never_sent() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::ConnectError(Box::new(refused));
+        let status = tonic::Status::from_error(Box::new(connect));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(never_sent(&status));
+
+        // The broker's own UNAVAILABLE (say it is shutting down) came
+        // after it read the request.
+        assert!(!never_sent(&tonic::Status::unavailable("shutting down")));
+        // A connection that broke during the call.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!never_sent(&tonic::Status::from_error(Box::new(reset))));
     }
 
     #[test]

@@ -84,8 +84,8 @@ pub use delivery::{Delivery, MAX_NACK_DELAY};
 pub use error::{Error, Result};
 pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, PublishFuture, Publisher,
-    PublisherBuilder, WhenQueueFull,
+    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, DEFAULT_RETRY_WINDOW, PublishFuture,
+    Publisher, PublisherBuilder, WhenQueueFull,
 };
 pub use subscriber::{
     DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_MESSAGES,

@@ -4,8 +4,8 @@
 //! of its batch.
 //!
 //! This module holds the public API: the handle, the future and the
-//! builder. The task lives in `publisher/task.rs`, the `Publish` call in
-//! `publisher/send.rs`, the queue limits in
+//! builder. The task lives in `publisher/task.rs`, the `Publish` call and
+//! its retries in `publisher/send.rs`, the queue limits in
 //! `publisher/room.rs` and the ordered publisher's pause in
 //! `publisher/pause.rs`; the batching decisions in `batch.rs`. Nothing here
 //! retries a `Publish` that may have reached the broker (that could store
@@ -29,6 +29,7 @@ use tidings::v1::PublishMessage;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, info_span};
 
+use crate::backoff;
 use crate::batch::{BatchLimits, Pending, wire_size};
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -36,7 +37,7 @@ use crate::types::Message;
 use pause::Pause;
 use room::Granted;
 pub(crate) use room::{Permit, Room};
-use send::Sender;
+use send::{RetrySettings, Sender};
 use task::{Command, Task, TaskConfig};
 
 /// The default [`PublisherBuilder::max_batch_messages`].
@@ -54,6 +55,8 @@ pub const DEFAULT_MAX_QUEUED_MESSAGES: usize =
     2 * DEFAULT_MAX_IN_FLIGHT * DEFAULT_MAX_BATCH_MESSAGES;
 /// The default [`PublisherBuilder::max_queued_bytes`]: 64 MiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// The default [`PublisherBuilder::retry_window`]: 30 s.
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 /// What [`Publisher::publish`] does when the publisher's queue is full
 /// (see [`PublisherBuilder::max_queued_messages`]).
@@ -96,7 +99,7 @@ pub enum WhenQueueFull {
 /// [`max_queued_messages`](PublisherBuilder::max_queued_messages) messages
 /// and [`max_queued_bytes`](PublisherBuilder::max_queued_bytes) bytes
 /// (default 16 000 and 64 MiB), counting every message from `publish` until
-/// its future is answered: queued or in flight. When it is
+/// its future is answered: queued, in flight or being retried. When it is
 /// full, `publish` either waits for room ([`WhenQueueFull::Wait`], the
 /// default: the future holds the message and enters it into the queue when
 /// there is room) or fails at once with [`Error::QueueFull`]
@@ -105,12 +108,19 @@ pub enum WhenQueueFull {
 /// When a message finds the queue full, the batch being gathered leaves
 /// without waiting for the rest of its linger.
 ///
-/// # Errors and retries
-/// Failed batches are not retried, since the broker may have stored a
-/// batch whose answer was lost. When the broker refuses a batch of several
-/// messages as `INVALID_ARGUMENT` (say one message is too large), the
-/// messages are sent again one by one, in order, so that only the bad one
-/// fails.
+/// # Retries
+/// A batch whose `Publish` call never reached the broker — the connection
+/// could not be made (refused, unreachable, connect timeout, TLS
+/// handshake) — is sent again, with backoff
+/// ([`retry_backoff`](PublisherBuilder::retry_backoff), 50 ms doubling to
+/// 5 s), until [`retry_window`](PublisherBuilder::retry_window) (default
+/// 30 s) has passed since its first attempt; then it fails with that
+/// `UNAVAILABLE`. Nothing else is retried, since the broker may have stored
+/// a batch whose answer was lost: not the broker's own `UNAVAILABLE`, not a
+/// connection that broke during the call, not a request timeout. Those fail
+/// the batch at once. When the broker refuses a batch of several messages
+/// as `INVALID_ARGUMENT` (say one message is too large), the messages are
+/// sent again one by one, in order, so that only the bad one fails.
 ///
 /// # Order
 /// Messages are queued in the order of `publish` calls (or, for messages
@@ -121,7 +131,7 @@ pub enum WhenQueueFull {
 ///
 /// With `max_in_flight(1)` the publisher is *ordered*: the topic holds its
 /// messages exactly in publish order, and a failure cannot be overtaken.
-/// When a message fails, every message queued behind
+/// When a message fails (after any retries), every message queued behind
 /// it fails with [`Error::Paused`], whose source is the first failure, and
 /// so does every later `publish`, until [`resume`](Publisher::resume) is
 /// called. Publish the failed messages again after resuming, and order is
@@ -131,7 +141,8 @@ pub enum WhenQueueFull {
 /// # Answers
 /// Every queued message's future gets an answer: its offset, the error of
 /// its batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE`
-/// when the broker is down), [`Error::Paused`], or [`Error::Closed`].
+/// when the broker stayed unreachable for the whole retry window),
+/// [`Error::Paused`], or [`Error::Closed`].
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
@@ -255,7 +266,8 @@ impl Publisher {
     }
 
     /// Flushes, then stops: later `publish` calls (on any clone) fail with
-    /// [`Error::Closed`]. Closing twice is fine.
+    /// [`Error::Closed`]. Closing twice is fine. A batch being retried is
+    /// waited for, up to its retry window.
     ///
     /// # Errors
     /// As [`flush`](Publisher::flush).
@@ -373,6 +385,7 @@ impl Future for PublishFuture {
 ///     .max_in_flight(1) // keep publish order in the topic
 ///     .max_queued_messages(10_000)
 ///     .when_queue_full(WhenQueueFull::Fail)
+///     .retry_window(Duration::from_secs(60))
 ///     .build();
 /// # }
 /// ```
@@ -385,6 +398,7 @@ pub struct PublisherBuilder {
     max_queued_messages: usize,
     max_queued_bytes: usize,
     when_full: WhenQueueFull,
+    retry: RetrySettings,
 }
 
 impl PublisherBuilder {
@@ -401,6 +415,11 @@ impl PublisherBuilder {
             max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             when_full: WhenQueueFull::default(),
+            retry: RetrySettings {
+                window: DEFAULT_RETRY_WINDOW,
+                backoff_min: backoff::DEFAULT_MIN,
+                backoff_max: backoff::DEFAULT_MAX,
+            },
         }
     }
 
@@ -457,6 +476,23 @@ impl PublisherBuilder {
         self
     }
 
+    /// How long a batch that could not reach the broker (no connection
+    /// could be made) keeps being sent again, from its first attempt
+    /// (default 30 s; zero sends each batch once). Only such batches are
+    /// retried: see "Retries" on [`Publisher`].
+    pub fn retry_window(mut self, window: Duration) -> Self {
+        self.retry.window = window;
+        self
+    }
+
+    /// The delays between the attempts of a batch that could not reach the
+    /// broker: doubling from `min` to `max` (default 50 ms to 5 s).
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry.backoff_min = min;
+        self.retry.backoff_max = max;
+        self
+    }
+
     /// Starts the publisher's task.
     ///
     /// # Panics
@@ -468,6 +504,7 @@ impl PublisherBuilder {
         let sender = Sender {
             client: self.client,
             topic: self.topic.clone(),
+            retry: self.retry,
             ordered: self.max_in_flight == 1,
         };
         let config = TaskConfig {

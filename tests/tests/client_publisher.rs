@@ -1,7 +1,7 @@
 //! The Rust client's `Publisher` against a real broker and against
 //! stand-ins for its publisher service: batching, offsets, order, flush and
-//! close, errors that reach every caller, the ordered publisher's pause and
-//! the bounded queue.
+//! close, errors that reach every caller, the ordered publisher's pause, the
+//! bounded queue, and retries of calls that never reached the broker.
 
 use std::collections::HashMap;
 use std::error::Error as _;
@@ -17,6 +17,7 @@ use tidings_client::{Client, Delivery, Error, Message, Publisher, WhenQueueFull}
 use tidings_tests::{TestBroker, within};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -271,18 +272,155 @@ async fn an_oversized_message_fails_alone() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until `client` finds the broker down: a call fails with
+/// `UNAVAILABLE` (the first one after a stop may instead fail on the
+/// connection that is closing).
+async fn until_down(client: &Client) -> anyhow::Result<()> {
+    within(async { while client.health().await.map_err(|e| e.code()) != Err(Code::Unavailable) {} })
+        .await
+}
+
+/// Fast retries, so that a batch is tried again soon after the broker is
+/// back, within a window far longer than any test.
+fn retrying(publisher: tidings_client::PublisherBuilder) -> tidings_client::PublisherBuilder {
+    publisher
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .retry_window(Duration::from_secs(600))
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn publishing_while_the_broker_is_down_fails_with_unavailable() -> anyhow::Result<()> {
+async fn publishing_while_the_broker_is_down_fails_with_unavailable_after_the_retry_window()
+-> anyhow::Result<()> {
     let mut broker = TestBroker::start().await?;
-    let client = tidings_client::Client::connect(broker.url()).await?;
+    let client = broker.client();
     client.create_topic("down").await?;
-    let publisher = client.publisher("down");
+    let window = Duration::from_millis(300);
+    let publisher = client
+        .publisher_builder("down")
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .retry_window(window)
+        .build();
     assert_eq!(within(publisher.publish("before")).await??, 0);
     broker.stop().await?;
+    until_down(&client).await?;
+
+    let started = Instant::now();
     let err = within(publisher.publish("during"))
         .await?
         .expect_err("nothing listens");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(
+        started.elapsed() >= window,
+        "tried again for the whole window, not {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_published_while_the_broker_is_down_land_in_order_once_it_is_back()
+-> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("outage").await?;
+    let publisher = retrying(client.publisher_builder("outage"))
+        .max_in_flight(1)
+        .max_batch_messages(4)
+        .build();
+    broker.stop().await?;
+    until_down(&client).await?;
+
+    let futures: Vec<_> = (0..20)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+    // A lower bound only: without retries the first batch fails at once.
+    let early = tokio::time::timeout(Duration::from_millis(500), publisher.flush()).await;
+    assert!(
+        early.is_err(),
+        "still trying while the broker is down: {early:?}"
+    );
+
+    broker.resume_on_same_port().await?;
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(offsets, (0..20).collect::<Vec<u64>>(), "in publish order");
+    let client = broker.client();
+    assert_eq!(
+        client.get_topic("outage").await?.next_offset,
+        20,
+        "each message stored exactly once"
+    );
+    let payloads: Vec<String> = read_back(&client, "outage", 20)
+        .await?
+        .into_iter()
+        .map(|d| String::from_utf8_lossy(d.payload()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bounded_queue_fails_fast_while_the_broker_is_down() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("bounded").await?;
+    // Each message takes a little over 1000 bytes: nine fit in 10 000.
+    let publisher = retrying(client.publisher_builder("bounded"))
+        .max_queued_bytes(10_000)
+        .when_queue_full(WhenQueueFull::Fail)
+        .build();
+    broker.stop().await?;
+    until_down(&client).await?;
+
+    let queued: Vec<_> = (0..9)
+        .map(|i| publisher.publish(format!("{i}{}", "x".repeat(999))))
+        .collect();
+    let refused = publisher
+        .publish("y".repeat(1000))
+        .now_or_never()
+        .expect("a full queue answers at once");
+    let err = refused.expect_err("the queue is full");
+    assert!(matches!(err, Error::QueueFull { .. }), "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    broker.resume_on_same_port().await?;
+    let mut offsets = within(try_join_all(queued)).await??;
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..9).collect::<Vec<u64>>());
+    assert_eq!(within(publisher.publish("after")).await??, 9, "room again");
+    assert_eq!(broker.client().get_topic("bounded").await?.next_offset, 10);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordered_publisher_that_gives_up_pauses_until_resumed() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("given-up").await?;
+    let publisher = client
+        .publisher_builder("given-up")
+        .max_in_flight(1)
+        .max_batch_messages(1)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .retry_window(Duration::from_millis(200))
+        .build();
+    broker.stop().await?;
+    until_down(&client).await?;
+
+    let results = within(join_all((0..5).map(|i| publisher.publish(format!("m{i}"))))).await?;
+    let first = results[0].as_ref().expect_err("the broker is down");
+    assert_eq!(first.code(), Code::Unavailable, "{first}");
+    for result in &results[1..] {
+        let err = result.as_ref().expect_err("not sent after the failure");
+        assert!(matches!(err, Error::Paused { .. }), "{err:?}");
+    }
+    assert!(publisher.is_paused());
+
+    broker.resume_on_same_port().await?;
+    publisher.resume();
+    let futures: Vec<_> = (0..5).map(|i| publisher.publish(format!("m{i}"))).collect();
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(offsets, (0..5).collect::<Vec<u64>>(), "in order, once");
     Ok(())
 }
 
@@ -504,5 +642,24 @@ async fn a_full_queue_fails_fast_when_told_to() -> anyhow::Result<()> {
         "answered messages give their room back"
     );
     assert_eq!(service.stored(), strings(&["a", "b", "d"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_publish_the_broker_may_have_stored_is_not_retried() -> anyhow::Result<()> {
+    let mut service = stand_in(true, |_| Some(Status::unavailable("shutting down"))).await?;
+    // Were it retried, it would be retried at once, for ten minutes.
+    let publisher = service
+        .client
+        .publisher_builder("maybe-stored")
+        .retry_backoff(Duration::ZERO, Duration::ZERO)
+        .retry_window(Duration::from_secs(600))
+        .build();
+    let err = within(publisher.publish("a"))
+        .await?
+        .expect_err("the broker refused");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["a"])));
+    assert!(service.calls_rx.try_recv().is_err(), "one call, no retry");
     Ok(())
 }

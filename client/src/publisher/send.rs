@@ -1,23 +1,39 @@
 //! [`Sender`]: sends one batch with `Publish` and reports one result per
-//! message. It never makes a call again (the broker may have stored a
-//! batch whose answer was lost); after a refusal of the batch's content it
-//! sends the messages one by one.
+//! message. It makes the call again, with backoff, only when the call
+//! certainly never reached the broker; after a refusal of the batch's
+//! content it sends the messages one by one.
 //!
 //! It answers no futures and changes no publisher state: the task does
 //! that with the [`Sent`] it returns.
 
+use std::time::Duration;
+
 use tidings::v1::{PublishMessage, PublishRequest};
+use tokio::time::{Instant, sleep};
 use tracing::debug;
 
+use crate::backoff::Backoff;
 use crate::batch::{Batch, Pending};
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, never_sent};
+
+/// How a batch that could not be sent is tried again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetrySettings {
+    /// How long after its first attempt a batch is still tried again.
+    pub(crate) window: Duration,
+    /// The first delay between attempts.
+    pub(crate) backoff_min: Duration,
+    /// The largest delay between attempts.
+    pub(crate) backoff_max: Duration,
+}
 
 /// What every send of one publisher needs.
 #[derive(Debug)]
 pub(crate) struct Sender {
     pub(crate) client: Client,
     pub(crate) topic: String,
+    pub(crate) retry: RetrySettings,
     /// Stop at a message's failure: the messages after it are not sent.
     pub(crate) ordered: bool,
 }
@@ -69,11 +85,40 @@ impl Sender {
         results
     }
 
-    /// One `Publish` of `pendings`.
+    /// One `Publish` of `pendings`, made again with backoff while it fails
+    /// in a way that is safe to retry, for as long as the retry window
+    /// lasts. The last attempt is made when the window ends.
     async fn call(&self, pendings: &[Pending]) -> Result<Vec<u64>> {
-        let messages = pendings.iter().map(|p| p.message.clone()).collect();
-        publish(&self.client, &self.topic, messages).await
+        let started = Instant::now();
+        let mut backoff = Backoff::new(self.retry.backoff_min, self.retry.backoff_max);
+        let mut attempt = 1_u32;
+        loop {
+            let messages = pendings.iter().map(|p| p.message.clone()).collect();
+            let error = match publish(&self.client, &self.topic, messages).await {
+                Ok(offsets) => return Ok(offsets),
+                Err(error) => error,
+            };
+            let left = self.retry.window.saturating_sub(started.elapsed());
+            if left.is_zero() || !is_safe_to_retry(&error) {
+                return Err(error);
+            }
+            let delay = backoff.next_delay().min(left);
+            debug!(topic = %self.topic, attempt, ?delay, %error, "batch not sent; trying again");
+            sleep(delay).await;
+            attempt += 1;
+        }
     }
+}
+
+/// Whether a failed `Publish` may be made again with no risk of storing
+/// its messages twice: only when it never reached the broker.
+///
+/// This is the one place that decides. Idempotent publish (messages that
+/// carry an id the broker deduplicates by) will add: a batch whose
+/// messages all carry an id may also be retried after any transient
+/// failure (`UNAVAILABLE`, a broken connection, a timeout).
+fn is_safe_to_retry(error: &Error) -> bool {
+    error.status().is_some_and(never_sent)
 }
 
 /// Whether a refused batch may hold good messages beside a bad one: the
@@ -107,4 +152,98 @@ async fn publish(client: &Client, topic: &str, messages: Vec<PublishMessage>) ->
         .into());
     }
     Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::batch::wire_size;
+    use crate::publisher::Room;
+
+    /// A sender to a port where nothing listens.
+    fn sender_to_nowhere(retry: RetrySettings) -> Sender {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        drop(listener);
+        let client = Client::builder(format!("http://{addr}"))
+            .connect_lazy()
+            .expect("a valid URL");
+        Sender {
+            client,
+            topic: "t".into(),
+            retry,
+            ordered: false,
+        }
+    }
+
+    fn pending(room: &std::sync::Arc<Room>) -> (Pending, oneshot::Receiver<Result<u64>>) {
+        let message = PublishMessage {
+            payload: "m".into(),
+            ..Default::default()
+        };
+        let size = wire_size(&message);
+        let (reply, answer) = oneshot::channel();
+        let permit = room.try_take(size).expect("room").permit;
+        let pending = Pending {
+            message,
+            size,
+            reply,
+            permit,
+        };
+        (pending, answer)
+    }
+
+    /// What the retries rest on: a `Publish` to a broker that cannot be
+    /// reached fails as never sent.
+    #[tokio::test]
+    async fn a_refused_connection_counts_as_never_sent() {
+        let sender = sender_to_nowhere(RetrySettings {
+            window: Duration::ZERO,
+            backoff_min: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+        });
+        let err = publish(&sender.client, "t", Vec::new())
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(is_safe_to_retry(&err), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unsent_batch_is_tried_until_the_window_ends() {
+        let window = Duration::from_millis(200);
+        let sender = sender_to_nowhere(RetrySettings {
+            window,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(40),
+        });
+        let room = Room::new(10, 1 << 20);
+        let (pending, _answer) = pending(&room);
+        let started = Instant::now();
+        let sent = sender.send((7, vec![pending])).await;
+        assert!(
+            started.elapsed() >= window,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(sent.seq, 7);
+        assert_eq!(sent.pendings.len(), 1);
+        let [Err(err)] = &sent.results[..] else {
+            panic!("one failure expected: {:?}", sent.results);
+        };
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn only_a_call_that_never_left_is_safe_to_retry() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::ConnectError(Box::new(refused));
+        let unsent = Error::from(tonic::Status::from_error(Box::new(connect)));
+        assert!(is_safe_to_retry(&unsent));
+        let stored_maybe = Error::from(tonic::Status::unavailable("shutting down"));
+        assert!(!is_safe_to_retry(&stored_maybe));
+        assert!(!is_safe_to_retry(&Error::Closed));
+    }
 }
