@@ -70,7 +70,10 @@ pub enum WhenQueueFull {
     #[default]
     Wait,
     /// The future fails at once with [`Error::QueueFull`] and the message
-    /// is not queued, like a Kafka producer's "queue full".
+    /// is not queued, like a Kafka producer's "queue full". An ordered
+    /// publisher (`max_in_flight(1)`) also pauses, as after a failure, so
+    /// that no later message overtakes the refused one: see "Order" on
+    /// [`Publisher`].
     Fail,
 }
 
@@ -136,7 +139,10 @@ pub enum WhenQueueFull {
 /// so does every later `publish`, until [`resume`](Publisher::resume) is
 /// called. Publish the failed messages again after resuming, and order is
 /// kept. A message waiting for room when the publisher pauses fails the
-/// same way. Dropping a waiting future loses only its own message.
+/// same way. A message refused with [`Error::QueueFull`] pauses the
+/// publisher too (the messages queued before it are still sent). Dropping
+/// a future that waits for room loses its message, and nothing pauses:
+/// await the futures of an ordered publisher.
 ///
 /// # Answers
 /// Every queued message's future gets an answer: its offset, the error of
@@ -158,6 +164,8 @@ struct Shared {
     room: Arc<Room>,
     when_full: WhenQueueFull,
     pause: Arc<Pause>,
+    /// `max_in_flight(1)`: a refused message pauses the publisher.
+    ordered: bool,
 }
 
 impl Shared {
@@ -233,10 +241,18 @@ impl Publisher {
             };
         }
         match self.shared.when_full {
-            WhenQueueFull::Fail => PublishFuture::failed(Error::QueueFull {
-                max_messages: self.shared.room.max_messages(),
-                max_bytes: self.shared.room.max_bytes(),
-            }),
+            WhenQueueFull::Fail => {
+                let error = Error::QueueFull {
+                    max_messages: self.shared.room.max_messages(),
+                    max_bytes: self.shared.room.max_bytes(),
+                };
+                if self.shared.ordered {
+                    // Nothing may overtake the refused message. The task
+                    // is not paused: what is queued is ahead of it.
+                    self.shared.pause.set(&error);
+                }
+                PublishFuture::failed(error)
+            }
             WhenQueueFull::Wait => {
                 let shared = Arc::clone(&self.shared);
                 PublishFuture {
@@ -281,16 +297,17 @@ impl Publisher {
     }
 
     /// Whether this ordered publisher is paused after a failure (see
-    /// "Order" above). Only a publisher with `max_in_flight(1)` pauses.
+    /// "Order" on [`Publisher`]). Only a publisher with `max_in_flight(1)`
+    /// pauses.
     pub fn is_paused(&self) -> bool {
         self.shared.pause.is_paused()
     }
 
-    /// Lifts the pause of an ordered publisher after a failure: messages
-    /// published from now on are sent again. Publish the messages that
-    /// failed first (the one that failed with the cause, then those that
-    /// failed with [`Error::Paused`], in their order). Does nothing when the
-    /// publisher is not paused.
+    /// Lifts the pause of an ordered publisher after a failure (or a
+    /// [`Error::QueueFull`]): messages published from now on are sent
+    /// again. Publish the messages that failed first (the one that failed
+    /// with the cause, then those that failed with [`Error::Paused`], in
+    /// their order). Does nothing when the publisher is not paused.
     pub fn resume(&self) {
         if let Some(epoch) = self.shared.pause.lift() {
             // After `lift`, so anything published after this call comes
@@ -501,11 +518,12 @@ impl PublisherBuilder {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let room = Room::new(self.max_queued_messages, self.max_queued_bytes);
         let pause = Arc::new(Pause::default());
+        let ordered = self.max_in_flight == 1;
         let sender = Sender {
             client: self.client,
             topic: self.topic.clone(),
             retry: self.retry,
-            ordered: self.max_in_flight == 1,
+            ordered,
         };
         let config = TaskConfig {
             sender,
@@ -525,6 +543,7 @@ impl PublisherBuilder {
                 room,
                 when_full: self.when_full,
                 pause,
+                ordered,
             }),
         }
     }

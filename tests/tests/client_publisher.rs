@@ -646,6 +646,47 @@ async fn a_full_queue_fails_fast_when_told_to() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn an_ordered_publisher_refusing_a_message_pauses_until_resumed() -> anyhow::Result<()> {
+    let service = stand_in(false, |_| None).await?;
+    let publisher = service
+        .client
+        .publisher_builder("ordered-full")
+        .max_in_flight(1)
+        .max_queued_messages(2)
+        .when_queue_full(WhenQueueFull::Fail)
+        .build();
+    let queued = [publisher.publish("a"), publisher.publish("b")];
+    let refused = publisher.publish("c").now_or_never();
+    assert!(
+        matches!(refused, Some(Err(Error::QueueFull { .. }))),
+        "{refused:?}"
+    );
+    service.open.add_permits(1);
+    assert_eq!(within(try_join_all(queued)).await??, [0, 1], "a and b go");
+
+    // There is room again, but d must not overtake c.
+    let d = within(publisher.publish("d")).await?;
+    let err = d.expect_err("paused after c was refused");
+    assert!(matches!(err, Error::Paused { .. }), "{err:?}");
+    assert_eq!(
+        err.source().map(|e| e.to_string()),
+        Some(
+            Error::QueueFull {
+                max_messages: 2,
+                max_bytes: tidings_client::DEFAULT_MAX_QUEUED_BYTES
+            }
+            .to_string()
+        )
+    );
+
+    publisher.resume();
+    let again = [publisher.publish("c"), publisher.publish("d")];
+    assert_eq!(within(try_join_all(again)).await??, [2, 3]);
+    assert_eq!(service.stored(), strings(&["a", "b", "c", "d"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_publish_the_broker_may_have_stored_is_not_retried() -> anyhow::Result<()> {
     let mut service = stand_in(true, |_| Some(Status::unavailable("shutting down"))).await?;
     // Were it retried, it would be retried at once, for ten minutes.

@@ -27,7 +27,8 @@ pub(crate) enum Command {
     Publish(Pending),
     Flush(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<Result<()>>),
-    /// Lift the pause with this epoch (a later pause stays).
+    /// Lift the pause with this epoch (a later pause stays; a pause the
+    /// task did not make, after a full queue, is none of its business).
     Resume(u64),
 }
 
