@@ -6,7 +6,8 @@
 //!   [`Client::health`];
 //! - a [`Publisher`]: [`Publisher::publish`] queues a message and returns
 //!   a future of its offset; a background task sends queued messages in
-//!   batches, several batches at a time;
+//!   batches, several batches at a time, from a bounded queue, and sends a
+//!   batch again only when its call never reached the broker;
 //! - a [`Subscriber`]: a [`Stream`](futures::Stream) of [`Delivery`]
 //!   values. Acks are batched, leases of unsettled deliveries are extended
 //!   on their own, and the stream reconnects when the broker restarts.
@@ -50,13 +51,16 @@
 //! when the stream breaks. Acks are idempotent and are retried across
 //! reconnects. Settlements name each delivery by its ack_id (by its offset
 //! with a broker that gives none), so a late nack or extension never
-//! disturbs a lease that has moved on. See [`Publisher`] for what publishing promises about order
-//! and errors.
+//! disturbs a lease that has moved on. See [`Publisher`] for what
+//! publishing promises about order (with `max_in_flight(1)`, exact publish
+//! order, and a pause after a failure until [`Publisher::resume`]), memory,
+//! retries and errors.
 //!
 //! # Layout
 //! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` the
-//! plain data; `publisher.rs` and `batch.rs` the publisher; `subscriber.rs`,
-//! `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
+//! plain data; `publisher.rs` (with `publisher/`: its task, its calls and
+//! retries, its queue limits, its pause) and `batch.rs` the publisher;
+//! `subscriber.rs`, `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
 //! generated API stays reachable as [`v1`] (and through
 //! [`Client::publisher_service`] and friends).
 //!
