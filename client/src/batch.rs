@@ -1,7 +1,8 @@
 //! The publisher's bookkeeping, free of I/O: [`BatchQueue`] groups queued
 //! messages into batches (by count, bytes and linger) and tracks which
 //! batches are unfinished, so that `flush` waiters are answered once every
-//! batch sealed before them has completed.
+//! batch sealed before them has completed. A paused publisher fails the
+//! whole queue at once ([`BatchQueue::fail_queued`]).
 //!
 //! This module never sends anything and never reads the clock itself: the
 //! publisher task passes `now` in, which keeps it testable.
@@ -14,30 +15,38 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::publisher::Permit;
 
 /// One queued message and where its offset (or error) goes.
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// The message, ready for the wire.
     pub(crate) message: PublishMessage,
-    /// Its share of a request, in bytes.
+    /// Its share of a request, in bytes ([`wire_size`]).
     pub(crate) size: usize,
     /// The caller's end of its `PublishFuture`.
     pub(crate) reply: oneshot::Sender<Result<u64>>,
+    /// Its room in the publisher's queue, given back when it is dropped
+    /// (after the answer).
+    #[expect(
+        dead_code,
+        reason = "held only for its drop, which gives the room back"
+    )]
+    pub(crate) permit: Permit,
 }
 
 impl Pending {
-    /// Wraps `message`, measuring its encoded size in a request.
-    pub(crate) fn new(message: PublishMessage, reply: oneshot::Sender<Result<u64>>) -> Self {
-        let len = prost::Message::encoded_len(&message);
-        // Field tag + length prefix + the message itself.
-        let size = 1 + prost::length_delimiter_len(len) + len;
-        Self {
-            message,
-            size,
-            reply,
-        }
+    /// Answers the message's future and gives its room back.
+    pub(crate) fn answer(self, result: Result<u64>) {
+        let _ = self.reply.send(result);
     }
+}
+
+/// The share of a `Publish` request that `message` takes, in bytes.
+pub(crate) fn wire_size(message: &PublishMessage) -> usize {
+    let len = prost::Message::encoded_len(message);
+    // Field tag + length prefix + the message itself.
+    1 + prost::length_delimiter_len(len) + len
 }
 
 /// A sealed batch: its sequence number and its messages, in queue order.
@@ -167,6 +176,18 @@ impl BatchQueue {
         }
     }
 
+    /// Fails every message not yet sent (the open batch and the sealed
+    /// ones) with a copy of `error`, and completes their batches.
+    pub(crate) fn fail_queued(&mut self, error: &Error) {
+        self.seal();
+        while let Some((seq, batch)) = self.sealed.pop_front() {
+            for pending in batch {
+                pending.answer(Err(error.duplicate()));
+            }
+            self.completed(seq, Some(error));
+        }
+    }
+
     /// Records that batch `seq` completed, with `error` when it failed, and
     /// answers every waiter that no longer waits for anything.
     pub(crate) fn completed(&mut self, seq: u64, error: Option<&Error>) {
@@ -199,6 +220,7 @@ impl BatchQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publisher::Room;
 
     fn limits(max_messages: usize, max_bytes: usize) -> BatchLimits {
         BatchLimits {
@@ -214,7 +236,16 @@ mod tests {
             payload: payload.to_owned().into(),
             ..Default::default()
         };
-        (Pending::new(message, reply), rx)
+        let size = wire_size(&message);
+        let room = Room::new(usize::MAX, usize::MAX);
+        let permit = room.try_take(size).expect("an unbounded room").permit;
+        let pending = Pending {
+            message,
+            size,
+            reply,
+            permit,
+        };
+        (pending, rx)
     }
 
     fn push(queue: &mut BatchQueue, payload: &str, now: Instant) {
@@ -303,6 +334,36 @@ mod tests {
         assert!(!queue.is_idle(), "batch 2 is unfinished");
         queue.completed(2, None);
         assert!(queue.is_idle());
+    }
+
+    #[test]
+    fn failing_the_queue_answers_every_unsent_message_and_the_flush() {
+        let now = Instant::now();
+        let mut queue = BatchQueue::new(limits(2, 1 << 20));
+        let mut answers = Vec::new();
+        for payload in ["a", "b", "c", "d", "e"] {
+            let (pending, answer) = pending(payload);
+            queue.push(pending, now);
+            answers.push(answer);
+        }
+        let in_flight = queue.pop_sealed().expect("a, b");
+        let (reply, mut flushed) = oneshot::channel();
+        queue.seal();
+        queue.wait(reply);
+
+        let cause = Error::from(tonic::Status::internal("disk full"));
+        queue.completed(in_flight.0, Some(&cause));
+        queue.fail_queued(&Error::Closed);
+        assert!(queue.is_idle(), "nothing is left");
+        for mut answer in answers.drain(2..) {
+            assert!(matches!(answer.try_recv(), Ok(Err(Error::Closed))));
+        }
+        let flushed = flushed.try_recv().expect("answered");
+        assert_eq!(
+            flushed.map_err(|e| e.code()),
+            Err(tonic::Code::Internal),
+            "the flush reports the first failure"
+        );
     }
 
     #[test]

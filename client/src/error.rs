@@ -41,19 +41,49 @@ pub enum Error {
     /// [`Subscriber`](crate::Subscriber) was closed; make a new one.
     #[error("the publisher or subscriber is closed; create a new one to carry on")]
     Closed,
+    /// The [`Publisher`](crate::Publisher)'s queue is full and it was built
+    /// to fail rather than wait
+    /// ([`WhenQueueFull::Fail`](crate::WhenQueueFull::Fail)); the message
+    /// was not queued.
+    #[error(
+        "the publisher's queue is full ({max_messages} messages or {max_bytes} bytes); \
+         await earlier publishes, or raise max_queued_messages or max_queued_bytes"
+    )]
+    QueueFull {
+        /// The publisher's `max_queued_messages`.
+        max_messages: usize,
+        /// The publisher's `max_queued_bytes`.
+        max_bytes: usize,
+    },
+    /// An ordered [`Publisher`](crate::Publisher) (`max_in_flight(1)`) did
+    /// not send this message because an earlier one failed; it sends
+    /// nothing until [`Publisher::resume`](crate::Publisher::resume) is
+    /// called, so that the failed messages can be published again first.
+    #[error(
+        "not sent: an earlier message of this ordered publisher failed; \
+         call resume(), then publish the failed messages again, in order"
+    )]
+    Paused {
+        /// The failure that paused the publisher.
+        #[source]
+        cause: Box<Error>,
+    },
 }
 
 impl Error {
     /// The gRPC status code of the failure: the broker's code for
     /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
     /// `INVALID_ARGUMENT` for a bad address or argument, `CANCELLED` for
-    /// [`Error::Closed`].
+    /// [`Error::Closed`], `RESOURCE_EXHAUSTED` for [`Error::QueueFull`] and
+    /// `FAILED_PRECONDITION` for [`Error::Paused`].
     pub fn code(&self) -> tonic::Code {
         match self {
             Self::InvalidUrl { .. } | Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
             Self::Connect { .. } => tonic::Code::Unavailable,
             Self::Status(status) => status.code(),
             Self::Closed => tonic::Code::Cancelled,
+            Self::QueueFull { .. } => tonic::Code::ResourceExhausted,
+            Self::Paused { .. } => tonic::Code::FailedPrecondition,
         }
     }
 
@@ -73,6 +103,16 @@ impl Error {
             Self::Status(status) => Self::Status(status.clone()),
             Self::InvalidArgument(message) => Self::InvalidArgument(message.clone()),
             Self::Closed => Self::Closed,
+            Self::QueueFull {
+                max_messages,
+                max_bytes,
+            } => Self::QueueFull {
+                max_messages: *max_messages,
+                max_bytes: *max_bytes,
+            },
+            Self::Paused { cause } => Self::Paused {
+                cause: Box::new(cause.duplicate()),
+            },
             other => Self::Status(tonic::Status::new(other.code(), other.to_string())),
         }
     }
@@ -98,6 +138,29 @@ pub(crate) fn is_retryable(status: &tonic::Status) -> bool {
         Code::Unknown | Code::Internal | Code::Cancelled => status.source().is_some(),
         _ => false,
     }
+}
+
+/// Whether a failed call certainly never reached the broker: the channel
+/// could not open a connection (refused, unreachable, the connect timeout
+/// passed, a TLS handshake failed), so the request was never written.
+///
+/// `tonic` reports such a failure as `UNAVAILABLE` with the connector's
+/// [`tonic::ConnectError`] in the status's source chain. Every other
+/// failure — a status the broker sent (which has no source), a connection
+/// that broke during the call, a request timeout — may come after the
+/// broker received the request.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -145,5 +208,44 @@ mod tests {
         let transport = tonic::Status::from_error(Box::new(io));
         assert_eq!(transport.code(), tonic::Code::Unknown);
         assert!(is_retryable(&transport));
+    }
+
+    #[test]
+    fn only_a_failure_to_connect_was_never_sent() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::ConnectError(Box::new(refused));
+        let status = tonic::Status::from_error(Box::new(connect));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(never_sent(&status));
+
+        // The broker's own UNAVAILABLE (say it is shutting down) came
+        // after it read the request.
+        assert!(!never_sent(&tonic::Status::unavailable("shutting down")));
+        // A connection that broke during the call.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!never_sent(&tonic::Status::from_error(Box::new(reset))));
+    }
+
+    #[test]
+    fn new_variants_have_codes_and_copies() {
+        let full = Error::QueueFull {
+            max_messages: 10,
+            max_bytes: 100,
+        };
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        assert!(matches!(
+            full.duplicate(),
+            Error::QueueFull {
+                max_messages: 10,
+                max_bytes: 100
+            }
+        ));
+        let paused = Error::Paused {
+            cause: Box::new(Error::from(tonic::Status::internal("disk full"))),
+        };
+        assert_eq!(paused.code(), tonic::Code::FailedPrecondition);
+        let copy = paused.duplicate();
+        let cause = std::error::Error::source(&copy).expect("the cause is the source");
+        assert!(cause.to_string().contains("disk full"), "{cause}");
     }
 }

@@ -8,7 +8,8 @@
 //!   nothing from its subscriptions;
 //! - a [`Publisher`]: [`Publisher::publish`] queues a message and returns
 //!   a future of its offset; a background task sends queued messages in
-//!   batches, several batches at a time;
+//!   batches, several batches at a time, from a bounded queue, and sends a
+//!   batch again only when its call never reached the broker;
 //! - a [`Subscriber`]: a [`Stream`](futures::Stream) of [`Delivery`]
 //!   values. Acks are batched, leases of unsettled deliveries are extended
 //!   on their own, and the stream reconnects when the broker restarts.
@@ -52,13 +53,16 @@
 //! when the stream breaks. Acks are idempotent and are retried across
 //! reconnects. Settlements name each delivery by its ack_id (by its offset
 //! with a broker that gives none), so a late nack or extension never
-//! disturbs a lease that has moved on. See [`Publisher`] for what publishing promises about order
-//! and errors.
+//! disturbs a lease that has moved on. See [`Publisher`] for what
+//! publishing promises about order (with `max_in_flight(1)`, exact publish
+//! order, and a pause after a failure until [`Publisher::resume`]), memory,
+//! retries and errors.
 //!
 //! # Layout
 //! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` the
-//! plain data; `publisher.rs` and `batch.rs` the publisher; `subscriber.rs`,
-//! `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
+//! plain data; `publisher.rs` (with `publisher/`: its task, its calls and
+//! retries, its queue limits, its pause) and `batch.rs` the publisher;
+//! `subscriber.rs`, `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
 //! generated API stays reachable as [`v1`] (and through
 //! [`Client::publisher_service`] and friends).
 //!
@@ -87,7 +91,8 @@ pub use delivery::{Delivery, MAX_NACK_DELAY};
 pub use error::{Error, Result};
 pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,
-    PublishFuture, Publisher, PublisherBuilder,
+    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, DEFAULT_RETRY_WINDOW, PublishFuture,
+    Publisher, PublisherBuilder, WhenQueueFull,
 };
 pub use read::{StoredMessage, TopicRead};
 pub use subscriber::{
@@ -111,6 +116,7 @@ mod tests {
         send_sync::<Delivery>();
         send_sync::<Error>();
         send::<PublishFuture>();
+        send_sync::<PublishFuture>();
         send::<Subscriber>();
     }
 }

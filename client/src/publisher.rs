@@ -3,29 +3,42 @@
 //! resolves each message's [`PublishFuture`] with its offset or the error
 //! of its batch.
 //!
-//! The batching decisions live in `batch.rs`; this module runs the task and
-//! talks to the broker. It never retries a `Publish` that may have reached
-//! the broker (that could store a batch twice) and never drops a message
-//! without answering its future.
+//! This module holds the public API: the handle, the future and the
+//! builder. The task lives in `publisher/task.rs`, the `Publish` call and
+//! its retries in `publisher/send.rs`, the queue limits in
+//! `publisher/room.rs` and the ordered publisher's pause in
+//! `publisher/pause.rs`; the batching decisions in `batch.rs`. Nothing here
+//! retries a `Publish` that may have reached the broker (that could store
+//! a batch twice), and no message is dropped without an answer to its
+//! future.
+
+mod pause;
+mod room;
+mod send;
+mod task;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt as _};
-use tidings::v1::{PublishMessage, PublishRequest};
+use tidings::v1::PublishMessage;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until};
-use tracing::{Instrument as _, debug, info_span};
+use tracing::{Instrument as _, info_span};
 
-use crate::batch::{Batch, BatchLimits, BatchQueue, Pending};
+use crate::backoff;
+use crate::batch::{BatchLimits, Pending, wire_size};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::Message;
+use pause::Pause;
+use room::Granted;
+pub(crate) use room::{Permit, Room};
+use send::{RetrySettings, Sender};
+use task::{Command, Task, TaskConfig};
 
 /// The default [`PublisherBuilder::max_batch_messages`].
 pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 1000;
@@ -36,13 +49,40 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_LINGER: Duration = Duration::ZERO;
 /// The default [`PublisherBuilder::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// The default [`PublisherBuilder::max_queued_messages`]: room for every
+/// call slot to carry a full batch, and as much again.
+pub const DEFAULT_MAX_QUEUED_MESSAGES: usize =
+    2 * DEFAULT_MAX_IN_FLIGHT * DEFAULT_MAX_BATCH_MESSAGES;
+/// The default [`PublisherBuilder::max_queued_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// The default [`PublisherBuilder::retry_window`]: 30 s.
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// What [`Publisher::publish`] does when the publisher's queue is full
+/// (see [`PublisherBuilder::max_queued_messages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenQueueFull {
+    /// The message waits in its [`PublishFuture`] until there is room; it
+    /// joins the queue when it gets room, in the order in which the
+    /// waiting futures were first polled, behind everything queued before.
+    /// Awaiting the futures is then what slows the producer down. A
+    /// future dropped while it waits drops its message unsent.
+    #[default]
+    Wait,
+    /// The future fails at once with [`Error::QueueFull`] and the message
+    /// is not queued, like a Kafka producer's "queue full". An ordered
+    /// publisher (`max_in_flight(1)`) also pauses, as after a failure, so
+    /// that no later message overtakes the refused one: see "Order" on
+    /// [`Publisher`].
+    Fail,
+}
 
 /// Publishes messages to one topic, in batches, several batches at a time.
 ///
-/// [`publish`](Publisher::publish) queues a message at once (it never waits)
-/// and returns a [`PublishFuture`] that resolves to the message's offset
-/// once the broker stored it durably, or to the error of its batch. A
-/// background task cuts the queue into batches of up to
+/// [`publish`](Publisher::publish) queues a message and returns a
+/// [`PublishFuture`] that resolves to the message's offset once the broker
+/// stored it durably, or to the reason it was not stored. A background task
+/// cuts the queue into batches of up to
 /// [`max_batch_messages`](PublisherBuilder::max_batch_messages) messages and
 /// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) bytes, waiting at
 /// most [`linger`](PublisherBuilder::linger) after a batch's first message,
@@ -57,46 +97,107 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// what is queued in the background; [`close`](Publisher::close) does the
 /// same and waits for it.
 ///
+/// # Memory
+/// The queue holds at most
+/// [`max_queued_messages`](PublisherBuilder::max_queued_messages) messages
+/// and [`max_queued_bytes`](PublisherBuilder::max_queued_bytes) bytes
+/// (default 16 000 and 64 MiB), counting every message from `publish` until
+/// its future is answered: queued, in flight or being retried. When it is
+/// full, `publish` either waits for room ([`WhenQueueFull::Wait`], the
+/// default: the future holds the message and enters it into the queue when
+/// there is room) or fails at once with [`Error::QueueFull`]
+/// ([`WhenQueueFull::Fail`]). Either way the publisher's memory stays
+/// bounded while the broker is down and the application keeps publishing.
+/// When a message finds the queue full, the batch being gathered leaves
+/// without waiting for the rest of its linger.
+///
+/// # Retries
+/// A batch whose `Publish` call never reached the broker — the connection
+/// could not be made (refused, unreachable, connect timeout, TLS
+/// handshake) — is sent again, with backoff
+/// ([`retry_backoff`](PublisherBuilder::retry_backoff), 50 ms doubling to
+/// 5 s), until [`retry_window`](PublisherBuilder::retry_window) (default
+/// 30 s) has passed since its first attempt; then it fails with that
+/// `UNAVAILABLE`. Nothing else is retried, since the broker may have stored
+/// a batch whose answer was lost: not the broker's own `UNAVAILABLE`, not a
+/// connection that broke during the call, not a request timeout. Those fail
+/// the batch at once. When the broker refuses a batch of several messages
+/// as `INVALID_ARGUMENT` (say one message is too large), the messages are
+/// sent again one by one, in order, so that only the bad one fails.
+///
 /// # Order
-/// Messages are queued in the order of `publish` calls, and each batch is
-/// stored contiguously in that order. With `max_in_flight(1)` the topic
-/// holds a publisher's messages exactly in publish order. With more batches
-/// in flight (the default) batches may be stored in a different order than
+/// Messages are queued in the order of `publish` calls (or, for messages
+/// that waited for room, the order in which their futures got it), and each
+/// batch is stored contiguously in that order. With more than one batch in
+/// flight (the default) batches may be stored in a different order than
 /// they were cut, as with Pub/Sub publishers without ordering keys.
 ///
-/// # Errors and retries
-/// Every message's future gets an answer: its offset, the error of its
-/// batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE` when
-/// the broker is down), or [`Error::Closed`]. Failed batches are not
-/// retried, since the broker may have stored a batch whose answer was lost.
-/// When the broker refuses a batch of several messages as
-/// `INVALID_ARGUMENT` (say one message is too large), the messages are sent
-/// again one by one, in order, so that only the bad one fails.
+/// With `max_in_flight(1)` the publisher is *ordered*: the topic holds its
+/// messages exactly in publish order, and a failure cannot be overtaken.
+/// When a message fails (after any retries), every message queued behind
+/// it fails with [`Error::Paused`], whose source is the first failure, and
+/// so does every later `publish`, until [`resume`](Publisher::resume) is
+/// called. Publish the failed messages again after resuming, and order is
+/// kept. A message waiting for room when the publisher pauses fails the
+/// same way. A message refused with [`Error::QueueFull`] pauses the
+/// publisher too (the messages queued before it are still sent). Dropping
+/// a future that waits for room loses its message, and nothing pauses:
+/// await the futures of an ordered publisher.
 ///
-/// # Memory
-/// The queue is not bounded: `publish` never blocks and never loses a
-/// message. Backpressure comes from awaiting the futures — a producer that
-/// awaits each message (or keeps a bounded window of futures, or calls
-/// [`flush`](Publisher::flush) now and then) never gets ahead of the
-/// broker by more than that.
+/// # Answers
+/// Every queued message's future gets an answer: its offset, the error of
+/// its batch (for example `NOT_FOUND` for an unknown topic, `UNAVAILABLE`
+/// when the broker stayed unreachable for the whole retry window),
+/// [`Error::Paused`], or [`Error::Closed`].
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
 }
 
-/// What the handles share; dropping the last one closes the command
-/// channel, which tells the task to publish what is left and stop.
+/// What the handles share; dropping the last one (and the last future
+/// waiting for room) closes the command channel, which tells the task to
+/// publish what is left and stop.
 struct Shared {
     topic: String,
     commands: mpsc::UnboundedSender<Command>,
     closed: AtomicBool,
+    room: Arc<Room>,
+    when_full: WhenQueueFull,
+    pause: Arc<Pause>,
+    /// `max_in_flight(1)`: a refused message pauses the publisher.
+    ordered: bool,
 }
 
-/// A request to the publisher task.
-enum Command {
-    Publish(Pending),
-    Flush(oneshot::Sender<Result<()>>),
-    Close(oneshot::Sender<Result<()>>),
+impl Shared {
+    /// Whether a message may be queued now: not after `close`, not while
+    /// paused.
+    fn accepts(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.pause.check()
+    }
+
+    /// Hands a message that has room to the task, then passes the turn in
+    /// line on: the next in line cannot queue before this message.
+    fn enqueue(
+        &self,
+        message: PublishMessage,
+        size: usize,
+        granted: Granted,
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
+        let Granted { permit, turn } = granted;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            message,
+            size,
+            reply,
+            permit,
+        };
+        let sent = self.commands.send(Command::Publish(pending));
+        drop(turn);
+        sent.map(|()| answer).map_err(|_| Error::Closed)
+    }
 }
 
 impl fmt::Debug for Publisher {
@@ -104,6 +205,7 @@ impl fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("topic", &self.shared.topic)
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .field("paused", &self.shared.pause.is_paused())
             .finish_non_exhaustive()
     }
 }
@@ -115,19 +217,52 @@ impl Publisher {
     }
 
     /// Queues a message; the future resolves to its offset once the broker
-    /// stored it, or to the error of its batch. Dropping the future does not
-    /// cancel the publish.
+    /// stored it, or to the error of its batch.
+    ///
+    /// When the queue has room the message is queued at once, and dropping
+    /// the future does not cancel the publish. When the queue is full, see
+    /// [`WhenQueueFull`]: the future either fails at once with
+    /// [`Error::QueueFull`] or holds the message until there is room (and
+    /// then dropping it before it got room drops the message).
+    ///
+    /// It fails at once with [`Error::Closed`] after
+    /// [`close`](Publisher::close), and with [`Error::Paused`] while an
+    /// ordered publisher is paused.
     pub fn publish(&self, message: impl Into<Message>) -> PublishFuture {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return PublishFuture::failed(Error::Closed);
+        if let Err(error) = self.shared.accepts() {
+            return PublishFuture::failed(error);
         }
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending::new(PublishMessage::from(message.into()), reply);
-        match self.shared.commands.send(Command::Publish(pending)) {
-            Ok(()) => PublishFuture {
-                state: State::Waiting(answer),
-            },
-            Err(_) => PublishFuture::failed(Error::Closed),
+        let message = PublishMessage::from(message.into());
+        let size = wire_size(&message);
+        if let Some(granted) = self.shared.room.try_take(size) {
+            return match self.shared.enqueue(message, size, granted) {
+                Ok(answer) => PublishFuture::queued(answer),
+                Err(error) => PublishFuture::failed(error),
+            };
+        }
+        match self.shared.when_full {
+            WhenQueueFull::Fail => {
+                let error = Error::QueueFull {
+                    max_messages: self.shared.room.max_messages(),
+                    max_bytes: self.shared.room.max_bytes(),
+                };
+                if self.shared.ordered {
+                    // Nothing may overtake the refused message. The task
+                    // is not paused: what is queued is ahead of it.
+                    self.shared.pause.set(&error);
+                }
+                PublishFuture::failed(error)
+            }
+            WhenQueueFull::Wait => {
+                let shared = Arc::clone(&self.shared);
+                PublishFuture {
+                    state: State::WaitingForRoom(Box::pin(async move {
+                        let granted = Arc::clone(&shared.room).take(size).await;
+                        shared.accepts()?;
+                        shared.enqueue(message, size, granted)
+                    })),
+                }
+            }
         }
     }
 
@@ -147,7 +282,8 @@ impl Publisher {
     }
 
     /// Flushes, then stops: later `publish` calls (on any clone) fail with
-    /// [`Error::Closed`]. Closing twice is fine.
+    /// [`Error::Closed`]. Closing twice is fine. A batch being retried is
+    /// waited for, up to its retry window.
     ///
     /// # Errors
     /// As [`flush`](Publisher::flush).
@@ -159,24 +295,54 @@ impl Publisher {
         }
         answer.await.unwrap_or(Err(Error::Closed))
     }
+
+    /// Whether this ordered publisher is paused after a failure (see
+    /// "Order" on [`Publisher`]). Only a publisher with `max_in_flight(1)`
+    /// pauses.
+    pub fn is_paused(&self) -> bool {
+        self.shared.pause.is_paused()
+    }
+
+    /// Lifts the pause of an ordered publisher after a failure (or a
+    /// [`Error::QueueFull`]): messages published from now on are sent
+    /// again. Publish the messages that failed first (the one that failed
+    /// with the cause, then those that failed with [`Error::Paused`], in
+    /// their order). Does nothing when the publisher is not paused.
+    pub fn resume(&self) {
+        if let Some(epoch) = self.shared.pause.lift() {
+            // After `lift`, so anything published after this call comes
+            // after the resume in the task's order; before the task sees
+            // it, it refuses whatever was published while paused.
+            let _ = self.shared.commands.send(Command::Resume(epoch));
+        }
+    }
 }
 
 /// The answer to one [`Publisher::publish`]: the message's offset in its
-/// topic, or why it was not stored. The message is published whether or not
-/// this future is awaited.
-#[derive(Debug)]
-#[must_use = "the message is published either way; await the future to learn its offset or error"]
+/// topic, or why it was not stored. A message that was queued is published
+/// whether or not this future is awaited; one that waits for room
+/// ([`WhenQueueFull::Wait`]) is queued only while the future is polled.
+#[must_use = "await the future to learn the message's offset or error (a message waiting for room is queued only while its future is polled)"]
 pub struct PublishFuture {
     state: State,
 }
 
-#[derive(Debug)]
+/// A message waiting for room, then handing itself to the task.
+type ForRoom = Pin<Box<dyn Future<Output = Result<oneshot::Receiver<Result<u64>>>> + Send + Sync>>;
+
 enum State {
-    Waiting(oneshot::Receiver<Result<u64>>),
+    WaitingForRoom(ForRoom),
+    Queued(oneshot::Receiver<Result<u64>>),
     Failed(Option<Error>),
 }
 
 impl PublishFuture {
+    fn queued(answer: oneshot::Receiver<Result<u64>>) -> Self {
+        Self {
+            state: State::Queued(answer),
+        }
+    }
+
     fn failed(error: Error) -> Self {
         Self {
             state: State::Failed(Some(error)),
@@ -184,17 +350,40 @@ impl PublishFuture {
     }
 }
 
+impl fmt::Debug for PublishFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::WaitingForRoom(_) => "waiting for room",
+            State::Queued(_) => "queued",
+            State::Failed(_) => "failed",
+        };
+        f.debug_struct("PublishFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
 impl Future for PublishFuture {
     type Output = Result<u64>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            // A reply dropped unanswered means the task is gone (its
-            // runtime shut down).
-            State::Waiting(answer) => Pin::new(answer)
-                .poll(cx)
-                .map(|answer| answer.unwrap_or(Err(Error::Closed))),
-            State::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
+        loop {
+            match &mut self.state {
+                State::WaitingForRoom(waiting) => match ready!(waiting.as_mut().poll(cx)) {
+                    Ok(answer) => self.state = State::Queued(answer),
+                    Err(error) => self.state = State::Failed(Some(error)),
+                },
+                // A reply dropped unanswered means the task is gone (its
+                // runtime shut down).
+                State::Queued(answer) => {
+                    return Pin::new(answer)
+                        .poll(cx)
+                        .map(|answer| answer.unwrap_or(Err(Error::Closed)));
+                }
+                State::Failed(error) => {
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::Closed)));
+                }
+            }
         }
     }
 }
@@ -204,12 +393,16 @@ impl Future for PublishFuture {
 /// ```no_run
 /// # async fn example(client: tidings_client::Client) {
 /// use std::time::Duration;
+/// use tidings_client::WhenQueueFull;
 ///
 /// let publisher = client
 ///     .publisher_builder("order.placed")
 ///     .max_batch_messages(500)
 ///     .linger(Duration::from_millis(5))
 ///     .max_in_flight(1) // keep publish order in the topic
+///     .max_queued_messages(10_000)
+///     .when_queue_full(WhenQueueFull::Fail)
+///     .retry_window(Duration::from_secs(60))
 ///     .build();
 /// # }
 /// ```
@@ -219,6 +412,10 @@ pub struct PublisherBuilder {
     topic: String,
     limits: BatchLimits,
     max_in_flight: usize,
+    max_queued_messages: usize,
+    max_queued_bytes: usize,
+    when_full: WhenQueueFull,
+    retry: RetrySettings,
 }
 
 impl PublisherBuilder {
@@ -232,6 +429,14 @@ impl PublisherBuilder {
                 linger: DEFAULT_LINGER,
             },
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            when_full: WhenQueueFull::default(),
+            retry: RetrySettings {
+                window: DEFAULT_RETRY_WINDOW,
+                backoff_min: backoff::DEFAULT_MIN,
+                backoff_max: backoff::DEFAULT_MAX,
+            },
         }
     }
 
@@ -259,9 +464,49 @@ impl PublisherBuilder {
     }
 
     /// Most `Publish` calls running at once (default 8; 0 counts as 1).
-    /// With 1, messages are stored in publish order.
+    /// With 1 the publisher is ordered: messages are stored in publish
+    /// order, and a failure pauses it until [`Publisher::resume`].
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Most messages the publisher holds at once, from `publish` until
+    /// their futures are answered (default 16 000; 0 counts as 1).
+    pub fn max_queued_messages(mut self, max: usize) -> Self {
+        self.max_queued_messages = max.max(1);
+        self
+    }
+
+    /// Most bytes the publisher holds at once, counted as the messages
+    /// are encoded in a request (default 64 MiB; 0 counts as 1). A single
+    /// larger message is taken when the queue is empty.
+    pub fn max_queued_bytes(mut self, max: usize) -> Self {
+        self.max_queued_bytes = max.max(1);
+        self
+    }
+
+    /// What `publish` does when the queue is full (default
+    /// [`WhenQueueFull::Wait`]).
+    pub fn when_queue_full(mut self, when_full: WhenQueueFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// How long a batch that could not reach the broker (no connection
+    /// could be made) keeps being sent again, from its first attempt
+    /// (default 30 s; zero sends each batch once). Only such batches are
+    /// retried: see "Retries" on [`Publisher`].
+    pub fn retry_window(mut self, window: Duration) -> Self {
+        self.retry.window = window;
+        self
+    }
+
+    /// The delays between the attempts of a batch that could not reach the
+    /// broker: doubling from `min` to `max` (default 50 ms to 5 s).
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry.backoff_min = min;
+        self.retry.backoff_max = max;
         self
     }
 
@@ -271,16 +516,23 @@ impl PublisherBuilder {
     /// When called outside a Tokio runtime.
     pub fn build(self) -> Publisher {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let task = Task {
+        let room = Room::new(self.max_queued_messages, self.max_queued_bytes);
+        let pause = Arc::new(Pause::default());
+        let ordered = self.max_in_flight == 1;
+        let sender = Sender {
             client: self.client,
             topic: self.topic.clone(),
-            queue: BatchQueue::new(self.limits),
-            max_in_flight: self.max_in_flight,
-            commands: commands_rx,
-            receiving: true,
-            closing: false,
-            in_flight: FuturesUnordered::new(),
+            retry: self.retry,
+            ordered,
         };
+        let config = TaskConfig {
+            sender,
+            limits: self.limits,
+            max_in_flight: self.max_in_flight,
+            room: Arc::clone(&room),
+            pause: Arc::clone(&pause),
+        };
+        let task = Task::new(config, commands_rx);
         let span = info_span!("publisher", topic = %self.topic);
         tokio::spawn(task.run().instrument(span));
         Publisher {
@@ -288,207 +540,11 @@ impl PublisherBuilder {
                 topic: self.topic,
                 commands,
                 closed: AtomicBool::new(false),
+                room,
+                when_full: self.when_full,
+                pause,
+                ordered,
             }),
         }
     }
-}
-
-/// A `Publish` call in flight; it yields its batch's sequence number and
-/// error.
-type InFlight = Pin<Box<dyn Future<Output = (u64, Option<Error>)> + Send>>;
-
-/// The background task of one publisher (and its clones).
-struct Task {
-    client: Client,
-    topic: String,
-    queue: BatchQueue,
-    max_in_flight: usize,
-    commands: mpsc::UnboundedReceiver<Command>,
-    /// False once every handle is gone.
-    receiving: bool,
-    /// True once `close` was called.
-    closing: bool,
-    in_flight: FuturesUnordered<InFlight>,
-}
-
-impl Task {
-    async fn run(mut self) {
-        loop {
-            self.dispatch(Instant::now());
-            let stopping = !self.receiving || self.closing;
-            if stopping && self.queue.is_idle() {
-                break;
-            }
-            let slot_free = self.in_flight.len() < self.max_in_flight;
-            let can_receive = self.receiving && !self.queue.has_sealed();
-            let linger = self.queue.linger_deadline().filter(|_| slot_free);
-            tokio::select! {
-                biased;
-                Some((seq, error)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.queue.completed(seq, error.as_ref());
-                }
-                command = self.commands.recv(), if can_receive => {
-                    self.handle(command);
-                    self.take_queued();
-                }
-                () = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
-                    self.queue.seal();
-                }
-            }
-        }
-        // Publishes that raced with close() are answered, not dropped.
-        self.commands.close();
-        while let Some(command) = self.commands.recv().await {
-            self.handle_after_close(command);
-        }
-        debug!(topic = %self.topic, "publisher stopped");
-    }
-
-    fn handle(&mut self, command: Option<Command>) {
-        match command {
-            None => {
-                self.receiving = false;
-                self.queue.seal();
-            }
-            Some(Command::Publish(pending)) if self.closing => {
-                let _ = pending.reply.send(Err(Error::Closed));
-            }
-            Some(Command::Publish(pending)) => self.queue.push(pending, Instant::now()),
-            Some(Command::Flush(reply)) => {
-                self.queue.seal();
-                self.queue.wait(reply);
-            }
-            Some(Command::Close(reply)) => {
-                self.closing = true;
-                self.queue.seal();
-                self.queue.wait(reply);
-            }
-        }
-    }
-
-    /// Takes the commands already waiting, up to a full batch, so that
-    /// messages queued together leave together instead of one per call.
-    fn take_queued(&mut self) {
-        while self.receiving && !self.queue.has_sealed() {
-            match self.commands.try_recv() {
-                Ok(command) => self.handle(Some(command)),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => self.handle(None),
-            }
-        }
-    }
-
-    fn handle_after_close(&mut self, command: Command) {
-        match command {
-            Command::Publish(pending) => {
-                let _ = pending.reply.send(Err(Error::Closed));
-            }
-            Command::Flush(reply) | Command::Close(reply) => {
-                let _ = reply.send(Ok(()));
-            }
-        }
-    }
-
-    /// Seals a batch whose linger ended and starts sealed batches while
-    /// slots are free.
-    fn dispatch(&mut self, now: Instant) {
-        if self.in_flight.len() < self.max_in_flight {
-            self.queue.seal_if_due(now);
-        }
-        while self.in_flight.len() < self.max_in_flight {
-            let Some(batch) = self.queue.pop_sealed() else {
-                break;
-            };
-            let client = self.client.clone();
-            let topic = self.topic.clone();
-            self.in_flight.push(Box::pin(async move {
-                publish_batch(&client, topic, batch).await
-            }));
-        }
-    }
-}
-
-/// Sends one batch and answers each of its messages. Returns the batch's
-/// sequence number and its first error.
-async fn publish_batch(
-    client: &Client,
-    topic: String,
-    (seq, batch): Batch,
-) -> (u64, Option<Error>) {
-    let (messages, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.message, p.reply)).unzip();
-    debug!(topic = %topic, seq, messages = messages.len(), "publishing a batch");
-    let copies = (messages.len() > 1).then(|| messages.clone());
-    let error = match (publish(client, &topic, messages).await, copies) {
-        (Ok(offsets), _) => {
-            for (reply, offset) in replies.into_iter().zip(offsets) {
-                let _ = reply.send(Ok(offset));
-            }
-            None
-        }
-        (Err(error), Some(messages)) if is_per_message(&error) => {
-            debug!(topic = %topic, seq, %error, "batch refused; sending its messages one by one");
-            publish_one_by_one(client, &topic, messages, replies).await
-        }
-        (Err(error), _) => {
-            for reply in replies {
-                let _ = reply.send(Err(error.duplicate()));
-            }
-            Some(error)
-        }
-    };
-    (seq, error)
-}
-
-/// Sends each message alone, in order; returns the first error.
-async fn publish_one_by_one(
-    client: &Client,
-    topic: &str,
-    messages: Vec<PublishMessage>,
-    replies: Vec<oneshot::Sender<Result<u64>>>,
-) -> Option<Error> {
-    let mut first_error = None;
-    for (message, reply) in messages.into_iter().zip(replies) {
-        let result = publish(client, topic, vec![message])
-            .await
-            .map(|offsets| offsets[0]);
-        if let Err(error) = &result {
-            first_error.get_or_insert_with(|| error.duplicate());
-        }
-        let _ = reply.send(result);
-    }
-    first_error
-}
-
-/// Whether a refused batch may hold good messages beside a bad one: the
-/// broker (or the transport, for an oversized request) refused its content.
-fn is_per_message(error: &Error) -> bool {
-    matches!(
-        error.code(),
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange
-    )
-}
-
-/// One `Publish` call; checks that the broker answered one offset per
-/// message.
-async fn publish(client: &Client, topic: &str, messages: Vec<PublishMessage>) -> Result<Vec<u64>> {
-    let count = messages.len();
-    let request = client.request(PublishRequest {
-        topic: topic.to_owned(),
-        messages,
-    });
-    let offsets = client
-        .publisher_service()
-        .publish(request)
-        .await?
-        .into_inner()
-        .offsets;
-    if offsets.len() != count {
-        return Err(tonic::Status::internal(format!(
-            "the broker answered {} offsets for {count} messages published to {topic:?}",
-            offsets.len()
-        ))
-        .into());
-    }
-    Ok(offsets)
 }

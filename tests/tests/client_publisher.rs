@@ -1,18 +1,23 @@
-//! The Rust client's `Publisher` against a real broker: batching, offsets,
-//! order, flush and close, and errors that reach every caller.
+//! The Rust client's `Publisher` against a real broker and against
+//! stand-ins for its publisher service: batching, offsets, order, flush and
+//! close, errors that reach every caller, the ordered publisher's pause, the
+//! bounded queue, and retries of calls that never reached the broker.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::error::Error as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use futures::future::{join_all, try_join_all};
+use futures::{FutureExt as _, StreamExt as _};
 use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
 use tidings::v1::{PublishRequest, PublishResponse};
-use tidings_client::{Client, Delivery, Error, Message, Publisher};
+use tidings_client::{Client, Delivery, Error, Message, Publisher, WhenQueueFull};
 use tidings_tests::{TestBroker, within};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -267,17 +272,435 @@ async fn an_oversized_message_fails_alone() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until `client` finds the broker down: a call fails with
+/// `UNAVAILABLE` (the first one after a stop may instead fail on the
+/// connection that is closing).
+async fn until_down(client: &Client) -> anyhow::Result<()> {
+    within(async { while client.health().await.map_err(|e| e.code()) != Err(Code::Unavailable) {} })
+        .await
+}
+
+/// Fast retries, so that a batch is tried again soon after the broker is
+/// back, within a window far longer than any test.
+fn retrying(publisher: tidings_client::PublisherBuilder) -> tidings_client::PublisherBuilder {
+    publisher
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .retry_window(Duration::from_secs(600))
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn publishing_while_the_broker_is_down_fails_with_unavailable() -> anyhow::Result<()> {
+async fn publishing_while_the_broker_is_down_fails_with_unavailable_after_the_retry_window()
+-> anyhow::Result<()> {
     let mut broker = TestBroker::start().await?;
-    let client = tidings_client::Client::connect(broker.url()).await?;
+    let client = broker.client();
     client.create_topic("down").await?;
-    let publisher = client.publisher("down");
+    let window = Duration::from_millis(300);
+    let publisher = client
+        .publisher_builder("down")
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .retry_window(window)
+        .build();
     assert_eq!(within(publisher.publish("before")).await??, 0);
     broker.stop().await?;
+    until_down(&client).await?;
+
+    let started = Instant::now();
     let err = within(publisher.publish("during"))
         .await?
         .expect_err("nothing listens");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(
+        started.elapsed() >= window,
+        "tried again for the whole window, not {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_published_while_the_broker_is_down_land_in_order_once_it_is_back()
+-> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("outage").await?;
+    let publisher = retrying(client.publisher_builder("outage"))
+        .max_in_flight(1)
+        .max_batch_messages(4)
+        .build();
+    broker.stop().await?;
+    until_down(&client).await?;
+
+    let futures: Vec<_> = (0..20)
+        .map(|i| publisher.publish(format!("m{i}")))
+        .collect();
+    // A lower bound only: without retries the first batch fails at once.
+    let early = tokio::time::timeout(Duration::from_millis(500), publisher.flush()).await;
+    assert!(
+        early.is_err(),
+        "still trying while the broker is down: {early:?}"
+    );
+
+    broker.resume_on_same_port().await?;
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(offsets, (0..20).collect::<Vec<u64>>(), "in publish order");
+    let client = broker.client();
+    assert_eq!(
+        client.get_topic("outage").await?.next_offset,
+        20,
+        "each message stored exactly once"
+    );
+    let payloads: Vec<String> = read_back(&client, "outage", 20)
+        .await?
+        .into_iter()
+        .map(|d| String::from_utf8_lossy(d.payload()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bounded_queue_fails_fast_while_the_broker_is_down() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("bounded").await?;
+    // Each message takes a little over 1000 bytes: nine fit in 10 000.
+    let publisher = retrying(client.publisher_builder("bounded"))
+        .max_queued_bytes(10_000)
+        .when_queue_full(WhenQueueFull::Fail)
+        .build();
+    broker.stop().await?;
+    until_down(&client).await?;
+
+    let queued: Vec<_> = (0..9)
+        .map(|i| publisher.publish(format!("{i}{}", "x".repeat(999))))
+        .collect();
+    let refused = publisher
+        .publish("y".repeat(1000))
+        .now_or_never()
+        .expect("a full queue answers at once");
+    let err = refused.expect_err("the queue is full");
+    assert!(matches!(err, Error::QueueFull { .. }), "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    broker.resume_on_same_port().await?;
+    let mut offsets = within(try_join_all(queued)).await??;
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..9).collect::<Vec<u64>>());
+    assert_eq!(within(publisher.publish("after")).await??, 9, "room again");
+    assert_eq!(broker.client().get_topic("bounded").await?.next_offset, 10);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordered_publisher_that_gives_up_pauses_until_resumed() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("given-up").await?;
+    let publisher = client
+        .publisher_builder("given-up")
+        .max_in_flight(1)
+        .max_batch_messages(1)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .retry_window(Duration::from_millis(200))
+        .build();
+    broker.stop().await?;
+    until_down(&client).await?;
+
+    let results = within(join_all((0..5).map(|i| publisher.publish(format!("m{i}"))))).await?;
+    let first = results[0].as_ref().expect_err("the broker is down");
+    assert_eq!(first.code(), Code::Unavailable, "{first}");
+    for result in &results[1..] {
+        let err = result.as_ref().expect_err("not sent after the failure");
+        assert!(matches!(err, Error::Paused { .. }), "{err:?}");
+    }
+    assert!(publisher.is_paused());
+
+    broker.resume_on_same_port().await?;
+    publisher.resume();
+    let futures: Vec<_> = (0..5).map(|i| publisher.publish(format!("m{i}"))).collect();
+    let offsets = within(try_join_all(futures)).await??;
+    assert_eq!(offsets, (0..5).collect::<Vec<u64>>(), "in order, once");
+    Ok(())
+}
+
+/// A stand-in for the broker's publisher service. It reports the payloads
+/// of each call as it arrives, holds every call until `open` has a permit,
+/// then fails the calls `fail` picks (storing nothing) and stores the
+/// others, answering consecutive offsets.
+struct StandIn {
+    calls_tx: mpsc::UnboundedSender<Vec<String>>,
+    calls: AtomicUsize,
+    open: Arc<Semaphore>,
+    fail: fn(usize) -> Option<Status>,
+    stored: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl PublisherService for StandIn {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let payloads: Vec<String> = request
+            .into_inner()
+            .messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        let _ = self.calls_tx.send(payloads.clone());
+        drop(self.open.acquire().await);
+        if let Some(status) = (self.fail)(call) {
+            return Err(status);
+        }
+        let mut stored = self
+            .stored
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        let first = stored.len() as u64;
+        stored.extend(payloads);
+        Ok(Response::new(PublishResponse {
+            offsets: (first..stored.len() as u64).collect(),
+        }))
+    }
+}
+
+/// A running [`StandIn`], seen from a test.
+struct StandInView {
+    client: Client,
+    calls_rx: mpsc::UnboundedReceiver<Vec<String>>,
+    /// Add a permit to let held calls (and every later one) through.
+    open: Arc<Semaphore>,
+    stored: Arc<Mutex<Vec<String>>>,
+}
+
+impl StandInView {
+    fn stored(&self) -> Vec<String> {
+        self.stored.lock().expect("not poisoned").clone()
+    }
+}
+
+/// Serves a [`StandIn`] on a free port, open (calls go through) or not.
+async fn stand_in(open: bool, fail: fn(usize) -> Option<Status>) -> anyhow::Result<StandInView> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(usize::from(open)));
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let service = PublisherServiceServer::new(StandIn {
+        calls_tx,
+        calls: AtomicUsize::new(0),
+        open: Arc::clone(&gate),
+        fail,
+        stored: Arc::clone(&stored),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Ok(StandInView {
+        client: Client::connect(url).await?,
+        calls_rx,
+        open: gate,
+        stored,
+    })
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+// One thread: every `publish` below is queued before the task looks, so
+// the batches are [m0 m1] [m2 m3] [m4 m5].
+#[tokio::test(flavor = "current_thread")]
+async fn an_ordered_publisher_pauses_after_a_failure_until_resumed() -> anyhow::Result<()> {
+    let mut service = stand_in(true, |call| {
+        (call == 1).then(|| Status::internal("disk full"))
+    })
+    .await?;
+    let publisher = service
+        .client
+        .publisher_builder("ordered")
+        .max_in_flight(1)
+        .max_batch_messages(2)
+        .build();
+    let futures: Vec<_> = (0..6).map(|i| publisher.publish(format!("m{i}"))).collect();
+    let results = within(join_all(futures)).await?;
+
+    assert_eq!(results[0].as_ref().ok(), Some(&0));
+    assert_eq!(results[1].as_ref().ok(), Some(&1));
+    for failed in &results[2..4] {
+        let err = failed.as_ref().expect_err("its call failed");
+        assert_eq!(err.code(), Code::Internal, "{err}");
+    }
+    for paused in &results[4..] {
+        let err = paused.as_ref().expect_err("queued behind the failure");
+        assert!(matches!(err, Error::Paused { .. }), "{err:?}");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        let cause = err.source().expect("the cause is the source");
+        assert!(cause.to_string().contains("disk full"), "{cause}");
+    }
+    assert!(publisher.is_paused());
+    let late = within(publisher.publish("late")).await?;
+    assert!(matches!(late, Err(Error::Paused { .. })), "{late:?}");
+    within(publisher.flush()).await??; // nothing is queued
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["m0", "m1"])));
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["m2", "m3"])));
+    assert!(
+        service.calls_rx.try_recv().is_err(),
+        "nothing is sent after the failure"
+    );
+
+    // The application resumes and publishes the failed messages again.
+    publisher.resume();
+    assert!(!publisher.is_paused());
+    let retried: Vec<_> = (2..6).map(|i| publisher.publish(format!("m{i}"))).collect();
+    assert_eq!(within(try_join_all(retried)).await??, [2, 3, 4, 5]);
+    assert_eq!(
+        service.stored(),
+        strings(&["m0", "m1", "m2", "m3", "m4", "m5"]),
+        "stored in publish order"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unordered_publisher_does_not_pause() -> anyhow::Result<()> {
+    let service = stand_in(true, |call| {
+        (call == 0).then(|| Status::internal("disk full"))
+    })
+    .await?;
+    let publisher = service.client.publisher("unordered");
+    let err = within(publisher.publish("a"))
+        .await?
+        .expect_err("call 0 fails");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(!publisher.is_paused());
+    assert_eq!(within(publisher.publish("b")).await??, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_makes_publish_wait_for_room() -> anyhow::Result<()> {
+    let mut service = stand_in(false, |_| None).await?;
+    let publisher = service
+        .client
+        .publisher_builder("waiting")
+        .max_queued_messages(2)
+        .build();
+    let a = publisher.publish("a");
+    let b = publisher.publish("b");
+    let mut c = publisher.publish("c");
+    assert!(
+        (&mut c).now_or_never().is_none(),
+        "c waits for room (and takes its place in line)"
+    );
+
+    let first = within(service.calls_rx.recv()).await?;
+    assert_eq!(first, Some(strings(&["a", "b"])), "c is not queued yet");
+    assert!((&mut c).now_or_never().is_none(), "a and b hold the room");
+
+    service.open.add_permits(1);
+    assert_eq!(within(try_join_all([a, b])).await??, [0, 1]);
+    assert_eq!(within(c).await??, 2);
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["c"])));
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_fails_fast_when_told_to() -> anyhow::Result<()> {
+    let service = stand_in(false, |_| None).await?;
+    let publisher = service
+        .client
+        .publisher_builder("failing-fast")
+        .max_queued_messages(2)
+        .when_queue_full(WhenQueueFull::Fail)
+        .build();
+    let queued = [publisher.publish("a"), publisher.publish("b")];
+    let refused = publisher
+        .publish("c")
+        .now_or_never()
+        .expect("answered at once");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::QueueFull {
+                max_messages: 2,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+
+    service.open.add_permits(1);
+    assert_eq!(within(try_join_all(queued)).await??, [0, 1]);
+    assert_eq!(
+        within(publisher.publish("d")).await??,
+        2,
+        "answered messages give their room back"
+    );
+    assert_eq!(service.stored(), strings(&["a", "b", "d"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_ordered_publisher_refusing_a_message_pauses_until_resumed() -> anyhow::Result<()> {
+    let service = stand_in(false, |_| None).await?;
+    let publisher = service
+        .client
+        .publisher_builder("ordered-full")
+        .max_in_flight(1)
+        .max_queued_messages(2)
+        .when_queue_full(WhenQueueFull::Fail)
+        .build();
+    let queued = [publisher.publish("a"), publisher.publish("b")];
+    let refused = publisher.publish("c").now_or_never();
+    assert!(
+        matches!(refused, Some(Err(Error::QueueFull { .. }))),
+        "{refused:?}"
+    );
+    service.open.add_permits(1);
+    assert_eq!(within(try_join_all(queued)).await??, [0, 1], "a and b go");
+
+    // There is room again, but d must not overtake c.
+    let d = within(publisher.publish("d")).await?;
+    let err = d.expect_err("paused after c was refused");
+    assert!(matches!(err, Error::Paused { .. }), "{err:?}");
+    assert_eq!(
+        err.source().map(|e| e.to_string()),
+        Some(
+            Error::QueueFull {
+                max_messages: 2,
+                max_bytes: tidings_client::DEFAULT_MAX_QUEUED_BYTES
+            }
+            .to_string()
+        )
+    );
+
+    publisher.resume();
+    let again = [publisher.publish("c"), publisher.publish("d")];
+    assert_eq!(within(try_join_all(again)).await??, [2, 3]);
+    assert_eq!(service.stored(), strings(&["a", "b", "c", "d"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_publish_the_broker_may_have_stored_is_not_retried() -> anyhow::Result<()> {
+    let mut service = stand_in(true, |_| Some(Status::unavailable("shutting down"))).await?;
+    // Were it retried, it would be retried at once, for ten minutes.
+    let publisher = service
+        .client
+        .publisher_builder("maybe-stored")
+        .retry_backoff(Duration::ZERO, Duration::ZERO)
+        .retry_window(Duration::from_secs(600))
+        .build();
+    let err = within(publisher.publish("a"))
+        .await?
+        .expect_err("the broker refused");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(service.calls_rx.recv().await, Some(strings(&["a"])));
+    assert!(service.calls_rx.try_recv().is_err(), "one call, no retry");
     Ok(())
 }

@@ -1,0 +1,249 @@
+//! [`Sender`]: sends one batch with `Publish` and reports one result per
+//! message. It makes the call again, with backoff, only when the call
+//! certainly never reached the broker; after a refusal of the batch's
+//! content it sends the messages one by one.
+//!
+//! It answers no futures and changes no publisher state: the task does
+//! that with the [`Sent`] it returns.
+
+use std::time::Duration;
+
+use tidings::v1::{PublishMessage, PublishRequest};
+use tokio::time::{Instant, sleep};
+use tracing::debug;
+
+use crate::backoff::Backoff;
+use crate::batch::{Batch, Pending};
+use crate::client::Client;
+use crate::error::{Error, Result, never_sent};
+
+/// How a batch that could not be sent is tried again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetrySettings {
+    /// How long after its first attempt a batch is still tried again.
+    pub(crate) window: Duration,
+    /// The first delay between attempts.
+    pub(crate) backoff_min: Duration,
+    /// The largest delay between attempts.
+    pub(crate) backoff_max: Duration,
+}
+
+/// What every send of one publisher needs.
+#[derive(Debug)]
+pub(crate) struct Sender {
+    pub(crate) client: Client,
+    pub(crate) topic: String,
+    pub(crate) retry: RetrySettings,
+    /// Stop at a message's failure: the messages after it are not sent.
+    pub(crate) ordered: bool,
+}
+
+/// A batch after its send: the messages, and a result for each one that
+/// was sent, in order. An ordered sender leaves the results short when it
+/// stopped at a failure; the messages without a result were not sent.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    pub(crate) seq: u64,
+    pub(crate) pendings: Vec<Pending>,
+    pub(crate) results: Vec<Result<u64>>,
+}
+
+impl Sender {
+    /// Sends batch `seq`.
+    pub(crate) async fn send(&self, (seq, pendings): Batch) -> Sent {
+        debug!(topic = %self.topic, seq, messages = pendings.len(), "publishing a batch");
+        let results = match self.call(&pendings).await {
+            Ok(offsets) => offsets.into_iter().map(Ok).collect(),
+            Err(error) if pendings.len() > 1 && is_per_message(&error) => {
+                debug!(topic = %self.topic, seq, %error, "batch refused; sending its messages one by one");
+                self.one_by_one(&pendings).await
+            }
+            Err(error) => pendings.iter().map(|_| Err(error.duplicate())).collect(),
+        };
+        Sent {
+            seq,
+            pendings,
+            results,
+        }
+    }
+
+    /// Sends each message alone, in order; an ordered sender stops at the
+    /// first failure.
+    async fn one_by_one(&self, pendings: &[Pending]) -> Vec<Result<u64>> {
+        let mut results = Vec::with_capacity(pendings.len());
+        for pending in pendings {
+            let result = self
+                .call(std::slice::from_ref(pending))
+                .await
+                .map(|offsets| offsets[0]);
+            let failed = result.is_err();
+            results.push(result);
+            if failed && self.ordered {
+                break;
+            }
+        }
+        results
+    }
+
+    /// One `Publish` of `pendings`, made again with backoff while it fails
+    /// in a way that is safe to retry, for as long as the retry window
+    /// lasts. The last attempt is made when the window ends.
+    async fn call(&self, pendings: &[Pending]) -> Result<Vec<u64>> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(self.retry.backoff_min, self.retry.backoff_max);
+        let mut attempt = 1_u32;
+        loop {
+            let messages = pendings.iter().map(|p| p.message.clone()).collect();
+            let error = match publish(&self.client, &self.topic, messages).await {
+                Ok(offsets) => return Ok(offsets),
+                Err(error) => error,
+            };
+            let left = self.retry.window.saturating_sub(started.elapsed());
+            if left.is_zero() || !is_safe_to_retry(&error) {
+                return Err(error);
+            }
+            let delay = backoff.next_delay().min(left);
+            debug!(topic = %self.topic, attempt, ?delay, %error, "batch not sent; trying again");
+            sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Whether a failed `Publish` may be made again with no risk of storing
+/// its messages twice: only when it never reached the broker.
+///
+/// This is the one place that decides. Idempotent publish (messages that
+/// carry an id the broker deduplicates by) will add: a batch whose
+/// messages all carry an id may also be retried after any transient
+/// failure (`UNAVAILABLE`, a broken connection, a timeout).
+fn is_safe_to_retry(error: &Error) -> bool {
+    error.status().is_some_and(never_sent)
+}
+
+/// Whether a refused batch may hold good messages beside a bad one: the
+/// broker (or the transport, for an oversized request) refused its content.
+fn is_per_message(error: &Error) -> bool {
+    matches!(
+        error.code(),
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+    )
+}
+
+/// One `Publish` call; checks that the broker answered one offset per
+/// message.
+async fn publish(client: &Client, topic: &str, messages: Vec<PublishMessage>) -> Result<Vec<u64>> {
+    let count = messages.len();
+    let request = client.request(PublishRequest {
+        topic: topic.to_owned(),
+        messages,
+    });
+    let offsets = client
+        .publisher_service()
+        .publish(request)
+        .await?
+        .into_inner()
+        .offsets;
+    if offsets.len() != count {
+        return Err(tonic::Status::internal(format!(
+            "the broker answered {} offsets for {count} messages published to {topic:?}",
+            offsets.len()
+        ))
+        .into());
+    }
+    Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::batch::wire_size;
+    use crate::publisher::Room;
+
+    /// A sender to a port where nothing listens.
+    fn sender_to_nowhere(retry: RetrySettings) -> Sender {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        drop(listener);
+        let client = Client::builder(format!("http://{addr}"))
+            .connect_lazy()
+            .expect("a valid URL");
+        Sender {
+            client,
+            topic: "t".into(),
+            retry,
+            ordered: false,
+        }
+    }
+
+    fn pending(room: &std::sync::Arc<Room>) -> (Pending, oneshot::Receiver<Result<u64>>) {
+        let message = PublishMessage {
+            payload: "m".into(),
+            ..Default::default()
+        };
+        let size = wire_size(&message);
+        let (reply, answer) = oneshot::channel();
+        let permit = room.try_take(size).expect("room").permit;
+        let pending = Pending {
+            message,
+            size,
+            reply,
+            permit,
+        };
+        (pending, answer)
+    }
+
+    /// What the retries rest on: a `Publish` to a broker that cannot be
+    /// reached fails as never sent.
+    #[tokio::test]
+    async fn a_refused_connection_counts_as_never_sent() {
+        let sender = sender_to_nowhere(RetrySettings {
+            window: Duration::ZERO,
+            backoff_min: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+        });
+        let err = publish(&sender.client, "t", Vec::new())
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(is_safe_to_retry(&err), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unsent_batch_is_tried_until_the_window_ends() {
+        let window = Duration::from_millis(200);
+        let sender = sender_to_nowhere(RetrySettings {
+            window,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(40),
+        });
+        let room = Room::new(10, 1 << 20);
+        let (pending, _answer) = pending(&room);
+        let started = Instant::now();
+        let sent = sender.send((7, vec![pending])).await;
+        assert!(
+            started.elapsed() >= window,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(sent.seq, 7);
+        assert_eq!(sent.pendings.len(), 1);
+        let [Err(err)] = &sent.results[..] else {
+            panic!("one failure expected: {:?}", sent.results);
+        };
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn only_a_call_that_never_left_is_safe_to_retry() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::ConnectError(Box::new(refused));
+        let unsent = Error::from(tonic::Status::from_error(Box::new(connect)));
+        assert!(is_safe_to_retry(&unsent));
+        let stored_maybe = Error::from(tonic::Status::unavailable("shutting down"));
+        assert!(!is_safe_to_retry(&stored_maybe));
+        assert!(!is_safe_to_retry(&Error::Closed));
+    }
+}
