@@ -14,7 +14,8 @@
 //! - `book` holds the lease book of one subscription, `subscription` wraps
 //!   it with its configuration;
 //! - `stream` is the task behind one `Subscribe` stream;
-//! - `acks` persists delivery state (acks, failure counts) in batches.
+//! - `acks` persists delivery state (acks, failure counts) in batches;
+//! - `filter` parses and judges subscription filters.
 
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
@@ -32,6 +33,7 @@ mod catalog;
 mod checks;
 mod engine;
 mod error;
+mod filter;
 mod stream;
 mod subscription;
 mod topic;
@@ -40,6 +42,7 @@ pub use catalog::Broker;
 pub use checks::check_batch;
 pub use engine::{Engine, SharedEngine};
 pub use error::{BrokerError, BrokerResult};
+pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};
 
 /// The default ack deadline of a subscription.
 pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
