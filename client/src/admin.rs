@@ -8,7 +8,7 @@ use tidings::v1;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::types::{Subscription, SubscriptionConfig, Topic};
+use crate::types::{Subscription, SubscriptionConfig, SubscriptionUpdate, Topic};
 
 impl Client {
     /// Creates a topic.
@@ -75,6 +75,23 @@ impl Client {
         let request = self.request(v1::CreateSubscriptionRequest::from(config));
         let response = self.admin_service().create_subscription(request).await?;
         subscription_of(response.into_inner().subscription, &name)
+    }
+
+    /// Changes a subscription's settings; its open streams follow without
+    /// reconnecting. Returns the subscription as it is after the change.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for an update that changes nothing, a deadline
+    /// out of range or a filter that does not parse (the message names the
+    /// byte); `NOT_FOUND` when the subscription does not exist.
+    pub async fn update_subscription(
+        &self,
+        name: &str,
+        update: SubscriptionUpdate,
+    ) -> Result<Subscription> {
+        let request = self.request(update.into_request(name));
+        let response = self.admin_service().update_subscription(request).await?;
+        subscription_of(response.into_inner().subscription, name)
     }
 
     /// Returns a subscription with its live figures (backlog, in flight,

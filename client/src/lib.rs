@@ -99,7 +99,9 @@ pub use subscriber::{
     DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_MESSAGES,
     Subscriber, SubscriberBuilder,
 };
-pub use types::{Message, StartPosition, Subscription, SubscriptionConfig, Topic};
+pub use types::{
+    Message, StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic,
+};
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,8 @@ pub struct Subscription {
     pub open_streams: u32,
     /// When the subscription was created, when the broker says.
     pub create_time: Option<SystemTime>,
+    /// Its filter; empty for none.
+    pub filter: String,
 }
 
 impl From<v1::Subscription> for Subscription {
@@ -70,6 +72,7 @@ impl From<v1::Subscription> for Subscription {
             ack_floor: sub.ack_floor,
             open_streams: sub.open_streams,
             create_time: sub.create_time.and_then(|t| SystemTime::try_from(t).ok()),
+            filter: sub.filter,
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct SubscriptionConfig {
     pub ack_deadline: Option<Duration>,
     /// Where the subscription begins; the earliest message by default.
     pub start: StartPosition,
+    /// Deliver only messages whose attributes match this filter, in
+    /// Pub/Sub's syntax (`attributes.kind = "order"`); empty for all.
+    pub filter: String,
 }
 
 impl SubscriptionConfig {
@@ -138,6 +144,7 @@ impl SubscriptionConfig {
             topic: topic.into(),
             ack_deadline: None,
             start: StartPosition::Earliest,
+            filter: String::new(),
         }
     }
 
@@ -152,6 +159,66 @@ impl SubscriptionConfig {
         self.start = start;
         self
     }
+
+    /// Sets the filter: only messages whose attributes match it are
+    /// delivered, the others are acknowledged without delivery.
+    pub fn filter(mut self, filter: impl Into<String>) -> Self {
+        self.filter = filter.into();
+        self
+    }
+}
+
+/// What [`Client::update_subscription`](crate::Client::update_subscription)
+/// changes: each setting that is `Some`.
+///
+/// ```
+/// use tidings_client::SubscriptionUpdate;
+///
+/// let update = SubscriptionUpdate::default().filter(r#"attributes.region = "eu""#);
+/// assert!(update.ack_deadline.is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionUpdate {
+    /// A new ack deadline, in whole seconds (rounded up) from 1 s to 600 s.
+    pub ack_deadline: Option<Duration>,
+    /// A new filter; empty removes it.
+    pub filter: Option<String>,
+}
+
+impl SubscriptionUpdate {
+    /// Changes the ack deadline of leases granted from now on.
+    pub fn ack_deadline(mut self, deadline: Duration) -> Self {
+        self.ack_deadline = Some(deadline);
+        self
+    }
+
+    /// Changes the filter (empty removes it); it applies to every message
+    /// not yet delivered.
+    pub fn filter(mut self, filter: impl Into<String>) -> Self {
+        self.filter = Some(filter.into());
+        self
+    }
+
+    /// The request that makes this change to subscription `name`.
+    pub(crate) fn into_request(self, name: &str) -> v1::UpdateSubscriptionRequest {
+        let mut paths = Vec::new();
+        let mut subscription = v1::Subscription {
+            name: name.to_owned(),
+            ..v1::Subscription::default()
+        };
+        if let Some(deadline) = self.ack_deadline {
+            subscription.ack_deadline_seconds = deadline_seconds(deadline);
+            paths.push("ack_deadline_seconds".to_owned());
+        }
+        if let Some(filter) = self.filter {
+            subscription.filter = filter;
+            paths.push("filter".to_owned());
+        }
+        v1::UpdateSubscriptionRequest {
+            subscription: Some(subscription),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        }
+    }
 }
 
 impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
@@ -161,6 +228,7 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             topic: config.topic,
             ack_deadline_seconds: config.ack_deadline.map_or(0, deadline_seconds),
             start: Some(config.start.into()),
+            filter: config.filter,
         }
     }
 }
@@ -311,8 +379,10 @@ mod tests {
             ack_floor: 2,
             create_time: None,
             open_streams: 1,
+            filter: "attributes:a".into(),
         });
         assert_eq!(sub.ack_deadline, Duration::from_secs(10));
+        assert_eq!(sub.filter, "attributes:a");
         assert_eq!((sub.backlog, sub.in_flight, sub.ack_floor), (3, 1, 2));
         assert_eq!(sub.create_time, None);
     }

@@ -25,6 +25,7 @@ use tidings_client::v1::{
     GetTopicRequest, GetTopicResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
     ListTopicsRequest, ListTopicsResponse, ModifyAckDeadlineRequest, ModifyAckDeadlineResponse,
     NackRequest, NackResponse, ReceivedMessage, SubscribeRequest, SubscribeResponse, Subscription,
+    UpdateSubscriptionRequest, UpdateSubscriptionResponse,
 };
 use tidings_client::{Client, Delivery, Subscriber};
 use tokio::net::TcpListener;
@@ -211,6 +212,13 @@ impl AdminService for StandIn {
         &self,
         _: Request<CreateSubscriptionRequest>,
     ) -> Result<Response<CreateSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("stand-in"))
+    }
+
+    async fn update_subscription(
+        &self,
+        _: Request<UpdateSubscriptionRequest>,
+    ) -> Result<Response<UpdateSubscriptionResponse>, Status> {
         Err(Status::unimplemented("stand-in"))
     }
 

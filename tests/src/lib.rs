@@ -186,7 +186,7 @@ pub async fn create_subscription(
         name: name.into(),
         topic: topic.into(),
         ack_deadline_seconds,
-        start: None,
+        ..CreateSubscriptionRequest::default()
     };
     let response = client
         .admin_service()

@@ -304,6 +304,7 @@ async fn duplicates_are_already_exists() -> anyhow::Result<()> {
             topic: "t".into(),
             ack_deadline_seconds: 60,
             start: Some(tidings_tests::start_latest()),
+            ..Default::default()
         })
         .await;
     let status = expect_code(subscription, Code::AlreadyExists)?;
@@ -372,6 +373,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
             topic: "t".into(),
             ack_deadline_seconds: 601,
             start: None,
+            ..Default::default()
         })
         .await;
     expect_code(long_deadline, Code::InvalidArgument)?;
@@ -411,6 +413,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
             topic: "t".into(),
             ack_deadline_seconds: 0,
             start: Some(tidings_tests::start_at_offset(4)),
+            ..Default::default()
         })
         .await;
     expect_code(beyond, Code::InvalidArgument)?;

@@ -154,6 +154,7 @@ fn create_request(name: &str, ack_deadline_seconds: u32) -> CreateSubscriptionRe
         topic: "t".into(),
         ack_deadline_seconds,
         start: None,
+        ..Default::default()
     }
 }
 

@@ -272,6 +272,7 @@ async fn start_at_offset_begins_there() -> anyhow::Result<()> {
             topic: "log".into(),
             ack_deadline_seconds: 0,
             start: Some(tidings_tests::start_at_offset(2)),
+            ..Default::default()
         })
         .await?;
     let mut stream = Deliveries::open(&client, subscribe_request("from-two", "")).await?;

@@ -33,7 +33,7 @@ use super::*;
 use crate::offsets::AckState;
 use crate::storage::{
     NewMessage, ReadLimit, SharedStore, StoreError, StoreListener, StoredMessage,
-    StoredSubscription,
+    StoredSubscription, SubscriptionSettings,
 };
 
 /// About the most bytes one `read_topic` returns.
@@ -195,7 +195,7 @@ impl Broker {
     async fn do_create_subscription(
         &self,
         spec: SubscriptionSpec,
-        ack_deadline: Duration,
+        settings: SubscriptionSettings,
     ) -> BrokerResult<SubscriptionInfo> {
         if self.names().subscriptions.contains_key(&spec.name) {
             return Err(BrokerError::SubscriptionExists(spec.name));
@@ -206,7 +206,7 @@ impl Broker {
         let record = self
             .inner
             .store
-            .create_subscription(&spec.name, topic.id, ack_deadline, acks.clone())
+            .create_subscription(&spec.name, topic.id, settings, acks.clone())
             .await
             .map_err(|e| not_found_as_topic(e, &topic))?;
         let stored = StoredSubscription {
@@ -239,6 +239,34 @@ impl Broker {
                 Ok(offset.map_err(|e| not_found_as_topic(e, topic))?.max(first))
             }
         }
+    }
+
+    /// Stores the new settings, then applies them to the live
+    /// subscription, whose streams follow at once.
+    async fn do_update_subscription(
+        &self,
+        update: SubscriptionUpdate,
+        filter: Option<Option<Arc<Filter>>>,
+    ) -> BrokerResult<SubscriptionInfo> {
+        let sub = self.subscription(&update.name)?;
+        let mut record = sub.record();
+        if let Some(deadline) = update.ack_deadline {
+            record.settings.ack_deadline = deadline;
+        }
+        if let Some(text) = update.filter {
+            record.settings.filter = text;
+        }
+        match self.inner.store.update_subscription(record.clone()).await {
+            Ok(()) => {}
+            // Deleted meanwhile, with its topic.
+            Err(StoreError::SubscriptionNotFound(_)) => {
+                return Err(BrokerError::SubscriptionNotFound(update.name));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        sub.apply(record.settings, filter);
+        info!(subscription = %sub.name, "subscription updated");
+        Ok(sub.info())
     }
 
     async fn do_delete_subscription(&self, name: SubscriptionName) -> BrokerResult<()> {
@@ -279,6 +307,7 @@ impl Broker {
                         topic: topic.clone(),
                         ack_deadline: spec.ack_deadline,
                         start: spec.start,
+                        filter: String::new(),
                     })
                     .await;
                 match created {
@@ -338,7 +367,41 @@ impl Engine for Broker {
     async fn create_subscription(&self, spec: SubscriptionSpec) -> BrokerResult<SubscriptionInfo> {
         let ack_deadline = spec.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE);
         check_duration("ack deadline", ack_deadline, Duration::from_secs(1))?;
-        self.admin(|this| async move { this.do_create_subscription(spec, ack_deadline).await })
+        Filter::parse(&spec.filter).map_err(BrokerError::InvalidFilter)?;
+        let settings = SubscriptionSettings {
+            ack_deadline,
+            filter: spec.filter.clone(),
+        };
+        self.admin(|this| async move { this.do_create_subscription(spec, settings).await })
+            .await
+    }
+
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`],
+    /// [`BrokerError::NothingToUpdate`] when no field is given,
+    /// [`BrokerError::DurationOutOfRange`] for the ack deadline,
+    /// [`BrokerError::InvalidFilter`].
+    async fn update_subscription(
+        &self,
+        update: SubscriptionUpdate,
+    ) -> BrokerResult<SubscriptionInfo> {
+        if update.ack_deadline.is_none() && update.filter.is_none() {
+            return Err(BrokerError::NothingToUpdate(
+                "the update names no field to change",
+            ));
+        }
+        if let Some(deadline) = update.ack_deadline {
+            check_duration("ack deadline", deadline, Duration::from_secs(1))?;
+        }
+        let filter = match &update.filter {
+            Some(text) => Some(
+                Filter::parse(text)
+                    .map_err(BrokerError::InvalidFilter)?
+                    .map(Arc::new),
+            ),
+            None => None,
+        };
+        self.admin(|this| async move { this.do_update_subscription(update, filter).await })
             .await
     }
 

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 
 use super::{
     BrokerResult, DeliveryStream, Page, PublishedOffsets, SubscribeSpec, SubscriptionInfo,
-    SubscriptionSpec, TopicInfo, TopicRead,
+    SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -57,6 +57,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Creates a subscription.
     async fn create_subscription(&self, spec: SubscriptionSpec) -> BrokerResult<SubscriptionInfo>;
+
+    /// Changes a subscription's settings; open streams follow at once.
+    async fn update_subscription(
+        &self,
+        update: SubscriptionUpdate,
+    ) -> BrokerResult<SubscriptionInfo>;
 
     /// Returns a subscription with its live figures.
     fn get_subscription(&self, name: &SubscriptionName) -> BrokerResult<SubscriptionInfo>;

@@ -101,6 +101,12 @@ pub enum BrokerError {
         /// The largest allowed.
         max: u64,
     },
+    /// A subscription filter that does not parse.
+    #[error("filter is not valid: {0}")]
+    InvalidFilter(#[source] super::FilterError),
+    /// An update that changes nothing.
+    #[error("{0}")]
+    NothingToUpdate(&'static str),
     /// An ack id that the broker did not write.
     #[error(
         "ack_id {0:?} is malformed; pass the ack_id of a received message unchanged, or use offsets"

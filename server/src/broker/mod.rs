@@ -102,6 +102,8 @@ pub struct SubscriptionInfo {
     pub topic: TopicName,
     /// How long a delivery is leased.
     pub ack_deadline: Duration,
+    /// Its filter as given; empty for none.
+    pub filter: String,
     /// Published but not yet acknowledged.
     pub backlog: u64,
     /// Leased to a stream, awaiting acknowledgement.
@@ -139,6 +141,20 @@ pub struct SubscriptionSpec {
     pub ack_deadline: Option<Duration>,
     /// Where it begins.
     pub start: StartPosition,
+    /// Its filter ([`Filter`]'s language); empty for none.
+    pub filter: String,
+}
+
+/// A change to a subscription: each field that is `Some` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    /// The subscription.
+    pub name: SubscriptionName,
+    /// A new ack deadline; it applies to leases granted from now on.
+    pub ack_deadline: Option<Duration>,
+    /// A new filter, empty to remove it; it applies to every message not
+    /// yet delivered.
+    pub filter: Option<String>,
 }
 
 /// A request to open a `Subscribe` stream.

@@ -152,14 +152,10 @@ impl StreamTask {
                 .messages
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         }
-        let claim = sub.book().claim(
-            self.stream,
-            self.window,
-            budget,
-            head,
-            Now::get(),
-            sub.ack_deadline,
-        );
+        let deadline = sub.ack_deadline();
+        let claim = sub
+            .book()
+            .claim(self.stream, self.window, budget, head, Now::get(), deadline);
         let mut leased = claim.leased;
         let mut in_hand = Vec::new();
         let scanned = claim.scan.is_some();
@@ -215,6 +211,17 @@ impl StreamTask {
             _ => scan.range.end,
         };
         trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
+        // Messages the filter turns away are left out: the book settles
+        // the offsets of a scanned range that hold no message it was given.
+        let messages = match sub.filter() {
+            Some(filter) => {
+                let mut kept = messages;
+                kept.retain(|m| filter.matches(&m.attributes));
+                kept
+            }
+            None => messages,
+        };
+        let deadline = sub.ack_deadline();
         let (leased, others, changed) = {
             let mut book = sub.book();
             let scanned = Scanned {
@@ -228,7 +235,7 @@ impl StreamTask {
                 self.window,
                 budget,
                 Now::get(),
-                sub.ack_deadline,
+                deadline,
             );
             (leased, book.has_work(sub.topic.head()), book.has_changes())
         };
@@ -271,13 +278,28 @@ impl StreamTask {
         let mut elsewhere = Messages::new(elsewhere);
         let mut deliveries = Vec::with_capacity(leased.len());
         let mut gone = Vec::new();
+        let mut filtered = Vec::new();
+        // The scan judged the messages in hand; a message due again is
+        // judged by the filter as it is now.
+        let filter = sub.filter();
         for lease in leased {
-            let Some(message) = in_hand
-                .take(lease.offset)
-                .or_else(|| elsewhere.take(lease.offset))
-            else {
-                gone.push(lease.offset);
-                continue;
+            let message = match in_hand.take(lease.offset) {
+                Some(message) => message,
+                None => match elsewhere.take(lease.offset) {
+                    Some(message) => {
+                        if let Some(filter) = &filter
+                            && !filter.matches(&message.attributes)
+                        {
+                            filtered.push(lease.offset);
+                            continue;
+                        }
+                        message
+                    }
+                    None => {
+                        gone.push(lease.offset);
+                        continue;
+                    }
+                },
             };
             let ack_id = AckId {
                 subscription: sub.id,
@@ -292,6 +314,15 @@ impl StreamTask {
         }
         if !gone.is_empty() {
             debug!(count = gone.len(), "leased messages are no longer stored");
+        }
+        if !filtered.is_empty() {
+            debug!(
+                count = filtered.len(),
+                "the filter turned away messages due again"
+            );
+            gone.append(&mut filtered);
+        }
+        if !gone.is_empty() {
             sub.book().gone_offsets(&gone, Now::get());
             self.writer.mark(sub);
         }

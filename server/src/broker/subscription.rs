@@ -9,20 +9,31 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use tracing::error;
+
 use super::book::{LeaseBook, Now, Target};
 use super::topic::Topic;
-use super::{AckId, BrokerError, BrokerResult, SubscriptionInfo};
+use super::{AckId, BrokerError, BrokerResult, Filter, SubscriptionInfo};
 use crate::names::SubscriptionName;
 use crate::offsets::Offset;
-use crate::storage::{DeliveryUpdate, StoredSubscription, SubscriptionId};
+use crate::storage::{
+    DeliveryUpdate, StoredSubscription, SubscriptionId, SubscriptionRecord, SubscriptionSettings,
+};
+
+/// A subscription's changeable settings, with its filter parsed.
+struct Settings {
+    stored: SubscriptionSettings,
+    filter: Option<Arc<Filter>>,
+}
 
 /// A live subscription.
 pub(super) struct Subscription {
     pub(super) id: SubscriptionId,
     pub(super) name: SubscriptionName,
     pub(super) topic: Arc<Topic>,
-    pub(super) ack_deadline: Duration,
     pub(super) created: SystemTime,
+    /// What `UpdateSubscription` may change; read at every claim.
+    settings: Mutex<Settings>,
     book: Mutex<LeaseBook>,
     /// Woken when messages become due, a stream gains room, or a scan ends.
     pub(super) wake: Notify,
@@ -37,16 +48,71 @@ impl Subscription {
         let first_lease = crate::storage::micros_since_epoch(SystemTime::now());
         let mut book = LeaseBook::new(stored.acks, stored.deliveries, false, first_lease);
         book.clamp(topic.first_offset(), Now::get());
+        let filter = match Filter::parse(&record.settings.filter) {
+            Ok(filter) => filter.map(Arc::new),
+            Err(err) => {
+                // Stored filters were parsed when they were set; one that
+                // no longer parses is delivered unfiltered rather than
+                // dropping messages the subscriber may want.
+                error!(subscription = %record.name, error = %err,
+                    "the stored filter does not parse; delivering every message");
+                None
+            }
+        };
         Self {
             id: record.id,
             name: record.name,
             deleted: topic.deleted.child_token(),
             topic,
-            ack_deadline: record.ack_deadline,
             created: record.created,
+            settings: Mutex::new(Settings {
+                stored: record.settings,
+                filter,
+            }),
             book: Mutex::new(book),
             wake: Notify::new(),
         }
+    }
+
+    fn settings(&self) -> MutexGuard<'_, Settings> {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long deliveries granted now are leased.
+    pub(super) fn ack_deadline(&self) -> Duration {
+        self.settings().stored.ack_deadline
+    }
+
+    /// The filter messages must pass to be delivered, if any.
+    pub(super) fn filter(&self) -> Option<Arc<Filter>> {
+        self.settings().filter.clone()
+    }
+
+    /// The subscription's record as stored.
+    pub(super) fn record(&self) -> SubscriptionRecord {
+        SubscriptionRecord {
+            id: self.id,
+            name: self.name.clone(),
+            topic: self.topic.id,
+            settings: self.settings().stored.clone(),
+            created: self.created,
+        }
+    }
+
+    /// Takes new settings (already stored); `filter` is the parsed
+    /// filter when it changed. Streams pick them up at their next claim,
+    /// woken here.
+    pub(super) fn apply(&self, stored: SubscriptionSettings, filter: Option<Option<Arc<Filter>>>) {
+        {
+            let mut settings = self.settings();
+            settings.stored = stored;
+            if let Some(filter) = filter {
+                settings.filter = filter;
+            }
+        }
+        self.wake.notify_waiters();
     }
 
     /// Locks the lease book, with the topic's first offset applied.
@@ -140,10 +206,15 @@ impl Subscription {
         let mut book = self.book();
         // Leases of finished streams expire with nobody waiting on them.
         book.reap(Now::get());
+        let (ack_deadline, filter) = {
+            let settings = self.settings();
+            (settings.stored.ack_deadline, settings.stored.filter.clone())
+        };
         SubscriptionInfo {
             name: self.name.clone(),
             topic: self.topic.name.clone(),
-            ack_deadline: self.ack_deadline,
+            ack_deadline,
+            filter,
             backlog: book.ack_state().unacked_below(head),
             in_flight: book.in_flight() as u64,
             ack_floor: book.ack_state().floor,

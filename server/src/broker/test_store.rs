@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore};
@@ -14,7 +14,8 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::{
     Appended, Catalog, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, Store, StoreListener,
-    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
+    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
+    TopicRecord,
 };
 
 /// A read the store served.
@@ -154,16 +155,22 @@ impl Store for TestStore {
         &self,
         name: &SubscriptionName,
         topic: TopicId,
-        ack_deadline: Duration,
+        settings: SubscriptionSettings,
         initial: AckState,
     ) -> StoreResult<SubscriptionRecord> {
         let (inner, name) = (self.inner.clone(), name.clone());
         self.write(async move {
             inner
-                .create_subscription(&name, topic, ack_deadline, initial)
+                .create_subscription(&name, topic, settings, initial)
                 .await
         })
         .await
+    }
+
+    async fn update_subscription(&self, record: SubscriptionRecord) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        self.write(async move { inner.update_subscription(record).await })
+            .await
     }
 
     async fn delete_subscription(&self, subscription: SubscriptionId) -> StoreResult<()> {

@@ -99,6 +99,7 @@ async fn unacked_message_is_redelivered_after_deadline() {
             topic: topic("t"),
             ack_deadline: Some(Duration::from_secs(2)),
             start: StartPosition::Earliest,
+            filter: String::new(),
         })
         .await
         .unwrap();
@@ -319,6 +320,7 @@ fn with_deadline(name: &str, topic_name: &str, deadline: Duration) -> Subscripti
         topic: topic(topic_name),
         ack_deadline: Some(deadline),
         start: StartPosition::Earliest,
+        filter: String::new(),
     }
 }
 

@@ -9,7 +9,7 @@ use tracing::{debug, instrument};
 use super::convert::{
     PageQuery, next_page_token, optional_topic_name, subscription_name, topic_name,
 };
-use crate::broker::{SharedEngine, SubscriptionSpec};
+use crate::broker::{SharedEngine, SubscriptionSpec, SubscriptionUpdate};
 
 /// The gRPC adapter of the admin service.
 #[derive(Clone)]
@@ -105,6 +105,23 @@ impl AdminService for Admin {
         let name = subscription_name(request.into_inner().name)?;
         let subscription = self.broker.get_subscription(&name)?;
         Ok(Response::new(v1::GetSubscriptionResponse {
+            subscription: Some(subscription.into()),
+        }))
+    }
+
+    #[instrument(
+        name = "UpdateSubscription",
+        skip_all,
+        fields(subscription = ?request.get_ref().subscription.as_ref().map(|s| &s.name))
+    )]
+    async fn update_subscription(
+        &self,
+        request: Request<v1::UpdateSubscriptionRequest>,
+    ) -> Result<Response<v1::UpdateSubscriptionResponse>, Status> {
+        let update = SubscriptionUpdate::try_from(request.into_inner())?;
+        debug!(ack_deadline = ?update.ack_deadline, filter = ?update.filter, "update subscription");
+        let subscription = self.broker.update_subscription(update).await?;
+        Ok(Response::new(v1::UpdateSubscriptionResponse {
             subscription: Some(subscription.into()),
         }))
     }

@@ -12,8 +12,9 @@ use tidings::v1;
 use tidings::v1::start_position::Position;
 
 use crate::broker::{
-    BrokerError, BrokerResult, DEFAULT_READ_MESSAGES, Delivery, MAX_READ_MESSAGES, Page,
-    StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec, TopicInfo, TopicRead,
+    BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_READ_MESSAGES, Delivery,
+    MAX_READ_MESSAGES, Page, StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec,
+    SubscriptionUpdate, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -246,7 +247,69 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
             topic: TopicName::new(request.topic)?,
             ack_deadline: ack_deadline(request.ack_deadline_seconds),
             start: start_position(request.start)?,
+            filter: request.filter,
         })
+    }
+}
+
+/// The fields of `Subscription` an update may name.
+const CHANGEABLE: &str = "ack_deadline_seconds, filter";
+
+impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
+    type Error = BrokerError;
+
+    /// Takes the fields the mask names, and only those.
+    fn try_from(request: v1::UpdateSubscriptionRequest) -> BrokerResult<Self> {
+        let Some(subscription) = request.subscription else {
+            return Err(BrokerError::Invalid(
+                "subscription is missing: set subscription.name and the new values".into(),
+            ));
+        };
+        let name = SubscriptionName::new(subscription.name)?;
+        let paths = request
+            .update_mask
+            .map(|mask| mask.paths)
+            .unwrap_or_default();
+        if paths.is_empty() {
+            return Err(BrokerError::Invalid(format!(
+                "update_mask is empty; name the fields to change ({CHANGEABLE})"
+            )));
+        }
+        let mut update = SubscriptionUpdate {
+            name,
+            ack_deadline: None,
+            filter: None,
+        };
+        for path in paths {
+            match path.as_str() {
+                "ack_deadline_seconds" => {
+                    update.ack_deadline = Some(
+                        ack_deadline(subscription.ack_deadline_seconds)
+                            .unwrap_or(DEFAULT_ACK_DEADLINE),
+                    );
+                }
+                "filter" => update.filter = Some(subscription.filter.clone()),
+                "name" | "topic" | "enable_message_ordering" => {
+                    return Err(BrokerError::Invalid(format!(
+                        "update_mask names {path:?}, which is fixed when the subscription is \
+                         created; create a new subscription instead (changeable: {CHANGEABLE})"
+                    )));
+                }
+                "backlog" | "in_flight" | "ack_floor" | "create_time" | "open_streams" => {
+                    return Err(BrokerError::Invalid(format!(
+                        "update_mask names {path:?}, which the broker reports and nobody sets \
+                         (changeable: {CHANGEABLE})"
+                    )));
+                }
+                other => {
+                    return Err(BrokerError::Invalid(format!(
+                        "update_mask names {other:?}, which is not a field of Subscription \
+                         (changeable: {CHANGEABLE})"
+                    )));
+                }
+            }
+        }
+        Ok(update)
     }
 }
 
@@ -346,6 +409,7 @@ impl From<SubscriptionInfo> for v1::Subscription {
             ack_floor: info.ack_floor,
             create_time: Some(info.created.into()),
             open_streams: info.open_streams,
+            filter: info.filter,
         }
     }
 }
@@ -519,6 +583,7 @@ mod tests {
             topic: "t".into(),
             ack_deadline_seconds: 0,
             start: None,
+            ..Default::default()
         })
         .expect("valid request");
         assert_eq!(spec.ack_deadline, None);
@@ -661,6 +726,7 @@ mod tests {
             ack_floor: 8,
             open_streams: 2,
             created,
+            filter: "attributes:a".into(),
         });
         assert_eq!(subscription.name, "s");
         assert_eq!(subscription.topic, "t");

@@ -31,6 +31,8 @@ fn code_of(err: &BrokerError) -> Code {
         | BrokerError::DurationOutOfRange { .. }
         | BrokerError::CountOutOfRange { .. }
         | BrokerError::InvalidAckId(_)
+        | BrokerError::InvalidFilter(_)
+        | BrokerError::NothingToUpdate(_)
         | BrokerError::Invalid(_) => Code::InvalidArgument,
         BrokerError::TopicNotFound(_)
         | BrokerError::SubscriptionNotFound(_)

@@ -13,7 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::{DeliveryRecord, NewMessage, TopicRecord};
-use super::{StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, TopicId};
+use super::{
+    StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    SubscriptionSettings, TopicId,
+};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset, OffsetRanges};
 
@@ -315,15 +318,30 @@ pub(crate) fn decode_topic(
     })
 }
 
-/// Encodes a subscription record.
+/// Tag of a subscription's filter among the record's optional fields.
+const FILTER_TAG: u8 = 1;
+
+/// Encodes a subscription record: its fixed fields, then each optional
+/// setting that is not at its default as a tag byte and its value, so a
+/// record without them reads as it did before they existed.
 pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
-    let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len());
+    let settings = &record.settings;
+    let optional = if settings.filter.is_empty() {
+        0
+    } else {
+        1 + 4 + settings.filter.len()
+    };
+    let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len() + optional);
     w.u64(record.id.0);
     w.u64(record.topic.0);
-    w.u64(record.ack_deadline.as_secs());
-    w.u32(record.ack_deadline.subsec_nanos());
+    w.u64(settings.ack_deadline.as_secs());
+    w.u32(settings.ack_deadline.subsec_nanos());
     w.u64(to_micros(record.created));
     w.str(record.name.as_str());
+    if !settings.filter.is_empty() {
+        w.0.push(FILTER_TAG);
+        w.str(&settings.filter);
+    }
     w.0
 }
 
@@ -340,12 +358,26 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     }
     let created = r.time()?;
     let name = SubscriptionName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
-    r.finish()?;
+    let mut filter = String::new();
+    while r.remaining() > 0 {
+        match r.take(1)?[0] {
+            FILTER_TAG => filter = r.string()?,
+            tag => {
+                return Err(corrupt(
+                    WHAT,
+                    format!("unknown setting tag {tag}: written by a newer broker?"),
+                ));
+            }
+        }
+    }
     Ok(SubscriptionRecord {
         id,
         name,
         topic,
-        ack_deadline: Duration::new(secs, nanos),
+        settings: SubscriptionSettings {
+            ack_deadline: Duration::new(secs, nanos),
+            filter,
+        },
         created,
     })
 }
@@ -412,7 +444,10 @@ mod tests {
             id: SubscriptionId(7),
             name: SubscriptionName::new("inventory").expect("valid name"),
             topic: TopicId(42),
-            ack_deadline: Duration::new(30, 5),
+            settings: SubscriptionSettings {
+                ack_deadline: Duration::new(30, 5),
+                filter: String::new(),
+            },
             created: time(1_700_000_000_000_001),
         }
     }
@@ -454,6 +489,24 @@ mod tests {
         let decoded = decode_message(0, Bytes::from(value)).expect("decodes");
         assert!(decoded.payload.is_empty() && decoded.key.is_empty());
         assert!(decoded.attributes.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_filter_round_trips_and_its_absence_keeps_the_old_format() {
+        let plain = subscription_record();
+        let mut filtered = plain.clone();
+        filtered.settings.filter = r#"attributes.kind = "order""#.to_string();
+        let encoded = encode_subscription(&filtered);
+        assert_eq!(decode_subscription(&encoded).expect("decodes"), filtered);
+        // Without a filter, the record is byte for byte what v0.1 wrote:
+        // the fixed fields and nothing after the name.
+        let old = encode_subscription(&plain);
+        assert_eq!(old.len(), 1 + 8 + 8 + 8 + 4 + 8 + 4 + "inventory".len());
+        assert_eq!(&encoded[..old.len()], &old[..]);
+        // A setting this version does not know is refused, not dropped.
+        let mut newer = old.clone();
+        newer.extend_from_slice(&[99, 0, 0, 0, 0]);
+        assert_corrupt(decode_subscription(&newer), &newer);
     }
 
     #[test]

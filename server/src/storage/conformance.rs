@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::{
     Appended, DeliveryRecord, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, RocksStore,
     SharedStore, StoreError, StoreListener, StoredMessage, StoredSubscription, SubscriptionId,
-    SubscriptionRecord, SyncPolicy, TopicId,
+    SubscriptionRecord, SubscriptionSettings, SyncPolicy, TopicId,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -96,6 +96,13 @@ fn subscription_name(name: &str) -> anyhow::Result<SubscriptionName> {
 }
 
 /// A message whose payload, key and attributes all carry `tag`.
+fn settings(ack_deadline: Duration) -> SubscriptionSettings {
+    SubscriptionSettings {
+        ack_deadline,
+        filter: String::new(),
+    }
+}
+
 fn message(tag: &str) -> NewMessage {
     NewMessage {
         payload: Bytes::from(format!("payload {tag}")),
@@ -392,7 +399,7 @@ async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow
     let name = subscription_name("s")?;
     let deadline = Duration::from_secs(30);
     let sub = store
-        .create_subscription(&name, topic, deadline, AckState::starting_at(3))
+        .create_subscription(&name, topic, settings(deadline), AckState::starting_at(3))
         .await?;
     let catalog = store.load().await?;
     ensure!(catalog.subscriptions == vec![stored(&sub, AckState::starting_at(3))]);
@@ -427,7 +434,7 @@ async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::R
         .create_subscription(
             &subscription_name("one")?,
             topic,
-            deadline,
+            settings(deadline),
             AckState::default(),
         )
         .await?;
@@ -435,12 +442,16 @@ async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::R
         .create_subscription(
             &subscription_name("two")?,
             topic,
-            deadline,
+            settings(deadline),
             AckState::starting_at(7),
         )
         .await?;
     ensure!(first.id < second.id, "ids grow");
-    ensure!(first.topic == topic && first.ack_deadline == deadline && first.name.as_str() == "one");
+    ensure!(
+        first.topic == topic
+            && first.settings.ack_deadline == deadline
+            && first.name.as_str() == "one"
+    );
     let listed: Vec<_> = store
         .load()
         .await?
@@ -468,7 +479,7 @@ async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::R
         .create_subscription(
             &subscription_name("x")?,
             TopicId(u64::MAX - 1),
-            deadline,
+            settings(deadline),
             AckState::default(),
         )
         .await;
@@ -476,6 +487,53 @@ async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::R
         matches!(orphan, Err(StoreError::TopicNotFound(_))),
         "{orphan:?}"
     );
+    Ok(())
+}
+
+async fn subscription_settings_change_and_survive_a_reopen(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let mut acks = AckState::starting_at(3);
+    acks.ack(5);
+    let sub = store
+        .create_subscription(
+            &subscription_name("s")?,
+            topic,
+            settings(Duration::from_secs(10)),
+            acks.clone(),
+        )
+        .await?;
+    let changed = SubscriptionRecord {
+        settings: SubscriptionSettings {
+            ack_deadline: Duration::from_secs(45),
+            filter: r#"attributes.kind = "order""#.to_owned(),
+        },
+        ..sub.clone()
+    };
+    store.update_subscription(changed.clone()).await?;
+    ensure!(store.load().await?.subscriptions == vec![stored(&changed, acks.clone())]);
+    let store = h.reopen(store).await?;
+    let loaded = store.load().await?.subscriptions;
+    ensure!(
+        loaded == vec![stored(&changed, acks.clone())],
+        "settings and acks as they were: {loaded:?}"
+    );
+    // Back to no filter: the record reads back without one.
+    store.update_subscription(sub.clone()).await?;
+    ensure!(store.load().await?.subscriptions == vec![stored(&sub, acks)]);
+    store.delete_subscription(sub.id).await?;
+    let gone = store.update_subscription(sub.clone()).await;
+    ensure!(
+        matches!(gone, Err(StoreError::SubscriptionNotFound(id)) if id == sub.id),
+        "{gone:?}"
+    );
+    ensure!(
+        store.load().await?.subscriptions.is_empty(),
+        "not brought back"
+    );
+    store.close().await?;
     Ok(())
 }
 
@@ -492,7 +550,7 @@ async fn delete_topic_removes_messages_and_subscriptions(
         .create_subscription(
             &subscription_name("gone")?,
             doomed.id,
-            deadline,
+            settings(deadline),
             AckState::default(),
         )
         .await?;
@@ -500,7 +558,7 @@ async fn delete_topic_removes_messages_and_subscriptions(
         .create_subscription(
             &subscription_name("stays")?,
             kept.id,
-            deadline,
+            settings(deadline),
             AckState::default(),
         )
         .await?;
@@ -532,7 +590,7 @@ async fn delete_topic_removes_messages_and_subscriptions(
         .create_subscription(
             &subscription_name("late")?,
             doomed.id,
-            deadline,
+            settings(deadline),
             AckState::default(),
         )
         .await;
@@ -571,7 +629,7 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
         .create_subscription(
             &subscription_name("s")?,
             topic.id,
-            Duration::from_secs(30),
+            settings(Duration::from_secs(30)),
             AckState::default(),
         )
         .await?;
@@ -763,7 +821,7 @@ async fn delivery_records_are_stored_deleted_and_go_with_their_subscription(
         async move {
             let name = subscription_name(name)?;
             let created = store
-                .create_subscription(&name, topic, deadline, AckState::default())
+                .create_subscription(&name, topic, settings(deadline), AckState::default())
                 .await?;
             anyhow::Ok(created)
         }
@@ -828,6 +886,7 @@ macro_rules! conformance {
             offset_at_time_finds_first_message_at_or_after,
             ack_states_are_saved_replaced_and_loaded,
             subscriptions_are_created_and_deleted,
+            subscription_settings_change_and_survive_a_reopen,
             delete_topic_removes_messages_and_subscriptions,
             reopen_keeps_everything,
             closed_store_refuses_calls,

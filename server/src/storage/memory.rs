@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
 use super::{
     Appended, Catalog, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError,
     StoreListener, StoreResult, StoredMessage, StoredSubscription, SubscriptionId,
-    SubscriptionRecord, TopicId, TopicRecord,
+    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -251,7 +251,7 @@ impl Store for MemoryStore {
         &self,
         name: &SubscriptionName,
         topic: TopicId,
-        ack_deadline: Duration,
+        settings: SubscriptionSettings,
         initial: AckState,
     ) -> StoreResult<SubscriptionRecord> {
         let mut state = self.lock()?;
@@ -261,7 +261,7 @@ impl Store for MemoryStore {
             id: SubscriptionId(state.next_subscription),
             name: name.clone(),
             topic,
-            ack_deadline,
+            settings,
             created: SystemTime::now(),
         };
         let data = SubscriptionData {
@@ -271,6 +271,17 @@ impl Store for MemoryStore {
         };
         state.subscriptions.insert(record.id, data);
         Ok(record)
+    }
+
+    async fn update_subscription(&self, record: SubscriptionRecord) -> StoreResult<()> {
+        let mut state = self.lock()?;
+        match state.subscriptions.get_mut(&record.id) {
+            Some(data) if data.record.topic == record.topic => {
+                data.record = record;
+                Ok(())
+            }
+            _ => Err(StoreError::SubscriptionNotFound(record.id)),
+        }
     }
 
     async fn delete_subscription(&self, subscription: SubscriptionId) -> StoreResult<()> {

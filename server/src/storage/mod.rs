@@ -78,10 +78,21 @@ pub struct SubscriptionRecord {
     pub name: SubscriptionName,
     /// The topic it reads.
     pub topic: TopicId,
-    /// How long a delivery is leased.
-    pub ack_deadline: Duration,
+    /// What may change after it is created.
+    pub settings: SubscriptionSettings,
     /// When it was created.
     pub created: SystemTime,
+}
+
+/// The settings of a subscription that
+/// [`Store::update_subscription`] can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSettings {
+    /// How long a delivery is leased.
+    pub ack_deadline: Duration,
+    /// The text of its filter; empty for none. Stored as given, parsed by
+    /// the broker.
+    pub filter: String,
 }
 
 /// What is stored of a message whose delivery on a subscription failed:
@@ -360,9 +371,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         name: &SubscriptionName,
         topic: TopicId,
-        ack_deadline: Duration,
+        settings: SubscriptionSettings,
         initial: AckState,
     ) -> StoreResult<SubscriptionRecord>;
+
+    /// Replaces a subscription's record with `record`, whose id, name,
+    /// topic and creation time are those stored: only its settings change.
+    /// Its delivery state stays as it is.
+    ///
+    /// # Errors
+    /// [`StoreError::SubscriptionNotFound`] when there is no such
+    /// subscription.
+    async fn update_subscription(&self, record: SubscriptionRecord) -> StoreResult<()>;
 
     /// Deletes a subscription and its delivery state.
     ///

@@ -35,7 +35,8 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::{
     Appended, Catalog, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError, StoreListener,
-    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
+    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
+    TopicRecord,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -328,17 +329,22 @@ impl Store for RocksStore {
         &self,
         name: &SubscriptionName,
         topic: TopicId,
-        ack_deadline: Duration,
+        settings: SubscriptionSettings,
         initial: AckState,
     ) -> StoreResult<SubscriptionRecord> {
         let name = name.clone();
         let new = NewSubscription {
             name,
             topic,
-            ack_deadline,
+            settings,
             initial,
         };
         self.submit(|reply| Op::CreateSubscription { new, reply })
+            .await
+    }
+
+    async fn update_subscription(&self, record: SubscriptionRecord) -> StoreResult<()> {
+        self.submit(|reply| Op::UpdateSubscription { record, reply })
             .await
     }
 

@@ -72,6 +72,7 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
         "ack_floor": sub.ack_floor,
         "open_streams": sub.open_streams,
         "create_time": time_json(sub.create_time),
+        "filter": sub.filter,
     })
 }
 
@@ -278,6 +279,14 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
         ("ack floor", sub.ack_floor.to_string()),
         ("open streams", sub.open_streams.to_string()),
         ("created", time_text(sub.create_time)),
+        (
+            "filter",
+            if sub.filter.is_empty() {
+                "none".to_owned()
+            } else {
+                sub.filter.clone()
+            },
+        ),
     ])
 }
 
@@ -304,12 +313,20 @@ mod tests {
             ack_floor: 2,
             open_streams: 1,
             create_time: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500)),
+            filter: "attributes:vip".into(),
         };
         let value = subscription_json(&sub);
         assert_eq!(value["backlog"], 3);
         assert_eq!(value["ack_deadline_seconds"], 30);
         assert_eq!(value["create_time"], "1970-01-01T00:00:01.500000000Z");
         assert!(subscription_text(&sub).contains("ack deadline: 30s"));
+        assert_eq!(value["filter"], "attributes:vip");
+        let text = subscription_text(&sub);
+        let filter_line = text.lines().find(|line| line.starts_with("filter:"));
+        assert!(
+            filter_line.is_some_and(|line| line.ends_with(" attributes:vip")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -257,12 +257,20 @@ impl<'db> Batch<'db> {
     /// A new subscription: its record, the id counter and its ack state.
     pub(super) fn put_subscription(&mut self, record: &SubscriptionRecord, initial: &AckState) {
         let (meta, id) = (self.columns.meta, record.id.0);
-        let value = codec::encode_subscription(record);
-        self.write
-            .put_cf(meta, meta_key(SUBSCRIPTION_PREFIX, id), value);
+        self.put_subscription_record(record);
         self.write
             .put_cf(meta, LAST_SUBSCRIPTION_ID_KEY, codec::encode_u64(id));
         self.put_ack_state(record.id, initial);
+    }
+
+    /// A subscription's record, new or changed.
+    pub(super) fn put_subscription_record(&mut self, record: &SubscriptionRecord) {
+        let value = codec::encode_subscription(record);
+        self.write.put_cf(
+            self.columns.meta,
+            meta_key(SUBSCRIPTION_PREFIX, record.id.0),
+            value,
+        );
         self.needs(SyncNeed::Metadata);
     }
 

@@ -28,7 +28,7 @@ use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
     Appended, DeliveryUpdate, NewMessage, StoreError, StoreResult, SubscriptionId,
-    SubscriptionRecord, TopicId, TopicRecord,
+    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
 };
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -61,6 +61,10 @@ pub(super) enum Op {
         new: NewSubscription,
         reply: Reply<SubscriptionRecord>,
     },
+    UpdateSubscription {
+        record: SubscriptionRecord,
+        reply: Reply<()>,
+    },
     DeleteSubscription {
         subscription: SubscriptionId,
         reply: Reply<()>,
@@ -80,7 +84,7 @@ pub(super) enum Op {
 pub(super) struct NewSubscription {
     pub(super) name: SubscriptionName,
     pub(super) topic: TopicId,
-    pub(super) ack_deadline: Duration,
+    pub(super) settings: SubscriptionSettings,
     pub(super) initial: AckState,
 }
 
@@ -328,6 +332,10 @@ impl Writer {
                 let staged = self.stage_create_subscription(new, batch);
                 batch.answer(reply, staged);
             }
+            Op::UpdateSubscription { record, reply } => {
+                let staged = self.stage_update_subscription(&record, batch);
+                batch.answer(reply, staged);
+            }
             Op::DeleteSubscription {
                 subscription,
                 reply,
@@ -449,13 +457,25 @@ impl Writer {
             id: SubscriptionId(self.last_subscription_id),
             name: new.name,
             topic: new.topic,
-            ack_deadline: new.ack_deadline,
+            settings: new.settings,
             created: codec::truncate_to_micros(SystemTime::now()),
         };
         batch.put_subscription(&record, &new.initial);
         let previous = self.subscriptions.insert(record.id, record.topic);
         self.undo.push(Undo::Subscription(record.id, previous));
         Ok(record)
+    }
+
+    fn stage_update_subscription(
+        &mut self,
+        record: &SubscriptionRecord,
+        batch: &mut Batch<'_>,
+    ) -> StoreResult<()> {
+        if self.subscriptions.get(&record.id) != Some(&record.topic) {
+            return Err(StoreError::SubscriptionNotFound(record.id));
+        }
+        batch.put_subscription_record(record);
+        Ok(())
     }
 
     fn stage_delete_subscription(

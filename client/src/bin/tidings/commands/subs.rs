@@ -1,11 +1,13 @@
-//! `tidings subs ls|create|describe|delete`: manage subscriptions.
+//! `tidings subs ls|create|update|describe|delete`: manage subscriptions.
 //!
 //! Thin: one library call per command, then the result printed as a
 //! table, lines or JSON. Receiving messages is `tidings sub`, elsewhere.
 
 use clap::Subcommand;
 use serde_json::{Value, json};
-use tidings_client::{Client, SubscriptionConfig};
+use std::time::Duration;
+
+use tidings_client::{Client, SubscriptionConfig, SubscriptionUpdate};
 
 use super::Context;
 use crate::{output, values};
@@ -24,7 +26,8 @@ pub(crate) enum SubsCommand {
     /// Create a subscription on a topic.
     #[command(after_long_help = "Examples:\n  \
         tidings subs create billing --topic orders\n  \
-        tidings subs create audit --topic orders --start latest --ack-deadline 2m")]
+        tidings subs create audit --topic orders --start latest --ack-deadline 2m\n  \
+        tidings subs create eu-orders --topic orders --filter 'attributes.region = \"eu\"'")]
     Create {
         /// The new subscription's name; the same grammar as topic names.
         name: String,
@@ -35,6 +38,34 @@ pub(crate) enum SubsCommand {
 
         #[command(flatten)]
         new: values::NewSubscriptionArgs,
+
+        /// Deliver only messages whose attributes match, in Pub/Sub's
+        /// syntax: attributes.NAME = "v", !=, attributes:NAME,
+        /// hasPrefix(attributes.NAME, "p"), NOT, AND, OR, parentheses.
+        /// The others are acknowledged without delivery.
+        #[arg(long, value_name = "EXPRESSION")]
+        filter: Option<String>,
+    },
+
+    /// Change a subscription's ack deadline or filter; its open streams
+    /// follow without reconnecting.
+    #[command(after_long_help = "Examples:\n  \
+        tidings subs update billing --ack-deadline 1m\n  \
+        tidings subs update eu-orders --filter 'attributes.region = \"eu\" OR attributes:vip'\n  \
+        tidings subs update eu-orders --filter ''   (removes the filter)")]
+    Update {
+        /// The subscription's name.
+        name: String,
+
+        /// The new ack deadline (30, 45s, 2m; 1 s to 10 min), for leases
+        /// granted from now on.
+        #[arg(long, value_parser = values::parse_ack_deadline, value_name = "DURATION")]
+        ack_deadline: Option<Duration>,
+
+        /// The new filter; an empty one removes it. Applies to every
+        /// message not yet delivered.
+        #[arg(long, value_name = "EXPRESSION")]
+        filter: Option<String>,
     },
 
     /// Show a subscription with its live figures: backlog, messages in
@@ -89,12 +120,40 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 },
             )?;
         }
-        SubsCommand::Create { name, topic, new } => {
+        SubsCommand::Create {
+            name,
+            topic,
+            new,
+            filter,
+        } => {
             let mut config = SubscriptionConfig::new(name, topic).start(new.start);
             if let Some(deadline) = new.ack_deadline {
                 config = config.ack_deadline(deadline);
             }
+            if let Some(filter) = filter {
+                config = config.filter(filter);
+            }
             create(ctx, &client, config).await?;
+        }
+        SubsCommand::Update {
+            name,
+            ack_deadline,
+            filter,
+        } => {
+            let update = SubscriptionUpdate {
+                ack_deadline,
+                filter,
+            };
+            if update.ack_deadline.is_none() && update.filter.is_none() {
+                anyhow::bail!(
+                    "nothing to change: give --ack-deadline or --filter (an empty --filter removes it)"
+                );
+            }
+            let sub = client.update_subscription(&name, update).await?;
+            ctx.emit(
+                || output::subscription_json(&sub),
+                || output::subscription_text(&sub),
+            )?;
         }
         SubsCommand::Describe { name } => {
             let sub = client.get_subscription(&name).await?;
