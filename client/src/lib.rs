@@ -74,7 +74,8 @@
 //! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` the
 //! plain data; `publisher.rs` (with `publisher/`: its task, its calls and
 //! retries, its queue limits, its pause) and `batch.rs` the publisher;
-//! `subscriber.rs`, `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
+//! `subscriber.rs`, `reader.rs`, `delivery.rs`, `settle.rs` (with
+//! `settle/`: its requests) and `lease.rs` the subscriber. The raw
 //! generated API stays reachable as [`v1`] (and through
 //! [`Client::publisher_service`] and friends).
 //!
@@ -90,6 +91,7 @@ mod error;
 mod lease;
 mod publisher;
 mod read;
+mod reader;
 mod settle;
 mod subscriber;
 mod types;
