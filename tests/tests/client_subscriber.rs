@@ -1,6 +1,7 @@
 //! The Rust client's `Subscriber` against a real broker: deliveries, acks,
-//! nacks, dropped deliveries, automatic lease extension, flow control,
-//! errors, and a broker restart under a live subscriber.
+//! nacks, dropped deliveries, automatic lease extension, flow control by
+//! count and by bytes, errors, shutdown without duplicates, and a broker
+//! restart under a live subscriber.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
