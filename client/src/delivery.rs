@@ -3,16 +3,21 @@
 //!
 //! Settling only queues the settlement with the subscriber's settlement
 //! task (see `settle.rs`), which batches and sends it; nothing here does
-//! I/O or blocks.
+//! I/O or blocks. The awaitable forms return a [`SettleFuture`] that the
+//! task answers.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tidings::v1::ReceivedMessage;
+use tokio::sync::oneshot;
 
+use crate::error::{Error, Result};
 use crate::lease::{Settlement, Target};
 use crate::settle::Settle;
 
@@ -42,6 +47,12 @@ pub struct Delivery {
     serial: u64,
     settle: Arc<Settle>,
     settled: bool,
+    /// Its size for flow control: payload, key and attributes.
+    size: u64,
+    /// Whether flow control let it through (it counts as outstanding).
+    admitted: bool,
+    /// Whether it was handed to the application (it counts as held).
+    handed_out: bool,
 }
 
 impl Delivery {
@@ -50,6 +61,12 @@ impl Delivery {
     pub(crate) fn new(message: ReceivedMessage, epoch: u64, settle: Arc<Settle>) -> Self {
         let target = Target::new(message.offset, message.ack_id);
         let serial = settle.received(epoch, message.offset, target.clone());
+        let attributes_size: usize = message
+            .attributes
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        let size = message.payload.len() + message.key.len() + attributes_size;
         Self {
             offset: message.offset,
             payload: message.payload,
@@ -64,14 +81,29 @@ impl Delivery {
             serial,
             settle,
             settled: false,
+            size: u64::try_from(size).unwrap_or(u64::MAX),
+            admitted: false,
+            handed_out: false,
         }
+    }
+
+    /// Its size for flow control: payload, key and attributes.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Counts this delivery as outstanding: flow control let it through.
+    pub(crate) fn admit(&mut self) {
+        self.settle.admit(self.size);
+        self.admitted = true;
     }
 
     /// Counts this delivery as handed to the application, if the stream it
     /// came on is still open; returns whether it is. A delivery of an
     /// ended stream was taken back by the broker and comes again.
-    pub(crate) fn hand_out(&self) -> bool {
-        self.settle.hand_out(self.epoch)
+    pub(crate) fn hand_out(&mut self) -> bool {
+        self.handed_out = self.settle.hand_out(self.epoch);
+        self.handed_out
     }
 
     /// The message's offset in its topic.
@@ -120,42 +152,113 @@ impl Delivery {
     }
 
     /// Acknowledges the message: it is never delivered again on this
-    /// subscription. Sent within the flush interval (and retried across
-    /// reconnects).
+    /// subscription. Fire and forget: sent within the flush interval and
+    /// retried on transient failures; a failure is reported by the next
+    /// [`Subscriber::flush`](crate::Subscriber::flush) or
+    /// [`close`](crate::Subscriber::close). To wait for the broker's
+    /// answer, use [`ack_with_response`](Self::ack_with_response).
     pub fn ack(mut self) {
-        self.finish(Settlement::Ack);
+        self.finish(Settlement::Ack, None);
+    }
+
+    /// Acknowledges the message, like [`ack`](Self::ack), and returns a
+    /// future that resolves once the broker has stored the ack.
+    ///
+    /// The ack is queued at once, whether or not the future is awaited.
+    ///
+    /// # Errors
+    /// The future resolves to [`Error::Status`] when the broker refused the
+    /// ack (for example `NOT_FOUND`: the subscription was deleted), or
+    /// [`Error::GaveUp`] when the broker could not be reached (or did not
+    /// answer in time) and the subscriber was closing. Transient failures
+    /// (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, the
+    /// client's request timeout) are retried with backoff before that.
+    /// An error handed to this future is not reported again by
+    /// [`Subscriber::flush`](crate::Subscriber::flush); if the future is
+    /// dropped unawaited, it is.
+    pub fn ack_with_response(mut self) -> SettleFuture {
+        self.finish_awaitable(Settlement::Ack)
     }
 
     /// Gives the message back, to be delivered again at once.
     pub fn nack(mut self) {
-        self.finish(Settlement::Nack(Duration::ZERO));
+        self.finish(Settlement::Nack(Duration::ZERO), None);
+    }
+
+    /// Gives the message back, like [`nack`](Self::nack), and returns a
+    /// future that resolves once the broker has it back: once it answered
+    /// the nack, or at once when the nack is moot because this delivery no
+    /// longer holds its lease (the stream it came on ended, or its
+    /// `max_lease_extension` passed), so the broker took it back already.
+    ///
+    /// # Errors
+    /// As for [`ack_with_response`](Self::ack_with_response).
+    pub fn nack_with_response(mut self) -> SettleFuture {
+        self.finish_awaitable(Settlement::Nack(Duration::ZERO))
     }
 
     /// Gives the message back, to be delivered again after `delay` (at most
     /// [`MAX_NACK_DELAY`]; longer delays are shortened to it).
     pub fn nack_after(mut self, delay: Duration) {
-        self.finish(Settlement::Nack(delay.min(MAX_NACK_DELAY)));
+        self.finish(Settlement::Nack(delay.min(MAX_NACK_DELAY)), None);
     }
 
     /// Extends the lease now, by the subscription's ack deadline. The
-    /// subscriber does this on its own on a timer; call it only to extend
-    /// past `max_lease_extension`.
+    /// subscriber does this on its own on a timer until
+    /// `max_lease_extension` has passed since receipt; after that the
+    /// lease is let go (the broker may deliver the message again, under a
+    /// new ack_id) and this does nothing.
     pub fn extend(&self) {
-        self.settle
-            .settle(self.offset, self.serial, &self.target, Settlement::Extend);
+        self.settle.settle(
+            self.offset,
+            self.serial,
+            &self.target,
+            Settlement::Extend,
+            None,
+        );
     }
 
-    fn finish(&mut self, settlement: Settlement) {
+    fn finish_awaitable(&mut self, settlement: Settlement) -> SettleFuture {
+        let (reply, answer) = oneshot::channel();
+        self.finish(settlement, Some(reply));
+        SettleFuture { answer }
+    }
+
+    fn finish(&mut self, settlement: Settlement, reply: Option<oneshot::Sender<Result<()>>>) {
         self.settled = true;
+        // Queued first, then no longer held: once shutdown sees nothing
+        // held, every settlement is queued and its flush covers them.
         self.settle
-            .settle(self.offset, self.serial, &self.target, settlement);
+            .settle(self.offset, self.serial, &self.target, settlement, reply);
+        self.settle
+            .release(self.size, self.admitted, self.handed_out);
+    }
+}
+
+/// The outcome of an awaitable settlement
+/// ([`Delivery::ack_with_response`], [`Delivery::nack_with_response`]):
+/// `Ok` once the broker stored it. Dropping it does not cancel the
+/// settlement.
+#[derive(Debug)]
+#[must_use = "the settlement is sent anyway; await this to learn whether the broker stored it"]
+pub struct SettleFuture {
+    answer: oneshot::Receiver<Result<()>>,
+}
+
+impl Future for SettleFuture {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(Error::Closed)))
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.settled {
-            self.finish(Settlement::Nack(Duration::ZERO));
+            self.finish(Settlement::Nack(Duration::ZERO), None);
         }
     }
 }

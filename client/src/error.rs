@@ -68,6 +68,46 @@ pub enum Error {
         #[source]
         cause: Box<Error>,
     },
+    /// A settlement (ack, nack or lease extension) was given up: the broker
+    /// could not be reached, or did not answer in time, through `attempts`
+    /// tries, and the subscriber was closing. Its message may be delivered
+    /// again.
+    #[error(
+        "given up after {attempts} attempts to reach the broker; \
+         the message may be delivered again"
+    )]
+    GaveUp {
+        /// How many times it was sent.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        cause: Box<Error>,
+    },
+    /// Acks or nacks were not stored: the broker refused some (a
+    /// non-retryable status such as `NOT_FOUND` or `FAILED_PRECONDITION`)
+    /// and others were given up while closing. Their messages may be
+    /// delivered again. Returned by
+    /// [`Subscriber::flush`](crate::Subscriber::flush),
+    /// [`Subscriber::close`](crate::Subscriber::close) and
+    /// [`Subscriber::shutdown`](crate::Subscriber::shutdown).
+    #[error(
+        "{total} {what} not stored ({refused} refused by the broker, {given_up} given up \
+         after retries), so {them} may be delivered again",
+        total = refused + given_up,
+        what = if refused + given_up == 1 { "ack or nack was" } else { "acks or nacks were" },
+        them = if refused + given_up == 1 { "its message" } else { "their messages" },
+    )]
+    Unsettled {
+        /// How many the broker refused.
+        refused: u64,
+        /// How many were given up (the broker unreachable or too slow
+        /// while the subscriber was closing).
+        given_up: u64,
+        /// The first failure: the broker's refusal, or
+        /// [`Error::GaveUp`].
+        #[source]
+        cause: Box<Error>,
+    },
 }
 
 impl Error {
@@ -75,7 +115,8 @@ impl Error {
     /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
     /// `INVALID_ARGUMENT` for a bad address or argument, `CANCELLED` for
     /// [`Error::Closed`], `RESOURCE_EXHAUSTED` for [`Error::QueueFull`] and
-    /// `FAILED_PRECONDITION` for [`Error::Paused`].
+    /// `FAILED_PRECONDITION` for [`Error::Paused`], and the code of the
+    /// cause for [`Error::GaveUp`] and [`Error::Unsettled`].
     pub fn code(&self) -> tonic::Code {
         match self {
             Self::InvalidUrl { .. } | Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
@@ -84,13 +125,16 @@ impl Error {
             Self::Closed => tonic::Code::Cancelled,
             Self::QueueFull { .. } => tonic::Code::ResourceExhausted,
             Self::Paused { .. } => tonic::Code::FailedPrecondition,
+            Self::GaveUp { cause, .. } | Self::Unsettled { cause, .. } => cause.code(),
         }
     }
 
-    /// The broker's status, when the broker answered.
+    /// The broker's status, when the broker answered (for
+    /// [`Error::GaveUp`] and [`Error::Unsettled`], that of the cause).
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Self::Status(status) => Some(status),
+            Self::GaveUp { cause, .. } | Self::Unsettled { cause, .. } => cause.status(),
             _ => None,
         }
     }
@@ -111,6 +155,19 @@ impl Error {
                 max_bytes: *max_bytes,
             },
             Self::Paused { cause } => Self::Paused {
+                cause: Box::new(cause.duplicate()),
+            },
+            Self::GaveUp { attempts, cause } => Self::GaveUp {
+                attempts: *attempts,
+                cause: Box::new(cause.duplicate()),
+            },
+            Self::Unsettled {
+                refused,
+                given_up,
+                cause,
+            } => Self::Unsettled {
+                refused: *refused,
+                given_up: *given_up,
                 cause: Box::new(cause.duplicate()),
             },
             other => Self::Status(tonic::Status::new(other.code(), other.to_string())),
@@ -138,6 +195,20 @@ pub(crate) fn is_retryable(status: &tonic::Status) -> bool {
         Code::Unknown | Code::Internal | Code::Cancelled => status.source().is_some(),
         _ => false,
     }
+}
+
+/// Whether a failed settlement (`Ack`, `Nack`, `ModifyAckDeadline`, all
+/// idempotent) is worth sending again: what [`is_retryable`] says, and
+/// also a timeout (the broker's `DEADLINE_EXCEEDED`, or the client's own
+/// request timeout, which `tonic` reports as `CANCELLED`) and an overloaded
+/// broker (`RESOURCE_EXHAUSTED`).
+pub(crate) fn is_transient(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    is_retryable(status)
+        || matches!(
+            status.code(),
+            Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled
+        )
 }
 
 /// Whether a failed call certainly never reached the broker: the channel
@@ -208,6 +279,47 @@ mod tests {
         let transport = tonic::Status::from_error(Box::new(io));
         assert_eq!(transport.code(), tonic::Code::Unknown);
         assert!(is_retryable(&transport));
+    }
+
+    #[test]
+    fn timeouts_and_overload_are_transient_for_settlements() {
+        for status in [
+            tonic::Status::unavailable("restarting"),
+            tonic::Status::deadline_exceeded("too slow"),
+            tonic::Status::resource_exhausted("busy"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            assert!(is_transient(&status), "{status:?}");
+        }
+        for status in [
+            tonic::Status::failed_precondition("push subscription"),
+            tonic::Status::invalid_argument("bad ack_id"),
+            tonic::Status::not_found("gone"),
+        ] {
+            assert!(!is_transient(&status), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn unsettled_counts_what_failed_and_keeps_the_cause() {
+        let err = Error::Unsettled {
+            refused: 2,
+            given_up: 1,
+            cause: Box::new(Error::from(tonic::Status::failed_precondition("no"))),
+        };
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            err.to_string(),
+            "3 acks or nacks were not stored (2 refused by the broker, 1 given up after \
+             retries), so their messages may be delivered again"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let gave_up = Error::GaveUp {
+            attempts: 5,
+            cause: Box::new(Error::from(tonic::Status::cancelled("Timeout expired"))),
+        };
+        assert_eq!(gave_up.duplicate().code(), tonic::Code::Cancelled);
+        assert!(gave_up.to_string().contains("5 attempts"), "{gave_up}");
     }
 
     #[test]

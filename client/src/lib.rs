@@ -11,8 +11,12 @@
 //!   batches, several batches at a time, from a bounded queue, and sends a
 //!   batch again only when its call never reached the broker;
 //! - a [`Subscriber`]: a [`Stream`](futures::Stream) of [`Delivery`]
-//!   values. Acks are batched, leases of unsettled deliveries are extended
-//!   on their own, and the stream reconnects when the broker restarts.
+//!   values. Acks are batched (or awaited one by one with
+//!   [`Delivery::ack_with_response`]), leases of unsettled deliveries are
+//!   extended on their own, flow control holds to a count and a byte
+//!   budget, the stream reconnects when the broker restarts, and
+//!   [`Subscriber::shutdown`] ends it only once handlers have settled what
+//!   they hold.
 //!
 //! ```no_run
 //! use futures::StreamExt as _;
@@ -49,11 +53,19 @@
 //! # Delivery promises
 //! Delivery is at least once: a message comes again until it is acked —
 //! after a nack, when a dropped [`Delivery`] is nacked for you, when its
-//! lease expires (only past the subscriber's `max_lease_extension`), or
-//! when the stream breaks. Acks are idempotent and are retried across
-//! reconnects. Settlements name each delivery by its ack_id (by its offset
-//! with a broker that gives none), so a late nack or extension never
-//! disturbs a lease that has moved on. See [`Publisher`] for what
+//! lease expires (only past the subscriber's `max_lease_extension`, when
+//! the subscriber lets the lease go), or when the stream ends with it
+//! unsettled ([`Subscriber::close`]; [`Subscriber::shutdown`] waits for
+//! handlers first). Settlements are idempotent, and transient failures
+//! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, timeouts) are
+//! retried across reconnects. Acks and nacks the broker refused, or that
+//! were given up while closing, are never only logged:
+//! [`Subscriber::flush`], [`Subscriber::close`] and
+//! [`Subscriber::shutdown`] return [`Error::Unsettled`] with how many and
+//! why, and the awaitable forms return the failure itself. Settlements name
+//! each delivery by its ack_id (by its offset with a broker that gives
+//! none), so a late nack or extension never disturbs a lease that has moved
+//! on. See [`Publisher`] for what
 //! publishing promises about order (with `max_in_flight(1)`, exact publish
 //! order, and a pause after a failure until [`Publisher::resume`]), memory,
 //! retries and errors.
@@ -62,7 +74,8 @@
 //! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` the
 //! plain data; `publisher.rs` (with `publisher/`: its task, its calls and
 //! retries, its queue limits, its pause) and `batch.rs` the publisher;
-//! `subscriber.rs`, `delivery.rs`, `settle.rs` and `lease.rs` the subscriber. The raw
+//! `subscriber.rs`, `reader.rs`, `delivery.rs`, `settle.rs` (with
+//! `settle/`: its requests) and `lease.rs` the subscriber. The raw
 //! generated API stays reachable as [`v1`] (and through
 //! [`Client::publisher_service`] and friends).
 //!
@@ -78,6 +91,7 @@ mod error;
 mod lease;
 mod publisher;
 mod read;
+mod reader;
 mod settle;
 mod subscriber;
 mod types;
@@ -87,7 +101,7 @@ pub use tidings::v1;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DECODING_MESSAGE_SIZE,
 };
-pub use delivery::{Delivery, MAX_NACK_DELAY};
+pub use delivery::{Delivery, MAX_NACK_DELAY, SettleFuture};
 pub use error::{Error, Result};
 pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,
@@ -96,8 +110,8 @@ pub use publisher::{
 };
 pub use read::{StoredMessage, TopicRead};
 pub use subscriber::{
-    DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_MESSAGES,
-    Subscriber, SubscriberBuilder,
+    DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_BYTES,
+    DEFAULT_MAX_OUTSTANDING_MESSAGES, ShutdownReport, Subscriber, SubscriberBuilder,
 };
 pub use types::{
     Message, StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic,
@@ -119,6 +133,8 @@ mod tests {
         send_sync::<Error>();
         send::<PublishFuture>();
         send_sync::<PublishFuture>();
+        send::<SettleFuture>();
+        send_sync::<SettleFuture>();
         send::<Subscriber>();
     }
 }

@@ -1,40 +1,37 @@
 //! The settlement task of a [`Subscriber`](crate::Subscriber): it sends
 //! acks, nacks and lease extensions in batched `Ack`, `Nack` and
 //! `ModifyAckDeadline` calls, extends every outstanding lease on a timer,
-//! retries on `UNAVAILABLE` so that nothing is lost across a reconnect, and
-//! answers flushes. Each delivery goes in a request's `ack_ids` when it
-//! has one, else in its `offsets`; never both.
+//! retries transient failures with backoff so that nothing is lost across
+//! a reconnect, answers awaitable settlements and flushes, and counts what
+//! failed until a flush reports it. Each delivery goes in a request's
+//! `ack_ids` when it has one, else in its `offsets`; never both.
 //!
 //! Deliveries reach it through [`Settle`], a handle over a short-lived
 //! mutex (never held across `.await`) and a `Notify`: settling is a
 //! synchronous call that never blocks. The bookkeeping itself is the
-//! [`Ledger`]; this module only adds timing and I/O. It never reads the
-//! `Subscribe` stream.
+//! [`Ledger`]; this module only adds timing, I/O and the [`Counts`] that
+//! flow control and shutdown wait on. It never reads the `Subscribe`
+//! stream.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tidings::v1::{AckRequest, ModifyAckDeadlineRequest, NackRequest};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::error::{Error, Result, is_retryable};
-use crate::lease::{Ledger, Round, Settlement, Target};
-use crate::types::deadline_seconds;
+use crate::error::{Error, Result, is_transient};
+use crate::lease::{Ledger, Queued, Reply, Round, Settlement, Target};
 
-/// Most deliveries named in one settlement request.
-const MAX_TARGETS_PER_REQUEST: usize = 2500;
-/// Most bytes of ack_ids and offsets in one settlement request, well under
-/// the 4 MiB a gRPC server accepts by default: ack_ids are opaque and of
-/// any length.
-const MAX_REQUEST_BYTES: usize = 1 << 20;
+mod wire;
+
+use wire::{Names, ack, chunks, extend, nack, requests};
 /// Pending settlements that trigger a send before the flush interval ends.
 const URGENT_PENDING: usize = 1000;
-/// Attempts at sending settlements once the subscriber is closing, before
-/// giving up on an unreachable broker.
+/// Rounds that fail with a transient error once the subscriber is closing,
+/// before what they carry is given up.
 const CLOSING_ATTEMPTS: u32 = 5;
 /// The shortest interval between automatic lease extensions.
 const MIN_EXTENSION_PERIOD: Duration = Duration::from_millis(100);
@@ -50,18 +47,71 @@ pub(crate) struct SettleConfig {
     pub(crate) backoff: Backoff,
 }
 
+/// What the application holds, for flow control and shutdown.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Deliveries let through flow control and not settled yet (buffered
+    /// or handed out).
+    pub(crate) outstanding: usize,
+    /// Their size in bytes (payload, key and attributes).
+    pub(crate) outstanding_bytes: u64,
+    /// Deliveries handed to the application and not settled yet.
+    pub(crate) held: usize,
+}
+
 /// State shared by the handle and the task.
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    counts: watch::Sender<Counts>,
 }
 
+/// Someone waiting for everything queued before it to be answered.
+#[derive(Debug)]
+struct Waiter {
+    reply: oneshot::Sender<Result<()>>,
+    /// Whether it takes (and reports) the failures counted so far.
+    report: bool,
+}
+
+/// Acks and nacks that failed and that nobody has been told about yet.
 #[derive(Debug, Default)]
+struct Failures {
+    refused: u64,
+    given_up: u64,
+    first: Option<Error>,
+}
+
+impl Failures {
+    /// Counts one failure: refused, or given up.
+    fn count(&mut self, error: &Error) {
+        if matches!(error, Error::GaveUp { .. }) {
+            self.given_up += 1;
+        } else {
+            self.refused += 1;
+        }
+        if self.first.is_none() {
+            self.first = Some(error.duplicate());
+        }
+    }
+
+    /// The error that reports them, if any.
+    fn into_error(self) -> Option<Error> {
+        let cause = self.first?;
+        Some(Error::Unsettled {
+            refused: self.refused,
+            given_up: self.given_up,
+            cause: Box::new(cause),
+        })
+    }
+}
+
+#[derive(Debug)]
 struct State {
     ledger: Ledger,
-    waiters: Vec<oneshot::Sender<Result<()>>>,
-    first_error: Option<Error>,
+    waiters: Vec<Waiter>,
+    failures: Failures,
     /// Deliveries handed to the application, for `max_messages`.
     handed_out: u64,
     closing: bool,
@@ -86,9 +136,18 @@ pub(crate) struct Settle {
 impl Settle {
     /// Starts a settlement task.
     pub(crate) fn spawn(config: SettleConfig) -> Arc<Self> {
+        let state = State {
+            ledger: Ledger::new(config.max_lease_extension),
+            waiters: Vec::new(),
+            failures: Failures::default(),
+            handed_out: 0,
+            closing: false,
+            gone: false,
+        };
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             wake: Notify::new(),
+            counts: watch::Sender::new(Counts::default()),
         });
         let span = info_span!("settle", subscription = %config.subscription);
         tokio::spawn(run(Arc::clone(&shared), config).instrument(span));
@@ -112,9 +171,15 @@ impl Settle {
     /// [`end_epoch`](Self::end_epoch) returns, [`handed_out`](Self::handed_out)
     /// no longer counts that stream's deliveries.
     pub(crate) fn hand_out(&self, epoch: u64) -> bool {
-        let mut state = self.shared.state();
-        let live = state.ledger.is_live(epoch);
-        state.handed_out += u64::from(live);
+        let live = {
+            let mut state = self.shared.state();
+            let live = state.ledger.is_live(epoch);
+            state.handed_out += u64::from(live);
+            live
+        };
+        if live {
+            self.shared.counts.send_modify(|counts| counts.held += 1);
+        }
         live
     }
 
@@ -132,29 +197,89 @@ impl Settle {
             .received(epoch, offset, target, Instant::now())
     }
 
+    /// Counts a delivery of `bytes` as let through flow control.
+    pub(crate) fn admit(&self, bytes: u64) {
+        self.shared.counts.send_modify(|counts| {
+            counts.outstanding += 1;
+            counts.outstanding_bytes += bytes;
+        });
+    }
+
+    /// A delivery of `bytes` is settled (or dropped): it no longer counts
+    /// as outstanding (if it was `admitted`) or held (if `handed_out`).
+    pub(crate) fn release(&self, bytes: u64, admitted: bool, handed_out: bool) {
+        if !admitted && !handed_out {
+            return;
+        }
+        self.shared.counts.send_modify(|counts| {
+            if admitted {
+                counts.outstanding = counts.outstanding.saturating_sub(1);
+                counts.outstanding_bytes = counts.outstanding_bytes.saturating_sub(bytes);
+            }
+            if handed_out {
+                counts.held = counts.held.saturating_sub(1);
+            }
+        });
+    }
+
+    /// A view of what the application holds, that can be waited on.
+    pub(crate) fn counts(&self) -> watch::Receiver<Counts> {
+        self.shared.counts.subscribe()
+    }
+
     /// Queues a settlement of delivery `serial` of `offset`; it is sent
-    /// within the flush interval, naming the delivery by `target`.
-    pub(crate) fn settle(&self, offset: u64, serial: u64, target: &Target, settlement: Settlement) {
-        self.shared
-            .state()
-            .ledger
-            .settle(offset, serial, target, settlement);
-        self.shared.wake.notify_one();
+    /// within the flush interval, naming the delivery by `target`. `reply`,
+    /// if given, gets the outcome.
+    pub(crate) fn settle(
+        &self,
+        offset: u64,
+        serial: u64,
+        target: &Target,
+        settlement: Settlement,
+        reply: Option<Reply>,
+    ) {
+        let moot = self.shared.state().ledger.settle(
+            offset,
+            serial,
+            target,
+            settlement,
+            reply,
+            Instant::now(),
+        );
+        match moot {
+            // Nothing to send: the broker has the message back already.
+            Some(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            None => self.shared.wake.notify_one(),
+        }
     }
 
     /// From now on, give up on an unreachable broker after a few attempts.
     pub(crate) fn set_closing(&self) {
         self.shared.state().closing = true;
+        self.shared.wake.notify_one();
     }
 
-    /// Waits until every settlement queued so far is sent.
+    /// Waits until every settlement queued so far is sent and answered.
     ///
     /// # Errors
-    /// The first settlement the broker refused since the last flush, or
-    /// `UNAVAILABLE` when closing and the broker cannot be reached.
+    /// [`Error::Unsettled`] when acks or nacks failed since the last flush
+    /// (refused by the broker, or given up while closing), except those
+    /// whose failure was handed to an awaiting caller.
     pub(crate) async fn flush(&self) -> Result<()> {
+        self.wait_for_round(true).await
+    }
+
+    /// As [`flush`](Self::flush), but leaves failures for a later flush to
+    /// report.
+    pub(crate) async fn flush_quietly(&self) {
+        let _ = self.wait_for_round(false).await;
+    }
+
+    async fn wait_for_round(&self, report: bool) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.shared.state().waiters.push(reply);
+        self.shared.state().waiters.push(Waiter { reply, report });
         self.shared.wake.notify_one();
         answer.await.unwrap_or(Err(Error::Closed))
     }
@@ -180,7 +305,7 @@ async fn run(shared: Arc<Shared>, config: SettleConfig) {
     let period = (config.ack_deadline / 3).max(MIN_EXTENSION_PERIOD);
     let mut next_tick = Instant::now() + period;
     let mut backoff = config.backoff.clone();
-    let mut failures = 0;
+    let mut closing_failures = 0;
     loop {
         wait_for_work(&shared, next_tick, config.flush_interval).await;
         let now = Instant::now();
@@ -190,13 +315,11 @@ async fn run(shared: Arc<Shared>, config: SettleConfig) {
         }
         let (round, waiters) = {
             let mut state = shared.state();
-            let round = state
-                .ledger
-                .take_round(extend_due, now, config.max_lease_extension);
+            let round = state.ledger.take_round(extend_due, now);
             (round, std::mem::take(&mut state.waiters))
         };
         let outcome = send_round(&config, round).await;
-        match finish_round(&shared, outcome, waiters, &mut failures) {
+        match finish_round(&shared, outcome, waiters, &mut closing_failures) {
             Next::Continue => backoff.reset(),
             Next::Retry => sleep(backoff.next_delay()).await,
             Next::Stop => break,
@@ -237,97 +360,153 @@ fn is_urgent(shared: &Shared) -> bool {
 /// What became of a round.
 #[derive(Default)]
 struct Outcome {
-    retry_acks: Vec<Target>,
-    retry_nacks: Vec<(Duration, Vec<Target>)>,
-    /// Why the retried settlements failed.
-    unavailable: Option<Error>,
-    /// The first settlement the broker refused.
-    refused: Option<Error>,
+    retry_acks: Vec<Queued>,
+    retry_nacks: Vec<(Duration, Vec<Queued>)>,
+    retry_extends: Vec<Target>,
+    /// The last transient failure, when something is to be retried.
+    transient: Option<tonic::Status>,
+    /// Refusals nobody was told about.
+    failures: Failures,
 }
 
 /// Sends every settlement of `round`, in requests of bounded size.
 async fn send_round(config: &SettleConfig, round: Round) -> Outcome {
     let mut outcome = Outcome::default();
-    for chunk in requests(&round.acks) {
-        if let Err(status) = ack(config, Names::of(chunk)).await
-            && outcome.note("acks", status, config)
-        {
-            outcome.retry_acks.extend_from_slice(chunk);
+    for queued in round.moot {
+        answer(queued.reply, Ok(()), &mut outcome.failures);
+    }
+    for chunk in chunks(round.acks) {
+        let result = ack(config, Names::of(&chunk)).await;
+        if let Some(retry) = outcome.settled(chunk, result, "acks", config) {
+            outcome.retry_acks.extend(retry);
         }
     }
-    for (delay, targets) in &round.nacks {
-        for chunk in requests(targets) {
-            if let Err(status) = nack(config, Names::of(chunk), *delay).await
-                && outcome.note("nacks", status, config)
-            {
-                outcome.retry_nacks.push((*delay, chunk.to_vec()));
+    for (delay, queued) in round.nacks {
+        for chunk in chunks(queued) {
+            let result = nack(config, Names::of(&chunk), delay).await;
+            if let Some(retry) = outcome.settled(chunk, result, "nacks", config) {
+                outcome.retry_nacks.push((delay, retry));
             }
         }
     }
-    for chunk in requests(&round.extends) {
-        if let Err(status) = extend(config, Names::of(chunk)).await {
-            // Not retried: the next tick extends the leases again.
-            let _ = outcome.note("lease extensions", status, config);
+    for chunk in requests(&round.extends, |target| target) {
+        match extend(config, Names::of(chunk)).await {
+            Ok(()) => {}
+            Err(status) if is_transient(&status) => {
+                debug!(code = ?status.code(), "lease extensions not sent; will retry");
+                outcome.retry_extends.extend_from_slice(chunk);
+                outcome.transient = Some(status);
+            }
+            Err(status) => warn!(
+                subscription = %config.subscription,
+                code = ?status.code(),
+                message = status.message(),
+                "the broker refused lease extensions; those messages may be delivered again"
+            ),
         }
     }
     outcome
 }
 
 impl Outcome {
-    /// Records a failed request; returns whether it should be retried.
-    fn note(&mut self, what: &str, status: tonic::Status, config: &SettleConfig) -> bool {
-        if is_retryable(&status) {
+    /// Answers the acks or nacks of one request that `result` answered;
+    /// returns them back when they are to be retried.
+    fn settled(
+        &mut self,
+        chunk: Vec<Queued>,
+        result: Result<(), tonic::Status>,
+        what: &str,
+        config: &SettleConfig,
+    ) -> Option<Vec<Queued>> {
+        let status = match result {
+            Ok(()) => {
+                for queued in chunk {
+                    answer(queued.reply, Ok(()), &mut self.failures);
+                }
+                return None;
+            }
+            Err(status) => status,
+        };
+        if is_transient(&status) {
             debug!(code = ?status.code(), message = status.message(), "{what} not sent; will retry");
-            self.unavailable.get_or_insert(Error::Status(status));
-            return true;
+            self.transient = Some(status);
+            let retry = chunk
+                .into_iter()
+                .map(|mut queued| {
+                    queued.attempts += 1;
+                    queued
+                })
+                .collect();
+            return Some(retry);
         }
         warn!(
             subscription = %config.subscription,
             code = ?status.code(),
             message = status.message(),
+            count = chunk.len(),
             "the broker refused {what}"
         );
-        self.refused.get_or_insert(Error::Status(status));
-        false
+        for queued in chunk {
+            answer(
+                queued.reply,
+                Err(Error::Status(status.clone())),
+                &mut self.failures,
+            );
+        }
+        None
     }
 }
 
-/// Requeues what must be retried (or gives up when closing), answers the
-/// waiters of a complete round, and says what to do next.
+/// Hands `result` to whoever awaits it; a failure nobody receives is
+/// counted in `failures`, for the next flush to report.
+fn answer(reply: Option<Reply>, result: Result<()>, failures: &mut Failures) {
+    let unheard = match reply {
+        Some(reply) => reply.send(result).err(),
+        None => Some(result),
+    };
+    if let Some(Err(error)) = unheard {
+        failures.count(&error);
+    }
+}
+
+/// Requeues what must be retried (or gives it up after a few attempts
+/// when closing), answers the waiters of a complete round, and says what
+/// to do next.
 fn finish_round(
     shared: &Shared,
-    outcome: Outcome,
-    waiters: Vec<oneshot::Sender<Result<()>>>,
-    failures: &mut u32,
+    mut outcome: Outcome,
+    waiters: Vec<Waiter>,
+    closing_failures: &mut u32,
 ) -> Next {
     let mut state = shared.state();
-    if let Some(refused) = outcome.refused {
-        state.first_error.get_or_insert(refused);
-    }
-    if let Some(unavailable) = outcome.unavailable {
-        *failures += 1;
-        let give_up = (state.closing || state.gone) && *failures >= CLOSING_ATTEMPTS;
-        if !give_up {
-            state
-                .ledger
-                .requeue(outcome.retry_acks, outcome.retry_nacks);
+    if let Some(status) = outcome.transient.take() {
+        let closing = state.closing || state.gone;
+        *closing_failures += u32::from(closing);
+        if !closing || *closing_failures < CLOSING_ATTEMPTS {
+            state.ledger.requeue(
+                outcome.retry_acks,
+                outcome.retry_nacks,
+                outcome.retry_extends,
+            );
+            merge(&mut state.failures, outcome.failures);
             state.waiters.extend(waiters);
             drop(state);
             shared.wake.notify_one();
             return Next::Retry;
         }
-        warn!(
-            acks = outcome.retry_acks.len(),
-            "the broker stayed unreachable while closing; acknowledgements were not sent"
-        );
-        state.first_error.get_or_insert(unavailable);
+        give_up(&mut outcome, &status);
     }
-    *failures = 0;
-    if !waiters.is_empty() {
-        let error = state.first_error.take();
-        for waiter in waiters {
-            let _ = waiter.send(error.as_ref().map_or(Ok(()), |e| Err(e.duplicate())));
-        }
+    *closing_failures = 0;
+    merge(&mut state.failures, outcome.failures);
+    for waiter in waiters {
+        let result = if waiter.report {
+            std::mem::take(&mut state.failures)
+                .into_error()
+                .map_or(Ok(()), Err)
+        } else {
+            Ok(())
+        };
+        let _ = waiter.reply.send(result);
     }
     if state.gone && state.ledger.pending() == 0 && state.waiters.is_empty() {
         Next::Stop
@@ -336,129 +515,39 @@ fn finish_round(
     }
 }
 
-/// Splits `targets` into the runs that go in one request each: at most
-/// [`MAX_TARGETS_PER_REQUEST`] of them and about [`MAX_REQUEST_BYTES`]
-/// (an ack_id longer than that still goes, alone).
-fn requests(targets: &[Target]) -> impl Iterator<Item = &[Target]> {
-    let mut rest = targets;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut bytes = 0;
-        let mut len = 0;
-        for target in rest.iter().take(MAX_TARGETS_PER_REQUEST) {
-            bytes += wire_bytes(target);
-            if len > 0 && bytes > MAX_REQUEST_BYTES {
-                break;
-            }
-            len += 1;
-        }
-        let (run, after) = rest.split_at(len);
-        rest = after;
-        Some(run)
-    })
-}
-
-/// About the bytes `target` takes in a request: its tag, length and text,
-/// or a varint.
-fn wire_bytes(target: &Target) -> usize {
-    match target {
-        Target::AckId(ack_id) => ack_id.len() + 4,
-        Target::Offset(_) => 10,
+/// Gives up the acks and nacks of `outcome` that were to be retried:
+/// the broker stayed unreachable (or too slow) while closing.
+fn give_up(outcome: &mut Outcome, status: &tonic::Status) {
+    let retried = std::mem::take(&mut outcome.retry_acks).into_iter().chain(
+        std::mem::take(&mut outcome.retry_nacks)
+            .into_iter()
+            .flat_map(|(_, queued)| queued),
+    );
+    let mut count = 0;
+    for queued in retried {
+        count += 1;
+        let error = Error::GaveUp {
+            attempts: queued.attempts,
+            cause: Box::new(Error::Status(status.clone())),
+        };
+        answer(queued.reply, Err(error), &mut outcome.failures);
+    }
+    outcome.retry_extends.clear();
+    if count > 0 {
+        warn!(
+            count,
+            code = ?status.code(),
+            message = status.message(),
+            "the broker stayed unreachable while closing; acks or nacks were given up"
+        );
     }
 }
 
-/// The deliveries of one request, as the request's two fields.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Names {
-    offsets: Vec<u64>,
-    ack_ids: Vec<String>,
-}
-
-impl Names {
-    fn of(targets: &[Target]) -> Self {
-        let mut names = Self::default();
-        for target in targets {
-            match target {
-                Target::AckId(ack_id) => names.ack_ids.push(String::from(&**ack_id)),
-                Target::Offset(offset) => names.offsets.push(*offset),
-            }
-        }
-        names
-    }
-}
-
-async fn ack(config: &SettleConfig, names: Names) -> Result<(), tonic::Status> {
-    let request = config.client.request(AckRequest {
-        subscription: config.subscription.clone(),
-        offsets: names.offsets,
-        ack_ids: names.ack_ids,
-    });
-    config.client.subscriber_service().ack(request).await?;
-    Ok(())
-}
-
-async fn nack(config: &SettleConfig, names: Names, delay: Duration) -> Result<(), tonic::Status> {
-    let delay = (!delay.is_zero())
-        .then(|| prost_types::Duration::try_from(delay).ok())
-        .flatten();
-    let request = config.client.request(NackRequest {
-        subscription: config.subscription.clone(),
-        offsets: names.offsets,
-        delay,
-        ack_ids: names.ack_ids,
-    });
-    config.client.subscriber_service().nack(request).await?;
-    Ok(())
-}
-
-async fn extend(config: &SettleConfig, names: Names) -> Result<(), tonic::Status> {
-    let request = config.client.request(ModifyAckDeadlineRequest {
-        subscription: config.subscription.clone(),
-        offsets: names.offsets,
-        ack_deadline_seconds: deadline_seconds(config.ack_deadline),
-        ack_ids: names.ack_ids,
-    });
-    config
-        .client
-        .subscriber_service()
-        .modify_ack_deadline(request)
-        .await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(ack_id: &str) -> Target {
-        Target::AckId(ack_id.into())
-    }
-
-    #[test]
-    fn a_request_names_each_delivery_once_by_ack_id_or_offset() {
-        let names = Names::of(&[id("a"), Target::Offset(4), id("b")]);
-        assert_eq!(names.ack_ids, ["a", "b"]);
-        assert_eq!(names.offsets, [4]);
-    }
-
-    #[test]
-    fn requests_are_capped_by_count() {
-        let targets: Vec<Target> = (0..MAX_TARGETS_PER_REQUEST as u64 * 2 + 1)
-            .map(Target::Offset)
-            .collect();
-        let sizes: Vec<usize> = requests(&targets).map(<[Target]>::len).collect();
-        assert_eq!(sizes, [MAX_TARGETS_PER_REQUEST, MAX_TARGETS_PER_REQUEST, 1]);
-        assert_eq!(requests(&[]).count(), 0);
-    }
-
-    #[test]
-    fn requests_are_capped_by_bytes() {
-        let long = id(&"x".repeat(MAX_REQUEST_BYTES / 3));
-        let huge = id(&"y".repeat(MAX_REQUEST_BYTES * 2));
-        let targets = [long.clone(), long.clone(), long.clone(), huge, long];
-        let sizes: Vec<usize> = requests(&targets).map(<[Target]>::len).collect();
-        assert_eq!(sizes, [2, 1, 1, 1], "an oversized ack_id goes alone");
+/// Adds `more` to `failures`, keeping the first cause.
+fn merge(failures: &mut Failures, more: Failures) {
+    failures.refused += more.refused;
+    failures.given_up += more.given_up;
+    if failures.first.is_none() {
+        failures.first = more.first;
     }
 }

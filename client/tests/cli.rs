@@ -3,6 +3,7 @@
 //! and output parsed back.
 
 mod common;
+mod stand_in;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -1098,6 +1099,55 @@ async fn sub_exits_1_when_its_acknowledgements_are_refused() -> anyhow::Result<(
     );
     assert!(line.contains("\"doomed\""), "{line}");
     broker.stop().await
+}
+
+/// Defect: `tidings sub` stopped with Ctrl-C exited 0 although the broker
+/// had refused its acknowledgements (with `--count` it exited 1). Either
+/// way it now fails, saying how many and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_fails_with_the_cause_when_acks_were_refused_however_it_stopped() -> anyhow::Result<()>
+{
+    let refusal = tonic::Status::failed_precondition("acks are not accepted here");
+    let script = |_: &tidings_client::v1::SubscribeRequest, _| {
+        stand_in::stay_open(vec![stand_in::message(0, "a0"), stand_in::message(1, "a1")])
+    };
+    let (url, mut calls_rx) = stand_in::serve(600, script, stand_in::acks_refused(refusal)).await?;
+    for (args, interrupted) in [
+        (&["sub", "s"][..], true),
+        (&["sub", "s", "--count", "2"][..], false),
+    ] {
+        let mut child = common::spawn_tidings_at(&url, args)?;
+        let mut stdout = stdout_of(&mut child)?;
+        assert_eq!(next_line(&mut stdout).await?, "m0\n");
+        assert_eq!(next_line(&mut stdout).await?, "m1\n");
+        if interrupted {
+            // Refused before Ctrl-C, so only close can report it.
+            tokio::time::timeout(common::RUN_TIMEOUT, async {
+                while let Some(call) = calls_rx.recv().await {
+                    if call.names("ack", "a1") {
+                        return;
+                    }
+                }
+            })
+            .await?;
+            interrupt(&child)?;
+        }
+        let output = finish(child, stdout).await?;
+        let line = output.failure_line()?;
+        assert!(
+            line.starts_with(
+                "tidings: acknowledgements were not stored (2 refused by the broker), \
+                 so printed messages may be delivered again: "
+            ),
+            "{args:?}: {line}"
+        );
+        assert!(
+            line.contains("acks are not accepted here"),
+            "{args:?}: {line}"
+        );
+        while calls_rx.try_recv().is_ok() {}
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,32 +6,32 @@
 //! subscription ends the subscriber with NOT_FOUND instead of being
 //! created again.
 //!
-//! The stand-in lets a test choose what today's broker cannot show:
-//! ack_ids, a stream that ends with OK. The subscriber against the real
-//! broker is tested in `tests/tests/client_subscriber.rs`.
+//! Settlements that the broker refuses, or does not answer in time, are
+//! reported by `flush`, `close`, `shutdown` and the awaitable acks; a
+//! lease past `max_lease_extension` is let go; `shutdown` ends the stream
+//! only once held deliveries are settled; `max_outstanding_bytes` is sent
+//! and held to.
+//!
+//! The stand-in (`stand_in/`) lets a test choose what today's broker
+//! cannot show: ack_ids, a stream that ends with OK, refused and slow
+//! acks. The subscriber against the real broker is tested in
+//! `tests/tests/client_subscriber.rs`.
+
+mod stand_in;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use futures::stream::{self, BoxStream, StreamExt as _};
-use tidings_client::v1::admin_service_server::{AdminService, AdminServiceServer};
-use tidings_client::v1::subscriber_service_server::{SubscriberService, SubscriberServiceServer};
-use tidings_client::v1::{
-    AckRequest, AckResponse, CreateSubscriptionRequest, CreateSubscriptionResponse,
-    CreateTopicRequest, CreateTopicResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
-    DeleteTopicRequest, DeleteTopicResponse, GetSubscriptionRequest, GetSubscriptionResponse,
-    GetTopicRequest, GetTopicResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
-    ListTopicsRequest, ListTopicsResponse, ModifyAckDeadlineRequest, ModifyAckDeadlineResponse,
-    NackRequest, NackResponse, ReceivedMessage, SubscribeRequest, SubscribeResponse, Subscription,
-    UpdateSubscriptionRequest, UpdateSubscriptionResponse,
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use stand_in::{
+    Call, Named, Opened, acks_refused, end_on_cue, end_with_ok, message, serve, settlements,
+    stand_in, stand_in_with, stay_open,
 };
-use tidings_client::{Client, Delivery, Subscriber};
-use tokio::net::TcpListener;
+use tidings_client::v1::{ReceivedMessage, SubscribeRequest};
+use tidings_client::{Client, Delivery, Error, Subscriber};
 use tokio::sync::{Notify, mpsc};
-use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 /// How long a test waits for an event before it fails.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,265 +44,6 @@ async fn within<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
     tokio::time::timeout(EVENT_TIMEOUT, future)
         .await
         .map_err(|_| anyhow::anyhow!("nothing happened within {EVENT_TIMEOUT:?}"))
-}
-
-/// A call the stand-in received.
-#[derive(Debug, Clone)]
-enum Call {
-    Subscribe(SubscribeRequest),
-    Ack(AckRequest),
-    Nack(NackRequest),
-    Extend(ModifyAckDeadlineRequest),
-}
-
-/// A settlement call: its kind and the deliveries it names.
-#[derive(Debug, PartialEq, Eq)]
-struct Named {
-    kind: &'static str,
-    offsets: Vec<u64>,
-    ack_ids: Vec<String>,
-}
-
-impl Named {
-    fn new(kind: &'static str, offsets: &[u64], ack_ids: &[&str]) -> Self {
-        Self {
-            kind,
-            offsets: offsets.to_vec(),
-            ack_ids: ack_ids.iter().map(|id| (*id).to_owned()).collect(),
-        }
-    }
-}
-
-impl Call {
-    /// What a settlement call names; `None` for `Subscribe`.
-    fn named(&self) -> Option<Named> {
-        let (kind, offsets, ack_ids) = match self {
-            Self::Subscribe(_) => return None,
-            Self::Ack(r) => ("ack", &r.offsets, &r.ack_ids),
-            Self::Nack(r) => ("nack", &r.offsets, &r.ack_ids),
-            Self::Extend(r) => ("extend", &r.offsets, &r.ack_ids),
-        };
-        Some(Named {
-            kind,
-            offsets: offsets.clone(),
-            ack_ids: ack_ids.clone(),
-        })
-    }
-
-    /// Whether this is a settlement of `kind` naming `ack_id`.
-    fn names(&self, kind: &str, ack_id: &str) -> bool {
-        self.named()
-            .is_some_and(|n| n.kind == kind && n.ack_ids.iter().any(|id| id == ack_id))
-    }
-}
-
-/// The settlement calls among `calls`, in order.
-fn settlements(calls: &[Call]) -> Vec<Named> {
-    calls.iter().filter_map(Call::named).collect()
-}
-
-/// What a `Subscribe` call answers: a stream of frames, or a refusal.
-type Opened = Result<BoxStream<'static, Result<SubscribeResponse, Status>>, Status>;
-
-/// Decides the answer to the `n`-th `Subscribe` call (from 1).
-type Script = Box<dyn Fn(&SubscribeRequest, u32) -> Opened + Send + Sync>;
-
-/// The stand-in broker: `Subscribe` follows the script, settlements are
-/// recorded and answered OK, `GetSubscription` reports the ack deadline.
-struct StandIn {
-    calls_tx: mpsc::UnboundedSender<Call>,
-    script: Script,
-    opened: AtomicU32,
-    ack_deadline_seconds: u32,
-}
-
-impl StandIn {
-    fn record(&self, call: Call) {
-        let _ = self.calls_tx.send(call);
-    }
-}
-
-#[tonic::async_trait]
-impl SubscriberService for StandIn {
-    type SubscribeStream = BoxStream<'static, Result<SubscribeResponse, Status>>;
-
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
-        self.record(Call::Subscribe(request.clone()));
-        let n = self.opened.fetch_add(1, Ordering::SeqCst) + 1;
-        (self.script)(&request, n).map(Response::new)
-    }
-
-    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        self.record(Call::Ack(request.into_inner()));
-        Ok(Response::new(AckResponse {}))
-    }
-
-    async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
-        self.record(Call::Nack(request.into_inner()));
-        Ok(Response::new(NackResponse {}))
-    }
-
-    async fn modify_ack_deadline(
-        &self,
-        request: Request<ModifyAckDeadlineRequest>,
-    ) -> Result<Response<ModifyAckDeadlineResponse>, Status> {
-        self.record(Call::Extend(request.into_inner()));
-        Ok(Response::new(ModifyAckDeadlineResponse {}))
-    }
-
-    async fn read_topic(
-        &self,
-        _: Request<tidings_client::v1::ReadTopicRequest>,
-    ) -> Result<Response<tidings_client::v1::ReadTopicResponse>, Status> {
-        Err(Status::unimplemented("the stand-in reads no topic"))
-    }
-}
-
-/// Only `GetSubscription`, which `subscribe()` asks for the ack deadline.
-#[tonic::async_trait]
-impl AdminService for StandIn {
-    async fn get_subscription(
-        &self,
-        request: Request<GetSubscriptionRequest>,
-    ) -> Result<Response<GetSubscriptionResponse>, Status> {
-        let subscription = Subscription {
-            name: request.into_inner().name,
-            topic: "t".to_owned(),
-            ack_deadline_seconds: self.ack_deadline_seconds,
-            ..Default::default()
-        };
-        Ok(Response::new(GetSubscriptionResponse {
-            subscription: Some(subscription),
-        }))
-    }
-
-    async fn create_topic(
-        &self,
-        _: Request<CreateTopicRequest>,
-    ) -> Result<Response<CreateTopicResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn get_topic(
-        &self,
-        _: Request<GetTopicRequest>,
-    ) -> Result<Response<GetTopicResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn list_topics(
-        &self,
-        _: Request<ListTopicsRequest>,
-    ) -> Result<Response<ListTopicsResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn delete_topic(
-        &self,
-        _: Request<DeleteTopicRequest>,
-    ) -> Result<Response<DeleteTopicResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn create_subscription(
-        &self,
-        _: Request<CreateSubscriptionRequest>,
-    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn update_subscription(
-        &self,
-        _: Request<UpdateSubscriptionRequest>,
-    ) -> Result<Response<UpdateSubscriptionResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn list_subscriptions(
-        &self,
-        _: Request<ListSubscriptionsRequest>,
-    ) -> Result<Response<ListSubscriptionsResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-
-    async fn delete_subscription(
-        &self,
-        _: Request<DeleteSubscriptionRequest>,
-    ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
-        Err(Status::unimplemented("stand-in"))
-    }
-}
-
-/// Serves a stand-in on a free port; returns a client of it and the calls
-/// it receives.
-async fn stand_in(
-    ack_deadline_seconds: u32,
-    script: impl Fn(&SubscribeRequest, u32) -> Opened + Send + Sync + 'static,
-) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<Call>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
-    let stand_in = Arc::new(StandIn {
-        calls_tx,
-        script: Box::new(script),
-        opened: AtomicU32::new(0),
-        ack_deadline_seconds,
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SubscriberServiceServer::from_arc(Arc::clone(&stand_in)))
-            .add_service(AdminServiceServer::from_arc(stand_in))
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    Ok((Client::connect(url).await?, calls_rx))
-}
-
-/// A message at `offset` named `ack_id` (empty: none).
-fn message(offset: u64, ack_id: &str) -> ReceivedMessage {
-    ReceivedMessage {
-        offset,
-        payload: format!("m{offset}").into(),
-        delivery_attempt: 1,
-        ack_id: ack_id.to_owned(),
-        ..Default::default()
-    }
-}
-
-fn frame(messages: Vec<ReceivedMessage>) -> Result<SubscribeResponse, Status> {
-    Ok(SubscribeResponse { messages })
-}
-
-/// Sends `messages` in one frame, then stays open until the client leaves.
-fn stay_open(messages: Vec<ReceivedMessage>) -> Opened {
-    Ok(stream::iter([frame(messages)])
-        .chain(stream::pending())
-        .boxed())
-}
-
-/// Sends `messages` in one frame, then ends the stream with OK.
-fn end_with_ok(messages: Vec<ReceivedMessage>) -> Opened {
-    Ok(stream::iter([frame(messages)]).boxed())
-}
-
-/// Sends `messages` in one frame, then ends the stream once `cue` is
-/// notified: with OK, or with the status of `end`. (A stream that breaks
-/// takes its unread deliveries along, so a test reads them first.)
-fn end_on_cue(
-    messages: Vec<ReceivedMessage>,
-    cue: &Arc<Notify>,
-    end: Result<(), Status>,
-) -> Opened {
-    let cue = Arc::clone(cue);
-    let end = stream::once(async move {
-        cue.notified().await;
-        end.err()
-    })
-    .filter_map(|status| async move { status.map(Err) });
-    Ok(stream::iter([frame(messages)]).chain(end).boxed())
 }
 
 /// The next delivery, under [`EVENT_TIMEOUT`].
@@ -641,5 +382,317 @@ async fn max_messages_counts_what_was_handed_out_across_a_break() -> anyhow::Res
     assert!(within(subscriber.next()).await?.is_none(), "then the end");
     first.ack();
     within(subscriber.close()).await??;
+    Ok(())
+}
+
+/// Asserts that nothing is delivered for `window` (a lower bound: a
+/// loaded machine only makes it likelier to hold).
+async fn nothing_within(subscriber: &mut Subscriber, window: Duration) {
+    if let Ok(item) = tokio::time::timeout(window, subscriber.next()).await {
+        panic!("expected no delivery within {window:?}, got {item:?}");
+    }
+}
+
+/// The counts of an [`Error::Unsettled`]: (refused, given up).
+fn unsettled(err: &Error) -> anyhow::Result<(u64, u64)> {
+    match err {
+        Error::Unsettled {
+            refused, given_up, ..
+        } => Ok((*refused, *given_up)),
+        other => bail!("expected Error::Unsettled, got {other:?}"),
+    }
+}
+
+/// How many `Ack` calls `calls` holds.
+fn ack_calls(calls: &[Call]) -> usize {
+    calls.iter().filter(|c| matches!(c, Call::Ack(_))).count()
+}
+
+/// Defect: acks refused before `close()` were taken by the subscriber's
+/// own internal flush, and `close()` returned `Ok`.
+#[tokio::test(flavor = "multi_thread")]
+async fn close_reports_acks_the_broker_refused() -> anyhow::Result<()> {
+    let refusal = Status::failed_precondition("acks are not accepted here");
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0"), message(1, "a1")]);
+    let (client, mut calls_rx) =
+        stand_in_with(LONG_DEADLINE, script, acks_refused(refusal)).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    next(&mut subscriber).await?.ack();
+    next(&mut subscriber).await?.ack();
+    // Refused before close began: close must still report it.
+    wait_for_call(&mut calls_rx, |c| c.names("ack", "a1")).await?;
+
+    let err = within(subscriber.close())
+        .await?
+        .expect_err("close reports the refused acks");
+    assert_eq!(unsettled(&err)?, (2, 0), "{err}");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.to_string()
+            .starts_with("2 acks or nacks were not stored"),
+        "{err}"
+    );
+    let cause = std::error::Error::source(&err).context("the refusal is the source")?;
+    assert!(
+        cause.to_string().contains("acks are not accepted here"),
+        "{cause}"
+    );
+    Ok(())
+}
+
+/// Defect: with a request timeout shorter than the broker takes to
+/// answer, an ack was retried, given up at close, and `close()` returned
+/// `Ok`. Timeouts are transient (retried), and giving up is reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn close_reports_an_ack_given_up_after_timeouts() -> anyhow::Result<()> {
+    let slow = Box::new(|_| (Duration::from_secs(3), Ok(())));
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "slow")]);
+    let (url, mut calls_rx) = serve(LONG_DEADLINE, script, slow).await?;
+    let client = Client::builder(url)
+        .request_timeout(Duration::from_millis(500))
+        .connect()
+        .await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .subscribe()
+        .await?;
+    next(&mut subscriber).await?.ack();
+
+    let err = within(subscriber.close())
+        .await?
+        .expect_err("close reports the ack it gave up");
+    assert_eq!(unsettled(&err)?, (0, 1), "{err}");
+    let cause = std::error::Error::source(&err).context("the cause is the source")?;
+    assert!(cause.to_string().starts_with("given up after"), "{cause}");
+    let calls = drain(&mut calls_rx);
+    assert!(ack_calls(&calls) >= 2, "a timeout is retried: {calls:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flush_reports_refused_acks_once() -> anyhow::Result<()> {
+    let refusal = Status::not_found("subscription \"s\" does not exist");
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0")]);
+    let (client, _calls_rx) = stand_in_with(LONG_DEADLINE, script, acks_refused(refusal)).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    next(&mut subscriber).await?.ack();
+    let err = within(subscriber.flush())
+        .await?
+        .expect_err("flush reports the refusal");
+    assert_eq!((unsettled(&err)?, err.code()), ((1, 0), Code::NotFound));
+    within(subscriber.flush()).await??;
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ack_with_response_resolves_with_what_the_broker_answered() -> anyhow::Result<()> {
+    let acks = Box::new(|n| match n {
+        1 => (Duration::ZERO, Ok(())),
+        _ => (Duration::ZERO, Err(Status::invalid_argument("bad ack_id"))),
+    });
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0"), message(1, "a1")]);
+    let (url, mut calls_rx) = serve(LONG_DEADLINE, script, acks).await?;
+    let mut subscriber = Client::connect(url)
+        .await?
+        .subscriber("s")
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+
+    within(first.ack_with_response()).await??;
+    // Resolved only once the broker answered: it has the call by now.
+    let calls = drain(&mut calls_rx);
+    assert!(calls.iter().any(|c| c.names("ack", "a0")), "{calls:?}");
+
+    let err = within(second.ack_with_response())
+        .await?
+        .expect_err("the refusal comes back");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    // Already told to the one who awaited it: not reported again.
+    within(subscriber.flush()).await??;
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_are_retried_until_the_ack_is_stored() -> anyhow::Result<()> {
+    let acks = Box::new(|n| {
+        let answer = match n {
+            1 => Err(Status::unavailable("restarting")),
+            2 => Err(Status::deadline_exceeded("too slow")),
+            3 => Err(Status::resource_exhausted("busy")),
+            _ => Ok(()),
+        };
+        (Duration::ZERO, answer)
+    });
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0"), message(1, "a1")]);
+    let (url, mut calls_rx) = serve(LONG_DEADLINE, script, acks).await?;
+    let mut subscriber = Client::connect(url)
+        .await?
+        .subscriber("s")
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    within(first.ack_with_response()).await??;
+    let calls = drain(&mut calls_rx);
+    assert_eq!(
+        ack_calls(&calls),
+        4,
+        "three failures, then stored: {calls:?}"
+    );
+
+    // The same for a nack.
+    within(second.nack_with_response()).await??;
+    within(subscriber.close()).await??;
+    let calls = drain(&mut calls_rx);
+    assert!(calls.iter().any(|c| c.names("nack", "a1")), "{calls:?}");
+    Ok(())
+}
+
+/// Defect 5: past `max_lease_extension` the subscriber lets the lease go;
+/// the broker may have delivered the message again under a new ack_id,
+/// so the old delivery neither extends nor nacks it. Its ack still goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_past_max_lease_extension_is_neither_extended_nor_nacked() -> anyhow::Result<()> {
+    // A 1 s deadline: automatic extensions every third of a second.
+    let script = |_: &SubscribeRequest, _| {
+        stay_open(vec![
+            message(0, "stale"),
+            message(1, "stale-acked"),
+            message(2, "fence"),
+        ])
+    };
+    let (client, mut calls_rx) = stand_in(1, script).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .max_lease_extension(Duration::ZERO)
+        .subscribe()
+        .await?;
+    let stale = next(&mut subscriber).await?;
+    let stale_acked = next(&mut subscriber).await?;
+    let fence = next(&mut subscriber).await?;
+    stale.extend();
+    // Moot: the broker has it back already, so it resolves at once.
+    within(stale.nack_with_response()).await??;
+    stale_acked.ack();
+    fence.ack();
+    let mut calls = wait_for_call(&mut calls_rx, |c| c.names("ack", "fence")).await?;
+    within(subscriber.close()).await??;
+    calls.extend(drain(&mut calls_rx));
+
+    let named = settlements(&calls);
+    for call in &named {
+        if call.kind != "ack" {
+            assert!(call.ack_ids.is_empty(), "{call:?} of a lease let go");
+        }
+    }
+    assert!(
+        named
+            .iter()
+            .any(|c| c.kind == "ack" && c.ack_ids.iter().any(|id| id == "stale-acked")),
+        "{named:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_outstanding_bytes_is_sent_and_held_to() -> anyhow::Result<()> {
+    // A stand-in that ignores the limit: three of 1000 bytes at once.
+    let big = |offset: u64| ReceivedMessage {
+        payload: vec![b'x'; 1000].into(),
+        ..message(offset, &format!("b{offset}"))
+    };
+    let script = move |_: &SubscribeRequest, _| stay_open(vec![big(0), big(1), big(2)]);
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .max_outstanding_bytes(2500)
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    nothing_within(&mut subscriber, Duration::from_millis(300)).await;
+    first.ack();
+    let third = next(&mut subscriber).await?;
+    assert_eq!((second.offset(), third.offset()), (1, 2));
+
+    let asked: Vec<u64> = drain(&mut calls_rx)
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Subscribe(request) => Some(request.max_outstanding_bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [2500]);
+    second.ack();
+    third.ack();
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_the_broker_is_asked_for_at_most_100_mib() -> anyhow::Result<()> {
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, |_, _| stay_open(Vec::new())).await?;
+    let subscriber = client.subscriber("s").subscribe().await?;
+    within(subscriber.close()).await??;
+    let asked: Vec<u64> = drain(&mut calls_rx)
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Subscribe(request) => Some(request.max_outstanding_bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [tidings_client::DEFAULT_MAX_OUTSTANDING_BYTES]);
+    assert_eq!(tidings_client::DEFAULT_MAX_OUTSTANDING_BYTES, 100 << 20);
+    Ok(())
+}
+
+/// `shutdown` keeps the stream open (unread) while a handler holds a
+/// delivery, sends its ack, and only then ends the stream; the message
+/// received but never handed out goes back with the stream, not by a nack.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_the_stream_only_after_held_deliveries_are_settled() -> anyhow::Result<()> {
+    let script =
+        |_: &SubscribeRequest, _| stay_open(vec![message(0, "held"), message(1, "buffered")]);
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    let held = next(&mut subscriber).await?;
+    let shutdown = tokio::spawn(subscriber.shutdown(EVENT_TIMEOUT));
+
+    // While the delivery is held, the stream stays open (a lower bound:
+    // an early end would come within milliseconds).
+    let mut calls = Vec::new();
+    let ended_early = tokio::time::timeout(Duration::from_millis(300), async {
+        while let Some(call) = calls_rx.recv().await {
+            let ended = matches!(call, Call::StreamEnded(_));
+            calls.push(call);
+            if ended {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended_early.is_err(),
+        "the stream ended while held: {calls:?}"
+    );
+
+    held.ack();
+    let report = within(shutdown).await???;
+    assert_eq!(report.unsettled, 0);
+    calls.extend(wait_for_call(&mut calls_rx, |c| matches!(c, Call::StreamEnded(_))).await?);
+    let acked = calls.iter().position(|c| c.names("ack", "held"));
+    let ended = calls.iter().position(|c| matches!(c, Call::StreamEnded(_)));
+    assert!(
+        matches!((acked, ended), (Some(a), Some(e)) if a < e),
+        "acked, then ended: {calls:?}"
+    );
+    let named = settlements(&calls);
+    assert_eq!(named, [Named::new("ack", &[], &["held"])]);
     Ok(())
 }

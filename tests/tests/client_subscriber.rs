@@ -1,6 +1,7 @@
 //! The Rust client's `Subscriber` against a real broker: deliveries, acks,
-//! nacks, dropped deliveries, automatic lease extension, flow control,
-//! errors, and a broker restart under a live subscriber.
+//! nacks, dropped deliveries, automatic lease extension, flow control by
+//! count and by bytes, errors, shutdown without duplicates, and a broker
+//! restart under a live subscriber.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -400,5 +401,98 @@ async fn close_hands_buffered_deliveries_back_once() -> anyhow::Result<()> {
     assert_eq!((second.offset(), second.delivery_attempt()), (1, 2));
     second.ack();
     again.close().await?;
+    Ok(())
+}
+
+/// `shutdown` stops taking messages but keeps the stream open while the
+/// handlers finish: a competing consumer, open all along, never gets the
+/// messages the slow handlers acknowledged during shutdown. (`close`
+/// would have ended the stream at once, and the broker would have handed
+/// all three to the competitor.)
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_acked_by_slow_handlers_during_shutdown_are_not_delivered_again()
+-> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["a", "b", "c"]).await?;
+    let mut first = client
+        .subscriber("s")
+        .topic("t")
+        .max_outstanding_messages(3)
+        .subscribe()
+        .await?;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next(&mut first).await?);
+    }
+    let mut competitor = client.subscriber("s").subscribe().await?;
+
+    // Slow work, not synchronisation: each handler acks half a second on.
+    let handlers: Vec<_> = held
+        .into_iter()
+        .map(|delivery| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                delivery.ack_with_response().await
+            })
+        })
+        .collect();
+    let report = within(first.shutdown(tidings_tests::EVENT_TIMEOUT)).await??;
+    assert_eq!(report.unsettled, 0);
+    for handler in handlers {
+        within(handler).await???;
+    }
+    let figures = client.get_subscription("s").await?;
+    assert_eq!((figures.backlog, figures.in_flight), (0, 0), "{figures:?}");
+    nothing_within(&mut competitor, Duration::from_millis(300)).await;
+    within(competitor.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_reports_deliveries_still_held_at_its_timeout() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["stuck"]).await?;
+    let mut first = client.subscriber("s").topic("t").subscribe().await?;
+    let stuck = next(&mut first).await?;
+    let mut competitor = client.subscriber("s").subscribe().await?;
+
+    let report = within(first.shutdown(Duration::from_millis(200))).await??;
+    assert_eq!(report.unsettled, 1, "the handler never settled it");
+    let again = next(&mut competitor).await?;
+    assert_eq!((again.offset(), again.delivery_attempt()), (0, 2));
+    // The old delivery holds no lease: dropping it nacks nothing.
+    drop(stuck);
+    within(again.ack_with_response()).await??;
+    within(competitor.close()).await??;
+    wait_for_subscription(&client, "s", |s| s.backlog == 0).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_outstanding_bytes_limits_unsettled_deliveries() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("t").await?;
+    let publisher = client.publisher_builder("t").max_in_flight(1).build();
+    for _ in 0..3 {
+        within(publisher.publish(vec![b'x'; 1000])).await??;
+    }
+    // Room for two messages of 1000 bytes, not three.
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .max_outstanding_bytes(2500)
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    assert_eq!((first.offset(), second.offset()), (0, 1));
+    nothing_within(&mut subscriber, Duration::from_millis(300)).await;
+    assert_eq!(client.get_subscription("s").await?.in_flight, 2);
+    first.ack();
+    let third = next(&mut subscriber).await?;
+    assert_eq!(third.offset(), 2);
+    second.ack();
+    third.ack();
+    within(subscriber.close()).await??;
     Ok(())
 }

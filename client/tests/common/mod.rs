@@ -206,6 +206,16 @@ impl Output {
     }
 }
 
+/// Starts `tidings --server URL ARGS…` against any server (a stand-in
+/// broker, say), its standard output piped.
+pub(crate) fn spawn_tidings_at(url: &str, args: &[&str]) -> anyhow::Result<Child> {
+    let mut all = vec!["--server".to_owned(), url.to_owned()];
+    all.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let mut command = tidings_command(&all);
+    command.stdin(Stdio::null());
+    command.spawn().context("start the tidings binary")
+}
+
 /// The `tidings` binary with `args`, its output piped, and no
 /// `TIDINGS_SERVER` from the test's environment.
 fn tidings_command(args: &[String]) -> Command {

@@ -152,6 +152,9 @@ fn client_reason(err: &ClientError, server: &str) -> String {
             transport_message(status)
         ),
         ClientError::Status(status) => advise(status.code(), &status_message(status)),
+        ClientError::GaveUp { cause, .. } | ClientError::Unsettled { cause, .. } => {
+            format!("{err}: {}", client_reason(cause, server))
+        }
         other => other.to_string(),
     }
 }

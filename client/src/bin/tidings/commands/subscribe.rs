@@ -6,7 +6,9 @@
 //! output. With `--no-ack` the messages are held unsettled until the
 //! command ends; the end of the stream gives them back, so a later
 //! subscriber gets them again. Pending settlements are flushed before the
-//! command exits, and a failure to flush them fails the command.
+//! command exits, and acknowledgements the broker refused (or that were
+//! given up) fail the command, however it stopped (Ctrl-C included), with
+//! how many and the broker's reason.
 //!
 //! A command with a goal (`--count`, `--exit-at-end`) that stops short of
 //! it fails: exit status 130 for Ctrl-C, 1 otherwise.
@@ -125,15 +127,43 @@ pub(crate) async fn run(ctx: &Context, args: SubscribeArgs) -> anyhow::Result<()
     let closed = close(subscriber, std::mem::take(&mut receiver.held), stream_over).await;
     let stop = stop?;
     if let Err(err) = closed {
-        let message = if args.no_ack {
-            "the printed messages could not be given back (they come again once their ack \
-             deadline passes)"
-        } else {
-            "acknowledgements were not stored, so printed messages may be delivered again"
-        };
-        return Err(Failure::from_client(message, err).into());
+        return Err(close_failure(err, args.no_ack).into());
     }
     receiver.outcome(stop)
+}
+
+/// What the command reports when the settlements it made were not all
+/// stored: how many, and the broker's reason.
+fn close_failure(err: tidings_client::Error, no_ack: bool) -> Failure {
+    let (what, consequence) = if no_ack {
+        (
+            "the printed messages could not be given back",
+            "they come again once their ack deadline passes",
+        )
+    } else {
+        (
+            "acknowledgements were not stored",
+            "so printed messages may be delivered again",
+        )
+    };
+    match err {
+        tidings_client::Error::Unsettled {
+            refused,
+            given_up,
+            cause,
+        } => {
+            let mut counts = Vec::new();
+            if refused > 0 {
+                counts.push(format!("{refused} refused by the broker"));
+            }
+            if given_up > 0 {
+                counts.push(format!("{given_up} given up after retries"));
+            }
+            let counts = counts.join(", ");
+            Failure::from_client(format!("{what} ({counts}), {consequence}"), *cause)
+        }
+        err => Failure::from_client(format!("{what}, {consequence}"), err),
+    }
 }
 
 /// The goal of the command: `--count`, and with `--exit-at-end` the
