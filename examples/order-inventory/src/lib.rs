@@ -12,7 +12,8 @@
 //! - [`events`]: the topics and the JSON events on them;
 //! - [`journal`]: an append-only, fsynced JSON-lines file, each service's
 //!   durable memory;
-//! - [`orders`]: the order service's orders;
+//! - [`orders`]: the order service's orders, changed by one writer task;
+//! - [`outbox`]: the order service's task that announces pending orders;
 //! - [`stock`]: the inventory's stock and the decision taken per order;
 //! - [`service`]: flags, logging, signals, topics, HTTP serving and the
 //!   consume loop.
@@ -23,5 +24,6 @@
 pub mod events;
 pub mod journal;
 pub mod orders;
+pub mod outbox;
 pub mod service;
 pub mod stock;

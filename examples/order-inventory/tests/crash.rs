@@ -1,67 +1,229 @@
-//! The example's promise, end to end: `kill -9` the inventory service in
-//! the middle of a stream of orders, restart it, and every order is decided
-//! exactly once, with stock that adds up.
+//! The example's promise, end to end: while clients keep placing orders,
+//! `kill -9` each of the three processes in turn — the inventory, the
+//! order service (while clients retry their orders under the same ids),
+//! the broker — and restart it; every order still ends reserved or
+//! rejected, none is reserved twice, the stock adds up, and no id makes
+//! two orders.
+//!
+//! Every kill waits for an event, never for a time: a number of decisions
+//! the inventory reports, orders answered while a process is down, clients
+//! that saw the order service gone.
 
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
-use futures::{StreamExt as _, TryStreamExt as _};
+use anyhow::{Context as _, bail, ensure};
 use order_inventory::events::{Decision, OrderId, Outcome};
-use order_inventory::orders::{Order, OrderStatus};
+use order_inventory::orders::{self, Order, OrderStatus};
 use order_inventory::stock::{self, StockReport};
 use serde::Deserialize;
-use support::{Stack, get_json, http, poll_until};
+use support::{Service, Stack, get_json, http, poll_until};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-const STOCK: &str = "tea-01=200,mug-02=60,pot-03=5";
+/// tea-01 never runs out; mug-02 and pot-03 do.
+const STOCK: &str = "tea-01=100000,mug-02=40,pot-03=10";
 const SKUS: [&str; 3] = ["tea-01", "mug-02", "pot-03"];
-/// Orders in all: 0..FIRST_WAVE while the inventory runs (it is killed
-/// during this wave), the rest while it is down.
-const ORDERS: usize = 200;
-const FIRST_WAVE: usize = 120;
-/// The inventory is killed once it decided this many orders. The test
-/// checks that orders of the first wave were left undecided: the kill
-/// follows the poll that sees this many within about 20 ms, and the other
-/// 110 decisions of the wave take 20 times that (about 4 ms each here).
-const KILL_AFTER: usize = 10;
-/// Orders sent at once.
-const CONCURRENCY: usize = 16;
+/// Clients placing orders at once, each one order at a time.
+const CLIENTS: usize = 8;
+/// Each kill comes once the inventory decided this many more orders.
+const DECISIONS_BEFORE_KILL: usize = 15;
+/// While the inventory or the broker is down, the clients place this many
+/// orders before it is started again.
+const ORDERS_WHILE_DOWN: usize = 15;
+/// The order service's `--answer-timeout`.
+const ANSWER_TIMEOUT: &str = "1s";
+/// A client gives up on an answer after this long and sends the order
+/// again, under the same id.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client waits this long before it sends an order again.
+const CLIENT_RETRY_DELAY: Duration = Duration::from_millis(20);
 
 #[derive(Deserialize)]
 struct OrderList {
     orders: Vec<Order>,
 }
 
-/// Order `i`: SKUs in turn, 1 to 3 units. Demand is about 133 units per SKU,
-/// so tea-01 is always reserved while mug-02 and pot-03 run out.
-fn order_body(i: usize) -> Vec<u8> {
-    let body = serde_json::json!({ "sku": SKUS[i % 3], "quantity": 1 + (i / 3) % 3 });
-    body.to_string().into_bytes()
+/// Order `i`: its id, SKU (in turn) and 1 to 3 units.
+fn order_of(i: usize) -> (String, &'static str, u32) {
+    let quantity = 1 + (i / 3) % 3;
+    (format!("c-{i}"), SKUS[i % 3], quantity as u32)
 }
 
-async fn place_orders(orders: SocketAddr, range: Range<usize>) -> anyhow::Result<Vec<OrderId>> {
-    futures::stream::iter(range)
-        .map(|i| async move {
-            let (status, body) = http(orders, "POST", "/orders", &order_body(i)).await?;
+/// Clients that place orders `c-0`, `c-1`, ... until stopped, each order
+/// until it is answered 200, 201 or 202: an order whose attempt failed
+/// (no connection, no answer in time, a 5xx) is sent again, unchanged.
+struct Load {
+    /// Where the order service is now; a restart moves it.
+    orders_addr: Arc<Mutex<SocketAddr>>,
+    /// Orders answered so far.
+    answered_rx: watch::Receiver<usize>,
+    /// Attempts that failed so far.
+    failures: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    clients: JoinSet<anyhow::Result<Vec<Answered>>>,
+}
+
+/// An order a client got an answer for.
+struct Answered {
+    index: usize,
+    status: u16,
+    attempts: usize,
+}
+
+impl Load {
+    fn start(orders_addr: SocketAddr) -> Self {
+        let orders_addr = Arc::new(Mutex::new(orders_addr));
+        let (answered_tx, answered_rx) = watch::channel(0);
+        let answered_tx = Arc::new(answered_tx);
+        let failures = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let mut clients = JoinSet::new();
+        for _ in 0..CLIENTS {
+            let client = Client {
+                orders_addr: Arc::clone(&orders_addr),
+                answered_tx: Arc::clone(&answered_tx),
+                failures: Arc::clone(&failures),
+                next: Arc::clone(&next),
+                stop: stop.clone(),
+            };
+            clients.spawn(client.run());
+        }
+        Self {
+            orders_addr,
+            answered_rx,
+            failures,
+            stop,
+            clients,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        *self.answered_rx.borrow()
+    }
+
+    fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    fn move_to(&self, addr: SocketAddr) {
+        *self
+            .orders_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = addr;
+    }
+
+    /// Waits until `count` orders are answered.
+    async fn wait_answered(&mut self, count: usize) -> anyhow::Result<()> {
+        let waiting = self.answered_rx.wait_for(|&answered| answered >= count);
+        tokio::time::timeout(support::PATIENCE, waiting)
+            .await
+            .with_context(|| format!("{count} orders were not answered in time"))?
+            .context("every client stopped")?;
+        Ok(())
+    }
+
+    /// Stops the clients once each has its order answered; returns every
+    /// answered order, by index.
+    async fn finish(self) -> anyhow::Result<BTreeMap<usize, Answered>> {
+        self.stop.cancel();
+        let mut answered = BTreeMap::new();
+        for answers in self.clients.join_all().await {
+            for answer in answers? {
+                answered.insert(answer.index, answer);
+            }
+        }
+        Ok(answered)
+    }
+}
+
+/// One client of [`Load`].
+struct Client {
+    orders_addr: Arc<Mutex<SocketAddr>>,
+    answered_tx: Arc<watch::Sender<usize>>,
+    failures: Arc<AtomicUsize>,
+    next: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl Client {
+    async fn run(self) -> anyhow::Result<Vec<Answered>> {
+        let mut answered = Vec::new();
+        while !self.stop.is_cancelled() {
+            let index = self.next.fetch_add(1, Ordering::SeqCst);
+            answered.push(self.place(index).await?);
+            self.answered_tx.send_modify(|count| *count += 1);
+        }
+        Ok(answered)
+    }
+
+    async fn place(&self, index: usize) -> anyhow::Result<Answered> {
+        let (id, sku, quantity) = order_of(index);
+        let body = serde_json::json!({ "id": id, "sku": sku, "quantity": quantity });
+        let body = body.to_string().into_bytes();
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let addr = *self
+                .orders_addr
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let sent = tokio::time::timeout(CLIENT_TIMEOUT, http(addr, "POST", "/orders", &body));
+            match sent.await {
+                Ok(Ok((status @ 200..=202, reply))) => {
+                    let order: Order = serde_json::from_slice(&reply)?;
+                    ensure!(
+                        (order.id.as_str(), order.sku.as_str(), order.quantity)
+                            == (id.as_str(), sku, quantity),
+                        "order {id} answered as {order:?}"
+                    );
+                    return Ok(Answered {
+                        index,
+                        status,
+                        attempts,
+                    });
+                }
+                Ok(Ok((status, reply))) if status < 500 => {
+                    bail!("order {id}: {status} {}", String::from_utf8_lossy(&reply))
+                }
+                // No connection, no answer in time, or a 5xx: try again.
+                _ => {
+                    self.failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
             ensure!(
-                status == 201,
-                "order {i}: {status} {}",
-                String::from_utf8_lossy(&body)
+                started.elapsed() < support::PATIENCE,
+                "order {id} was not answered in {attempts} attempts"
             );
-            let order: Order = serde_json::from_slice(&body)?;
-            ensure!(
-                order.status == OrderStatus::Pending,
-                "order {i} is not pending: {order:?}"
-            );
-            Ok(order.id)
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect()
-        .await
+            tokio::time::sleep(CLIENT_RETRY_DELAY).await;
+        }
+    }
+}
+
+/// Decisions the inventory reports.
+async fn decisions(inventory: &Service) -> anyhow::Result<usize> {
+    let report: StockReport = get_json(inventory.addr, "/stock").await?;
+    Ok(report.decisions.len())
+}
+
+/// Waits until the inventory reports `more` decisions than now; returns
+/// how many it reports then.
+async fn wait_for_more_decisions(inventory: &Service, more: usize) -> anyhow::Result<usize> {
+    let goal = decisions(inventory).await? + more;
+    poll_until("the inventory decided more orders", async || {
+        let decided = decisions(inventory).await?;
+        Ok(Some(decided).filter(|&decided| decided >= goal))
+    })
+    .await
 }
 
 async fn list_orders(orders: SocketAddr) -> anyhow::Result<Vec<Order>> {
@@ -69,60 +231,70 @@ async fn list_orders(orders: SocketAddr) -> anyhow::Result<Vec<Order>> {
     Ok(list.orders)
 }
 
-fn pending(orders: &[Order]) -> usize {
-    let pending = orders.iter().filter(|o| o.status == OrderStatus::Pending);
-    pending.count()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_order_ends_final_once_when_each_process_is_killed_in_turn() -> anyhow::Result<()> {
+    let mut stack = Stack::start(STOCK).await?;
+    let result = kill_each_process_in_turn(&mut stack).await;
+    if result.is_err() {
+        stack.print_logs();
+    }
+    result?;
+    stack.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_order_is_lost_or_reserved_twice_when_inventory_is_killed() -> anyhow::Result<()> {
-    let stack = Stack::start(STOCK).await?;
-    let inventory = stack.start_inventory().await?;
-    let orders = stack.start_orders().await?;
+async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let answer_timeout = ["--answer-timeout", ANSWER_TIMEOUT];
+    let mut inventory = stack.start_inventory().await?;
+    let mut orders = stack.start_orders_with(&answer_timeout).await?;
+    let mut load = Load::start(orders.addr);
 
-    // Kill -9 the inventory while the first wave streams in.
-    let first_wave = tokio::spawn(place_orders(orders.addr, 0..FIRST_WAVE));
-    let decided_at_kill = poll_until("the inventory decided a few orders", async || {
-        let report: StockReport = get_json(inventory.addr, "/stock").await?;
-        Ok(Some(report.decisions.len()).filter(|&decided| decided >= KILL_AFTER))
+    // The inventory: the orders placed while it is down wait in the broker.
+    let decided = wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
+    inventory.kill().await?;
+    let journaled = journaled_decisions(&stack.inventory_dir())?.len();
+    println!("killed the inventory after {decided} decisions seen, {journaled} journaled");
+    load.wait_answered(load.answered() + ORDERS_WHILE_DOWN)
+        .await?;
+    inventory = stack.start_inventory().await?;
+
+    // The order service, while the clients' orders are in flight: each
+    // client sends its order again, under the same id, until the
+    // restarted service answers it.
+    let decided = wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
+    orders.kill().await?;
+    let failures = load.failures();
+    println!("killed the order service after {decided} decisions");
+    poll_until("every client saw the order service gone", async || {
+        Ok(Some(()).filter(|()| load.failures() >= failures + CLIENTS))
     })
     .await?;
-    inventory.kill().await?;
-    // What the killed inventory had decided: its journal, which nothing
-    // writes to now. Orders of the first wave must be left undecided, or
-    // the kill came after the inventory's work rather than in the middle.
-    let journaled_at_kill = journaled_decisions(&stack.inventory_dir())?.len();
-    ensure!(
-        (KILL_AFTER..FIRST_WAVE).contains(&journaled_at_kill),
-        "the kill did not come in the middle of the first wave: \
-         {journaled_at_kill} of its {FIRST_WAVE} orders were decided"
-    );
-    let mut placed = first_wave.await??;
-    // The rest arrive while it is down: they wait in the broker.
-    placed.extend(place_orders(orders.addr, FIRST_WAVE..ORDERS).await?);
-    let waiting = pending(&list_orders(orders.addr).await?);
+    orders = stack.start_orders_with(&answer_timeout).await?;
+    load.move_to(orders.addr);
 
-    let inventory = stack.start_inventory().await?;
-    let settled = poll_until("every order is settled", async || {
+    // The broker, restarted on its port and data: orders placed meanwhile
+    // are answered 202 and announced once it is back.
+    let decided = wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
+    stack.broker.kill().await?;
+    println!("killed the broker after {decided} decisions");
+    load.wait_answered(load.answered() + ORDERS_WHILE_DOWN)
+        .await?;
+    stack.broker.restart().await?;
+
+    // Everything works again; then the clients stop.
+    wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
+    let answered = load.finish().await?;
+    let settled = poll_until("every order is final", async || {
         let list = list_orders(orders.addr).await?;
-        Ok(Some(list).filter(|list| list.len() == ORDERS && pending(list) == 0))
+        let pending = list.iter().filter(|order| !order.is_final()).count();
+        Ok(Some(list).filter(|list| list.len() >= answered.len() && pending == 0))
     })
     .await?;
     let report: StockReport = get_json(inventory.addr, "/stock").await?;
-    println!(
-        "killed after {decided_at_kill} decisions seen ({journaled_at_kill} journaled), \
-         {waiting} orders pending; now {:?}",
-        report.stock
-    );
+    report_answers(&answered, started);
 
-    let mut ids: Vec<_> = settled.iter().map(|order| order.id.clone()).collect();
-    ids.sort();
-    placed.sort();
-    assert_eq!(
-        ids, placed,
-        "the order service lists exactly the orders placed"
-    );
-    check_journal_holds_one_decision_per_order(&stack.inventory_dir(), &report)?;
+    check_one_order_per_id(&settled, &answered, &stack.orders_dir())?;
+    check_journal_holds_one_decision_per_order(&stack.inventory_dir(), &report, settled.len())?;
     check_orders_agree_with_decisions(&settled, &report)?;
     check_stock_adds_up(&settled, &report)?;
 
@@ -134,7 +306,69 @@ async fn no_order_is_lost_or_reserved_twice_when_inventory_is_killed() -> anyhow
         orders.terminate().await?.success(),
         "orders failed on SIGTERM"
     );
-    stack.stop().await
+    Ok(())
+}
+
+fn report_answers(answered: &BTreeMap<usize, Answered>, started: Instant) {
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for answer in answered.values() {
+        *statuses.entry(answer.status).or_default() += 1;
+    }
+    let retried = answered.values().filter(|a| a.attempts > 1).count();
+    println!(
+        "{} orders in {:.1?}: answers {statuses:?}, {retried} sent more than once",
+        answered.len(),
+        started.elapsed()
+    );
+}
+
+/// The order service holds exactly the orders the clients placed, each
+/// once, as sent: an order sent again under its id (after a failed
+/// attempt, a kill, a timeout) made no second order. Its journal shows it
+/// too: one pending record per id.
+fn check_one_order_per_id(
+    orders: &[Order],
+    answered: &BTreeMap<usize, Answered>,
+    orders_dir: &Path,
+) -> anyhow::Result<()> {
+    let mut ids: Vec<_> = orders.iter().map(|order| order.id.clone()).collect();
+    ids.sort();
+    let mut placed: Vec<_> = (answered.keys())
+        .map(|&i| OrderId::from(order_of(i).0.as_str()))
+        .collect();
+    placed.sort();
+    ensure!(
+        ids == placed,
+        "the order service lists {} orders for the {} placed",
+        ids.len(),
+        placed.len()
+    );
+    for order in orders {
+        let index: usize = (order.id.as_str().strip_prefix("c-"))
+            .and_then(|i| i.parse().ok())
+            .context("an order the clients did not place")?;
+        let (_, sku, quantity) = order_of(index);
+        ensure!(
+            (order.sku.as_str(), order.quantity) == (sku, quantity),
+            "order {order:?} is not what was sent"
+        );
+    }
+    let journal = std::fs::read_to_string(orders_dir.join(orders::JOURNAL_FILE))?;
+    let mut placements = HashMap::<OrderId, usize>::new();
+    for line in journal.lines() {
+        let order: Order = serde_json::from_str(line)?;
+        if order.status == OrderStatus::Pending {
+            *placements.entry(order.id).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = placements.iter().filter(|(_, count)| **count > 1).collect();
+    ensure!(twice.is_empty(), "ids placed more than once: {twice:?}");
+    ensure!(
+        placements.len() == orders.len(),
+        "{} orders journaled",
+        placements.len()
+    );
+    Ok(())
 }
 
 /// Each order has a decision, and the order's status is it. (The report
@@ -229,10 +463,11 @@ fn journaled_decisions(dir: &Path) -> anyhow::Result<Vec<Decision>> {
 
 /// The inventory journal records each order exactly once, and holds the
 /// decisions the inventory reports: no order was decided twice, not even
-/// across the kill.
+/// across the kills.
 fn check_journal_holds_one_decision_per_order(
     dir: &Path,
     report: &StockReport,
+    orders: usize,
 ) -> anyhow::Result<()> {
     let journaled = journaled_decisions(dir)?;
     let mut seen = HashMap::<&OrderId, usize>::new();
@@ -241,7 +476,7 @@ fn check_journal_holds_one_decision_per_order(
     }
     let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
     ensure!(twice.is_empty(), "orders decided more than once: {twice:?}");
-    ensure!(seen.len() == ORDERS, "{} orders in the journal", seen.len());
+    ensure!(seen.len() == orders, "{} orders in the journal", seen.len());
     ensure!(
         journaled == report.decisions,
         "the journal and the inventory's report differ"

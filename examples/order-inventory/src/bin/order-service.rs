@@ -2,15 +2,16 @@
 //! settles each order when `stock.reserved` or `stock.rejected` arrives.
 //!
 //! The journal comes first (an outbox): an order exists once it is on
-//! disk, and an order whose `order.placed` may not have reached the broker
-//! is published again, on start and after a failed publish. The inventory
-//! decides each order once by id, so publishing twice is harmless.
+//! disk, and the outbox task publishes every pending order, on start and
+//! again after each failed publish, until the broker stored it. The
+//! inventory decides each order once by id, so publishing twice is
+//! harmless. HTTP handlers only hand orders to the order book's writer and
+//! wait, at most `--answer-timeout`, for what it and the outbox report: a
+//! handler dropped by its client changes nothing.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,22 +23,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use clap::Parser;
-use order_inventory::events::{
-    Decision, ORDER_PLACED, OrderId, OrderPlaced, STOCK_REJECTED, STOCK_RESERVED,
-};
-use order_inventory::orders::{Order, OrderBook, Settled};
+use order_inventory::events::{Decision, ORDER_PLACED, OrderId, STOCK_REJECTED, STOCK_RESERVED};
+use order_inventory::orders::{BookError, NewOrder, Order, OrderBook, Placed, Settled};
+use order_inventory::outbox::{Announced, Outbox};
 use order_inventory::service::{self, DEFAULT_BROKER};
 use serde::{Deserialize, Serialize};
-use tidings_client::{Client, Delivery, Publisher, Subscriber};
-use tokio_util::sync::CancellationToken;
+use tidings_client::{Client, Delivery, Subscriber};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-/// How often orders whose publish failed are published again.
-const REPUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest the broker may take to answer a call (a publish, an ack)
+/// before it counts as failed: a broker that hangs must not hold an order's
+/// announcement for ever, the outbox publishes it again.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest quantity one order may ask for.
 const MAX_QUANTITY: i64 = 1000;
-/// The longest SKU accepted.
-const MAX_SKU_LEN: usize = 64;
+/// The longest order id or SKU accepted.
+const MAX_NAME_LEN: usize = 64;
 
 /// Takes orders over HTTP and settles them from inventory events.
 #[derive(Debug, Parser)]
@@ -53,6 +55,11 @@ struct Args {
     /// Directory of the order journal; created when missing.
     #[arg(long, env = "ORDERS_DATA_DIR", default_value = "./order-data")]
     data_dir: PathBuf,
+    /// The longest `POST /orders` takes to answer, such as `5s` or
+    /// `500ms`: an order recorded but not yet announced on the broker by
+    /// then is answered `202 Accepted` (it is announced later).
+    #[arg(long, env = "ORDERS_ANSWER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    answer_timeout: Duration,
     /// What to log (to standard error): `info`, `debug`, `warn`, ...
     #[arg(long, env = "ORDERS_LOG", default_value = "info")]
     log: String,
@@ -76,16 +83,21 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = service::shutdown_on_signal().context("cannot handle signals")?;
-    let orders = OrderBook::open(&args.data_dir).await?;
-    let client = Client::connect(args.broker).await?;
+    let (orders, feed) = OrderBook::open(&args.data_dir).await?;
+    let client = Client::builder(args.broker)
+        .request_timeout(BROKER_CALL_TIMEOUT)
+        .connect()
+        .await?;
     service::ensure_topics(&client, &[ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED]).await?;
-    let outbox = Outbox::new(client.publisher(ORDER_PLACED), &orders);
+    let publisher = client.publisher(ORDER_PLACED);
+    let outbox = Outbox::new(publisher.clone(), feed);
     let reserved = subscribe(&client, "order-service.stock-reserved", STOCK_RESERVED).await?;
     let rejected = subscribe(&client, "order-service.stock-rejected", STOCK_REJECTED).await?;
     let listener = service::bind(args.listen).await?;
     let app = App {
         orders: orders.clone(),
-        outbox: outbox.clone(),
+        announced: outbox.announced(),
+        answer_timeout: args.answer_timeout,
     };
     let served = tokio::try_join!(
         async {
@@ -104,7 +116,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     );
     shutdown.cancel();
-    outbox.publisher.close().await?;
+    publisher.close().await?;
     served?;
     info!("stopped");
     Ok(())
@@ -128,10 +140,10 @@ async fn settle(orders: &OrderBook, delivery: Delivery) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let settled = orders.settle(&decision).await?;
-    let order = &decision.order_id;
-    match settled {
-        Settled::Updated => info!(%order, outcome = decision.topic(), "order settled"),
+    let order = decision.order_id.clone();
+    let outcome = decision.topic();
+    match orders.settle(decision).await? {
+        Settled::Updated => info!(%order, outcome, "order settled"),
         Settled::AlreadyFinal => debug!(%order, "ignoring a repeated decision"),
         Settled::UnknownOrder => warn!(%order, "ignoring a decision about an unknown order"),
     }
@@ -139,66 +151,12 @@ async fn settle(orders: &OrderBook, delivery: Delivery) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `order.placed` and keeps the events whose publish failed, to
-/// publish them again.
-#[derive(Clone)]
-struct Outbox {
-    publisher: Publisher,
-    retry: Arc<Mutex<BTreeMap<OrderId, OrderPlaced>>>,
-}
-
-impl Outbox {
-    /// An outbox that first publishes every pending order again: this
-    /// service may have stopped before their events were stored.
-    fn new(publisher: Publisher, orders: &OrderBook) -> Self {
-        let pending = orders
-            .pending()
-            .into_iter()
-            .map(|order| order.placed_event());
-        let retry = pending.map(|event| (event.order_id.clone(), event));
-        Self {
-            publisher,
-            retry: Arc::new(Mutex::new(retry.collect())),
-        }
-    }
-
-    /// Publishes `event`; when that fails, keeps it for [`Outbox::run`].
-    async fn publish(&self, event: OrderPlaced) {
-        let order = event.order_id.clone();
-        match self.publisher.publish(event.to_message()).await {
-            Ok(offset) => debug!(%order, offset, "published order.placed"),
-            Err(err) => {
-                warn!(%order, error = %err, "cannot publish order.placed yet; will retry");
-                let mut retry = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
-                retry.insert(order, event);
-            }
-        }
-    }
-
-    /// Publishes the kept events again, now and then every
-    /// [`REPUBLISH_INTERVAL`], until `shutdown`.
-    async fn run(&self, shutdown: &CancellationToken) {
-        let mut tick = tokio::time::interval(REPUBLISH_INTERVAL);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let due =
-                std::mem::take(&mut *self.retry.lock().unwrap_or_else(PoisonError::into_inner));
-            if !due.is_empty() {
-                info!(orders = due.len(), "publishing order.placed again");
-            }
-            futures::future::join_all(due.into_values().map(|event| self.publish(event))).await;
-        }
-    }
-}
-
 /// What the HTTP handlers share.
 #[derive(Clone)]
 struct App {
     orders: OrderBook,
-    outbox: Outbox,
+    announced: Announced,
+    answer_timeout: Duration,
 }
 
 fn router(app: App) -> Router {
@@ -208,26 +166,40 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// The body of `POST /orders`.
+/// The body of `POST /orders`: `{"id": "...", "sku": "...", "quantity": N}`,
+/// the `id` optional.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
+    id: Option<String>,
     sku: String,
     quantity: i64,
 }
 
 impl PlaceOrder {
-    /// The SKU and quantity, or why they are not acceptable.
-    fn validate(self) -> Result<(String, u32), HttpError> {
-        let sku_ok = (1..=MAX_SKU_LEN).contains(&self.sku.len())
-            && (self.sku.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !sku_ok {
+    /// The order to place (with a new id when none was sent), or why the
+    /// request is not acceptable.
+    fn validate(self) -> Result<NewOrder, HttpError> {
+        let id = match self.id {
+            Some(id) if is_name(&id) => OrderId::from(id.as_str()),
+            Some(_) => {
+                return Err(HttpError::bad_request(format!(
+                    "id must be 1 to {MAX_NAME_LEN} ASCII letters, digits, '-', '_' or '.'"
+                )));
+            }
+            None => OrderId::generate(),
+        };
+        if !is_name(&self.sku) {
             return Err(HttpError::bad_request(format!(
-                "sku must be 1 to {MAX_SKU_LEN} ASCII letters, digits, '-', '_' or '.'"
+                "sku must be 1 to {MAX_NAME_LEN} ASCII letters, digits, '-', '_' or '.'"
             )));
         }
         match u32::try_from(self.quantity) {
-            Ok(quantity) if (1..=MAX_QUANTITY).contains(&self.quantity) => Ok((self.sku, quantity)),
+            Ok(quantity) if (1..=MAX_QUANTITY).contains(&self.quantity) => Ok(NewOrder {
+                id,
+                sku: self.sku,
+                quantity,
+            }),
             _ => Err(HttpError::bad_request(format!(
                 "quantity must be a whole number from 1 to {MAX_QUANTITY}"
             ))),
@@ -235,25 +207,67 @@ impl PlaceOrder {
     }
 }
 
-/// `POST /orders`: records the order, publishes `order.placed`, answers
-/// 201 with the pending order.
+/// Whether `name` is acceptable as an order id or SKU (it goes in URLs).
+fn is_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `POST /orders`: places the order (or finds it, for a retry with the same
+/// id) and answers within the answer timeout: 201 when the order is new and
+/// announced, 200 when it existed and is announced (or final), 202 when it
+/// is recorded but not announced yet (the outbox goes on trying), 409 when
+/// the id belongs to another order, 503 when it could not be recorded in
+/// time (send it again with the same id).
 async fn place_order(
     State(app): State<App>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Order>), HttpError> {
+    let deadline = Instant::now() + app.answer_timeout;
     let request: PlaceOrder = serde_json::from_slice(&body).map_err(|err| {
         HttpError::bad_request(format!(
-            "invalid order ({err}); send JSON such as {{\"sku\": \"tea-01\", \"quantity\": 2}}"
+            "invalid order ({err}); send JSON such as {{\"id\": \"my-order-1\", \"sku\": \"tea-01\", \"quantity\": 2}}"
         ))
     })?;
-    let (sku, quantity) = request.validate()?;
-    let order = app.orders.place(sku, quantity).await.map_err(|err| {
-        error!(error = %err, "cannot record an order");
-        HttpError::internal("cannot record the order; try again later")
-    })?;
-    info!(order = %order.id, sku = %order.sku, quantity, "order placed");
-    app.outbox.publish(order.placed_event()).await;
-    Ok((StatusCode::CREATED, Json(order)))
+    let order = request.validate()?;
+    let id = order.id.clone();
+    // Once handed over, the order book records the order (and the outbox
+    // announces it) even when this handler is dropped: every wait below
+    // may stop for good without losing anything.
+    let placed = match tokio::time::timeout_at(deadline, app.orders.place(order)).await {
+        Ok(placed) => placed.map_err(HttpError::from)?,
+        Err(_) => {
+            warn!(order = %id, "recording an order takes longer than the answer timeout");
+            return Err(HttpError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "order {:?} was not recorded within {}; send it again with the same id",
+                    id.as_str(),
+                    humantime::format_duration(app.answer_timeout)
+                ),
+            });
+        }
+    };
+    let created = matches!(placed, Placed::New(_));
+    if created {
+        let order = placed.order();
+        info!(order = %id, sku = %order.sku, quantity = order.quantity, "order placed");
+    }
+    let announced = placed.order().is_final()
+        || tokio::time::timeout_at(deadline, app.announced.wait(&id))
+            .await
+            .unwrap_or(false);
+    let status = match (announced, created) {
+        (false, _) => StatusCode::ACCEPTED,
+        (true, true) => StatusCode::CREATED,
+        (true, false) => StatusCode::OK,
+    };
+    // The order as it stands now: a retry may find it settled.
+    let order = app
+        .orders
+        .get(&id)
+        .unwrap_or_else(|| placed.order().clone());
+    Ok((status, Json(order)))
 }
 
 /// `GET /orders/{id}`: the order, or 404.
@@ -300,6 +314,25 @@ impl HttpError {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.to_owned(),
+        }
+    }
+}
+
+impl From<BookError> for HttpError {
+    fn from(err: BookError) -> Self {
+        match err {
+            BookError::Conflict { .. } => Self {
+                status: StatusCode::CONFLICT,
+                message: err.to_string(),
+            },
+            BookError::Journal(err) => {
+                error!(error = %err, "cannot record an order");
+                Self::internal("cannot record the order; try again later")
+            }
+            BookError::Stopped => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the order service is stopping; try again later".to_owned(),
+            },
         }
     }
 }
