@@ -1219,3 +1219,85 @@ async fn peek_prints_messages_by_offset_and_takes_none() -> anyhow::Result<()> {
     assert_eq!(attempts, [1, 1, 1, 1, 1]);
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subs_create_filter_and_update_change_what_sub_prints() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    let created = broker
+        .tidings(&[
+            "subs",
+            "create",
+            "eu",
+            "--topic",
+            "orders",
+            "--filter",
+            r#"attributes.region = "eu""#,
+            "--json",
+        ])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(created["filter"], r#"attributes.region = "eu""#);
+    broker
+        .tidings(&["pub", "orders", "--attr", "region=eu", "eu-1"])
+        .await?
+        .ok()?;
+    broker
+        .tidings(&["pub", "orders", "--attr", "region=us", "us-1"])
+        .await?
+        .ok()?;
+    let eu = broker
+        .tidings(&["sub", "eu", "--exit-at-end"])
+        .await?
+        .ok()?;
+    assert_eq!(eu.stdout, "eu-1\n");
+    assert_eq!(describe_subscription(&broker, "eu").await?["backlog"], 0);
+
+    let updated = broker
+        .tidings(&[
+            "subs",
+            "update",
+            "eu",
+            "--filter",
+            "",
+            "--ack-deadline",
+            "45s",
+        ])
+        .await?
+        .ok()?;
+    let filter_line = updated
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("filter:"));
+    assert!(
+        filter_line.is_some_and(|l| l.ends_with(" none")),
+        "{}",
+        updated.stdout
+    );
+    broker
+        .tidings(&["pub", "orders", "--attr", "region=us", "us-2"])
+        .await?
+        .ok()?;
+    let all = broker
+        .tidings(&["sub", "eu", "--exit-at-end"])
+        .await?
+        .ok()?;
+    assert_eq!(all.stdout, "us-2\n", "no filter: the next message comes");
+    assert_eq!(
+        describe_subscription(&broker, "eu").await?["ack_deadline_seconds"],
+        45
+    );
+
+    let bad = broker
+        .tidings(&["subs", "update", "eu", "--filter", "attributes.region ="])
+        .await?;
+    let line = bad.failure_line()?;
+    assert!(
+        line.contains("filter is not valid") && line.contains("at byte 19"),
+        "{line}"
+    );
+    let nothing = broker.tidings(&["subs", "update", "eu"]).await?;
+    assert!(nothing.failure_line()?.contains("nothing to change"));
+    broker.stop().await
+}

@@ -43,7 +43,9 @@ pub(crate) struct SubscribeArgs {
     /// Exit (0) once caught up: once every message published before the
     /// command started has been received. Those are the messages the
     /// subscription had not acknowledged then, less those leased to other
-    /// consumers; later messages are not printed.
+    /// consumers; later messages are not printed. On a subscription with a
+    /// filter, it exits once every message before that point is
+    /// acknowledged (with --no-ack, only at --timeout).
     #[arg(long, short = 'e')]
     exit_at_end: bool,
 
@@ -75,6 +77,10 @@ pub(crate) struct SubscribeArgs {
     max_outstanding: u32,
 }
 
+/// How long `--exit-at-end` waits for a quiet stream before it checks
+/// whether a filtered subscription is caught up.
+const CATCH_UP_CHECK: Duration = Duration::from_millis(200);
+
 /// What the command is to print before it exits, when it has a goal.
 #[derive(Debug, Clone, Copy)]
 struct Goal {
@@ -83,6 +89,9 @@ struct Goal {
     /// With --exit-at-end: the topic's end when the command started;
     /// messages from it on are not printed.
     end_offset: Option<u64>,
+    /// The subscription has a filter, so `messages` counts messages the
+    /// broker may turn away: being caught up is read off its ack floor.
+    filtered: bool,
 }
 
 impl Goal {
@@ -114,6 +123,7 @@ pub(crate) async fn run(ctx: &Context, args: SubscribeArgs) -> anyhow::Result<()
     }
     let mut subscriber = subscribe(&client, &args, goal).await?;
     let mut receiver = Receiver {
+        client: &client,
         args: &args,
         goal,
         format: Format::chosen(args.format, ctx.json),
@@ -179,20 +189,30 @@ async fn goal(client: &Client, args: &SubscribeArgs) -> anyhow::Result<Option<Go
         (Some(count), None) => Some(Goal {
             messages: count,
             end_offset: None,
+            filtered: false,
         }),
-        (count, Some((expected, end_offset))) => Some(Goal {
-            messages: count.map_or(expected, |count| count.min(expected)),
-            end_offset: Some(end_offset),
+        (count, Some(point)) => Some(Goal {
+            messages: count.map_or(point.expected, |count| count.min(point.expected)),
+            end_offset: Some(point.end_offset),
+            filtered: point.filtered,
         }),
     })
 }
 
-/// For `--exit-at-end`: how many messages the subscription has for this
-/// command (unacknowledged, and not leased to another consumer), and the
-/// topic's end, read after them so that every one of them lies below it.
-/// Creates the subscription first when `--topic` allows, so that its
-/// figures exist.
-async fn catch_up_point(client: &Client, args: &SubscribeArgs) -> anyhow::Result<(u64, u64)> {
+/// Where `--exit-at-end` stops.
+struct CatchUpPoint {
+    /// Messages the subscription has for this command (unacknowledged,
+    /// and not leased to another consumer); an upper bound with a filter.
+    expected: u64,
+    /// The topic's end, read after them so that every one lies below it.
+    end_offset: u64,
+    /// The subscription has a filter.
+    filtered: bool,
+}
+
+/// For `--exit-at-end`: where the command is caught up. Creates the
+/// subscription first when `--topic` allows, so that its figures exist.
+async fn catch_up_point(client: &Client, args: &SubscribeArgs) -> anyhow::Result<CatchUpPoint> {
     let sub = match (
         client.get_subscription(&args.subscription).await,
         &args.topic,
@@ -216,7 +236,11 @@ async fn catch_up_point(client: &Client, args: &SubscribeArgs) -> anyhow::Result
         (Err(err), _) => return Err(err.into()),
     };
     let end_offset = client.get_topic(&sub.topic).await?.next_offset;
-    Ok((sub.backlog.saturating_sub(sub.in_flight), end_offset))
+    Ok(CatchUpPoint {
+        expected: sub.backlog.saturating_sub(sub.in_flight),
+        end_offset,
+        filtered: !sub.filter.is_empty(),
+    })
 }
 
 /// Opens the stream, asking the broker for no more messages than the goal.
@@ -281,6 +305,7 @@ enum Stop {
 
 /// The receive loop and what it counted.
 struct Receiver<'a> {
+    client: &'a Client,
     args: &'a SubscribeArgs,
     goal: Option<Goal>,
     format: Format,
@@ -300,6 +325,14 @@ impl Receiver<'_> {
         tokio::pin!(ctrl_c);
         let idle_after = self.args.timeout;
         let mut idle_at = idle_after.map(|timeout| Instant::now() + timeout);
+        // A filtered subscription's backlog counts messages the broker
+        // will turn away: whether it is caught up is read off its figures
+        // whenever the stream falls quiet.
+        let filtered_end = self
+            .goal
+            .filter(|goal| goal.filtered)
+            .and_then(|goal| goal.end_offset);
+        let mut check_at = filtered_end.map(|_| Instant::now() + CATCH_UP_CHECK);
         loop {
             if self.goal.is_some_and(|goal| self.printed >= goal.messages) {
                 return Ok(Stop::Done);
@@ -309,8 +342,18 @@ impl Receiver<'_> {
                 () = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
                     return Ok(Stop::Idle);
                 }
+                () = sleep_until(check_at.unwrap_or_else(Instant::now)), if check_at.is_some() => {
+                    if let Some(end) = filtered_end
+                        && self.caught_up(subscriber, end).await?
+                    {
+                        return Ok(Stop::Done);
+                    }
+                    check_at = Some(Instant::now() + CATCH_UP_CHECK);
+                    continue;
+                }
                 item = subscriber.next() => item,
             };
+            check_at = check_at.map(|_| Instant::now() + CATCH_UP_CHECK);
             let Some(delivery) = item else {
                 return Ok(Stop::Ended);
             };
@@ -336,6 +379,17 @@ impl Receiver<'_> {
                 delivery.ack();
             }
         }
+    }
+
+    /// Whether every message below `end` is acknowledged, once the acks
+    /// sent so far are stored.
+    async fn caught_up(&self, subscriber: &Subscriber, end: u64) -> anyhow::Result<bool> {
+        subscriber.flush().await?;
+        let sub = self
+            .client
+            .get_subscription(&self.args.subscription)
+            .await?;
+        Ok(sub.ack_floor >= end)
     }
 
     /// Whether stopping this way is a success: stopping short of a goal is
