@@ -114,7 +114,8 @@ pub use subscriber::{
     DEFAULT_MAX_OUTSTANDING_MESSAGES, ShutdownReport, Subscriber, SubscriberBuilder,
 };
 pub use types::{
-    Message, StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic,
+    Message, RetryPolicy, StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate,
+    Topic,
 };
 
 #[cfg(test)]

@@ -59,6 +59,55 @@ pub struct Subscription {
     pub create_time: Option<SystemTime>,
     /// Its filter; empty for none.
     pub filter: String,
+    /// How long redeliveries wait; `None` for not at all.
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// How long a message waits before it is delivered again after a failed
+/// delivery (a nack without a delay, an expired lease, a stream that ended
+/// holding it): `minimum_backoff × 2^(n−1)` after the n-th failure, at most
+/// `maximum_backoff`, plus up to 10 % jitter. Each is 0 to 600 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first wait.
+    pub minimum_backoff: Duration,
+    /// The longest wait.
+    pub maximum_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// A policy from its first and longest wait.
+    pub fn new(minimum_backoff: Duration, maximum_backoff: Duration) -> Self {
+        Self {
+            minimum_backoff,
+            maximum_backoff,
+        }
+    }
+}
+
+impl From<RetryPolicy> for v1::RetryPolicy {
+    fn from(policy: RetryPolicy) -> Self {
+        let wire = |d: Duration| prost_types::Duration::try_from(d).ok();
+        Self {
+            minimum_backoff: wire(policy.minimum_backoff),
+            maximum_backoff: wire(policy.maximum_backoff),
+        }
+    }
+}
+
+impl From<v1::RetryPolicy> for RetryPolicy {
+    /// As the broker reports it; what it leaves out (it never does) or
+    /// cannot be a duration reads as zero.
+    fn from(policy: v1::RetryPolicy) -> Self {
+        let local = |d: Option<prost_types::Duration>| {
+            d.and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default()
+        };
+        Self {
+            minimum_backoff: local(policy.minimum_backoff),
+            maximum_backoff: local(policy.maximum_backoff),
+        }
+    }
 }
 
 impl From<v1::Subscription> for Subscription {
@@ -73,6 +122,7 @@ impl From<v1::Subscription> for Subscription {
             open_streams: sub.open_streams,
             create_time: sub.create_time.and_then(|t| SystemTime::try_from(t).ok()),
             filter: sub.filter,
+            retry_policy: sub.retry_policy.map(RetryPolicy::from),
         }
     }
 }
@@ -133,6 +183,8 @@ pub struct SubscriptionConfig {
     /// Deliver only messages whose attributes match this filter, in
     /// Pub/Sub's syntax (`attributes.kind = "order"`); empty for all.
     pub filter: String,
+    /// How long redeliveries wait; `None` for not at all.
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 impl SubscriptionConfig {
@@ -145,6 +197,7 @@ impl SubscriptionConfig {
             ack_deadline: None,
             start: StartPosition::Earliest,
             filter: String::new(),
+            retry_policy: None,
         }
     }
 
@@ -166,6 +219,13 @@ impl SubscriptionConfig {
         self.filter = filter.into();
         self
     }
+
+    /// Sets the retry policy: failed deliveries wait before they come
+    /// again, longer after each failure.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = Some(policy);
+        self
+    }
 }
 
 /// What [`Client::update_subscription`](crate::Client::update_subscription)
@@ -183,6 +243,8 @@ pub struct SubscriptionUpdate {
     pub ack_deadline: Option<Duration>,
     /// A new filter; empty removes it.
     pub filter: Option<String>,
+    /// A new retry policy; `Some(None)` removes it.
+    pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
 impl SubscriptionUpdate {
@@ -196,6 +258,13 @@ impl SubscriptionUpdate {
     /// not yet delivered.
     pub fn filter(mut self, filter: impl Into<String>) -> Self {
         self.filter = Some(filter.into());
+        self
+    }
+
+    /// Changes the retry policy (`None` removes it); it applies to
+    /// failures from now on.
+    pub fn retry_policy(mut self, policy: Option<RetryPolicy>) -> Self {
+        self.retry_policy = Some(policy);
         self
     }
 
@@ -214,6 +283,10 @@ impl SubscriptionUpdate {
             subscription.filter = filter;
             paths.push("filter".to_owned());
         }
+        if let Some(policy) = self.retry_policy {
+            subscription.retry_policy = policy.map(Into::into);
+            paths.push("retry_policy".to_owned());
+        }
         v1::UpdateSubscriptionRequest {
             subscription: Some(subscription),
             update_mask: Some(prost_types::FieldMask { paths }),
@@ -229,6 +302,7 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             ack_deadline_seconds: config.ack_deadline.map_or(0, deadline_seconds),
             start: Some(config.start.into()),
             filter: config.filter,
+            retry_policy: config.retry_policy.map(Into::into),
         }
     }
 }
@@ -380,9 +454,26 @@ mod tests {
             create_time: None,
             open_streams: 1,
             filter: "attributes:a".into(),
+            retry_policy: Some(v1::RetryPolicy {
+                minimum_backoff: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
+                maximum_backoff: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            }),
         });
         assert_eq!(sub.ack_deadline, Duration::from_secs(10));
         assert_eq!(sub.filter, "attributes:a");
+        assert_eq!(
+            sub.retry_policy,
+            Some(RetryPolicy::new(
+                Duration::from_millis(1500),
+                Duration::from_secs(60)
+            ))
+        );
         assert_eq!((sub.backlog, sub.in_flight, sub.ack_floor), (3, 1, 2));
         assert_eq!(sub.create_time, None);
     }

@@ -1301,3 +1301,78 @@ async fn subs_create_filter_and_update_change_what_sub_prints() -> anyhow::Resul
     assert!(nothing.failure_line()?.contains("nothing to change"));
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subs_backoff_flags_set_change_and_remove_the_retry_policy() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    let created = broker
+        .tidings(&[
+            "subs",
+            "create",
+            "r",
+            "--topic",
+            "orders",
+            "--min-backoff",
+            "2s",
+            "--json",
+        ])
+        .await?
+        .ok()?
+        .json()?;
+    let policy = &created["retry_policy"];
+    assert_eq!(
+        (
+            &policy["minimum_backoff_seconds"],
+            &policy["maximum_backoff_seconds"]
+        ),
+        (&Value::from(2.0), &Value::from(600.0)),
+        "{created}"
+    );
+    // One flag alone keeps the other value.
+    broker
+        .tidings(&["subs", "update", "r", "--max-backoff", "1m"])
+        .await?
+        .ok()?;
+    let described = describe_subscription(&broker, "r").await?;
+    assert_eq!(described["retry_policy"]["minimum_backoff_seconds"], 2.0);
+    assert_eq!(described["retry_policy"]["maximum_backoff_seconds"], 60.0);
+    let text = broker.tidings(&["subs", "describe", "r"]).await?.ok()?;
+    assert!(
+        text.stdout.contains("after 2s, doubling up to 1m"),
+        "{}",
+        text.stdout
+    );
+    broker
+        .tidings(&["subs", "update", "r", "--no-backoff"])
+        .await?
+        .ok()?;
+    assert_eq!(
+        describe_subscription(&broker, "r").await?["retry_policy"],
+        Value::Null
+    );
+
+    let refused = broker
+        .tidings(&[
+            "subs",
+            "update",
+            "r",
+            "--min-backoff",
+            "20s",
+            "--max-backoff",
+            "10s",
+        ])
+        .await?;
+    let line = refused.failure_line()?;
+    assert!(line.contains("minimum_backoff (20s) is above"), "{line}");
+    let too_long = broker
+        .tidings(&["subs", "update", "r", "--min-backoff", "11m"])
+        .await?;
+    assert_eq!(too_long.status.code(), Some(2), "{}", too_long.stderr);
+    assert!(
+        too_long.stderr.contains("at most 10m"),
+        "{}",
+        too_long.stderr
+    );
+    broker.stop().await
+}

@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::offsets::{AckState, Offset, OffsetMap};
-use crate::storage::{DeliveryRecord, StoredMessage};
+use crate::storage::{DeliveryRecord, RetryPolicy, StoredMessage};
 
 /// Identifies one open stream within its subscription.
 pub(super) type StreamId = u64;
@@ -49,6 +49,16 @@ type KeyHash = u64;
 /// Messages waiting behind held keys at which scanning pauses, so that a
 /// key held for long cannot make the book grow without bound.
 const MAX_QUEUED: usize = 100_000;
+
+/// A backoff with up to 10 % added, spread by the message and its
+/// failure count so that messages that failed together do not all come
+/// back at one instant. Never less than `backoff`.
+fn with_jitter(backoff: Duration, offset: Offset, failures: u32) -> Duration {
+    let mixed = (offset ^ (u64::from(failures) << 48)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // The top bits, as a per-mille from 0 to 100.
+    let per_mille = u32::try_from((mixed >> 32) % 101).unwrap_or(0);
+    backoff + backoff * per_mille / 1000
+}
 
 /// The time now, on both clocks: deadlines run on the monotonic one,
 /// stored redelivery times on the wall clock.
@@ -290,6 +300,8 @@ pub(super) struct LeaseBook {
     /// The ack state changed without an `Ack` (holes were skipped, the
     /// first offset moved): it should be saved.
     acks_changed: bool,
+    /// How long a failed delivery waits before it is due again.
+    retry: Option<RetryPolicy>,
 }
 
 impl LeaseBook {
@@ -321,6 +333,7 @@ impl LeaseBook {
             records: OffsetMap::default(),
             dirty: BTreeSet::new(),
             acks_changed: false,
+            retry: None,
         };
         for (offset, record) in records {
             if book.acks.is_acked(offset) {
@@ -330,6 +343,11 @@ impl LeaseBook {
             }
         }
         book
+    }
+
+    /// Sets the retry policy: failures from now on wait as it says.
+    pub(super) fn set_retry(&mut self, retry: Option<RetryPolicy>) {
+        self.retry = retry;
     }
 
     pub(super) fn open_stream(&mut self) -> StreamId {
@@ -637,7 +655,8 @@ impl LeaseBook {
     }
 
     /// A delivery failed (or, not `counted`, was cut short by the broker):
-    /// the message is due again after `delay`, or at once.
+    /// the message is due again after `delay` when given, else after the
+    /// retry policy's backoff (for counted failures), else at once.
     fn failed(
         &mut self,
         offset: Offset,
@@ -655,7 +674,12 @@ impl LeaseBook {
             if counted {
                 record.failures = record.failures.saturating_add(1);
             }
-            record.redeliver_at = delay.map(|d| now.wall + d);
+            let failures = record.failures;
+            let wait = delay.or_else(|| {
+                let policy = self.retry.filter(|_| counted)?;
+                Some(with_jitter(policy.backoff(failures), offset, failures))
+            });
+            record.redeliver_at = wait.filter(|d| !d.is_zero()).map(|d| now.wall + d);
             self.dirty.insert(offset);
         }
         self.schedule(offset, meta, now);

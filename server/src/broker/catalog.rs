@@ -25,7 +25,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::acks::DeliveryWriter;
 use super::book::Window;
-use super::checks::{check_batch, check_duration, not_found_as_topic, page};
+use super::checks::{check_batch, check_duration, check_retry, not_found_as_topic, page};
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
@@ -256,6 +256,9 @@ impl Broker {
         if let Some(text) = update.filter {
             record.settings.filter = text;
         }
+        if let Some(retry) = update.retry {
+            record.settings.retry = retry;
+        }
         match self.inner.store.update_subscription(record.clone()).await {
             Ok(()) => {}
             // Deleted meanwhile, with its topic.
@@ -308,6 +311,7 @@ impl Broker {
                         ack_deadline: spec.ack_deadline,
                         start: spec.start,
                         filter: String::new(),
+                        retry: None,
                     })
                     .await;
                 match created {
@@ -368,9 +372,11 @@ impl Engine for Broker {
         let ack_deadline = spec.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE);
         check_duration("ack deadline", ack_deadline, Duration::from_secs(1))?;
         Filter::parse(&spec.filter).map_err(BrokerError::InvalidFilter)?;
+        check_retry(spec.retry.as_ref())?;
         let settings = SubscriptionSettings {
             ack_deadline,
             filter: spec.filter.clone(),
+            retry: spec.retry,
         };
         self.admin(|this| async move { this.do_create_subscription(spec, settings).await })
             .await
@@ -385,13 +391,16 @@ impl Engine for Broker {
         &self,
         update: SubscriptionUpdate,
     ) -> BrokerResult<SubscriptionInfo> {
-        if update.ack_deadline.is_none() && update.filter.is_none() {
+        if update.ack_deadline.is_none() && update.filter.is_none() && update.retry.is_none() {
             return Err(BrokerError::NothingToUpdate(
                 "the update names no field to change",
             ));
         }
         if let Some(deadline) = update.ack_deadline {
             check_duration("ack deadline", deadline, Duration::from_secs(1))?;
+        }
+        if let Some(retry) = &update.retry {
+            check_retry(retry.as_ref())?;
         }
         let filter = match &update.filter {
             Some(text) => Some(

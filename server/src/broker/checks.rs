@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::topic::Topic;
-use super::{BrokerError, BrokerResult, MAX_ACK_DEADLINE, Page};
+use super::{BrokerError, BrokerResult, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, RetryPolicy};
 use crate::storage::{NewMessage, StoreError};
 
 /// Checks a publish batch against the message size limit: not empty, no
@@ -46,6 +46,35 @@ pub(super) fn check_duration(
             min,
             max: MAX_ACK_DEADLINE,
         });
+    }
+    Ok(())
+}
+
+/// Checks a retry policy: each backoff at most [`MAX_BACKOFF`], the
+/// minimum not above the maximum.
+pub(super) fn check_retry(retry: Option<&RetryPolicy>) -> BrokerResult<()> {
+    let Some(retry) = retry else {
+        return Ok(());
+    };
+    for (what, backoff) in [
+        ("retry_policy.minimum_backoff", retry.minimum_backoff),
+        ("retry_policy.maximum_backoff", retry.maximum_backoff),
+    ] {
+        if backoff > MAX_BACKOFF {
+            return Err(BrokerError::DurationOutOfRange {
+                what,
+                given: backoff,
+                min: Duration::ZERO,
+                max: MAX_BACKOFF,
+            });
+        }
+    }
+    if retry.minimum_backoff > retry.maximum_backoff {
+        return Err(BrokerError::Invalid(format!(
+            "retry_policy.minimum_backoff ({:?}) is above retry_policy.maximum_backoff ({:?}); \
+             the minimum is the first wait, the maximum the longest",
+            retry.minimum_backoff, retry.maximum_backoff
+        )));
     }
     Ok(())
 }

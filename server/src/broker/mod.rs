@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
+pub use crate::storage::RetryPolicy;
 use crate::storage::{StoredMessage, SubscriptionId};
 
 mod acks;
@@ -50,6 +51,10 @@ pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
 pub const MAX_ACK_DEADLINE: Duration = Duration::from_secs(600);
 /// The default of `max_outstanding_messages`.
 pub const DEFAULT_MAX_OUTSTANDING: usize = 1000;
+/// The minimum backoff of a retry policy that leaves it unset.
+pub const DEFAULT_MINIMUM_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest backoff a retry policy may set.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// The largest `max_outstanding_messages` a stream may ask for.
 pub const MAX_OUTSTANDING: usize = 100_000;
 /// The default number of messages one `ReadTopic` returns.
@@ -104,6 +109,8 @@ pub struct SubscriptionInfo {
     pub ack_deadline: Duration,
     /// Its filter as given; empty for none.
     pub filter: String,
+    /// How long redeliveries wait; `None` for not at all.
+    pub retry: Option<RetryPolicy>,
     /// Published but not yet acknowledged.
     pub backlog: u64,
     /// Leased to a stream, awaiting acknowledgement.
@@ -143,6 +150,8 @@ pub struct SubscriptionSpec {
     pub start: StartPosition,
     /// Its filter ([`Filter`]'s language); empty for none.
     pub filter: String,
+    /// How long redeliveries wait; `None` for not at all.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A change to a subscription: each field that is `Some` changes.
@@ -155,6 +164,9 @@ pub struct SubscriptionUpdate {
     /// A new filter, empty to remove it; it applies to every message not
     /// yet delivered.
     pub filter: Option<String>,
+    /// A new retry policy (`Some(None)` removes it); it applies to
+    /// failures from now on.
+    pub retry: Option<Option<RetryPolicy>>,
 }
 
 /// A request to open a `Subscribe` stream.

@@ -47,6 +47,7 @@ impl Subscription {
         let record = stored.record;
         let first_lease = crate::storage::micros_since_epoch(SystemTime::now());
         let mut book = LeaseBook::new(stored.acks, stored.deliveries, false, first_lease);
+        book.set_retry(record.settings.retry);
         book.clamp(topic.first_offset(), Now::get());
         let filter = match Filter::parse(&record.settings.filter) {
             Ok(filter) => filter.map(Arc::new),
@@ -105,6 +106,7 @@ impl Subscription {
     /// filter when it changed. Streams pick them up at their next claim,
     /// woken here.
     pub(super) fn apply(&self, stored: SubscriptionSettings, filter: Option<Option<Arc<Filter>>>) {
+        let retry = stored.retry;
         {
             let mut settings = self.settings();
             settings.stored = stored;
@@ -112,6 +114,7 @@ impl Subscription {
                 settings.filter = filter;
             }
         }
+        self.book().set_retry(retry);
         self.wake.notify_waiters();
     }
 
@@ -206,15 +209,18 @@ impl Subscription {
         let mut book = self.book();
         // Leases of finished streams expire with nobody waiting on them.
         book.reap(Now::get());
-        let (ack_deadline, filter) = {
-            let settings = self.settings();
-            (settings.stored.ack_deadline, settings.stored.filter.clone())
-        };
+        let stored = self.settings().stored.clone();
+        let SubscriptionSettings {
+            ack_deadline,
+            filter,
+            retry,
+        } = stored;
         SubscriptionInfo {
             name: self.name.clone(),
             topic: self.topic.name.clone(),
             ack_deadline,
             filter,
+            retry,
             backlog: book.ack_state().unacked_below(head),
             in_flight: book.in_flight() as u64,
             ack_floor: book.ack_state().floor,

@@ -100,6 +100,7 @@ async fn unacked_message_is_redelivered_after_deadline() {
             ack_deadline: Some(Duration::from_secs(2)),
             start: StartPosition::Earliest,
             filter: String::new(),
+            retry: None,
         })
         .await
         .unwrap();
@@ -321,6 +322,7 @@ fn with_deadline(name: &str, topic_name: &str, deadline: Duration) -> Subscripti
         ack_deadline: Some(deadline),
         start: StartPosition::Earliest,
         filter: String::new(),
+        retry: None,
     }
 }
 

@@ -12,9 +12,10 @@ use tidings::v1;
 use tidings::v1::start_position::Position;
 
 use crate::broker::{
-    BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_READ_MESSAGES, Delivery,
-    MAX_READ_MESSAGES, Page, StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec,
-    SubscriptionUpdate, TopicInfo, TopicRead,
+    BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_MINIMUM_BACKOFF,
+    DEFAULT_READ_MESSAGES, Delivery, MAX_BACKOFF, MAX_READ_MESSAGES, Page, RetryPolicy,
+    StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate,
+    TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -248,12 +249,13 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
             ack_deadline: ack_deadline(request.ack_deadline_seconds),
             start: start_position(request.start)?,
             filter: request.filter,
+            retry: retry_policy(request.retry_policy)?,
         })
     }
 }
 
 /// The fields of `Subscription` an update may name.
-const CHANGEABLE: &str = "ack_deadline_seconds, filter";
+const CHANGEABLE: &str = "ack_deadline_seconds, filter, retry_policy";
 
 impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
     type Error = BrokerError;
@@ -279,6 +281,7 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
             name,
             ack_deadline: None,
             filter: None,
+            retry: None,
         };
         for path in paths {
             match path.as_str() {
@@ -289,6 +292,9 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
                     );
                 }
                 "filter" => update.filter = Some(subscription.filter.clone()),
+                "retry_policy" => {
+                    update.retry = Some(retry_policy(subscription.retry_policy)?);
+                }
                 "name" | "topic" | "enable_message_ordering" => {
                     return Err(BrokerError::Invalid(format!(
                         "update_mask names {path:?}, which is fixed when the subscription is \
@@ -310,6 +316,45 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
             }
         }
         Ok(update)
+    }
+}
+
+/// A retry policy from the wire: unset is none; within a set one, an unset
+/// minimum is 10 s and an unset maximum 600 s, as in Pub/Sub.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a negative or unusable duration; the
+/// broker checks the ranges.
+pub(crate) fn retry_policy(policy: Option<v1::RetryPolicy>) -> BrokerResult<Option<RetryPolicy>> {
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    let backoff = |what: &str, given: Option<prost_types::Duration>, default: Duration| {
+        given.map_or(Ok(default), |d| {
+            Duration::try_from(d).map_err(|_| {
+                BrokerError::Invalid(format!(
+                    "retry_policy.{what} must be a duration from 0 to 600 s, not {}s {}ns",
+                    d.seconds, d.nanos
+                ))
+            })
+        })
+    };
+    Ok(Some(RetryPolicy {
+        minimum_backoff: backoff(
+            "minimum_backoff",
+            policy.minimum_backoff,
+            DEFAULT_MINIMUM_BACKOFF,
+        )?,
+        maximum_backoff: backoff("maximum_backoff", policy.maximum_backoff, MAX_BACKOFF)?,
+    }))
+}
+
+/// A retry policy for the wire.
+fn retry_policy_of(policy: RetryPolicy) -> v1::RetryPolicy {
+    let wire = |d: Duration| prost_types::Duration::try_from(d).ok();
+    v1::RetryPolicy {
+        minimum_backoff: wire(policy.minimum_backoff),
+        maximum_backoff: wire(policy.maximum_backoff),
     }
 }
 
@@ -410,6 +455,7 @@ impl From<SubscriptionInfo> for v1::Subscription {
             create_time: Some(info.created.into()),
             open_streams: info.open_streams,
             filter: info.filter,
+            retry_policy: info.retry.map(retry_policy_of),
         }
     }
 }
@@ -727,6 +773,10 @@ mod tests {
             open_streams: 2,
             created,
             filter: "attributes:a".into(),
+            retry: Some(RetryPolicy {
+                minimum_backoff: Duration::from_millis(250),
+                maximum_backoff: Duration::from_secs(60),
+            }),
         });
         assert_eq!(subscription.name, "s");
         assert_eq!(subscription.topic, "t");
@@ -740,5 +790,35 @@ mod tests {
             (4, 1, 8)
         );
         assert_eq!(subscription.open_streams, 2);
+        let policy = subscription.retry_policy.expect("a retry policy");
+        assert_eq!(
+            policy.minimum_backoff,
+            Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 250_000_000
+            })
+        );
+    }
+
+    #[test]
+    fn a_retry_policy_fills_in_pub_subs_defaults_and_refuses_negative_waits() {
+        assert_eq!(retry_policy(None).expect("converts"), None);
+        let defaults = retry_policy(Some(v1::RetryPolicy::default())).expect("converts");
+        assert_eq!(
+            defaults,
+            Some(RetryPolicy {
+                minimum_backoff: Duration::from_secs(10),
+                maximum_backoff: Duration::from_secs(600),
+            })
+        );
+        let negative = retry_policy(Some(v1::RetryPolicy {
+            minimum_backoff: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            maximum_backoff: None,
+        }));
+        let err = negative.expect_err("negative").to_string();
+        assert!(err.contains("retry_policy.minimum_backoff"), "{err}");
     }
 }

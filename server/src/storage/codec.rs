@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::{DeliveryRecord, NewMessage, TopicRecord};
 use super::{
-    StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    RetryPolicy, StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
     SubscriptionSettings, TopicId,
 };
 use crate::names::{SubscriptionName, TopicName};
@@ -320,6 +320,8 @@ pub(crate) fn decode_topic(
 
 /// Tag of a subscription's filter among the record's optional fields.
 const FILTER_TAG: u8 = 1;
+/// Tag of a subscription's retry policy.
+const RETRY_TAG: u8 = 2;
 
 /// Encodes a subscription record: its fixed fields, then each optional
 /// setting that is not at its default as a tag byte and its value, so a
@@ -330,7 +332,7 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
         0
     } else {
         1 + 4 + settings.filter.len()
-    };
+    } + if settings.retry.is_some() { 1 + 24 } else { 0 };
     let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len() + optional);
     w.u64(record.id.0);
     w.u64(record.topic.0);
@@ -342,7 +344,24 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
         w.0.push(FILTER_TAG);
         w.str(&settings.filter);
     }
+    if let Some(retry) = &settings.retry {
+        w.0.push(RETRY_TAG);
+        for backoff in [retry.minimum_backoff, retry.maximum_backoff] {
+            w.u64(backoff.as_secs());
+            w.u32(backoff.subsec_nanos());
+        }
+    }
     w.0
+}
+
+/// A duration written as seconds and nanoseconds.
+fn read_duration(r: &mut Reader<'_>, what: &'static str) -> StoreResult<Duration> {
+    let secs = r.u64()?;
+    let nanos = r.u32()?;
+    if nanos >= 1_000_000_000 {
+        return Err(corrupt(what, format!("{nanos} nanoseconds in a duration")));
+    }
+    Ok(Duration::new(secs, nanos))
 }
 
 /// Decodes what [`encode_subscription`] wrote.
@@ -359,9 +378,16 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     let created = r.time()?;
     let name = SubscriptionName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
     let mut filter = String::new();
+    let mut retry = None;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
             FILTER_TAG => filter = r.string()?,
+            RETRY_TAG => {
+                retry = Some(RetryPolicy {
+                    minimum_backoff: read_duration(&mut r, WHAT)?,
+                    maximum_backoff: read_duration(&mut r, WHAT)?,
+                });
+            }
             tag => {
                 return Err(corrupt(
                     WHAT,
@@ -377,6 +403,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
         settings: SubscriptionSettings {
             ack_deadline: Duration::new(secs, nanos),
             filter,
+            retry,
         },
         created,
     })
@@ -447,6 +474,7 @@ mod tests {
             settings: SubscriptionSettings {
                 ack_deadline: Duration::new(30, 5),
                 filter: String::new(),
+                retry: None,
             },
             created: time(1_700_000_000_000_001),
         }
@@ -498,6 +526,16 @@ mod tests {
         filtered.settings.filter = r#"attributes.kind = "order""#.to_string();
         let encoded = encode_subscription(&filtered);
         assert_eq!(decode_subscription(&encoded).expect("decodes"), filtered);
+        let mut retrying = filtered.clone();
+        retrying.settings.retry = Some(RetryPolicy {
+            minimum_backoff: Duration::from_millis(1500),
+            maximum_backoff: Duration::from_secs(600),
+        });
+        let both = encode_subscription(&retrying);
+        assert_eq!(decode_subscription(&both).expect("decodes"), retrying);
+        retrying.settings.filter.clear();
+        let retry_only = encode_subscription(&retrying);
+        assert_eq!(decode_subscription(&retry_only).expect("decodes"), retrying);
         // Without a filter, the record is byte for byte what v0.1 wrote:
         // the fixed fields and nothing after the name.
         let old = encode_subscription(&plain);

@@ -100,6 +100,7 @@ fn settings(ack_deadline: Duration) -> SubscriptionSettings {
     SubscriptionSettings {
         ack_deadline,
         filter: String::new(),
+        retry: None,
     }
 }
 
@@ -509,6 +510,10 @@ async fn subscription_settings_change_and_survive_a_reopen(
         settings: SubscriptionSettings {
             ack_deadline: Duration::from_secs(45),
             filter: r#"attributes.kind = "order""#.to_owned(),
+            retry: Some(super::RetryPolicy {
+                minimum_backoff: Duration::from_millis(250),
+                maximum_backoff: Duration::from_secs(60),
+            }),
         },
         ..sub.clone()
     };

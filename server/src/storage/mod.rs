@@ -93,6 +93,30 @@ pub struct SubscriptionSettings {
     /// The text of its filter; empty for none. Stored as given, parsed by
     /// the broker.
     pub filter: String,
+    /// How long redeliveries wait after a failed delivery; `None` for not
+    /// at all.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// How long a message waits to be delivered again after a failed
+/// delivery: `minimum_backoff × 2^(n−1)` after the n-th failure, never more
+/// than `maximum_backoff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait after the first failure.
+    pub minimum_backoff: Duration,
+    /// The longest wait.
+    pub maximum_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after the `failures`-th failed delivery (1 for the first).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.minimum_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.maximum_backoff)
+    }
 }
 
 /// What is stored of a message whose delivery on a subscription failed:

@@ -73,6 +73,10 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
         "open_streams": sub.open_streams,
         "create_time": time_json(sub.create_time),
         "filter": sub.filter,
+        "retry_policy": sub.retry_policy.map(|policy| json!({
+            "minimum_backoff_seconds": policy.minimum_backoff.as_secs_f64(),
+            "maximum_backoff_seconds": policy.maximum_backoff.as_secs_f64(),
+        })),
     })
 }
 
@@ -287,12 +291,23 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
                 sub.filter.clone()
             },
         ),
+        (
+            "retry",
+            sub.retry_policy.map_or("at once".to_owned(), |policy| {
+                format!(
+                    "after {}, doubling up to {}",
+                    duration_text(policy.minimum_backoff),
+                    duration_text(policy.maximum_backoff)
+                )
+            }),
+        ),
     ])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_client::RetryPolicy;
 
     #[test]
     fn tables_align_columns_without_trailing_spaces() {
@@ -314,6 +329,10 @@ mod tests {
             open_streams: 1,
             create_time: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500)),
             filter: "attributes:vip".into(),
+            retry_policy: Some(RetryPolicy::new(
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            )),
         };
         let value = subscription_json(&sub);
         assert_eq!(value["backlog"], 3);
@@ -321,6 +340,12 @@ mod tests {
         assert_eq!(value["create_time"], "1970-01-01T00:00:01.500000000Z");
         assert!(subscription_text(&sub).contains("ack deadline: 30s"));
         assert_eq!(value["filter"], "attributes:vip");
+        assert_eq!(value["retry_policy"]["minimum_backoff_seconds"], 0.5);
+        assert!(
+            subscription_text(&sub).contains("after 500ms, doubling up to 1m"),
+            "{}",
+            subscription_text(&sub)
+        );
         let text = subscription_text(&sub);
         let filter_line = text.lines().find(|line| line.starts_with("filter:"));
         assert!(

@@ -125,6 +125,21 @@ pub(crate) fn parse_ack_deadline(value: &str) -> Result<Duration, String> {
     Ok(deadline)
 }
 
+/// Parses a backoff: a duration from 0 to 10 minutes, such as `500ms`,
+/// `10s` or `2m` (a bare number is seconds).
+pub(crate) fn parse_backoff(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let backoff = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|_| format!("expected a duration such as 500ms, 10s or 2m, not {value:?}"))?,
+    };
+    if backoff > Duration::from_secs(600) {
+        return Err("a backoff is at most 10m".into());
+    }
+    Ok(backoff)
+}
+
 /// Parses a timeout: a positive duration such as `500ms`, `5s` or `1m`
 /// (a bare number is seconds).
 pub(crate) fn parse_timeout(value: &str) -> Result<Duration, String> {

@@ -437,6 +437,127 @@ fn a_nack_with_a_delay_waits_without_holding_a_slot() {
     );
 }
 
+const POLICY: RetryPolicy = RetryPolicy {
+    minimum_backoff: Duration::from_secs(2),
+    maximum_backoff: Duration::from_secs(5),
+};
+
+#[test]
+fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+    let waits: Vec<u64> = (1..=5).map(|n| POLICY.backoff(n).as_secs()).collect();
+    assert_eq!(waits, [2, 4, 5, 5, 5]);
+    assert_eq!(POLICY.backoff(u32::MAX), POLICY.maximum_backoff);
+    for offset in 0..1000 {
+        let wait = with_jitter(Duration::from_secs(10), offset, 3);
+        assert!(
+            wait >= Duration::from_secs(10) && wait <= Duration::from_secs(11),
+            "{wait:?}"
+        );
+    }
+    let spread: BTreeSet<Duration> = (0..100)
+        .map(|o| with_jitter(Duration::from_secs(10), o, 1))
+        .collect();
+    assert!(spread.len() > 10, "jitter spreads: {spread:?}");
+}
+
+/// Redelivers everything due at `now` to a fresh claim by `s`.
+fn due_at(
+    book: &mut LeaseBook,
+    topic: &[StoredMessage],
+    s: StreamId,
+    now: Now,
+) -> Vec<(Offset, u32)> {
+    book.reap(now);
+    attempts(&deliver(book, topic, s, 10, ALL, now))
+}
+
+#[test]
+fn failed_deliveries_wait_out_the_retry_policy_without_holding_back_others() {
+    let (mut book, topic, now) = (book(false), topic(3), start());
+    book.set_retry(Some(POLICY));
+    let s = book.open_stream();
+    assert_eq!(offsets(&deliver(&mut book, &topic, s, 1, ALL, now)), [0]);
+    // A nack without a delay: due after the minimum, plus at most 10 %.
+    book.nack(&[Target::Offset(0)], None, now);
+    assert_eq!(book.outstanding(s), 0, "a waiting message holds no slot");
+    assert_eq!(
+        due_at(&mut book, &topic, s, now),
+        [(1, 1), (2, 1)],
+        "the others flow while it waits"
+    );
+    book.ack(&[Target::Offset(1), Target::Offset(2)], now);
+    let before = later(now, Duration::from_millis(1999));
+    assert_eq!(due_at(&mut book, &topic, s, before), []);
+    let first = later(now, Duration::from_millis(2200));
+    assert_eq!(due_at(&mut book, &topic, s, first), [(0, 2)]);
+    // An expired lease is a failure too: the second waits twice as long.
+    let expired = later(first, DEADLINE);
+    book.reap(expired);
+    assert_eq!(
+        due_at(
+            &mut book,
+            &topic,
+            s,
+            later(expired, Duration::from_millis(3999))
+        ),
+        []
+    );
+    assert_eq!(
+        due_at(
+            &mut book,
+            &topic,
+            s,
+            later(expired, Duration::from_millis(4400))
+        ),
+        [(0, 3)]
+    );
+    // A nack's own delay replaces the policy.
+    let third = later(expired, Duration::from_millis(4400));
+    book.nack(
+        &[Target::Offset(0)],
+        Some(Duration::from_millis(100)),
+        third,
+    );
+    assert_eq!(
+        due_at(
+            &mut book,
+            &topic,
+            s,
+            later(third, Duration::from_millis(100))
+        ),
+        [(0, 4)]
+    );
+    // The wait is stored with the record, so it survives a restart.
+    let fourth = later(third, Duration::from_millis(100));
+    book.nack(&[Target::Offset(0)], None, fourth);
+    let (_, records) = book.take_changes();
+    let stored = records.iter().find(|(o, _)| *o == 0).and_then(|(_, r)| *r);
+    let at = stored.and_then(|r| r.redeliver_at).expect("a stored wait");
+    let wait = at.duration_since(fourth.wall).expect("in the future");
+    assert!(
+        wait >= POLICY.maximum_backoff && wait <= Duration::from_millis(5500),
+        "{wait:?}"
+    );
+}
+
+#[test]
+fn without_a_policy_or_for_uncounted_failures_redelivery_is_at_once() {
+    let (mut book, topic, now) = (book(false), topic(1), start());
+    let s = book.open_stream();
+    deliver(&mut book, &topic, s, 1, ALL, now);
+    book.nack(&[Target::Offset(0)], None, now);
+    assert_eq!(due_at(&mut book, &topic, s, now), [(0, 2)]);
+    // The broker's own shutdown counts no failure and waits for nothing.
+    book.set_retry(Some(POLICY));
+    let (a, b) = (s, book.open_stream());
+    book.close_stream(a, false, now);
+    assert_eq!(due_at(&mut book, &topic, b, now), [(0, 2)]);
+    // The policy can be removed again.
+    book.set_retry(None);
+    book.nack(&[Target::Offset(0)], None, now);
+    assert_eq!(due_at(&mut book, &topic, b, now), [(0, 3)]);
+}
+
 #[test]
 fn a_closed_stream_hands_its_messages_on_and_counts_the_failure() {
     let (mut book, topic, now) = (book(false), topic(2), start());

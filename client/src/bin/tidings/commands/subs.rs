@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use tidings_client::{Client, SubscriptionConfig, SubscriptionUpdate};
+use tidings_client::{Client, RetryPolicy, SubscriptionConfig, SubscriptionUpdate};
 
 use super::Context;
 use crate::{output, values};
@@ -39,6 +39,9 @@ pub(crate) enum SubsCommand {
         #[command(flatten)]
         new: values::NewSubscriptionArgs,
 
+        #[command(flatten)]
+        backoff: BackoffArgs,
+
         /// Deliver only messages whose attributes match, in Pub/Sub's
         /// syntax: attributes.NAME = "v", !=, attributes:NAME,
         /// hasPrefix(attributes.NAME, "p"), NOT, AND, OR, parentheses.
@@ -66,6 +69,13 @@ pub(crate) enum SubsCommand {
         /// message not yet delivered.
         #[arg(long, value_name = "EXPRESSION")]
         filter: Option<String>,
+
+        #[command(flatten)]
+        backoff: BackoffArgs,
+
+        /// Remove the retry policy: failed deliveries come again at once.
+        #[arg(long, conflicts_with_all = ["min_backoff", "max_backoff"])]
+        no_backoff: bool,
     },
 
     /// Show a subscription with its live figures: backlog, messages in
@@ -82,6 +92,39 @@ pub(crate) enum SubsCommand {
         /// The subscription's name.
         name: String,
     },
+}
+
+/// The retry policy's flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BackoffArgs {
+    /// Retry policy: the wait before the first redelivery of a message
+    /// whose delivery failed (nack, expired lease), doubling with each
+    /// failure; 0 to 10m. Default with --max-backoff alone: 10s.
+    #[arg(long, value_parser = values::parse_backoff, value_name = "DURATION")]
+    min_backoff: Option<Duration>,
+
+    /// Retry policy: the longest wait before a redelivery; 0 to 10m.
+    /// Default with --min-backoff alone: 10m.
+    #[arg(long, value_parser = values::parse_backoff, value_name = "DURATION")]
+    max_backoff: Option<Duration>,
+}
+
+impl BackoffArgs {
+    /// The policy the flags give over `current` (unset flags keep its
+    /// values, or take the defaults); `None` when no flag is given.
+    fn policy(&self, current: Option<RetryPolicy>) -> Option<RetryPolicy> {
+        if self.min_backoff.is_none() && self.max_backoff.is_none() {
+            return None;
+        }
+        let current = current.unwrap_or(RetryPolicy::new(
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+        ));
+        Some(RetryPolicy::new(
+            self.min_backoff.unwrap_or(current.minimum_backoff),
+            self.max_backoff.unwrap_or(current.maximum_backoff),
+        ))
+    }
 }
 
 /// Creates a subscription and prints it.
@@ -124,6 +167,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             name,
             topic,
             new,
+            backoff,
             filter,
         } => {
             let mut config = SubscriptionConfig::new(name, topic).start(new.start);
@@ -133,20 +177,39 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             if let Some(filter) = filter {
                 config = config.filter(filter);
             }
+            if let Some(policy) = backoff.policy(None) {
+                config = config.retry_policy(policy);
+            }
             create(ctx, &client, config).await?;
         }
         SubsCommand::Update {
             name,
             ack_deadline,
             filter,
+            backoff,
+            no_backoff,
         } => {
+            let retry_policy = if no_backoff {
+                Some(None)
+            } else if backoff.min_backoff.is_some() || backoff.max_backoff.is_some() {
+                // One flag alone keeps the other value as it is.
+                let current = client.get_subscription(&name).await?.retry_policy;
+                Some(backoff.policy(current))
+            } else {
+                None
+            };
             let update = SubscriptionUpdate {
                 ack_deadline,
                 filter,
+                retry_policy,
             };
-            if update.ack_deadline.is_none() && update.filter.is_none() {
+            if update.ack_deadline.is_none()
+                && update.filter.is_none()
+                && update.retry_policy.is_none()
+            {
                 anyhow::bail!(
-                    "nothing to change: give --ack-deadline or --filter (an empty --filter removes it)"
+                    "nothing to change: give --ack-deadline, --filter (an empty one removes it), \
+                     --min-backoff, --max-backoff or --no-backoff"
                 );
             }
             let sub = client.update_subscription(&name, update).await?;
