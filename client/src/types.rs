@@ -61,6 +61,8 @@ pub struct Subscription {
     pub filter: String,
     /// How long redeliveries wait; `None` for not at all.
     pub retry_policy: Option<RetryPolicy>,
+    /// Messages of one key are delivered in order, one at a time.
+    pub enable_message_ordering: bool,
 }
 
 /// How long a message waits before it is delivered again after a failed
@@ -123,6 +125,7 @@ impl From<v1::Subscription> for Subscription {
             create_time: sub.create_time.and_then(|t| SystemTime::try_from(t).ok()),
             filter: sub.filter,
             retry_policy: sub.retry_policy.map(RetryPolicy::from),
+            enable_message_ordering: sub.enable_message_ordering,
         }
     }
 }
@@ -185,6 +188,9 @@ pub struct SubscriptionConfig {
     pub filter: String,
     /// How long redeliveries wait; `None` for not at all.
     pub retry_policy: Option<RetryPolicy>,
+    /// Deliver the messages of each non-empty key in offset order, one at
+    /// a time across all streams; fixed at creation.
+    pub enable_message_ordering: bool,
 }
 
 impl SubscriptionConfig {
@@ -198,6 +204,7 @@ impl SubscriptionConfig {
             start: StartPosition::Earliest,
             filter: String::new(),
             retry_policy: None,
+            enable_message_ordering: false,
         }
     }
 
@@ -224,6 +231,14 @@ impl SubscriptionConfig {
     /// again, longer after each failure.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry_policy = Some(policy);
+        self
+    }
+
+    /// Delivers the messages of each non-empty key in offset order, one at
+    /// a time across all streams: the next message of a key comes once the
+    /// previous one is acknowledged. A failure holds back only its key.
+    pub fn enable_message_ordering(mut self, ordered: bool) -> Self {
+        self.enable_message_ordering = ordered;
         self
     }
 }
@@ -303,6 +318,7 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             start: Some(config.start.into()),
             filter: config.filter,
             retry_policy: config.retry_policy.map(Into::into),
+            enable_message_ordering: config.enable_message_ordering,
         }
     }
 }
@@ -464,9 +480,12 @@ mod tests {
                     nanos: 0,
                 }),
             }),
+
+            enable_message_ordering: true,
         });
         assert_eq!(sub.ack_deadline, Duration::from_secs(10));
         assert_eq!(sub.filter, "attributes:a");
+        assert!(sub.enable_message_ordering);
         assert_eq!(
             sub.retry_policy,
             Some(RetryPolicy::new(

@@ -312,6 +312,7 @@ impl Broker {
                         start: spec.start,
                         filter: String::new(),
                         retry: None,
+                        ordered: false,
                     })
                     .await;
                 match created {
@@ -377,6 +378,7 @@ impl Engine for Broker {
             ack_deadline,
             filter: spec.filter.clone(),
             retry: spec.retry,
+            ordered: spec.ordered,
         };
         self.admin(|this| async move { this.do_create_subscription(spec, settings).await })
             .await

@@ -111,6 +111,8 @@ pub struct SubscriptionInfo {
     pub filter: String,
     /// How long redeliveries wait; `None` for not at all.
     pub retry: Option<RetryPolicy>,
+    /// Messages of one key go in order, one at a time.
+    pub ordered: bool,
     /// Published but not yet acknowledged.
     pub backlog: u64,
     /// Leased to a stream, awaiting acknowledgement.
@@ -152,6 +154,9 @@ pub struct SubscriptionSpec {
     pub filter: String,
     /// How long redeliveries wait; `None` for not at all.
     pub retry: Option<RetryPolicy>,
+    /// Deliver the messages of each non-empty key in offset order, one at
+    /// a time across all streams.
+    pub ordered: bool,
 }
 
 /// A change to a subscription: each field that is `Some` changes.

@@ -46,7 +46,12 @@ impl Subscription {
     pub(super) fn new(stored: StoredSubscription, topic: Arc<Topic>) -> Self {
         let record = stored.record;
         let first_lease = crate::storage::micros_since_epoch(SystemTime::now());
-        let mut book = LeaseBook::new(stored.acks, stored.deliveries, false, first_lease);
+        let mut book = LeaseBook::new(
+            stored.acks,
+            stored.deliveries,
+            record.settings.ordered,
+            first_lease,
+        );
         book.set_retry(record.settings.retry);
         book.clamp(topic.first_offset(), Now::get());
         let filter = match Filter::parse(&record.settings.filter) {
@@ -214,6 +219,7 @@ impl Subscription {
             ack_deadline,
             filter,
             retry,
+            ordered,
         } = stored;
         SubscriptionInfo {
             name: self.name.clone(),
@@ -221,6 +227,7 @@ impl Subscription {
             ack_deadline,
             filter,
             retry,
+            ordered,
             backlog: book.ack_state().unacked_below(head),
             in_flight: book.in_flight() as u64,
             ack_floor: book.ack_state().floor,

@@ -101,6 +101,7 @@ async fn unacked_message_is_redelivered_after_deadline() {
             start: StartPosition::Earliest,
             filter: String::new(),
             retry: None,
+            ordered: false,
         })
         .await
         .unwrap();
@@ -323,6 +324,7 @@ fn with_deadline(name: &str, topic_name: &str, deadline: Duration) -> Subscripti
         start: StartPosition::Earliest,
         filter: String::new(),
         retry: None,
+        ordered: false,
     }
 }
 

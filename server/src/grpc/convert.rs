@@ -250,6 +250,7 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
             start: start_position(request.start)?,
             filter: request.filter,
             retry: retry_policy(request.retry_policy)?,
+            ordered: request.enable_message_ordering,
         })
     }
 }
@@ -456,6 +457,7 @@ impl From<SubscriptionInfo> for v1::Subscription {
             open_streams: info.open_streams,
             filter: info.filter,
             retry_policy: info.retry.map(retry_policy_of),
+            enable_message_ordering: info.ordered,
         }
     }
 }
@@ -777,6 +779,7 @@ mod tests {
                 minimum_backoff: Duration::from_millis(250),
                 maximum_backoff: Duration::from_secs(60),
             }),
+            ordered: true,
         });
         assert_eq!(subscription.name, "s");
         assert_eq!(subscription.topic, "t");
@@ -790,6 +793,7 @@ mod tests {
             (4, 1, 8)
         );
         assert_eq!(subscription.open_streams, 2);
+        assert!(subscription.enable_message_ordering);
         let policy = subscription.retry_policy.expect("a retry policy");
         assert_eq!(
             policy.minimum_backoff,

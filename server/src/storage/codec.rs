@@ -322,6 +322,8 @@ pub(crate) fn decode_topic(
 const FILTER_TAG: u8 = 1;
 /// Tag of a subscription's retry policy.
 const RETRY_TAG: u8 = 2;
+/// Tag, alone, of an ordered subscription.
+const ORDERED_TAG: u8 = 3;
 
 /// Encodes a subscription record: its fixed fields, then each optional
 /// setting that is not at its default as a tag byte and its value, so a
@@ -332,7 +334,8 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
         0
     } else {
         1 + 4 + settings.filter.len()
-    } + if settings.retry.is_some() { 1 + 24 } else { 0 };
+    } + if settings.retry.is_some() { 1 + 24 } else { 0 }
+        + usize::from(settings.ordered);
     let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len() + optional);
     w.u64(record.id.0);
     w.u64(record.topic.0);
@@ -350,6 +353,9 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
             w.u64(backoff.as_secs());
             w.u32(backoff.subsec_nanos());
         }
+    }
+    if settings.ordered {
+        w.0.push(ORDERED_TAG);
     }
     w.0
 }
@@ -379,6 +385,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     let name = SubscriptionName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
     let mut filter = String::new();
     let mut retry = None;
+    let mut ordered = false;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
             FILTER_TAG => filter = r.string()?,
@@ -388,6 +395,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
                     maximum_backoff: read_duration(&mut r, WHAT)?,
                 });
             }
+            ORDERED_TAG => ordered = true,
             tag => {
                 return Err(corrupt(
                     WHAT,
@@ -404,6 +412,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
             ack_deadline: Duration::new(secs, nanos),
             filter,
             retry,
+            ordered,
         },
         created,
     })
@@ -475,6 +484,7 @@ mod tests {
                 ack_deadline: Duration::new(30, 5),
                 filter: String::new(),
                 retry: None,
+                ordered: false,
             },
             created: time(1_700_000_000_000_001),
         }
@@ -536,6 +546,9 @@ mod tests {
         retrying.settings.filter.clear();
         let retry_only = encode_subscription(&retrying);
         assert_eq!(decode_subscription(&retry_only).expect("decodes"), retrying);
+        retrying.settings.ordered = true;
+        let ordered = encode_subscription(&retrying);
+        assert_eq!(decode_subscription(&ordered).expect("decodes"), retrying);
         // Without a filter, the record is byte for byte what v0.1 wrote:
         // the fixed fields and nothing after the name.
         let old = encode_subscription(&plain);

@@ -101,6 +101,7 @@ fn settings(ack_deadline: Duration) -> SubscriptionSettings {
         ack_deadline,
         filter: String::new(),
         retry: None,
+        ordered: false,
     }
 }
 
@@ -514,6 +515,7 @@ async fn subscription_settings_change_and_survive_a_reopen(
                 minimum_backoff: Duration::from_millis(250),
                 maximum_backoff: Duration::from_secs(60),
             }),
+            ordered: false,
         },
         ..sub.clone()
     };

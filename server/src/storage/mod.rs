@@ -96,6 +96,9 @@ pub struct SubscriptionSettings {
     /// How long redeliveries wait after a failed delivery; `None` for not
     /// at all.
     pub retry: Option<RetryPolicy>,
+    /// Messages of one key are delivered in order, one at a time. Fixed
+    /// when the subscription is created.
+    pub ordered: bool,
 }
 
 /// How long a message waits to be delivered again after a failed

@@ -73,6 +73,7 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
         "open_streams": sub.open_streams,
         "create_time": time_json(sub.create_time),
         "filter": sub.filter,
+        "enable_message_ordering": sub.enable_message_ordering,
         "retry_policy": sub.retry_policy.map(|policy| json!({
             "minimum_backoff_seconds": policy.minimum_backoff.as_secs_f64(),
             "maximum_backoff_seconds": policy.maximum_backoff.as_secs_f64(),
@@ -292,6 +293,15 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
             },
         ),
         (
+            "ordered",
+            if sub.enable_message_ordering {
+                "yes, by key"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ),
+        (
             "retry",
             sub.retry_policy.map_or("at once".to_owned(), |policy| {
                 format!(
@@ -333,6 +343,7 @@ mod tests {
                 Duration::from_millis(500),
                 Duration::from_secs(60),
             )),
+            enable_message_ordering: true,
         };
         let value = subscription_json(&sub);
         assert_eq!(value["backlog"], 3);
@@ -341,6 +352,7 @@ mod tests {
         assert!(subscription_text(&sub).contains("ack deadline: 30s"));
         assert_eq!(value["filter"], "attributes:vip");
         assert_eq!(value["retry_policy"]["minimum_backoff_seconds"], 0.5);
+        assert_eq!(value["enable_message_ordering"], true);
         assert!(
             subscription_text(&sub).contains("after 500ms, doubling up to 1m"),
             "{}",

@@ -42,6 +42,12 @@ pub(crate) enum SubsCommand {
         #[command(flatten)]
         backoff: BackoffArgs,
 
+        /// Deliver the messages of each key in order, one at a time across
+        /// all consumers; a failure holds back only its key. Fixed at
+        /// creation.
+        #[arg(long)]
+        ordered: bool,
+
         /// Deliver only messages whose attributes match, in Pub/Sub's
         /// syntax: attributes.NAME = "v", !=, attributes:NAME,
         /// hasPrefix(attributes.NAME, "p"), NOT, AND, OR, parentheses.
@@ -168,6 +174,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             topic,
             new,
             backoff,
+            ordered,
             filter,
         } => {
             let mut config = SubscriptionConfig::new(name, topic).start(new.start);
@@ -180,6 +187,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             if let Some(policy) = backoff.policy(None) {
                 config = config.retry_policy(policy);
             }
+            config = config.enable_message_ordering(ordered);
             create(ctx, &client, config).await?;
         }
         SubsCommand::Update {
