@@ -8,7 +8,7 @@ use tidings::v1;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::types::{Subscription, SubscriptionConfig, SubscriptionUpdate, Topic};
+use crate::types::{StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic};
 
 impl Client {
     /// Creates a topic.
@@ -92,6 +92,23 @@ impl Client {
         let request = self.request(update.into_request(name));
         let response = self.admin_service().update_subscription(request).await?;
         subscription_of(response.into_inner().subscription, name)
+    }
+
+    /// Moves a subscription to `position`: every message from it on is
+    /// delivered again (acknowledged or not, attempts counting from 1),
+    /// every message before it counts as acknowledged. Open streams get
+    /// the messages without reconnecting. Returns once the broker stored it.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when the subscription does not exist;
+    /// `INVALID_ARGUMENT` for an offset above the topic's next offset.
+    pub async fn seek(&self, subscription: &str, position: StartPosition) -> Result<()> {
+        let request = self.request(v1::SeekRequest {
+            subscription: subscription.to_owned(),
+            position: Some(position.into()),
+        });
+        self.subscriber_service().seek(request).await?;
+        Ok(())
     }
 
     /// Returns a subscription with its live figures (backlog, in flight,

@@ -1376,3 +1376,49 @@ async fn subs_backoff_flags_set_change_and_remove_the_retry_policy() -> anyhow::
     );
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subs_seek_replays_and_skips() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    broker
+        .tidings(&["pub", "orders", "a", "b", "c"])
+        .await?
+        .ok()?;
+    let all = broker
+        .tidings(&["sub", "audit", "--topic", "orders", "--exit-at-end"])
+        .await?
+        .ok()?;
+    assert_eq!(all.stdout, "a\nb\nc\n");
+    let moved = broker
+        .tidings(&["subs", "seek", "audit", "--to", "1"])
+        .await?
+        .ok()?;
+    assert_eq!(
+        moved.stdout.trim(),
+        "moved subscription \"audit\": 2 messages to deliver from offset 1"
+    );
+    let replayed = broker
+        .tidings(&["sub", "audit", "--exit-at-end"])
+        .await?
+        .ok()?;
+    assert_eq!(replayed.stdout, "b\nc\n");
+    broker
+        .tidings(&["subs", "seek", "audit", "--to", "earliest"])
+        .await?
+        .ok()?;
+    broker
+        .tidings(&["subs", "seek", "audit", "--to", "latest"])
+        .await?
+        .ok()?;
+    assert_eq!(describe_subscription(&broker, "audit").await?["backlog"], 0);
+    let beyond = broker
+        .tidings(&["subs", "seek", "audit", "--to", "9"])
+        .await?;
+    assert!(
+        beyond.failure_line()?.contains("offset 9"),
+        "{}",
+        beyond.stderr
+    );
+    broker.stop().await
+}

@@ -194,6 +194,13 @@ impl SubscriberService for StandIn {
     ) -> Result<Response<tidings_client::v1::ReadTopicResponse>, Status> {
         Err(Status::unimplemented("the stand-in reads no topic"))
     }
+
+    async fn seek(
+        &self,
+        _: Request<tidings_client::v1::SeekRequest>,
+    ) -> Result<Response<tidings_client::v1::SeekResponse>, Status> {
+        Err(Status::unimplemented("the stand-in does not seek"))
+    }
 }
 
 /// Only `GetSubscription`, which `subscribe()` asks for the ack deadline.

@@ -155,6 +155,9 @@ struct Held {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Scan {
     pub(super) range: Range<Offset>,
+    /// The book's epoch when the scan was handed out; a seek starts a new
+    /// one, and a scan of an older epoch is dropped when it comes back.
+    pub(super) epoch: u64,
 }
 
 /// What a stream read for its scan, for [`LeaseBook::admit`].
@@ -166,6 +169,8 @@ pub(super) struct Scanned<'a> {
     pub(super) messages: &'a [StoredMessage],
     /// Every offset of the range below this was looked at.
     pub(super) examined: Offset,
+    /// The epoch of its scan.
+    pub(super) epoch: u64,
 }
 
 /// What a claim gave a stream.
@@ -302,6 +307,11 @@ pub(super) struct LeaseBook {
     acks_changed: bool,
     /// How long a failed delivery waits before it is due again.
     retry: Option<RetryPolicy>,
+    /// Counts seeks: scans handed out before the last one are stale.
+    epoch: u64,
+    /// Leases up to this id were granted before the last seek: settling
+    /// them by ack id changes nothing.
+    seek_lease_floor: u64,
 }
 
 impl LeaseBook {
@@ -334,6 +344,8 @@ impl LeaseBook {
             dirty: BTreeSet::new(),
             acks_changed: false,
             retry: None,
+            epoch: 0,
+            seek_lease_floor: 0,
         };
         for (offset, record) in records {
             if book.acks.is_acked(offset) {
@@ -343,6 +355,33 @@ impl LeaseBook {
             }
         }
         book
+    }
+
+    /// Seeks: every message from `floor` on is unacknowledged, every one
+    /// below it acknowledged; leases, waits, failure counts and key holds
+    /// are dropped, so messages from `floor` on are delivered afresh, in
+    /// order. Streams keep their places; a scan under way is dropped when
+    /// it comes back, and settlements of earlier leases by ack id change
+    /// nothing.
+    pub(super) fn seek(&mut self, floor: Offset) {
+        self.acks = AckState::starting_at(floor);
+        self.acks_changed = true;
+        self.next_new = floor;
+        self.scanning = false;
+        self.epoch += 1;
+        self.seek_lease_floor = self.next_lease;
+        self.ready.clear();
+        self.waiting.clear();
+        self.waiting_due = OffsetMap::default();
+        self.leases = OffsetMap::default();
+        self.deadlines.clear();
+        for held in self.streams.values_mut() {
+            *held = Held::default();
+        }
+        self.keys = Keys::default();
+        // Stored records are deleted with the next save.
+        self.dirty.extend(self.records.keys().copied());
+        self.records = OffsetMap::default();
     }
 
     /// Sets the retry policy: failures from now on wait as it says.
@@ -463,12 +502,17 @@ impl LeaseBook {
         }
         let next_acked = self.acks.acked.next_start_after(start).unwrap_or(head);
         let end = head.min(next_acked).min(start.saturating_add(max as u64));
-        Some(Scan { range: start..end })
+        Some(Scan {
+            range: start..end,
+            epoch: self.epoch,
+        })
     }
 
     /// A stream gave up its scan without admitting it (its read failed).
-    pub(super) fn abandon_scan(&mut self) {
-        self.scanning = false;
+    pub(super) fn abandon_scan(&mut self, epoch: u64) {
+        if epoch == self.epoch {
+            self.scanning = false;
+        }
     }
 
     /// Takes in what a stream read for its scan: `messages` are the
@@ -489,7 +533,12 @@ impl LeaseBook {
             range,
             messages,
             examined,
+            epoch,
         } = scan;
+        if epoch != self.epoch {
+            // Read before a seek: what it found is looked at again.
+            return Vec::new();
+        }
         self.scanning = false;
         let examined = examined.min(range.end);
         let range = range.clone();
@@ -725,7 +774,12 @@ impl LeaseBook {
     /// moved on: the work was done.
     pub(super) fn ack(&mut self, targets: &[Target], now: Now) {
         for target in targets {
-            let (Target::Offset(offset) | Target::Lease(offset, _)) = *target;
+            let offset = match *target {
+                Target::Offset(offset) => offset,
+                // Delivered before a seek, which asked for it again.
+                Target::Lease(_, id) if id <= self.seek_lease_floor => continue,
+                Target::Lease(offset, _) => offset,
+            };
             if self.acks.ack(offset) {
                 self.forget(offset, now);
             }

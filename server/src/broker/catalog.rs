@@ -577,6 +577,22 @@ impl Engine for Broker {
         self.inner.writer.persist(&sub).await
     }
 
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`],
+    /// [`BrokerError::OffsetNotPublished`] for an offset above the topic's
+    /// next offset.
+    async fn seek(
+        &self,
+        subscription: &SubscriptionName,
+        position: StartPosition,
+    ) -> BrokerResult<()> {
+        let sub = self.subscription(subscription)?;
+        let floor = self.start_offset(&sub.topic, position).await?;
+        sub.seek(floor);
+        info!(subscription = %sub.name, floor, "subscription moved");
+        self.inner.writer.persist(&sub).await
+    }
+
     /// Gives messages in flight back, to be delivered again after `delay`.
     ///
     /// # Errors

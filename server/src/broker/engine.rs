@@ -31,8 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BrokerResult, DeliveryStream, Page, PublishedOffsets, SubscribeSpec, SubscriptionInfo,
-    SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
+    BrokerResult, DeliveryStream, Page, PublishedOffsets, StartPosition, SubscribeSpec,
+    SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -124,6 +124,15 @@ pub trait Engine: Send + Sync + 'static {
         offsets: &[Offset],
         ack_ids: &[String],
         deadline: Duration,
+    ) -> BrokerResult<()>;
+
+    /// Moves a subscription to a position: from it on, everything is
+    /// unacknowledged and delivered afresh; before it, acknowledged.
+    /// Returns once stored.
+    async fn seek(
+        &self,
+        subscription: &SubscriptionName,
+        position: StartPosition,
     ) -> BrokerResult<()>;
 
     /// Starts shutting down: open streams end with

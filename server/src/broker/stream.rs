@@ -59,13 +59,14 @@ pub(super) struct StreamTask {
 /// read failed must not leave the subscription unable to scan.
 struct ScanGuard<'a> {
     subscription: &'a Subscription,
+    epoch: u64,
     armed: bool,
 }
 
 impl Drop for ScanGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.subscription.book().abandon_scan();
+            self.subscription.book().abandon_scan(self.epoch);
             self.subscription.wake.notify_waiters();
         }
     }
@@ -187,6 +188,7 @@ impl StreamTask {
         let sub = &self.subscription;
         let mut guard = ScanGuard {
             subscription: sub,
+            epoch: scan.epoch,
             armed: true,
         };
         let range_len = usize::try_from(scan.range.end - scan.range.start).unwrap_or(usize::MAX);
@@ -228,6 +230,7 @@ impl StreamTask {
                 range: &scan.range,
                 messages: &messages,
                 examined,
+                epoch: scan.epoch,
             };
             let leased = book.admit(
                 self.stream,

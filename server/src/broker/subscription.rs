@@ -192,6 +192,13 @@ impl Subscription {
         self.wake.notify_waiters();
     }
 
+    /// Moves to `floor`: see [`LeaseBook::seek`]. Streams are woken to
+    /// deliver from there.
+    pub(super) fn seek(&self, floor: Offset) {
+        self.book().seek(floor);
+        self.wake.notify_waiters();
+    }
+
     /// What to store of the delivery state: the ack state and the records
     /// changed since the last call.
     pub(super) fn take_changes(&self) -> DeliveryUpdate {

@@ -116,6 +116,38 @@ impl TryFrom<v1::ReadTopicRequest> for ReadTopicCommand {
     }
 }
 
+/// A validated `Seek` request.
+#[derive(Debug)]
+pub(crate) struct SeekCommand {
+    /// The subscription to move.
+    pub(crate) subscription: SubscriptionName,
+    /// Where to.
+    pub(crate) position: StartPosition,
+}
+
+impl TryFrom<v1::SeekRequest> for SeekCommand {
+    type Error = BrokerError;
+
+    /// The position is required: a seek to "wherever" is a mistake.
+    fn try_from(request: v1::SeekRequest) -> BrokerResult<Self> {
+        if request
+            .position
+            .as_ref()
+            .is_none_or(|p| p.position.is_none())
+        {
+            return Err(BrokerError::Invalid(
+                "position is missing; set position.earliest, position.latest, position.offset \
+                 or position.time"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            position: start_position(request.position)?,
+        })
+    }
+}
+
 /// A topic's messages as `ReadTopic` answers them: not deliveries, so no
 /// attempt and no ack id.
 pub(crate) fn read_topic_response(read: TopicRead) -> v1::ReadTopicResponse {

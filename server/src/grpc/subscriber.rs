@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
 use super::convert::{
-    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, read_topic_response,
+    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, SeekCommand, read_topic_response,
     subscribe_frame,
 };
 use crate::broker::{DeliveryStream, SharedEngine, SubscribeSpec};
@@ -106,6 +106,19 @@ impl SubscriberService for Subscriber {
             )
             .await?;
         Ok(Response::new(v1::ModifyAckDeadlineResponse {}))
+    }
+
+    #[instrument(name = "Seek", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn seek(
+        &self,
+        request: Request<v1::SeekRequest>,
+    ) -> Result<Response<v1::SeekResponse>, Status> {
+        let command = SeekCommand::try_from(request.into_inner())?;
+        debug!(position = ?command.position, "seek");
+        self.broker
+            .seek(&command.subscription, command.position)
+            .await?;
+        Ok(Response::new(v1::SeekResponse {}))
     }
 
     #[instrument(name = "ReadTopic", skip_all, fields(topic = %request.get_ref().topic))]

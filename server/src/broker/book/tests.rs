@@ -107,6 +107,7 @@ fn turn(
             ..budget
         };
         let scanned = Scanned {
+            epoch: book.epoch,
             range: &scan.range,
             messages: &read,
             examined,
@@ -219,6 +220,7 @@ fn skipping_acknowledged_messages_costs_per_range_not_per_offset() {
     let claim = book.claim(s, window(100), ALL, head, now, DEADLINE);
     assert_eq!(claim.scan.map(|s| s.range), Some(0..1));
     let scanned = Scanned {
+        epoch: book.epoch,
         range: &(0..1),
         messages: &[message(0, "")],
         examined: 1,
@@ -246,7 +248,7 @@ fn a_scan_never_spans_acknowledged_messages_and_is_bounded_by_room() {
         Some(0..2),
         "as long as the room"
     );
-    book.abandon_scan();
+    book.abandon_scan(book.epoch);
     let claim = book.claim(s, window(50), ALL, 100, start(), DEADLINE);
     assert_eq!(
         claim.scan.map(|s| s.range),
@@ -276,7 +278,7 @@ fn only_one_stream_scans_at_a_time_and_an_abandoned_scan_is_free_again() {
             .is_none(),
         "a claim without a scan leaves a's scan in place"
     );
-    book.abandon_scan();
+    book.abandon_scan(book.epoch);
     assert!(
         book.claim(b, window(10), ALL, 5, now, DEADLINE)
             .scan
@@ -295,6 +297,7 @@ fn an_admission_never_leases_beyond_the_streams_room() {
     // While s reads, t's stream ends: 0 and 1 are due again.
     book.close_stream(t, true, now);
     let scanned = Scanned {
+        epoch: book.epoch,
         range: &range,
         messages: &topic[2..4],
         examined: 4,
@@ -322,6 +325,7 @@ fn a_byte_window_bounds_what_a_stream_holds_but_never_starves_it() {
     let first = book.claim(s, window, ALL, 6, now, DEADLINE);
     let range = first.scan.expect("a scan").range;
     let scanned = Scanned {
+        epoch: book.epoch,
         range: &range,
         messages: &topic[0..6],
         examined: 6,
@@ -789,4 +793,65 @@ mod ordered {
             vec![2]
         );
     }
+}
+
+#[test]
+fn a_seek_back_delivers_afresh_and_forgets_leases_and_counts() {
+    let (mut book, topic, now) = (book(false), topic(6), start());
+    let s = book.open_stream();
+    let first = deliver(&mut book, &topic, s, 10, ALL, now);
+    book.ack(
+        &[Target::Offset(0), Target::Offset(1), Target::Offset(2)],
+        now,
+    );
+    book.nack(&[Target::Offset(4)], None, now);
+    book.take_changes();
+    let other = book.open_stream();
+
+    book.seek(1);
+    assert_eq!(book.in_flight(), 0, "leases are gone");
+    assert_eq!(book.outstanding(s), 0, "and the stream has room again");
+    let (acks, records) = book.take_changes();
+    assert_eq!(acks, AckState::starting_at(1));
+    assert_eq!(records, vec![(4, None)], "the failure record is deleted");
+    // Settling a lease from before the seek changes nothing ...
+    let old = first.iter().find(|l| l.offset == 3).expect("leased");
+    book.ack(&[Target::Lease(old.offset, old.lease)], now);
+    assert!(!book.ack_state().is_acked(3));
+    let again = deliver(&mut book, &topic, other, 10, ALL, now);
+    assert_eq!(
+        attempts(&again),
+        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)],
+        "from the position on, each afresh, attempts from 1"
+    );
+    // ... while the new leases settle as ever.
+    let new = again.iter().find(|l| l.offset == 3).expect("leased again");
+    book.ack(&[Target::Lease(new.offset, new.lease)], now);
+    assert!(book.ack_state().is_acked(3));
+}
+
+#[test]
+fn a_scan_read_before_a_seek_is_dropped_when_it_comes_back() {
+    let (mut book, topic, now) = (book(false), topic(4), start());
+    let s = book.open_stream();
+    let head = 4;
+    let claim = book.claim(s, window(10), ALL, head, now, DEADLINE);
+    let scan = claim.scan.expect("a scan");
+    book.seek(2);
+    let scanned = Scanned {
+        range: &scan.range,
+        messages: &topic,
+        examined: scan.range.end,
+        epoch: scan.epoch,
+    };
+    assert!(
+        book.admit(s, scanned, window(10), ALL, now, DEADLINE)
+            .is_empty()
+    );
+    book.abandon_scan(scan.epoch);
+    // The seek's scan is not disturbed by the stale one.
+    assert_eq!(
+        offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
+        vec![2, 3]
+    );
 }

@@ -1,4 +1,4 @@
-//! `tidings subs ls|create|update|describe|delete`: manage subscriptions.
+//! `tidings subs ls|create|update|seek|describe|delete`: manage subscriptions.
 //!
 //! Thin: one library call per command, then the result printed as a
 //! table, lines or JSON. Receiving messages is `tidings sub`, elsewhere.
@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use tidings_client::{Client, RetryPolicy, SubscriptionConfig, SubscriptionUpdate};
+use tidings_client::{Client, RetryPolicy, StartPosition, SubscriptionConfig, SubscriptionUpdate};
 
 use super::Context;
 use crate::{output, values};
@@ -82,6 +82,23 @@ pub(crate) enum SubsCommand {
         /// Remove the retry policy: failed deliveries come again at once.
         #[arg(long, conflicts_with_all = ["min_backoff", "max_backoff"])]
         no_backoff: bool,
+    },
+
+    /// Move a subscription: every message from the position on is
+    /// delivered again, every one before it counts as acknowledged.
+    #[command(after_long_help = "Examples:\n  \
+        tidings subs seek billing --to earliest      (replay everything retained)\n  \
+        tidings subs seek billing --to latest        (skip the backlog)\n  \
+        tidings subs seek billing --to 1200\n  \
+        tidings subs seek billing --to 2024-05-01T12:00:00Z")]
+    Seek {
+        /// The subscription's name.
+        name: String,
+
+        /// Where to: earliest, latest, an offset such as 42, or an RFC 3339
+        /// time (the first message published at or after it).
+        #[arg(long, value_parser = values::parse_start, value_name = "earliest|latest|OFFSET|TIME")]
+        to: StartPosition,
     },
 
     /// Show a subscription with its live figures: backlog, messages in
@@ -224,6 +241,19 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             ctx.emit(
                 || output::subscription_json(&sub),
                 || output::subscription_text(&sub),
+            )?;
+        }
+        SubsCommand::Seek { name, to } => {
+            client.seek(&name, to).await?;
+            let sub = client.get_subscription(&name).await?;
+            ctx.emit(
+                || output::subscription_json(&sub),
+                || {
+                    format!(
+                        "moved subscription \"{name}\": {} messages to deliver from offset {}",
+                        sub.backlog, sub.ack_floor
+                    )
+                },
             )?;
         }
         SubsCommand::Describe { name } => {
