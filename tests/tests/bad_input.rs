@@ -209,6 +209,42 @@ async fn empty_publish_and_empty_attribute_name_are_invalid_argument() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn attributes_named_like_the_brokers_own_are_refused() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let client = broker.client();
+    let forged = PublishMessage {
+        attributes: HashMap::from([("tidings.source_topic".to_owned(), "orders".to_owned())]),
+        ..payload_of(1)
+    };
+    // The whole request is refused, the good message with it.
+    let refused = client
+        .publisher_service()
+        .publish(publish_request("t", vec![payload_of(0), forged]))
+        .await;
+    let status = expect_code(refused, Code::InvalidArgument)?;
+    assert!(
+        status.message().contains("message 1")
+            && status.message().contains("\"tidings.source_topic\"")
+            && status.message().contains("reserved"),
+        "{status:?}"
+    );
+    assert_data_intact(&client).await?;
+    // The prefix is case-sensitive, and only a prefix.
+    let fine = PublishMessage {
+        attributes: HashMap::from([
+            ("Tidings.note".to_owned(), "v".to_owned()),
+            ("my.tidings.x".to_owned(), "v".to_owned()),
+        ]),
+        ..payload_of(2)
+    };
+    client
+        .publisher_service()
+        .publish(publish_request("t", vec![fine]))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> {
     let broker = broker_with_data().await?;
     let client = broker.client();

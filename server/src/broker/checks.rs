@@ -9,13 +9,18 @@ use super::topic::Topic;
 use super::{BrokerError, BrokerResult, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, RetryPolicy};
 use crate::storage::{NewMessage, StoreError};
 
+/// Attribute names with this prefix are the broker's own (the provenance
+/// of a dead-lettered message, say): nobody else may set them.
+pub const RESERVED_ATTRIBUTE_PREFIX: &str = "tidings.";
+
 /// Checks a publish batch against the message size limit: not empty, no
-/// attribute without a name, no message over `limit` bytes. Returns its
-/// total size. Every engine checks batches with it.
+/// attribute without a name or with a reserved one, no message over
+/// `limit` bytes. Returns its total size. Every engine checks batches with
+/// it.
 ///
 /// # Errors
 /// [`BrokerError::EmptyBatch`], [`BrokerError::EmptyAttributeName`],
-/// [`BrokerError::MessageTooLarge`].
+/// [`BrokerError::ReservedAttribute`], [`BrokerError::MessageTooLarge`].
 pub fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize> {
     if messages.is_empty() {
         return Err(BrokerError::EmptyBatch);
@@ -24,6 +29,16 @@ pub fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize>
     for (index, message) in messages.iter().enumerate() {
         if message.attributes.iter().any(|(name, _)| name.is_empty()) {
             return Err(BrokerError::EmptyAttributeName { index });
+        }
+        if let Some((name, _)) = message
+            .attributes
+            .iter()
+            .find(|(name, _)| name.starts_with(RESERVED_ATTRIBUTE_PREFIX))
+        {
+            return Err(BrokerError::ReservedAttribute {
+                index,
+                name: name.clone(),
+            });
         }
         let size = message.size();
         if size > limit {

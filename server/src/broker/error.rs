@@ -107,6 +107,16 @@ pub enum BrokerError {
     /// An update that changes nothing.
     #[error("{0}")]
     NothingToUpdate(&'static str),
+    /// An attribute name the broker keeps for itself.
+    #[error(
+        "message {index} has attribute \"{name}\": names starting with \"tidings.\" are reserved for the broker; rename it"
+    )]
+    ReservedAttribute {
+        /// The message's position in the request.
+        index: usize,
+        /// The attribute's name.
+        name: String,
+    },
     /// An ack id that the broker did not write.
     #[error(
         "ack_id {0:?} is malformed; pass the ack_id of a received message unchanged, or use offsets"

@@ -40,7 +40,7 @@ mod subscription;
 mod topic;
 
 pub use catalog::Broker;
-pub use checks::check_batch;
+pub use checks::{RESERVED_ATTRIBUTE_PREFIX, check_batch};
 pub use engine::{Engine, SharedEngine};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};
