@@ -114,6 +114,23 @@ impl OffsetRanges {
         true
     }
 
+    /// Removes `offset`, splitting its range; returns false when it was not
+    /// there.
+    pub fn remove(&mut self, offset: Offset) -> bool {
+        let Some(range) = self.containing(offset) else {
+            return false;
+        };
+        self.ranges.remove(&range.start);
+        if range.start < offset {
+            self.ranges.insert(range.start, offset);
+        }
+        if offset + 1 < range.end {
+            self.ranges.insert(offset + 1, range.end);
+        }
+        self.len -= 1;
+        true
+    }
+
     /// Builds a set from ranges in ascending order that are non-empty and
     /// neither overlap nor touch, as [`OffsetRanges::ranges`] yields them.
     /// Returns `None` for any other input (a corrupt stored set).
@@ -193,6 +210,28 @@ impl AckState {
             self.acked.pop_first();
             self.floor = first.end;
         }
+        true
+    }
+
+    /// Takes back the acknowledgement of `offset` (to deliver it again):
+    /// below the floor, the floor comes down to it and the offsets between
+    /// stay acknowledged. Returns false when it was not acknowledged.
+    pub fn unack(&mut self, offset: Offset) -> bool {
+        if offset >= self.floor {
+            return self.acked.remove(offset);
+        }
+        if offset + 1 < self.floor {
+            let mut acked = OffsetRanges::new();
+            acked.ranges.insert(offset + 1, self.floor);
+            acked.len = self.floor - offset - 1;
+            for range in self.acked.ranges() {
+                // Ranges never touch the floor, so they stay apart.
+                acked.len += range.end - range.start;
+                acked.ranges.insert(range.start, range.end);
+            }
+            self.acked = acked;
+        }
+        self.floor = offset;
         true
     }
 
@@ -288,6 +327,39 @@ mod tests {
         assert!(!state.advance_floor(2), "never moves down");
         assert!(state.advance_floor(10));
         assert_eq!(state.acked.ranges().collect::<Vec<_>>(), vec![12..13]);
+    }
+
+    #[test]
+    fn removing_splits_a_range() {
+        let mut set = OffsetRanges::from_sorted_ranges([2..6, 9..10]).unwrap();
+        assert!(set.remove(3));
+        assert_eq!(set.ranges().collect::<Vec<_>>(), vec![2..3, 4..6, 9..10]);
+        assert!(set.remove(9) && set.remove(2) && !set.remove(2));
+        assert_eq!(set.ranges().collect::<Vec<_>>(), vec![4..6]);
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn unacking_below_the_floor_lowers_it_and_keeps_the_rest_acked() {
+        let mut state = AckState::starting_at(10);
+        state.ack(12);
+        assert!(state.unack(4));
+        assert_eq!(state.floor, 4);
+        assert_eq!(
+            state.acked.ranges().collect::<Vec<_>>(),
+            vec![5..10, 12..13]
+        );
+        assert_eq!(state.acked.len(), 6);
+        assert!(!state.is_acked(4) && state.is_acked(3) && state.is_acked(9));
+        assert!(!state.is_acked(10), "10 was never acknowledged");
+        assert!(!state.unack(4), "not acknowledged any more");
+        assert!(state.unack(12) && !state.is_acked(12));
+        // Right below the floor: it just comes down.
+        assert!(state.unack(3));
+        assert_eq!(state.floor, 3);
+        // Acking it again restores the floor over the range.
+        assert!(state.ack(3) && state.ack(4));
+        assert_eq!(state.floor, 10);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use super::topic::{Topic, Topics};
 use super::*;
 use crate::offsets::AckState;
 use crate::storage::{
-    NewMessage, ReadLimit, SharedStore, StoreError, StoreListener, StoredMessage,
+    DeadLetters, NewMessage, ReadLimit, SharedStore, StoreError, StoreListener, StoredMessage,
     StoredSubscription, SubscriptionSettings,
 };
 
@@ -213,6 +213,7 @@ impl Broker {
             record,
             acks,
             deliveries: Vec::new(),
+            dead_letters: DeadLetters::default(),
         };
         let sub = Arc::new(Subscription::new(stored, topic));
         let info = sub.info();

@@ -207,6 +207,7 @@ impl Subscription {
             subscription: self.id,
             acks,
             records,
+            dead_letters: None,
         }
     }
 

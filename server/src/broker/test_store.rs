@@ -13,9 +13,9 @@ use tokio::sync::{Notify, Semaphore};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::{
-    Appended, Catalog, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, Store, StoreListener,
-    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
-    TopicRecord,
+    Appended, Catalog, Commit, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, Store,
+    StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    SubscriptionSettings, TopicId, TopicRecord,
 };
 
 /// A read the store served.
@@ -181,6 +181,11 @@ impl Store for TestStore {
 
     async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()> {
         self.inner.save_deliveries(updates).await
+    }
+
+    async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>> {
+        let inner = self.inner.clone();
+        self.write(async move { inner.commit(commit).await }).await
     }
 
     async fn close(&self) -> StoreResult<()> {

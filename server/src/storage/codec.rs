@@ -12,11 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{DeliveryRecord, NewMessage, TopicRecord};
 use super::{
-    RetryPolicy, StoreError, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
-    SubscriptionSettings, TopicId,
+    DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage, SubscriptionId,
+    SubscriptionRecord, SubscriptionSettings, TopicId,
 };
+use super::{DeliveryRecord, NewMessage, TopicRecord};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset, OffsetRanges};
 
@@ -255,11 +255,7 @@ pub(crate) fn decode_publish_time(value: &[u8]) -> StoreResult<SystemTime> {
 pub(crate) fn encode_ack_state(state: &AckState) -> Vec<u8> {
     let mut w = Writer::new(8 + 4 + 16 * state.acked.range_count());
     w.u64(state.floor);
-    w.u32(u32::try_from(state.acked.range_count()).unwrap_or(u32::MAX));
-    for range in state.acked.ranges() {
-        w.u64(range.start);
-        w.u64(range.end);
-    }
+    write_ranges(&mut w, &state.acked);
     w.0
 }
 
@@ -268,10 +264,43 @@ pub(crate) fn decode_ack_state(value: &[u8]) -> StoreResult<AckState> {
     const WHAT: &str = "ack state";
     let mut r = Reader::new(WHAT, value)?;
     let floor = r.u64()?;
+    let acked = read_ranges(&mut r, WHAT)?;
+    Ok(AckState { floor, acked })
+}
+
+/// Encodes a subscription's dead letters: the rejected count, then the
+/// moved offsets as ranges.
+pub(crate) fn encode_dead_letters(dead: &DeadLetters) -> Vec<u8> {
+    let mut w = Writer::new(8 + 4 + 16 * dead.offsets.range_count());
+    w.u64(dead.rejected);
+    write_ranges(&mut w, &dead.offsets);
+    w.0
+}
+
+/// Decodes what [`encode_dead_letters`] wrote.
+pub(crate) fn decode_dead_letters(value: &[u8]) -> StoreResult<DeadLetters> {
+    const WHAT: &str = "dead letters";
+    let mut r = Reader::new(WHAT, value)?;
+    let rejected = r.u64()?;
+    let offsets = read_ranges(&mut r, WHAT)?;
+    Ok(DeadLetters { offsets, rejected })
+}
+
+/// A set of offsets as its count of ranges, then each range's start and end.
+fn write_ranges(w: &mut Writer, set: &OffsetRanges) {
+    w.u32(u32::try_from(set.range_count()).unwrap_or(u32::MAX));
+    for range in set.ranges() {
+        w.u64(range.start);
+        w.u64(range.end);
+    }
+}
+
+/// Reads what [`write_ranges`] wrote, to the end of the value.
+fn read_ranges(r: &mut Reader<'_>, what: &'static str) -> StoreResult<OffsetRanges> {
     let count = r.u32()? as usize;
     if r.remaining() != count.saturating_mul(16) {
         return Err(corrupt(
-            WHAT,
+            what,
             format!("{count} ranges do not match {} bytes", r.remaining()),
         ));
     }
@@ -281,9 +310,8 @@ pub(crate) fn decode_ack_state(value: &[u8]) -> StoreResult<AckState> {
         ranges.push(start..r.u64()?);
     }
     r.finish()?;
-    let acked = OffsetRanges::from_sorted_ranges(ranges)
-        .ok_or_else(|| corrupt(WHAT, "ranges are empty, unordered or overlapping"))?;
-    Ok(AckState { floor, acked })
+    OffsetRanges::from_sorted_ranges(ranges)
+        .ok_or_else(|| corrupt(what, "ranges are empty, unordered or overlapping"))
 }
 
 /// Encodes a topic record without its `next_offset`, which is stored apart
@@ -594,6 +622,19 @@ mod tests {
         assert_eq!(
             decode_ack_state(&encode_ack_state(&empty)).expect("decodes"),
             empty
+        );
+        let dead = DeadLetters {
+            offsets: ack_state().acked,
+            rejected: 7,
+        };
+        assert_eq!(
+            decode_dead_letters(&encode_dead_letters(&dead)).expect("decodes"),
+            dead
+        );
+        let none = DeadLetters::default();
+        assert_eq!(
+            decode_dead_letters(&encode_dead_letters(&none)).expect("decodes"),
+            none
         );
     }
 

@@ -20,7 +20,9 @@ use super::{
     SharedStore, StoreError, StoreListener, StoredMessage, StoredSubscription, SubscriptionId,
     SubscriptionRecord, SubscriptionSettings, SyncPolicy, TopicId,
 };
+use super::{Commit, DeadLetters};
 use crate::names::{SubscriptionName, TopicName};
+use crate::offsets::OffsetRanges;
 use crate::offsets::{AckState, Offset};
 
 /// How long one check may take before it counts as hung.
@@ -156,6 +158,7 @@ fn stored(record: &SubscriptionRecord, acks: AckState) -> StoredSubscription {
         record: record.clone(),
         acks,
         deliveries: Vec::new(),
+        dead_letters: DeadLetters::default(),
     }
 }
 
@@ -165,6 +168,7 @@ fn acks_update(subscription: SubscriptionId, acks: AckState) -> DeliveryUpdate {
         subscription,
         acks,
         records: Vec::new(),
+        dead_letters: None,
     }
 }
 
@@ -715,8 +719,110 @@ async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
         store.offset_at_time(topic, UNIX_EPOCH).await.map(drop)
     ));
     ensure!(closed(store.save_deliveries(Vec::new()).await));
+    ensure!(closed(store.commit(Commit::default()).await.map(drop)));
     ensure!(closed(store.truncate(topic, 1).await.map(drop)));
     ensure!(closed(store.delete_topic(topic).await));
+    Ok(())
+}
+
+/// Dead letters of offsets 4 and 7, with `rejected` rejections.
+fn dead_letters(rejected: u64) -> anyhow::Result<DeadLetters> {
+    let offsets = OffsetRanges::from_sorted_ranges([4..5, 7..8]).context("valid ranges")?;
+    Ok(DeadLetters { offsets, rejected })
+}
+
+async fn a_commit_appends_and_settles_together_and_hears_its_appends(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let recorder = Arc::new(Recorder::default());
+    store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
+    let source = store.create_topic(&topic_name("orders")?).await?.id;
+    let dead = store.create_topic(&topic_name("orders.dead")?).await?.id;
+    store.append(source, messages(&["a", "b"])).await?;
+    let sub = store
+        .create_subscription(
+            &subscription_name("s")?,
+            source,
+            settings(Duration::from_secs(10)),
+            AckState::default(),
+        )
+        .await?;
+    let record = DeliveryRecord {
+        failures: 3,
+        redeliver_at: None,
+    };
+    store
+        .save_deliveries(vec![DeliveryUpdate {
+            records: vec![(1, Some(record))],
+            ..acks_update(sub.id, AckState::default())
+        }])
+        .await?;
+    recorder.take();
+    let mut acks = AckState::default();
+    acks.ack(1);
+    let update = DeliveryUpdate {
+        subscription: sub.id,
+        acks: acks.clone(),
+        records: vec![(1, None)],
+        dead_letters: Some(dead_letters(2)?),
+    };
+    let appended = store
+        .commit(Commit {
+            appends: vec![(dead, messages(&["b copy"])), (source, messages(&["c"]))],
+            deliveries: vec![update],
+        })
+        .await?;
+    ensure!(
+        appended.iter().map(|a| a.first_offset).collect::<Vec<_>>() == vec![0, 2],
+        "{appended:?}"
+    );
+    ensure!(
+        recorder.take()
+            == vec![
+                Heard::Appended(dead, 0, messages(&["b copy"])),
+                Heard::Appended(source, 2, messages(&["c"])),
+            ]
+    );
+    let expected = StoredSubscription {
+        dead_letters: dead_letters(2)?,
+        ..stored(&sub, acks.clone())
+    };
+    ensure!(store.load().await?.subscriptions == vec![expected.clone()]);
+    // A missing topic refuses the whole commit.
+    let refused = store
+        .commit(Commit {
+            appends: vec![
+                (dead, messages(&["x"])),
+                (TopicId(u64::MAX - 1), messages(&["y"])),
+            ],
+            deliveries: vec![acks_update(sub.id, AckState::starting_at(3))],
+        })
+        .await;
+    ensure!(
+        matches!(refused, Err(StoreError::TopicNotFound(_))),
+        "{refused:?}"
+    );
+    ensure!(next_offset(&store, dead).await? == 1, "nothing appended");
+    ensure!(recorder.take().is_empty(), "nothing heard");
+
+    let store = h.reopen(store).await?;
+    ensure!(store.load().await?.subscriptions == vec![expected], "kept");
+    ensure!(
+        payloads(&store.read(dead, 0..1, EVERYTHING).await?) == [Bytes::from("payload b copy")]
+    );
+    // Dead letters leave with their subscription.
+    store.delete_subscription(sub.id).await?;
+    let again = store
+        .create_subscription(
+            &subscription_name("s")?,
+            source,
+            settings(Duration::from_secs(10)),
+            AckState::default(),
+        )
+        .await?;
+    ensure!(store.load().await?.subscriptions == vec![stored(&again, AckState::default())]);
+    store.close().await?;
     Ok(())
 }
 
@@ -902,6 +1008,7 @@ macro_rules! conformance {
             truncate_deletes_below_and_never_goes_back,
             offset_at_time_skips_offsets_without_messages,
             delivery_records_are_stored_deleted_and_go_with_their_subscription,
+            a_commit_appends_and_settles_together_and_hears_its_appends,
         ]);
     };
     (@each [$($module:ident => $harness:expr),+] $checks:tt) => {

@@ -14,9 +14,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    Appended, Catalog, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError,
-    StoreListener, StoreResult, StoredMessage, StoredSubscription, SubscriptionId,
-    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
+    Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit,
+    Store, StoreError, StoreListener, StoreResult, StoredMessage, StoredSubscription,
+    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -53,6 +53,7 @@ struct SubscriptionData {
     record: SubscriptionRecord,
     acks: AckState,
     deliveries: BTreeMap<Offset, DeliveryRecord>,
+    dead_letters: DeadLetters,
 }
 
 impl MemoryStore {
@@ -88,6 +89,61 @@ impl MemoryStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// Appends under the lock, telling the listener there, so that it hears
+    /// of appends in offset order.
+    fn append_locked(
+        &self,
+        state: &mut State,
+        topic: TopicId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<Appended> {
+        let data = state.topic_mut(topic)?;
+        let first_offset = data.record.next_offset;
+        let last_time = data.messages.last_key_value().map(|(_, m)| m.publish_time);
+        let publish_time = last_time.map_or_else(SystemTime::now, |t| t.max(SystemTime::now()));
+        for (message, offset) in messages.iter().zip(first_offset..) {
+            let stored = StoredMessage {
+                offset,
+                publish_time,
+                payload: message.payload.clone(),
+                key: message.key.clone(),
+                attributes: message.attributes.clone(),
+            };
+            data.messages.insert(offset, stored);
+        }
+        data.record.next_offset = first_offset + messages.len() as Offset;
+        let appended = Appended {
+            first_offset,
+            publish_time,
+        };
+        // Told under the lock, so that the listener hears of appends in
+        // offset order.
+        if let Some(listener) = self.listener() {
+            listener.appended(topic, appended, messages);
+        }
+        Ok(appended)
+    }
+}
+
+/// Stores delivery state under the lock; updates of subscriptions that no
+/// longer exist are ignored.
+fn save_locked(state: &mut State, updates: Vec<DeliveryUpdate>) {
+    for update in updates {
+        let Some(data) = state.subscriptions.get_mut(&update.subscription) else {
+            continue;
+        };
+        data.acks = update.acks;
+        for (offset, record) in update.records {
+            match record {
+                Some(record) => data.deliveries.insert(offset, record),
+                None => data.deliveries.remove(&offset),
+            };
+        }
+        if let Some(dead) = update.dead_letters {
+            data.dead_letters = dead;
+        }
+    }
 }
 
 impl State {
@@ -109,6 +165,7 @@ impl Store for MemoryStore {
                 record: s.record.clone(),
                 acks: s.acks.clone(),
                 deliveries: s.deliveries.iter().map(|(&o, &r)| (o, r)).collect(),
+                dead_letters: s.dead_letters.clone(),
             })
             .collect();
         Ok(Catalog {
@@ -151,30 +208,24 @@ impl Store for MemoryStore {
 
     async fn append(&self, topic: TopicId, messages: Vec<NewMessage>) -> StoreResult<Appended> {
         let mut state = self.lock()?;
-        let data = state.topic_mut(topic)?;
-        let first_offset = data.record.next_offset;
-        let last_time = data.messages.last_key_value().map(|(_, m)| m.publish_time);
-        let publish_time = last_time.map_or_else(SystemTime::now, |t| t.max(SystemTime::now()));
-        for (message, offset) in messages.iter().zip(first_offset..) {
-            let stored = StoredMessage {
-                offset,
-                publish_time,
-                payload: message.payload.clone(),
-                key: message.key.clone(),
-                attributes: message.attributes.clone(),
-            };
-            data.messages.insert(offset, stored);
+        self.append_locked(&mut state, topic, messages)
+    }
+
+    async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>> {
+        let mut state = self.lock()?;
+        if let Some((topic, _)) = commit
+            .appends
+            .iter()
+            .find(|(topic, _)| !state.topics.contains_key(topic))
+        {
+            return Err(StoreError::TopicNotFound(*topic));
         }
-        data.record.next_offset = first_offset + messages.len() as Offset;
-        let appended = Appended {
-            first_offset,
-            publish_time,
-        };
-        // Told under the lock, so that the listener hears of appends in
-        // offset order.
-        if let Some(listener) = self.listener() {
-            listener.appended(topic, appended, messages);
-        }
+        let appended = commit
+            .appends
+            .into_iter()
+            .map(|(topic, messages)| self.append_locked(&mut state, topic, messages))
+            .collect::<StoreResult<Vec<_>>>()?;
+        save_locked(&mut state, commit.deliveries);
         Ok(appended)
     }
 
@@ -268,6 +319,7 @@ impl Store for MemoryStore {
             record: record.clone(),
             acks: initial,
             deliveries: BTreeMap::new(),
+            dead_letters: DeadLetters::default(),
         };
         state.subscriptions.insert(record.id, data);
         Ok(record)
@@ -294,18 +346,7 @@ impl Store for MemoryStore {
 
     async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()> {
         let mut state = self.lock()?;
-        for update in updates {
-            let Some(data) = state.subscriptions.get_mut(&update.subscription) else {
-                continue;
-            };
-            data.acks = update.acks;
-            for (offset, record) in update.records {
-                match record {
-                    Some(record) => data.deliveries.insert(offset, record),
-                    None => data.deliveries.remove(&offset),
-                };
-            }
-        }
+        save_locked(&mut state, updates);
         Ok(())
     }
 

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::names::{SubscriptionName, TopicName};
-use crate::offsets::{AckState, Offset};
+use crate::offsets::{AckState, Offset, OffsetRanges};
 
 mod codec;
 #[cfg(test)]
@@ -132,8 +132,21 @@ pub struct DeliveryRecord {
     pub redeliver_at: Option<SystemTime>,
 }
 
-/// A subscription as stored: configuration, acknowledgements, and the
-/// delivery records of messages whose delivery failed.
+/// What a subscription keeps of the messages it took out of delivery for
+/// good: those moved to its dead-letter topic, and a count of those
+/// rejected without one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetters {
+    /// Source offsets moved to the dead-letter topic and not redriven.
+    pub offsets: OffsetRanges,
+    /// Messages rejected while the subscription had no dead-letter topic
+    /// (acknowledged instead).
+    pub rejected: u64,
+}
+
+/// A subscription as stored: configuration, acknowledgements, the
+/// delivery records of messages whose delivery failed, and its dead
+/// letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSubscription {
     /// Its configuration.
@@ -143,6 +156,8 @@ pub struct StoredSubscription {
     /// Records of unacknowledged messages whose delivery failed, in offset
     /// order.
     pub deliveries: Vec<(Offset, DeliveryRecord)>,
+    /// What it moved to its dead-letter topic or rejected.
+    pub dead_letters: DeadLetters,
 }
 
 /// What a store holds, as read when the broker starts.
@@ -164,6 +179,18 @@ pub struct DeliveryUpdate {
     /// Delivery records to store (`Some`) or delete (`None`). Records
     /// not named stay as they are.
     pub records: Vec<(Offset, Option<DeliveryRecord>)>,
+    /// Its dead letters, whole, when they changed; `None` leaves them.
+    pub dead_letters: Option<DeadLetters>,
+}
+
+/// Appends and delivery-state changes written together by
+/// [`Store::commit`]: all of them, or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Messages to append, per topic, in order.
+    pub appends: Vec<(TopicId, Vec<NewMessage>)>,
+    /// Delivery state to store, as [`Store::save_deliveries`] does.
+    pub deliveries: Vec<DeliveryUpdate>,
 }
 
 /// A message to append.
@@ -419,7 +446,19 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_subscription(&self, subscription: SubscriptionId) -> StoreResult<()>;
 
     /// Stores the delivery state of several subscriptions in one write.
+    /// Updates of subscriptions that no longer exist are ignored.
     async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()>;
+
+    /// Appends messages and stores delivery state in one atomic write: a
+    /// crash at any moment leaves all of it or none. Returns where each
+    /// append landed, in order; the listener hears of each. Durable as an
+    /// append is under the sync policy. Updates of subscriptions that no
+    /// longer exist are ignored.
+    ///
+    /// # Errors
+    /// [`StoreError::TopicNotFound`] for an append to a topic that does
+    /// not exist; then nothing is written.
+    async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>>;
 
     /// Makes everything written so far durable and stops accepting writes.
     /// Later calls fail with [`StoreError::Closed`]; closing twice is fine.

@@ -34,9 +34,9 @@ use rocksdb::{ColumnFamily, DB};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
-    Appended, Catalog, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError, StoreListener,
-    StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
-    TopicRecord,
+    Appended, Catalog, Commit, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError,
+    StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    SubscriptionSettings, TopicId, TopicRecord,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -85,6 +85,15 @@ const MAX_QUEUED_REQUESTS: usize = 4096;
 /// subscription's state.
 fn state_key(subscription: SubscriptionId) -> [u8; 8] {
     subscription.0.to_be_bytes()
+}
+
+/// The key of a subscription's dead letters: subscription id ‖ 1. Nine
+/// bytes, so it sorts among the subscription's records and lies in the
+/// range deleted with it.
+fn dead_letters_key(subscription: SubscriptionId) -> [u8; 9] {
+    let mut key = [1; 9];
+    key[..8].copy_from_slice(&subscription.0.to_be_bytes());
+    key
 }
 
 /// The key of a delivery record: subscription id ‖ offset.
@@ -359,6 +368,10 @@ impl Store for RocksStore {
     async fn save_deliveries(&self, updates: Vec<DeliveryUpdate>) -> StoreResult<()> {
         self.submit(|reply| Op::SaveDeliveries { updates, reply })
             .await
+    }
+
+    async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>> {
+        self.submit(|reply| Op::Commit { commit, reply }).await
     }
 
     async fn close(&self) -> StoreResult<()> {

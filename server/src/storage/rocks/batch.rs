@@ -11,13 +11,13 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{
     CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, FIRST_PREFIX, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
-    LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, SyncPolicy, TOPIC_PREFIX, column, engine, meta_key,
-    record_key, state_key,
+    LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, SyncPolicy, TOPIC_PREFIX, column, dead_letters_key,
+    engine, meta_key, record_key, state_key,
 };
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Appended, DeliveryRecord, NewMessage, StoreListener, StoreResult, SubscriptionId,
+    Appended, DeadLetters, DeliveryRecord, NewMessage, StoreListener, StoreResult, SubscriptionId,
     SubscriptionRecord, TopicId, TopicRecord,
 };
 
@@ -136,6 +136,21 @@ impl<'db> Batch<'db> {
     ) {
         self.answer_then(reply, staged, move |appended, listener| {
             listener.appended(topic, *appended, messages);
+        });
+    }
+
+    /// As [`Batch::answer`], telling the listener about each append of a
+    /// commit once it was written.
+    pub(super) fn answer_commit(
+        &mut self,
+        reply: oneshot::Sender<StoreResult<Vec<Appended>>>,
+        staged: StoreResult<Vec<Appended>>,
+        appends: Vec<(TopicId, Vec<NewMessage>)>,
+    ) {
+        self.answer_then(reply, staged, move |appended, listener| {
+            for ((topic, messages), appended) in appends.into_iter().zip(appended) {
+                listener.appended(topic, *appended, messages);
+            }
         });
     }
 
@@ -292,6 +307,13 @@ impl<'db> Batch<'db> {
         let value = codec::encode_ack_state(state);
         self.write
             .put_cf(self.columns.states, state_key(subscription), value);
+    }
+
+    /// A subscription's dead letters, whole.
+    pub(super) fn put_dead_letters(&mut self, subscription: SubscriptionId, dead: &DeadLetters) {
+        let value = codec::encode_dead_letters(dead);
+        self.write
+            .put_cf(self.columns.states, dead_letters_key(subscription), value);
     }
 
     /// Stores (`Some`) or deletes (`None`) a message's delivery record.

@@ -17,8 +17,8 @@ use super::{
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Catalog, DeliveryRecord, ReadLimit, StoreError, StoreResult, StoredMessage, StoredSubscription,
-    SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
+    Catalog, DeadLetters, DeliveryRecord, ReadLimit, StoreError, StoreResult, StoredMessage,
+    StoredSubscription, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
 };
 
 /// Reads every topic and subscription.
@@ -75,6 +75,7 @@ pub(super) fn load_delivery_states(
 ) -> StoreResult<Vec<StoredSubscription>> {
     let mut acks: HashMap<SubscriptionId, AckState> = HashMap::new();
     let mut deliveries: HashMap<SubscriptionId, Vec<(Offset, DeliveryRecord)>> = HashMap::new();
+    let mut dead: HashMap<SubscriptionId, DeadLetters> = HashMap::new();
     let states = column(db, CF_SUBSCRIPTIONS)?;
     for item in db.iterator_cf(states, IteratorMode::Start) {
         let (key, value) = item.map_err(|e| engine("reading ack states", e))?;
@@ -85,6 +86,9 @@ pub(super) fn load_delivery_states(
         match key.len() {
             8 => {
                 acks.insert(id, codec::decode_ack_state(&value)?);
+            }
+            9 => {
+                dead.insert(id, codec::decode_dead_letters(&value)?);
             }
             16 => {
                 let offset = codec::decode_u64("delivery record key", &key[8..])?;
@@ -107,10 +111,12 @@ pub(super) fn load_delivery_states(
                 )
             })?;
             let deliveries = deliveries.remove(&record.id).unwrap_or_default();
+            let dead_letters = dead.remove(&record.id).unwrap_or_default();
             Ok(StoredSubscription {
                 record,
                 acks,
                 deliveries,
+                dead_letters,
             })
         })
         .collect()

@@ -27,7 +27,7 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Appended, DeliveryUpdate, NewMessage, StoreError, StoreResult, SubscriptionId,
+    Appended, Commit, DeliveryUpdate, NewMessage, StoreError, StoreResult, SubscriptionId,
     SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
 };
 
@@ -72,6 +72,10 @@ pub(super) enum Op {
     SaveDeliveries {
         updates: Vec<DeliveryUpdate>,
         reply: Reply<()>,
+    },
+    Commit {
+        commit: Commit,
+        reply: Reply<Vec<Appended>>,
     },
     /// Write what came before, sync, and stop.
     Close {
@@ -300,6 +304,12 @@ impl Writer {
     fn stage(&mut self, request: Request, batch: &mut Batch<'_>, closers: &mut Vec<Reply<()>>) {
         let payload_bytes = match &request.op {
             Op::Append { messages, .. } => messages.iter().map(|m| m.payload.len()).sum(),
+            Op::Commit { commit, .. } => commit
+                .appends
+                .iter()
+                .flat_map(|(_, messages)| messages)
+                .map(|m| m.payload.len())
+                .sum(),
             _ => 0,
         };
         batch.admit(request.permit, payload_bytes);
@@ -346,6 +356,10 @@ impl Writer {
             Op::SaveDeliveries { updates, reply } => {
                 self.stage_deliveries(&updates, batch);
                 batch.answer(reply, Ok(()));
+            }
+            Op::Commit { commit, reply } => {
+                let staged = self.stage_commit(&commit, batch);
+                batch.answer_commit(reply, staged, commit.appends);
             }
             Op::Close { reply } => closers.push(reply),
         }
@@ -493,6 +507,29 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends and delivery state in the one batch; nothing is staged when
+    /// a topic is missing.
+    fn stage_commit(
+        &mut self,
+        commit: &Commit,
+        batch: &mut Batch<'_>,
+    ) -> StoreResult<Vec<Appended>> {
+        if let Some((topic, _)) = commit
+            .appends
+            .iter()
+            .find(|(topic, _)| !self.topics.contains_key(topic))
+        {
+            return Err(StoreError::TopicNotFound(*topic));
+        }
+        let appended = commit
+            .appends
+            .iter()
+            .map(|(topic, messages)| self.stage_append(*topic, messages, batch))
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.stage_deliveries(&commit.deliveries, batch);
+        Ok(appended)
+    }
+
     /// Updates of subscriptions that no longer exist are ignored.
     fn stage_deliveries(&self, updates: &[DeliveryUpdate], batch: &mut Batch<'_>) {
         let live = updates
@@ -502,6 +539,9 @@ impl Writer {
             batch.put_ack_state(update.subscription, &update.acks);
             for (offset, record) in &update.records {
                 batch.put_delivery(update.subscription, *offset, record.as_ref());
+            }
+            if let Some(dead) = &update.dead_letters {
+                batch.put_dead_letters(update.subscription, dead);
             }
         }
     }
