@@ -111,6 +111,23 @@ impl Client {
         Ok(())
     }
 
+    /// Brings a subscription's dead-lettered messages back to it: those of
+    /// the source `offsets` given (`tidings.source_offset`), or all when
+    /// `offsets` is empty. They are delivered again, attempts counting from
+    /// 1; their copies stay in the dead-letter topic. Returns how many came
+    /// back.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when the subscription does not exist.
+    pub async fn redrive(&self, subscription: &str, offsets: &[u64]) -> Result<u64> {
+        let request = self.request(v1::RedriveRequest {
+            subscription: subscription.to_owned(),
+            offsets: offsets.to_vec(),
+        });
+        let response = self.admin_service().redrive(request).await?;
+        Ok(response.into_inner().redriven)
+    }
+
     /// Returns a subscription with its live figures (backlog, in flight,
     /// ack floor, open streams).
     ///

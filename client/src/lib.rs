@@ -114,8 +114,8 @@ pub use subscriber::{
     DEFAULT_MAX_OUTSTANDING_MESSAGES, ShutdownReport, Subscriber, SubscriberBuilder,
 };
 pub use types::{
-    Message, RetryPolicy, StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate,
-    Topic,
+    DeadLetterPolicy, Message, RetryPolicy, StartPosition, Subscription, SubscriptionConfig,
+    SubscriptionUpdate, Topic,
 };
 
 #[cfg(test)]

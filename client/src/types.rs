@@ -63,6 +63,47 @@ pub struct Subscription {
     pub retry_policy: Option<RetryPolicy>,
     /// Messages of one key are delivered in order, one at a time.
     pub enable_message_ordering: bool,
+    /// Where messages that fail too often, or are rejected, go.
+    pub dead_letter_policy: Option<DeadLetterPolicy>,
+    /// Messages moved to the dead-letter topic and not redriven.
+    pub dead_lettered: u64,
+    /// Messages rejected while there was no dead-letter policy.
+    pub rejected: u64,
+}
+
+/// Where a subscription moves a message that failed
+/// `max_delivery_attempts` deliveries, or that a subscriber rejected: a
+/// copy with the provenance attributes (`tidings.source_topic`,
+/// `tidings.source_subscription`, `tidings.source_offset`,
+/// `tidings.delivery_attempts`, `tidings.dead_letter_reason`,
+/// `tidings.last_error`) is published to `topic` and the message is
+/// settled, in one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterPolicy {
+    /// The dead-letter topic; it must exist and not be the subscription's
+    /// own topic.
+    pub topic: String,
+    /// Failed deliveries before the move, 2 to 100.
+    pub max_delivery_attempts: u32,
+}
+
+impl DeadLetterPolicy {
+    /// Moves messages to `topic` after `max_delivery_attempts` failures.
+    pub fn new(topic: impl Into<String>, max_delivery_attempts: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            max_delivery_attempts,
+        }
+    }
+}
+
+impl From<DeadLetterPolicy> for v1::DeadLetterPolicy {
+    fn from(policy: DeadLetterPolicy) -> Self {
+        Self {
+            dead_letter_topic: policy.topic,
+            max_delivery_attempts: policy.max_delivery_attempts,
+        }
+    }
 }
 
 /// How long a message waits before it is delivered again after a failed
@@ -126,6 +167,12 @@ impl From<v1::Subscription> for Subscription {
             filter: sub.filter,
             retry_policy: sub.retry_policy.map(RetryPolicy::from),
             enable_message_ordering: sub.enable_message_ordering,
+            dead_letter_policy: sub.dead_letter_policy.map(|policy| DeadLetterPolicy {
+                topic: policy.dead_letter_topic,
+                max_delivery_attempts: policy.max_delivery_attempts,
+            }),
+            dead_lettered: sub.dead_lettered,
+            rejected: sub.rejected,
         }
     }
 }
@@ -191,6 +238,8 @@ pub struct SubscriptionConfig {
     /// Deliver the messages of each non-empty key in offset order, one at
     /// a time across all streams; fixed at creation.
     pub enable_message_ordering: bool,
+    /// Where messages that keep failing go; `None` for nowhere.
+    pub dead_letter_policy: Option<DeadLetterPolicy>,
 }
 
 impl SubscriptionConfig {
@@ -205,6 +254,7 @@ impl SubscriptionConfig {
             filter: String::new(),
             retry_policy: None,
             enable_message_ordering: false,
+            dead_letter_policy: None,
         }
     }
 
@@ -241,6 +291,14 @@ impl SubscriptionConfig {
         self.enable_message_ordering = ordered;
         self
     }
+
+    /// Sets the dead-letter policy: a message that fails
+    /// `max_delivery_attempts` deliveries, or is rejected, is moved to its
+    /// topic.
+    pub fn dead_letter_policy(mut self, policy: DeadLetterPolicy) -> Self {
+        self.dead_letter_policy = Some(policy);
+        self
+    }
 }
 
 /// What [`Client::update_subscription`](crate::Client::update_subscription)
@@ -260,6 +318,8 @@ pub struct SubscriptionUpdate {
     pub filter: Option<String>,
     /// A new retry policy; `Some(None)` removes it.
     pub retry_policy: Option<Option<RetryPolicy>>,
+    /// A new dead-letter policy; `Some(None)` removes it.
+    pub dead_letter_policy: Option<Option<DeadLetterPolicy>>,
 }
 
 impl SubscriptionUpdate {
@@ -283,6 +343,12 @@ impl SubscriptionUpdate {
         self
     }
 
+    /// Changes the dead-letter policy (`None` removes it).
+    pub fn dead_letter_policy(mut self, policy: Option<DeadLetterPolicy>) -> Self {
+        self.dead_letter_policy = Some(policy);
+        self
+    }
+
     /// The request that makes this change to subscription `name`.
     pub(crate) fn into_request(self, name: &str) -> v1::UpdateSubscriptionRequest {
         let mut paths = Vec::new();
@@ -302,6 +368,10 @@ impl SubscriptionUpdate {
             subscription.retry_policy = policy.map(Into::into);
             paths.push("retry_policy".to_owned());
         }
+        if let Some(policy) = self.dead_letter_policy {
+            subscription.dead_letter_policy = policy.map(Into::into);
+            paths.push("dead_letter_policy".to_owned());
+        }
         v1::UpdateSubscriptionRequest {
             subscription: Some(subscription),
             update_mask: Some(prost_types::FieldMask { paths }),
@@ -319,6 +389,7 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             filter: config.filter,
             retry_policy: config.retry_policy.map(Into::into),
             enable_message_ordering: config.enable_message_ordering,
+            dead_letter_policy: config.dead_letter_policy.map(Into::into),
         }
     }
 }
@@ -482,10 +553,21 @@ mod tests {
             }),
 
             enable_message_ordering: true,
+            dead_letter_policy: Some(v1::DeadLetterPolicy {
+                dead_letter_topic: "t.dead".into(),
+                max_delivery_attempts: 4,
+            }),
+            dead_lettered: 2,
+            rejected: 1,
         });
         assert_eq!(sub.ack_deadline, Duration::from_secs(10));
         assert_eq!(sub.filter, "attributes:a");
         assert!(sub.enable_message_ordering);
+        assert_eq!(
+            sub.dead_letter_policy,
+            Some(DeadLetterPolicy::new("t.dead", 4))
+        );
+        assert_eq!((sub.dead_lettered, sub.rejected), (2, 1));
         assert_eq!(
             sub.retry_policy,
             Some(RetryPolicy::new(

@@ -1422,3 +1422,91 @@ async fn subs_seek_replays_and_skips() -> anyhow::Result<()> {
     );
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subs_dead_letter_flags_and_redrive() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "orders").await?;
+    create_topic(&broker, "orders.dead").await?;
+    let created = broker
+        .tidings(&[
+            "subs",
+            "create",
+            "billing",
+            "--topic",
+            "orders",
+            "--dead-letter-topic",
+            "orders.dead",
+            "--max-delivery-attempts",
+            "2",
+            "--json",
+        ])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        created["dead_letter_policy"]["dead_letter_topic"],
+        "orders.dead"
+    );
+    broker.tidings(&["pub", "orders", "poison"]).await?.ok()?;
+    // Two deliveries given back without acknowledging: the message moves.
+    for _ in 0..2 {
+        broker
+            .tidings(&["sub", "billing", "--count", "1", "--no-ack"])
+            .await?
+            .ok()?;
+    }
+    let copies = broker
+        .tidings(&["peek", "orders.dead", "--format", "jsonl"])
+        .await?
+        .ok()?;
+    let copy: Value = serde_json::from_str(copies.stdout.trim())?;
+    assert_eq!(
+        copy["attributes"]["tidings.source_subscription"], "billing",
+        "{copy}"
+    );
+    assert_eq!(
+        describe_subscription(&broker, "billing").await?["dead_lettered"],
+        1
+    );
+    let redriven = broker
+        .tidings(&["subs", "redrive", "billing"])
+        .await?
+        .ok()?;
+    assert_eq!(
+        redriven.stdout.trim(),
+        "brought 1 dead-lettered messages back to subscription \"billing\""
+    );
+    let again = broker
+        .tidings(&["sub", "billing", "--count", "1"])
+        .await?
+        .ok()?;
+    assert_eq!(again.stdout, "poison\n");
+    // Attempts without a topic make no policy.
+    let refused = broker
+        .tidings(&["subs", "update", "billing", "--no-dead-letter"])
+        .await?
+        .ok()?;
+    assert!(
+        refused.stdout.contains("dead letters:"),
+        "{}",
+        refused.stdout
+    );
+    let lonely = broker
+        .tidings(&[
+            "subs",
+            "create",
+            "x",
+            "--topic",
+            "orders",
+            "--max-delivery-attempts",
+            "3",
+        ])
+        .await?;
+    assert!(
+        lonely.failure_line()?.contains("--dead-letter-topic"),
+        "{}",
+        lonely.stderr
+    );
+    broker.stop().await
+}

@@ -312,6 +312,7 @@ async fn unknown_topics_and_subscriptions_are_not_found() -> anyhow::Result<()> 
             offsets: vec![0],
             delay: None,
             ack_ids: Vec::new(),
+            error: String::new(),
         })
         .await;
     expect_code(nacked, Code::NotFound)?;
@@ -439,6 +440,7 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
                 nanos: 0,
             }),
             ack_ids: Vec::new(),
+            error: String::new(),
         })
         .await;
     expect_code(delayed, Code::InvalidArgument)?;

@@ -220,6 +220,7 @@ async fn ack_deadlines_and_delays_of_600_seconds_are_accepted_and_601_are_not() 
                     nanos: 0,
                 }),
                 ack_ids: Vec::new(),
+                error: String::new(),
             })
             .await;
         if seconds == MAX_DEADLINE_SECONDS {

@@ -1,12 +1,13 @@
 //! grpcurl against a real broker, with no proto files: the README's
-//! walk-through, run command for command.
+//! walk-throughs, run command for command.
 //!
 //! The commands are taken from the fenced `sh` blocks between the
-//! `walkthrough:start` and `walkthrough:end` markers of `README.md`, with the
-//! README's `localhost:50051` replaced by the test broker's address, and run
-//! with bash and the test environment's grpcurl first on `PATH`. Every block
-//! must match one check below, so a step added to the README without a check
-//! fails here rather than going unproven.
+//! `walkthrough:start` and `walkthrough:end` markers of `README.md` (and
+//! `failure-walkthrough:…` for the failure-handling one), with the README's
+//! `localhost:50051` replaced by the test broker's address, and run with
+//! bash and the test environment's grpcurl first on `PATH`. Every block
+//! must match one check below, so a step added to the README without a
+//! check fails here rather than going unproven.
 
 use std::time::Duration;
 
@@ -14,8 +15,13 @@ use anyhow::{Context as _, bail, ensure};
 use tidings_tests::{PythonEnv, TestBroker, get_subscription, get_topic};
 
 const README: &str = include_str!("../../README.md");
-const START_MARKER: &str = "<!-- walkthrough:start -->";
-const END_MARKER: &str = "<!-- walkthrough:end -->";
+/// The first walk-through's markers.
+const WALKTHROUGH: (&str, &str) = ("<!-- walkthrough:start -->", "<!-- walkthrough:end -->");
+/// The failure-handling walk-through's markers.
+const FAILURE_WALKTHROUGH: (&str, &str) = (
+    "<!-- failure-walkthrough:start -->",
+    "<!-- failure-walkthrough:end -->",
+);
 const README_ADDR: &str = "localhost:50051";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -99,19 +105,68 @@ const CHECKS: &[Check] = &[
     },
 ];
 
-/// The fenced `sh` blocks between the walk-through markers, in order.
-fn walkthrough_blocks(readme: &str) -> anyhow::Result<Vec<String>> {
+const FAILURE_CHECKS: &[Check] = &[
+    Check {
+        command_has: "for topic in payments",
+        output_has: &["\"name\":\"payments\"", "\"name\":\"payments.dead\""],
+    },
+    Check {
+        command_has: "AdminService/CreateSubscription",
+        output_has: &[
+            "\"deadLetterTopic\":\"payments.dead\"",
+            "\"maxDeliveryAttempts\":2",
+            "\"minimumBackoff\":\"1s\"",
+            "\"maximumBackoff\":\"10s\"",
+        ],
+    },
+    Check {
+        command_has: "PublisherService/Publish",
+        output_has: &["\"offsets\":[\"0\"]"],
+    },
+    Check {
+        command_has: "card declined",
+        output_has: &["\"deliveryAttempt\":1", "\"deliveryAttempt\":2"],
+    },
+    Check {
+        command_has: "SubscriberService/ReadTopic",
+        output_has: &[
+            "\"key\":\"pay-7\"",
+            "\"tidings.source_topic\":\"payments\"",
+            "\"tidings.source_subscription\":\"charger\"",
+            "\"tidings.source_offset\":\"0\"",
+            "\"tidings.delivery_attempts\":\"2\"",
+            "\"tidings.dead_letter_reason\":\"max_delivery_attempts\"",
+            "\"tidings.last_error\":\"carddeclined\"",
+        ],
+    },
+    Check {
+        command_has: "AdminService/GetSubscription",
+        output_has: &["\"deadLettered\":\"1\"", "\"backlog\":\"0\""],
+    },
+    Check {
+        command_has: "AdminService/Redrive",
+        output_has: &["\"redriven\":\"1\""],
+    },
+    Check {
+        command_has: "max_outstanding_messages",
+        output_has: &["\"key\":\"pay-7\"", "\"deliveryAttempt\":1"],
+    },
+];
+
+/// The fenced `sh` blocks between a walk-through's markers, in order.
+fn walkthrough_blocks(readme: &str, markers: (&str, &str)) -> anyhow::Result<Vec<String>> {
+    let (start_marker, end_marker) = markers;
     let start = readme
-        .find(START_MARKER)
-        .context("README.md has no walk-through start marker")?;
+        .find(start_marker)
+        .with_context(|| format!("README.md has no {start_marker}"))?;
     let end = readme
-        .find(END_MARKER)
-        .context("README.md has no walk-through end marker")?;
+        .find(end_marker)
+        .with_context(|| format!("README.md has no {end_marker}"))?;
     ensure!(
         start < end,
         "the walk-through markers are in the wrong order"
     );
-    let section = &readme[start + START_MARKER.len()..end];
+    let section = &readme[start + start_marker.len()..end];
 
     // `Some(is_sh)` inside a fenced block; its lines gather in `lines`.
     let mut blocks = Vec::new();
@@ -160,22 +215,23 @@ async fn run_block(env: &PythonEnv, script: &str) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
-#[test]
-fn the_walkthrough_has_a_check_for_every_step() -> anyhow::Result<()> {
-    let blocks = walkthrough_blocks(README)?;
-    ensure!(blocks.len() >= CHECKS.len(), "only {} steps", blocks.len());
+/// Every step of a walk-through matches exactly one check, and every
+/// check a step.
+fn check_every_step(markers: (&str, &str), checks: &[Check]) -> anyhow::Result<()> {
+    let blocks = walkthrough_blocks(README, markers)?;
+    ensure!(blocks.len() >= checks.len(), "only {} steps", blocks.len());
     for block in &blocks {
         ensure!(
             block.contains(README_ADDR),
             "a step does not use {README_ADDR}:\n{block}"
         );
-        let matching = CHECKS
+        let matching = checks
             .iter()
             .filter(|c| block.contains(c.command_has))
             .count();
         ensure!(matching == 1, "{matching} checks match the step:\n{block}");
     }
-    for check in CHECKS {
+    for check in checks {
         ensure!(
             blocks.iter().any(|b| b.contains(check.command_has)),
             "no walk-through step runs {:?}",
@@ -185,19 +241,27 @@ fn the_walkthrough_has_a_check_for_every_step() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn readme_grpcurl_walkthrough_works_verbatim() -> anyhow::Result<()> {
-    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
-    let broker = TestBroker::start().await?;
-    let addr = broker.addr().to_string();
+#[test]
+fn the_walkthroughs_have_a_check_for_every_step() -> anyhow::Result<()> {
+    check_every_step(WALKTHROUGH, CHECKS)?;
+    check_every_step(FAILURE_WALKTHROUGH, FAILURE_CHECKS)
+}
 
-    for block in walkthrough_blocks(README)? {
-        let check = CHECKS
+/// Runs a walk-through's steps against `broker`, checking each output.
+async fn run_walkthrough(
+    env: &PythonEnv,
+    broker: &TestBroker,
+    markers: (&str, &str),
+    checks: &[Check],
+) -> anyhow::Result<()> {
+    let addr = broker.addr().to_string();
+    for block in walkthrough_blocks(README, markers)? {
+        let check = checks
             .iter()
             .find(|c| block.contains(c.command_has))
             .with_context(|| format!("no check for the step:\n{block}"))?;
         let script = block.replace(README_ADDR, &addr);
-        let stdout = run_block(&env, &script).await?;
+        let stdout = run_block(env, &script).await?;
         let squeezed: String = stdout.split_whitespace().collect();
         for expected in check.output_has {
             ensure!(
@@ -206,6 +270,34 @@ async fn readme_grpcurl_walkthrough_works_verbatim() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_failure_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    run_walkthrough(&env, &broker, FAILURE_WALKTHROUGH, FAILURE_CHECKS).await?;
+    let charger = get_subscription(&broker.client(), "charger").await?;
+    assert_eq!(
+        (charger.dead_lettered, charger.in_flight),
+        (0, 1),
+        "redriven, and delivered once more: {charger:?}"
+    );
+    assert_eq!(
+        get_topic(&broker.client(), "payments.dead")
+            .await?
+            .next_offset,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_grpcurl_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    run_walkthrough(&env, &broker, WALKTHROUGH, CHECKS).await?;
 
     // What the walk-through did is visible through the Rust client too.
     let client = broker.client();

@@ -30,6 +30,7 @@ fn nack_request(offsets: &[u64], delay: Option<Duration>) -> NackRequest {
             nanos: 0,
         }),
         ack_ids: Vec::new(),
+        error: String::new(),
     }
 }
 

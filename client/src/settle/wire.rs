@@ -106,6 +106,7 @@ pub(super) async fn nack(
         offsets: names.offsets,
         delay,
         ack_ids: names.ack_ids,
+        ..NackRequest::default()
     });
     config.client.subscriber_service().nack(request).await?;
     Ok(())

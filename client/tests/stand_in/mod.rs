@@ -201,6 +201,13 @@ impl SubscriberService for StandIn {
     ) -> Result<Response<tidings_client::v1::SeekResponse>, Status> {
         Err(Status::unimplemented("the stand-in does not seek"))
     }
+
+    async fn reject(
+        &self,
+        _: Request<tidings_client::v1::RejectRequest>,
+    ) -> Result<Response<tidings_client::v1::RejectResponse>, Status> {
+        Err(Status::unimplemented("the stand-in does not reject"))
+    }
 }
 
 /// Only `GetSubscription`, which `subscribe()` asks for the ack deadline.
@@ -260,6 +267,13 @@ impl AdminService for StandIn {
         &self,
         _: Request<UpdateSubscriptionRequest>,
     ) -> Result<Response<UpdateSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("stand-in"))
+    }
+
+    async fn redrive(
+        &self,
+        _: Request<tidings_client::v1::RedriveRequest>,
+    ) -> Result<Response<tidings_client::v1::RedriveResponse>, Status> {
         Err(Status::unimplemented("stand-in"))
     }
 

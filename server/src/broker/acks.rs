@@ -9,6 +9,12 @@
 //! next round gathers. Rounds are numbered, so a caller knows when its
 //! change is stored. Marking happens before any await, so a cancelled
 //! `Ack` is still stored.
+//!
+//! Messages waiting to be dead-lettered move in the same round: their
+//! copies (with the provenance attributes) are appended to the
+//! dead-letter topic in the one atomic write that settles them, so after a
+//! crash a message is either still deliverable or moved, never both and
+//! never neither.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,9 +23,16 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use super::book::{Move, Now};
 use super::subscription::Subscription;
-use super::{BrokerError, BrokerResult};
-use crate::storage::{SharedStore, StoreError, SubscriptionId};
+use super::topic::Topic;
+use super::{BrokerError, BrokerResult, RESERVED_ATTRIBUTE_PREFIX};
+use crate::names::TopicName;
+use crate::offsets::Offset;
+use crate::storage::{
+    Commit, DeliveryUpdate, NewMessage, SharedStore, StoreError, StoredMessage, SubscriptionId,
+    TopicId,
+};
 
 #[derive(Default)]
 struct Dirty {
@@ -35,14 +48,26 @@ struct Flushed {
     ok: bool,
 }
 
+/// Finds a live topic by name: the dead-letter topics.
+pub(super) type TopicResolver = Box<dyn Fn(&TopicName) -> Option<Arc<Topic>> + Send + Sync>;
+
 pub(super) struct DeliveryWriter {
     dirty: Mutex<Dirty>,
     kick: Notify,
     flushed_tx: watch::Sender<Flushed>,
+    resolve: TopicResolver,
+}
+
+/// The moves of one subscription in a round.
+struct Moves {
+    subscription: Arc<Subscription>,
+    epoch: u64,
+    moved: Vec<Offset>,
+    gone: Vec<Offset>,
 }
 
 impl DeliveryWriter {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(resolve: TopicResolver) -> Self {
         Self {
             dirty: Mutex::new(Dirty {
                 round: 1,
@@ -50,6 +75,7 @@ impl DeliveryWriter {
             }),
             kick: Notify::new(),
             flushed_tx: watch::Sender::new(Flushed { round: 0, ok: true }),
+            resolve,
         }
     }
 
@@ -107,11 +133,45 @@ impl DeliveryWriter {
                 .values()
                 .filter(|s| !s.deleted.is_cancelled())
                 .collect();
-            let updates: Vec<_> = live.iter().map(|s| s.take_changes()).collect();
+            let mut updates = Vec::with_capacity(live.len());
+            let mut appends = Vec::new();
+            let mut moves = Vec::new();
+            for sub in &live {
+                let (mut update, pending, epoch) = sub.take_changes();
+                if !pending.is_empty()
+                    && let Some((append, moved)) = self
+                        .prepare_moves(store, sub, &mut update, pending, epoch)
+                        .await
+                {
+                    appends.extend(append);
+                    moves.push(moved);
+                }
+                updates.push(update);
+            }
             let count = updates.len();
-            match store.save_deliveries(updates).await {
+            let written = if moves.is_empty() {
+                store.save_deliveries(updates).await
+            } else {
+                let commit = Commit {
+                    appends,
+                    deliveries: updates,
+                };
+                store.commit(commit).await.map(drop)
+            };
+            match written {
                 Ok(()) => {
-                    debug!(subscriptions = count, round, "delivery state stored");
+                    debug!(
+                        subscriptions = count,
+                        moves = moves.len(),
+                        round,
+                        "delivery state stored"
+                    );
+                    for done in moves {
+                        let mut book = done.subscription.book();
+                        book.moved(&done.moved, &done.gone, done.epoch, Now::get());
+                        drop(book);
+                        done.subscription.wake.notify_waiters();
+                    }
                     true
                 }
                 Err(err) => {
@@ -132,6 +192,77 @@ impl DeliveryWriter {
         ok
     }
 
+    /// Readies the moves of one subscription for the round's commit:
+    /// reads the messages, makes their dead-letter copies, and writes the
+    /// settlement into `update`. Returns the append and what to apply once
+    /// stored; `None` when nothing is to be written (the dead-letter topic
+    /// is missing, or the messages could not be read), after handing the
+    /// moves back.
+    async fn prepare_moves(
+        &self,
+        store: &SharedStore,
+        sub: &Arc<Subscription>,
+        update: &mut DeliveryUpdate,
+        pending: Vec<Move>,
+        epoch: u64,
+    ) -> Option<(Option<(TopicId, Vec<NewMessage>)>, Moves)> {
+        let offsets: Vec<Offset> = pending.iter().map(|m| m.offset).collect();
+        let target = sub
+            .dead_letter_topic()
+            .and_then(|name| (self.resolve)(&name).map(|topic| (name, topic)));
+        let Some((_, target)) = target.filter(|(_, t)| !t.deleted.is_cancelled()) else {
+            error!(
+                subscription = %sub.name,
+                topic = ?sub.dead_letter_topic().map(|t| t.to_string()),
+                count = offsets.len(),
+                "the dead-letter topic does not exist: the messages are delivered again with backoff"
+            );
+            sub.book().move_failed(&offsets, Now::get());
+            sub.wake.notify_waiters();
+            return None;
+        };
+        let (mut found, missing) = sub.topic.cached(offsets.iter().copied());
+        if !missing.is_empty() {
+            match store.read_offsets(sub.topic.id, missing).await {
+                Ok(read) => found.extend(read),
+                Err(err) => {
+                    error!(subscription = %sub.name, error = %err, "could not read messages to dead-letter; trying again");
+                    sub.unsaved();
+                    return None;
+                }
+            }
+        }
+        let mut found: HashMap<Offset, StoredMessage> =
+            found.into_iter().map(|m| (m.offset, m)).collect();
+        let mut copies = Vec::new();
+        let mut moves = Moves {
+            subscription: Arc::clone(sub),
+            epoch,
+            moved: Vec::new(),
+            gone: Vec::new(),
+        };
+        let mut dead = update
+            .dead_letters
+            .take()
+            .unwrap_or_else(|| sub.dead_letters());
+        for waiting in pending {
+            let offset = waiting.offset;
+            update.acks.ack(offset);
+            update.records.push((offset, None));
+            match found.remove(&offset) {
+                Some(message) => {
+                    copies.push(dead_letter_copy(sub, message, &waiting));
+                    dead.offsets.insert(offset);
+                    moves.moved.push(offset);
+                }
+                None => moves.gone.push(offset),
+            }
+        }
+        update.dead_letters = Some(dead);
+        let append = (!copies.is_empty()).then_some((target.id, copies));
+        Some((append, moves))
+    }
+
     /// Flushes whenever something is marked, until `stop` fires.
     pub(super) async fn run(self: Arc<Self>, store: SharedStore, stop: CancellationToken) {
         loop {
@@ -141,5 +272,32 @@ impl DeliveryWriter {
             }
             self.flush(&store).await;
         }
+    }
+}
+
+/// The copy of a message for the dead-letter topic: its payload, key and
+/// attributes, and where it came from and why.
+fn dead_letter_copy(sub: &Subscription, message: StoredMessage, waiting: &Move) -> NewMessage {
+    let mut attributes = message.attributes;
+    let provenance = [
+        ("source_topic", sub.topic.name.to_string()),
+        ("source_subscription", sub.name.to_string()),
+        ("source_offset", message.offset.to_string()),
+        ("delivery_attempts", waiting.attempts.to_string()),
+        ("dead_letter_reason", waiting.reason.as_str().to_owned()),
+    ];
+    for (name, value) in provenance {
+        attributes.push((format!("{RESERVED_ATTRIBUTE_PREFIX}{name}"), value));
+    }
+    if let Some(error) = &waiting.error {
+        attributes.push((
+            format!("{RESERVED_ATTRIBUTE_PREFIX}last_error"),
+            error.clone(),
+        ));
+    }
+    NewMessage {
+        payload: message.payload,
+        key: message.key,
+        attributes,
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::offsets::{AckState, Offset, OffsetMap};
-use crate::storage::{DeliveryRecord, RetryPolicy, StoredMessage};
+use crate::storage::{DeadLetters, DeliveryRecord, RetryPolicy, StoredMessage};
 
 /// Identifies one open stream within its subscription.
 pub(super) type StreamId = u64;
@@ -184,6 +184,52 @@ pub(super) struct Claim {
     pub(super) scan: Option<Scan>,
 }
 
+/// What changed in a book since the last save, for the writer.
+#[derive(Debug)]
+pub(super) struct Changes {
+    /// The acknowledgements, whole.
+    pub(super) acks: AckState,
+    /// Delivery records to store or (`None`) delete.
+    pub(super) records: Vec<(Offset, Option<DeliveryRecord>)>,
+    /// The dead letters, whole, when they changed.
+    pub(super) dead: Option<DeadLetters>,
+    /// Messages waiting to be moved to the dead-letter topic.
+    pub(super) moves: Vec<Move>,
+    /// The book's epoch: moves taken before a seek are not applied after it.
+    pub(super) epoch: u64,
+}
+
+/// Why a message leaves delivery for the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeadReason {
+    /// It failed `max_delivery_attempts` deliveries.
+    MaxDeliveryAttempts,
+    /// A subscriber rejected it.
+    Rejected,
+}
+
+impl DeadReason {
+    /// As the `tidings.dead_letter_reason` attribute gives it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::MaxDeliveryAttempts => "max_delivery_attempts",
+            DeadReason::Rejected => "rejected",
+        }
+    }
+}
+
+/// A message out of delivery, waiting to be moved to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub(super) struct Move {
+    pub(super) offset: Offset,
+    /// Its deliveries so far.
+    pub(super) attempts: u32,
+    pub(super) reason: DeadReason,
+    /// The error the last nack or the reject gave.
+    pub(super) error: Option<String>,
+    meta: Meta,
+}
+
 /// What a settlement names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Target {
@@ -312,6 +358,19 @@ pub(super) struct LeaseBook {
     /// Leases up to this id were granted before the last seek: settling
     /// them by ack id changes nothing.
     seek_lease_floor: u64,
+    /// With a dead-letter policy: the failed deliveries after which a
+    /// message is moved to the dead-letter topic.
+    max_attempts: Option<u32>,
+    /// Messages out of delivery, waiting to be moved (see `dead`).
+    moving: BTreeMap<Offset, Move>,
+    /// Moves handed to the writer and not yet stored or given back.
+    in_move: BTreeMap<Offset, Move>,
+    /// What was moved or rejected for good, as stored.
+    dead: DeadLetters,
+    /// `dead` changed since the last save.
+    dead_changed: bool,
+    /// The error the last nack or reject of a message gave.
+    last_errors: OffsetMap<String>,
 }
 
 impl LeaseBook {
@@ -346,6 +405,12 @@ impl LeaseBook {
             retry: None,
             epoch: 0,
             seek_lease_floor: 0,
+            max_attempts: None,
+            moving: BTreeMap::new(),
+            in_move: BTreeMap::new(),
+            dead: DeadLetters::default(),
+            dead_changed: false,
+            last_errors: OffsetMap::default(),
         };
         for (offset, record) in records {
             if book.acks.is_acked(offset) {
@@ -382,6 +447,20 @@ impl LeaseBook {
         // Stored records are deleted with the next save.
         self.dirty.extend(self.records.keys().copied());
         self.records = OffsetMap::default();
+        // Dead letters from the position on are delivered again.
+        self.moving.clear();
+        self.in_move.clear();
+        self.last_errors = OffsetMap::default();
+        let redelivered: Vec<Offset> = self
+            .dead
+            .offsets
+            .ranges()
+            .flat_map(|r| r.start.max(floor)..r.end)
+            .collect();
+        for offset in redelivered {
+            self.dead.offsets.remove(offset);
+            self.dead_changed = true;
+        }
     }
 
     /// Sets the retry policy: failures from now on wait as it says.
@@ -724,6 +803,20 @@ impl LeaseBook {
                 record.failures = record.failures.saturating_add(1);
             }
             let failures = record.failures;
+            if counted && self.max_attempts.is_some_and(|max| failures >= max) {
+                let error = self.last_errors.get(&offset).cloned();
+                self.moving.insert(
+                    offset,
+                    Move {
+                        offset,
+                        attempts: failures,
+                        reason: DeadReason::MaxDeliveryAttempts,
+                        error,
+                        meta,
+                    },
+                );
+                return;
+            }
             let wait = delay.or_else(|| {
                 let policy = self.retry.filter(|_| counted)?;
                 Some(with_jitter(policy.backoff(failures), offset, failures))
@@ -798,9 +891,20 @@ impl LeaseBook {
         } else {
             None
         };
+        let meta = meta.or_else(|| self.moving.remove(&offset).map(|m| m.meta));
         if !self.records.is_empty() && self.records.remove(&offset).is_some() {
             self.dirty.insert(offset);
         }
+        if !self.last_errors.is_empty() {
+            self.last_errors.remove(&offset);
+        }
+        self.release_key(offset, meta, now);
+    }
+
+    /// A settled message gives up its key (`meta`, when it was scheduled or
+    /// leased) to the next message waiting for it, or leaves its key's
+    /// queue.
+    fn release_key(&mut self, offset: Offset, meta: Option<Meta>, now: Now) {
         if !self.ordered {
             return;
         }
@@ -818,11 +922,29 @@ impl LeaseBook {
     /// each a failed delivery. Offsets not in flight, and leases that are
     /// gone, are ignored.
     pub(super) fn nack(&mut self, targets: &[Target], delay: Option<Duration>, now: Now) {
+        self.nack_with(targets, delay, None, now);
+    }
+
+    /// As [`LeaseBook::nack`], keeping `error` as the deliveries' last
+    /// error (for the dead-letter copy). Returns whether a message is now
+    /// waiting to be moved to the dead-letter topic.
+    pub(super) fn nack_with(
+        &mut self,
+        targets: &[Target],
+        delay: Option<Duration>,
+        error: Option<&str>,
+        now: Now,
+    ) -> bool {
+        let moving = self.moving.len();
         for &target in targets {
             if let Some((offset, lease)) = self.take_lease(target) {
+                if let Some(error) = error {
+                    self.last_errors.insert(offset, error.to_owned());
+                }
                 self.failed(offset, lease.meta, true, delay, now);
             }
         }
+        self.moving.len() > moving
     }
 
     /// Removes the lease a target names, if it is still there.
@@ -902,6 +1024,7 @@ impl LeaseBook {
             .chain(self.ready.keys())
             .chain(self.waiting_due.keys())
             .chain(self.records.keys())
+            .chain(self.moving.keys())
             .copied()
             .filter(|&o| o < first_offset)
             .collect();
@@ -917,13 +1040,22 @@ impl LeaseBook {
     /// What to store: the ack state, and the records changed since the
     /// last call (`None` = delete). After a failed write,
     /// [`LeaseBook::unsaved`] has everything saved again.
-    pub(super) fn take_changes(&mut self) -> (AckState, Vec<(Offset, Option<DeliveryRecord>)>) {
+    pub(super) fn take_changes(&mut self) -> Changes {
         self.acks_changed = false;
         let records = std::mem::take(&mut self.dirty)
             .into_iter()
             .map(|offset| (offset, self.records.get(&offset).copied()))
             .collect();
-        (self.acks.clone(), records)
+        let dead = std::mem::take(&mut self.dead_changed).then(|| self.dead.clone());
+        let moves: Vec<Move> = self.moving.values().cloned().collect();
+        self.in_move.append(&mut self.moving);
+        Changes {
+            acks: self.acks.clone(),
+            records,
+            dead,
+            moves,
+            epoch: self.epoch,
+        }
     }
 
     /// The last changes could not be stored: every record is saved with
@@ -932,6 +1064,9 @@ impl LeaseBook {
     pub(super) fn unsaved(&mut self) {
         self.dirty.extend(self.records.keys().copied());
         self.acks_changed = true;
+        self.dead_changed = true;
+        // Moves that were not stored are tried again.
+        self.moving.append(&mut self.in_move);
     }
 
     /// Whether there is anything to save that no `Ack` call will save.
@@ -947,6 +1082,8 @@ impl LeaseBook {
         self.streams.len()
     }
 }
+
+mod dead;
 
 #[cfg(test)]
 mod tests;

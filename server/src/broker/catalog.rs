@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::acks::DeliveryWriter;
-use super::book::Window;
-use super::checks::{check_batch, check_duration, check_retry, not_found_as_topic, page};
+use super::acks::{DeliveryWriter, TopicResolver};
+use super::book::{Now, Window};
+use super::checks::{
+    check_batch, check_dead_letter, check_duration, check_retry, not_found_as_topic, page,
+};
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
@@ -48,7 +50,7 @@ pub struct Broker {
 struct Inner {
     store: SharedStore,
     config: BrokerConfig,
-    names: Mutex<Names>,
+    names: Arc<Mutex<Names>>,
     /// The live topics by id, told about appends by the store.
     topics: Arc<Topics>,
     /// Serialises creations and deletions, which check a name, await the
@@ -102,13 +104,19 @@ impl Broker {
             subscriptions = names.subscriptions.len(),
             "broker opened"
         );
+        let names = Arc::new(Mutex::new(names));
+        let lookup = Arc::clone(&names);
+        let resolve: TopicResolver = Box::new(move |name| {
+            let names = lookup.lock().unwrap_or_else(|p| p.into_inner());
+            names.topics.get(name).cloned()
+        });
         let inner = Arc::new(Inner {
             store,
             config,
-            names: Mutex::new(names),
+            names,
             topics,
             admin: tokio::sync::Mutex::new(()),
-            writer: Arc::new(DeliveryWriter::new()),
+            writer: Arc::new(DeliveryWriter::new(resolve)),
             shutdown: CancellationToken::new(),
             stop_writer: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -201,6 +209,7 @@ impl Broker {
             return Err(BrokerError::SubscriptionExists(spec.name));
         }
         let topic = self.topic(&spec.topic)?;
+        self.dead_letter_topic_exists(settings.dead_letter.as_ref())?;
         let floor = self.start_offset(&topic, spec.start).await?;
         let acks = AckState::starting_at(floor);
         let record = self
@@ -220,6 +229,16 @@ impl Broker {
         self.names().subscriptions.insert(spec.name, sub);
         info!(subscription = %info.name, topic = %info.topic, floor, "subscription created");
         Ok(info)
+    }
+
+    /// A dead-letter policy's topic must exist when it is set.
+    fn dead_letter_topic_exists(&self, policy: Option<&DeadLetterPolicy>) -> BrokerResult<()> {
+        match policy {
+            Some(policy) if !self.names().topics.contains_key(&policy.topic) => {
+                Err(BrokerError::DeadLetterTopicNotFound(policy.topic.clone()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Where a new subscription begins; below the first offset means at it.
@@ -250,6 +269,10 @@ impl Broker {
         filter: Option<Option<Arc<Filter>>>,
     ) -> BrokerResult<SubscriptionInfo> {
         let sub = self.subscription(&update.name)?;
+        if let Some(dead_letter) = &update.dead_letter {
+            check_dead_letter(dead_letter.as_ref(), &sub.topic.name)?;
+            self.dead_letter_topic_exists(dead_letter.as_ref())?;
+        }
         let mut record = sub.record();
         if let Some(deadline) = update.ack_deadline {
             record.settings.ack_deadline = deadline;
@@ -259,6 +282,9 @@ impl Broker {
         }
         if let Some(retry) = update.retry {
             record.settings.retry = retry;
+        }
+        if let Some(dead_letter) = update.dead_letter {
+            record.settings.dead_letter = dead_letter;
         }
         match self.inner.store.update_subscription(record.clone()).await {
             Ok(()) => {}
@@ -314,6 +340,7 @@ impl Broker {
                         filter: String::new(),
                         retry: None,
                         ordered: false,
+                        dead_letter: None,
                     })
                     .await;
                 match created {
@@ -375,11 +402,13 @@ impl Engine for Broker {
         check_duration("ack deadline", ack_deadline, Duration::from_secs(1))?;
         Filter::parse(&spec.filter).map_err(BrokerError::InvalidFilter)?;
         check_retry(spec.retry.as_ref())?;
+        check_dead_letter(spec.dead_letter.as_ref(), &spec.topic)?;
         let settings = SubscriptionSettings {
             ack_deadline,
             filter: spec.filter.clone(),
             retry: spec.retry,
             ordered: spec.ordered,
+            dead_letter: spec.dead_letter.clone(),
         };
         self.admin(|this| async move { this.do_create_subscription(spec, settings).await })
             .await
@@ -394,7 +423,11 @@ impl Engine for Broker {
         &self,
         update: SubscriptionUpdate,
     ) -> BrokerResult<SubscriptionInfo> {
-        if update.ack_deadline.is_none() && update.filter.is_none() && update.retry.is_none() {
+        if update.ack_deadline.is_none()
+            && update.filter.is_none()
+            && update.retry.is_none()
+            && update.dead_letter.is_none()
+        {
             return Err(BrokerError::NothingToUpdate(
                 "the update names no field to change",
             ));
@@ -605,13 +638,67 @@ impl Engine for Broker {
         offsets: &[Offset],
         ack_ids: &[String],
         delay: Duration,
+        error: &str,
     ) -> BrokerResult<()> {
         check_duration("nack delay", delay, Duration::ZERO)?;
         let sub = self.subscription(subscription)?;
         let ack_ids = Self::ack_ids(ack_ids)?;
-        sub.nack(offsets, &ack_ids, delay);
+        let error = Some(error).filter(|e| !e.is_empty());
+        if sub.nack(offsets, &ack_ids, delay, error) {
+            // A nack that dead-letters returns once the message moved.
+            return self.inner.writer.persist(&sub).await;
+        }
         self.inner.writer.mark(&sub);
         Ok(())
+    }
+
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::InvalidAckId`].
+    async fn reject(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+        ack_ids: &[String],
+        error: &str,
+    ) -> BrokerResult<()> {
+        let sub = self.subscription(subscription)?;
+        let ack_ids = Self::ack_ids(ack_ids)?;
+        if offsets.is_empty() && ack_ids.is_empty() {
+            return Ok(());
+        }
+        sub.reject(offsets, &ack_ids, Some(error).filter(|e| !e.is_empty()));
+        self.inner.writer.persist(&sub).await
+    }
+
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`], [`BrokerError::Storage`].
+    async fn redrive(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+    ) -> BrokerResult<u64> {
+        let sub = self.subscription(subscription)?;
+        let wanted = sub
+            .book()
+            .dead_offsets((!offsets.is_empty()).then_some(offsets));
+        let mut redriven = 0;
+        for chunk in wanted.chunks(MAX_READ_MESSAGES) {
+            let (mut found, missing) = sub.topic.cached(chunk.iter().copied());
+            if !missing.is_empty() {
+                found.extend(self.inner.store.read_offsets(sub.topic.id, missing).await?);
+            }
+            found.sort_unstable_by_key(|m| m.offset);
+            let gone: Vec<Offset> = chunk
+                .iter()
+                .copied()
+                .filter(|o| found.binary_search_by_key(o, |m| m.offset).is_err())
+                .collect();
+            redriven += sub.book().redrive(&found, &gone, Now::get()) as u64;
+        }
+        sub.wake.notify_waiters();
+        info!(subscription = %sub.name, redriven, "dead letters redriven");
+        self.inner.writer.persist(&sub).await?;
+        Ok(redriven)
     }
 
     /// Sets the lease of messages in flight to `deadline` from now; zero

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::topic::Topic;
-use super::{BrokerError, BrokerResult, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, RetryPolicy};
+use super::{
+    BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, RetryPolicy,
+};
+use crate::names::TopicName;
 use crate::storage::{NewMessage, StoreError};
 
 /// Attribute names with this prefix are the broker's own (the provenance
@@ -89,6 +92,36 @@ pub(super) fn check_retry(retry: Option<&RetryPolicy>) -> BrokerResult<()> {
             "retry_policy.minimum_backoff ({:?}) is above retry_policy.maximum_backoff ({:?}); \
              the minimum is the first wait, the maximum the longest",
             retry.minimum_backoff, retry.maximum_backoff
+        )));
+    }
+    Ok(())
+}
+
+/// The fewest and most `max_delivery_attempts` of a dead-letter policy.
+pub(super) const DELIVERY_ATTEMPTS: std::ops::RangeInclusive<u32> = 2..=100;
+
+/// Checks what a dead-letter policy says on its own: the attempts in
+/// range, the topic not the subscription's own. (Whether the topic exists
+/// is checked under the admin lock.)
+pub(super) fn check_dead_letter(
+    policy: Option<&DeadLetterPolicy>,
+    own_topic: &TopicName,
+) -> BrokerResult<()> {
+    let Some(policy) = policy else {
+        return Ok(());
+    };
+    if !DELIVERY_ATTEMPTS.contains(&policy.max_delivery_attempts) {
+        return Err(BrokerError::Invalid(format!(
+            "dead_letter_policy.max_delivery_attempts must be between {} and {}, not {}",
+            DELIVERY_ATTEMPTS.start(),
+            DELIVERY_ATTEMPTS.end(),
+            policy.max_delivery_attempts
+        )));
+    }
+    if policy.topic == *own_topic {
+        return Err(BrokerError::Invalid(format!(
+            "dead_letter_policy.dead_letter_topic is the subscription's own topic \"{own_topic}\"; \
+             a message would come back where it failed: name another topic"
         )));
     }
     Ok(())

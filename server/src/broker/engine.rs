@@ -107,14 +107,37 @@ pub trait Engine: Send + Sync + 'static {
         ack_ids: &[String],
     ) -> BrokerResult<()>;
 
-    /// Gives deliveries back, to be delivered again after `delay`.
+    /// Gives deliveries back, to be delivered again after `delay` (zero:
+    /// after the retry policy's backoff, or at once). A non-empty `error`
+    /// is kept for the dead-letter copy.
     async fn nack(
         &self,
         subscription: &SubscriptionName,
         offsets: &[Offset],
         ack_ids: &[String],
         delay: Duration,
+        error: &str,
     ) -> BrokerResult<()>;
+
+    /// Rejects deliveries: never delivered again. With a dead-letter
+    /// policy they are moved to its topic at once; without, acknowledged
+    /// and counted. Returns once stored.
+    async fn reject(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+        ack_ids: &[String],
+        error: &str,
+    ) -> BrokerResult<()>;
+
+    /// Brings dead-lettered messages (by source offset; all when `offsets`
+    /// is empty) back to the subscription, attempts counting from 1.
+    /// Returns how many came back, once stored.
+    async fn redrive(
+        &self,
+        subscription: &SubscriptionName,
+        offsets: &[Offset],
+    ) -> BrokerResult<u64>;
 
     /// Sets the lease of deliveries to `deadline` from now; zero gives them
     /// up.

@@ -101,6 +101,9 @@ pub enum BrokerError {
         /// The largest allowed.
         max: u64,
     },
+    /// A dead-letter policy names a topic that does not exist.
+    #[error("dead-letter topic \"{0}\" does not exist; create it first (AdminService.CreateTopic)")]
+    DeadLetterTopicNotFound(TopicName),
     /// A subscription filter that does not parse.
     #[error("filter is not valid: {0}")]
     InvalidFilter(#[source] super::FilterError),

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
-pub use crate::storage::RetryPolicy;
+pub use crate::storage::{DeadLetterPolicy, RetryPolicy};
 use crate::storage::{StoredMessage, SubscriptionId};
 
 mod acks;
@@ -113,6 +113,12 @@ pub struct SubscriptionInfo {
     pub retry: Option<RetryPolicy>,
     /// Messages of one key go in order, one at a time.
     pub ordered: bool,
+    /// Where messages that keep failing go.
+    pub dead_letter: Option<DeadLetterPolicy>,
+    /// Messages moved to the dead-letter topic and not redriven.
+    pub dead_lettered: u64,
+    /// Messages rejected while there was no dead-letter topic.
+    pub rejected: u64,
     /// Published but not yet acknowledged.
     pub backlog: u64,
     /// Leased to a stream, awaiting acknowledgement.
@@ -157,6 +163,8 @@ pub struct SubscriptionSpec {
     /// Deliver the messages of each non-empty key in offset order, one at
     /// a time across all streams.
     pub ordered: bool,
+    /// Where messages that keep failing go.
+    pub dead_letter: Option<DeadLetterPolicy>,
 }
 
 /// A change to a subscription: each field that is `Some` changes.
@@ -172,6 +180,8 @@ pub struct SubscriptionUpdate {
     /// A new retry policy (`Some(None)` removes it); it applies to
     /// failures from now on.
     pub retry: Option<Option<RetryPolicy>>,
+    /// A new dead-letter policy (`Some(None)` removes it).
+    pub dead_letter: Option<Option<DeadLetterPolicy>>,
 }
 
 /// A request to open a `Subscribe` stream.

@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use tracing::error;
 
-use super::book::{LeaseBook, Now, Target};
+use super::book::{LeaseBook, Move, Now, Target};
 use super::topic::Topic;
 use super::{AckId, BrokerError, BrokerResult, Filter, SubscriptionInfo};
-use crate::names::SubscriptionName;
+use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::{
-    DeliveryUpdate, StoredSubscription, SubscriptionId, SubscriptionRecord, SubscriptionSettings,
+    DeadLetters, DeliveryUpdate, StoredSubscription, SubscriptionId, SubscriptionRecord,
+    SubscriptionSettings,
 };
 
 /// A subscription's changeable settings, with its filter parsed.
@@ -53,6 +54,9 @@ impl Subscription {
             first_lease,
         );
         book.set_retry(record.settings.retry);
+        book.restore_dead(stored.dead_letters);
+        let max_attempts = record.settings.dead_letter.as_ref();
+        book.set_dead_letter(max_attempts.map(|d| d.max_delivery_attempts), Now::get());
         book.clamp(topic.first_offset(), Now::get());
         let filter = match Filter::parse(&record.settings.filter) {
             Ok(filter) => filter.map(Arc::new),
@@ -112,6 +116,7 @@ impl Subscription {
     /// woken here.
     pub(super) fn apply(&self, stored: SubscriptionSettings, filter: Option<Option<Arc<Filter>>>) {
         let retry = stored.retry;
+        let max_attempts = stored.dead_letter.as_ref().map(|d| d.max_delivery_attempts);
         {
             let mut settings = self.settings();
             settings.stored = stored;
@@ -119,7 +124,11 @@ impl Subscription {
                 settings.filter = filter;
             }
         }
-        self.book().set_retry(retry);
+        {
+            let mut book = self.book();
+            book.set_retry(retry);
+            book.set_dead_letter(max_attempts, Now::get());
+        }
         self.wake.notify_waiters();
     }
 
@@ -175,10 +184,21 @@ impl Subscription {
         Ok(())
     }
 
-    pub(super) fn nack(&self, offsets: &[Offset], ack_ids: &[AckId], delay: Duration) {
+    /// Gives deliveries back; returns whether one of them now waits to be
+    /// moved to the dead-letter topic.
+    pub(super) fn nack(
+        &self,
+        offsets: &[Offset],
+        ack_ids: &[AckId],
+        delay: Duration,
+        error: Option<&str>,
+    ) -> bool {
         let targets = self.targets(offsets, ack_ids);
-        self.book().nack(&targets, Some(delay), Now::get());
+        let moving = self
+            .book()
+            .nack_with(&targets, Some(delay), error, Now::get());
         self.wake.notify_waiters();
+        moving
     }
 
     pub(super) fn modify_deadline(
@@ -199,16 +219,40 @@ impl Subscription {
         self.wake.notify_waiters();
     }
 
-    /// What to store of the delivery state: the ack state and the records
-    /// changed since the last call.
-    pub(super) fn take_changes(&self) -> DeliveryUpdate {
-        let (acks, records) = self.book().take_changes();
-        DeliveryUpdate {
+    /// What to store of the delivery state (the ack state, the records
+    /// and dead letters changed since the last call), and the messages
+    /// waiting to be moved to the dead-letter topic, with the book's epoch.
+    pub(super) fn take_changes(&self) -> (DeliveryUpdate, Vec<Move>, u64) {
+        let changes = self.book().take_changes();
+        let update = DeliveryUpdate {
             subscription: self.id,
-            acks,
-            records,
-            dead_letters: None,
-        }
+            acks: changes.acks,
+            records: changes.records,
+            dead_letters: changes.dead,
+        };
+        (update, changes.moves, changes.epoch)
+    }
+
+    /// The dead letters as they are now.
+    pub(super) fn dead_letters(&self) -> DeadLetters {
+        self.book().dead_letters().clone()
+    }
+
+    /// The dead-letter topic's name, when there is a policy.
+    pub(super) fn dead_letter_topic(&self) -> Option<TopicName> {
+        let settings = self.settings();
+        settings
+            .stored
+            .dead_letter
+            .as_ref()
+            .map(|d| d.topic.clone())
+    }
+
+    /// Rejects deliveries: see [`LeaseBook::reject`].
+    pub(super) fn reject(&self, offsets: &[Offset], ack_ids: &[AckId], error: Option<&str>) {
+        let targets = self.targets(offsets, ack_ids);
+        self.book().reject(&targets, error, Now::get());
+        self.wake.notify_waiters();
     }
 
     /// The last changes could not be stored: everything is saved again
@@ -228,6 +272,7 @@ impl Subscription {
             filter,
             retry,
             ordered,
+            dead_letter,
         } = stored;
         SubscriptionInfo {
             name: self.name.clone(),
@@ -236,6 +281,9 @@ impl Subscription {
             filter,
             retry,
             ordered,
+            dead_letter,
+            dead_lettered: book.dead_lettered(),
+            rejected: book.rejected(),
             backlog: book.ack_state().unacked_below(head),
             in_flight: book.in_flight() as u64,
             ack_floor: book.ack_state().floor,

@@ -34,6 +34,9 @@ pub(super) struct TestStore {
     /// Notified when a write reaches the gate.
     pub(super) arrived: Arc<Notify>,
     reads: Arc<Mutex<Vec<Read>>>,
+    /// What the store held right after each commit, as a crash at that
+    /// moment would find it.
+    committed: Arc<Mutex<Vec<Catalog>>>,
 }
 
 impl TestStore {
@@ -44,7 +47,16 @@ impl TestStore {
             gated: Arc::default(),
             arrived: Arc::new(Notify::new()),
             reads: Arc::default(),
+            committed: Arc::default(),
         }
+    }
+
+    /// What the store held right after each commit.
+    pub(super) fn committed(&self) -> Vec<Catalog> {
+        self.committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// From now on, writes wait until [`TestStore::open_gate`].
@@ -184,8 +196,17 @@ impl Store for TestStore {
     }
 
     async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>> {
-        let inner = self.inner.clone();
-        self.write(async move { inner.commit(commit).await }).await
+        let (inner, committed) = (self.inner.clone(), Arc::clone(&self.committed));
+        self.write(async move {
+            let appended = inner.commit(commit).await?;
+            let snapshot = inner.load().await?;
+            committed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(snapshot);
+            Ok(appended)
+        })
+        .await
     }
 
     async fn close(&self) -> StoreResult<()> {

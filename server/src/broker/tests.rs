@@ -102,6 +102,7 @@ async fn unacked_message_is_redelivered_after_deadline() {
             filter: String::new(),
             retry: None,
             ordered: false,
+            dead_letter: None,
         })
         .await
         .unwrap();
@@ -147,7 +148,7 @@ async fn nacked_message_comes_back_with_the_next_attempt() {
     let mut stream = broker.subscribe(spec("s", "t")).await.unwrap();
     receive(&mut stream, 2).await;
     broker
-        .nack(&sub("s"), &[1], &[], Duration::ZERO)
+        .nack(&sub("s"), &[1], &[], Duration::ZERO, "")
         .await
         .unwrap();
     let again = receive(&mut stream, 1).await;
@@ -325,6 +326,7 @@ fn with_deadline(name: &str, topic_name: &str, deadline: Duration) -> Subscripti
         filter: String::new(),
         retry: None,
         ordered: false,
+        dead_letter: None,
     }
 }
 
@@ -511,7 +513,7 @@ async fn a_late_nack_from_an_expired_lease_cannot_take_the_message_from_its_new_
 
     let stale = std::slice::from_ref(&first.ack_id);
     broker
-        .nack(&sub("s"), &[], stale, Duration::ZERO)
+        .nack(&sub("s"), &[], stale, Duration::ZERO, "")
         .await
         .unwrap();
     broker
@@ -525,7 +527,7 @@ async fn a_late_nack_from_an_expired_lease_cannot_take_the_message_from_its_new_
     );
     let own = std::slice::from_ref(&second.ack_id);
     broker
-        .nack(&sub("s"), &[], own, Duration::ZERO)
+        .nack(&sub("s"), &[], own, Duration::ZERO, "")
         .await
         .unwrap();
     let third = receive(&mut b, 1).await.remove(0);
@@ -682,7 +684,7 @@ async fn delivery_attempts_continue_after_a_restart_but_not_for_a_shutdown() {
     let mut stream = broker.subscribe(spec("s", "t")).await.unwrap();
     receive(&mut stream, 2).await;
     broker
-        .nack(&sub("s"), &[0], &[], Duration::ZERO)
+        .nack(&sub("s"), &[0], &[], Duration::ZERO, "")
         .await
         .unwrap();
     assert_eq!(receive(&mut stream, 1).await[0].attempt, 2);
@@ -765,4 +767,61 @@ async fn reading_a_topic_by_offset_takes_nothing_from_subscriptions() {
         matches!(missing, Err(BrokerError::TopicNotFound(_))),
         "{missing:?}"
     );
+}
+
+#[tokio::test]
+async fn a_dead_letter_move_stores_the_copy_and_the_settlement_in_one_write() {
+    let store = TestStore::new(MemoryStore::new());
+    let broker = Broker::open(Arc::new(store.clone()), BrokerConfig::default())
+        .await
+        .unwrap();
+    broker.create_topic(topic("t")).await.unwrap();
+    broker.create_topic(topic("t.dead")).await.unwrap();
+    broker
+        .create_subscription(SubscriptionSpec {
+            dead_letter: Some(DeadLetterPolicy {
+                topic: topic("t.dead"),
+                max_delivery_attempts: 2,
+            }),
+            ..with_deadline("s", "t", Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+    broker.publish(&topic("t"), messages(3)).await.unwrap();
+    let mut stream = broker.subscribe(spec("s", "t")).await.unwrap();
+    let mut failed = 0;
+    while failed < 6 {
+        for delivery in receive(&mut stream, 1).await {
+            broker
+                .nack(&sub("s"), &[], &[delivery.ack_id], Duration::ZERO, "no")
+                .await
+                .unwrap();
+            failed += 1;
+        }
+    }
+    timeout(WAIT, async {
+        while broker.get_subscription(&sub("s")).unwrap().dead_lettered < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("all three moved");
+    let committed = store.committed();
+    assert!(!committed.is_empty(), "moves go through commit");
+    for catalog in committed {
+        let dead_topic = catalog
+            .topics
+            .iter()
+            .find(|t| t.name.as_str() == "t.dead")
+            .unwrap();
+        let source = &catalog.subscriptions[0];
+        // Every copy stored is counted and settled in the same write.
+        assert_eq!(source.dead_letters.offsets.len(), dead_topic.next_offset);
+        for offset in source.dead_letters.offsets.ranges().flatten() {
+            assert!(
+                source.acks.is_acked(offset),
+                "{offset} copied but not settled"
+            );
+        }
+    }
 }

@@ -126,6 +126,18 @@ impl AdminService for Admin {
         }))
     }
 
+    #[instrument(name = "Redrive", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn redrive(
+        &self,
+        request: Request<v1::RedriveRequest>,
+    ) -> Result<Response<v1::RedriveResponse>, Status> {
+        let request = request.into_inner();
+        let name = subscription_name(request.subscription)?;
+        debug!(offsets = request.offsets.len(), "redrive");
+        let redriven = self.broker.redrive(&name, &request.offsets).await?;
+        Ok(Response::new(v1::RedriveResponse { redriven }))
+    }
+
     #[instrument(name = "ListSubscriptions", skip_all, fields(topic = %request.get_ref().topic))]
     async fn list_subscriptions(
         &self,

@@ -13,9 +13,9 @@ use tidings::v1::start_position::Position;
 
 use crate::broker::{
     BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_MINIMUM_BACKOFF,
-    DEFAULT_READ_MESSAGES, Delivery, MAX_BACKOFF, MAX_READ_MESSAGES, Page, RetryPolicy,
-    StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate,
-    TopicInfo, TopicRead,
+    DEFAULT_READ_MESSAGES, DeadLetterPolicy, Delivery, MAX_BACKOFF, MAX_READ_MESSAGES, Page,
+    RetryPolicy, StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec,
+    SubscriptionUpdate, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -203,6 +203,48 @@ pub(crate) struct NackCommand {
     pub(crate) ack_ids: Vec<String>,
     /// How long to wait before delivering them again.
     pub(crate) delay: Duration,
+    /// Why; empty for no reason given.
+    pub(crate) error: String,
+}
+
+/// The longest `error` a nack or a reject may give, in bytes.
+pub(crate) const MAX_ERROR_BYTES: usize = 1024;
+
+/// Checks the `error` of a nack or a reject.
+fn settlement_error(error: String) -> BrokerResult<String> {
+    if error.len() > MAX_ERROR_BYTES {
+        return Err(BrokerError::Invalid(format!(
+            "error is {} bytes; at most {MAX_ERROR_BYTES} are kept, so shorten it",
+            error.len()
+        )));
+    }
+    Ok(error)
+}
+
+/// A validated `Reject` request.
+#[derive(Debug)]
+pub(crate) struct RejectCommand {
+    /// The subscription the messages were delivered on.
+    pub(crate) subscription: SubscriptionName,
+    /// The offsets to reject.
+    pub(crate) offsets: Vec<Offset>,
+    /// The deliveries to reject.
+    pub(crate) ack_ids: Vec<String>,
+    /// Why; empty for no reason given.
+    pub(crate) error: String,
+}
+
+impl TryFrom<v1::RejectRequest> for RejectCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::RejectRequest) -> BrokerResult<Self> {
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            offsets: request.offsets,
+            ack_ids: request.ack_ids,
+            error: settlement_error(request.error)?,
+        })
+    }
 }
 
 impl TryFrom<v1::NackRequest> for NackCommand {
@@ -223,6 +265,7 @@ impl TryFrom<v1::NackRequest> for NackCommand {
             offsets: request.offsets,
             ack_ids: request.ack_ids,
             delay,
+            error: settlement_error(request.error)?,
         })
     }
 }
@@ -283,12 +326,13 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
             filter: request.filter,
             retry: retry_policy(request.retry_policy)?,
             ordered: request.enable_message_ordering,
+            dead_letter: dead_letter_policy(request.dead_letter_policy)?,
         })
     }
 }
 
 /// The fields of `Subscription` an update may name.
-const CHANGEABLE: &str = "ack_deadline_seconds, filter, retry_policy";
+const CHANGEABLE: &str = "ack_deadline_seconds, filter, retry_policy, dead_letter_policy";
 
 impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
     type Error = BrokerError;
@@ -315,6 +359,7 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
             ack_deadline: None,
             filter: None,
             retry: None,
+            dead_letter: None,
         };
         for path in paths {
             match path.as_str() {
@@ -328,13 +373,18 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
                 "retry_policy" => {
                     update.retry = Some(retry_policy(subscription.retry_policy)?);
                 }
+                "dead_letter_policy" => {
+                    update.dead_letter =
+                        Some(dead_letter_policy(subscription.dead_letter_policy.clone())?);
+                }
                 "name" | "topic" | "enable_message_ordering" => {
                     return Err(BrokerError::Invalid(format!(
                         "update_mask names {path:?}, which is fixed when the subscription is \
                          created; create a new subscription instead (changeable: {CHANGEABLE})"
                     )));
                 }
-                "backlog" | "in_flight" | "ack_floor" | "create_time" | "open_streams" => {
+                "backlog" | "in_flight" | "ack_floor" | "create_time" | "open_streams"
+                | "dead_lettered" | "rejected" => {
                     return Err(BrokerError::Invalid(format!(
                         "update_mask names {path:?}, which the broker reports and nobody sets \
                          (changeable: {CHANGEABLE})"
@@ -379,6 +429,26 @@ pub(crate) fn retry_policy(policy: Option<v1::RetryPolicy>) -> BrokerResult<Opti
             DEFAULT_MINIMUM_BACKOFF,
         )?,
         maximum_backoff: backoff("maximum_backoff", policy.maximum_backoff, MAX_BACKOFF)?,
+    }))
+}
+
+/// A dead-letter policy from the wire: unset is none. The broker checks
+/// the attempts and the topic.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a topic name that breaks the grammar.
+pub(crate) fn dead_letter_policy(
+    policy: Option<v1::DeadLetterPolicy>,
+) -> BrokerResult<Option<DeadLetterPolicy>> {
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    let topic = TopicName::new(policy.dead_letter_topic).map_err(|err| {
+        BrokerError::Invalid(format!("dead_letter_policy.dead_letter_topic: {err}"))
+    })?;
+    Ok(Some(DeadLetterPolicy {
+        topic,
+        max_delivery_attempts: policy.max_delivery_attempts,
     }))
 }
 
@@ -490,6 +560,12 @@ impl From<SubscriptionInfo> for v1::Subscription {
             filter: info.filter,
             retry_policy: info.retry.map(retry_policy_of),
             enable_message_ordering: info.ordered,
+            dead_letter_policy: info.dead_letter.map(|policy| v1::DeadLetterPolicy {
+                dead_letter_topic: policy.topic.to_string(),
+                max_delivery_attempts: policy.max_delivery_attempts,
+            }),
+            dead_lettered: info.dead_lettered,
+            rejected: info.rejected,
         }
     }
 }
@@ -682,6 +758,7 @@ mod tests {
             offsets: vec![1, 2],
             delay,
             ack_ids: Vec::new(),
+            error: String::new(),
         };
         let command = NackCommand::try_from(request(None)).expect("valid");
         assert_eq!(command.delay, Duration::ZERO);
@@ -812,6 +889,12 @@ mod tests {
                 maximum_backoff: Duration::from_secs(60),
             }),
             ordered: true,
+            dead_letter: Some(DeadLetterPolicy {
+                topic: TopicName::new("t.dead").expect("valid"),
+                max_delivery_attempts: 5,
+            }),
+            dead_lettered: 3,
+            rejected: 1,
         });
         assert_eq!(subscription.name, "s");
         assert_eq!(subscription.topic, "t");
@@ -826,6 +909,11 @@ mod tests {
         );
         assert_eq!(subscription.open_streams, 2);
         assert!(subscription.enable_message_ordering);
+        assert_eq!((subscription.dead_lettered, subscription.rejected), (3, 1));
+        assert_eq!(
+            subscription.dead_letter_policy.map(|p| p.dead_letter_topic),
+            Some("t.dead".to_owned())
+        );
         let policy = subscription.retry_policy.expect("a retry policy");
         assert_eq!(
             policy.minimum_backoff,

@@ -36,6 +36,7 @@ fn code_of(err: &BrokerError) -> Code {
         | BrokerError::NothingToUpdate(_)
         | BrokerError::Invalid(_) => Code::InvalidArgument,
         BrokerError::TopicNotFound(_)
+        | BrokerError::DeadLetterTopicNotFound(_)
         | BrokerError::SubscriptionNotFound(_)
         | BrokerError::TopicDeleted(_)
         | BrokerError::SubscriptionDeleted(_) => Code::NotFound,

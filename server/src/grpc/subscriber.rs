@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
 use super::convert::{
-    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, SeekCommand, read_topic_response,
-    subscribe_frame,
+    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, RejectCommand, SeekCommand,
+    read_topic_response, subscribe_frame,
 };
 use crate::broker::{DeliveryStream, SharedEngine, SubscribeSpec};
 use crate::names::SubscriptionName;
@@ -81,9 +81,32 @@ impl SubscriberService for Subscriber {
                 &command.offsets,
                 &command.ack_ids,
                 command.delay,
+                &command.error,
             )
             .await?;
         Ok(Response::new(v1::NackResponse {}))
+    }
+
+    #[instrument(name = "Reject", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn reject(
+        &self,
+        request: Request<v1::RejectRequest>,
+    ) -> Result<Response<v1::RejectResponse>, Status> {
+        let command = RejectCommand::try_from(request.into_inner())?;
+        debug!(
+            offsets = command.offsets.len(),
+            ack_ids = command.ack_ids.len(),
+            "reject"
+        );
+        self.broker
+            .reject(
+                &command.subscription,
+                &command.offsets,
+                &command.ack_ids,
+                &command.error,
+            )
+            .await?;
+        Ok(Response::new(v1::RejectResponse {}))
     }
 
     #[instrument(

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::{
-    DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage, SubscriptionId,
-    SubscriptionRecord, SubscriptionSettings, TopicId,
+    DeadLetterPolicy, DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage,
+    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
 };
 use super::{DeliveryRecord, NewMessage, TopicRecord};
 use crate::names::{SubscriptionName, TopicName};
@@ -352,6 +352,8 @@ const FILTER_TAG: u8 = 1;
 const RETRY_TAG: u8 = 2;
 /// Tag, alone, of an ordered subscription.
 const ORDERED_TAG: u8 = 3;
+/// Tag of a subscription's dead-letter policy.
+const DEAD_LETTER_TAG: u8 = 4;
 
 /// Encodes a subscription record: its fixed fields, then each optional
 /// setting that is not at its default as a tag byte and its value, so a
@@ -363,7 +365,11 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
     } else {
         1 + 4 + settings.filter.len()
     } + if settings.retry.is_some() { 1 + 24 } else { 0 }
-        + usize::from(settings.ordered);
+        + usize::from(settings.ordered)
+        + settings
+            .dead_letter
+            .as_ref()
+            .map_or(0, |d| 1 + 4 + d.topic.as_str().len() + 4);
     let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len() + optional);
     w.u64(record.id.0);
     w.u64(record.topic.0);
@@ -384,6 +390,11 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
     }
     if settings.ordered {
         w.0.push(ORDERED_TAG);
+    }
+    if let Some(dead) = &settings.dead_letter {
+        w.0.push(DEAD_LETTER_TAG);
+        w.str(dead.topic.as_str());
+        w.u32(dead.max_delivery_attempts);
     }
     w.0
 }
@@ -414,6 +425,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     let mut filter = String::new();
     let mut retry = None;
     let mut ordered = false;
+    let mut dead_letter = None;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
             FILTER_TAG => filter = r.string()?,
@@ -424,6 +436,14 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
                 });
             }
             ORDERED_TAG => ordered = true,
+            DEAD_LETTER_TAG => {
+                let topic =
+                    TopicName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
+                dead_letter = Some(DeadLetterPolicy {
+                    topic,
+                    max_delivery_attempts: r.u32()?,
+                });
+            }
             tag => {
                 return Err(corrupt(
                     WHAT,
@@ -441,6 +461,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
             filter,
             retry,
             ordered,
+            dead_letter,
         },
         created,
     })
@@ -513,6 +534,7 @@ mod tests {
                 filter: String::new(),
                 retry: None,
                 ordered: false,
+                dead_letter: None,
             },
             created: time(1_700_000_000_000_001),
         }
@@ -577,6 +599,12 @@ mod tests {
         retrying.settings.ordered = true;
         let ordered = encode_subscription(&retrying);
         assert_eq!(decode_subscription(&ordered).expect("decodes"), retrying);
+        retrying.settings.dead_letter = Some(DeadLetterPolicy {
+            topic: TopicName::new("orders.dead").expect("valid name"),
+            max_delivery_attempts: 5,
+        });
+        let dead = encode_subscription(&retrying);
+        assert_eq!(decode_subscription(&dead).expect("decodes"), retrying);
         // Without a filter, the record is byte for byte what v0.1 wrote:
         // the fixed fields and nothing after the name.
         let old = encode_subscription(&plain);

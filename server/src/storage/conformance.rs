@@ -104,6 +104,7 @@ fn settings(ack_deadline: Duration) -> SubscriptionSettings {
         filter: String::new(),
         retry: None,
         ordered: false,
+        dead_letter: None,
     }
 }
 
@@ -520,6 +521,10 @@ async fn subscription_settings_change_and_survive_a_reopen(
                 maximum_backoff: Duration::from_secs(60),
             }),
             ordered: false,
+            dead_letter: Some(super::DeadLetterPolicy {
+                topic: topic_name("t")?,
+                max_delivery_attempts: 3,
+            }),
         },
         ..sub.clone()
     };

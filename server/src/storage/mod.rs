@@ -99,6 +99,18 @@ pub struct SubscriptionSettings {
     /// Messages of one key are delivered in order, one at a time. Fixed
     /// when the subscription is created.
     pub ordered: bool,
+    /// Where messages that keep failing go; `None` for nowhere.
+    pub dead_letter: Option<DeadLetterPolicy>,
+}
+
+/// Where a subscription moves messages that fail too often, or that a
+/// subscriber rejects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterPolicy {
+    /// The dead-letter topic, by name: it may be deleted and made again.
+    pub topic: TopicName,
+    /// The failed deliveries after which a message is moved (2 to 100).
+    pub max_delivery_attempts: u32,
 }
 
 /// How long a message waits to be delivered again after a failed

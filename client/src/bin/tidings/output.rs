@@ -74,6 +74,12 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
         "create_time": time_json(sub.create_time),
         "filter": sub.filter,
         "enable_message_ordering": sub.enable_message_ordering,
+        "dead_letter_policy": sub.dead_letter_policy.as_ref().map(|policy| json!({
+            "dead_letter_topic": policy.topic,
+            "max_delivery_attempts": policy.max_delivery_attempts,
+        })),
+        "dead_lettered": sub.dead_lettered,
+        "rejected": sub.rejected,
         "retry_policy": sub.retry_policy.map(|policy| json!({
             "minimum_backoff_seconds": policy.minimum_backoff.as_secs_f64(),
             "maximum_backoff_seconds": policy.maximum_backoff.as_secs_f64(),
@@ -302,6 +308,18 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
             .to_owned(),
         ),
         (
+            "dead letters",
+            sub.dead_letter_policy
+                .as_ref()
+                .map_or("none".to_owned(), |policy| {
+                    format!(
+                        "to \"{}\" after {} failed deliveries; {} moved",
+                        policy.topic, policy.max_delivery_attempts, sub.dead_lettered
+                    )
+                }),
+        ),
+        ("rejected", sub.rejected.to_string()),
+        (
             "retry",
             sub.retry_policy.map_or("at once".to_owned(), |policy| {
                 format!(
@@ -344,6 +362,9 @@ mod tests {
                 Duration::from_secs(60),
             )),
             enable_message_ordering: true,
+            dead_letter_policy: Some(tidings_client::DeadLetterPolicy::new("orders.dead", 5)),
+            dead_lettered: 2,
+            rejected: 1,
         };
         let value = subscription_json(&sub);
         assert_eq!(value["backlog"], 3);
@@ -353,6 +374,17 @@ mod tests {
         assert_eq!(value["filter"], "attributes:vip");
         assert_eq!(value["retry_policy"]["minimum_backoff_seconds"], 0.5);
         assert_eq!(value["enable_message_ordering"], true);
+        assert_eq!(value["dead_letter_policy"]["max_delivery_attempts"], 5);
+        assert_eq!(
+            (&value["dead_lettered"], &value["rejected"]),
+            (&json!(2), &json!(1))
+        );
+        assert!(
+            subscription_text(&sub)
+                .contains("to \"orders.dead\" after 5 failed deliveries; 2 moved"),
+            "{}",
+            subscription_text(&sub)
+        );
         assert!(
             subscription_text(&sub).contains("after 500ms, doubling up to 1m"),
             "{}",

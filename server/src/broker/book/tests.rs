@@ -534,7 +534,7 @@ fn failed_deliveries_wait_out_the_retry_policy_without_holding_back_others() {
     // The wait is stored with the record, so it survives a restart.
     let fourth = later(third, Duration::from_millis(100));
     book.nack(&[Target::Offset(0)], None, fourth);
-    let (_, records) = book.take_changes();
+    let records = book.take_changes().records;
     let stored = records.iter().find(|(o, _)| *o == 0).and_then(|(_, r)| *r);
     let at = stored.and_then(|r| r.redeliver_at).expect("a stored wait");
     let wait = at.duration_since(fourth.wall).expect("in the future");
@@ -586,7 +586,7 @@ fn a_stream_ended_by_shutdown_and_unsent_leases_count_no_failure() {
         attempts(&deliver(&mut book, &topic, b, 5, ALL, now)),
         vec![(0, 1), (1, 1), (2, 1)]
     );
-    let (_, records) = book.take_changes();
+    let records = book.take_changes().records;
     assert!(records.is_empty(), "nothing to store: {records:?}");
 }
 
@@ -613,7 +613,7 @@ fn failures_are_recorded_for_storage_and_cleared_by_the_ack() {
     deliver(&mut book, &topic, s, 2, ALL, now);
     let delay = Duration::from_secs(7);
     book.nack(&[Target::Offset(1)], Some(delay), now);
-    let (_, records) = book.take_changes();
+    let records = book.take_changes().records;
     let expected = DeliveryRecord {
         failures: 1,
         redeliver_at: Some(now.wall + delay),
@@ -621,7 +621,7 @@ fn failures_are_recorded_for_storage_and_cleared_by_the_ack() {
     assert_eq!(records, vec![(1, Some(expected))]);
     assert!(!book.has_changes(), "taken");
     book.ack(&[Target::Offset(1)], now);
-    let (acks, records) = book.take_changes();
+    let Changes { acks, records, .. } = book.take_changes();
     assert_eq!(records, vec![(1, None)], "the record is deleted");
     assert!(acks.is_acked(1));
 }
@@ -662,7 +662,7 @@ fn a_restored_book_continues_the_counts_and_waits_out_stored_delays() {
         attempts(&deliver(&mut book, &topic, s, 10, ALL, now)),
         vec![(4, 1), (5, 3), (8, 1)]
     );
-    let (_, changes) = book.take_changes();
+    let changes = book.take_changes().records;
     assert_eq!(changes, vec![(6, None)]);
     let due = later(now, Duration::from_secs(5));
     assert_eq!(
@@ -693,7 +693,7 @@ fn moving_the_first_offset_up_settles_everything_below_it() {
         attempts(&deliver(&mut book, &topic, s, 10, ALL, now)),
         vec![(4, 1), (5, 1)]
     );
-    let (_, records) = book.take_changes();
+    let records = book.take_changes().records;
     assert_eq!(records, vec![(1, None)], "the failure record of 1 goes");
 }
 
@@ -811,7 +811,7 @@ fn a_seek_back_delivers_afresh_and_forgets_leases_and_counts() {
     book.seek(1);
     assert_eq!(book.in_flight(), 0, "leases are gone");
     assert_eq!(book.outstanding(s), 0, "and the stream has room again");
-    let (acks, records) = book.take_changes();
+    let Changes { acks, records, .. } = book.take_changes();
     assert_eq!(acks, AckState::starting_at(1));
     assert_eq!(records, vec![(4, None)], "the failure record is deleted");
     // Settling a lease from before the seek changes nothing ...

@@ -1,4 +1,5 @@
-//! `tidings subs ls|create|update|seek|describe|delete`: manage subscriptions.
+//! `tidings subs ls|create|update|seek|redrive|describe|delete`: manage
+//! subscriptions.
 //!
 //! Thin: one library call per command, then the result printed as a
 //! table, lines or JSON. Receiving messages is `tidings sub`, elsewhere.
@@ -7,7 +8,9 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use tidings_client::{Client, RetryPolicy, StartPosition, SubscriptionConfig, SubscriptionUpdate};
+use tidings_client::{
+    Client, DeadLetterPolicy, RetryPolicy, StartPosition, SubscriptionConfig, SubscriptionUpdate,
+};
 
 use super::Context;
 use crate::{output, values};
@@ -48,6 +51,9 @@ pub(crate) enum SubsCommand {
         #[arg(long)]
         ordered: bool,
 
+        #[command(flatten)]
+        dead_letter: DeadLetterArgs,
+
         /// Deliver only messages whose attributes match, in Pub/Sub's
         /// syntax: attributes.NAME = "v", !=, attributes:NAME,
         /// hasPrefix(attributes.NAME, "p"), NOT, AND, OR, parentheses.
@@ -82,6 +88,27 @@ pub(crate) enum SubsCommand {
         /// Remove the retry policy: failed deliveries come again at once.
         #[arg(long, conflicts_with_all = ["min_backoff", "max_backoff"])]
         no_backoff: bool,
+
+        #[command(flatten)]
+        dead_letter: DeadLetterArgs,
+
+        /// Remove the dead-letter policy: failing messages are retried for
+        /// ever.
+        #[arg(long, conflicts_with_all = ["dead_letter_topic", "max_delivery_attempts"])]
+        no_dead_letter: bool,
+    },
+
+    /// Bring dead-lettered messages back to a subscription: all of them, or
+    /// those of the source offsets given (their tidings.source_offset).
+    #[command(after_long_help = "Examples:\n  \
+        tidings subs redrive billing\n  \
+        tidings subs redrive billing 1042 1043")]
+    Redrive {
+        /// The subscription's name.
+        name: String,
+
+        /// Source offsets to bring back; none for all.
+        offsets: Vec<u64>,
     },
 
     /// Move a subscription: every message from the position on is
@@ -150,6 +177,46 @@ impl BackoffArgs {
     }
 }
 
+/// The dead-letter policy's flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeadLetterArgs {
+    /// Move messages that fail --max-delivery-attempts deliveries (or are
+    /// rejected) to this topic, with where they came from in tidings.*
+    /// attributes. It must exist.
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
+
+    /// Failed deliveries before a message is moved, 2 to 100. Default
+    /// with --dead-letter-topic: 5.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100), value_name = "N")]
+    max_delivery_attempts: Option<u32>,
+}
+
+impl DeadLetterArgs {
+    /// The policy the flags give over `current`; `None` when no flag is
+    /// given.
+    fn policy(
+        &self,
+        current: Option<DeadLetterPolicy>,
+    ) -> anyhow::Result<Option<DeadLetterPolicy>> {
+        if self.dead_letter_topic.is_none() && self.max_delivery_attempts.is_none() {
+            return Ok(None);
+        }
+        let topic = match (&self.dead_letter_topic, &current) {
+            (Some(topic), _) => topic.clone(),
+            (None, Some(current)) => current.topic.clone(),
+            (None, None) => anyhow::bail!(
+                "--max-delivery-attempts needs a dead-letter topic: give --dead-letter-topic"
+            ),
+        };
+        let attempts = self
+            .max_delivery_attempts
+            .or(current.map(|c| c.max_delivery_attempts))
+            .unwrap_or(5);
+        Ok(Some(DeadLetterPolicy::new(topic, attempts)))
+    }
+}
+
 /// Creates a subscription and prints it.
 async fn create(ctx: &Context, client: &Client, config: SubscriptionConfig) -> anyhow::Result<()> {
     let sub = client.create_subscription(config).await?;
@@ -192,6 +259,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             new,
             backoff,
             ordered,
+            dead_letter,
             filter,
         } => {
             let mut config = SubscriptionConfig::new(name, topic).start(new.start);
@@ -205,6 +273,9 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 config = config.retry_policy(policy);
             }
             config = config.enable_message_ordering(ordered);
+            if let Some(policy) = dead_letter.policy(None)? {
+                config = config.dead_letter_policy(policy);
+            }
             create(ctx, &client, config).await?;
         }
         SubsCommand::Update {
@@ -213,13 +284,29 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             filter,
             backoff,
             no_backoff,
+            dead_letter,
+            no_dead_letter,
         } => {
+            let changes_retry = backoff.min_backoff.is_some() || backoff.max_backoff.is_some();
+            let changes_dead_letter = dead_letter.dead_letter_topic.is_some()
+                || dead_letter.max_delivery_attempts.is_some();
+            // One flag alone keeps the other values as they are.
+            let current = if changes_retry || changes_dead_letter {
+                Some(client.get_subscription(&name).await?)
+            } else {
+                None
+            };
             let retry_policy = if no_backoff {
                 Some(None)
-            } else if backoff.min_backoff.is_some() || backoff.max_backoff.is_some() {
-                // One flag alone keeps the other value as it is.
-                let current = client.get_subscription(&name).await?.retry_policy;
-                Some(backoff.policy(current))
+            } else if changes_retry {
+                Some(backoff.policy(current.as_ref().and_then(|c| c.retry_policy)))
+            } else {
+                None
+            };
+            let dead_letter_policy = if no_dead_letter {
+                Some(None)
+            } else if changes_dead_letter {
+                Some(dead_letter.policy(current.and_then(|c| c.dead_letter_policy))?)
             } else {
                 None
             };
@@ -227,20 +314,34 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 ack_deadline,
                 filter,
                 retry_policy,
+                dead_letter_policy,
             };
             if update.ack_deadline.is_none()
                 && update.filter.is_none()
                 && update.retry_policy.is_none()
+                && update.dead_letter_policy.is_none()
             {
                 anyhow::bail!(
                     "nothing to change: give --ack-deadline, --filter (an empty one removes it), \
-                     --min-backoff, --max-backoff or --no-backoff"
+                     --min-backoff, --max-backoff, --no-backoff, --dead-letter-topic, \
+                     --max-delivery-attempts or --no-dead-letter"
                 );
             }
             let sub = client.update_subscription(&name, update).await?;
             ctx.emit(
                 || output::subscription_json(&sub),
                 || output::subscription_text(&sub),
+            )?;
+        }
+        SubsCommand::Redrive { name, offsets } => {
+            let redriven = client.redrive(&name, &offsets).await?;
+            ctx.emit(
+                || json!({ "name": name, "redriven": redriven }),
+                || {
+                    format!(
+                        "brought {redriven} dead-lettered messages back to subscription \"{name}\""
+                    )
+                },
             )?;
         }
         SubsCommand::Seek { name, to } => {
