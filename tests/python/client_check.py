@@ -82,6 +82,72 @@ def check(condition, what):
     print(f"ok: {what}")
 
 
+def check_failure_handling(pb, admin, publisher, subscriber):
+    """A filtered subscription with a retry policy and a dead-letter topic:
+    a poison message nacked with an error moves to the dead-letter topic
+    with its provenance, and comes back with Redrive."""
+    from google.protobuf import duration_pb2
+    from google.protobuf import field_mask_pb2
+
+    admin_pb2, publisher_pb2, subscriber_pb2 = (
+        pb["admin_pb2"], pb["publisher_pb2"], pb["subscriber_pb2"])
+    resources_pb2 = importlib.import_module("tidings.v1.resources_pb2")
+    for name in ("py.payments", "py.payments.dead"):
+        admin.CreateTopic(admin_pb2.CreateTopicRequest(name=name))
+    backoff = duration_pb2.Duration(nanos=100_000_000)
+    created = admin.CreateSubscription(admin_pb2.CreateSubscriptionRequest(
+        name="py-charger", topic="py.payments",
+        filter='attributes.kind = "charge"',
+        retry_policy=resources_pb2.RetryPolicy(minimum_backoff=backoff, maximum_backoff=backoff),
+        dead_letter_policy=resources_pb2.DeadLetterPolicy(
+            dead_letter_topic="py.payments.dead", max_delivery_attempts=2),
+        enable_message_ordering=True)).subscription
+    check(created.dead_letter_policy.max_delivery_attempts == 2
+          and created.filter == 'attributes.kind = "charge"'
+          and created.enable_message_ordering,
+          "created a subscription with a filter, ordering, a retry and a dead-letter policy")
+
+    publisher.Publish(publisher_pb2.PublishRequest(topic="py.payments", messages=[
+        publisher_pb2.PublishMessage(payload=b"refund", attributes={"kind": "refund"}),
+        publisher_pb2.PublishMessage(payload=b"charge", key="pay-1",
+                                     attributes={"kind": "charge"}),
+    ]))
+    stream = Stream(subscriber.Subscribe(
+        subscriber_pb2.SubscribeRequest(subscription="py-charger"), timeout=60))
+    for attempt in (1, 2):
+        message = stream.next()
+        check(message.payload == b"charge" and message.delivery_attempt == attempt,
+              f"the filter let only the charge through, attempt {attempt}")
+        subscriber.Nack(subscriber_pb2.NackRequest(
+            subscription="py-charger", ack_ids=[message.ack_id], error="card declined"))
+    stream.close()
+
+    dead = subscriber.ReadTopic(subscriber_pb2.ReadTopicRequest(topic="py.payments.dead"))
+    check(len(dead.messages) == 1, "the poison message moved to the dead-letter topic")
+    attributes = dict(dead.messages[0].attributes)
+    check(attributes.get("tidings.dead_letter_reason") == "max_delivery_attempts"
+          and attributes.get("tidings.last_error") == "card declined"
+          and attributes.get("tidings.source_offset") == "1",
+          "the dead-letter copy names its reason, error and source offset")
+    figures = admin.GetSubscription(
+        admin_pb2.GetSubscriptionRequest(name="py-charger")).subscription
+    check((figures.dead_lettered, figures.backlog) == (1, 0),
+          "dead_lettered 1 and an empty backlog")
+
+    redriven = admin.Redrive(admin_pb2.RedriveRequest(subscription="py-charger")).redriven
+    check(redriven == 1, "Redrive brought one message back")
+    admin.UpdateSubscription(admin_pb2.UpdateSubscriptionRequest(
+        subscription=resources_pb2.Subscription(name="py-charger", filter=""),
+        update_mask=field_mask_pb2.FieldMask(paths=["filter"])))
+    stream = Stream(subscriber.Subscribe(
+        subscriber_pb2.SubscribeRequest(subscription="py-charger"), timeout=60))
+    back = stream.next()
+    check(back.offset == 1 and back.delivery_attempt == 1,
+          "the redriven message came back as a first attempt")
+    subscriber.Ack(subscriber_pb2.AckRequest(subscription="py-charger", ack_ids=[back.ack_id]))
+    stream.close()
+
+
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -135,6 +201,8 @@ def main():
             check((figures.backlog, figures.in_flight, figures.ack_floor) == (0, 0, 2),
                   "backlog 0, in_flight 0 and ack_floor 2 after acking both")
             stream.close()
+
+            check_failure_handling(pb, admin, publisher, subscriber)
 
             try:
                 admin.GetTopic(admin_pb2.GetTopicRequest(name="missing"))
