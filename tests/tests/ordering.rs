@@ -262,3 +262,78 @@ async fn a_restart_keeps_the_order_of_a_key() -> anyhow::Result<()> {
     assert_eq!(&shipped.payload[..], b"shipped");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_lettered_message_lets_the_rest_of_its_key_flow_in_order() -> anyhow::Result<()> {
+    const KEYS: usize = 20;
+    const PER_KEY: usize = 10;
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("t").await?;
+    client.create_topic("t.dead").await?;
+    client
+        .create_subscription(
+            SubscriptionConfig::new("s", "t")
+                .enable_message_ordering(true)
+                .retry_policy(RetryPolicy::new(
+                    Duration::from_millis(10),
+                    Duration::from_millis(20),
+                ))
+                .dead_letter_policy(tidings_client::DeadLetterPolicy::new("t.dead", 2)),
+        )
+        .await?;
+    let mut messages = Vec::new();
+    for n in 0..PER_KEY {
+        for k in 0..KEYS {
+            messages.push(PublishMessage {
+                payload: format!("{k}:{n}").into(),
+                key: format!("key-{k}"),
+                ..PublishMessage::default()
+            });
+        }
+    }
+    let offsets = publish_messages(&client, "t", messages.clone()).await?;
+    let poison: Vec<u64> = messages
+        .iter()
+        .zip(&offsets)
+        .filter(|(m, _)| m.key == POISON)
+        .map(|(_, &o)| o)
+        .collect();
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    let mut healthy = 0;
+    let mut poison_seen: Vec<(u64, u32)> = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while healthy < (KEYS - 1) * PER_KEY || poison_seen.len() < 2 * PER_KEY {
+            let Some(delivery) = subscriber.next().await else {
+                anyhow::bail!("the stream ended");
+            };
+            let delivery = delivery?;
+            if delivery.key() == POISON {
+                poison_seen.push((delivery.offset(), delivery.delivery_attempt()));
+                delivery.nack();
+            } else {
+                healthy += 1;
+                delivery.ack();
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("not every message was handled in time"))??;
+    // Each poison message twice, one after another, in offset order.
+    let expected: Vec<(u64, u32)> = poison.iter().flat_map(|&o| [(o, 1), (o, 2)]).collect();
+    assert_eq!(poison_seen, expected);
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let sub = client.get_subscription("s").await?;
+            if sub.dead_lettered == PER_KEY as u64 {
+                return anyhow::Ok(sub);
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the poison messages were not all moved"))??;
+    assert_eq!(moved.backlog, 0);
+    Ok(())
+}
