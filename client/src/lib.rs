@@ -101,7 +101,7 @@ pub use tidings::v1;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DECODING_MESSAGE_SIZE,
 };
-pub use delivery::{Delivery, MAX_NACK_DELAY, SettleFuture};
+pub use delivery::{Delivery, MAX_ERROR_BYTES, MAX_NACK_DELAY, SettleFuture};
 pub use error::{Error, Result};
 pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,

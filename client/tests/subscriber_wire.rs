@@ -429,7 +429,7 @@ async fn close_reports_acks_the_broker_refused() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.to_string()
-            .starts_with("2 acks or nacks were not stored"),
+            .starts_with("2 acks, rejects or nacks were not stored"),
         "{err}"
     );
     let cause = std::error::Error::source(&err).context("the refusal is the source")?;
