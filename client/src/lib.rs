@@ -56,12 +56,11 @@
 //!
 //! # Delivery promises
 //! Delivery is at least once: a message comes again until it is acked (or
-//! rejected) —
-//! after a nack, when a dropped [`Delivery`] is nacked for you, when its
-//! lease expires (only past the subscriber's `max_lease_extension`, when
-//! the subscriber lets the lease go), or when the stream ends with it
-//! unsettled ([`Subscriber::close`]; [`Subscriber::shutdown`] waits for
-//! handlers first). Settlements are idempotent, and transient failures
+//! rejected) — after a nack, when a dropped [`Delivery`] is nacked for
+//! you, when its lease expires (only past the subscriber's
+//! `max_lease_extension`, when the subscriber lets the lease go), or when
+//! the stream ends with it unsettled ([`Subscriber::close`];
+//! [`Subscriber::shutdown`] waits for handlers first). Settlements are idempotent, and transient failures
 //! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, timeouts) are
 //! retried across reconnects. Acks, rejects and nacks the broker refused,
 //! or that were given up while closing, are never only logged:
