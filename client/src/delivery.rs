@@ -18,15 +18,21 @@ use tidings::v1::ReceivedMessage;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::lease::{Settlement, Target};
+use crate::lease::{Nack, Settlement, Target};
 use crate::settle::Settle;
 
 /// The longest delay the broker accepts for a nack.
 pub const MAX_NACK_DELAY: Duration = Duration::from_secs(600);
 
-/// One delivered message. Settle it with [`ack`](Delivery::ack) or
-/// [`nack`](Delivery::nack); dropping it unsettled nacks it, so it is
-/// delivered again at once.
+/// The longest error text the broker accepts with a reject or a nack, in
+/// bytes. [`Delivery::reject`] and [`Delivery::nack_with_error`] cut longer
+/// texts to it (on a character boundary) rather than have the broker
+/// refuse the whole batch.
+pub const MAX_ERROR_BYTES: usize = 1024;
+
+/// One delivered message. Settle it with [`ack`](Delivery::ack),
+/// [`nack`](Delivery::nack) or [`reject`](Delivery::reject); dropping it
+/// unsettled nacks it, so it is delivered again at once.
 ///
 /// While a delivery is unsettled, its subscriber keeps its lease alive
 /// (up to the subscriber's `max_lease_extension`), so slow processing does
@@ -180,9 +186,51 @@ impl Delivery {
         self.finish_awaitable(Settlement::Ack)
     }
 
+    /// Rejects the message: it cannot be processed and is never delivered
+    /// again on this subscription. With a dead-letter policy the broker
+    /// moves it to the dead-letter topic at once (reason `rejected`, with
+    /// `error` as its `tidings.last_error` attribute); without one it is
+    /// acknowledged and counted in the subscription's `rejected`.
+    ///
+    /// `error` says why, for whoever reads the dead letter; an empty one
+    /// gives no reason. It is cut to [`MAX_ERROR_BYTES`], on a character
+    /// boundary.
+    ///
+    /// Like [`ack`](Self::ack), a reject is final: the lease is no longer
+    /// extended, it is sent (by ack_id) even when the lease has moved on,
+    /// it is batched with other rejects of the same error text, retried on
+    /// transient failures, and a failure is reported by the next
+    /// [`Subscriber::flush`](crate::Subscriber::flush) or
+    /// [`close`](crate::Subscriber::close).
+    pub fn reject(mut self, error: impl Into<String>) {
+        self.finish(Settlement::Reject(error_text(error.into())), None);
+    }
+
+    /// Rejects the message, like [`reject`](Self::reject), and returns a
+    /// future that resolves once the broker has stored the reject.
+    ///
+    /// # Errors
+    /// As for [`ack_with_response`](Self::ack_with_response).
+    pub fn reject_with_response(mut self, error: impl Into<String>) -> SettleFuture {
+        self.finish_awaitable(Settlement::Reject(error_text(error.into())))
+    }
+
     /// Gives the message back, to be delivered again at once.
     pub fn nack(mut self) {
-        self.finish(Settlement::Nack(Duration::ZERO), None);
+        self.finish(Settlement::Nack(Nack::after(Duration::ZERO)), None);
+    }
+
+    /// Gives the message back, like [`nack`](Self::nack), saying why it
+    /// failed: if the message is later dead-lettered after too many
+    /// failed deliveries, the last such `error` is its `tidings.last_error`
+    /// attribute. It is cut to [`MAX_ERROR_BYTES`], on a character
+    /// boundary.
+    pub fn nack_with_error(mut self, error: impl Into<String>) {
+        let nack = Nack {
+            delay: Duration::ZERO,
+            error: error_text(error.into()),
+        };
+        self.finish(Settlement::Nack(nack), None);
     }
 
     /// Gives the message back, like [`nack`](Self::nack), and returns a
@@ -194,13 +242,14 @@ impl Delivery {
     /// # Errors
     /// As for [`ack_with_response`](Self::ack_with_response).
     pub fn nack_with_response(mut self) -> SettleFuture {
-        self.finish_awaitable(Settlement::Nack(Duration::ZERO))
+        self.finish_awaitable(Settlement::Nack(Nack::after(Duration::ZERO)))
     }
 
     /// Gives the message back, to be delivered again after `delay` (at most
     /// [`MAX_NACK_DELAY`]; longer delays are shortened to it).
     pub fn nack_after(mut self, delay: Duration) {
-        self.finish(Settlement::Nack(delay.min(MAX_NACK_DELAY)), None);
+        let nack = Nack::after(delay.min(MAX_NACK_DELAY));
+        self.finish(Settlement::Nack(nack), None);
     }
 
     /// Extends the lease now, by the subscription's ack deadline. The
@@ -235,8 +284,21 @@ impl Delivery {
     }
 }
 
+/// Cuts `error` to [`MAX_ERROR_BYTES`], on a character boundary.
+fn error_text(mut error: String) -> String {
+    if error.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+    }
+    error
+}
+
 /// The outcome of an awaitable settlement
-/// ([`Delivery::ack_with_response`], [`Delivery::nack_with_response`]):
+/// ([`Delivery::ack_with_response`], [`Delivery::reject_with_response`],
+/// [`Delivery::nack_with_response`]):
 /// `Ok` once the broker stored it. Dropping it does not cancel the
 /// settlement.
 #[derive(Debug)]
@@ -258,7 +320,7 @@ impl Future for SettleFuture {
 impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.settled {
-            self.finish(Settlement::Nack(Duration::ZERO), None);
+            self.finish(Settlement::Nack(Nack::after(Duration::ZERO)), None);
         }
     }
 }
@@ -274,5 +336,33 @@ impl fmt::Debug for Delivery {
             .field("delivery_attempt", &self.delivery_attempt)
             .field("ack_id", &self.ack_id())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_error_is_kept_whole() {
+        let error = "x".repeat(MAX_ERROR_BYTES);
+        assert_eq!(error_text(error.clone()), error);
+        assert_eq!(error_text(String::new()), "");
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_char_boundary() {
+        let ascii = error_text("y".repeat(MAX_ERROR_BYTES + 1));
+        assert_eq!(ascii.len(), MAX_ERROR_BYTES);
+        // "é" is two bytes: 1023 of "a" then "é" would cross the limit.
+        let error = format!("{}é and more", "a".repeat(MAX_ERROR_BYTES - 1));
+        let cut = error_text(error);
+        assert_eq!(cut, "a".repeat(MAX_ERROR_BYTES - 1));
+        let wide = error_text("€".repeat(MAX_ERROR_BYTES));
+        assert_eq!(
+            wide.len(),
+            MAX_ERROR_BYTES / 3 * 3,
+            "whole three-byte chars"
+        );
     }
 }

@@ -83,7 +83,7 @@ pub enum Error {
         #[source]
         cause: Box<Error>,
     },
-    /// Acks or nacks were not stored: the broker refused some (a
+    /// Acks, rejects or nacks were not stored: the broker refused some (a
     /// non-retryable status such as `NOT_FOUND` or `FAILED_PRECONDITION`)
     /// and others were given up while closing. Their messages may be
     /// delivered again. Returned by
@@ -94,7 +94,7 @@ pub enum Error {
         "{total} {what} not stored ({refused} refused by the broker, {given_up} given up \
          after retries), so {them} may be delivered again",
         total = refused + given_up,
-        what = if refused + given_up == 1 { "ack or nack was" } else { "acks or nacks were" },
+        what = if refused + given_up == 1 { "ack, reject or nack was" } else { "acks, rejects or nacks were" },
         them = if refused + given_up == 1 { "its message" } else { "their messages" },
     )]
     Unsettled {
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert_eq!(
             err.to_string(),
-            "3 acks or nacks were not stored (2 refused by the broker, 1 given up after \
+            "3 acks, rejects or nacks were not stored (2 refused by the broker, 1 given up after \
              retries), so their messages may be delivered again"
         );
         assert!(std::error::Error::source(&err).is_some());

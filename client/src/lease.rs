@@ -1,13 +1,18 @@
 //! [`Ledger`]: the subscriber's bookkeeping, free of I/O — which deliveries
-//! are leased to the live stream, which settlements (acks, nacks, lease
-//! extensions) wait to be sent, and which leases are due for automatic
-//! extension.
+//! are leased to the live stream, which settlements (acks, rejects, nacks,
+//! lease extensions) wait to be sent, and which leases are due for
+//! automatic extension.
 //!
 //! Every delivery gets a serial number. A lease belongs to the newest
 //! delivery of its offset on the live stream; only that delivery may nack
-//! or extend it. Acks always go through (they are idempotent). When a
-//! stream ends, the broker takes its leases back, so the ledger forgets
-//! them and later nacks of those deliveries are skipped.
+//! or extend it. Acks and rejects always go through (they are terminal
+//! and idempotent; the broker ignores a stale ack_id). When a stream ends,
+//! the broker takes its leases back, so the ledger forgets them and later
+//! nacks of those deliveries are skipped.
+//!
+//! Rejects are grouped by their error text and nacks by their delay and
+//! error text: each group goes in requests of its own, since a request
+//! carries one `error` (and one `delay`).
 //!
 //! A settlement names its delivery as the wire will ([`Target`]): by the
 //! delivery's `ack_id`, or by offset when the broker gave none. The name
@@ -20,7 +25,8 @@
 //! A lease is held for at most `max_lease_extension` after receipt. Past
 //! that the ledger lets it go: it is no longer extended, and a nack or
 //! extension of it is moot and never sent (the broker may have delivered
-//! the message again, under a new ack_id, by then). An ack still goes.
+//! the message again, under a new ack_id, by then). An ack or a reject
+//! still goes.
 //!
 //! This module sends nothing and reads no clock: callers pass `now` in.
 
@@ -70,13 +76,39 @@ impl AsRef<Target> for Target {
     }
 }
 
+/// What a nack asks for: when to deliver again, and why. Nacks that ask
+/// the same go in the same requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Nack {
+    /// Deliver again after this delay (zero: at once, or after the
+    /// subscription's retry backoff).
+    pub(crate) delay: Duration,
+    /// Why the message failed (empty: not said), already cut to the
+    /// broker's limit.
+    pub(crate) error: String,
+}
+
+impl Nack {
+    /// A nack after `delay` that gives no reason.
+    pub(crate) fn after(delay: Duration) -> Self {
+        Self {
+            delay,
+            error: String::new(),
+        }
+    }
+}
+
 /// How a delivery is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Settlement {
     /// Acknowledge: never deliver again.
     Ack,
-    /// Give back, to be delivered again after this delay (zero: at once).
-    Nack(Duration),
+    /// Never deliver again, for this reason (already cut to the broker's
+    /// limit): dead-lettered at once, or acknowledged and counted when the
+    /// subscription has no dead-letter policy.
+    Reject(String),
+    /// Give back, to be delivered again.
+    Nack(Nack),
     /// Extend the lease now, by the subscription's ack deadline.
     Extend,
 }
@@ -96,7 +128,7 @@ struct Lease {
     let_go_at: Instant,
 }
 
-/// An ack or nack waiting to be sent (or sent again).
+/// An ack, reject or nack waiting to be sent (or sent again).
 #[derive(Debug)]
 pub(crate) struct Queued {
     /// How the request names the delivery.
@@ -113,7 +145,7 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
-    /// An ack or nack of `target` that has not been sent yet.
+    /// A settlement of `target` that has not been sent yet.
     fn new(target: &Target, reply: Option<Reply>, lease: Option<(u64, Instant)>) -> Self {
         Self {
             target: target.clone(),
@@ -130,13 +162,16 @@ impl AsRef<Target> for Queued {
     }
 }
 
-/// Settlements to send in one go, each naming its delivery.
+/// Settlements to send in one go, each naming its delivery. Also what of
+/// a round is to be sent again ([`Ledger::requeue`]).
 #[derive(Debug, Default)]
 pub(crate) struct Round {
     /// Deliveries to acknowledge.
     pub(crate) acks: Vec<Queued>,
-    /// Deliveries to give back, grouped by delay.
-    pub(crate) nacks: Vec<(Duration, Vec<Queued>)>,
+    /// Deliveries to reject, grouped by error text.
+    pub(crate) rejects: Vec<(String, Vec<Queued>)>,
+    /// Deliveries to give back, grouped by delay and error text.
+    pub(crate) nacks: Vec<(Nack, Vec<Queued>)>,
     /// Leases to extend by the ack deadline.
     pub(crate) extends: Vec<Target>,
     /// Nacks that became moot before they were sent: their lease was let
@@ -148,7 +183,10 @@ impl Round {
     /// Whether there is nothing to send.
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.nacks.is_empty() && self.extends.is_empty()
+        self.acks.is_empty()
+            && self.rejects.is_empty()
+            && self.nacks.is_empty()
+            && self.extends.is_empty()
     }
 }
 
@@ -156,7 +194,8 @@ impl Round {
 #[derive(Debug)]
 pub(crate) struct Ledger {
     acks: Vec<Queued>,
-    nacks: BTreeMap<Duration, Vec<Queued>>,
+    rejects: BTreeMap<String, Vec<Queued>>,
+    nacks: BTreeMap<Nack, Vec<Queued>>,
     extends: BTreeSet<Target>,
     /// By offset: the broker leases a message to one stream at a time, so
     /// the live stream holds at most one lease per offset.
@@ -174,6 +213,7 @@ impl Ledger {
     pub(crate) fn new(max_extension: Duration) -> Self {
         Self {
             acks: Vec::new(),
+            rejects: BTreeMap::new(),
             nacks: BTreeMap::new(),
             extends: BTreeSet::new(),
             leases: HashMap::new(),
@@ -267,23 +307,31 @@ impl Ledger {
             .held_lease(offset, serial, now)
             .map(|lease| lease.let_go_at);
         match settlement {
-            Settlement::Ack => {
+            // Terminal: sent even for a lease that is gone (the work was
+            // done, or judged hopeless; a stale ack_id is ignored).
+            Settlement::Ack | Settlement::Reject(_) => {
                 if held.is_some() {
                     self.leases.remove(&offset);
                     self.extends.remove(target);
                 }
-                self.acks.push(Queued::new(target, reply, None));
+                let queued = Queued::new(target, reply, None);
+                match settlement {
+                    Settlement::Reject(error) => {
+                        self.rejects.entry(error).or_default().push(queued);
+                    }
+                    _ => self.acks.push(queued),
+                }
                 None
             }
             // A lease that is gone was taken back by the broker (or belongs
             // to a newer delivery): nacking it would only disturb others.
             Settlement::Nack(_) | Settlement::Extend if held.is_none() => reply,
-            Settlement::Nack(delay) => {
+            Settlement::Nack(nack) => {
                 self.leases.remove(&offset);
                 self.extends.remove(target);
                 let lease = self.live_epoch.zip(held);
                 let queued = Queued::new(target, reply, lease);
-                self.nacks.entry(delay).or_default().push(queued);
+                self.nacks.entry(nack).or_default().push(queued);
                 None
             }
             Settlement::Extend => {
@@ -295,7 +343,9 @@ impl Ledger {
 
     /// How many settlements wait to be sent.
     pub(crate) fn pending(&self) -> usize {
-        self.acks.len() + self.nacks.values().map(Vec::len).sum::<usize>() + self.extends.len()
+        let rejects: usize = self.rejects.values().map(Vec::len).sum();
+        let nacks: usize = self.nacks.values().map(Vec::len).sum();
+        self.acks.len() + rejects + nacks + self.extends.len()
     }
 
     /// How many deliveries are leased to the live stream.
@@ -324,17 +374,18 @@ impl Ledger {
         }
         let mut moot = Vec::new();
         let mut nacks = Vec::new();
-        for (delay, queued) in std::mem::take(&mut self.nacks) {
+        for (nack, queued) in std::mem::take(&mut self.nacks) {
             let (live, gone): (Vec<Queued>, Vec<Queued>) = queued
                 .into_iter()
                 .partition(|q| self.nack_is_current(q, now));
             moot.extend(gone);
             if !live.is_empty() {
-                nacks.push((delay, live));
+                nacks.push((nack, live));
             }
         }
         Round {
             acks: std::mem::take(&mut self.acks),
+            rejects: std::mem::take(&mut self.rejects).into_iter().collect(),
             nacks,
             extends: extends.into_iter().collect(),
             moot,
@@ -347,17 +398,25 @@ impl Ledger {
             .is_none_or(|(epoch, let_go_at)| self.is_live(epoch) && now < let_go_at)
     }
 
-    /// Puts back settlements whose sending failed and will be retried.
-    /// Extensions come back only for leases still held.
-    pub(crate) fn requeue(
-        &mut self,
-        acks: Vec<Queued>,
-        nacks: Vec<(Duration, Vec<Queued>)>,
-        extends: Vec<Target>,
-    ) {
+    /// Puts back the settlements of `retry` (what of a round failed and
+    /// will be sent again). Extensions come back only for leases still
+    /// held; nacks that became moot meanwhile are sorted out by the next
+    /// [`take_round`](Self::take_round).
+    pub(crate) fn requeue(&mut self, retry: Round) {
+        let Round {
+            acks,
+            rejects,
+            nacks,
+            extends,
+            moot,
+        } = retry;
+        debug_assert!(moot.is_empty(), "moot nacks are answered, not retried");
         self.acks.extend(acks);
-        for (delay, queued) in nacks {
-            self.nacks.entry(delay).or_default().extend(queued);
+        for (error, queued) in rejects {
+            self.rejects.entry(error).or_default().extend(queued);
+        }
+        for (nack, queued) in nacks {
+            self.nacks.entry(nack).or_default().extend(queued);
         }
         if !extends.is_empty() {
             let held: HashSet<&Target> = self.leases.values().map(|l| &l.target).collect();
@@ -407,8 +466,25 @@ mod tests {
         round
             .nacks
             .iter()
-            .map(|(delay, queued)| (*delay, names(queued)))
+            .map(|(nack, queued)| (nack.delay, names(queued)))
             .collect()
+    }
+
+    /// The rejects of a round, by error text, as names.
+    fn rejects(round: &Round) -> Vec<(String, Vec<Target>)> {
+        round
+            .rejects
+            .iter()
+            .map(|(error, queued)| (error.clone(), names(queued)))
+            .collect()
+    }
+
+    /// A nack after `delay` that says `error`.
+    fn nack(delay: Duration, error: &str) -> Settlement {
+        Settlement::Nack(Nack {
+            delay,
+            error: error.to_owned(),
+        })
     }
 
     #[test]
@@ -428,13 +504,19 @@ mod tests {
         let (b, tb) = receive(&mut ledger, epoch, 11, "");
         let (c, tc) = receive(&mut ledger, epoch, 12, "");
         settle(&mut ledger, 10, a, &ta, Settlement::Ack);
-        settle(&mut ledger, 11, b, &tb, Settlement::Nack(Duration::ZERO));
+        settle(
+            &mut ledger,
+            11,
+            b,
+            &tb,
+            Settlement::Nack(Nack::after(Duration::ZERO)),
+        );
         settle(
             &mut ledger,
             12,
             c,
             &tc,
-            Settlement::Nack(Duration::from_secs(5)),
+            Settlement::Nack(Nack::after(Duration::from_secs(5))),
         );
         assert_eq!(ledger.pending(), 3);
         assert_eq!(ledger.outstanding(), 0);
@@ -461,7 +543,13 @@ mod tests {
         let (c, tc) = receive(&mut ledger, epoch, 12, "ack-12");
         receive(&mut ledger, epoch, 13, "ack-13");
         settle(&mut ledger, 10, a, &ta, Settlement::Ack);
-        settle(&mut ledger, 11, b, &tb, Settlement::Nack(Duration::ZERO));
+        settle(
+            &mut ledger,
+            11,
+            b,
+            &tb,
+            Settlement::Nack(Nack::after(Duration::ZERO)),
+        );
         settle(&mut ledger, 12, c, &tc, Settlement::Extend);
         let round = ledger.take_round(true, now);
         assert_eq!(names(&round.acks), [id("ack-10")]);
@@ -484,9 +572,12 @@ mod tests {
         assert_eq!(ledger.outstanding(), 1, "its lease was let go");
 
         // Neither nacked nor extended any more; its ack still goes.
-        for how in [Settlement::Extend, Settlement::Nack(Duration::ZERO)] {
+        for how in [
+            Settlement::Extend,
+            Settlement::Nack(Nack::after(Duration::ZERO)),
+        ] {
             let (reply_tx, _reply_rx) = oneshot::channel();
-            let moot = ledger.settle(1, one, &id("one"), how, Some(reply_tx), late);
+            let moot = ledger.settle(1, one, &id("one"), how.clone(), Some(reply_tx), late);
             assert!(moot.is_some(), "{how:?} of a lease let go is moot");
         }
         assert_eq!(ledger.pending(), 0);
@@ -502,7 +593,7 @@ mod tests {
         let epoch = ledger.begin_epoch();
         let serial = ledger.received(epoch, 1, id("one"), start);
         let late = start + Duration::from_secs(10);
-        let how = Settlement::Nack(Duration::ZERO);
+        let how = Settlement::Nack(Nack::after(Duration::ZERO));
         assert!(
             ledger
                 .settle(1, serial, &id("one"), how, None, late)
@@ -518,11 +609,14 @@ mod tests {
         let mut ledger = Ledger::new(Duration::from_secs(10));
         let epoch = ledger.begin_epoch();
         let serial = ledger.received(epoch, 1, id("one"), start);
-        let how = Settlement::Nack(Duration::ZERO);
+        let how = Settlement::Nack(Nack::after(Duration::ZERO));
         ledger.settle(1, serial, &id("one"), how, None, start);
         // Sent, failed, queued again; by the retry the lease is past.
         let round = ledger.take_round(false, start);
-        ledger.requeue(Vec::new(), round.nacks, Vec::new());
+        ledger.requeue(Round {
+            nacks: round.nacks,
+            ..Round::default()
+        });
         let round = ledger.take_round(false, start + Duration::from_secs(11));
         assert!(round.nacks.is_empty(), "{round:?}");
         assert_eq!(names(&round.moot), [id("one")]);
@@ -551,7 +645,13 @@ mod tests {
         let new = ledger.begin_epoch();
         assert!(ledger.is_live(new));
         settle(&mut ledger, 1, a, &ta, Settlement::Ack);
-        settle(&mut ledger, 2, b, &tb, Settlement::Nack(Duration::ZERO));
+        settle(
+            &mut ledger,
+            2,
+            b,
+            &tb,
+            Settlement::Nack(Nack::after(Duration::ZERO)),
+        );
         settle(&mut ledger, 2, b, &tb, Settlement::Extend);
         let round = ledger.take_round(true, now);
         assert_eq!(names(&round.acks), [at(1)]);
@@ -567,7 +667,13 @@ mod tests {
         let mut ledger = Ledger::new(MAX);
         let old = ledger.begin_epoch();
         let (a, ta) = receive(&mut ledger, old, 1, "");
-        settle(&mut ledger, 1, a, &ta, Settlement::Nack(Duration::ZERO));
+        settle(
+            &mut ledger,
+            1,
+            a,
+            &ta,
+            Settlement::Nack(Nack::after(Duration::ZERO)),
+        );
         ledger.end_epoch(old);
         ledger.begin_epoch();
         let round = ledger.take_round(false, now);
@@ -594,7 +700,7 @@ mod tests {
             5,
             stale,
             &stale_id,
-            Settlement::Nack(Duration::ZERO),
+            Settlement::Nack(Nack::after(Duration::ZERO)),
         );
         let round = ledger.take_round(true, now);
         assert!(
@@ -615,7 +721,7 @@ mod tests {
             5,
             fresh,
             &fresh_id,
-            Settlement::Nack(Duration::ZERO),
+            Settlement::Nack(Nack::after(Duration::ZERO)),
         );
         let round = ledger.take_round(true, now);
         assert_eq!(nacks(&round), [(Duration::ZERO, vec![id("new-5")])]);
@@ -635,7 +741,7 @@ mod tests {
             3,
             first,
             &first_id,
-            Settlement::Nack(Duration::ZERO),
+            Settlement::Nack(Nack::after(Duration::ZERO)),
         );
         receive(&mut ledger, epoch, 3, "second");
         let round = ledger.take_round(true, now);
@@ -666,7 +772,7 @@ mod tests {
             3,
             first,
             &target,
-            Settlement::Nack(Duration::ZERO),
+            Settlement::Nack(Nack::after(Duration::ZERO)),
         );
         assert_eq!(ledger.pending(), 0, "the stale delivery does not nack");
         settle(
@@ -674,7 +780,7 @@ mod tests {
             3,
             second,
             &target,
-            Settlement::Nack(Duration::ZERO),
+            Settlement::Nack(Nack::after(Duration::ZERO)),
         );
         assert_eq!(ledger.pending(), 1);
     }
@@ -686,15 +792,112 @@ mod tests {
         let epoch = ledger.begin_epoch();
         let (serial, held) = receive(&mut ledger, epoch, 9, "held");
         let queued = |target: Target| Queued::new(&target, None, None);
-        ledger.requeue(
-            vec![queued(at(1)), queued(id("two"))],
-            vec![(Duration::ZERO, vec![queued(at(3))])],
-            vec![held.clone(), id("gone")],
-        );
+        ledger.requeue(Round {
+            acks: vec![queued(at(1)), queued(id("two"))],
+            rejects: vec![("bad".to_owned(), vec![queued(id("four"))])],
+            nacks: vec![(Nack::after(Duration::ZERO), vec![queued(at(3))])],
+            extends: vec![held.clone(), id("gone")],
+            moot: Vec::new(),
+        });
         let round = ledger.take_round(false, now);
         assert_eq!(names(&round.acks), [at(1), id("two")]);
+        assert_eq!(rejects(&round), [("bad".to_owned(), vec![id("four")])]);
         assert_eq!(nacks(&round), [(Duration::ZERO, vec![at(3)])]);
         assert_eq!(round.extends, [held], "only a held lease is extended again");
         assert!(serial > 0);
+    }
+
+    #[test]
+    fn rejects_are_grouped_by_error_and_leave_the_lease() {
+        let now = Instant::now();
+        let mut ledger = Ledger::new(MAX);
+        let epoch = ledger.begin_epoch();
+        let mut reject = |offset, ack_id: &str, error: &str| {
+            let (serial, target) = receive(&mut ledger, epoch, offset, ack_id);
+            let how = Settlement::Reject(error.to_owned());
+            settle(&mut ledger, offset, serial, &target, how);
+        };
+        reject(1, "r1", "bad json");
+        reject(2, "r2", "unknown customer");
+        reject(3, "r3", "bad json");
+        reject(4, "", "");
+        let (acked, acked_id) = receive(&mut ledger, epoch, 5, "a5");
+        settle(&mut ledger, 5, acked, &acked_id, Settlement::Ack);
+        assert_eq!(ledger.pending(), 5);
+        assert_eq!(ledger.outstanding(), 0, "a reject ends the lease");
+        let round = ledger.take_round(true, now);
+        assert_eq!(
+            rejects(&round),
+            [
+                (String::new(), vec![at(4)]),
+                ("bad json".to_owned(), vec![id("r1"), id("r3")]),
+                ("unknown customer".to_owned(), vec![id("r2")]),
+            ]
+        );
+        assert_eq!(names(&round.acks), [id("a5")], "acks apart");
+        assert!(round.extends.is_empty(), "rejected leases are not extended");
+        assert!(ledger.take_round(true, now).is_empty());
+    }
+
+    #[test]
+    fn nacks_are_grouped_by_delay_and_error() {
+        let now = Instant::now();
+        let mut ledger = Ledger::new(MAX);
+        let epoch = ledger.begin_epoch();
+        let later = Duration::from_secs(5);
+        for (offset, how) in [
+            (1, nack(Duration::ZERO, "timeout")),
+            (2, nack(Duration::ZERO, "")),
+            (3, nack(later, "timeout")),
+            (4, nack(Duration::ZERO, "timeout")),
+            (5, nack(Duration::ZERO, "")),
+        ] {
+            let (serial, target) = receive(&mut ledger, epoch, offset, &format!("n{offset}"));
+            settle(&mut ledger, offset, serial, &target, how);
+        }
+        let round = ledger.take_round(false, now);
+        let groups: Vec<(Nack, Vec<Target>)> = round
+            .nacks
+            .iter()
+            .map(|(nack, queued)| (nack.clone(), names(queued)))
+            .collect();
+        let key = |delay, error: &str| Nack {
+            delay,
+            error: error.to_owned(),
+        };
+        assert_eq!(
+            groups,
+            [
+                (key(Duration::ZERO, ""), vec![id("n2"), id("n5")]),
+                (key(Duration::ZERO, "timeout"), vec![id("n1"), id("n4")]),
+                (key(later, "timeout"), vec![id("n3")]),
+            ]
+        );
+    }
+
+    /// Like an ack, a reject is terminal: it goes out even when its lease
+    /// was let go or its stream ended (a stale ack_id is ignored by the
+    /// broker), and it is never moot.
+    #[test]
+    fn a_reject_goes_out_after_its_lease_was_let_go_or_its_stream_ended() {
+        let start = Instant::now();
+        let mut ledger = Ledger::new(Duration::from_secs(10));
+        let old = ledger.begin_epoch();
+        let let_go = ledger.received(old, 1, id("let-go"), start);
+        let ended = ledger.received(old, 2, id("ended"), start);
+        let late = start + Duration::from_secs(11);
+        let how = Settlement::Reject("poison".to_owned());
+        let moot = ledger.settle(1, let_go, &id("let-go"), how.clone(), None, late);
+        assert!(moot.is_none());
+        ledger.end_epoch(old);
+        ledger.begin_epoch();
+        let moot = ledger.settle(2, ended, &id("ended"), how, None, late);
+        assert!(moot.is_none());
+        let round = ledger.take_round(true, late);
+        assert_eq!(
+            rejects(&round),
+            [("poison".to_owned(), vec![id("let-go"), id("ended")])]
+        );
+        assert!(round.moot.is_empty(), "{round:?}");
     }
 }

@@ -11,8 +11,12 @@
 //!   batches, several batches at a time, from a bounded queue, and sends a
 //!   batch again only when its call never reached the broker;
 //! - a [`Subscriber`]: a [`Stream`](futures::Stream) of [`Delivery`]
-//!   values. Acks are batched (or awaited one by one with
-//!   [`Delivery::ack_with_response`]), leases of unsettled deliveries are
+//!   values, each settled with an ack, a nack (optionally with an error:
+//!   [`Delivery::nack_with_error`]) or a reject ([`Delivery::reject`]: never
+//!   again; dead-lettered at once when the subscription has a dead-letter
+//!   policy). Acks and rejects are batched (or awaited one by one with
+//!   [`Delivery::ack_with_response`] and
+//!   [`Delivery::reject_with_response`]), leases of unsettled deliveries are
 //!   extended on their own, flow control holds to a count and a byte
 //!   budget, the stream reconnects when the broker restarts, and
 //!   [`Subscriber::shutdown`] ends it only once handlers have settled what
@@ -51,15 +55,15 @@
 //! ```
 //!
 //! # Delivery promises
-//! Delivery is at least once: a message comes again until it is acked —
-//! after a nack, when a dropped [`Delivery`] is nacked for you, when its
-//! lease expires (only past the subscriber's `max_lease_extension`, when
-//! the subscriber lets the lease go), or when the stream ends with it
-//! unsettled ([`Subscriber::close`]; [`Subscriber::shutdown`] waits for
-//! handlers first). Settlements are idempotent, and transient failures
+//! Delivery is at least once: a message comes again until it is acked (or
+//! rejected) — after a nack, when a dropped [`Delivery`] is nacked for
+//! you, when its lease expires (only past the subscriber's
+//! `max_lease_extension`, when the subscriber lets the lease go), or when
+//! the stream ends with it unsettled ([`Subscriber::close`];
+//! [`Subscriber::shutdown`] waits for handlers first). Settlements are idempotent, and transient failures
 //! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, timeouts) are
-//! retried across reconnects. Acks and nacks the broker refused, or that
-//! were given up while closing, are never only logged:
+//! retried across reconnects. Acks, rejects and nacks the broker refused,
+//! or that were given up while closing, are never only logged:
 //! [`Subscriber::flush`], [`Subscriber::close`] and
 //! [`Subscriber::shutdown`] return [`Error::Unsettled`] with how many and
 //! why, and the awaitable forms return the failure itself. Settlements name
@@ -101,7 +105,7 @@ pub use tidings::v1;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DECODING_MESSAGE_SIZE,
 };
-pub use delivery::{Delivery, MAX_NACK_DELAY, SettleFuture};
+pub use delivery::{Delivery, MAX_ERROR_BYTES, MAX_NACK_DELAY, SettleFuture};
 pub use error::{Error, Result};
 pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,

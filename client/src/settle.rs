@@ -1,6 +1,7 @@
 //! The settlement task of a [`Subscriber`](crate::Subscriber): it sends
-//! acks, nacks and lease extensions in batched `Ack`, `Nack` and
-//! `ModifyAckDeadline` calls, extends every outstanding lease on a timer,
+//! acks, rejects, nacks and lease extensions in batched `Ack`, `Reject`,
+//! `Nack` and `ModifyAckDeadline` calls (one `Reject` per error text, one
+//! `Nack` per delay and error text), extends every outstanding lease on a timer,
 //! retries transient failures with backoff so that nothing is lost across
 //! a reconnect, answers awaitable settlements and flushes, and counts what
 //! failed until a flush reports it. Each delivery goes in a request's
@@ -27,7 +28,7 @@ use crate::lease::{Ledger, Queued, Reply, Round, Settlement, Target};
 
 mod wire;
 
-use wire::{Names, ack, chunks, extend, nack, requests};
+use wire::{Names, ack, chunks, extend, nack, reject, requests};
 /// Pending settlements that trigger a send before the flush interval ends.
 const URGENT_PENDING: usize = 1000;
 /// Rounds that fail with a transient error once the subscriber is closing,
@@ -75,7 +76,8 @@ struct Waiter {
     report: bool,
 }
 
-/// Acks and nacks that failed and that nobody has been told about yet.
+/// Acks, rejects and nacks that failed and that nobody has been told
+/// about yet.
 #[derive(Debug, Default)]
 struct Failures {
     refused: u64,
@@ -264,7 +266,7 @@ impl Settle {
     /// Waits until every settlement queued so far is sent and answered.
     ///
     /// # Errors
-    /// [`Error::Unsettled`] when acks or nacks failed since the last flush
+    /// [`Error::Unsettled`] when acks, rejects or nacks failed since the last flush
     /// (refused by the broker, or given up while closing), except those
     /// whose failure was handed to an awaiting caller.
     pub(crate) async fn flush(&self) -> Result<()> {
@@ -360,9 +362,8 @@ fn is_urgent(shared: &Shared) -> bool {
 /// What became of a round.
 #[derive(Default)]
 struct Outcome {
-    retry_acks: Vec<Queued>,
-    retry_nacks: Vec<(Duration, Vec<Queued>)>,
-    retry_extends: Vec<Target>,
+    /// What is to be sent again.
+    retry: Round,
     /// The last transient failure, when something is to be retried.
     transient: Option<tonic::Status>,
     /// Refusals nobody was told about.
@@ -378,14 +379,22 @@ async fn send_round(config: &SettleConfig, round: Round) -> Outcome {
     for chunk in chunks(round.acks) {
         let result = ack(config, Names::of(&chunk)).await;
         if let Some(retry) = outcome.settled(chunk, result, "acks", config) {
-            outcome.retry_acks.extend(retry);
+            outcome.retry.acks.extend(retry);
         }
     }
-    for (delay, queued) in round.nacks {
+    for (error, queued) in round.rejects {
         for chunk in chunks(queued) {
-            let result = nack(config, Names::of(&chunk), delay).await;
+            let result = reject(config, Names::of(&chunk), &error).await;
+            if let Some(retry) = outcome.settled(chunk, result, "rejects", config) {
+                outcome.retry.rejects.push((error.clone(), retry));
+            }
+        }
+    }
+    for (how, queued) in round.nacks {
+        for chunk in chunks(queued) {
+            let result = nack(config, Names::of(&chunk), &how).await;
             if let Some(retry) = outcome.settled(chunk, result, "nacks", config) {
-                outcome.retry_nacks.push((delay, retry));
+                outcome.retry.nacks.push((how.clone(), retry));
             }
         }
     }
@@ -394,7 +403,7 @@ async fn send_round(config: &SettleConfig, round: Round) -> Outcome {
             Ok(()) => {}
             Err(status) if is_transient(&status) => {
                 debug!(code = ?status.code(), "lease extensions not sent; will retry");
-                outcome.retry_extends.extend_from_slice(chunk);
+                outcome.retry.extends.extend_from_slice(chunk);
                 outcome.transient = Some(status);
             }
             Err(status) => warn!(
@@ -409,7 +418,7 @@ async fn send_round(config: &SettleConfig, round: Round) -> Outcome {
 }
 
 impl Outcome {
-    /// Answers the acks or nacks of one request that `result` answered;
+    /// Answers the settlements of one request that `result` answered;
     /// returns them back when they are to be retried.
     fn settled(
         &mut self,
@@ -483,11 +492,7 @@ fn finish_round(
         let closing = state.closing || state.gone;
         *closing_failures += u32::from(closing);
         if !closing || *closing_failures < CLOSING_ATTEMPTS {
-            state.ledger.requeue(
-                outcome.retry_acks,
-                outcome.retry_nacks,
-                outcome.retry_extends,
-            );
+            state.ledger.requeue(std::mem::take(&mut outcome.retry));
             merge(&mut state.failures, outcome.failures);
             state.waiters.extend(waiters);
             drop(state);
@@ -515,14 +520,19 @@ fn finish_round(
     }
 }
 
-/// Gives up the acks and nacks of `outcome` that were to be retried:
-/// the broker stayed unreachable (or too slow) while closing.
+/// Gives up the acks, rejects and nacks of `outcome` that were to be
+/// retried: the broker stayed unreachable (or too slow) while closing.
 fn give_up(outcome: &mut Outcome, status: &tonic::Status) {
-    let retried = std::mem::take(&mut outcome.retry_acks).into_iter().chain(
-        std::mem::take(&mut outcome.retry_nacks)
-            .into_iter()
-            .flat_map(|(_, queued)| queued),
-    );
+    let Round {
+        acks,
+        rejects,
+        nacks,
+        ..
+    } = std::mem::take(&mut outcome.retry);
+    let retried = acks
+        .into_iter()
+        .chain(rejects.into_iter().flat_map(|(_, queued)| queued))
+        .chain(nacks.into_iter().flat_map(|(_, queued)| queued));
     let mut count = 0;
     for queued in retried {
         count += 1;
@@ -532,13 +542,12 @@ fn give_up(outcome: &mut Outcome, status: &tonic::Status) {
         };
         answer(queued.reply, Err(error), &mut outcome.failures);
     }
-    outcome.retry_extends.clear();
     if count > 0 {
         warn!(
             count,
             code = ?status.code(),
             message = status.message(),
-            "the broker stayed unreachable while closing; acks or nacks were given up"
+            "the broker stayed unreachable while closing; acks, rejects or nacks were given up"
         );
     }
 }

@@ -315,29 +315,30 @@ impl Subscriber {
         self.ack_deadline
     }
 
-    /// Waits until every ack and nack made so far has been sent and
+    /// Waits until every ack, reject and nack made so far has been sent and
     /// answered by the broker. Transient failures are retried meanwhile,
     /// for as long as it takes (the broker may be restarting).
     ///
     /// # Errors
-    /// [`Error::Unsettled`](crate::Error::Unsettled) when acks or nacks
-    /// were refused by the broker since the last flush, with how many and
-    /// the first cause (those made with [`Delivery::ack_with_response`] and
+    /// [`Error::Unsettled`](crate::Error::Unsettled) when acks, rejects or
+    /// nacks were refused by the broker since the last flush, with how many
+    /// and the first cause (those made with [`Delivery::ack_with_response`],
+    /// [`Delivery::reject_with_response`] and
     /// [`Delivery::nack_with_response`] whose future was awaited report
     /// to it instead).
     pub async fn flush(&self) -> Result<()> {
         self.settle.flush().await
     }
 
-    /// Ends the stream at once, then sends pending acks, nacks and
+    /// Ends the stream at once, then sends pending acks, rejects, nacks and
     /// extensions. Deliveries still held stay ackable afterwards, but the
     /// broker took their messages back when the stream ended, so they are
     /// delivered again (see [`shutdown`](Self::shutdown) to wait for
     /// them instead).
     ///
     /// # Errors
-    /// [`Error::Unsettled`](crate::Error::Unsettled) when acks or nacks
-    /// were not stored: the broker refused them (a status such as `NOT_FOUND` or
+    /// [`Error::Unsettled`](crate::Error::Unsettled) when acks, rejects or
+    /// nacks were not stored: the broker refused them (a status such as `NOT_FOUND` or
     /// `FAILED_PRECONDITION`), or it could not be reached, or did not
     /// answer in time, through a few more attempts while closing.
     pub async fn close(mut self) -> Result<()> {

@@ -6,6 +6,9 @@
 //! subscription ends the subscriber with NOT_FOUND instead of being
 //! created again.
 //!
+//! Rejects go in `Reject` calls, one per error text, end the lease, and
+//! are retried and answered like acks; a nack's error goes in its request.
+//!
 //! Settlements that the broker refuses, or does not answer in time, are
 //! reported by `flush`, `close`, `shutdown` and the awaitable acks; a
 //! lease past `max_lease_extension` is let go; `shutdown` ends the stream
@@ -29,7 +32,7 @@ use stand_in::{
     stand_in, stand_in_with, stay_open,
 };
 use tidings_client::v1::{ReceivedMessage, SubscribeRequest};
-use tidings_client::{Client, Delivery, Error, Subscriber};
+use tidings_client::{Client, Delivery, Error, MAX_ERROR_BYTES, Subscriber};
 use tokio::sync::{Notify, mpsc};
 use tonic::{Code, Status};
 
@@ -429,7 +432,7 @@ async fn close_reports_acks_the_broker_refused() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.to_string()
-            .starts_with("2 acks or nacks were not stored"),
+            .starts_with("2 acks, rejects or nacks were not stored"),
         "{err}"
     );
     let cause = std::error::Error::source(&err).context("the refusal is the source")?;
@@ -694,5 +697,236 @@ async fn shutdown_ends_the_stream_only_after_held_deliveries_are_settled() -> an
     );
     let named = settlements(&calls);
     assert_eq!(named, [Named::new("ack", &[], &["held"])]);
+    Ok(())
+}
+
+/// The `Reject` and `Nack` calls among `calls`: (kind, error, ack_ids),
+/// sorted.
+fn with_errors(calls: &[Call]) -> Vec<(&'static str, String, Vec<String>)> {
+    let mut found: Vec<_> = calls
+        .iter()
+        .filter_map(|call| match call {
+            Call::Reject(r) => Some(("reject", r.error.clone(), r.ack_ids.clone())),
+            Call::Nack(r) => Some(("nack", r.error.clone(), r.ack_ids.clone())),
+            _ => None,
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// How many `Reject` calls `calls` holds.
+fn reject_calls(calls: &[Call]) -> usize {
+    calls
+        .iter()
+        .filter(|c| matches!(c, Call::Reject(_)))
+        .count()
+}
+
+/// A rejected delivery goes in a `Reject` call by its ack_id, with its
+/// error, and its lease, extended while held, is not extended afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reject_sends_the_ack_id_and_error_and_ends_the_lease() -> anyhow::Result<()> {
+    // A 1 s deadline: extensions every third of a second.
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "r0"), message(1, "held")]);
+    let (client, mut calls_rx) = stand_in(1, script).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    let rejected = next(&mut subscriber).await?;
+    let held = next(&mut subscriber).await?;
+    wait_for_call(&mut calls_rx, |c| c.names("extend", "r0")).await?;
+
+    rejected.reject("unparsable order");
+    let calls = wait_for_call(&mut calls_rx, |c| c.names("reject", "r0")).await?;
+    let Some(Call::Reject(request)) = calls.last() else {
+        unreachable!("wait_for_call ends on a reject");
+    };
+    assert_eq!(request.subscription, "s");
+    assert_eq!(request.error, "unparsable order");
+    assert_eq!(request.ack_ids, ["r0"]);
+    assert!(request.offsets.is_empty(), "{request:?}");
+
+    // Two more rounds of extensions: the held lease, never the rejected.
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        after.extend(wait_for_call(&mut calls_rx, |c| c.names("extend", "held")).await?);
+    }
+    assert!(
+        !after.iter().any(|c| c.names("extend", "r0")),
+        "extended after its reject: {after:?}"
+    );
+    held.ack();
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+/// Rejects are batched per error text: one `Reject` call per text, each
+/// with the ack_ids rejected with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn rejects_are_batched_per_error_text() -> anyhow::Result<()> {
+    let script = |_: &SubscribeRequest, _| {
+        stay_open(vec![message(0, "x0"), message(1, "x1"), message(2, "x2")])
+    };
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    // Nothing is sent before close: all three go in the same round.
+    let mut subscriber = client
+        .subscriber("s")
+        .ack_flush_interval(EVENT_TIMEOUT * 2)
+        .subscribe()
+        .await?;
+    next(&mut subscriber).await?.reject("bad json");
+    next(&mut subscriber).await?.reject("unknown customer");
+    next(&mut subscriber).await?.reject("bad json");
+    within(subscriber.close()).await??;
+    let calls = drain(&mut calls_rx);
+    let ids = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        with_errors(&calls),
+        [
+            ("reject", "bad json".to_owned(), ids(&["x0", "x2"])),
+            ("reject", "unknown customer".to_owned(), ids(&["x1"])),
+        ]
+    );
+    Ok(())
+}
+
+/// Rejects are idempotent: a transient failure is retried until stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reject_is_retried_on_unavailable() -> anyhow::Result<()> {
+    let answers = Box::new(|n| match n {
+        1 => (Duration::ZERO, Err(Status::unavailable("restarting"))),
+        _ => (Duration::ZERO, Ok(())),
+    });
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "r0")]);
+    let (url, mut calls_rx) = serve(LONG_DEADLINE, script, answers).await?;
+    let mut subscriber = Client::connect(url)
+        .await?
+        .subscriber("s")
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .subscribe()
+        .await?;
+    within(next(&mut subscriber).await?.reject_with_response("poison")).await??;
+    let calls = drain(&mut calls_rx);
+    assert_eq!(
+        reject_calls(&calls),
+        2,
+        "refused once, then stored: {calls:?}"
+    );
+    let sent = with_errors(&calls);
+    let same = ("reject", "poison".to_owned(), vec!["r0".to_owned()]);
+    assert_eq!(sent, [same.clone(), same], "the retry is the same request");
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reject_with_response_resolves_with_what_the_broker_answered() -> anyhow::Result<()> {
+    let answers = Box::new(|n| match n {
+        1 => (Duration::ZERO, Ok(())),
+        _ => (
+            Duration::ZERO,
+            Err(Status::not_found("no such subscription")),
+        ),
+    });
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "r0"), message(1, "r1")]);
+    let (url, mut calls_rx) = serve(LONG_DEADLINE, script, answers).await?;
+    let mut subscriber = Client::connect(url)
+        .await?
+        .subscriber("s")
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+
+    within(first.reject_with_response("first")).await??;
+    // Resolved only once the broker answered: it has the call by now.
+    let calls = drain(&mut calls_rx);
+    assert!(calls.iter().any(|c| c.names("reject", "r0")), "{calls:?}");
+
+    let err = within(second.reject_with_response("second"))
+        .await?
+        .expect_err("the refusal comes back");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(err.to_string().contains("no such subscription"), "{err}");
+    // Already told to the one who awaited it: not reported again.
+    within(subscriber.flush()).await??;
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+/// A refused fire-and-forget reject is reported by `close`, like an ack.
+#[tokio::test(flavor = "multi_thread")]
+async fn close_reports_a_reject_the_broker_refused() -> anyhow::Result<()> {
+    let refusal = Status::failed_precondition("rejects are not accepted here");
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "r0")]);
+    let (client, _calls_rx) = stand_in_with(LONG_DEADLINE, script, acks_refused(refusal)).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    next(&mut subscriber).await?.reject("poison");
+    let err = within(subscriber.close())
+        .await?
+        .expect_err("close reports the refused reject");
+    assert_eq!(unsettled(&err)?, (1, 0), "{err}");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    Ok(())
+}
+
+/// Past `max_lease_extension` a nack is moot, but a reject still goes:
+/// the broker ignores a stale ack_id, and may still hold this lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reject_of_a_lease_let_go_is_still_sent() -> anyhow::Result<()> {
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "late")]);
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .max_lease_extension(Duration::ZERO)
+        .subscribe()
+        .await?;
+    within(
+        next(&mut subscriber)
+            .await?
+            .reject_with_response("too late"),
+    )
+    .await??;
+    within(subscriber.close()).await??;
+    let calls = drain(&mut calls_rx);
+    assert_eq!(
+        settlements(&calls),
+        [Named::new("reject", &[], &["late"])],
+        "{calls:?}"
+    );
+    Ok(())
+}
+
+/// `nack_with_error` puts its error in the `Nack` request; nacks are
+/// grouped by (delay, error), and an error over the limit is cut to it on
+/// a character boundary rather than refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn nack_with_error_puts_the_error_in_the_request() -> anyhow::Result<()> {
+    let script =
+        |_: &SubscribeRequest, _| stay_open((0..4).map(|i| message(i, &format!("n{i}"))).collect());
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, script).await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .ack_flush_interval(EVENT_TIMEOUT * 2)
+        .subscribe()
+        .await?;
+    // Two-byte characters: 1200 bytes, cut to 1024 (512 of them).
+    let long = "é".repeat(600);
+    next(&mut subscriber).await?.nack_with_error("timeout");
+    next(&mut subscriber).await?.nack();
+    next(&mut subscriber).await?.nack_with_error("timeout");
+    next(&mut subscriber).await?.nack_with_error(long);
+    within(subscriber.close()).await??;
+    let calls = drain(&mut calls_rx);
+    let ids = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+    let cut = "é".repeat(MAX_ERROR_BYTES / 2);
+    assert_eq!(cut.len(), MAX_ERROR_BYTES);
+    assert_eq!(
+        with_errors(&calls),
+        [
+            ("nack", String::new(), ids(&["n1"])),
+            ("nack", "timeout".to_owned(), ids(&["n0", "n2"])),
+            ("nack", cut, ids(&["n3"])),
+        ]
+    );
     Ok(())
 }

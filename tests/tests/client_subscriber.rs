@@ -1,13 +1,15 @@
 //! The Rust client's `Subscriber` against a real broker: deliveries, acks,
-//! nacks, dropped deliveries, automatic lease extension, flow control by
-//! count and by bytes, errors, shutdown without duplicates, and a broker
-//! restart under a live subscriber.
+//! nacks, rejects and dead letters, dropped deliveries, automatic lease
+//! extension, flow control by count and by bytes, errors, shutdown without
+//! duplicates, and a broker restart under a live subscriber.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tidings_client::{Client, Delivery, Message, Subscriber, SubscriptionConfig};
+use tidings_client::{
+    Client, DeadLetterPolicy, Delivery, Message, StoredMessage, Subscriber, SubscriptionConfig,
+};
 use tidings_tests::{TestBroker, within};
 use tokio::time::{Instant, timeout};
 use tonic::Code;
@@ -494,5 +496,131 @@ async fn max_outstanding_bytes_limits_unsettled_deliveries() -> anyhow::Result<(
     second.ack();
     third.ack();
     within(subscriber.close()).await??;
+    Ok(())
+}
+
+/// A topic "t" with `payloads` published to it, a dead-letter topic
+/// "t.dead", and a subscription "s" of "t" that moves a message there
+/// after `max_delivery_attempts` failed deliveries (or a reject).
+async fn dead_lettering(
+    broker: &TestBroker,
+    payloads: &[&'static str],
+    max_delivery_attempts: u32,
+) -> anyhow::Result<Client> {
+    let client = topic_with(broker, "t", payloads).await?;
+    client.create_topic("t.dead").await?;
+    let policy = DeadLetterPolicy::new("t.dead", max_delivery_attempts);
+    client
+        .create_subscription(SubscriptionConfig::new("s", "t").dead_letter_policy(policy))
+        .await?;
+    Ok(client)
+}
+
+/// Every message of the dead-letter topic "t.dead".
+async fn dead_letters(client: &Client) -> anyhow::Result<Vec<StoredMessage>> {
+    Ok(within(client.read_topic("t.dead", 0, 100)).await??.messages)
+}
+
+/// The attribute `name` of `message`, if any.
+fn attribute<'a>(message: &'a StoredMessage, name: &str) -> Option<&'a str> {
+    message.attributes.get(name).map(String::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_delivery_is_dead_lettered_at_once_with_its_error() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = dead_lettering(&broker, &["poison", "fine"], 5).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    let poison = next(&mut subscriber).await?;
+    assert_eq!((poison.offset(), poison.delivery_attempt()), (0, 1));
+    // Resolves once the broker stored it: the move is done by then.
+    within(poison.reject_with_response("unparsable order")).await??;
+    let fine = next(&mut subscriber).await?;
+    assert_eq!(
+        fine.offset(),
+        1,
+        "the rejected message is not delivered again"
+    );
+    within(fine.ack_with_response()).await??;
+
+    let dead = dead_letters(&client).await?;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(&dead[0].payload[..], b"poison");
+    assert_eq!(
+        attribute(&dead[0], "tidings.dead_letter_reason"),
+        Some("rejected")
+    );
+    assert_eq!(
+        attribute(&dead[0], "tidings.last_error"),
+        Some("unparsable order")
+    );
+    assert_eq!(attribute(&dead[0], "tidings.source_offset"), Some("0"));
+    assert_eq!(attribute(&dead[0], "tidings.delivery_attempts"), Some("1"));
+    nothing_within(&mut subscriber, Duration::from_millis(300)).await;
+    within(subscriber.close()).await??;
+    let figures = client.get_subscription("s").await?;
+    assert_eq!(
+        (figures.dead_lettered, figures.backlog),
+        (1, 0),
+        "{figures:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_nacked_with_errors_is_dead_lettered_with_the_last_error() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = dead_lettering(&broker, &["flaky"], 2).await?;
+    let mut subscriber = client.subscriber("s").subscribe().await?;
+    for (attempt, error) in [(1, "timeout calling billing"), (2, "billing said 503")] {
+        let delivery = next(&mut subscriber).await?;
+        assert_eq!(delivery.delivery_attempt(), attempt);
+        delivery.nack_with_error(error);
+    }
+    // Every settlement made so far was answered: the second nack moved it.
+    within(subscriber.flush()).await??;
+
+    let dead = dead_letters(&client).await?;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(&dead[0].payload[..], b"flaky");
+    assert_eq!(
+        attribute(&dead[0], "tidings.dead_letter_reason"),
+        Some("max_delivery_attempts")
+    );
+    assert_eq!(
+        attribute(&dead[0], "tidings.last_error"),
+        Some("billing said 503")
+    );
+    assert_eq!(attribute(&dead[0], "tidings.delivery_attempts"), Some("2"));
+    nothing_within(&mut subscriber, Duration::from_millis(300)).await;
+    within(subscriber.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_dead_letter_policy_a_rejected_delivery_is_acknowledged_and_counted()
+-> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = topic_with(&broker, "t", &["poison"]).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    within(
+        next(&mut subscriber)
+            .await?
+            .reject_with_response("no handler"),
+    )
+    .await??;
+    nothing_within(&mut subscriber, Duration::from_millis(300)).await;
+    within(subscriber.close()).await??;
+    let figures = client.get_subscription("s").await?;
+    assert_eq!(
+        (
+            figures.rejected,
+            figures.dead_lettered,
+            figures.backlog,
+            figures.ack_floor
+        ),
+        (1, 0, 0, 1),
+        "{figures:?}"
+    );
     Ok(())
 }

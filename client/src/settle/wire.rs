@@ -1,14 +1,12 @@
-//! The requests of the settlement task: `Ack`, `Nack` and
+//! The requests of the settlement task: `Ack`, `Reject`, `Nack` and
 //! `ModifyAckDeadline` calls, each naming at most a bounded number (and
 //! size) of deliveries, by ack_id or else by offset, never both. It decides
 //! nothing about retries or failures; `settle.rs` does.
 
-use std::time::Duration;
-
-use tidings::v1::{AckRequest, ModifyAckDeadlineRequest, NackRequest};
+use tidings::v1::{AckRequest, ModifyAckDeadlineRequest, NackRequest, RejectRequest};
 
 use super::SettleConfig;
-use crate::lease::{Queued, Target};
+use crate::lease::{Nack, Queued, Target};
 use crate::types::deadline_seconds;
 
 /// Most deliveries named in one settlement request.
@@ -18,7 +16,7 @@ const MAX_TARGETS_PER_REQUEST: usize = 2500;
 /// any length.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
 
-/// Splits queued acks or nacks into the runs that go in one request each.
+/// Splits queued acks, rejects or nacks into the runs that go in one request each.
 pub(super) fn chunks(queued: Vec<Queued>) -> Vec<Vec<Queued>> {
     let lengths: Vec<usize> = requests(&queued, |q| &q.target)
         .map(<[Queued]>::len)
@@ -93,20 +91,35 @@ pub(super) async fn ack(config: &SettleConfig, names: Names) -> Result<(), tonic
     Ok(())
 }
 
+pub(super) async fn reject(
+    config: &SettleConfig,
+    names: Names,
+    error: &str,
+) -> Result<(), tonic::Status> {
+    let request = config.client.request(RejectRequest {
+        subscription: config.subscription.clone(),
+        offsets: names.offsets,
+        error: error.to_owned(),
+        ack_ids: names.ack_ids,
+    });
+    config.client.subscriber_service().reject(request).await?;
+    Ok(())
+}
+
 pub(super) async fn nack(
     config: &SettleConfig,
     names: Names,
-    delay: Duration,
+    how: &Nack,
 ) -> Result<(), tonic::Status> {
-    let delay = (!delay.is_zero())
-        .then(|| prost_types::Duration::try_from(delay).ok())
+    let delay = (!how.delay.is_zero())
+        .then(|| prost_types::Duration::try_from(how.delay).ok())
         .flatten();
     let request = config.client.request(NackRequest {
         subscription: config.subscription.clone(),
         offsets: names.offsets,
         delay,
         ack_ids: names.ack_ids,
-        ..NackRequest::default()
+        error: how.error.clone(),
     });
     config.client.subscriber_service().nack(request).await?;
     Ok(())

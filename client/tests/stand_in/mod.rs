@@ -1,6 +1,6 @@
 //! A stand-in broker for the client's tests: it plays scripted
-//! `Subscribe` streams, answers `Ack` as told (at once, late, or with a
-//! refusal), records every call it gets (and the end of every stream it
+//! `Subscribe` streams, answers `Ack` and `Reject` as told (at once, late,
+//! or with a refusal), records every call it gets (and the end of every stream it
 //! served), and reports a subscription's ack deadline. It lets a test
 //! choose what today's broker cannot show: ack_ids, a stream that ends
 //! with OK, refused or slow acks.
@@ -25,8 +25,8 @@ use tidings_client::v1::{
     DeleteTopicRequest, DeleteTopicResponse, GetSubscriptionRequest, GetSubscriptionResponse,
     GetTopicRequest, GetTopicResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
     ListTopicsRequest, ListTopicsResponse, ModifyAckDeadlineRequest, ModifyAckDeadlineResponse,
-    NackRequest, NackResponse, ReceivedMessage, SubscribeRequest, SubscribeResponse, Subscription,
-    UpdateSubscriptionRequest, UpdateSubscriptionResponse,
+    NackRequest, NackResponse, ReceivedMessage, RejectRequest, RejectResponse, SubscribeRequest,
+    SubscribeResponse, Subscription, UpdateSubscriptionRequest, UpdateSubscriptionResponse,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -38,6 +38,7 @@ use tonic::{Request, Response, Status};
 pub(crate) enum Call {
     Subscribe(SubscribeRequest),
     Ack(AckRequest),
+    Reject(RejectRequest),
     Nack(NackRequest),
     Extend(ModifyAckDeadlineRequest),
     /// The `n`-th stream served (from 1) ended: the client left, or the
@@ -69,6 +70,7 @@ impl Call {
         let (kind, offsets, ack_ids) = match self {
             Self::Subscribe(_) | Self::StreamEnded(_) => return None,
             Self::Ack(r) => ("ack", &r.offsets, &r.ack_ids),
+            Self::Reject(r) => ("reject", &r.offsets, &r.ack_ids),
             Self::Nack(r) => ("nack", &r.offsets, &r.ack_ids),
             Self::Extend(r) => ("extend", &r.offsets, &r.ack_ids),
         };
@@ -97,22 +99,22 @@ pub(crate) type Opened = Result<BoxStream<'static, Result<SubscribeResponse, Sta
 /// Decides the answer to the `n`-th `Subscribe` call (from 1).
 pub(crate) type Script = Box<dyn Fn(&SubscribeRequest, u32) -> Opened + Send + Sync>;
 
-/// How the stand-in answers the `n`-th `Ack` call (from 1): after how
-/// long, and with what.
+/// How the stand-in answers the `n`-th `Ack` call (from 1), and the
+/// `n`-th `Reject` call (counted apart): after how long, and with what.
 pub(crate) type AckScript = Box<dyn Fn(u32) -> (Duration, Result<(), Status>) + Send + Sync>;
 
-/// Answers every `Ack` at once with OK.
+/// Answers every `Ack` and `Reject` at once with OK.
 pub(crate) fn acks_ok() -> AckScript {
     Box::new(|_| (Duration::ZERO, Ok(())))
 }
 
-/// Refuses every `Ack` at once with `status`.
+/// Refuses every `Ack` and `Reject` at once with `status`.
 pub(crate) fn acks_refused(status: Status) -> AckScript {
     Box::new(move |_| (Duration::ZERO, Err(status.clone())))
 }
 
-/// The stand-in broker: `Subscribe` follows the script, `Ack` the ack
-/// script, other settlements are recorded and answered OK,
+/// The stand-in broker: `Subscribe` follows the script, `Ack` and
+/// `Reject` the ack script, other settlements are recorded and answered OK,
 /// `GetSubscription` reports the ack deadline.
 struct StandIn {
     calls_tx: mpsc::UnboundedSender<Call>,
@@ -120,6 +122,7 @@ struct StandIn {
     acks: AckScript,
     opened: AtomicU32,
     acked: AtomicU32,
+    rejected: AtomicU32,
     ack_deadline_seconds: u32,
 }
 
@@ -148,6 +151,15 @@ impl StandIn {
     fn record(&self, call: Call) {
         let _ = self.calls_tx.send(call);
     }
+
+    /// Answers the `n`-th call of a kind as the ack script says, after
+    /// its delay (a slow broker: the client's request timeout may give up
+    /// first).
+    async fn answer_as_scripted(&self, n: u32) -> Result<(), Status> {
+        let (delay, answer) = (self.acks)(n);
+        tokio::time::sleep(delay).await;
+        answer
+    }
 }
 
 #[tonic::async_trait]
@@ -169,10 +181,9 @@ impl SubscriberService for StandIn {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         self.record(Call::Ack(request.into_inner()));
         let n = self.acked.fetch_add(1, Ordering::SeqCst) + 1;
-        let (delay, answer) = (self.acks)(n);
-        // A slow broker: the client's request timeout may give up first.
-        tokio::time::sleep(delay).await;
-        answer.map(|()| Response::new(AckResponse {}))
+        self.answer_as_scripted(n)
+            .await
+            .map(|()| Response::new(AckResponse {}))
     }
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
@@ -204,9 +215,13 @@ impl SubscriberService for StandIn {
 
     async fn reject(
         &self,
-        _: Request<tidings_client::v1::RejectRequest>,
-    ) -> Result<Response<tidings_client::v1::RejectResponse>, Status> {
-        Err(Status::unimplemented("the stand-in does not reject"))
+        request: Request<RejectRequest>,
+    ) -> Result<Response<RejectResponse>, Status> {
+        self.record(Call::Reject(request.into_inner()));
+        let n = self.rejected.fetch_add(1, Ordering::SeqCst) + 1;
+        self.answer_as_scripted(n)
+            .await
+            .map(|()| Response::new(RejectResponse {}))
     }
 }
 
@@ -327,6 +342,7 @@ pub(crate) async fn serve(
         acks,
         opened: AtomicU32::new(0),
         acked: AtomicU32::new(0),
+        rejected: AtomicU32::new(0),
         ack_deadline_seconds,
     });
     tokio::spawn(
