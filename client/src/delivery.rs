@@ -215,7 +215,8 @@ impl Delivery {
         self.finish_awaitable(Settlement::Reject(error_text(error.into())))
     }
 
-    /// Gives the message back, to be delivered again at once.
+    /// Gives the message back, to be delivered again: at once, or after
+    /// the subscription's retry policy's backoff when it has one.
     pub fn nack(mut self) {
         self.finish(Settlement::Nack(Nack::after(Duration::ZERO)), None);
     }
