@@ -132,6 +132,8 @@ async fn ordered_consume_delivers_every_message_in_key_order() -> anyhow::Result
             "3",
             "--ordered-keys",
             "7",
+            "--ack-flush-interval",
+            "1ms",
         ])
         .await?
         .ok()?;

@@ -44,6 +44,12 @@ pub(crate) struct ConsumeArgs {
     /// Unacknowledged messages each stream may hold.
     #[arg(long, default_value_t = tidings_client::DEFAULT_MAX_OUTSTANDING_MESSAGES)]
     max_outstanding: u32,
+    /// How long each stream's acks gather before they are sent together
+    /// (the client's default: 5ms). With ordering it is part of every
+    /// key's turn: a key's next message comes once the ack is stored.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION",
+          default_value = "5ms")]
+    ack_flush_interval: Duration,
     /// Give the messages N distinct keys, round-robin, and create the
     /// subscription with message ordering on. The run fails if a key's
     /// messages arrive out of order.
@@ -178,6 +184,7 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
             .await?
             .subscriber(subscription.clone())
             .max_outstanding_messages(args.max_outstanding)
+            .ack_flush_interval(args.ack_flush_interval)
             .subscribe()
             .await?;
         let (drain, all_in_rx) = (Arc::clone(&drain), all_in_rx.clone());
