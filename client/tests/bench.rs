@@ -11,10 +11,16 @@ use common::Broker;
 /// The `RESULT` line of `stdout`, checked against the agreed format, with
 /// its message count.
 fn result_msgs(stdout: &str) -> anyhow::Result<u64> {
+    named_result_msgs(stdout, "")
+}
+
+/// Like [`result_msgs`], for the `RESULT` line whose name contains `name`.
+fn named_result_msgs(stdout: &str, name: &str) -> anyhow::Result<u64> {
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .ok_or_else(|| anyhow::anyhow!("no RESULT line in {stdout:?}"))?;
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .find(|l| l.split_once(':').is_some_and(|(n, _)| n.contains(name)))
+        .ok_or_else(|| anyhow::anyhow!("no RESULT line naming {name:?} in {stdout:?}"))?;
     for field in ["msgs=", "size=", "elapsed=", "rate=", " msg/s  ", " MB/s"] {
         anyhow::ensure!(line.contains(field), "{line:?} lacks {field:?}");
     }
@@ -107,5 +113,132 @@ async fn every_bench_workload_runs_and_reports() -> anyhow::Result<()> {
         .ok()?
         .json()?;
     assert_eq!(topic["next_offset"], 750);
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_consume_delivers_every_message_in_key_order() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    // The bench itself fails when a key's offsets go back.
+    let ordered = broker
+        .tidings(&[
+            "bench",
+            "consume",
+            "--count",
+            "300",
+            "--size",
+            "16",
+            "--streams",
+            "3",
+            "--ordered-keys",
+            "7",
+            "--ack-flush-interval",
+            "1ms",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(
+        named_result_msgs(&ordered.stdout, "streams=3 ordered-keys=7")?,
+        300
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_keys_are_left_out_of_the_healthy_count() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    // Keys k0 and k1 of 10 are poison: 2 × 30 of 300 messages. The bench
+    // checks that exactly those are left unacknowledged.
+    let poison = broker
+        .tidings(&[
+            "bench",
+            "consume",
+            "--count",
+            "300",
+            "--size",
+            "16",
+            "--streams",
+            "2",
+            "--ordered-keys",
+            "10",
+            "--poison-keys",
+            "2",
+            "--min-backoff",
+            "10ms",
+            "--max-backoff",
+            "50ms",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(
+        named_result_msgs(&poison.stdout, "poison-keys=2 healthy")?,
+        240
+    );
+
+    let all_poison = broker
+        .tidings(&[
+            "bench",
+            "consume",
+            "--count",
+            "10",
+            "--ordered-keys",
+            "2",
+            "--poison-keys",
+            "2",
+        ])
+        .await?;
+    assert!(
+        all_poison.failure_line()?.contains("healthy key"),
+        "{all_poison:?}"
+    );
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filtered_consume_delivers_only_matching_messages_and_scans_all() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let filtered = broker
+        .tidings(&[
+            "bench",
+            "consume",
+            "--count",
+            "400",
+            "--size",
+            "16",
+            "--streams",
+            "2",
+            "--filter",
+            r#"attributes.pick = "yes""#,
+            "--match-percent",
+            "25",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(
+        named_result_msgs(&filtered.stdout, "filter=25% delivered")?,
+        100
+    );
+    assert_eq!(
+        named_result_msgs(&filtered.stdout, "filter=25% scanned")?,
+        400
+    );
+
+    // The other side of the attribute: the rest of the backlog.
+    let inverse = broker
+        .tidings(&[
+            "bench",
+            "consume",
+            "--count",
+            "400",
+            "--size",
+            "16",
+            "--filter",
+            r#"attributes.pick != "yes""#,
+            "--match-percent",
+            "25",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(named_result_msgs(&inverse.stdout, "delivered")?, 300);
     broker.stop().await
 }

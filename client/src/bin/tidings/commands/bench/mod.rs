@@ -9,6 +9,7 @@
 //! a workload runs. Nothing here asserts a duration: figures are reported,
 //! not judged.
 
+mod backlog;
 mod consume;
 mod e2e;
 mod fanout;
