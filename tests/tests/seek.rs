@@ -2,7 +2,7 @@
 //! them to an open stream, forward skips, by offset, to the ends and by
 //! time; bad positions are refused and change nothing.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidings::v1::{SeekRequest, StartPosition};
 use tidings_tests::{
@@ -113,11 +113,14 @@ async fn seeking_to_a_time_starts_at_the_first_message_published_at_or_after_it(
             .into_inner()
             .messages[0],
     )?;
-    // Wait until the clock has moved past the first message's time.
-    while SystemTime::now() <= old {
+    // Wait until the clock is a whole microsecond (the stored precision)
+    // past the first message's time, and cut there, in whole microseconds,
+    // so the next message's stored time cannot fall below the cut.
+    while SystemTime::now() <= old + Duration::from_micros(1) {
         tokio::task::yield_now().await;
     }
-    let cut = SystemTime::now();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let cut = UNIX_EPOCH + Duration::from_micros(u64::try_from(since_epoch.as_micros())?);
     publish(&client, "t", &["new"]).await?;
     ack(&client, "s", &[0, 1]).await?;
     client
