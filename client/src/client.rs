@@ -11,6 +11,7 @@ use std::time::Duration;
 use tidings::v1::admin_service_client::AdminServiceClient;
 use tidings::v1::publisher_service_client::PublisherServiceClient;
 use tidings::v1::subscriber_service_client::SubscriberServiceClient;
+use tidings::v1::{PublishMessage, PublishRequest};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -109,6 +110,40 @@ impl Client {
             .await?
             .into_inner();
         Ok(response.status == ServingStatus::Serving as i32)
+    }
+
+    /// Publishes `messages` to `topic` in one `Publish` call, without a
+    /// [`Publisher`]'s batching, queue or retries: stored together at
+    /// consecutive offsets, or not at all. Returns their offsets.
+    ///
+    /// # Errors
+    /// The broker's status (`NOT_FOUND` for an unknown topic,
+    /// `INVALID_ARGUMENT` for a bad message, …), or `INTERNAL` when it
+    /// answered another number of offsets than messages.
+    pub async fn publish_batch(
+        &self,
+        topic: &str,
+        messages: Vec<PublishMessage>,
+    ) -> Result<Vec<u64>> {
+        let count = messages.len();
+        let request = self.request(PublishRequest {
+            topic: topic.to_owned(),
+            messages,
+        });
+        let offsets = self
+            .publisher_service()
+            .publish(request)
+            .await?
+            .into_inner()
+            .offsets;
+        if offsets.len() != count {
+            return Err(tonic::Status::internal(format!(
+                "the broker answered {} offsets for {count} messages published to {topic:?}",
+                offsets.len()
+            ))
+            .into());
+        }
+        Ok(offsets)
     }
 
     /// A publisher of `topic` with the default settings of

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use tidings::v1::{PublishMessage, PublishRequest};
 use tokio::time::{Instant, sleep};
 use tracing::debug;
 
@@ -94,7 +93,7 @@ impl Sender {
         let mut attempt = 1_u32;
         loop {
             let messages = pendings.iter().map(|p| p.message.clone()).collect();
-            let error = match publish(&self.client, &self.topic, messages).await {
+            let error = match self.client.publish_batch(&self.topic, messages).await {
                 Ok(offsets) => return Ok(offsets),
                 Err(error) => error,
             };
@@ -130,32 +129,9 @@ fn is_per_message(error: &Error) -> bool {
     )
 }
 
-/// One `Publish` call; checks that the broker answered one offset per
-/// message.
-async fn publish(client: &Client, topic: &str, messages: Vec<PublishMessage>) -> Result<Vec<u64>> {
-    let count = messages.len();
-    let request = client.request(PublishRequest {
-        topic: topic.to_owned(),
-        messages,
-    });
-    let offsets = client
-        .publisher_service()
-        .publish(request)
-        .await?
-        .into_inner()
-        .offsets;
-    if offsets.len() != count {
-        return Err(tonic::Status::internal(format!(
-            "the broker answered {} offsets for {count} messages published to {topic:?}",
-            offsets.len()
-        ))
-        .into());
-    }
-    Ok(offsets)
-}
-
 #[cfg(test)]
 mod tests {
+    use tidings::v1::PublishMessage;
     use tokio::sync::oneshot;
 
     use super::*;
@@ -204,7 +180,9 @@ mod tests {
             backoff_min: Duration::ZERO,
             backoff_max: Duration::ZERO,
         });
-        let err = publish(&sender.client, "t", Vec::new())
+        let err = sender
+            .client
+            .publish_batch("t", Vec::new())
             .await
             .expect_err("nothing listens");
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use tidings_client::v1::{PublishMessage, PublishRequest};
+use tidings_client::v1::PublishMessage;
 use tidings_client::{Client, Error as ClientError, Message};
 
 use super::Context;
@@ -190,36 +190,18 @@ async fn publish_all(
     Ok(())
 }
 
-/// One `Publish` request of a chunk; checks that the broker answered one
-/// offset per message.
+/// One `Publish` request of a chunk.
 async fn publish_chunk(
     client: &Client,
     args: &PublishArgs,
     chunk: Chunk,
 ) -> Result<Vec<u64>, ClientError> {
-    let count = chunk.payloads.len();
-    let request = PublishRequest {
-        topic: args.topic.clone(),
-        messages: chunk
-            .payloads
-            .into_iter()
-            .map(|payload| args.message(payload))
-            .collect(),
-    };
-    let offsets = client
-        .publisher_service()
-        .publish(request)
-        .await?
-        .into_inner()
-        .offsets;
-    if offsets.len() != count {
-        return Err(tonic::Status::internal(format!(
-            "the broker answered {} offsets for {count} messages",
-            offsets.len()
-        ))
-        .into());
-    }
-    Ok(offsets)
+    let messages = chunk
+        .payloads
+        .into_iter()
+        .map(|payload| args.message(payload))
+        .collect();
+    client.publish_batch(&args.topic, messages).await
 }
 
 /// The failure of a `pub` that stopped at a failed request, saying what was
