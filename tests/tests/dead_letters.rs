@@ -102,13 +102,28 @@ async fn dead_letters(
     .await?
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_poison_message_is_delivered_max_attempts_times_then_moved_and_redriven()
--> anyhow::Result<()> {
+/// A broker with the topics "orders" and "orders.dead".
+async fn with_topics() -> anyhow::Result<(TestBroker, Client)> {
     let broker = TestBroker::start().await?;
     let client = broker.client();
     create_topic(&client, "orders").await?;
     create_topic(&client, "orders.dead").await?;
+    Ok((broker, client))
+}
+
+/// A message's attributes, borrowed.
+fn attributes_of(message: &ReceivedMessage) -> HashMap<&str, &str> {
+    message
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_is_delivered_max_attempts_times_then_moved_and_redriven()
+-> anyhow::Result<()> {
+    let (_broker, client) = with_topics().await?;
     client
         .admin_service()
         .create_subscription(subscription(
@@ -144,11 +159,7 @@ async fn a_poison_message_is_delivered_max_attempts_times_then_moved_and_redrive
         (&copy.payload[..], copy.key.as_str()),
         (&b"poison"[..], "order-9")
     );
-    let attributes: HashMap<&str, &str> = copy
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let attributes = attributes_of(copy);
     assert_eq!(
         attributes,
         HashMap::from([
@@ -189,10 +200,7 @@ async fn a_poison_message_is_delivered_max_attempts_times_then_moved_and_redrive
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_messages_move_at_once_or_are_counted() -> anyhow::Result<()> {
-    let broker = TestBroker::start().await?;
-    let client = broker.client();
-    create_topic(&client, "orders").await?;
-    create_topic(&client, "orders.dead").await?;
+    let (_broker, client) = with_topics().await?;
     let mut admin = client.admin_service();
     admin
         .create_subscription(subscription("with", dead_letter("orders.dead", 5), None))
@@ -215,11 +223,7 @@ async fn rejected_messages_move_at_once_or_are_counted() -> anyhow::Result<()> {
             .await?;
     }
     let moved = dead_letters(&client, "orders.dead", 1).await?;
-    let reason: HashMap<&str, &str> = moved[0]
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let reason = attributes_of(&moved[0]);
     assert_eq!(reason["tidings.dead_letter_reason"], "rejected");
     assert_eq!(reason["tidings.delivery_attempts"], "1");
     assert_eq!(reason["tidings.last_error"], "unparseable");
@@ -252,10 +256,7 @@ async fn rejected_messages_move_at_once_or_are_counted() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_dead_letter_policies_are_refused_and_nothing_is_stored() -> anyhow::Result<()> {
-    let broker = TestBroker::start().await?;
-    let client = broker.client();
-    create_topic(&client, "orders").await?;
-    create_topic(&client, "orders.dead").await?;
+    let (_broker, client) = with_topics().await?;
     let mut admin = client.admin_service();
     let cases = [
         (
@@ -338,10 +339,7 @@ async fn bad_dead_letter_policies_are_refused_and_nothing_is_stored() -> anyhow:
 #[tokio::test(flavor = "multi_thread")]
 async fn without_its_topic_a_message_keeps_being_retried_until_the_topic_exists()
 -> anyhow::Result<()> {
-    let broker = TestBroker::start().await?;
-    let client = broker.client();
-    create_topic(&client, "orders").await?;
-    create_topic(&client, "orders.dead").await?;
+    let (_broker, client) = with_topics().await?;
     client
         .admin_service()
         .create_subscription(subscription("s", dead_letter("orders.dead", 2), retry(50)))
@@ -373,10 +371,7 @@ async fn without_its_topic_a_message_keeps_being_retried_until_the_topic_exists(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_and_attempts_survive_a_restart() -> anyhow::Result<()> {
-    let mut broker = TestBroker::start().await?;
-    let client = broker.client();
-    create_topic(&client, "orders").await?;
-    create_topic(&client, "orders.dead").await?;
+    let (mut broker, client) = with_topics().await?;
     client
         .admin_service()
         .create_subscription(subscription("s", dead_letter("orders.dead", 3), None))
@@ -423,10 +418,7 @@ async fn dead_letters_and_attempts_survive_a_restart() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_lettered_message_releases_its_key() -> anyhow::Result<()> {
-    let broker = TestBroker::start().await?;
-    let client = broker.client();
-    create_topic(&client, "orders").await?;
-    create_topic(&client, "orders.dead").await?;
+    let (_broker, client) = with_topics().await?;
     client
         .admin_service()
         .create_subscription(CreateSubscriptionRequest {
