@@ -199,37 +199,6 @@ pub(super) struct Changes {
     pub(super) epoch: u64,
 }
 
-/// Why a message leaves delivery for the dead-letter topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DeadReason {
-    /// It failed `max_delivery_attempts` deliveries.
-    MaxDeliveryAttempts,
-    /// A subscriber rejected it.
-    Rejected,
-}
-
-impl DeadReason {
-    /// As the `tidings.dead_letter_reason` attribute gives it.
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::MaxDeliveryAttempts => "max_delivery_attempts",
-            DeadReason::Rejected => "rejected",
-        }
-    }
-}
-
-/// A message out of delivery, waiting to be moved to the dead-letter topic.
-#[derive(Debug, Clone)]
-pub(super) struct Move {
-    pub(super) offset: Offset,
-    /// Its deliveries so far.
-    pub(super) attempts: u32,
-    pub(super) reason: DeadReason,
-    /// The error the last nack or the reject gave.
-    pub(super) error: Option<String>,
-    meta: Meta,
-}
-
 /// What a settlement names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Target {
@@ -238,84 +207,6 @@ pub(super) enum Target {
     /// One lease on a message; a settlement of a lease that is gone
     /// changes nothing.
     Lease(Offset, u64),
-}
-
-/// The ordering state of an ordered subscription.
-#[derive(Debug, Default)]
-struct Keys {
-    /// The message holding each key.
-    holder: OffsetMap<Offset>,
-    /// Messages waiting behind each key's holder, in offset order.
-    queued: OffsetMap<BTreeMap<Offset, Meta>>,
-    /// The key each queued message waits for.
-    queued_at: OffsetMap<KeyHash>,
-    queued_count: usize,
-}
-
-impl Keys {
-    /// Makes `offset` hold `key` unless another message does; returns
-    /// whether it holds it.
-    fn hold(&mut self, key: KeyHash, offset: Offset, meta: Meta) -> bool {
-        match self.holder.get(&key) {
-            Some(&holder) if holder == offset => true,
-            Some(_) => {
-                if self
-                    .queued
-                    .entry(key)
-                    .or_default()
-                    .insert(offset, meta)
-                    .is_none()
-                {
-                    self.queued_count += 1;
-                    self.queued_at.insert(offset, key);
-                }
-                false
-            }
-            None => {
-                self.holder.insert(key, offset);
-                true
-            }
-        }
-    }
-
-    /// Removes `offset` from its key's queue, if it waits in one.
-    fn unqueue(&mut self, offset: Offset) {
-        let Some(key) = self.queued_at.remove(&offset) else {
-            return;
-        };
-        if let Some(queue) = self.queued.get_mut(&key)
-            && queue.remove(&offset).is_some()
-        {
-            self.queued_count -= 1;
-            if queue.is_empty() {
-                self.queued.remove(&key);
-            }
-        }
-    }
-
-    /// `offset` no longer holds `key`: the next queued message takes it
-    /// over and is returned.
-    fn release(&mut self, key: KeyHash, offset: Offset) -> Option<(Offset, Meta)> {
-        if self.holder.get(&key) != Some(&offset) {
-            return None;
-        }
-        let next = self.queued.get_mut(&key).and_then(BTreeMap::pop_first);
-        match next {
-            Some((next, meta)) => {
-                self.queued_count -= 1;
-                self.queued_at.remove(&next);
-                if self.queued.get(&key).is_some_and(BTreeMap::is_empty) {
-                    self.queued.remove(&key);
-                }
-                self.holder.insert(key, next);
-                Some((next, meta))
-            }
-            None => {
-                self.holder.remove(&key);
-                None
-            }
-        }
-    }
 }
 
 /// The delivery state of one subscription.
@@ -1084,6 +975,10 @@ impl LeaseBook {
 }
 
 mod dead;
+mod keys;
+
+pub(super) use dead::{DeadReason, Move};
+use keys::Keys;
 
 #[cfg(test)]
 mod tests;

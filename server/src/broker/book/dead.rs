@@ -7,9 +7,40 @@
 
 use std::time::Duration;
 
-use super::{DeadReason, LeaseBook, Meta, Move, Now, Target};
+use super::{LeaseBook, Meta, Now, Target};
 use crate::offsets::Offset;
 use crate::storage::{DeadLetters, DeliveryRecord, StoredMessage};
+
+/// Why a message leaves delivery for the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::broker) enum DeadReason {
+    /// It failed `max_delivery_attempts` deliveries.
+    MaxDeliveryAttempts,
+    /// A subscriber rejected it.
+    Rejected,
+}
+
+impl DeadReason {
+    /// As the `tidings.dead_letter_reason` attribute gives it.
+    pub(in crate::broker) fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::MaxDeliveryAttempts => "max_delivery_attempts",
+            DeadReason::Rejected => "rejected",
+        }
+    }
+}
+
+/// A message out of delivery, waiting to be moved to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub(in crate::broker) struct Move {
+    pub(in crate::broker) offset: Offset,
+    /// Its deliveries so far.
+    pub(in crate::broker) attempts: u32,
+    pub(in crate::broker) reason: DeadReason,
+    /// The error the last nack or the reject gave.
+    pub(in crate::broker) error: Option<String>,
+    pub(super) meta: Meta,
+}
 
 /// The wait before a message that could not be moved is delivered again,
 /// when the subscription has no retry policy.
