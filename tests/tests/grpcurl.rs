@@ -7,7 +7,8 @@
 //! `localhost:50051` replaced by the test broker's address, and run with
 //! bash and the test environment's grpcurl first on `PATH`. Every block
 //! must match one check below, so a step added to the README without a
-//! check fails here rather than going unproven.
+//! check fails here rather than going unproven. One more check keeps CI on
+//! the README's test command.
 
 use std::time::Duration;
 
@@ -326,5 +327,30 @@ async fn grpcurl_sees_errors_as_grpc_statuses() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("InvalidArgument"), "{stderr}");
     assert!(stderr.contains("letters, digits"), "{stderr}");
+    Ok(())
+}
+
+/// CI runs the README's test command as it is, so what CI proves is what
+/// a person running that command gets.
+#[test]
+fn ci_runs_the_readmes_test_command() -> anyhow::Result<()> {
+    const CI: &str = include_str!("../../.ci/run");
+    let section = README
+        .split("## Run the tests")
+        .nth(1)
+        .context("README.md has no \"Run the tests\" section")?;
+    let command = section
+        .lines()
+        .skip_while(|line| line.trim() != "```sh")
+        .nth(1)
+        .context("the section has no sh block")?
+        .trim();
+    ensure!(command.starts_with("cargo test"), "{command}");
+    ensure!(
+        CI.lines()
+            .any(|line| line.trim_start().starts_with(&format!("{command} "))
+                || line.trim() == command),
+        ".ci/run does not run {command:?}"
+    );
     Ok(())
 }
