@@ -115,7 +115,8 @@ pub use publisher::{
 pub use read::{StoredMessage, TopicRead};
 pub use subscriber::{
     DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_BYTES,
-    DEFAULT_MAX_OUTSTANDING_MESSAGES, ShutdownReport, Subscriber, SubscriberBuilder,
+    DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_ORDERED_ACK_FLUSH_INTERVAL, ShutdownReport,
+    Subscriber, SubscriberBuilder,
 };
 pub use types::{
     DeadLetterPolicy, Message, RetryPolicy, StartPosition, Subscription, SubscriptionConfig,

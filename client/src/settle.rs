@@ -5,7 +5,8 @@
 //! retries transient failures with backoff so that nothing is lost across
 //! a reconnect, answers awaitable settlements and flushes, and counts what
 //! failed until a flush reports it. Each delivery goes in a request's
-//! `ack_ids` when it has one, else in its `offsets`; never both.
+//! `ack_ids` when it has one, else in its `offsets`; never both. A few
+//! rounds may be on the wire at once; they are finished in order.
 //!
 //! Deliveries reach it through [`Settle`], a handle over a short-lived
 //! mutex (never held across `.await`) and a `Notify`: settling is a
@@ -17,8 +18,10 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{Notify, oneshot, watch};
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::backoff::Backoff;
@@ -34,6 +37,8 @@ const URGENT_PENDING: usize = 1000;
 /// Rounds that fail with a transient error once the subscriber is closing,
 /// before what they carry is given up.
 const CLOSING_ATTEMPTS: u32 = 5;
+/// Rounds sent and not yet answered, at most.
+const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 /// The shortest interval between automatic lease extensions.
 const MIN_EXTENSION_PERIOD: Duration = Duration::from_millis(100);
 
@@ -301,62 +306,123 @@ enum Next {
     Stop,
 }
 
+/// A round sent and not yet answered, with the flushes that wait for it.
+struct Sent {
+    serial: u64,
+    waiters: Vec<Waiter>,
+}
+
 /// The task: wait for settlements (or the lease timer), send a round,
-/// answer or retry.
+/// answer or retry. Up to [`MAX_ROUNDS_IN_FLIGHT`] rounds are on the wire
+/// at once, so acks never wait for the answer to the acks before them
+/// (with ordering keys, an ack is what lets the key's next message go).
+/// Rounds are finished in the order they were taken: a flush is answered
+/// only when every round before it is.
 async fn run(shared: Arc<Shared>, config: SettleConfig) {
     let period = (config.ack_deadline / 3).max(MIN_EXTENSION_PERIOD);
-    let mut next_tick = Instant::now() + period;
+    let mut timing = Timing {
+        next_tick: Instant::now() + period,
+        pending_since: None,
+        paused_until: None,
+    };
     let mut backoff = config.backoff.clone();
     let mut closing_failures = 0;
+    let mut in_flight = FuturesOrdered::new();
+    let mut serial = 0_u64;
+    // Rounds up to this one were taken before a retried round was put
+    // back: their flushes wait for a later round, which carries it.
+    let mut requeued_before = 0_u64;
     loop {
-        wait_for_work(&shared, next_tick, config.flush_interval).await;
-        let now = Instant::now();
-        let extend_due = now >= next_tick;
-        if extend_due {
-            next_tick = now + period;
-        }
-        let (round, waiters) = {
-            let mut state = shared.state();
-            let round = state.ledger.take_round(extend_due, now);
-            (round, std::mem::take(&mut state.waiters))
-        };
-        let outcome = send_round(&config, round).await;
-        match finish_round(&shared, outcome, waiters, &mut closing_failures) {
-            Next::Continue => backoff.reset(),
-            Next::Retry => sleep(backoff.next_delay()).await,
-            Next::Stop => break,
+        let room = in_flight.len() < MAX_ROUNDS_IN_FLIGHT;
+        let idle = in_flight.is_empty();
+        tokio::select! {
+            biased;
+            Some((outcome, sent)) = in_flight.next(), if !idle => {
+                let Sent { serial: done, mut waiters } = sent;
+                if done <= requeued_before {
+                    shared.state().waiters.append(&mut waiters);
+                }
+                match finish_round(&shared, outcome, waiters, &mut closing_failures) {
+                    Next::Continue => backoff.reset(),
+                    Next::Retry => {
+                        requeued_before = serial;
+                        timing.paused_until = Some(Instant::now() + backoff.next_delay());
+                    }
+                    Next::Stop if in_flight.is_empty() => break,
+                    Next::Stop => {}
+                }
+            }
+            () = wait_for_work(&shared, &mut timing, config.flush_interval, idle), if room => {
+                let now = Instant::now();
+                let extend_due = now >= timing.next_tick;
+                if extend_due {
+                    timing.next_tick = now + period;
+                }
+                timing.pending_since = None;
+                let (round, waiters) = {
+                    let mut state = shared.state();
+                    let round = state.ledger.take_round(extend_due, now);
+                    (round, std::mem::take(&mut state.waiters))
+                };
+                serial += 1;
+                let sent = Sent { serial, waiters };
+                let config = &config;
+                in_flight.push_back(async move { (send_round(config, round).await, sent) });
+            }
         }
     }
     debug!("settlement task stopped");
 }
 
-/// Returns when there is something to do: the lease timer is due, or
+/// When the task next has something to do, kept across its turns.
+struct Timing {
+    /// When the leases are next extended.
+    next_tick: Instant,
+    /// When the oldest settlement not yet sent was first seen.
+    pending_since: Option<Instant>,
+    /// No round is sent before this (a backoff after a transient failure).
+    paused_until: Option<Instant>,
+}
+
+/// Returns when a round is to be taken: the lease timer is due, or
 /// settlements are pending and the flush interval has passed since the
-/// first (or something urgent came up: many pending, a flush, shutdown).
-async fn wait_for_work(shared: &Shared, next_tick: Instant, flush_interval: Duration) {
-    if !has_work(shared) {
+/// first was seen, or something urgent came up (many pending, a flush;
+/// shutdown, once no round is in flight). Never before a retry pause ends.
+async fn wait_for_work(shared: &Shared, timing: &mut Timing, flush_interval: Duration, idle: bool) {
+    if let Some(until) = timing.paused_until {
+        sleep_until(until).await;
+        timing.paused_until = None;
+    }
+    loop {
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let (work, urgent) = {
+            let state = shared.state();
+            let pending = state.ledger.pending();
+            let waiting = !state.waiters.is_empty();
+            let gone = state.gone && idle;
+            (
+                pending > 0 || waiting || gone,
+                pending >= URGENT_PENDING || waiting || gone,
+            )
+        };
+        if urgent {
+            return;
+        }
+        let mut until = timing.next_tick;
+        if work {
+            let since = *timing.pending_since.get_or_insert_with(Instant::now);
+            until = until.min(since + flush_interval);
+        }
+        if Instant::now() >= until {
+            return;
+        }
         tokio::select! {
-            () = shared.wake.notified() => {}
-            () = sleep_until(next_tick) => return,
+            () = woken => {}
+            () = sleep_until(until) => return,
         }
     }
-    let linger_until = Instant::now() + flush_interval;
-    while !is_urgent(shared) {
-        tokio::select! {
-            () = shared.wake.notified() => {}
-            () = sleep_until(linger_until) => break,
-        }
-    }
-}
-
-fn has_work(shared: &Shared) -> bool {
-    let state = shared.state();
-    state.ledger.pending() > 0 || !state.waiters.is_empty() || state.gone
-}
-
-fn is_urgent(shared: &Shared) -> bool {
-    let state = shared.state();
-    state.ledger.pending() >= URGENT_PENDING || !state.waiters.is_empty() || state.gone
 }
 
 /// What became of a round.

@@ -473,6 +473,67 @@ async fn close_reports_an_ack_given_up_after_timeouts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Acks do not wait for the answer to the acks before them (with
+/// ordering keys, an ack is what lets its key's next message go), while a
+/// flush still waits for every one.
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_go_while_earlier_acks_are_unanswered_and_a_flush_waits_for_all() -> anyhow::Result<()>
+{
+    let first_held = Box::new(|n| match n {
+        1 => (EVENT_TIMEOUT * 3, Ok(())),
+        _ => (Duration::ZERO, Ok(())),
+    });
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0"), message(1, "a1")]);
+    let (client, mut calls_rx) = stand_in_with(LONG_DEADLINE, script, first_held).await?;
+    let mut subscriber = client.subscriber("s").topic("t").subscribe().await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    first.ack();
+    wait_for_call(&mut calls_rx, |call| call.names("ack", "a0")).await?;
+    second.ack();
+    wait_for_call(&mut calls_rx, |call| call.names("ack", "a1")).await?;
+    let flushed = tokio::time::timeout(Duration::from_millis(500), subscriber.flush()).await;
+    assert!(
+        flushed.is_err(),
+        "the flush answered while the first ack was unanswered: {flushed:?}"
+    );
+    Ok(())
+}
+
+/// An ack round that fails while a later one succeeds: a flush that
+/// came with the later round still waits for the failed ack's retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_waits_for_the_retry_of_an_earlier_round_that_failed() -> anyhow::Result<()> {
+    let acks = Box::new(|n| match n {
+        1 => (
+            Duration::from_secs(2),
+            Err(Status::unavailable("restarting")),
+        ),
+        _ => (Duration::ZERO, Ok(())),
+    });
+    let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0"), message(1, "a1")]);
+    let (url, mut calls_rx) = serve(LONG_DEADLINE, script, acks).await?;
+    let mut subscriber = Client::connect(url)
+        .await?
+        .subscriber("s")
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .subscribe()
+        .await?;
+    let first = next(&mut subscriber).await?;
+    let second = next(&mut subscriber).await?;
+    first.ack();
+    wait_for_call(&mut calls_rx, |call| call.names("ack", "a0")).await?;
+    second.ack();
+    within(subscriber.flush()).await??;
+    let calls = drain(&mut calls_rx);
+    let a0 = calls.iter().filter(|c| c.names("ack", "a0")).count();
+    assert_eq!(
+        a0, 1,
+        "a0 was sent again before the flush returned: {calls:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_reports_refused_acks_once() -> anyhow::Result<()> {
     let refusal = Status::not_found("subscription \"s\" does not exist");

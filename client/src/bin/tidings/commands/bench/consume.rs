@@ -45,11 +45,11 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, default_value_t = tidings_client::DEFAULT_MAX_OUTSTANDING_MESSAGES)]
     max_outstanding: u32,
     /// How long each stream's acks gather before they are sent together
-    /// (the client's default: 5ms). With ordering it is part of every
-    /// key's turn: a key's next message comes once the ack is stored.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION",
-          default_value = "5ms")]
-    ack_flush_interval: Duration,
+    /// (the client's default: 5ms, or 1ms with ordering, where it is part
+    /// of every key's turn: a key's next message goes once the broker has
+    /// the ack).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ack_flush_interval: Option<Duration>,
     /// Give the messages N distinct keys, round-robin, and create the
     /// subscription with message ordering on. The run fails if a key's
     /// messages arrive out of order.
@@ -179,14 +179,15 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
     let started = Instant::now();
     let mut streams = FuturesUnordered::new();
     for _ in 0..args.streams {
-        let subscriber = ctx
+        let mut subscriber = ctx
             .connect()
             .await?
             .subscriber(subscription.clone())
-            .max_outstanding_messages(args.max_outstanding)
-            .ack_flush_interval(args.ack_flush_interval)
-            .subscribe()
-            .await?;
+            .max_outstanding_messages(args.max_outstanding);
+        if let Some(interval) = args.ack_flush_interval {
+            subscriber = subscriber.ack_flush_interval(interval);
+        }
+        let subscriber = subscriber.subscribe().await?;
         let (drain, all_in_rx) = (Arc::clone(&drain), all_in_rx.clone());
         streams.push(tokio::spawn(consume(subscriber, drain, all_in_rx)));
     }
