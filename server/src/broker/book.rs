@@ -46,10 +46,6 @@ pub(super) type StreamId = u64;
 /// share one order, which costs parallelism, never correctness.
 type KeyHash = u64;
 
-/// Messages waiting behind held keys at which scanning pauses, so that a
-/// key held for long cannot make the book grow without bound.
-const MAX_QUEUED: usize = 100_000;
-
 /// A backoff with up to 10 % added, spread by the message and its
 /// failure count so that messages that failed together do not all come
 /// back at one instant. Never less than `backoff`.
@@ -447,7 +443,7 @@ impl LeaseBook {
         let (budget, window_left) = self.room(stream, window, budget);
         let leased = self.lease_ready(stream, budget, window, window_left, now, deadline);
         let left = budget.messages - leased.len();
-        let scan = if left > 0 && !self.scanning && self.keys.queued_count < MAX_QUEUED {
+        let scan = if left > 0 && self.may_scan(head) {
             self.next_scan(head, left)
         } else {
             None
@@ -455,6 +451,7 @@ impl LeaseBook {
         // Only set, never cleared here: another stream may be scanning.
         if scan.is_some() {
             self.scanning = true;
+            self.keys.scan_started(head);
         }
         Claim { leased, scan }
     }
@@ -513,6 +510,7 @@ impl LeaseBook {
         let examined = examined.min(range.end);
         let range = range.clone();
         let mut expected = range.start;
+        let (mut found, mut queued) = (0, 0);
         for message in messages {
             let offset = message.offset;
             if offset < expected || offset >= examined {
@@ -520,8 +518,10 @@ impl LeaseBook {
             }
             self.gone(expected..offset, now);
             expected = offset + 1;
-            self.take_in(offset, Meta::of(message, self.ordered), now);
+            found += 1;
+            queued += usize::from(self.take_in(message, Meta::of(message, self.ordered), now));
         }
+        self.keys.scan_admitted(found, queued);
         self.gone(expected..examined, now);
         self.next_new = self.next_new.max(examined);
         let (budget, window_left) = self.room(stream, window, budget);
@@ -546,20 +546,34 @@ impl LeaseBook {
         }
     }
 
-    /// Puts a newly examined message where it belongs. Offsets never
-    /// examined are in none of the book's sets: only one scan runs at a
-    /// time, and only scans put offsets there.
-    fn take_in(&mut self, offset: Offset, meta: Meta, now: Now) {
+    /// Puts a newly examined message where it belongs; returns whether it
+    /// waits behind its key. Offsets never examined are in none of the
+    /// book's sets: only one scan runs at a time, and only scans put
+    /// offsets there.
+    fn take_in(&mut self, message: &StoredMessage, meta: Meta, now: Now) -> bool {
+        let offset = message.offset;
         debug_assert!(!self.is_known(offset), "offset {offset} examined twice");
         if self.acks.is_acked(offset) {
-            return;
+            return false;
         }
         if let Some(key) = meta.key
-            && !self.keys.hold(key, offset, meta)
+            && !self.keys.hold(key, message, meta)
         {
-            return;
+            return true;
         }
         self.schedule(offset, meta, now);
+        false
+    }
+
+    /// Whether a stream may be handed a scan below `head`.
+    fn may_scan(&self, head: Offset) -> bool {
+        !self.scanning && self.keys.may_scan(head)
+    }
+
+    /// The messages of `leased` that the book kept in memory (they waited
+    /// behind their key), in offset order; the rest are to be read.
+    pub(super) fn take_bodies(&mut self, leased: &[Leased]) -> Vec<StoredMessage> {
+        self.keys.take_bodies(leased.iter().map(|l| l.offset))
     }
 
     fn is_known(&self, offset: Offset) -> bool {
@@ -804,7 +818,8 @@ impl LeaseBook {
             self.keys.unqueue(offset);
             return;
         };
-        if let Some((next, next_meta)) = self.keys.release(key, offset) {
+        self.keys.drop_body(offset);
+        if let keys::Released::PassedTo(next, next_meta) = self.keys.release(key, offset) {
             self.schedule(next, next_meta, now);
         }
     }
@@ -883,7 +898,7 @@ impl LeaseBook {
     /// Whether another stream waiting on the book may find work now:
     /// something is due, or new offsets below `head` wait for a scan.
     pub(super) fn has_work(&self, head: Offset) -> bool {
-        !self.ready.is_empty() || (!self.scanning && self.next_new < head)
+        !self.ready.is_empty() || (self.may_scan(head) && self.next_new < head)
     }
 
     /// Applies the topic's first offset: everything below it is gone. Does

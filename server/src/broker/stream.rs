@@ -154,11 +154,13 @@ impl StreamTask {
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         }
         let deadline = sub.ack_deadline();
-        let claim = sub
-            .book()
-            .claim(self.stream, self.window, budget, head, Now::get(), deadline);
+        let (claim, mut in_hand) = {
+            let mut book = sub.book();
+            let claim = book.claim(self.stream, self.window, budget, head, Now::get(), deadline);
+            let kept = book.take_bodies(&claim.leased);
+            (claim, kept)
+        };
         let mut leased = claim.leased;
-        let mut in_hand = Vec::new();
         let scanned = claim.scan.is_some();
         if let Some(scan) = claim.scan {
             let left = Budget {
@@ -167,7 +169,7 @@ impl StreamTask {
             };
             let (more, read) = self.scan(scan, left).await.map_err(End::Failed)?;
             leased.extend(more);
-            in_hand = read;
+            in_hand = merge(in_hand, read);
         }
         if leased.is_empty() {
             return Ok((false, scanned));
@@ -179,7 +181,8 @@ impl StreamTask {
 
     /// Reads a scan's messages, from the tail cache when it holds them,
     /// and hands them to the book. Returns what the book leased to this
-    /// stream, and the messages read, in offset order.
+    /// stream, and the messages in hand for it (those read, and those the
+    /// book kept), in offset order.
     async fn scan(
         &self,
         scan: Scan,
@@ -224,7 +227,7 @@ impl StreamTask {
             None => messages,
         };
         let deadline = sub.ack_deadline();
-        let (leased, others, changed) = {
+        let (leased, in_hand, others, changed) = {
             let mut book = sub.book();
             let scanned = Scanned {
                 range: &scan.range,
@@ -240,7 +243,13 @@ impl StreamTask {
                 Now::get(),
                 deadline,
             );
-            (leased, book.has_work(sub.topic.head()), book.has_changes())
+            let kept = book.take_bodies(&leased);
+            (
+                leased,
+                merge(messages, kept),
+                book.has_work(sub.topic.head()),
+                book.has_changes(),
+            )
         };
         guard.armed = false;
         if others {
@@ -250,11 +259,11 @@ impl StreamTask {
         if changed {
             self.writer.mark(sub);
         }
-        Ok((leased, messages))
+        Ok((leased, in_hand))
     }
 
     /// The deliveries of `leased`, in lease order: from `in_hand` (the
-    /// scan's messages, in offset order), the topic's tail cache, or
+    /// scan's messages and those the book kept, in offset order), the topic's tail cache, or
     /// storage. A message no longer stored (deleted meanwhile) is settled
     /// instead of delivered.
     async fn fetch(
@@ -397,6 +406,21 @@ impl Messages {
         let at = self.offsets.binary_search(&offset).ok()?;
         self.messages[at].take()
     }
+}
+
+/// Two runs of messages in offset order, as one in offset order.
+fn merge(a: Vec<StoredMessage>, b: Vec<StoredMessage>) -> Vec<StoredMessage> {
+    if a.is_empty() {
+        return b;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    let mut all = a;
+    all.extend(b);
+    all.sort_unstable_by_key(|m| m.offset);
+    all.dedup_by_key(|m| m.offset);
+    all
 }
 
 /// Splits deliveries into frames of at most `max_bytes` (a larger single

@@ -1,6 +1,7 @@
 //! The lease book on its own, with explicit instants, over a stand-in
 //! topic: `deliver` does what a stream does (claim, read the scan, admit).
 
+use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -778,6 +779,74 @@ mod ordered {
             offsets(&deliver(&mut book, &topic, s, 10, ALL, now)),
             vec![0, 1, 2]
         );
+    }
+
+    #[test]
+    fn a_message_that_waited_behind_its_key_is_handed_out_from_memory() {
+        let (mut book, now) = (book(true), start());
+        let topic = keyed(&["a", "a", "a"]);
+        let s = book.open_stream();
+        let first = deliver(&mut book, &topic, s, 10, ALL, now);
+        assert!(book.take_bodies(&first).is_empty(), "0 was read, not kept");
+        book.ack(&[Target::Offset(0)], now);
+        let next = deliver(&mut book, &topic, s, 10, ALL, now);
+        assert_eq!(offsets(&next), vec![1]);
+        let kept = book.take_bodies(&next);
+        assert_eq!(kept, vec![topic[1].clone()], "1 was kept when it queued");
+        assert!(book.take_bodies(&next).is_empty(), "and handed out once");
+        // A kept message settled before its turn leaves nothing behind.
+        book.ack(&[Target::Offset(2)], now);
+        assert_eq!(book.keys.body_bytes(), 0);
+    }
+
+    /// Messages of `key` at `offsets`, each with a payload of 1 MiB.
+    fn large(key: &str, offsets: Range<Offset>) -> Vec<StoredMessage> {
+        offsets
+            .map(|o| StoredMessage {
+                payload: Bytes::from(vec![0; 1 << 20]),
+                ..message(o, key)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scanning_stalls_while_it_finds_only_held_keys_and_memory_is_spent() {
+        let (mut book, now) = (book(true), start());
+        let mut topic = large("a", 0..10);
+        let s = book.open_stream();
+        // 0 holds a; of the nine behind it three fit in memory. The scan
+        // found a free key, so scanning goes on.
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 100, ALL, now)),
+            vec![0]
+        );
+        assert_eq!(book.keys.queued_count, 9);
+        topic.extend(large("a", 10..20));
+        let (leased, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
+        assert!(
+            leased.is_empty() && scanned,
+            "10..20 were scanned and queued"
+        );
+        let (_, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
+        assert!(!scanned, "nothing left below the head");
+        assert!(
+            !book.may_scan(20),
+            "stalled: the scan found only a held key"
+        );
+        assert!(!book.has_work(20), "so no stream is woken to scan");
+        // A message published since may be for a free key.
+        topic.extend(large("b", 20..21));
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 100, ALL, now)),
+            vec![20]
+        );
+        // A free key may be found further on, too.
+        topic.extend(large("a", 21..30));
+        let (leased, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
+        assert!(leased.is_empty() && scanned);
+        assert!(!book.may_scan(30), "stalled again");
+        book.ack(&[Target::Offset(20)], now);
+        assert!(book.may_scan(30), "b is free");
     }
 
     #[test]
