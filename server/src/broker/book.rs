@@ -567,7 +567,10 @@ impl LeaseBook {
 
     /// Whether a stream may be handed a scan below `head`.
     fn may_scan(&self, head: Offset) -> bool {
-        !self.scanning && self.keys.may_scan(head)
+        !self.scanning
+            && self
+                .keys
+                .may_scan(head, self.leases.len() >= keys::BUSY_LEASES)
     }
 
     /// The messages of `leased` that the book kept in memory (they waited

@@ -5,10 +5,10 @@
 //! to [`QUEUED_BODY_BYTES`] of such messages are kept, so that when the key
 //! passes to one it is delivered without being read again. Once that
 //! budget is spent, scanning on is only worth it while it finds keys that
-//! are free: a scan that found nothing but messages waiting behind held
-//! keys (some of them without their body) stalls scanning until a key
-//! becomes free or the topic grows. The queues then stay about as deep
-//! as the budget, and their messages in memory.
+//! are free: while the consumers are busy, a scan that found nothing but
+//! messages waiting behind held keys (some of them without their body)
+//! stalls scanning until a key becomes free or the topic grows. The queues
+//! then stay about as deep as the budget, and their messages in memory.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +21,10 @@ pub(super) const QUEUED_BODY_BYTES: usize = 4 << 20;
 /// Messages waiting behind held keys at which scanning pauses, so that a
 /// key held for long cannot make the book grow without bound.
 const MAX_QUEUED: usize = 100_000;
+/// Leases in flight from which the consumers count as busy. Only then may
+/// scanning stall: consumers with little to do (say, behind one failing
+/// key) need every free key that scanning on can find.
+pub(super) const BUSY_LEASES: usize = 64;
 
 /// What [`Keys::release`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,9 +60,10 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    /// Whether scanning on below `head` may find anything worth queueing.
-    pub(super) fn may_scan(&self, head: Offset) -> bool {
-        self.queued_count < MAX_QUEUED && self.stalled_at.is_none_or(|at| head > at)
+    /// Whether scanning on below `head` may find anything worth queueing,
+    /// while the consumers are `busy` or not.
+    pub(super) fn may_scan(&self, head: Offset, busy: bool) -> bool {
+        self.queued_count < MAX_QUEUED && (!busy || self.stalled_at.is_none_or(|at| head > at))
     }
 
     /// A scan below `head` was handed out.
@@ -68,8 +73,8 @@ impl Keys {
     }
 
     /// A scan came back: it found `found` messages, of which `queued` wait
-    /// behind held keys. Scanning stalls when all of them wait and some
-    /// had to leave their body behind.
+    /// behind held keys. Scanning stalls (while the consumers are busy)
+    /// when all of them wait and some had to leave their body behind.
     pub(super) fn scan_admitted(&mut self, found: usize, queued: usize) {
         if found > 0 && queued == found && self.body_refused {
             self.stalled_at = Some(self.scan_head);

@@ -809,44 +809,73 @@ mod ordered {
             .collect()
     }
 
+    /// Keeps the consumers busy: 64 messages in flight, of keys of their
+    /// own, at offsets 0..64.
+    fn busy() -> Vec<StoredMessage> {
+        (0..64).map(|o| message(o, &format!("busy{o}"))).collect()
+    }
+
     #[test]
-    fn scanning_stalls_while_it_finds_only_held_keys_and_memory_is_spent() {
+    fn scanning_stalls_while_consumers_are_busy_and_it_finds_only_held_keys() {
         let (mut book, now) = (book(true), start());
-        let mut topic = large("a", 0..10);
+        let mut topic = busy();
+        topic.extend(large("a", 64..74));
         let s = book.open_stream();
-        // 0 holds a; of the nine behind it three fit in memory. The scan
-        // found a free key, so scanning goes on.
-        assert_eq!(
-            offsets(&deliver(&mut book, &topic, s, 100, ALL, now)),
-            vec![0]
-        );
+        // 64 holds a; of the nine behind it three fit in memory. The scan
+        // found free keys, so scanning goes on.
+        let first = deliver(&mut book, &topic, s, 100, ALL, now);
+        assert_eq!(first.len(), 65);
         assert_eq!(book.keys.queued_count, 9);
-        topic.extend(large("a", 10..20));
+        topic.extend(large("a", 74..84));
         let (leased, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
         assert!(
             leased.is_empty() && scanned,
-            "10..20 were scanned and queued"
+            "74..84 were scanned and queued"
         );
         let (_, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
         assert!(!scanned, "nothing left below the head");
         assert!(
-            !book.may_scan(20),
+            !book.may_scan(84),
             "stalled: the scan found only a held key"
         );
-        assert!(!book.has_work(20), "so no stream is woken to scan");
+        assert!(!book.has_work(84), "so no stream is woken to scan");
         // A message published since may be for a free key.
-        topic.extend(large("b", 20..21));
+        topic.extend(large("b", 84..85));
         assert_eq!(
             offsets(&deliver(&mut book, &topic, s, 100, ALL, now)),
-            vec![20]
+            vec![84]
         );
         // A free key may be found further on, too.
-        topic.extend(large("a", 21..30));
+        topic.extend(large("a", 85..95));
         let (leased, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
         assert!(leased.is_empty() && scanned);
-        assert!(!book.may_scan(30), "stalled again");
-        book.ack(&[Target::Offset(20)], now);
-        assert!(book.may_scan(30), "b is free");
+        assert!(!book.may_scan(95), "stalled again");
+        book.ack(&[Target::Offset(84)], now);
+        assert!(book.may_scan(95), "b is free");
+        // And consumers with little left to do scan on whatever they find.
+        topic.extend(large("a", 95..105));
+        let (leased, scanned) = turn(&mut book, &topic, s, 100, ALL, now);
+        assert!(leased.is_empty() && scanned);
+        assert!(!book.may_scan(105), "stalled again");
+        let idle: Vec<Target> = (0..64).map(Target::Offset).collect();
+        book.ack(&idle, now);
+        assert!(book.may_scan(105), "no longer busy");
+    }
+
+    #[test]
+    fn a_failing_key_with_a_long_queue_does_not_hide_the_keys_behind_it() {
+        let (mut book, now) = (book(true), start());
+        let mut topic = large("a", 0..30);
+        topic.extend(large("b", 30..31));
+        let s = book.open_stream();
+        let ten = Budget {
+            messages: 10,
+            bytes: usize::MAX,
+        };
+        assert_eq!(
+            offsets(&deliver(&mut book, &topic, s, 100, ten, now)),
+            vec![0, 30]
+        );
     }
 
     #[test]
