@@ -17,7 +17,10 @@ impl Client {
     /// `ALREADY_EXISTS` when the name is taken, `INVALID_ARGUMENT` for a bad
     /// name (1 to 255 ASCII letters, digits, `.`, `_`, `-`).
     pub async fn create_topic(&self, name: &str) -> Result<Topic> {
-        let request = self.request(v1::CreateTopicRequest { name: name.into() });
+        let request = self.request(v1::CreateTopicRequest {
+            name: name.into(),
+            retention: None,
+        });
         let response = self.admin_service().create_topic(request).await?;
         Ok(topic_of(response.into_inner().topic, name))
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::broker::BrokerConfig;
+use crate::broker::{BrokerConfig, DEFAULT_RETENTION_MAX_AGE, Retention};
 use crate::storage::SyncPolicy;
 
 /// The default `--listen` address.
@@ -102,6 +102,18 @@ pub struct Config {
     )]
     pub max_message_bytes: usize,
 
+    /// How long a topic created without a retention policy keeps its
+    /// messages (for example `7d` or `24h`; `0` keeps them forever). Applies
+    /// to topics created after it changes.
+    #[arg(
+        long,
+        env = "TIDINGS_RETENTION_MAX_AGE",
+        default_value = "7d",
+        value_parser = parse_retention_max_age,
+        value_name = "DURATION"
+    )]
+    pub retention_max_age: Duration,
+
     /// How long shutdown waits for open requests and connections to finish
     /// before it stops waiting and closes storage (for example `10s`).
     #[arg(
@@ -135,6 +147,7 @@ impl Config {
             sync_interval: SyncInterval::Always,
             auto_create_topics: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            retention_max_age: DEFAULT_RETENTION_MAX_AGE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             log: DEFAULT_LOG.to_owned(),
         }
@@ -145,6 +158,10 @@ impl Config {
         BrokerConfig {
             auto_create_topics: self.auto_create_topics,
             max_message_bytes: self.max_message_bytes,
+            default_retention: Retention {
+                max_age: (!self.retention_max_age.is_zero()).then_some(self.retention_max_age),
+                ..Retention::default()
+            },
             ..BrokerConfig::default()
         }
     }
@@ -179,6 +196,18 @@ fn parse_sync_interval(value: &str) -> Result<SyncInterval, String> {
 fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim())
         .map_err(|err| format!("expected a duration such as `500ms` or `10s` ({err})"))
+}
+
+/// Parses a retention age: `0` (keep forever), or from 1 s to 100 years.
+fn parse_retention_max_age(value: &str) -> Result<Duration, String> {
+    let age = humantime::parse_duration(value.trim())
+        .map_err(|err| format!("expected a duration such as `7d` or `24h`, or 0 ({err})"))?;
+    if !age.is_zero()
+        && !(Duration::from_secs(1)..=Duration::from_secs(100 * 365 * 86_400)).contains(&age)
+    {
+        return Err("must be 0 (keep forever) or from 1s to 100 years".into());
+    }
+    Ok(age)
 }
 
 /// Parses a positive byte count.

@@ -274,7 +274,10 @@ async fn acknowledged_publishes_and_acks_survive_kill_9() -> anyhow::Result<()> 
     let client = server.client().await?;
     client
         .admin_service()
-        .create_topic(CreateTopicRequest { name: TOPIC.into() })
+        .create_topic(CreateTopicRequest {
+            name: TOPIC.into(),
+            ..CreateTopicRequest::default()
+        })
         .await?;
     let (seed_batch, held) = seed_and_hold(&client).await?;
     let acknowledged = publish_and_kill(server, &client, seed_batch).await?;

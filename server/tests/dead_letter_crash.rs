@@ -137,7 +137,10 @@ async fn a_message_is_in_exactly_one_place_after_kill_9_during_dead_lettering() 
     for name in ["orders", "orders.dead"] {
         client
             .admin_service()
-            .create_topic(CreateTopicRequest { name: name.into() })
+            .create_topic(CreateTopicRequest {
+                name: name.into(),
+                ..CreateTopicRequest::default()
+            })
             .await?;
     }
     client

@@ -19,7 +19,10 @@ async fn sigterm_ends_open_streams_exits_zero_and_keeps_acks() -> anyhow::Result
     let client = server.client().await?;
     client
         .admin_service()
-        .create_topic(CreateTopicRequest { name: "t".into() })
+        .create_topic(CreateTopicRequest {
+            name: "t".into(),
+            ..CreateTopicRequest::default()
+        })
         .await?;
     let messages = ["0", "1", "2"]
         .map(|p| PublishMessage {

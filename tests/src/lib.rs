@@ -116,7 +116,10 @@ pub fn publish_time(message: &ReceivedMessage) -> anyhow::Result<SystemTime> {
 pub async fn create_topic(client: &Client, name: &str) -> anyhow::Result<Topic> {
     let response = client
         .admin_service()
-        .create_topic(CreateTopicRequest { name: name.into() })
+        .create_topic(CreateTopicRequest {
+            name: name.into(),
+            ..CreateTopicRequest::default()
+        })
         .await
         .with_context(|| format!("create topic {name:?}"))?;
     response

@@ -98,7 +98,10 @@ async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Resu
     for bad in ["has space", ".hidden", "-dash", "a/b", "ünicode"] {
         let created = client
             .admin_service()
-            .create_topic(CreateTopicRequest { name: bad.into() })
+            .create_topic(CreateTopicRequest {
+                name: bad.into(),
+                ..CreateTopicRequest::default()
+            })
             .await;
         let status = expect_code(created, Code::InvalidArgument)?;
         assert!(
@@ -138,6 +141,7 @@ async fn invalid_names_are_invalid_argument_naming_the_grammar() -> anyhow::Resu
         .admin_service()
         .create_topic(CreateTopicRequest {
             name: "x".repeat(256),
+            ..CreateTopicRequest::default()
         })
         .await;
     let status = expect_code(long, Code::InvalidArgument)?;
@@ -328,7 +332,10 @@ async fn duplicates_are_already_exists() -> anyhow::Result<()> {
     let client = broker.client();
     let topic = client
         .admin_service()
-        .create_topic(CreateTopicRequest { name: "t".into() })
+        .create_topic(CreateTopicRequest {
+            name: "t".into(),
+            ..CreateTopicRequest::default()
+        })
         .await;
     let status = expect_code(topic, Code::AlreadyExists)?;
     assert!(status.message().contains("\"t\""), "{status:?}");

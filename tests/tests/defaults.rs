@@ -246,6 +246,7 @@ async fn names_of_255_characters_are_accepted_and_256_are_not() -> anyhow::Resul
         .admin_service()
         .create_topic(CreateTopicRequest {
             name: longer.clone(),
+            ..CreateTopicRequest::default()
         })
         .await;
     expect_code(topic, Code::InvalidArgument)?;

@@ -170,7 +170,10 @@ async fn oversized_subscribe_ack_and_admin_requests_are_resource_exhausted() -> 
     assert_names_the_limit(&status, limit);
 
     let created = admin(&client)
-        .create_topic(CreateTopicRequest { name: huge_name })
+        .create_topic(CreateTopicRequest {
+            name: huge_name,
+            ..CreateTopicRequest::default()
+        })
         .await;
     let status = expect_code(created, Code::ResourceExhausted)?;
     assert_names_the_limit(&status, limit);

@@ -27,6 +27,7 @@ use tidings_client::v1::{
     ListTopicsRequest, ListTopicsResponse, ModifyAckDeadlineRequest, ModifyAckDeadlineResponse,
     NackRequest, NackResponse, ReceivedMessage, RejectRequest, RejectResponse, SubscribeRequest,
     SubscribeResponse, Subscription, UpdateSubscriptionRequest, UpdateSubscriptionResponse,
+    UpdateTopicRequest, UpdateTopicResponse,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -247,6 +248,13 @@ impl AdminService for StandIn {
         &self,
         _: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        Err(Status::unimplemented("stand-in"))
+    }
+
+    async fn update_topic(
+        &self,
+        _: Request<UpdateTopicRequest>,
+    ) -> Result<Response<UpdateTopicResponse>, Status> {
         Err(Status::unimplemented("stand-in"))
     }
 

@@ -26,8 +26,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::acks::{DeliveryWriter, TopicResolver};
 use super::book::{Now, Window};
 use super::checks::{
-    check_batch, check_dead_letter, check_duration, check_retry, not_found_as_topic, page,
+    check_batch, check_dead_letter, check_duration, check_retention, check_retry,
+    not_found_as_topic, page,
 };
+use super::retention;
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
@@ -35,7 +37,7 @@ use super::*;
 use crate::offsets::AckState;
 use crate::storage::{
     DeadLetters, NewMessage, ReadLimit, SharedStore, StoreError, StoreListener, StoredMessage,
-    StoredSubscription, SubscriptionSettings,
+    StoredSubscription, SubscriptionSettings, TopicSettings,
 };
 
 /// About the most bytes one `read_topic` returns.
@@ -70,6 +72,26 @@ struct Inner {
 struct Names {
     topics: BTreeMap<TopicName, Arc<Topic>>,
     subscriptions: BTreeMap<SubscriptionName, Arc<Subscription>>,
+}
+
+/// The live topics and subscriptions, for the retention task.
+struct LiveNames(Arc<Mutex<Names>>);
+
+impl retention::Live for LiveNames {
+    fn topics(&self) -> Vec<(Arc<Topic>, Vec<Arc<Subscription>>)> {
+        let names = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut topics: BTreeMap<TopicId, (Arc<Topic>, Vec<Arc<Subscription>>)> = names
+            .topics
+            .values()
+            .map(|t| (t.id, (Arc::clone(t), Vec::new())))
+            .collect();
+        for sub in names.subscriptions.values() {
+            if let Some((_, subs)) = topics.get_mut(&sub.topic.id) {
+                subs.push(Arc::clone(sub));
+            }
+        }
+        topics.into_values().collect()
+    }
 }
 
 impl Broker {
@@ -125,6 +147,12 @@ impl Broker {
         inner
             .tasks
             .spawn(writer.run(Arc::clone(&inner.store), inner.stop_writer.clone()));
+        inner.tasks.spawn(retention::run(
+            Arc::new(LiveNames(Arc::clone(&inner.names))),
+            Arc::clone(&inner.store),
+            Arc::clone(&inner.writer),
+            inner.shutdown.clone(),
+        ));
         Ok(Self { inner })
     }
 
@@ -169,16 +197,45 @@ impl Broker {
         }
     }
 
-    async fn do_create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
+    async fn do_create_topic(
+        &self,
+        name: TopicName,
+        settings: TopicSettings,
+    ) -> BrokerResult<TopicInfo> {
         if self.names().topics.contains_key(&name) {
             return Err(BrokerError::TopicExists(name));
         }
-        let record = self.inner.store.create_topic(&name).await?;
+        let record = self.inner.store.create_topic(&name, settings).await?;
         let topic = Arc::new(Topic::new(&record));
         let info = topic.info();
         self.inner.topics.insert(Arc::clone(&topic));
         self.names().topics.insert(name, topic);
         info!(topic = %info.name, "topic created");
+        Ok(info)
+    }
+
+    async fn do_update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo> {
+        let topic = self.topic(&update.name)?;
+        let mut record = topic.record();
+        let retention = &mut record.settings.retention;
+        if let Some(max_age) = update.max_age {
+            retention.max_age = max_age;
+        }
+        if let Some(max_messages) = update.max_messages {
+            retention.max_messages = max_messages;
+        }
+        if let Some(discard_acked) = update.discard_acked {
+            retention.discard_acked = discard_acked;
+        }
+        let settings = record.settings.clone();
+        self.inner
+            .store
+            .update_topic(record)
+            .await
+            .map_err(|e| not_found_as_topic(e, &topic))?;
+        topic.set_settings(settings);
+        let info = topic.info();
+        info!(topic = %info.name, retention = ?info.retention, "topic updated");
         Ok(info)
     }
 
@@ -364,9 +421,40 @@ impl Broker {
 #[async_trait]
 impl Engine for Broker {
     /// # Errors
-    /// [`BrokerError::TopicExists`] when the name is taken.
-    async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
-        self.admin(|this| async move { this.do_create_topic(name).await })
+    /// [`BrokerError::TopicExists`] when the name is taken,
+    /// [`BrokerError::DurationOutOfRange`] for the retention's age.
+    async fn create_topic_with(
+        &self,
+        name: TopicName,
+        retention: Option<Retention>,
+    ) -> BrokerResult<TopicInfo> {
+        let retention = retention.unwrap_or(self.inner.config.default_retention);
+        check_retention(&retention)?;
+        let settings = TopicSettings { retention };
+        self.admin(|this| async move { this.do_create_topic(name, settings).await })
+            .await
+    }
+
+    /// # Errors
+    /// [`BrokerError::TopicNotFound`], [`BrokerError::NothingToUpdate`]
+    /// when no field is given, [`BrokerError::DurationOutOfRange`] for the
+    /// retention's age.
+    async fn update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo> {
+        if update.max_age.is_none()
+            && update.max_messages.is_none()
+            && update.discard_acked.is_none()
+        {
+            return Err(BrokerError::NothingToUpdate(
+                "the update names no field to change",
+            ));
+        }
+        if let Some(Some(age)) = update.max_age {
+            check_retention(&Retention {
+                max_age: Some(age),
+                ..Retention::default()
+            })?;
+        }
+        self.admin(|this| async move { this.do_update_topic(update).await })
             .await
     }
 
@@ -570,7 +658,7 @@ impl Engine for Broker {
             max_messages,
             max_bytes: READ_TOPIC_BYTES,
         };
-        let messages = self
+        let mut messages = self
             .inner
             .store
             .read(topic.id, from..end_offset, limit)
@@ -583,6 +671,7 @@ impl Engine for Broker {
             }
             _ => end_offset,
         };
+        topic.drop_expired(&mut messages);
         Ok(TopicRead {
             messages,
             next_offset,

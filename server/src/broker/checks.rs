@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::topic::Topic;
 use super::{
-    BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, RetryPolicy,
+    BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, Retention,
+    RetryPolicy,
 };
 use crate::names::TopicName;
 use crate::storage::{NewMessage, StoreError};
@@ -63,6 +64,27 @@ pub(super) fn check_duration(
             given,
             min,
             max: MAX_ACK_DEADLINE,
+        });
+    }
+    Ok(())
+}
+
+/// The longest retention by age: 100 years.
+const MAX_RETENTION_AGE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks a retention policy: an age limit of at least a second and at
+/// most [`MAX_RETENTION_AGE`].
+pub(super) fn check_retention(retention: &Retention) -> BrokerResult<()> {
+    let Some(age) = retention.max_age else {
+        return Ok(());
+    };
+    let min = Duration::from_secs(1);
+    if age < min || age > MAX_RETENTION_AGE {
+        return Err(BrokerError::DurationOutOfRange {
+            what: "retention.max_age",
+            given: age,
+            min,
+            max: MAX_RETENTION_AGE,
         });
     }
     Ok(())

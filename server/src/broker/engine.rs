@@ -31,8 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BrokerResult, DeliveryStream, Page, PublishedOffsets, StartPosition, SubscribeSpec,
-    SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
+    BrokerResult, DeliveryStream, Page, PublishedOffsets, Retention, StartPosition, SubscribeSpec,
+    SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead, TopicUpdate,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -43,8 +43,21 @@ use crate::storage::NewMessage;
 /// never leaves the engine half-changed.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Creates a topic.
-    async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo>;
+    /// Creates a topic with the broker's default retention.
+    async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
+        self.create_topic_with(name, None).await
+    }
+
+    /// Creates a topic that keeps what `retention` says (`None`: the
+    /// broker's default).
+    async fn create_topic_with(
+        &self,
+        name: TopicName,
+        retention: Option<Retention>,
+    ) -> BrokerResult<TopicInfo>;
+
+    /// Changes a topic's settings; they take effect within seconds.
+    async fn update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo>;
 
     /// Returns a topic.
     fn get_topic(&self, name: &TopicName) -> BrokerResult<TopicInfo>;

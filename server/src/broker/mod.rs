@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
-pub use crate::storage::{DeadLetterPolicy, RetryPolicy};
-use crate::storage::{StoredMessage, SubscriptionId};
+pub use crate::storage::{DeadLetterPolicy, Retention, RetryPolicy};
+use crate::storage::{StoredMessage, SubscriptionId, TopicId};
 
 mod acks;
 mod book;
@@ -35,6 +35,7 @@ mod checks;
 mod engine;
 mod error;
 mod filter;
+mod retention;
 mod stream;
 mod subscription;
 mod topic;
@@ -72,7 +73,12 @@ pub struct BrokerConfig {
     /// The most bytes of messages one `Subscribe` response frame carries
     /// (a single larger message still travels alone).
     pub max_frame_bytes: usize,
+    /// What a topic created without a retention policy keeps.
+    pub default_retention: Retention,
 }
+
+/// The default of [`BrokerConfig::default_retention`]: 7 days.
+pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -80,6 +86,10 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             max_frame_bytes: 1024 * 1024,
+            default_retention: Retention {
+                max_age: Some(DEFAULT_RETENTION_MAX_AGE),
+                ..Retention::default()
+            },
         }
     }
 }
@@ -96,6 +106,23 @@ pub struct TopicInfo {
     pub next_offset: Offset,
     /// When it was created.
     pub created: SystemTime,
+    /// What it keeps.
+    pub retention: Retention,
+    /// Offsets from `first_offset` to `next_offset`.
+    pub retained_messages: u64,
+}
+
+/// A change of a topic: what is `Some` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicUpdate {
+    /// The topic.
+    pub name: TopicName,
+    /// A new age limit (`Some(None)`: none).
+    pub max_age: Option<Option<Duration>>,
+    /// A new count limit (`Some(None)`: none).
+    pub max_messages: Option<Option<u64>>,
+    /// Whether acknowledged messages are deleted.
+    pub discard_acked: Option<bool>,
 }
 
 /// A subscription as reported to users, with live figures.

@@ -215,6 +215,9 @@ impl StreamTask {
             }
             _ => scan.range.end,
         };
+        // Expired messages are settled like deleted ones: never delivered.
+        let mut messages = messages;
+        sub.topic.drop_expired(&mut messages);
         trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
         // Messages the filter turns away are left out: the book settles
         // the offsets of a scanned range that hold no message it was given.
@@ -272,6 +275,8 @@ impl StreamTask {
         in_hand: Vec<StoredMessage>,
     ) -> BrokerResult<Vec<Delivery>> {
         let sub = &self.subscription;
+        let mut in_hand = in_hand;
+        sub.topic.drop_expired(&mut in_hand);
         let mut in_hand = Messages::new(in_hand);
         let wanted: Vec<Offset> = leased
             .iter()
@@ -285,6 +290,7 @@ impl StreamTask {
             if !missing.is_empty() {
                 elsewhere.extend(self.store.read_offsets(sub.topic.id, missing).await?);
             }
+            sub.topic.drop_expired(&mut elsewhere);
             elsewhere.sort_unstable_by_key(|m| m.offset);
         }
         let mut elsewhere = Messages::new(elsewhere);

@@ -15,7 +15,7 @@ use crate::offsets::{AckState, Offset};
 use crate::storage::{
     Appended, Catalog, Commit, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, Store,
     StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
-    SubscriptionSettings, TopicId, TopicRecord,
+    SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 
 /// A read the store served.
@@ -108,10 +108,24 @@ impl Store for TestStore {
         self.inner.set_listener(listener);
     }
 
-    async fn create_topic(&self, name: &TopicName) -> StoreResult<TopicRecord> {
+    async fn create_topic(
+        &self,
+        name: &TopicName,
+        settings: TopicSettings,
+    ) -> StoreResult<TopicRecord> {
         let (inner, name) = (self.inner.clone(), name.clone());
-        self.write(async move { inner.create_topic(&name).await })
+        self.write(async move { inner.create_topic(&name, settings).await })
             .await
+    }
+
+    async fn update_topic(&self, record: TopicRecord) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        self.write(async move { inner.update_topic(record).await })
+            .await
+    }
+
+    async fn reclaim(&self, topic: TopicId) -> StoreResult<()> {
+        self.inner.reclaim(topic).await
     }
 
     async fn delete_topic(&self, topic: TopicId) -> StoreResult<()> {

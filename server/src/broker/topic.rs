@@ -20,7 +20,8 @@ use super::TopicInfo;
 use crate::names::TopicName;
 use crate::offsets::Offset;
 use crate::storage::{
-    Appended, NewMessage, ReadLimit, StoreListener, StoredMessage, TopicId, TopicRecord,
+    Appended, NewMessage, ReadLimit, Retention, StoreListener, StoredMessage, TopicId, TopicRecord,
+    TopicSettings,
 };
 
 /// Bounds of a topic's tail cache.
@@ -84,6 +85,8 @@ pub(super) struct Topic {
     /// while there are some.
     open_streams: AtomicUsize,
     tail: Mutex<TailCache>,
+    /// What the topic keeps; the record it was stored with.
+    record: Mutex<TopicRecord>,
 }
 
 impl Topic {
@@ -97,6 +100,45 @@ impl Topic {
             deleted: CancellationToken::new(),
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
+            record: Mutex::new(record.clone()),
+        }
+    }
+
+    /// The stored record (its offsets as at load or creation).
+    pub(super) fn record(&self) -> TopicRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The settings were stored as `settings`.
+    pub(super) fn set_settings(&self, settings: TopicSettings) {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .settings = settings;
+    }
+
+    pub(super) fn retention(&self) -> Retention {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .settings
+            .retention
+    }
+
+    /// Messages published before this are expired: never read or
+    /// delivered again, deleted soon. `None` without an age limit.
+    pub(super) fn expired_before(&self, now: SystemTime) -> Option<SystemTime> {
+        let age = self.retention().max_age?;
+        Some(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH))
+    }
+
+    /// Drops the messages of `messages` that are expired.
+    pub(super) fn drop_expired(&self, messages: &mut Vec<StoredMessage>) {
+        if let Some(cutoff) = self.expired_before(SystemTime::now()) {
+            messages.retain(|m| m.publish_time >= cutoff);
         }
     }
 
@@ -211,11 +253,14 @@ impl Topic {
 
     pub(super) fn info(&self) -> TopicInfo {
         let next_offset = self.head();
+        let first_offset = self.first_offset().min(next_offset);
         TopicInfo {
             name: self.name.clone(),
-            first_offset: self.first_offset().min(next_offset),
+            first_offset,
             next_offset,
             created: self.created,
+            retention: self.retention(),
+            retained_messages: next_offset - first_offset,
         }
     }
 }
@@ -273,6 +318,7 @@ mod tests {
             first_offset: 0,
             next_offset: 0,
             created: SystemTime::UNIX_EPOCH,
+            settings: TopicSettings::default(),
         })
     }
 

@@ -6,10 +6,11 @@ use tidings::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
+use super::convert;
 use super::convert::{
     PageQuery, next_page_token, optional_topic_name, subscription_name, topic_name,
 };
-use crate::broker::{SharedEngine, SubscriptionSpec, SubscriptionUpdate};
+use crate::broker::{SharedEngine, SubscriptionSpec, SubscriptionUpdate, TopicUpdate};
 
 /// The gRPC adapter of the admin service.
 #[derive(Clone)]
@@ -32,9 +33,28 @@ impl AdminService for Admin {
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         debug!("create topic");
-        let name = topic_name(request.into_inner().name)?;
-        let topic = self.broker.create_topic(name).await?;
+        let request = request.into_inner();
+        let name = topic_name(request.name)?;
+        let retention = request.retention.map(convert::retention).transpose()?;
+        let topic = self.broker.create_topic_with(name, retention).await?;
         Ok(Response::new(v1::CreateTopicResponse {
+            topic: Some(topic.into()),
+        }))
+    }
+
+    #[instrument(
+        name = "UpdateTopic",
+        skip_all,
+        fields(topic = ?request.get_ref().topic.as_ref().map(|t| &t.name))
+    )]
+    async fn update_topic(
+        &self,
+        request: Request<v1::UpdateTopicRequest>,
+    ) -> Result<Response<v1::UpdateTopicResponse>, Status> {
+        let update = TopicUpdate::try_from(request.into_inner())?;
+        debug!(?update, "update topic");
+        let topic = self.broker.update_topic(update).await?;
+        Ok(Response::new(v1::UpdateTopicResponse {
             topic: Some(topic.into()),
         }))
     }

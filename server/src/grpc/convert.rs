@@ -20,6 +20,8 @@ use crate::broker::{
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::NewMessage;
+pub(crate) use retention::retention;
+use retention::retention_of;
 
 /// Page size when a request asks for 0.
 pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
@@ -542,6 +544,8 @@ impl From<TopicInfo> for v1::Topic {
             next_offset: info.next_offset,
             create_time: Some(info.created.into()),
             first_offset: info.first_offset,
+            retention: Some(retention_of(info.retention)),
+            retained_messages: info.retained_messages,
         }
     }
 }
@@ -594,6 +598,8 @@ pub(crate) fn subscribe_frame(deliveries: Vec<Delivery>) -> v1::SubscribeRespons
             .collect(),
     }
 }
+
+mod retention;
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use super::{
     DeadLetterPolicy, DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage,
     SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
 };
-use super::{DeliveryRecord, NewMessage, TopicRecord};
+use super::{DeliveryRecord, NewMessage, Retention, TopicRecord, TopicSettings};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset, OffsetRanges};
 
@@ -314,13 +314,36 @@ fn read_ranges(r: &mut Reader<'_>, what: &'static str) -> StoreResult<OffsetRang
         .ok_or_else(|| corrupt(what, "ranges are empty, unordered or overlapping"))
 }
 
-/// Encodes a topic record without its `next_offset`, which is stored apart
-/// (as the topic's head) so that an append does not rewrite the record.
+/// Tag of a topic's retention by age among the record's optional fields.
+const MAX_AGE_TAG: u8 = 1;
+/// Tag of a topic's retention by count.
+const MAX_MESSAGES_TAG: u8 = 2;
+/// Tag, alone, of a topic that discards acknowledged messages.
+const DISCARD_ACKED_TAG: u8 = 3;
+
+/// Encodes a topic record without its offsets, which are stored apart (as
+/// the topic's head and first offset) so that an append does not rewrite
+/// the record: its fixed fields, then each setting that is not at its
+/// default as a tag byte and its value, so a record without them reads as
+/// it did before they existed (keeping everything).
 pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
-    let mut w = Writer::new(8 + 8 + 4 + record.name.as_str().len());
+    let retention = &record.settings.retention;
+    let mut w = Writer::new(8 + 8 + 4 + record.name.as_str().len() + 1 + 12 + 1 + 8 + 1);
     w.u64(record.id.0);
     w.u64(to_micros(record.created));
     w.str(record.name.as_str());
+    if let Some(age) = retention.max_age {
+        w.0.push(MAX_AGE_TAG);
+        w.u64(age.as_secs());
+        w.u32(age.subsec_nanos());
+    }
+    if let Some(count) = retention.max_messages {
+        w.0.push(MAX_MESSAGES_TAG);
+        w.u64(count);
+    }
+    if retention.discard_acked {
+        w.0.push(DISCARD_ACKED_TAG);
+    }
     w.0
 }
 
@@ -336,14 +359,31 @@ pub(crate) fn decode_topic(
     let id = TopicId(r.u64()?);
     let created = r.time()?;
     let name = TopicName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
-    r.finish()?;
+    let mut retention = Retention::default();
+    while r.remaining() > 0 {
+        match r.take(1)?[0] {
+            MAX_AGE_TAG => retention.max_age = Some(read_duration(&mut r, WHAT)?),
+            MAX_MESSAGES_TAG => retention.max_messages = Some(r.u64()?),
+            DISCARD_ACKED_TAG => retention.discard_acked = true,
+            tag => return Err(unknown_tag(WHAT, tag)),
+        }
+    }
     Ok(TopicRecord {
         id,
         name,
         first_offset,
         next_offset,
         created,
+        settings: TopicSettings { retention },
     })
+}
+
+/// The error of a setting tag this broker does not know.
+fn unknown_tag(what: &'static str, tag: u8) -> StoreError {
+    corrupt(
+        what,
+        format!("unknown setting tag {tag}: written by a newer broker?"),
+    )
 }
 
 /// Tag of a subscription's filter among the record's optional fields.
@@ -444,12 +484,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
                     max_delivery_attempts: r.u32()?,
                 });
             }
-            tag => {
-                return Err(corrupt(
-                    WHAT,
-                    format!("unknown setting tag {tag}: written by a newer broker?"),
-                ));
-            }
+            tag => return Err(unknown_tag(WHAT, tag)),
         }
     }
     Ok(SubscriptionRecord {
@@ -521,6 +556,13 @@ mod tests {
             first_offset: 4,
             next_offset: 9,
             created: time(1_700_000_000_123_456),
+            settings: TopicSettings {
+                retention: Retention {
+                    max_age: Some(Duration::new(86_400, 5)),
+                    max_messages: Some(1000),
+                    discard_acked: true,
+                },
+            },
         }
     }
 
@@ -623,6 +665,15 @@ mod tests {
             decode_topic(&encode_topic(&topic), 4, 9).expect("decodes"),
             topic
         );
+        // A record of a topic created before retention existed: no tags,
+        // and it keeps everything.
+        let old = TopicRecord {
+            settings: TopicSettings::default(),
+            ..topic_record()
+        };
+        let bytes = encode_topic(&old);
+        assert_eq!(bytes.len(), 1 + 8 + 8 + 4 + "order.placed".len(), "version, fields");
+        assert_eq!(decode_topic(&bytes, 4, 9).expect("decodes"), old);
         let sub = subscription_record();
         assert_eq!(
             decode_subscription(&encode_subscription(&sub)).expect("decodes"),
@@ -677,8 +728,15 @@ mod tests {
                 &message[..cut],
             );
         }
+        // A cut between two settings leaves a shorter valid record; every
+        // other cut is corrupt.
+        let untagged = encode_topic(&TopicRecord {
+            settings: TopicSettings::default(),
+            ..topic_record()
+        });
         let topic = encode_topic(&topic_record());
-        for cut in 0..topic.len() {
+        let whole_settings = [untagged.len(), untagged.len() + 13, untagged.len() + 22];
+        for cut in (0..topic.len()).filter(|cut| !whole_settings.contains(cut)) {
             assert_corrupt(decode_topic(&topic[..cut], 0, 0), &topic[..cut]);
         }
         let sub = encode_subscription(&subscription_record());

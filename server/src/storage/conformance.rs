@@ -20,7 +20,7 @@ use super::{
     SharedStore, StoreError, StoreListener, StoredMessage, StoredSubscription, SubscriptionId,
     SubscriptionRecord, SubscriptionSettings, SyncPolicy, TopicId,
 };
-use super::{Commit, DeadLetters};
+use super::{Commit, DeadLetters, Retention, TopicRecord, TopicSettings};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::OffsetRanges;
 use crate::offsets::{AckState, Offset};
@@ -221,8 +221,12 @@ async fn wait_past(time: SystemTime) {
 
 async fn offsets_start_at_zero_and_are_contiguous(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let orders = store.create_topic(&topic_name("orders")?).await?;
-    let stock = store.create_topic(&topic_name("stock")?).await?;
+    let orders = store
+        .create_topic(&topic_name("orders")?, TopicSettings::default())
+        .await?;
+    let stock = store
+        .create_topic(&topic_name("stock")?, TopicSettings::default())
+        .await?;
     ensure!(orders.next_offset == 0 && orders.id != stock.id);
     ensure!(
         store
@@ -261,7 +265,10 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
     const TASKS: usize = 16;
     const BATCHES: usize = 20;
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("busy")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("busy")?, TopicSettings::default())
+        .await?
+        .id;
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..TASKS {
         let store = store.clone();
@@ -309,7 +316,10 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
 
 async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     append_sized(&store, topic, 10, 10).await?;
     let limit = |max_messages, max_bytes| ReadLimit {
         max_messages,
@@ -353,7 +363,10 @@ async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
 
 async fn read_offsets_skips_missing(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     store
         .append(topic, messages(&["0", "1", "2", "3", "4"]))
         .await?;
@@ -369,7 +382,10 @@ async fn read_offsets_skips_missing(mut h: impl Harness) -> anyhow::Result<()> {
 
 async fn offset_at_time_finds_first_message_at_or_after(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     ensure!(
         store.offset_at_time(topic, UNIX_EPOCH).await? == 0,
         "empty topic"
@@ -402,7 +418,10 @@ async fn offset_at_time_finds_first_message_at_or_after(mut h: impl Harness) -> 
 
 async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     let name = subscription_name("s")?;
     let deadline = Duration::from_secs(30);
     let sub = store
@@ -435,7 +454,10 @@ async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow
 
 async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     let deadline = Duration::from_millis(12_500);
     let first = store
         .create_subscription(
@@ -501,7 +523,10 @@ async fn subscription_settings_change_and_survive_a_reopen(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     let mut acks = AckState::starting_at(3);
     acks.ack(5);
     let sub = store
@@ -557,8 +582,12 @@ async fn delete_topic_removes_messages_and_subscriptions(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let doomed = store.create_topic(&topic_name("doomed")?).await?;
-    let kept = store.create_topic(&topic_name("kept")?).await?;
+    let doomed = store
+        .create_topic(&topic_name("doomed")?, TopicSettings::default())
+        .await?;
+    let kept = store
+        .create_topic(&topic_name("kept")?, TopicSettings::default())
+        .await?;
     store.append(doomed.id, messages(&["a", "b"])).await?;
     store.append(kept.id, messages(&["k"])).await?;
     let deadline = Duration::from_secs(10);
@@ -613,7 +642,9 @@ async fn delete_topic_removes_messages_and_subscriptions(
     ensure!(matches!(sub, Err(StoreError::TopicNotFound(_))), "{sub:?}");
 
     // The name can be used again, under a fresh id and with no old data.
-    let reborn = store.create_topic(&topic_name("doomed")?).await?;
+    let reborn = store
+        .create_topic(&topic_name("doomed")?, TopicSettings::default())
+        .await?;
     ensure!(
         reborn.id > kept.id && reborn.id != doomed.id,
         "ids are not reused"
@@ -638,9 +669,33 @@ async fn delete_topic_removes_messages_and_subscriptions(
 
 async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("orders")?).await?;
-    let deleted = store.create_topic(&topic_name("deleted")?).await?;
+    let kept_for_a_day = TopicSettings {
+        retention: Retention {
+            max_age: Some(Duration::from_secs(86_400)),
+            ..Retention::default()
+        },
+    };
+    let topic = store
+        .create_topic(&topic_name("orders")?, kept_for_a_day.clone())
+        .await?;
+    ensure!(topic.settings == kept_for_a_day);
+    let deleted = store
+        .create_topic(&topic_name("deleted")?, TopicSettings::default())
+        .await?;
     let before = store.append(topic.id, messages(&["a", "b", "c"])).await?;
+    let changed = TopicSettings {
+        retention: Retention {
+            max_messages: Some(10),
+            discard_acked: true,
+            ..kept_for_a_day.retention
+        },
+    };
+    store
+        .update_topic(TopicRecord {
+            settings: changed.clone(),
+            ..topic.clone()
+        })
+        .await?;
     let sub = store
         .create_subscription(
             &subscription_name("s")?,
@@ -669,6 +724,11 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
     let reopened = store.load().await?;
     ensure!(reopened == catalog, "{reopened:?} != {catalog:?}");
     ensure!(reopened.topics[0].next_offset == 3 && reopened.topics[0].first_offset == 1);
+    ensure!(
+        reopened.topics[0].settings == changed,
+        "{:?}",
+        reopened.topics[0].settings
+    );
     let expected = StoredSubscription {
         deliveries: vec![(1, record)],
         ..stored(&sub, state)
@@ -688,7 +748,9 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
         after.publish_time >= before.publish_time,
         "publish time never decreases"
     );
-    let newer = store.create_topic(&topic_name("newer")?).await?;
+    let newer = store
+        .create_topic(&topic_name("newer")?, TopicSettings::default())
+        .await?;
     ensure!(
         newer.id > deleted.id,
         "a deleted topic's id is not reused after a restart"
@@ -704,7 +766,10 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
 
 async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     store.append(topic, messages(&["a"])).await?;
     store.close().await?;
     store.close().await.context("closing twice is fine")?;
@@ -714,7 +779,10 @@ async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
         store.append(topic, messages(&["b"])).await.map(drop)
     ));
     ensure!(closed(
-        store.create_topic(&topic_name("u")?).await.map(drop)
+        store
+            .create_topic(&topic_name("u")?, TopicSettings::default())
+            .await
+            .map(drop)
     ));
     ensure!(closed(
         store.read(topic, 0..u64::MAX, EVERYTHING).await.map(drop)
@@ -742,8 +810,14 @@ async fn a_commit_appends_and_settles_together_and_hears_its_appends(
     let store = h.open().await?;
     let recorder = Arc::new(Recorder::default());
     store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
-    let source = store.create_topic(&topic_name("orders")?).await?.id;
-    let dead = store.create_topic(&topic_name("orders.dead")?).await?.id;
+    let source = store
+        .create_topic(&topic_name("orders")?, TopicSettings::default())
+        .await?
+        .id;
+    let dead = store
+        .create_topic(&topic_name("orders.dead")?, TopicSettings::default())
+        .await?
+        .id;
     store.append(source, messages(&["a", "b"])).await?;
     let sub = store
         .create_subscription(
@@ -833,7 +907,10 @@ async fn a_commit_appends_and_settles_together_and_hears_its_appends(
 
 async fn reads_stop_at_the_end_of_their_range(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     append_sized(&store, topic, 6, 10).await?;
     ensure!(offsets(&store.read(topic, 1..4, EVERYTHING).await?) == vec![1, 2, 3]);
     ensure!(store.read(topic, 3..3, EVERYTHING).await?.is_empty());
@@ -845,8 +922,14 @@ async fn the_listener_hears_every_append_in_order(mut h: impl Harness) -> anyhow
     let store = h.open().await?;
     let recorder = Arc::new(Recorder::default());
     store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
-    let a = store.create_topic(&topic_name("a")?).await?.id;
-    let b = store.create_topic(&topic_name("b")?).await?.id;
+    let a = store
+        .create_topic(&topic_name("a")?, TopicSettings::default())
+        .await?
+        .id;
+    let b = store
+        .create_topic(&topic_name("b")?, TopicSettings::default())
+        .await?
+        .id;
     store.append(a, messages(&["1", "2"])).await?;
     store.append(b, messages(&["x"])).await?;
     store.append(a, messages(&["3"])).await?;
@@ -884,7 +967,10 @@ async fn the_listener_hears_every_append_in_order(mut h: impl Harness) -> anyhow
 
 async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     let first_at = |store: SharedStore| async move {
         let catalog = store.load().await?;
         let record = catalog.topics.into_iter().find(|t| t.id == topic);
@@ -916,7 +1002,10 @@ async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyh
 
 async fn offset_at_time_skips_offsets_without_messages(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     let first = store.append(topic, messages(&["0", "1", "2"])).await?;
     wait_past(first.publish_time).await;
     let second = store.append(topic, messages(&["3", "4"])).await?;
@@ -932,7 +1021,10 @@ async fn delivery_records_are_stored_deleted_and_go_with_their_subscription(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store.create_topic(&topic_name("t")?).await?.id;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?
+        .id;
     let deadline = Duration::from_secs(30);
     let create = |name: &'static str| {
         let store = store.clone();

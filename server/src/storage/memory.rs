@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use super::{
     Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit,
     Store, StoreError, StoreListener, StoreResult, StoredMessage, StoredSubscription,
-    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
+    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -178,7 +178,11 @@ impl Store for MemoryStore {
         *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
-    async fn create_topic(&self, name: &TopicName) -> StoreResult<TopicRecord> {
+    async fn create_topic(
+        &self,
+        name: &TopicName,
+        settings: TopicSettings,
+    ) -> StoreResult<TopicRecord> {
         let mut state = self.lock()?;
         state.next_topic += 1;
         let record = TopicRecord {
@@ -187,6 +191,7 @@ impl Store for MemoryStore {
             first_offset: 0,
             next_offset: 0,
             created: SystemTime::now(),
+            settings,
         };
         let data = TopicData {
             record: record.clone(),
@@ -325,6 +330,16 @@ impl Store for MemoryStore {
         Ok(record)
     }
 
+    async fn update_topic(&self, record: TopicRecord) -> StoreResult<()> {
+        let mut state = self.lock()?;
+        state.topic_mut(record.id)?.record.settings = record.settings;
+        Ok(())
+    }
+
+    async fn reclaim(&self, _topic: TopicId) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn update_subscription(&self, record: SubscriptionRecord) -> StoreResult<()> {
         let mut state = self.lock()?;
         match state.subscriptions.get_mut(&record.id) {
@@ -364,7 +379,10 @@ mod tests {
     async fn reopen_gives_an_open_handle_on_the_same_data() {
         let store = MemoryStore::new();
         let name = TopicName::new("t").expect("valid name");
-        let topic = store.create_topic(&name).await.expect("created");
+        let topic = store
+            .create_topic(&name, TopicSettings::default())
+            .await
+            .expect("created");
         let clone = store.clone();
         store.close().await.expect("closed");
         assert!(matches!(clone.load().await, Err(StoreError::Closed)));

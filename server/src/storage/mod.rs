@@ -67,6 +67,26 @@ pub struct TopicRecord {
     pub next_offset: Offset,
     /// When it was created.
     pub created: SystemTime,
+    /// What can change.
+    pub settings: TopicSettings,
+}
+
+/// A topic's settings: what can change after it is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// What the topic keeps.
+    pub retention: Retention,
+}
+
+/// How long a topic keeps its messages. The default keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages published longer ago are deleted.
+    pub max_age: Option<Duration>,
+    /// At most this many messages are kept.
+    pub max_messages: Option<u64>,
+    /// A message is deleted once every subscription acknowledged it.
+    pub discard_acked: bool,
 }
 
 /// A stored subscription's configuration.
@@ -381,7 +401,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a topic with a fresh id and `next_offset` 0. Name uniqueness
     /// is the broker's business, not the store's.
-    async fn create_topic(&self, name: &TopicName) -> StoreResult<TopicRecord>;
+    async fn create_topic(
+        &self,
+        name: &TopicName,
+        settings: TopicSettings,
+    ) -> StoreResult<TopicRecord>;
+
+    /// Replaces a topic's record with `record`, whose id, name and creation
+    /// time are those stored: only its settings change (its offsets are
+    /// not taken from `record`).
+    ///
+    /// # Errors
+    /// [`StoreError::TopicNotFound`] when there is no such topic.
+    async fn update_topic(&self, record: TopicRecord) -> StoreResult<()>;
+
+    /// Lets storage give back the space of a topic's deleted messages
+    /// soon (a compaction of what was truncated); a no-op where there is
+    /// nothing to give back.
+    async fn reclaim(&self, topic: TopicId) -> StoreResult<()>;
 
     /// Deletes a topic with its messages and subscriptions.
     ///

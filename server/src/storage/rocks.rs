@@ -33,10 +33,11 @@ use async_trait::async_trait;
 use rocksdb::{ColumnFamily, DB};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::codec;
 use super::{
     Appended, Catalog, Commit, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError,
     StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
-    SubscriptionSettings, TopicId, TopicRecord,
+    SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -277,9 +278,34 @@ impl Store for RocksStore {
         *lock(&self.listener) = Some(listener);
     }
 
-    async fn create_topic(&self, name: &TopicName) -> StoreResult<TopicRecord> {
+    async fn create_topic(
+        &self,
+        name: &TopicName,
+        settings: TopicSettings,
+    ) -> StoreResult<TopicRecord> {
         let name = name.clone();
-        self.submit(|reply| Op::CreateTopic { name, reply }).await
+        self.submit(|reply| Op::CreateTopic {
+            name,
+            settings,
+            reply,
+        })
+        .await
+    }
+
+    async fn update_topic(&self, record: TopicRecord) -> StoreResult<()> {
+        self.submit(|reply| Op::UpdateTopic { record, reply }).await
+    }
+
+    async fn reclaim(&self, topic: TopicId) -> StoreResult<()> {
+        self.read_with("compacting deleted messages", move |db| {
+            // Everything below the first offset was deleted by range; a
+            // compaction of that range drops the data for good.
+            let end = codec::message_key(topic, read::first_offset(db, topic)?);
+            let start = codec::message_key(topic, 0);
+            db.compact_range_cf(column(db, CF_MESSAGES)?, Some(start), Some(end));
+            Ok(())
+        })
+        .await
     }
 
     async fn delete_topic(&self, topic: TopicId) -> StoreResult<()> {

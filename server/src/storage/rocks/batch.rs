@@ -230,12 +230,18 @@ impl<'db> Batch<'db> {
 
     /// A new topic: its record, its head and the id counter.
     pub(super) fn put_topic(&mut self, record: &TopicRecord) {
+        self.put_topic_record(record);
         let (meta, id) = (self.columns.meta, record.id.0);
-        let value = codec::encode_topic(record);
-        self.write.put_cf(meta, meta_key(TOPIC_PREFIX, id), value);
         self.write
             .put_cf(meta, LAST_TOPIC_ID_KEY, codec::encode_u64(id));
         self.put_head(record.id, record.next_offset);
+    }
+
+    /// A topic's record alone (its settings changed).
+    pub(super) fn put_topic_record(&mut self, record: &TopicRecord) {
+        let (meta, id) = (self.columns.meta, record.id.0);
+        let value = codec::encode_topic(record);
+        self.write.put_cf(meta, meta_key(TOPIC_PREFIX, id), value);
         self.needs(SyncNeed::Metadata);
     }
 

@@ -174,6 +174,11 @@ pub(super) fn read_at_offsets(
 }
 
 /// The first and next offset of a topic, from storage.
+/// A topic's first offset: every offset below it was deleted.
+pub(super) fn first_offset(db: &DB, topic: TopicId) -> StoreResult<Offset> {
+    Ok(read_bounds(db, topic)?.start)
+}
+
 fn read_bounds(db: &DB, topic: TopicId) -> StoreResult<Range<Offset>> {
     let meta = column(db, CF_META)?;
     let get = |prefix, what| {

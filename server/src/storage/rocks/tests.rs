@@ -33,7 +33,9 @@ async fn second_open_of_a_directory_in_use_fails_cleanly() -> anyhow::Result<()>
 async fn dropped_store_without_close_loses_no_acknowledged_append() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = RocksStore::open(dir.path(), SyncPolicy::Interval(Duration::from_secs(60))).await?;
-    let topic = store.create_topic(&name("t")).await?;
+    let topic = store
+        .create_topic(&name("t"), TopicSettings::default())
+        .await?;
     store.append(topic.id, vec![message(b"x")]).await?;
     // `drop` blocks until the writer has synced and let go of the
     // database, so opening again right after must work.
@@ -61,7 +63,10 @@ async fn crash_child_appends_until_killed() -> anyhow::Result<()> {
     // No sync for an hour: only the write itself protects an append.
     let policy = SyncPolicy::Interval(Duration::from_secs(3600));
     let store = Arc::new(RocksStore::open(Path::new(&dir), policy).await?);
-    let topic = store.create_topic(&name("crash")).await?.id;
+    let topic = store
+        .create_topic(&name("crash"), TopicSettings::default())
+        .await?
+        .id;
     println!("crash-topic {}", topic.0);
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..4 {

@@ -28,7 +28,7 @@ use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
     Appended, Commit, DeliveryUpdate, NewMessage, StoreError, StoreResult, SubscriptionId,
-    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
+    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -41,7 +41,12 @@ const SLOW_WRITE: Duration = Duration::from_millis(50);
 pub(super) enum Op {
     CreateTopic {
         name: TopicName,
+        settings: TopicSettings,
         reply: Reply<TopicRecord>,
+    },
+    UpdateTopic {
+        record: TopicRecord,
+        reply: Reply<()>,
     },
     DeleteTopic {
         topic: TopicId,
@@ -330,8 +335,21 @@ impl Writer {
                 let staged = self.stage_truncate(topic, before, batch);
                 batch.answer_truncate(reply, staged, topic);
             }
-            Op::CreateTopic { name, reply } => {
-                let staged = Ok(self.stage_create_topic(name, batch));
+            Op::CreateTopic {
+                name,
+                settings,
+                reply,
+            } => {
+                let staged = Ok(self.stage_create_topic(name, settings, batch));
+                batch.answer(reply, staged);
+            }
+            Op::UpdateTopic { record, reply } => {
+                let staged = if self.topics.contains_key(&record.id) {
+                    batch.put_topic_record(&record);
+                    Ok(())
+                } else {
+                    Err(StoreError::TopicNotFound(record.id))
+                };
                 batch.answer(reply, staged);
             }
             Op::DeleteTopic { topic, reply } => {
@@ -395,7 +413,12 @@ impl Writer {
         Ok(appended)
     }
 
-    fn stage_create_topic(&mut self, name: TopicName, batch: &mut Batch<'_>) -> TopicRecord {
+    fn stage_create_topic(
+        &mut self,
+        name: TopicName,
+        settings: TopicSettings,
+        batch: &mut Batch<'_>,
+    ) -> TopicRecord {
         // Not rolled back on failure: skipping an id is harmless.
         self.last_topic_id += 1;
         let record = TopicRecord {
@@ -404,6 +427,7 @@ impl Writer {
             first_offset: 0,
             next_offset: 0,
             created: codec::truncate_to_micros(SystemTime::now()),
+            settings,
         };
         batch.put_topic(&record);
         let head = TopicHead {
@@ -578,6 +602,7 @@ mod tests {
         let name = TopicName::new("t")?;
         requests_tx.send(request(Op::CreateTopic {
             name,
+            settings: TopicSettings::default(),
             reply: created_tx,
         }))?;
         let mut replies = Vec::new();

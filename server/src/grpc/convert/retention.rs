@@ -1,0 +1,111 @@
+//! Topics' retention between the wire and the broker: `CreateTopic`'s
+//! policy, `UpdateTopic`'s mask, and what `Topic` reports.
+
+use std::time::Duration;
+
+use tidings::v1;
+
+use crate::broker::{BrokerError, BrokerResult, Retention, TopicUpdate};
+use crate::names::TopicName;
+
+/// What `UpdateTopic` can change, for error messages.
+const CHANGEABLE: &str = "retention, retention.max_age, retention.max_messages, \
+                          retention.discard_acked";
+
+/// A retention policy from the wire: 0 (or unset) in a field is no limit.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a negative age; the broker checks ranges.
+pub(crate) fn retention(policy: v1::RetentionPolicy) -> BrokerResult<Retention> {
+    Ok(Retention {
+        max_age: max_age(policy.max_age)?,
+        max_messages: (policy.max_messages > 0).then_some(policy.max_messages),
+        discard_acked: policy.discard_acked,
+    })
+}
+
+/// An age limit from the wire: unset or zero is none.
+fn max_age(given: Option<prost_types::Duration>) -> BrokerResult<Option<Duration>> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    let age = Duration::try_from(given).map_err(|_| {
+        BrokerError::Invalid(format!(
+            "retention.max_age must be a positive duration (or 0 for no limit), not {}s {}ns",
+            given.seconds, given.nanos
+        ))
+    })?;
+    Ok((!age.is_zero()).then_some(age))
+}
+
+/// A retention policy for the wire.
+pub(crate) fn retention_of(retention: Retention) -> v1::RetentionPolicy {
+    v1::RetentionPolicy {
+        max_age: retention
+            .max_age
+            .and_then(|age| prost_types::Duration::try_from(age).ok()),
+        max_messages: retention.max_messages.unwrap_or(0),
+        discard_acked: retention.discard_acked,
+    }
+}
+
+impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
+    type Error = BrokerError;
+
+    /// Takes the fields the mask names, and only those.
+    fn try_from(request: v1::UpdateTopicRequest) -> BrokerResult<Self> {
+        let Some(topic) = request.topic else {
+            return Err(BrokerError::Invalid(
+                "topic is missing: set topic.name and the new values".into(),
+            ));
+        };
+        let name = TopicName::new(topic.name)?;
+        let paths = request
+            .update_mask
+            .map(|mask| mask.paths)
+            .unwrap_or_default();
+        if paths.is_empty() {
+            return Err(BrokerError::Invalid(format!(
+                "update_mask is empty; name the fields to change ({CHANGEABLE})"
+            )));
+        }
+        let given = retention(topic.retention.unwrap_or_default())?;
+        let mut update = TopicUpdate {
+            name,
+            max_age: None,
+            max_messages: None,
+            discard_acked: None,
+        };
+        for path in paths {
+            match path.as_str() {
+                "retention" => {
+                    update.max_age = Some(given.max_age);
+                    update.max_messages = Some(given.max_messages);
+                    update.discard_acked = Some(given.discard_acked);
+                }
+                "retention.max_age" => update.max_age = Some(given.max_age),
+                "retention.max_messages" => update.max_messages = Some(given.max_messages),
+                "retention.discard_acked" => update.discard_acked = Some(given.discard_acked),
+                "name" | "create_time" => {
+                    return Err(BrokerError::Invalid(format!(
+                        "update_mask names {path:?}, which is fixed when the topic is created \
+                         (changeable: {CHANGEABLE})"
+                    )));
+                }
+                "next_offset" | "first_offset" | "retained_messages" => {
+                    return Err(BrokerError::Invalid(format!(
+                        "update_mask names {path:?}, which the broker reports and nobody sets \
+                         (changeable: {CHANGEABLE})"
+                    )));
+                }
+                other => {
+                    return Err(BrokerError::Invalid(format!(
+                        "update_mask names {other:?}, which is not a field of Topic \
+                         (changeable: {CHANGEABLE})"
+                    )));
+                }
+            }
+        }
+        Ok(update)
+    }
+}
