@@ -1,5 +1,5 @@
 //! The admin calls of [`Client`]: topics and subscriptions, created,
-//! read, listed (following every page) and deleted.
+//! read, updated, listed (following every page) and deleted.
 //!
 //! Each call is one request (or one per page) and a conversion to the
 //! types of `types.rs`; nothing is cached or retried here.
@@ -8,21 +8,87 @@ use tidings::v1;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::types::{StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic};
+use crate::types::{
+    StartPosition, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig,
+    TopicUpdate,
+};
 
 impl Client {
-    /// Creates a topic.
+    /// Creates a topic with the broker's default retention (its
+    /// `--retention-max-age`, 7 days unless set). To choose what the topic
+    /// keeps, use [`Client::create_topic_with`].
     ///
     /// # Errors
     /// `ALREADY_EXISTS` when the name is taken, `INVALID_ARGUMENT` for a bad
     /// name (1 to 255 ASCII letters, digits, `.`, `_`, `-`).
     pub async fn create_topic(&self, name: &str) -> Result<Topic> {
-        let request = self.request(v1::CreateTopicRequest {
-            name: name.into(),
-            retention: None,
-        });
+        self.create_topic_with(TopicConfig::new(name)).await
+    }
+
+    /// Creates a topic as `config` says: with its retention policy, or the
+    /// broker's default when it has none.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tidings_client::{Client, Retention, TopicConfig};
+    ///
+    /// # async fn example(client: Client) -> Result<(), tidings_client::Error> {
+    /// // Keeps every message for ever.
+    /// client
+    ///     .create_topic_with(TopicConfig::new("audit").retention(Retention::unlimited()))
+    ///     .await?;
+    /// // Keeps an hour of messages, and drops those every subscription acked.
+    /// let retention = Retention::unlimited()
+    ///     .max_age(Duration::from_secs(3600))
+    ///     .discard_acked(true);
+    /// let topic = client
+    ///     .create_topic_with(TopicConfig::new("clicks").retention(retention))
+    ///     .await?;
+    /// assert_eq!(topic.retention, retention);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// `ALREADY_EXISTS` when the name is taken, `INVALID_ARGUMENT` for a bad
+    /// name or a limit out of range (an age below 1 s or above 100 years).
+    pub async fn create_topic_with(&self, config: TopicConfig) -> Result<Topic> {
+        let name = config.name.clone();
+        let request = self.request(v1::CreateTopicRequest::from(config));
         let response = self.admin_service().create_topic(request).await?;
-        Ok(topic_of(response.into_inner().topic, name))
+        Ok(topic_of(response.into_inner().topic, &name))
+    }
+
+    /// Changes a topic's retention; the broker applies it within seconds.
+    /// Only what `update` sets changes. Returns the topic as it is after
+    /// the change.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tidings_client::{Client, TopicUpdate};
+    ///
+    /// # async fn example(client: Client) -> Result<(), tidings_client::Error> {
+    /// // Keeps at most 5000 messages, and removes the age limit.
+    /// let update = TopicUpdate::default().max_messages(Some(5000)).max_age(None);
+    /// let topic = client.update_topic("order.placed", update).await?;
+    /// println!("{} messages retained", topic.retained_messages);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for an update that changes nothing or a limit out
+    /// of range; `NOT_FOUND` when the topic does not exist;
+    /// `UNIMPLEMENTED` from a broker older than topic updates.
+    pub async fn update_topic(&self, name: &str, update: TopicUpdate) -> Result<Topic> {
+        let request = self.request(update.into_request(name));
+        let response = self.admin_service().update_topic(request).await?;
+        response.into_inner().topic.map(Topic::from).ok_or_else(|| {
+            tonic::Status::internal(format!(
+                "the broker answered without topic {name:?}; check the broker version"
+            ))
+            .into()
+        })
     }
 
     /// Returns a topic with its `next_offset`.
@@ -179,17 +245,13 @@ impl Client {
 }
 
 /// A topic from a response; a broker that leaves it out still told us the
-/// call succeeded, so the name alone stands in.
+/// call succeeded, so the name alone stands in (with no figures and no
+/// retention policy).
 fn topic_of(topic: Option<v1::Topic>, name: &str) -> Topic {
-    topic.map_or_else(
-        || Topic {
-            name: name.to_owned(),
-            first_offset: 0,
-            next_offset: 0,
-            create_time: None,
-        },
-        Topic::from,
-    )
+    Topic::from(topic.unwrap_or_else(|| v1::Topic {
+        name: name.to_owned(),
+        ..v1::Topic::default()
+    }))
 }
 
 /// A subscription from a response; its figures cannot be made up, so a

@@ -1,7 +1,9 @@
 //! The Rust client of the Tidings broker.
 //!
 //! A [`Client`] holds one gRPC channel to a broker. From it come
-//! - admin calls: [`Client::create_topic`], [`Client::list_topics`],
+//! - admin calls: [`Client::create_topic`] (or
+//!   [`Client::create_topic_with`], for a [`Retention`] policy),
+//!   [`Client::update_topic`], [`Client::list_topics`],
 //!   [`Client::create_subscription`], [`Client::get_subscription`] …, and
 //!   [`Client::health`];
 //! - [`Client::read_topic`]: a topic's stored messages by offset, taking
@@ -75,8 +77,8 @@
 //! retries and errors.
 //!
 //! # Layout
-//! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` the
-//! plain data; `publisher.rs` (with `publisher/`: its task, its calls and
+//! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` (with
+//! `types/topic.rs`: topics and their retention) the plain data; `publisher.rs` (with `publisher/`: its task, its calls and
 //! retries, its queue limits, its pause) and `batch.rs` the publisher;
 //! `subscriber.rs`, `reader.rs`, `delivery.rs`, `settle.rs` (with
 //! `settle/`: its requests) and `lease.rs` the subscriber. The raw
@@ -119,8 +121,8 @@ pub use subscriber::{
     Subscriber, SubscriberBuilder,
 };
 pub use types::{
-    DeadLetterPolicy, Message, RetryPolicy, StartPosition, Subscription, SubscriptionConfig,
-    SubscriptionUpdate, Topic,
+    DeadLetterPolicy, Message, Retention, RetryPolicy, StartPosition, Subscription,
+    SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
 };
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! Plain data of the client API: [`Topic`], [`Subscription`],
-//! [`SubscriptionConfig`], [`StartPosition`] and [`Message`], with their
+//! Plain data of the client API: [`Subscription`], [`SubscriptionConfig`],
+//! [`StartPosition`] and [`Message`], and in `topic.rs` [`Topic`] with its
+//! [`Retention`], [`TopicConfig`] and [`TopicUpdate`], with their
 //! conversions from and to the generated wire types.
 //!
 //! Nothing here talks to the broker; these are values and conversions only.
+
+mod topic;
+
+pub use topic::{Retention, Topic, TopicConfig, TopicUpdate};
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -10,32 +15,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tidings::v1;
 use tidings::v1::start_position::Position;
-
-/// A topic as the broker reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topic {
-    /// The topic's name, for example `order.placed`.
-    pub name: String,
-    /// The earliest offset that may still hold a message (messages below it
-    /// were deleted); `next_offset` when the topic holds none.
-    pub first_offset: u64,
-    /// The offset the next published message will get. Offsets are never
-    /// reused.
-    pub next_offset: u64,
-    /// When the topic was created, when the broker says.
-    pub create_time: Option<SystemTime>,
-}
-
-impl From<v1::Topic> for Topic {
-    fn from(topic: v1::Topic) -> Self {
-        Self {
-            name: topic.name,
-            first_offset: topic.first_offset,
-            next_offset: topic.next_offset,
-            create_time: topic.create_time.and_then(|t| SystemTime::try_from(t).ok()),
-        }
-    }
-}
 
 /// A subscription with its live figures, as the broker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

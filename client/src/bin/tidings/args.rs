@@ -123,7 +123,7 @@ pub(crate) enum Command {
     )]
     Peek(peek::PeekArgs),
 
-    /// List, create, describe and delete topics.
+    /// List, create, update, describe and delete topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tidings_client::{Delivery, StoredMessage, Subscription, Topic};
+use tidings_client::{Delivery, Retention, StoredMessage, Subscription, Topic};
 
 /// Writes `text` to standard output and flushes it, so that a reader on
 /// the other end of a pipe sees it at once.
@@ -51,12 +51,78 @@ fn duration_text(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+/// An age for people, in the units `--retention` takes, largest first:
+/// `7d`, `1d 12h`, `1m 30s`, `1s 500ms`.
+fn age_text(age: Duration) -> String {
+    let mut seconds = age.as_secs();
+    let mut parts = Vec::new();
+    for (unit_seconds, unit) in [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")] {
+        let count = seconds / unit_seconds;
+        seconds %= unit_seconds;
+        if count > 0 {
+            parts.push(format!("{count}{unit}"));
+        }
+    }
+    let millis = age.subsec_millis();
+    if millis > 0 {
+        parts.push(format!("{millis}ms"));
+    }
+    if parts.is_empty() {
+        // Below a millisecond; the broker never reports such an age.
+        return duration_text(age);
+    }
+    parts.join(" ")
+}
+
+/// A retention policy as JSON: a limit that is not set is null.
+fn retention_json(retention: &Retention) -> Value {
+    json!({
+        "max_age_seconds": retention.max_age.map(|age| age.as_secs_f64()),
+        "max_messages": retention.max_messages,
+        "discard_acked": retention.discard_acked,
+    })
+}
+
+/// A retention policy for people, every part named:
+/// `max age 7d, max messages unlimited, discard acked no`.
+fn retention_text(retention: &Retention) -> String {
+    format!(
+        "max age {}, max messages {}, discard acked {}",
+        retention.max_age.map_or("unlimited".to_owned(), age_text),
+        retention
+            .max_messages
+            .map_or("unlimited".to_owned(), |n| n.to_string()),
+        if retention.discard_acked { "yes" } else { "no" },
+    )
+}
+
+/// A retention policy in a table cell: its limits, short
+/// (`7d, 1000 messages, until acked`), or `keep all`.
+fn retention_cell(retention: &Retention) -> String {
+    let mut parts = Vec::new();
+    if let Some(age) = retention.max_age {
+        parts.push(age_text(age));
+    }
+    if let Some(max_messages) = retention.max_messages {
+        parts.push(format!("{max_messages} messages"));
+    }
+    if retention.discard_acked {
+        parts.push("until acked".to_owned());
+    }
+    if parts.is_empty() {
+        return "keep all".to_owned();
+    }
+    parts.join(", ")
+}
+
 /// A topic as JSON.
 pub(crate) fn topic_json(topic: &Topic) -> Value {
     json!({
         "name": topic.name,
         "first_offset": topic.first_offset,
         "next_offset": topic.next_offset,
+        "retained_messages": topic.retained_messages,
+        "retention": retention_json(&topic.retention),
         "create_time": time_json(topic.create_time),
     })
 }
@@ -222,12 +288,14 @@ impl Table {
 
 /// Topics as a table.
 pub(crate) fn topics_table(topics: &[Topic]) -> String {
-    let mut table = Table::new(&["NAME", "NEXT OFFSET", "CREATED"]);
+    let mut table = Table::new(&["NAME", "NEXT OFFSET", "CREATED", "RETAINED", "RETENTION"]);
     for topic in topics {
         table.row(vec![
             topic.name.clone(),
             topic.next_offset.to_string(),
             time_text(topic.create_time),
+            topic.retained_messages.to_string(),
+            retention_cell(&topic.retention),
         ]);
     }
     table.render()
@@ -275,6 +343,8 @@ pub(crate) fn topic_text(topic: &Topic) -> String {
         ("name", topic.name.clone()),
         ("first offset", topic.first_offset.to_string()),
         ("next offset", topic.next_offset.to_string()),
+        ("retained messages", topic.retained_messages.to_string()),
+        ("retention", retention_text(&topic.retention)),
         ("created", time_text(topic.create_time)),
     ])
 }
@@ -412,6 +482,88 @@ mod tests {
         assert_eq!(value["payload_base64"], "/wA=");
         assert!(value.get("payload").is_none());
         assert!(value.get("delivery_attempt").is_none(), "{value}");
+    }
+
+    fn topic(retention: Retention) -> Topic {
+        Topic {
+            name: "orders".into(),
+            first_offset: 2,
+            next_offset: 12,
+            create_time: None,
+            retention,
+            retained_messages: 10,
+        }
+    }
+
+    #[test]
+    fn topic_json_has_retention_and_retained_messages() {
+        let value = topic_json(&topic(
+            Retention::unlimited()
+                .max_age(Duration::from_secs(7 * 86_400))
+                .discard_acked(true),
+        ));
+        assert_eq!(value["retained_messages"], 10);
+        assert_eq!(value["retention"]["max_age_seconds"], 604_800.0);
+        assert_eq!(value["retention"]["max_messages"], Value::Null);
+        assert_eq!(value["retention"]["discard_acked"], true);
+        let unlimited = topic_json(&topic(Retention::unlimited()));
+        assert_eq!(
+            unlimited["retention"],
+            json!({ "max_age_seconds": null, "max_messages": null, "discard_acked": false })
+        );
+    }
+
+    #[test]
+    fn topic_text_names_every_part_of_the_retention() {
+        let text = topic_text(&topic(
+            Retention::unlimited().max_age(Duration::from_secs(7 * 86_400)),
+        ));
+        assert!(
+            text.contains(
+                "retention:         max age 7d, max messages unlimited, discard acked no\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("retained messages: 10\n"), "{text}");
+        let text = topic_text(&topic(
+            Retention::unlimited().max_messages(5).discard_acked(true),
+        ));
+        assert!(
+            text.contains("max age unlimited, max messages 5, discard acked yes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn topics_table_shows_retention_short() {
+        let table = topics_table(&[
+            topic(Retention::unlimited()),
+            topic(
+                Retention::unlimited()
+                    .max_age(Duration::from_secs(3600))
+                    .max_messages(1000)
+                    .discard_acked(true),
+            ),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("RETAINED  RETENTION"), "{table}");
+        assert!(lines[1].ends_with("  10        keep all"), "{table}");
+        assert!(
+            lines[2].ends_with("  10        1h, 1000 messages, until acked"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn ages_are_shown_in_the_units_retention_takes() {
+        assert_eq!(age_text(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(age_text(Duration::from_secs(36 * 3600)), "1d 12h");
+        assert_eq!(age_text(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(age_text(Duration::from_millis(1500)), "1s 500ms");
+        for age in ["7d", "1d 12h", "1m 30s", "1s 500ms"] {
+            let parsed = humantime::parse_duration(age).expect("parses back");
+            assert_eq!(age_text(parsed), age);
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Parsers of flag values: broker addresses, `NAME=VALUE` attributes,
-//! start positions, times, ack deadlines and timeouts.
+//! start positions, times, ack deadlines, backoffs, retention ages and
+//! timeouts.
 //!
 //! Pure functions returning a message clap shows next to the flag; no
 //! input or output here.
@@ -140,6 +141,23 @@ pub(crate) fn parse_backoff(value: &str) -> Result<Duration, String> {
     Ok(backoff)
 }
 
+/// Parses a retention age: `0` for no age limit, else a duration of at
+/// least 1 second such as `90s`, `24h` or `7d` (a bare number is seconds).
+/// Zero comes back as [`Duration::ZERO`].
+pub(crate) fn parse_retention_age(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let age = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value).map_err(|_| {
+            format!("expected a duration such as 24h or 7d (0 for no age limit), not {value:?}")
+        })?,
+    };
+    if !age.is_zero() && age < Duration::from_secs(1) {
+        return Err("a retention age is at least 1s; give 0 for no age limit".into());
+    }
+    Ok(age)
+}
+
 /// Parses a timeout: a positive duration such as `500ms`, `5s` or `1m`
 /// (a bare number is seconds).
 pub(crate) fn parse_timeout(value: &str) -> Result<Duration, String> {
@@ -211,6 +229,23 @@ mod tests {
         assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_timeout("0s").is_err());
         assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn retention_ages_are_zero_or_at_least_a_second() {
+        assert_eq!(parse_retention_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_retention_age("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_retention_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_retention_age("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_retention_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retention_age("1500ms"),
+            Ok(Duration::from_millis(1500))
+        );
+        let short = parse_retention_age("500ms").expect_err("below 1s");
+        assert!(short.contains("at least 1s"), "{short}");
+        let bad = parse_retention_age("a week").expect_err("not a duration");
+        assert!(bad.contains("0 for no age limit"), "{bad}");
     }
 
     #[test]

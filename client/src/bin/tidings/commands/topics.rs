@@ -1,31 +1,62 @@
-//! `tidings topics ls|create|describe|delete`: manage topics.
+//! `tidings topics ls|create|update|describe|delete`: manage topics.
 //!
 //! Thin: one library call per command, then the result printed as a
 //! table, lines or JSON.
 
+use std::time::Duration;
+
 use clap::Subcommand;
 use serde_json::{Value, json};
+use tidings_client::{Retention, TopicConfig, TopicUpdate};
 
 use super::Context;
-use crate::output;
+use crate::{output, values};
 
 /// The `topics` commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum TopicsCommand {
     /// List every topic with its next offset (the number of messages ever
-    /// published to it).
+    /// published to it), the messages it retains and its retention.
     #[command(visible_alias = "list")]
     Ls,
 
     /// Create a topic.
-    #[command(after_long_help = "Example:\n  tidings topics create order.placed")]
+    #[command(
+        long_about = "Create a topic.\n\n\
+            Without a retention flag the topic gets the broker's default retention (the \
+            broker's --retention-max-age, 7 days unless set). With any of them the topic gets \
+            exactly the policy given: a limit not given is no limit.",
+        after_long_help = "Examples:\n  \
+            tidings topics create order.placed\n  \
+            tidings topics create clicks --retention 24h --max-messages 1000000\n  \
+            tidings topics create jobs --retention 7d --discard-acked\n  \
+            tidings topics create audit --keep-forever   (never deletes a message)"
+    )]
     Create {
         /// The new topic's name: ASCII letters, digits, '.', '_' and '-'
         /// (1 to 255 characters), starting with a letter or digit.
         name: String,
+
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
 
-    /// Show a topic and its next offset.
+    /// Change a topic's retention: only the limits given change, and the
+    /// broker applies them within seconds.
+    #[command(after_long_help = "Examples:\n  \
+        tidings topics update clicks --retention 48h\n  \
+        tidings topics update clicks --max-messages 0   (removes the count limit)\n  \
+        tidings topics update jobs --discard-acked false")]
+    Update {
+        /// The topic's name.
+        name: String,
+
+        #[command(flatten)]
+        change: RetentionChangeArgs,
+    },
+
+    /// Show a topic: its offsets, the messages it retains and its
+    /// retention.
     #[command(visible_alias = "get")]
     Describe {
         /// The topic's name.
@@ -40,16 +71,102 @@ pub(crate) enum TopicsCommand {
     },
 }
 
+/// The retention flags of `topics create`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RetentionArgs {
+    /// Delete messages older than this (since they were published), such
+    /// as 24h or 7d; at least 1s, or 0 for no age limit.
+    #[arg(long, value_parser = values::parse_retention_age, value_name = "DURATION")]
+    retention: Option<Duration>,
+
+    /// Keep at most this many messages: the oldest beyond it are deleted.
+    /// 0 for no limit.
+    #[arg(long, value_name = "N")]
+    max_messages: Option<u64>,
+
+    /// Delete a message once every subscription of the topic has
+    /// acknowledged it. Nothing is deleted while the topic has no
+    /// subscription.
+    #[arg(long)]
+    discard_acked: bool,
+
+    /// No age limit, as --retention 0. Alone, the topic keeps every
+    /// message for ever.
+    #[arg(long, conflicts_with = "retention")]
+    keep_forever: bool,
+}
+
+impl RetentionArgs {
+    /// The policy the flags give, a limit not given being no limit;
+    /// `None` (the broker's default) when no flag is given.
+    fn policy(&self) -> Option<Retention> {
+        if self.retention.is_none()
+            && self.max_messages.is_none()
+            && !self.discard_acked
+            && !self.keep_forever
+        {
+            return None;
+        }
+        let mut policy = Retention::unlimited().discard_acked(self.discard_acked);
+        if let Some(age) = self.retention {
+            policy = policy.max_age(age);
+        }
+        if let Some(max_messages) = self.max_messages {
+            policy = policy.max_messages(max_messages);
+        }
+        Some(policy)
+    }
+}
+
+/// The flags of `topics update`: each one given changes its limit alone.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RetentionChangeArgs {
+    /// The new age limit, such as 24h or 7d (at least 1s); 0 removes it.
+    #[arg(long, value_parser = values::parse_retention_age, value_name = "DURATION")]
+    retention: Option<Duration>,
+
+    /// The new limit on the number of messages kept; 0 removes it.
+    #[arg(long, value_name = "N")]
+    max_messages: Option<u64>,
+
+    /// Whether to delete a message once every subscription of the topic
+    /// has acknowledged it.
+    #[arg(long, value_name = "true|false", value_parser = clap::value_parser!(bool))]
+    discard_acked: Option<bool>,
+}
+
+impl RetentionChangeArgs {
+    /// The update the flags give.
+    ///
+    /// # Errors
+    /// When no flag is given: there is nothing to change.
+    fn update(&self) -> anyhow::Result<TopicUpdate> {
+        let update = TopicUpdate {
+            retention: None,
+            max_age: self.retention.map(|age| Some(age).filter(|a| !a.is_zero())),
+            max_messages: self.max_messages.map(|n| Some(n).filter(|&n| n != 0)),
+            discard_acked: self.discard_acked,
+        };
+        if update == TopicUpdate::default() {
+            anyhow::bail!(
+                "nothing to change: give --retention (0 removes the age limit), \
+                 --max-messages (0 removes the limit) or --discard-acked true|false"
+            );
+        }
+        Ok(update)
+    }
+}
+
 /// Runs a `topics` command.
 ///
 /// # Errors
 /// When the broker cannot be reached or refuses the call (for example
-/// NOT_FOUND for an unknown topic).
+/// NOT_FOUND for an unknown topic), or `topics update` is given nothing to
+/// change (checked before connecting).
 pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result<()> {
-    let client = ctx.connect().await?;
     match command {
         TopicsCommand::Ls => {
-            let topics = client.list_topics().await?;
+            let topics = ctx.connect().await?.list_topics().await?;
             ctx.emit(
                 || Value::Array(topics.iter().map(output::topic_json).collect()),
                 || {
@@ -61,19 +178,26 @@ pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result
                 },
             )?;
         }
-        TopicsCommand::Create { name } => {
-            let topic = client.create_topic(&name).await?;
+        TopicsCommand::Create { name, retention } => {
+            let mut config = TopicConfig::new(name);
+            config.retention = retention.policy();
+            let topic = ctx.connect().await?.create_topic_with(config).await?;
             ctx.emit(
                 || output::topic_json(&topic),
                 || format!("created topic \"{}\"", topic.name),
             )?;
         }
+        TopicsCommand::Update { name, change } => {
+            let update = change.update()?;
+            let topic = ctx.connect().await?.update_topic(&name, update).await?;
+            ctx.emit(|| output::topic_json(&topic), || output::topic_text(&topic))?;
+        }
         TopicsCommand::Describe { name } => {
-            let topic = client.get_topic(&name).await?;
+            let topic = ctx.connect().await?.get_topic(&name).await?;
             ctx.emit(|| output::topic_json(&topic), || output::topic_text(&topic))?;
         }
         TopicsCommand::Delete { name } => {
-            client.delete_topic(&name).await?;
+            ctx.connect().await?.delete_topic(&name).await?;
             ctx.emit(
                 || json!({ "name": name, "deleted": true }),
                 || format!("deleted topic \"{name}\" with its messages and subscriptions"),
@@ -81,4 +205,134 @@ pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    /// `tidings topics ARGS…` parsed.
+    fn parse(args: &[&str]) -> Result<TopicsCommand, clap::Error> {
+        let cli = Cli::try_parse_from(["tidings", "topics"].iter().chain(args))?;
+        match cli.command {
+            Command::Topics(command) => Ok(command),
+            other => panic!("parsed as another command: {other:?}"),
+        }
+    }
+
+    fn create_policy(args: &[&str]) -> Option<Retention> {
+        match parse(args) {
+            Ok(TopicsCommand::Create { retention, .. }) => retention.policy(),
+            other => panic!("not a topics create: {other:?}"),
+        }
+    }
+
+    fn update_of(args: &[&str]) -> anyhow::Result<TopicUpdate> {
+        match parse(args) {
+            Ok(TopicsCommand::Update { change, .. }) => change.update(),
+            other => panic!("not a topics update: {other:?}"),
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn create_without_flags_leaves_the_broker_default() {
+        assert_eq!(create_policy(&["create", "orders"]), None);
+    }
+
+    #[test]
+    fn create_flags_give_a_whole_policy() {
+        assert_eq!(
+            create_policy(&[
+                "create",
+                "orders",
+                "--retention",
+                "1h",
+                "--max-messages",
+                "10",
+                "--discard-acked",
+            ]),
+            Some(
+                Retention::unlimited()
+                    .max_age(HOUR)
+                    .max_messages(10)
+                    .discard_acked(true)
+            )
+        );
+        // One flag alone: the limits not given are no limits, not the
+        // broker's default.
+        assert_eq!(
+            create_policy(&["create", "orders", "--max-messages", "10"]),
+            Some(Retention::unlimited().max_messages(10))
+        );
+    }
+
+    #[test]
+    fn keep_forever_and_retention_zero_keep_everything() {
+        assert_eq!(
+            create_policy(&["create", "audit", "--keep-forever"]),
+            Some(Retention::unlimited())
+        );
+        assert_eq!(
+            create_policy(&["create", "audit", "--retention", "0"]),
+            Some(Retention::unlimited())
+        );
+        let both = parse(&["create", "audit", "--keep-forever", "--retention", "1h"]);
+        assert!(both.is_err(), "{both:?}");
+    }
+
+    #[test]
+    fn update_sends_only_the_flags_given() {
+        assert_eq!(
+            update_of(&["update", "orders", "--max-messages", "5"]).ok(),
+            Some(TopicUpdate::default().max_messages(Some(5)))
+        );
+        assert_eq!(
+            update_of(&[
+                "update",
+                "orders",
+                "--retention",
+                "0",
+                "--max-messages",
+                "0",
+                "--discard-acked",
+                "false",
+            ])
+            .ok(),
+            Some(
+                TopicUpdate::default()
+                    .max_age(None)
+                    .max_messages(None)
+                    .discard_acked(false)
+            )
+        );
+        assert_eq!(
+            update_of(&["update", "orders", "--retention", "2h"]).ok(),
+            Some(TopicUpdate::default().max_age(Some(2 * HOUR)))
+        );
+    }
+
+    #[test]
+    fn update_without_flags_names_the_flags_that_exist() {
+        let err = update_of(&["update", "orders"]).expect_err("nothing to change");
+        let message = err.to_string();
+        for flag in [
+            "nothing to change",
+            "--retention",
+            "--max-messages",
+            "--discard-acked",
+        ] {
+            assert!(message.contains(flag), "{message}");
+        }
+    }
+
+    #[test]
+    fn update_discard_acked_takes_true_or_false() {
+        assert!(parse(&["update", "orders", "--discard-acked", "maybe"]).is_err());
+        assert!(parse(&["update", "orders", "--discard-acked"]).is_err());
+    }
 }
