@@ -1532,6 +1532,8 @@ async fn topics_create_retention_flags_set_the_whole_policy() -> anyhow::Result<
             "1h",
             "--max-messages",
             "10",
+            "--max-bytes",
+            "1MiB",
             "--discard-acked",
             "--json",
         ])
@@ -1543,6 +1545,7 @@ async fn topics_create_retention_flags_set_the_whole_policy() -> anyhow::Result<
         serde_json::json!({
             "max_age_seconds": 3600.0,
             "max_messages": 10,
+            "max_bytes": 1_048_576,
             "discard_acked": true,
         }),
         "{created}"
@@ -1570,7 +1573,8 @@ async fn topics_create_retention_flags_set_the_whole_policy() -> anyhow::Result<
     };
     assert!(
         line("retention:")
-            .is_some_and(|l| l.ends_with(" max age 1h, max messages 10, discard acked yes")),
+            .is_some_and(|l| l
+                .ends_with(" max age 1h, max messages 10, max bytes 1.0 MiB, discard acked yes")),
         "{}",
         text.stdout
     );
@@ -1582,7 +1586,9 @@ async fn topics_create_retention_flags_set_the_whole_policy() -> anyhow::Result<
     let listed = broker.tidings(&["topics", "ls"]).await?.ok()?;
     assert!(
         listed.stdout.contains("RETENTION")
-            && listed.stdout.contains("1h, 10 messages, until acked"),
+            && listed
+                .stdout
+                .contains("1h, 10 messages, 1.0 MiB, until acked"),
         "{}",
         listed.stdout
     );
@@ -1595,6 +1601,7 @@ async fn topics_create_retention_flags_set_the_whole_policy() -> anyhow::Result<
         serde_json::json!({
             "max_age_seconds": 604_800.0,
             "max_messages": null,
+            "max_bytes": null,
             "discard_acked": false,
         }),
         "{default}"
@@ -1609,9 +1616,9 @@ async fn topics_create_retention_flags_set_the_whole_policy() -> anyhow::Result<
         .await?
         .ok()?;
     assert!(
-        audit
-            .stdout
-            .contains("max age unlimited, max messages unlimited, discard acked no"),
+        audit.stdout.contains(
+            "max age unlimited, max messages unlimited, max bytes unlimited, discard acked no"
+        ),
         "{}",
         audit.stdout
     );
@@ -1662,6 +1669,7 @@ async fn topics_update_changes_only_the_limits_given() -> anyhow::Result<()> {
         serde_json::json!({
             "max_age_seconds": 3600.0,
             "max_messages": 5,
+            "max_bytes": null,
             "discard_acked": true,
         }),
         "the age limit and discard-acked stay: {updated}"
@@ -1687,7 +1695,7 @@ async fn topics_update_changes_only_the_limits_given() -> anyhow::Result<()> {
     assert!(
         removed
             .stdout
-            .contains("max age unlimited, max messages 5, discard acked no"),
+            .contains("max age unlimited, max messages 5, max bytes unlimited, discard acked no"),
         "{}",
         removed.stdout
     );

@@ -114,6 +114,32 @@ async fn retention_by_count_deletes_the_oldest_and_moves_subscriptions_up() -> a
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retention_by_size_keeps_the_newest_within_max_bytes() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    create_with(&client, "sized", RetentionPolicy::default()).await?;
+    publish(&client, "sized", &["m"; 10]).await?;
+    let ten = get_topic(&client, "sized").await?.retained_bytes;
+    let each = ten / 10;
+    assert!(
+        each > 0 && ten == 10 * each,
+        "retained_bytes {ten} for 10 messages"
+    );
+
+    let four = RetentionPolicy {
+        max_bytes: 4 * each,
+        ..RetentionPolicy::default()
+    };
+    create_with(&client, "t", four).await?;
+    publish(&client, "t", &["m"; 10]).await?;
+    let topic = first_offset_reaches(&client, "t", 6).await?;
+    assert_eq!(topic.first_offset, 6, "the oldest go, as few as needed");
+    assert_eq!(topic.retained_bytes, 4 * each);
+    assert_eq!(read_offsets(&client, "t").await?, [6, 7, 8, 9]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expired_messages_are_deleted_and_never_read() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     let client = broker.client();

@@ -29,6 +29,9 @@ pub struct Topic {
     /// The messages the topic holds: the offsets from `first_offset` to
     /// `next_offset`.
     pub retained_messages: u64,
+    /// Their size as stored: payload, key, attributes and a few dozen
+    /// bytes of framing each, before the broker's storage compresses them.
+    pub retained_bytes: u64,
 }
 
 impl From<v1::Topic> for Topic {
@@ -40,6 +43,7 @@ impl From<v1::Topic> for Topic {
             create_time: topic.create_time.and_then(|t| SystemTime::try_from(t).ok()),
             retention: topic.retention.map(Retention::from).unwrap_or_default(),
             retained_messages: topic.retained_messages,
+            retained_bytes: topic.retained_bytes,
         }
     }
 }
@@ -68,6 +72,10 @@ pub struct Retention {
     /// At most this many messages are kept: the oldest beyond it go.
     /// `None` (or zero) for no limit.
     pub max_messages: Option<u64>,
+    /// At most this many bytes of messages (as [`Topic::retained_bytes`]
+    /// counts them) are kept: the oldest beyond it go. `None` (or zero)
+    /// for no limit.
+    pub max_bytes: Option<u64>,
     /// A message is deleted once every subscription of the topic has
     /// acknowledged it. Nothing is deleted while the topic has no
     /// subscription, so a consumer deployed later misses nothing.
@@ -93,6 +101,12 @@ impl Retention {
         self
     }
 
+    /// Sets the size limit in bytes (zero for none).
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = Some(max_bytes).filter(|&n| n != 0);
+        self
+    }
+
     /// Deletes (or keeps) messages every subscription has acknowledged.
     pub fn discard_acked(mut self, discard_acked: bool) -> Self {
         self.discard_acked = discard_acked;
@@ -103,6 +117,7 @@ impl Retention {
     pub fn is_unlimited(&self) -> bool {
         self.max_age.is_none_or(|age| age.is_zero())
             && self.max_messages.is_none_or(|n| n == 0)
+            && self.max_bytes.is_none_or(|n| n == 0)
             && !self.discard_acked
     }
 }
@@ -115,6 +130,7 @@ impl From<Retention> for v1::RetentionPolicy {
         Self {
             max_age: wire_age(retention.max_age),
             max_messages: retention.max_messages.unwrap_or(0),
+            max_bytes: retention.max_bytes.unwrap_or(0),
             discard_acked: retention.discard_acked,
         }
     }
@@ -131,6 +147,7 @@ impl From<v1::RetentionPolicy> for Retention {
                 .and_then(|age| Duration::try_from(age).ok())
                 .filter(|age| !age.is_zero()),
             max_messages: Some(policy.max_messages).filter(|&n| n != 0),
+            max_bytes: Some(policy.max_bytes).filter(|&n| n != 0),
             discard_acked: policy.discard_acked,
         }
     }
@@ -224,6 +241,8 @@ pub struct TopicUpdate {
     pub max_age: Option<Option<Duration>>,
     /// A new count limit; `Some(None)` removes it.
     pub max_messages: Option<Option<u64>>,
+    /// A new size limit in bytes; `Some(None)` removes it.
+    pub max_bytes: Option<Option<u64>>,
     /// Whether to delete messages every subscription has acknowledged.
     pub discard_acked: Option<bool>,
 }
@@ -250,6 +269,13 @@ impl TopicUpdate {
         self
     }
 
+    /// Changes the size limit in bytes (`None` or zero removes it); the
+    /// other limits stay.
+    pub fn max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
     /// Changes whether messages every subscription has acknowledged are
     /// deleted; the limits stay.
     pub fn discard_acked(mut self, discard_acked: bool) -> Self {
@@ -270,6 +296,10 @@ impl TopicUpdate {
         if let Some(max_messages) = self.max_messages {
             retention.max_messages = max_messages;
             paths.push("retention.max_messages");
+        }
+        if let Some(max_bytes) = self.max_bytes {
+            retention.max_bytes = max_bytes;
+            paths.push("retention.max_bytes");
         }
         if let Some(discard_acked) = self.discard_acked {
             retention.discard_acked = discard_acked;
@@ -309,6 +339,7 @@ mod tests {
         let zeroes = Retention {
             max_age: Some(Duration::ZERO),
             max_messages: Some(0),
+            max_bytes: Some(0),
             discard_acked: false,
         };
         assert_eq!(
@@ -319,8 +350,7 @@ mod tests {
         assert_eq!(
             Retention::from(v1::RetentionPolicy {
                 max_age: wire_duration(0),
-                max_messages: 0,
-                discard_acked: false,
+                ..v1::RetentionPolicy::default()
             }),
             Retention::unlimited()
         );
@@ -331,10 +361,12 @@ mod tests {
         let retention = Retention::unlimited()
             .max_age(DAY)
             .max_messages(10)
+            .max_bytes(1 << 20)
             .discard_acked(true);
         let wire = v1::RetentionPolicy::from(retention);
         assert_eq!(wire.max_age, wire_duration(86_400));
         assert_eq!((wire.max_messages, wire.discard_acked), (10, true));
+        assert_eq!(wire.max_bytes, 1 << 20);
         assert_eq!(Retention::from(wire), retention);
         assert!(!retention.is_unlimited());
     }
@@ -343,7 +375,8 @@ mod tests {
     fn builders_take_zero_as_no_limit() {
         let retention = Retention::unlimited()
             .max_age(Duration::ZERO)
-            .max_messages(0);
+            .max_messages(0)
+            .max_bytes(0);
         assert_eq!(retention, Retention::unlimited());
     }
 
@@ -371,12 +404,13 @@ mod tests {
             create_time: None,
             retention: Some(v1::RetentionPolicy {
                 max_age: wire_duration(3600),
-                max_messages: 0,
                 discard_acked: true,
+                ..v1::RetentionPolicy::default()
             }),
             retained_messages: 10,
+            retained_bytes: 2560,
         });
-        assert_eq!(topic.retained_messages, 10);
+        assert_eq!((topic.retained_messages, topic.retained_bytes), (10, 2560));
         assert_eq!(
             topic.retention,
             Retention::unlimited()

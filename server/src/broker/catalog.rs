@@ -224,6 +224,9 @@ impl Broker {
         if let Some(max_messages) = update.max_messages {
             retention.max_messages = max_messages;
         }
+        if let Some(max_bytes) = update.max_bytes {
+            retention.max_bytes = max_bytes;
+        }
         if let Some(discard_acked) = update.discard_acked {
             retention.discard_acked = discard_acked;
         }
@@ -442,6 +445,7 @@ impl Engine for Broker {
     async fn update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo> {
         if update.max_age.is_none()
             && update.max_messages.is_none()
+            && update.max_bytes.is_none()
             && update.discard_acked.is_none()
         {
             return Err(BrokerError::NothingToUpdate(

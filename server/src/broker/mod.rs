@@ -110,6 +110,8 @@ pub struct TopicInfo {
     pub retention: Retention,
     /// Offsets from `first_offset` to `next_offset`.
     pub retained_messages: u64,
+    /// The stored size of the retained messages.
+    pub retained_bytes: u64,
 }
 
 /// A change of a topic: what is `Some` changes.
@@ -121,6 +123,8 @@ pub struct TopicUpdate {
     pub max_age: Option<Option<Duration>>,
     /// A new count limit (`Some(None)`: none).
     pub max_messages: Option<Option<u64>>,
+    /// A new size limit (`Some(None)`: none).
+    pub max_bytes: Option<Option<u64>>,
     /// Whether acknowledged messages are deleted.
     pub discard_acked: Option<bool>,
 }

@@ -5,7 +5,8 @@
 //! keep is the highest of what each limit allows — the first message
 //! published after `now − max_age`, `next_offset − max_messages`, and with
 //! `discard_acked` the lowest ack floor of the topic's subscriptions (none:
-//! nothing goes). Messages below it are deleted in one truncation; the
+//! nothing goes) — or higher, until the retained bytes are within
+//! `max_bytes`. Messages below it are deleted in one truncation; the
 //! subscriptions behind it move up (the lease book clamps on its next use)
 //! and their ack floors are saved. Every [`RECLAIM_PERIOD`] the storage of
 //! what was deleted is compacted, so the disk space comes back.
@@ -101,10 +102,13 @@ async fn apply(
     if let Some(cutoff) = topic.expired_before(SystemTime::now()) {
         keep_from = keep_from.max(store.offset_at_time(topic.id, cutoff).await?);
     }
-    if keep_from <= first {
+    let drop_bytes = retention
+        .max_bytes
+        .map_or(0, |max| topic.retained_bytes().saturating_sub(max));
+    if keep_from <= first && drop_bytes == 0 {
         return Ok(false);
     }
-    let first = store.truncate(topic.id, keep_from).await?;
+    let first = store.trim(topic.id, keep_from, drop_bytes).await?;
     debug!(topic = %topic.name, first_offset = first, "retention deleted messages");
     for sub in subscriptions {
         // Taking the book applies the new first offset to it.

@@ -140,9 +140,9 @@ impl Store for TestStore {
             .await
     }
 
-    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset> {
+    async fn trim(&self, topic: TopicId, before: Offset, drop_bytes: u64) -> StoreResult<Offset> {
         let inner = self.inner.clone();
-        self.write(async move { inner.truncate(topic, before).await })
+        self.write(async move { inner.trim(topic, before, drop_bytes).await })
             .await
     }
 

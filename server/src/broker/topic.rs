@@ -78,6 +78,8 @@ pub(super) struct Topic {
     head_tx: watch::Sender<Offset>,
     /// The first offset that may hold a message.
     first_offset: AtomicU64,
+    /// The stored size of the retained messages, as the store last said.
+    retained_bytes: AtomicU64,
     /// Cancelled when the topic is deleted; subscriptions' tokens are its
     /// children.
     pub(super) deleted: CancellationToken,
@@ -97,6 +99,7 @@ impl Topic {
             created: record.created,
             head_tx: watch::Sender::new(record.next_offset),
             first_offset: AtomicU64::new(record.first_offset),
+            retained_bytes: AtomicU64::new(record.retained_bytes),
             deleted: CancellationToken::new(),
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
@@ -168,6 +171,8 @@ impl Topic {
         if count == 0 {
             return;
         }
+        self.retained_bytes
+            .store(appended.retained_bytes, Ordering::Release);
         if self.wants_tail() {
             let mut tail = self.tail();
             for (offset, message) in (appended.first_offset..).zip(messages) {
@@ -183,10 +188,16 @@ impl Topic {
         self.advance_head(appended.first_offset + count);
     }
 
-    /// Every offset below `first` was deleted.
-    fn truncated(&self, first: Offset) {
+    /// Every offset below `first` was deleted; `retained_bytes` are left.
+    fn truncated(&self, first: Offset, retained_bytes: u64) {
         self.first_offset.fetch_max(first, Ordering::AcqRel);
+        self.retained_bytes.store(retained_bytes, Ordering::Release);
         self.tail().drop_below(first);
+    }
+
+    /// The stored size of the retained messages.
+    pub(super) fn retained_bytes(&self) -> u64 {
+        self.retained_bytes.load(Ordering::Acquire)
     }
 
     /// The cached messages among `offsets`, and the offsets not cached.
@@ -261,6 +272,7 @@ impl Topic {
             created: self.created,
             retention: self.retention(),
             retained_messages: next_offset - first_offset,
+            retained_bytes: self.retained_bytes(),
         }
     }
 }
@@ -298,9 +310,9 @@ impl StoreListener for Topics {
         }
     }
 
-    fn truncated(&self, topic: TopicId, first_offset: Offset) {
+    fn truncated(&self, topic: TopicId, first_offset: Offset, retained_bytes: u64) {
         if let Some(topic) = self.get(topic) {
-            topic.truncated(first_offset);
+            topic.truncated(first_offset, retained_bytes);
         }
     }
 }
@@ -319,6 +331,7 @@ mod tests {
             next_offset: 0,
             created: SystemTime::UNIX_EPOCH,
             settings: TopicSettings::default(),
+            retained_bytes: 0,
         })
     }
 
@@ -335,6 +348,7 @@ mod tests {
         Appended {
             first_offset,
             publish_time: SystemTime::UNIX_EPOCH,
+            retained_bytes: 0,
         }
     }
 
@@ -405,11 +419,11 @@ mod tests {
             offsets(topic.cached_range(&(2..9), limit(99, 0))),
             Some(vec![2])
         );
-        topic.truncated(4);
+        topic.truncated(4, 0);
         assert_eq!(topic.first_offset(), 4);
         assert!(topic.cached_range(&(2..9), limit(99, usize::MAX)).is_none());
         assert_eq!(topic.info().first_offset, 4);
-        topic.truncated(1);
+        topic.truncated(1, 0);
         assert_eq!(topic.first_offset(), 4, "never moves down");
     }
 }

@@ -546,6 +546,7 @@ impl From<TopicInfo> for v1::Topic {
             first_offset: info.first_offset,
             retention: Some(retention_of(info.retention)),
             retained_messages: info.retained_messages,
+            retained_bytes: info.retained_bytes,
         }
     }
 }

@@ -57,6 +57,33 @@ pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> StoreErr
     }
 }
 
+/// The size a message takes as stored: its key and its encoded value
+/// (before compression). What `retained_bytes` counts.
+pub(crate) fn stored_size(encoded_len: usize) -> u64 {
+    (MESSAGE_KEY_LEN + encoded_len) as u64
+}
+
+/// Encodes a topic's head: its next offset, and its retained bytes.
+pub(crate) fn encode_head(next_offset: Offset, retained_bytes: u64) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&next_offset.to_be_bytes());
+    value[8..].copy_from_slice(&retained_bytes.to_be_bytes());
+    value
+}
+
+/// Decodes what [`encode_head`] wrote; a head written before retained
+/// bytes were kept (the next offset alone) has `None` for them.
+pub(crate) fn decode_head(value: &[u8]) -> StoreResult<(Offset, Option<u64>)> {
+    match value.len() {
+        8 => Ok((decode_u64("topic head", value)?, None)),
+        16 => Ok((
+            decode_u64("topic head", &value[..8])?,
+            Some(decode_u64("topic head", &value[8..])?),
+        )),
+        len => Err(corrupt("topic head", format!("{len} bytes, not 8 or 16"))),
+    }
+}
+
 /// The key of a message: topic id ‖ offset, so a topic's messages sort by
 /// offset and sit together.
 pub(crate) fn message_key(topic: TopicId, offset: Offset) -> [u8; MESSAGE_KEY_LEN] {
@@ -320,6 +347,8 @@ const MAX_AGE_TAG: u8 = 1;
 const MAX_MESSAGES_TAG: u8 = 2;
 /// Tag, alone, of a topic that discards acknowledged messages.
 const DISCARD_ACKED_TAG: u8 = 3;
+/// Tag of a topic's retention by size.
+const MAX_BYTES_TAG: u8 = 4;
 
 /// Encodes a topic record without its offsets, which are stored apart (as
 /// the topic's head and first offset) so that an append does not rewrite
@@ -328,7 +357,7 @@ const DISCARD_ACKED_TAG: u8 = 3;
 /// it did before they existed (keeping everything).
 pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
     let retention = &record.settings.retention;
-    let mut w = Writer::new(8 + 8 + 4 + record.name.as_str().len() + 1 + 12 + 1 + 8 + 1);
+    let mut w = Writer::new(8 + 8 + 4 + record.name.as_str().len() + 13 + 9 + 1 + 9);
     w.u64(record.id.0);
     w.u64(to_micros(record.created));
     w.str(record.name.as_str());
@@ -343,6 +372,10 @@ pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
     }
     if retention.discard_acked {
         w.0.push(DISCARD_ACKED_TAG);
+    }
+    if let Some(bytes) = retention.max_bytes {
+        w.0.push(MAX_BYTES_TAG);
+        w.u64(bytes);
     }
     w.0
 }
@@ -365,6 +398,7 @@ pub(crate) fn decode_topic(
             MAX_AGE_TAG => retention.max_age = Some(read_duration(&mut r, WHAT)?),
             MAX_MESSAGES_TAG => retention.max_messages = Some(r.u64()?),
             DISCARD_ACKED_TAG => retention.discard_acked = true,
+            MAX_BYTES_TAG => retention.max_bytes = Some(r.u64()?),
             tag => return Err(unknown_tag(WHAT, tag)),
         }
     }
@@ -375,6 +409,7 @@ pub(crate) fn decode_topic(
         next_offset,
         created,
         settings: TopicSettings { retention },
+        retained_bytes: 0,
     })
 }
 
@@ -560,9 +595,12 @@ mod tests {
                 retention: Retention {
                     max_age: Some(Duration::new(86_400, 5)),
                     max_messages: Some(1000),
+                    max_bytes: Some(1 << 30),
                     discard_acked: true,
                 },
             },
+            // Stored with the head, not in the record.
+            retained_bytes: 0,
         }
     }
 
@@ -672,7 +710,11 @@ mod tests {
             ..topic_record()
         };
         let bytes = encode_topic(&old);
-        assert_eq!(bytes.len(), 1 + 8 + 8 + 4 + "order.placed".len(), "version, fields");
+        assert_eq!(
+            bytes.len(),
+            1 + 8 + 8 + 4 + "order.placed".len(),
+            "version, fields"
+        );
         assert_eq!(decode_topic(&bytes, 4, 9).expect("decodes"), old);
         let sub = subscription_record();
         assert_eq!(
@@ -735,7 +777,12 @@ mod tests {
             ..topic_record()
         });
         let topic = encode_topic(&topic_record());
-        let whole_settings = [untagged.len(), untagged.len() + 13, untagged.len() + 22];
+        let whole_settings = [
+            untagged.len(),
+            untagged.len() + 13,
+            untagged.len() + 22,
+            untagged.len() + 23,
+        ];
         for cut in (0..topic.len()).filter(|cut| !whole_settings.contains(cut)) {
             assert_corrupt(decode_topic(&topic[..cut], 0, 0), &topic[..cut]);
         }
@@ -775,7 +822,11 @@ mod tests {
 
     #[test]
     fn invalid_names_and_overlapping_ranges_are_corrupt() {
-        let mut record = encode_topic(&topic_record());
+        // The name ends a record without settings; a space breaks it.
+        let mut record = encode_topic(&TopicRecord {
+            settings: TopicSettings::default(),
+            ..topic_record()
+        });
         let last = record.len() - 1;
         record[last] = b' ';
         assert_corrupt(decode_topic(&record, 0, 0), &record);

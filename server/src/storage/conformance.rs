@@ -20,7 +20,7 @@ use super::{
     SharedStore, StoreError, StoreListener, StoredMessage, StoredSubscription, SubscriptionId,
     SubscriptionRecord, SubscriptionSettings, SyncPolicy, TopicId,
 };
-use super::{Commit, DeadLetters, Retention, TopicRecord, TopicSettings};
+use super::{Catalog, Commit, DeadLetters, Retention, TopicRecord, TopicSettings};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::OffsetRanges;
 use crate::offsets::{AckState, Offset};
@@ -195,7 +195,7 @@ impl StoreListener for Recorder {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(heard);
     }
 
-    fn truncated(&self, topic: TopicId, first_offset: Offset) {
+    fn truncated(&self, topic: TopicId, first_offset: Offset, _retained_bytes: u64) {
         let heard = Heard::Truncated(topic, first_offset);
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(heard);
     }
@@ -965,6 +965,38 @@ async fn the_listener_hears_every_append_in_order(mut h: impl Harness) -> anyhow
     Ok(())
 }
 
+async fn retained_bytes_follow_appends_and_trims(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let settings = TopicSettings::default();
+    let topic = store.create_topic(&topic_name("t")?, settings).await?;
+    ensure!(topic.retained_bytes == 0);
+    let first = store.append(topic.id, messages(&["a", "b"])).await?;
+    let per = first.retained_bytes / 2;
+    ensure!(per > 0 && first.retained_bytes == 2 * per, "{first:?}");
+    let second = store.append(topic.id, messages(&["c", "d"])).await?;
+    ensure!(second.retained_bytes == 4 * per, "{second:?}");
+    let retained = |catalog: Catalog| catalog.topics[0].retained_bytes;
+    ensure!(retained(store.load().await?) == 4 * per);
+    ensure!(
+        store.trim(topic.id, 0, 1).await? == 1,
+        "a byte to drop takes the whole oldest message"
+    );
+    ensure!(retained(store.load().await?) == 3 * per);
+    ensure!(
+        store.trim(topic.id, 2, 2 * per).await? == 3,
+        "past `before`, on until enough bytes are gone"
+    );
+    ensure!(retained(store.load().await?) == per);
+    let store = h.reopen(store).await?;
+    ensure!(
+        retained(store.load().await?) == per,
+        "kept across a restart"
+    );
+    let third = store.append(topic.id, messages(&["e"])).await?;
+    ensure!(third.retained_bytes == 2 * per, "{third:?}");
+    Ok(())
+}
+
 async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
@@ -1103,6 +1135,7 @@ macro_rules! conformance {
             reads_stop_at_the_end_of_their_range,
             the_listener_hears_every_append_in_order,
             truncate_deletes_below_and_never_goes_back,
+            retained_bytes_follow_appends_and_trims,
             offset_at_time_skips_offsets_without_messages,
             delivery_records_are_stored_deleted_and_go_with_their_subscription,
             a_commit_appends_and_settles_together_and_hears_its_appends,

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use super::codec;
 use super::{
     Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit,
     Store, StoreError, StoreListener, StoreResult, StoredMessage, StoredSubscription,
@@ -103,6 +104,7 @@ impl MemoryStore {
         let last_time = data.messages.last_key_value().map(|(_, m)| m.publish_time);
         let publish_time = last_time.map_or_else(SystemTime::now, |t| t.max(SystemTime::now()));
         for (message, offset) in messages.iter().zip(first_offset..) {
+            data.record.retained_bytes += stored_size(publish_time, message);
             let stored = StoredMessage {
                 offset,
                 publish_time,
@@ -116,6 +118,7 @@ impl MemoryStore {
         let appended = Appended {
             first_offset,
             publish_time,
+            retained_bytes: data.record.retained_bytes,
         };
         // Told under the lock, so that the listener hears of appends in
         // offset order.
@@ -123,6 +126,21 @@ impl MemoryStore {
             listener.appended(topic, appended, messages);
         }
         Ok(appended)
+    }
+}
+
+/// The size of a message as the disk store keeps it.
+fn stored_size(publish_time: SystemTime, message: &NewMessage) -> u64 {
+    let mut encoded = Vec::new();
+    codec::encode_message_into(&mut encoded, publish_time, message);
+    codec::stored_size(encoded.len())
+}
+
+fn new_message(message: &StoredMessage) -> NewMessage {
+    NewMessage {
+        payload: message.payload.clone(),
+        key: message.key.clone(),
+        attributes: message.attributes.clone(),
     }
 }
 
@@ -192,6 +210,7 @@ impl Store for MemoryStore {
             next_offset: 0,
             created: SystemTime::now(),
             settings,
+            retained_bytes: 0,
         };
         let data = TopicData {
             record: record.clone(),
@@ -234,19 +253,28 @@ impl Store for MemoryStore {
         Ok(appended)
     }
 
-    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset> {
+    async fn trim(&self, topic: TopicId, before: Offset, drop_bytes: u64) -> StoreResult<Offset> {
         let mut state = self.lock()?;
         let data = state.topic_mut(topic)?;
-        let before = before.min(data.record.next_offset);
-        if before <= data.record.first_offset {
+        let mut end = before.min(data.record.next_offset);
+        let mut dropped = 0;
+        for (&offset, message) in &data.messages {
+            if offset >= end && dropped >= drop_bytes {
+                break;
+            }
+            dropped += stored_size(message.publish_time, &new_message(message));
+            end = end.max(offset + 1);
+        }
+        if end <= data.record.first_offset {
             return Ok(data.record.first_offset);
         }
-        data.messages = data.messages.split_off(&before);
-        data.record.first_offset = before;
+        data.messages = data.messages.split_off(&end);
+        data.record.first_offset = end;
+        data.record.retained_bytes = data.record.retained_bytes.saturating_sub(dropped);
         if let Some(listener) = self.listener() {
-            listener.truncated(topic, before);
+            listener.truncated(topic, end, data.record.retained_bytes);
         }
-        Ok(before)
+        Ok(end)
     }
 
     async fn read(

@@ -69,6 +69,9 @@ pub struct TopicRecord {
     pub created: SystemTime,
     /// What can change.
     pub settings: TopicSettings,
+    /// The size of its retained messages as stored (each message's key and
+    /// encoded value, before compression).
+    pub retained_bytes: u64,
 }
 
 /// A topic's settings: what can change after it is created.
@@ -85,6 +88,8 @@ pub struct Retention {
     pub max_age: Option<Duration>,
     /// At most this many messages are kept.
     pub max_messages: Option<u64>,
+    /// At most this many bytes of messages (as stored) are kept.
+    pub max_bytes: Option<u64>,
     /// A message is deleted once every subscription acknowledged it.
     pub discard_acked: bool,
 }
@@ -286,6 +291,8 @@ pub struct Appended {
     pub first_offset: Offset,
     /// The publish time given to every message of the batch.
     pub publish_time: SystemTime,
+    /// The topic's retained bytes once the batch is stored.
+    pub retained_bytes: u64,
 }
 
 /// Bounds on one read.
@@ -345,8 +352,9 @@ pub trait StoreListener: Send + Sync {
     /// messages in order, handed over.
     fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>);
 
-    /// Every offset of `topic` below `first_offset` was deleted.
-    fn truncated(&self, topic: TopicId, first_offset: Offset);
+    /// Every offset of `topic` below `first_offset` was deleted; the
+    /// topic now retains `retained_bytes`.
+    fn truncated(&self, topic: TopicId, first_offset: Offset, retained_bytes: u64);
 }
 
 impl std::fmt::Debug for dyn StoreListener {
@@ -438,7 +446,17 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::TopicNotFound`] when there is no such topic.
-    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset>;
+    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset> {
+        self.trim(topic, before, 0).await
+    }
+
+    /// As [`truncate`](Store::truncate), and deletes further, oldest
+    /// first, until at least `drop_bytes` of retained bytes are gone (or
+    /// the topic is empty).
+    ///
+    /// # Errors
+    /// [`StoreError::TopicNotFound`] when there is no such topic.
+    async fn trim(&self, topic: TopicId, before: Offset, drop_bytes: u64) -> StoreResult<Offset>;
 
     /// Reads the messages with offsets in `range`, in offset order, within
     /// `limit`. Returns an empty vector when there are none.

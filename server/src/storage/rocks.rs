@@ -321,10 +321,19 @@ impl Store for RocksStore {
         .await
     }
 
-    async fn truncate(&self, topic: TopicId, before: Offset) -> StoreResult<Offset> {
+    async fn trim(&self, topic: TopicId, before: Offset, drop_bytes: u64) -> StoreResult<Offset> {
+        let (from, before, bytes) = self
+            .read_with("measuring messages to delete", move |db| {
+                let from = read::first_offset(db, topic)?;
+                let (to, bytes) = read::trim_point(db, topic, from, before, drop_bytes)?;
+                Ok((from, to, bytes))
+            })
+            .await?;
         self.submit(|reply| Op::Truncate {
             topic,
+            from,
             before,
+            bytes,
             reply,
         })
         .await

@@ -79,21 +79,30 @@ fn retention_json(retention: &Retention) -> Value {
     json!({
         "max_age_seconds": retention.max_age.map(|age| age.as_secs_f64()),
         "max_messages": retention.max_messages,
+        "max_bytes": retention.max_bytes,
         "discard_acked": retention.discard_acked,
     })
 }
 
 /// A retention policy for people, every part named:
-/// `max age 7d, max messages unlimited, discard acked no`.
+/// `max age 7d, max messages unlimited, max bytes unlimited, discard acked no`.
 fn retention_text(retention: &Retention) -> String {
     format!(
-        "max age {}, max messages {}, discard acked {}",
+        "max age {}, max messages {}, max bytes {}, discard acked {}",
         retention.max_age.map_or("unlimited".to_owned(), age_text),
         retention
             .max_messages
             .map_or("unlimited".to_owned(), |n| n.to_string()),
+        retention
+            .max_bytes
+            .map_or("unlimited".to_owned(), bytes_text),
         if retention.discard_acked { "yes" } else { "no" },
     )
+}
+
+/// A size for people, in binary units: `10.0 GiB`, `512 B`.
+fn bytes_text(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
 /// A retention policy in a table cell: its limits, short
@@ -105,6 +114,9 @@ fn retention_cell(retention: &Retention) -> String {
     }
     if let Some(max_messages) = retention.max_messages {
         parts.push(format!("{max_messages} messages"));
+    }
+    if let Some(max_bytes) = retention.max_bytes {
+        parts.push(bytes_text(max_bytes));
     }
     if retention.discard_acked {
         parts.push("until acked".to_owned());
@@ -122,6 +134,7 @@ pub(crate) fn topic_json(topic: &Topic) -> Value {
         "first_offset": topic.first_offset,
         "next_offset": topic.next_offset,
         "retained_messages": topic.retained_messages,
+        "retained_bytes": topic.retained_bytes,
         "retention": retention_json(&topic.retention),
         "create_time": time_json(topic.create_time),
     })
@@ -344,6 +357,7 @@ pub(crate) fn topic_text(topic: &Topic) -> String {
         ("first offset", topic.first_offset.to_string()),
         ("next offset", topic.next_offset.to_string()),
         ("retained messages", topic.retained_messages.to_string()),
+        ("retained bytes", bytes_text(topic.retained_bytes)),
         ("retention", retention_text(&topic.retention)),
         ("created", time_text(topic.create_time)),
     ])
@@ -492,6 +506,7 @@ mod tests {
             create_time: None,
             retention,
             retained_messages: 10,
+            retained_bytes: 2560,
         }
     }
 
@@ -503,13 +518,19 @@ mod tests {
                 .discard_acked(true),
         ));
         assert_eq!(value["retained_messages"], 10);
+        assert_eq!(value["retained_bytes"], 2560);
         assert_eq!(value["retention"]["max_age_seconds"], 604_800.0);
         assert_eq!(value["retention"]["max_messages"], Value::Null);
         assert_eq!(value["retention"]["discard_acked"], true);
         let unlimited = topic_json(&topic(Retention::unlimited()));
         assert_eq!(
             unlimited["retention"],
-            json!({ "max_age_seconds": null, "max_messages": null, "discard_acked": false })
+            json!({
+                "max_age_seconds": null,
+                "max_messages": null,
+                "max_bytes": null,
+                "discard_acked": false,
+            })
         );
     }
 
@@ -520,16 +541,23 @@ mod tests {
         ));
         assert!(
             text.contains(
-                "retention:         max age 7d, max messages unlimited, discard acked no\n"
+                "retention:         max age 7d, max messages unlimited, max bytes unlimited, \
+                 discard acked no\n"
             ),
             "{text}"
         );
         assert!(text.contains("retained messages: 10\n"), "{text}");
+        assert!(text.contains("retained bytes:    2.5 KiB\n"), "{text}");
         let text = topic_text(&topic(
-            Retention::unlimited().max_messages(5).discard_acked(true),
+            Retention::unlimited()
+                .max_messages(5)
+                .max_bytes(10 << 30)
+                .discard_acked(true),
         ));
         assert!(
-            text.contains("max age unlimited, max messages 5, discard acked yes"),
+            text.contains(
+                "max age unlimited, max messages 5, max bytes 10.0 GiB, discard acked yes"
+            ),
             "{text}"
         );
     }

@@ -158,6 +158,16 @@ pub(crate) fn parse_retention_age(value: &str) -> Result<Duration, String> {
     Ok(age)
 }
 
+/// Parses a size in bytes: a number, or a number and a unit such as
+/// `500MB`, `10GiB` or `64 KiB`.
+pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("expected a size such as 1048576, 500MB or 10GiB, not {value:?}"))
+}
+
 /// Parses a timeout: a positive duration such as `500ms`, `5s` or `1m`
 /// (a bare number is seconds).
 pub(crate) fn parse_timeout(value: &str) -> Result<Duration, String> {

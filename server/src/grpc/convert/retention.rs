@@ -9,8 +9,8 @@ use crate::broker::{BrokerError, BrokerResult, Retention, TopicUpdate};
 use crate::names::TopicName;
 
 /// What `UpdateTopic` can change, for error messages.
-const CHANGEABLE: &str = "retention, retention.max_age, retention.max_messages, \
-                          retention.discard_acked";
+const CHANGEABLE: &str = "retention, retention.max_age, retention.max_bytes, \
+                          retention.max_messages, retention.discard_acked";
 
 /// A retention policy from the wire: 0 (or unset) in a field is no limit.
 ///
@@ -20,6 +20,7 @@ pub(crate) fn retention(policy: v1::RetentionPolicy) -> BrokerResult<Retention> 
     Ok(Retention {
         max_age: max_age(policy.max_age)?,
         max_messages: (policy.max_messages > 0).then_some(policy.max_messages),
+        max_bytes: (policy.max_bytes > 0).then_some(policy.max_bytes),
         discard_acked: policy.discard_acked,
     })
 }
@@ -45,6 +46,7 @@ pub(crate) fn retention_of(retention: Retention) -> v1::RetentionPolicy {
             .max_age
             .and_then(|age| prost_types::Duration::try_from(age).ok()),
         max_messages: retention.max_messages.unwrap_or(0),
+        max_bytes: retention.max_bytes.unwrap_or(0),
         discard_acked: retention.discard_acked,
     }
 }
@@ -74,6 +76,7 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
             name,
             max_age: None,
             max_messages: None,
+            max_bytes: None,
             discard_acked: None,
         };
         for path in paths {
@@ -81,10 +84,12 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
                 "retention" => {
                     update.max_age = Some(given.max_age);
                     update.max_messages = Some(given.max_messages);
+                    update.max_bytes = Some(given.max_bytes);
                     update.discard_acked = Some(given.discard_acked);
                 }
                 "retention.max_age" => update.max_age = Some(given.max_age),
                 "retention.max_messages" => update.max_messages = Some(given.max_messages),
+                "retention.max_bytes" => update.max_bytes = Some(given.max_bytes),
                 "retention.discard_acked" => update.discard_acked = Some(given.discard_acked),
                 "name" | "create_time" => {
                     return Err(BrokerError::Invalid(format!(
@@ -92,7 +97,7 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
                          (changeable: {CHANGEABLE})"
                     )));
                 }
-                "next_offset" | "first_offset" | "retained_messages" => {
+                "next_offset" | "first_offset" | "retained_messages" | "retained_bytes" => {
                     return Err(BrokerError::Invalid(format!(
                         "update_mask names {path:?}, which the broker reports and nobody sets \
                          (changeable: {CHANGEABLE})"

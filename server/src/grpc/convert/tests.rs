@@ -273,16 +273,20 @@ fn infos_become_resources() {
         retention: crate::broker::Retention {
             max_age: Some(Duration::from_secs(3600)),
             max_messages: None,
+            max_bytes: Some(1 << 20),
             discard_acked: true,
         },
         retained_messages: 8,
+        retained_bytes: 2048,
     });
+    assert_eq!(topic.retained_bytes, 2048);
     assert_eq!((topic.name.as_str(), topic.next_offset), ("t", 12));
     assert_eq!(topic.first_offset, 4);
     assert_eq!(topic.retained_messages, 8);
     let retention = topic.retention.expect("always reported");
     assert_eq!(retention.max_age.map(|d| d.seconds), Some(3600));
     assert_eq!(retention.max_messages, 0, "no limit");
+    assert_eq!(retention.max_bytes, 1 << 20);
     assert!(retention.discard_acked);
     assert_eq!(topic.create_time.map(|t| t.seconds), Some(5));
     let subscription = v1::Subscription::from(SubscriptionInfo {

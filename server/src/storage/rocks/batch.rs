@@ -82,7 +82,7 @@ pub(super) struct Batch<'db> {
     permits: Vec<OwnedSemaphorePermit>,
     /// Each topic's head as of the end of the batch: written once, however
     /// many appends to the topic the batch holds.
-    heads: HashMap<TopicId, Offset>,
+    heads: HashMap<TopicId, (Offset, u64)>,
     requests: usize,
     bytes: usize,
     sync: SyncNeed,
@@ -159,11 +159,15 @@ impl<'db> Batch<'db> {
     pub(super) fn answer_truncate(
         &mut self,
         reply: oneshot::Sender<StoreResult<Offset>>,
-        staged: StoreResult<Offset>,
+        staged: StoreResult<(Offset, u64)>,
         topic: TopicId,
     ) {
+        let (staged, retained_bytes) = match staged {
+            Ok((first, bytes)) => (Ok(first), bytes),
+            Err(err) => (Err(err), 0),
+        };
         self.answer_then(reply, staged, move |first_offset, listener| {
-            listener.truncated(topic, *first_offset);
+            listener.truncated(topic, *first_offset, retained_bytes);
         });
     }
 
@@ -191,10 +195,10 @@ impl<'db> Batch<'db> {
 
     /// The writes, and how much syncing they need.
     pub(super) fn take_write(&mut self) -> (WriteBatch, SyncNeed) {
-        for (topic, next_offset) in self.heads.drain() {
+        for (topic, (next_offset, retained_bytes)) in self.heads.drain() {
             let key = meta_key(HEAD_PREFIX, topic.0);
-            self.write
-                .put_cf(self.columns.meta, key, codec::encode_u64(next_offset));
+            let value = codec::encode_head(next_offset, retained_bytes);
+            self.write.put_cf(self.columns.meta, key, value);
         }
         (std::mem::take(&mut self.write), self.sync)
     }
@@ -222,9 +226,10 @@ impl<'db> Batch<'db> {
         self.needs(SyncNeed::Data);
     }
 
-    /// Sets a topic's head; it is written with the rest of the batch.
-    pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset) {
-        self.heads.insert(topic, next_offset);
+    /// Sets a topic's head and retained bytes; they are written with the
+    /// rest of the batch.
+    pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset, retained_bytes: u64) {
+        self.heads.insert(topic, (next_offset, retained_bytes));
         self.needs(SyncNeed::Data);
     }
 
@@ -234,7 +239,7 @@ impl<'db> Batch<'db> {
         let (meta, id) = (self.columns.meta, record.id.0);
         self.write
             .put_cf(meta, LAST_TOPIC_ID_KEY, codec::encode_u64(id));
-        self.put_head(record.id, record.next_offset);
+        self.put_head(record.id, record.next_offset, record.retained_bytes);
     }
 
     /// A topic's record alone (its settings changed).

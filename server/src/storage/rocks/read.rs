@@ -34,7 +34,7 @@ pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
             Some((&TOPIC_PREFIX, _)) => topics.push(value),
             Some((&HEAD_PREFIX, id)) => {
                 let id = codec::decode_u64("topic head key", id)?;
-                heads.insert(id, codec::decode_u64("topic head", &value)?);
+                heads.insert(id, codec::decode_head(&value)?);
             }
             Some((&FIRST_PREFIX, id)) => {
                 let id = codec::decode_u64("first offset key", id)?;
@@ -48,14 +48,20 @@ pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
         .iter()
         .map(|value| {
             let record = codec::decode_topic(value, 0, 0)?;
-            let head = heads.get(&record.id.0).copied().ok_or_else(|| {
+            let (head, bytes) = heads.get(&record.id.0).copied().ok_or_else(|| {
                 codec::corrupt("topic head", format!("topic {:?} has no head", record.id))
             })?;
             // Topics written before first offsets were stored start at 0.
             let first = firsts.get(&record.id.0).copied().unwrap_or(0).min(head);
+            // Heads written before retained bytes were kept: counted once.
+            let retained_bytes = match bytes {
+                Some(bytes) => bytes,
+                None => trim_point(db, record.id, first, head, u64::MAX)?.1,
+            };
             Ok(TopicRecord {
                 first_offset: first,
                 next_offset: head,
+                retained_bytes,
                 ..record
             })
         })
@@ -174,6 +180,39 @@ pub(super) fn read_at_offsets(
 }
 
 /// The first and next offset of a topic, from storage.
+/// Where a trim that starts at `first` ends: past every message below
+/// `before`, then on until at least `drop_bytes` are counted (or `head`).
+/// Returns that offset and the stored bytes of the messages before it.
+pub(super) fn trim_point(
+    db: &DB,
+    topic: TopicId,
+    first: Offset,
+    before: Offset,
+    drop_bytes: u64,
+) -> StoreResult<(Offset, u64)> {
+    let head = read_bounds(db, topic)?.end;
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(codec::message_key(topic, head));
+    let start = codec::message_key(topic, first);
+    let iter = db.iterator_cf_opt(
+        column(db, CF_MESSAGES)?,
+        options,
+        IteratorMode::From(&start, Direction::Forward),
+    );
+    let mut end = first;
+    let mut bytes = 0;
+    for item in iter {
+        let (key, value) = item.map_err(|e| engine("measuring messages", e))?;
+        let offset = codec::message_key_offset(&key)?;
+        if offset >= before && bytes >= drop_bytes {
+            break;
+        }
+        bytes += codec::stored_size(value.len());
+        end = offset + 1;
+    }
+    Ok((end.max(before.min(head)), bytes))
+}
+
 /// A topic's first offset: every offset below it was deleted.
 pub(super) fn first_offset(db: &DB, topic: TopicId) -> StoreResult<Offset> {
     Ok(read_bounds(db, topic)?.start)
@@ -181,14 +220,18 @@ pub(super) fn first_offset(db: &DB, topic: TopicId) -> StoreResult<Offset> {
 
 fn read_bounds(db: &DB, topic: TopicId) -> StoreResult<Range<Offset>> {
     let meta = column(db, CF_META)?;
-    let get = |prefix, what| {
+    let get = |prefix| {
         db.get_pinned_cf(meta, meta_key(prefix, topic.0))
-            .map_err(|e| engine("reading a topic head", e))?
-            .map(|v| codec::decode_u64(what, &v))
-            .transpose()
+            .map_err(|e| engine("reading a topic head", e))
     };
-    let head = get(HEAD_PREFIX, "topic head")?.ok_or(StoreError::TopicNotFound(topic))?;
-    let first = get(FIRST_PREFIX, "first offset")?.unwrap_or(0);
+    let head = match get(HEAD_PREFIX)? {
+        Some(value) => codec::decode_head(&value)?.0,
+        None => return Err(StoreError::TopicNotFound(topic)),
+    };
+    let first = get(FIRST_PREFIX)?
+        .map(|v| codec::decode_u64("first offset", &v))
+        .transpose()?
+        .unwrap_or(0);
     Ok(first.min(head)..head)
 }
 

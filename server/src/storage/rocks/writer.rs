@@ -52,9 +52,13 @@ pub(super) enum Op {
         topic: TopicId,
         reply: Reply<()>,
     },
+    /// Deletes `from..before`, which holds `bytes` of retained messages;
+    /// refused when the topic's first offset is no longer `from`.
     Truncate {
         topic: TopicId,
+        from: Offset,
         before: Offset,
+        bytes: u64,
         reply: Reply<Offset>,
     },
     Append {
@@ -109,6 +113,8 @@ pub(super) struct Request {
 struct TopicHead {
     first_offset: Offset,
     next_offset: Offset,
+    /// Stored bytes of the messages from `first_offset` on.
+    retained_bytes: u64,
     /// The publish time of the last message; the next is never earlier.
     last_publish: SystemTime,
 }
@@ -160,6 +166,7 @@ impl Writer {
             let head = TopicHead {
                 first_offset: topic.first_offset,
                 next_offset: topic.next_offset,
+                retained_bytes: topic.retained_bytes,
                 last_publish: last_publish.unwrap_or(UNIX_EPOCH),
             };
             topics.insert(topic.id, head);
@@ -329,10 +336,12 @@ impl Writer {
             }
             Op::Truncate {
                 topic,
+                from,
                 before,
+                bytes,
                 reply,
             } => {
-                let staged = self.stage_truncate(topic, before, batch);
+                let staged = self.stage_truncate(topic, from, before, bytes, batch);
                 batch.answer_truncate(reply, staged, topic);
             }
             Op::CreateTopic {
@@ -394,9 +403,10 @@ impl Writer {
             .get_mut(&topic)
             .ok_or(StoreError::TopicNotFound(topic))?;
         let now = codec::truncate_to_micros(SystemTime::now());
-        let appended = Appended {
+        let mut appended = Appended {
             first_offset: head.next_offset,
             publish_time: now.max(head.last_publish),
+            retained_bytes: head.retained_bytes,
         };
         if messages.is_empty() {
             return Ok(appended);
@@ -405,11 +415,13 @@ impl Writer {
         for (offset, message) in (appended.first_offset..).zip(messages) {
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
+            head.retained_bytes += codec::stored_size(self.scratch.len());
         }
         head.next_offset = appended.first_offset + messages.len() as Offset;
         self.appended += messages.len() as u64;
         head.last_publish = appended.publish_time;
-        batch.put_head(topic, head.next_offset);
+        appended.retained_bytes = head.retained_bytes;
+        batch.put_head(topic, head.next_offset, head.retained_bytes);
         Ok(appended)
     }
 
@@ -428,11 +440,13 @@ impl Writer {
             next_offset: 0,
             created: codec::truncate_to_micros(SystemTime::now()),
             settings,
+            retained_bytes: 0,
         };
         batch.put_topic(&record);
         let head = TopicHead {
             first_offset: 0,
             next_offset: 0,
+            retained_bytes: 0,
             last_publish: UNIX_EPOCH,
         };
         let previous = self.topics.insert(record.id, head);
@@ -442,24 +456,40 @@ impl Writer {
 
     /// Deletes the messages below `before` (at most the head) and moves the
     /// first offset up; returns it.
+    /// Deletes `from..before` (at most the head), which holds `bytes`, and
+    /// moves the first offset up; returns it and the retained bytes left.
     fn stage_truncate(
         &mut self,
         topic: TopicId,
+        from: Offset,
         before: Offset,
+        bytes: u64,
         batch: &mut Batch<'_>,
-    ) -> StoreResult<Offset> {
+    ) -> StoreResult<(Offset, u64)> {
         let head = self
             .topics
             .get_mut(&topic)
             .ok_or(StoreError::TopicNotFound(topic))?;
         let before = before.min(head.next_offset);
         if before <= head.first_offset {
-            return Ok(head.first_offset);
+            return Ok((head.first_offset, head.retained_bytes));
+        }
+        if head.first_offset != from {
+            return Err(StoreError::Engine {
+                context: "truncating a topic",
+                source: format!(
+                    "the first offset moved from {from} to {} meanwhile; try again",
+                    head.first_offset
+                )
+                .into(),
+            });
         }
         self.undo.push(Undo::Topic(topic, Some(*head)));
         batch.truncate(topic, head.first_offset, before);
         head.first_offset = before;
-        Ok(before)
+        head.retained_bytes = head.retained_bytes.saturating_sub(bytes);
+        batch.put_head(topic, head.next_offset, head.retained_bytes);
+        Ok((before, head.retained_bytes))
     }
 
     fn stage_delete_topic(&mut self, topic: TopicId, batch: &mut Batch<'_>) -> StoreResult<()> {

@@ -94,6 +94,12 @@ pub(crate) struct RetentionArgs {
     /// message for ever.
     #[arg(long, conflicts_with = "retention")]
     keep_forever: bool,
+
+    /// Keep at most this many bytes of messages (as the topic's retained
+    /// bytes count them), such as 10GiB or 500MB: the oldest beyond it are
+    /// deleted. 0 for no limit.
+    #[arg(long, value_parser = values::parse_size, value_name = "SIZE")]
+    max_bytes: Option<u64>,
 }
 
 impl RetentionArgs {
@@ -102,6 +108,7 @@ impl RetentionArgs {
     fn policy(&self) -> Option<Retention> {
         if self.retention.is_none()
             && self.max_messages.is_none()
+            && self.max_bytes.is_none()
             && !self.discard_acked
             && !self.keep_forever
         {
@@ -113,6 +120,9 @@ impl RetentionArgs {
         }
         if let Some(max_messages) = self.max_messages {
             policy = policy.max_messages(max_messages);
+        }
+        if let Some(max_bytes) = self.max_bytes {
+            policy = policy.max_bytes(max_bytes);
         }
         Some(policy)
     }
@@ -128,6 +138,11 @@ pub(crate) struct RetentionChangeArgs {
     /// The new limit on the number of messages kept; 0 removes it.
     #[arg(long, value_name = "N")]
     max_messages: Option<u64>,
+
+    /// The new limit on the bytes of messages kept, such as 10GiB; 0
+    /// removes it.
+    #[arg(long, value_parser = values::parse_size, value_name = "SIZE")]
+    max_bytes: Option<u64>,
 
     /// Whether to delete a message once every subscription of the topic
     /// has acknowledged it.
@@ -145,12 +160,14 @@ impl RetentionChangeArgs {
             retention: None,
             max_age: self.retention.map(|age| Some(age).filter(|a| !a.is_zero())),
             max_messages: self.max_messages.map(|n| Some(n).filter(|&n| n != 0)),
+            max_bytes: self.max_bytes.map(|n| Some(n).filter(|&n| n != 0)),
             discard_acked: self.discard_acked,
         };
         if update == TopicUpdate::default() {
             anyhow::bail!(
                 "nothing to change: give --retention (0 removes the age limit), \
-                 --max-messages (0 removes the limit) or --discard-acked true|false"
+                 --max-messages or --max-bytes (0 removes the limit) or \
+                 --discard-acked true|false"
             );
         }
         Ok(update)
