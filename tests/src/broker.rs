@@ -160,6 +160,11 @@ impl TestBroker {
         self.port.addr
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
     /// The broker's URL, for example `http://127.0.0.1:40123`; the same
     /// for the fixture's whole life, as [`TestBroker::addr`].
     pub fn url(&self) -> String {

@@ -3,7 +3,8 @@
 //!
 //! The commands are taken from the fenced `sh` blocks between the
 //! `walkthrough:start` and `walkthrough:end` markers of `README.md` (and
-//! `failure-walkthrough:…` for the failure-handling one), with the README's
+//! `failure-walkthrough:…` for the failure-handling one,
+//! `retention-walkthrough:…` for keeping data), with the README's
 //! `localhost:50051` replaced by the test broker's address, and run with
 //! bash and the test environment's grpcurl first on `PATH`. Every block
 //! must match one check below, so a step added to the README without a
@@ -22,6 +23,11 @@ const WALKTHROUGH: (&str, &str) = ("<!-- walkthrough:start -->", "<!-- walkthrou
 const FAILURE_WALKTHROUGH: (&str, &str) = (
     "<!-- failure-walkthrough:start -->",
     "<!-- failure-walkthrough:end -->",
+);
+/// The retention walk-through's markers.
+const RETENTION_WALKTHROUGH: (&str, &str) = (
+    "<!-- retention-walkthrough:start -->",
+    "<!-- retention-walkthrough:end -->",
 );
 const README_ADDR: &str = "localhost:50051";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -242,10 +248,45 @@ fn check_every_step(markers: (&str, &str), checks: &[Check]) -> anyhow::Result<(
     Ok(())
 }
 
+const RETENTION_CHECKS: &[Check] = &[
+    Check {
+        command_has: "AdminService/CreateTopic",
+        output_has: &[
+            "\"name\":\"clicks\"",
+            "\"maxAge\":\"86400s\"",
+            "\"maxBytes\":\"1073741824\"",
+        ],
+    },
+    Check {
+        command_has: "AdminService/UpdateTopic",
+        output_has: &[
+            "\"maxAge\":\"86400s\"",
+            "\"maxBytes\":\"1073741824\"",
+            "\"maxMessages\":\"1000000\"",
+        ],
+    },
+];
+
 #[test]
 fn the_walkthroughs_have_a_check_for_every_step() -> anyhow::Result<()> {
     check_every_step(WALKTHROUGH, CHECKS)?;
-    check_every_step(FAILURE_WALKTHROUGH, FAILURE_CHECKS)
+    check_every_step(FAILURE_WALKTHROUGH, FAILURE_CHECKS)?;
+    check_every_step(RETENTION_WALKTHROUGH, RETENTION_CHECKS)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_retention_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    run_walkthrough(&env, &broker, RETENTION_WALKTHROUGH, RETENTION_CHECKS).await?;
+    let clicks = get_topic(&broker.client(), "clicks").await?;
+    let retention = clicks.retention.unwrap_or_default();
+    assert_eq!(
+        (retention.max_messages, retention.max_bytes),
+        (1_000_000, 1 << 30),
+        "{clicks:?}"
+    );
+    Ok(())
 }
 
 /// Runs a walk-through's steps against `broker`, checking each output.

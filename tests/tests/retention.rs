@@ -3,15 +3,17 @@
 //! messages leave reads, subscriptions behind the first offset move up to
 //! it, and bad policies are refused with the field named.
 
+use std::path::Path;
 use std::time::Duration;
 
 use prost_types::FieldMask;
 use tidings::v1::{
-    CreateTopicRequest, ReadTopicRequest, RetentionPolicy, Topic, UpdateTopicRequest,
+    CreateTopicRequest, PublishMessage, ReadTopicRequest, RetentionPolicy, Topic,
+    UpdateTopicRequest,
 };
 use tidings_tests::{
     Client, TestBroker, ack, create_subscription, create_topic, expect_code, get_subscription,
-    get_topic, publish,
+    get_topic, publish, publish_messages,
 };
 use tonic::Code;
 
@@ -137,6 +139,76 @@ async fn retention_by_size_keeps_the_newest_within_max_bytes() -> anyhow::Result
     assert_eq!(topic.retained_bytes, 4 * each);
     assert_eq!(read_offsets(&client, "t").await?, [6, 7, 8, 9]);
     Ok(())
+}
+
+/// Bytes in the files under `dir`.
+fn disk_usage(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            disk_usage(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// `n` bytes that do not compress.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_messages_give_their_disk_space_back() -> anyhow::Result<()> {
+    const MESSAGES: u64 = 160;
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    create_with(&client, "big", RetentionPolicy::default()).await?;
+    for batch in 0..MESSAGES / 8 {
+        let messages = (0..8)
+            .map(|i| PublishMessage {
+                payload: noise(128 << 10, batch * 8 + i).into(),
+                ..PublishMessage::default()
+            })
+            .collect();
+        publish_messages(&client, "big", messages).await?;
+    }
+    let before = disk_usage(broker.data_dir())?;
+    assert!(
+        before > 20 << 20,
+        "20 MiB published, {before} bytes on disk"
+    );
+
+    let one = RetentionPolicy {
+        max_messages: 1,
+        ..RetentionPolicy::default()
+    };
+    update(&client, "big", one, &["retention.max_messages"]).await?;
+    first_offset_reaches(&client, "big", MESSAGES - 1).await?;
+    let deadline = tokio::time::Instant::now() + RETENTION_TIMEOUT * 2;
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        ticks.tick().await;
+        let now = disk_usage(broker.data_dir())?;
+        if now < before / 4 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the data directory still holds {now} bytes, {before} before the deletion"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,8 +8,9 @@
 //! nothing goes) — or higher, until the retained bytes are within
 //! `max_bytes`. Messages below it are deleted in one truncation; the
 //! subscriptions behind it move up (the lease book clamps on its next use)
-//! and their ack floors are saved. Every [`RECLAIM_PERIOD`] the storage of
-//! what was deleted is compacted, so the disk space comes back.
+//! and their ack floors are saved. The storage of what was deleted is
+//! compacted, so the disk space comes back: at once after the first
+//! deletion, then at most every [`RECLAIM_PERIOD`].
 //!
 //! Age is also applied on every read, so no expired message is read or
 //! delivered between two rounds.
@@ -49,7 +50,9 @@ pub(super) async fn run(
     let mut ticks = interval(RETENTION_PERIOD);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut truncated: HashSet<TopicId> = HashSet::new();
-    let mut next_reclaim = Instant::now() + RECLAIM_PERIOD;
+    // The first deletion is reclaimed at once, later ones at most every
+    // period.
+    let mut next_reclaim = Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -67,7 +70,7 @@ pub(super) async fn run(
                 Err(err) => warn!(topic = %topic.name, error = %err, "could not apply retention"),
             }
         }
-        if Instant::now() >= next_reclaim {
+        if !truncated.is_empty() && Instant::now() >= next_reclaim {
             next_reclaim = Instant::now() + RECLAIM_PERIOD;
             for topic in truncated.drain() {
                 if let Err(err) = store.reclaim(topic).await {

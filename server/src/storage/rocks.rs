@@ -303,6 +303,13 @@ impl Store for RocksStore {
             let end = codec::message_key(topic, read::first_offset(db, topic)?);
             let start = codec::message_key(topic, 0);
             db.compact_range_cf(column(db, CF_MESSAGES)?, Some(start), Some(end));
+            // The write-ahead log that still holds the deleted messages goes
+            // once every family's writes in it are flushed, not only the
+            // messages'.
+            for family in [CF_META, CF_SUBSCRIPTIONS] {
+                db.flush_cf(column(db, family)?)
+                    .map_err(|e| engine("flushing after a deletion", e))?;
+            }
             Ok(())
         })
         .await

@@ -282,6 +282,12 @@ pub(super) fn find_offset_at_time(
 ) -> StoreResult<Offset> {
     let bounds = read_bounds(db, topic)?;
     let (mut low, mut high) = (bounds.start, bounds.end);
+    // Retention asks every second whether anything expired; mostly nothing.
+    match first_message_from(db, topic, low, high)? {
+        Some((_, published)) if published >= time => return Ok(low),
+        None => return Ok(low),
+        Some(_) => {}
+    }
     while low < high {
         let mid = low + (high - low) / 2;
         match first_message_from(db, topic, mid, high)? {
