@@ -37,7 +37,8 @@ for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0
 addr=$(sed -n 's/^listening on //p' "$dir/stdout")
 tidings() { "$BIN/tidings" --server "$addr" "$@"; }
 tidings topics create steady --retention "$MAX_AGE" > /dev/null
-tidings sub consumer --topic steady --start latest > /dev/null 2> "$dir/consumer.log" &
+"$BIN/tidings" --server "$addr" sub consumer --topic steady --start latest \
+    > /dev/null 2> "$dir/consumer.log" &
 consumer=$!
 
 end=$(( $(date +%s) + MINUTES * 60 ))

@@ -379,9 +379,10 @@ impl std::fmt::Debug for dyn StoreListener {
 /// - **Durability.** When `append` returns `Ok`, the batch survives a crash of
 ///   the process; with the store's strictest sync policy, a power loss too.
 ///   When it returns, every batch appended to any topic before it (by any
-///   caller, whose call had returned `Ok`) is as durable as it is. Creating
-///   and deleting topics and subscriptions, and truncating, survive a power
-///   loss once they return, whatever the sync policy.
+///   caller, whose call had returned `Ok`) is as durable as it is. Creating,
+///   changing and deleting topics and subscriptions survive a power loss
+///   once they return, whatever the sync policy; a truncation is as durable
+///   as an append.
 /// - **Delivery state.** [`save_deliveries`](Store::save_deliveries) stores
 ///   ack states whole and delivery records one by one, all in one write;
 ///   when it returns `Ok` they survive a crash of the process. Updates of
