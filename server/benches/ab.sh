@@ -20,6 +20,8 @@ ROUNDS=${3:-3}
 SIZE=${4:-256}
 MODES=${5:-fsync page-cache}
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=server/benches/common.sh
+. "$here/common.sh"
 CLI="$NEW/tidings"
 
 quiet() {
@@ -39,8 +41,7 @@ start() {
     "$1/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
         --log warn > "$dir/stdout" 2> "$dir/server.log" &
     pid=$!
-    for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
-    addr=$(sed -n 's/^listening on //p' "$dir/stdout")
+    addr=$(broker_addr "$dir/stdout")
 }
 
 stop() {

@@ -16,13 +16,9 @@ ROUNDS=${1:-3}
 N=${2:-300000}
 MODE=${3:-page-cache}
 cd "$(dirname "$0")/../.."
-if [ -n "${TIDINGS_BIN_DIR:-}" ]; then
-    BIN="$TIDINGS_BIN_DIR"
-else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
-    cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
-    BIN="$CARGO_TARGET_DIR/release"
-fi
+# shellcheck source=server/benches/common.sh
+. server/benches/common.sh
+bench_binaries
 sync=always; [ "$MODE" = page-cache ] && sync=100ms
 
 # One consume run on a fresh broker: run LABEL ARGS...
@@ -33,8 +29,7 @@ run() {
     "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
         --log warn > "$dir/stdout" 2> "$dir/server.log" &
     pid=$!
-    for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
-    addr=$(sed -n 's/^listening on //p' "$dir/stdout")
+    addr=$(broker_addr "$dir/stdout")
     "$BIN/tidings" --server "$addr" bench consume --count "$N" --server-pid "$pid" "$@" 2>/dev/null \
         | sed "s/^/$label /"
     kill -TERM "$pid"; wait "$pid" || true

@@ -14,13 +14,9 @@ MINUTES=${1:-10}
 MAX_AGE=${2:-1m}
 BATCH=${3:-100}
 cd "$(dirname "$0")/../.."
-if [ -n "${TIDINGS_BIN_DIR:-}" ]; then
-    BIN="$TIDINGS_BIN_DIR"
-else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
-    cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
-    BIN="$CARGO_TARGET_DIR/release"
-fi
+# shellcheck source=server/benches/common.sh
+. server/benches/common.sh
+bench_binaries
 dir=$(mktemp -d)
 "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval 100ms \
     --log warn > "$dir/stdout" 2> "$dir/server.log" &
@@ -33,8 +29,7 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
-addr=$(sed -n 's/^listening on //p' "$dir/stdout")
+addr=$(broker_addr "$dir/stdout")
 tidings() { "$BIN/tidings" --server "$addr" "$@"; }
 tidings topics create steady --retention "$MAX_AGE" > /dev/null
 "$BIN/tidings" --server "$addr" sub consumer --topic steady --start latest \

@@ -19,13 +19,9 @@ MODE=${1:-page-cache}
 N=${2:-300000}
 SIZE=${3:-256}
 cd "$(dirname "$0")/../.."
-if [ -n "${TIDINGS_BIN_DIR:-}" ]; then
-    BIN="$TIDINGS_BIN_DIR"
-else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
-    cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
-    BIN="$CARGO_TARGET_DIR/release"
-fi
+# shellcheck source=server/benches/common.sh
+. server/benches/common.sh
+bench_binaries
 
 dir=$(mktemp -d)
 sync=always; [ "$MODE" = page-cache ] && sync=100ms
@@ -33,8 +29,7 @@ sync=always; [ "$MODE" = page-cache ] && sync=100ms
     --log warn,tidings_server::storage::rocks::writer=info > "$dir/stdout" 2> "$dir/server.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do grep -q '^listening on ' "$dir/stdout" && break; sleep 0.1; done
-addr=$(sed -n 's/^listening on //p' "$dir/stdout")
+addr=$(broker_addr "$dir/stdout")
 T=("$BIN/tidings" --server "$addr" bench)
 
 echo "# Tidings file storage, mode=$MODE (--sync-interval $sync), N=$N, size=${SIZE}B, load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -7,7 +7,7 @@
 //! - topic heads and tail caches follow the store's listener (`topic`),
 //!   which runs on the store's side of every append;
 //! - names change only in admin tasks: creating or deleting a topic or a
-//!   subscription runs as a task of its own, under the admin lock, with the
+//!   subscription runs as a task of its own (`admin`), under the admin lock, with the
 //!   store call first and the names after, and the request merely awaits
 //!   its outcome. A request dropped halfway leaves the task to finish, so a
 //!   stored record always has its name and a deleted one never comes back;
@@ -34,11 +34,12 @@ use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
 use super::*;
-use crate::offsets::AckState;
 use crate::storage::{
-    DeadLetters, NewMessage, ReadLimit, SharedStore, StoreError, StoreListener, StoredMessage,
-    StoredSubscription, SubscriptionSettings, TopicSettings,
+    NewMessage, ReadLimit, SharedStore, StoreListener, StoredMessage, SubscriptionSettings,
+    TopicSettings,
 };
+
+mod admin;
 
 /// About the most bytes one `read_topic` returns.
 const READ_TOPIC_BYTES: usize = 4 << 20;
@@ -195,181 +196,6 @@ impl Broker {
             // The runtime is going away.
             Err(_) => Err(BrokerError::ShuttingDown),
         }
-    }
-
-    async fn do_create_topic(
-        &self,
-        name: TopicName,
-        settings: TopicSettings,
-    ) -> BrokerResult<TopicInfo> {
-        if self.names().topics.contains_key(&name) {
-            return Err(BrokerError::TopicExists(name));
-        }
-        let record = self.inner.store.create_topic(&name, settings).await?;
-        let topic = Arc::new(Topic::new(&record));
-        let info = topic.info();
-        self.inner.topics.insert(Arc::clone(&topic));
-        self.names().topics.insert(name, topic);
-        info!(topic = %info.name, "topic created");
-        Ok(info)
-    }
-
-    async fn do_update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo> {
-        let topic = self.topic(&update.name)?;
-        let mut record = topic.record();
-        let retention = &mut record.settings.retention;
-        if let Some(max_age) = update.max_age {
-            retention.max_age = max_age;
-        }
-        if let Some(max_messages) = update.max_messages {
-            retention.max_messages = max_messages;
-        }
-        if let Some(max_bytes) = update.max_bytes {
-            retention.max_bytes = max_bytes;
-        }
-        if let Some(discard_acked) = update.discard_acked {
-            retention.discard_acked = discard_acked;
-        }
-        let settings = record.settings.clone();
-        self.inner
-            .store
-            .update_topic(record)
-            .await
-            .map_err(|e| not_found_as_topic(e, &topic))?;
-        topic.set_settings(settings);
-        let info = topic.info();
-        info!(topic = %info.name, retention = ?info.retention, "topic updated");
-        Ok(info)
-    }
-
-    async fn do_delete_topic(&self, name: TopicName) -> BrokerResult<()> {
-        let topic = self.topic(&name)?;
-        self.inner
-            .store
-            .delete_topic(topic.id)
-            .await
-            .map_err(|e| not_found_as_topic(e, &topic))?;
-        {
-            let mut names = self.names();
-            names.topics.remove(&name);
-            names.subscriptions.retain(|_, s| s.topic.id != topic.id);
-        }
-        self.inner.topics.remove(topic.id);
-        topic.deleted.cancel();
-        info!(topic = %name, "topic deleted");
-        Ok(())
-    }
-
-    async fn do_create_subscription(
-        &self,
-        spec: SubscriptionSpec,
-        settings: SubscriptionSettings,
-    ) -> BrokerResult<SubscriptionInfo> {
-        if self.names().subscriptions.contains_key(&spec.name) {
-            return Err(BrokerError::SubscriptionExists(spec.name));
-        }
-        let topic = self.topic(&spec.topic)?;
-        self.dead_letter_topic_exists(settings.dead_letter.as_ref())?;
-        let floor = self.start_offset(&topic, spec.start).await?;
-        let acks = AckState::starting_at(floor);
-        let record = self
-            .inner
-            .store
-            .create_subscription(&spec.name, topic.id, settings, acks.clone())
-            .await
-            .map_err(|e| not_found_as_topic(e, &topic))?;
-        let stored = StoredSubscription {
-            record,
-            acks,
-            deliveries: Vec::new(),
-            dead_letters: DeadLetters::default(),
-        };
-        let sub = Arc::new(Subscription::new(stored, topic));
-        let info = sub.info();
-        self.names().subscriptions.insert(spec.name, sub);
-        info!(subscription = %info.name, topic = %info.topic, floor, "subscription created");
-        Ok(info)
-    }
-
-    /// A dead-letter policy's topic must exist when it is set.
-    fn dead_letter_topic_exists(&self, policy: Option<&DeadLetterPolicy>) -> BrokerResult<()> {
-        match policy {
-            Some(policy) if !self.names().topics.contains_key(&policy.topic) => {
-                Err(BrokerError::DeadLetterTopicNotFound(policy.topic.clone()))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Where a new subscription begins; below the first offset means at it.
-    async fn start_offset(&self, topic: &Topic, start: StartPosition) -> BrokerResult<Offset> {
-        let head = topic.head();
-        let first = topic.first_offset().min(head);
-        match start {
-            StartPosition::Earliest => Ok(first),
-            StartPosition::Latest => Ok(head),
-            StartPosition::Offset(offset) if offset <= head => Ok(offset.max(first)),
-            StartPosition::Offset(offset) => Err(BrokerError::OffsetNotPublished {
-                topic: topic.name.clone(),
-                offset,
-                next_offset: head,
-            }),
-            StartPosition::Time(time) => {
-                let offset = self.inner.store.offset_at_time(topic.id, time).await;
-                Ok(offset.map_err(|e| not_found_as_topic(e, topic))?.max(first))
-            }
-        }
-    }
-
-    /// Stores the new settings, then applies them to the live
-    /// subscription, whose streams follow at once.
-    async fn do_update_subscription(
-        &self,
-        update: SubscriptionUpdate,
-        filter: Option<Option<Arc<Filter>>>,
-    ) -> BrokerResult<SubscriptionInfo> {
-        let sub = self.subscription(&update.name)?;
-        if let Some(dead_letter) = &update.dead_letter {
-            check_dead_letter(dead_letter.as_ref(), &sub.topic.name)?;
-            self.dead_letter_topic_exists(dead_letter.as_ref())?;
-        }
-        let mut record = sub.record();
-        if let Some(deadline) = update.ack_deadline {
-            record.settings.ack_deadline = deadline;
-        }
-        if let Some(text) = update.filter {
-            record.settings.filter = text;
-        }
-        if let Some(retry) = update.retry {
-            record.settings.retry = retry;
-        }
-        if let Some(dead_letter) = update.dead_letter {
-            record.settings.dead_letter = dead_letter;
-        }
-        match self.inner.store.update_subscription(record.clone()).await {
-            Ok(()) => {}
-            // Deleted meanwhile, with its topic.
-            Err(StoreError::SubscriptionNotFound(_)) => {
-                return Err(BrokerError::SubscriptionNotFound(update.name));
-            }
-            Err(err) => return Err(err.into()),
-        }
-        sub.apply(record.settings, filter);
-        info!(subscription = %sub.name, "subscription updated");
-        Ok(sub.info())
-    }
-
-    async fn do_delete_subscription(&self, name: SubscriptionName) -> BrokerResult<()> {
-        let sub = self.subscription(&name)?;
-        match self.inner.store.delete_subscription(sub.id).await {
-            // Its topic was deleted meanwhile, which took it along.
-            Ok(()) | Err(StoreError::SubscriptionNotFound(_)) => {}
-            Err(err) => return Err(err.into()),
-        }
-        self.names().subscriptions.remove(&name);
-        sub.deleted.cancel();
-        info!(subscription = %name, "subscription deleted");
-        Ok(())
     }
 
     async fn get_or_create_topic(&self, name: TopicName) -> BrokerResult<Arc<Topic>> {

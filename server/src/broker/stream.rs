@@ -199,7 +199,7 @@ impl StreamTask {
             max_messages: budget.messages.min(range_len),
             max_bytes: budget.bytes,
         };
-        let messages = match sub.topic.cached_range(&scan.range, limit) {
+        let mut messages = match sub.topic.cached_range(&scan.range, limit) {
             Some(messages) => messages,
             None => {
                 self.store
@@ -216,7 +216,6 @@ impl StreamTask {
             _ => scan.range.end,
         };
         // Expired messages are settled like deleted ones: never delivered.
-        let mut messages = messages;
         sub.topic.drop_expired(&mut messages);
         trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
         // Messages the filter turns away are left out: the book settles
@@ -272,10 +271,9 @@ impl StreamTask {
     async fn fetch(
         &self,
         leased: Vec<Leased>,
-        in_hand: Vec<StoredMessage>,
+        mut in_hand: Vec<StoredMessage>,
     ) -> BrokerResult<Vec<Delivery>> {
         let sub = &self.subscription;
-        let mut in_hand = in_hand;
         sub.topic.drop_expired(&mut in_hand);
         let mut in_hand = Messages::new(in_hand);
         let wanted: Vec<Offset> = leased

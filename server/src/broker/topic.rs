@@ -87,8 +87,8 @@ pub(super) struct Topic {
     /// while there are some.
     open_streams: AtomicUsize,
     tail: Mutex<TailCache>,
-    /// What the topic keeps; the record it was stored with.
-    record: Mutex<TopicRecord>,
+    /// What can change, as stored.
+    settings: Mutex<TopicSettings>,
 }
 
 impl Topic {
@@ -103,32 +103,40 @@ impl Topic {
             deleted: CancellationToken::new(),
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
-            record: Mutex::new(record.clone()),
+            settings: Mutex::new(record.settings.clone()),
         }
     }
 
-    /// The stored record (its offsets as at load or creation).
-    pub(super) fn record(&self) -> TopicRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn lock_settings(&self) -> std::sync::MutexGuard<'_, TopicSettings> {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record to store for new `settings`: its offsets and retained
+    /// bytes are the store's business.
+    pub(super) fn record_with(&self, settings: TopicSettings) -> TopicRecord {
+        TopicRecord {
+            id: self.id,
+            name: self.name.clone(),
+            first_offset: self.first_offset(),
+            next_offset: self.head(),
+            created: self.created,
+            settings,
+            retained_bytes: self.retained_bytes(),
+        }
+    }
+
+    /// The settings now.
+    pub(super) fn settings(&self) -> TopicSettings {
+        self.lock_settings().clone()
     }
 
     /// The settings were stored as `settings`.
     pub(super) fn set_settings(&self, settings: TopicSettings) {
-        self.record
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .settings = settings;
+        *self.lock_settings() = settings;
     }
 
     pub(super) fn retention(&self) -> Retention {
-        self.record
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .settings
-            .retention
+        self.lock_settings().retention
     }
 
     /// Messages published before this are expired: never read or

@@ -20,6 +20,7 @@ use crate::broker::{
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::NewMessage;
+use mask::UpdateFields;
 pub(crate) use retention::retention;
 use retention::retention_of;
 
@@ -333,8 +334,23 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
     }
 }
 
-/// The fields of `Subscription` an update may name.
-const CHANGEABLE: &str = "ack_deadline_seconds, filter, retry_policy, dead_letter_policy";
+/// The fields of `Subscription`, as `UpdateSubscription`'s mask sees them.
+const SUBSCRIPTION_FIELDS: UpdateFields = UpdateFields {
+    resource: "subscription",
+    message: "Subscription",
+    changeable: "ack_deadline_seconds, filter, retry_policy, dead_letter_policy",
+    fixed: &["name", "topic", "enable_message_ordering"],
+    fixed_hint: "; create a new subscription instead",
+    reported: &[
+        "backlog",
+        "in_flight",
+        "ack_floor",
+        "create_time",
+        "open_streams",
+        "dead_lettered",
+        "rejected",
+    ],
+};
 
 impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
     type Error = BrokerError;
@@ -342,20 +358,10 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
     /// Takes the fields the mask names, and only those.
     fn try_from(request: v1::UpdateSubscriptionRequest) -> BrokerResult<Self> {
         let Some(subscription) = request.subscription else {
-            return Err(BrokerError::Invalid(
-                "subscription is missing: set subscription.name and the new values".into(),
-            ));
+            return Err(SUBSCRIPTION_FIELDS.missing());
         };
         let name = SubscriptionName::new(subscription.name)?;
-        let paths = request
-            .update_mask
-            .map(|mask| mask.paths)
-            .unwrap_or_default();
-        if paths.is_empty() {
-            return Err(BrokerError::Invalid(format!(
-                "update_mask is empty; name the fields to change ({CHANGEABLE})"
-            )));
-        }
+        let paths = SUBSCRIPTION_FIELDS.paths(request.update_mask)?;
         let mut update = SubscriptionUpdate {
             name,
             ack_deadline: None,
@@ -379,25 +385,7 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
                     update.dead_letter =
                         Some(dead_letter_policy(subscription.dead_letter_policy.clone())?);
                 }
-                "name" | "topic" | "enable_message_ordering" => {
-                    return Err(BrokerError::Invalid(format!(
-                        "update_mask names {path:?}, which is fixed when the subscription is \
-                         created; create a new subscription instead (changeable: {CHANGEABLE})"
-                    )));
-                }
-                "backlog" | "in_flight" | "ack_floor" | "create_time" | "open_streams"
-                | "dead_lettered" | "rejected" => {
-                    return Err(BrokerError::Invalid(format!(
-                        "update_mask names {path:?}, which the broker reports and nobody sets \
-                         (changeable: {CHANGEABLE})"
-                    )));
-                }
-                other => {
-                    return Err(BrokerError::Invalid(format!(
-                        "update_mask names {other:?}, which is not a field of Subscription \
-                         (changeable: {CHANGEABLE})"
-                    )));
-                }
+                other => return Err(SUBSCRIPTION_FIELDS.refuse(other)),
             }
         }
         Ok(update)
@@ -600,6 +588,7 @@ pub(crate) fn subscribe_frame(deliveries: Vec<Delivery>) -> v1::SubscribeRespons
     }
 }
 
+mod mask;
 mod retention;
 
 #[cfg(test)]

@@ -5,12 +5,25 @@ use std::time::Duration;
 
 use tidings::v1;
 
+use super::mask::UpdateFields;
 use crate::broker::{BrokerError, BrokerResult, Retention, TopicUpdate};
 use crate::names::TopicName;
 
-/// What `UpdateTopic` can change, for error messages.
-const CHANGEABLE: &str = "retention, retention.max_age, retention.max_bytes, \
-                          retention.max_messages, retention.discard_acked";
+/// The fields of `Topic`, as `UpdateTopic`'s mask sees them.
+const TOPIC_FIELDS: UpdateFields = UpdateFields {
+    resource: "topic",
+    message: "Topic",
+    changeable: "retention, retention.max_age, retention.max_bytes, retention.max_messages, \
+                 retention.discard_acked",
+    fixed: &["name", "create_time"],
+    fixed_hint: "",
+    reported: &[
+        "next_offset",
+        "first_offset",
+        "retained_messages",
+        "retained_bytes",
+    ],
+};
 
 /// A retention policy from the wire: 0 (or unset) in a field is no limit.
 ///
@@ -57,20 +70,10 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
     /// Takes the fields the mask names, and only those.
     fn try_from(request: v1::UpdateTopicRequest) -> BrokerResult<Self> {
         let Some(topic) = request.topic else {
-            return Err(BrokerError::Invalid(
-                "topic is missing: set topic.name and the new values".into(),
-            ));
+            return Err(TOPIC_FIELDS.missing());
         };
         let name = TopicName::new(topic.name)?;
-        let paths = request
-            .update_mask
-            .map(|mask| mask.paths)
-            .unwrap_or_default();
-        if paths.is_empty() {
-            return Err(BrokerError::Invalid(format!(
-                "update_mask is empty; name the fields to change ({CHANGEABLE})"
-            )));
-        }
+        let paths = TOPIC_FIELDS.paths(request.update_mask)?;
         let given = retention(topic.retention.unwrap_or_default())?;
         let mut update = TopicUpdate {
             name,
@@ -91,24 +94,7 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
                 "retention.max_messages" => update.max_messages = Some(given.max_messages),
                 "retention.max_bytes" => update.max_bytes = Some(given.max_bytes),
                 "retention.discard_acked" => update.discard_acked = Some(given.discard_acked),
-                "name" | "create_time" => {
-                    return Err(BrokerError::Invalid(format!(
-                        "update_mask names {path:?}, which is fixed when the topic is created \
-                         (changeable: {CHANGEABLE})"
-                    )));
-                }
-                "next_offset" | "first_offset" | "retained_messages" | "retained_bytes" => {
-                    return Err(BrokerError::Invalid(format!(
-                        "update_mask names {path:?}, which the broker reports and nobody sets \
-                         (changeable: {CHANGEABLE})"
-                    )));
-                }
-                other => {
-                    return Err(BrokerError::Invalid(format!(
-                        "update_mask names {other:?}, which is not a field of Topic \
-                         (changeable: {CHANGEABLE})"
-                    )));
-                }
+                other => return Err(TOPIC_FIELDS.refuse(other)),
             }
         }
         Ok(update)

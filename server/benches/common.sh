@@ -1,0 +1,20 @@
+# Helpers of the bench scripts, sourced from the repository's root.
+
+# Sets BIN to the directory of tidings-server and tidings: TIDINGS_BIN_DIR
+# when it is set, else a release build of this checkout.
+bench_binaries() {
+    if [ -n "${TIDINGS_BIN_DIR:-}" ]; then
+        BIN="$TIDINGS_BIN_DIR"
+    else
+        export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidings/target}"
+        cargo build --release -q -p tidings-server -p tidings-client --bin tidings-server --bin tidings
+        BIN="$CARGO_TARGET_DIR/release"
+    fi
+}
+
+# broker_addr STDOUT_FILE: prints the address a broker announced in its
+# standard output, once it listens (waiting up to 10 s).
+broker_addr() {
+    for _ in $(seq 100); do grep -q '^listening on ' "$1" && break; sleep 0.1; done
+    sed -n 's/^listening on //p' "$1"
+}
