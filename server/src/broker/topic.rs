@@ -330,6 +330,7 @@ mod tests {
     use super::*;
     use crate::names::TopicName;
     use bytes::Bytes;
+    use std::time::Duration;
 
     fn topic() -> Topic {
         Topic::new(&TopicRecord {
@@ -433,5 +434,30 @@ mod tests {
         assert_eq!(topic.info().first_offset, 4);
         topic.truncated(1, 0);
         assert_eq!(topic.first_offset(), 4, "never moves down");
+    }
+
+    #[test]
+    fn messages_past_the_age_limit_are_dropped_from_reads_before_they_are_deleted() {
+        let topic = topic();
+        let now = SystemTime::now();
+        let at = |age: u64| StoredMessage {
+            offset: age,
+            publish_time: now - Duration::from_secs(age),
+            payload: Bytes::new(),
+            key: String::new(),
+            attributes: Vec::new(),
+        };
+        let mut messages = vec![at(7200), at(60), at(0)];
+        topic.drop_expired(&mut messages);
+        assert_eq!(messages.len(), 3, "no age limit: everything stays");
+        topic.set_settings(TopicSettings {
+            retention: Retention {
+                max_age: Some(Duration::from_secs(3600)),
+                ..Retention::default()
+            },
+        });
+        topic.drop_expired(&mut messages);
+        let offsets: Vec<Offset> = messages.iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, [60, 0], "the one published two hours ago is gone");
     }
 }
