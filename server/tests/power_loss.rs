@@ -86,6 +86,11 @@ impl LazyFs {
         });
         self.done_rx = Some(done_rx);
         let root = self.dir.path().join("root");
+        // Appended to, so the log of a remount follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("lazyfs.log"))?;
         let process = Command::new(&self.binary)
             .arg(self.mnt())
             .arg("--config-path")
@@ -94,17 +99,37 @@ impl LazyFs {
             .arg(format!("subdir={}", root.display()))
             .arg("-f")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .context("start LazyFS")?;
         self.process = Some(process);
         let deadline = std::time::Instant::now() + LAZYFS_TIMEOUT;
         while !self.mounted()? {
-            ensure!(std::time::Instant::now() < deadline, "LazyFS did not mount");
+            if let Some(process) = self.process.as_mut()
+                && let Some(status) = process.try_wait()?
+            {
+                self.process = None;
+                bail!(
+                    "LazyFS exited ({status}) before it mounted:\n{}",
+                    self.log_tail()
+                );
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "LazyFS did not mount within {LAZYFS_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// The last lines LazyFS wrote, for an error message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("lazyfs.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     fn mounted(&self) -> anyhow::Result<bool> {
