@@ -20,6 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::error::{Error, Result};
 use crate::publisher::{Publisher, PublisherBuilder};
 use crate::subscriber::SubscriberBuilder;
+use crate::types::Published;
 
 /// HTTP/2 stream flow-control window of a connection.
 const HTTP2_STREAM_WINDOW: u32 = 2 << 20;
@@ -114,7 +115,9 @@ impl Client {
 
     /// Publishes `messages` to `topic` in one `Publish` call, without a
     /// [`Publisher`]'s batching, queue or retries: stored together at
-    /// consecutive offsets, or not at all. Returns their offsets.
+    /// consecutive offsets, or not at all. Returns each message's offset
+    /// and whether it was a duplicate (its id was stored already, so it
+    /// was not stored again and its offset is the original's).
     ///
     /// # Errors
     /// The broker's status (`NOT_FOUND` for an unknown topic,
@@ -124,18 +127,18 @@ impl Client {
         &self,
         topic: &str,
         messages: Vec<PublishMessage>,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<Vec<Published>> {
         let count = messages.len();
         let request = self.request(PublishRequest {
             topic: topic.to_owned(),
             messages,
         });
-        let offsets = self
+        let response = self
             .publisher_service()
             .publish(request)
             .await?
-            .into_inner()
-            .offsets;
+            .into_inner();
+        let offsets = response.offsets;
         if offsets.len() != count {
             return Err(tonic::Status::internal(format!(
                 "the broker answered {} offsets for {count} messages published to {topic:?}",
@@ -143,7 +146,16 @@ impl Client {
             ))
             .into());
         }
-        Ok(offsets)
+        // A broker from before deduplication answers no flags: nothing
+        // was a duplicate.
+        let mut duplicates = response.duplicates.into_iter();
+        Ok(offsets
+            .into_iter()
+            .map(|offset| Published {
+                offset,
+                duplicate: duplicates.next().unwrap_or(false),
+            })
+            .collect())
     }
 
     /// A publisher of `topic` with the default settings of

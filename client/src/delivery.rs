@@ -45,6 +45,7 @@ pub struct Delivery {
     payload: Bytes,
     key: String,
     attributes: HashMap<String, String>,
+    id: String,
     publish_time: Option<SystemTime>,
     delivery_attempt: u32,
     /// How settlements name this delivery: its ack_id, or its offset.
@@ -78,6 +79,7 @@ impl Delivery {
             payload: message.payload,
             key: message.key,
             attributes: message.attributes,
+            id: message.id,
             publish_time: message
                 .publish_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
@@ -130,6 +132,12 @@ impl Delivery {
     /// The attributes, as published.
     pub fn attributes(&self) -> &HashMap<String, String> {
         &self.attributes
+    }
+
+    /// The id it was published with ([`Message::id`](crate::Message::id));
+    /// empty when none.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// When the broker stored the message.

@@ -121,7 +121,7 @@ pub use subscriber::{
     Subscriber, SubscriberBuilder,
 };
 pub use types::{
-    DeadLetterPolicy, Message, Retention, RetryPolicy, StartPosition, Subscription,
+    DeadLetterPolicy, Message, Published, Retention, RetryPolicy, StartPosition, Subscription,
     SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
 };
 

@@ -9,8 +9,8 @@
 //! `publisher/room.rs` and the ordered publisher's pause in
 //! `publisher/pause.rs`; the batching decisions in `batch.rs`. Nothing here
 //! retries a `Publish` that may have reached the broker (that could store
-//! a batch twice), and no message is dropped without an answer to its
-//! future.
+//! a batch twice) unless every message of the batch has an id, and no
+//! message is dropped without an answer to its future.
 
 mod pause;
 mod room;
@@ -81,7 +81,8 @@ pub enum WhenQueueFull {
 ///
 /// [`publish`](Publisher::publish) queues a message and returns a
 /// [`PublishFuture`] that resolves to the message's offset once the broker
-/// stored it durably, or to the reason it was not stored. A background task
+/// stored it durably (for a message whose id was stored already, the
+/// original's offset), or to the reason it was not stored. A background task
 /// cuts the queue into batches of up to
 /// [`max_batch_messages`](PublisherBuilder::max_batch_messages) messages and
 /// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) bytes, waiting at
@@ -124,6 +125,15 @@ pub enum WhenQueueFull {
 /// the batch at once. When the broker refuses a batch of several messages
 /// as `INVALID_ARGUMENT` (say one message is too large), the messages are
 /// sent again one by one, in order, so that only the bad one fails.
+///
+/// A batch in which every message has an id ([`Message::with_id`]) is
+/// safe to send again even if the broker stored it: the broker stores an
+/// id once within the topic's dedup window (2 minutes unless the topic
+/// says otherwise) and answers a repeat with the original's offset. Such a
+/// batch is also retried after the broker's `UNAVAILABLE`, a connection
+/// that broke during the call, or a timeout, within the same retry window.
+/// Keep the retry window shorter than the topic's dedup window, or a late
+/// retry may store a message twice.
 ///
 /// # Order
 /// Messages are queued in the order of `publish` calls (or, for messages

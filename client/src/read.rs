@@ -28,6 +28,8 @@ pub struct StoredMessage {
     pub key: String,
     /// The attributes as published.
     pub attributes: HashMap<String, String>,
+    /// The id it was published with (empty when none).
+    pub id: String,
     /// When the broker stored the message, when it says.
     pub publish_time: Option<SystemTime>,
 }
@@ -39,6 +41,7 @@ impl From<v1::ReceivedMessage> for StoredMessage {
             payload: message.payload,
             key: message.key,
             attributes: message.attributes,
+            id: message.id,
             publish_time: message
                 .publish_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
@@ -143,6 +146,7 @@ mod tests {
                     publish_time: Some(time.into()),
                     delivery_attempt: 0,
                     ack_id: String::new(),
+                    id: "order-1".into(),
                 },
                 v1::ReceivedMessage {
                     offset: 5,
@@ -157,6 +161,7 @@ mod tests {
         assert_eq!(offsets, [4, 5]);
         assert_eq!(read.messages[0].key, "k");
         assert_eq!(read.messages[0].attributes["n"], "v");
+        assert_eq!(read.messages[0].id, "order-1");
         assert_eq!(read.messages[0].publish_time, Some(time));
         assert_eq!(read.messages[1].publish_time, None);
         assert!(!read.is_at_end());

@@ -403,8 +403,15 @@ pub struct Message {
     /// message.
     pub key: String,
     /// Optional string attributes, delivered with the message. Names must
-    /// not be empty.
+    /// not be empty, and names starting with `tidings.` are the broker's.
     pub attributes: HashMap<String, String>,
+    /// An optional idempotency key, at most 256 bytes: while the topic
+    /// remembers it (its dedup window, 2 minutes unless set), a message
+    /// with an id that was stored already is not stored again, and its
+    /// offset is the original's. Give every message a unique id (an order
+    /// id with the event's name, say) and a publish repeated after a lost
+    /// answer stores nothing twice.
+    pub id: String,
 }
 
 impl Message {
@@ -427,6 +434,22 @@ impl Message {
         self.attributes.insert(name.into(), value.into());
         self
     }
+
+    /// Sets the idempotency key (see [`Message::id`]).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+}
+
+/// What became of one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Its offset in the topic; for a duplicate, the original's.
+    pub offset: u64,
+    /// Its id was stored already within the topic's dedup window, so it
+    /// was not stored again.
+    pub duplicate: bool,
 }
 
 impl From<&'static str> for Message {
@@ -459,6 +482,7 @@ impl From<Message> for v1::PublishMessage {
             payload: message.payload,
             key: message.key,
             attributes: message.attributes,
+            id: message.id,
         }
     }
 }

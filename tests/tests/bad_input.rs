@@ -181,6 +181,7 @@ async fn oversized_message_is_invalid_argument_naming_the_limit() -> anyhow::Res
         payload: vec![b'x'; 600].into(),
         key: "k".repeat(300),
         attributes: HashMap::from([("a".to_owned(), "v".repeat(300))]),
+        ..PublishMessage::default()
     };
     let heavy = client
         .publisher_service()

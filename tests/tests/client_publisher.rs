@@ -103,6 +103,7 @@ impl PublisherService for CallCounter {
         let first = self.next_offset.fetch_add(count as u64, Ordering::SeqCst);
         Ok(Response::new(PublishResponse {
             offsets: (first..first + count as u64).collect(),
+            duplicates: vec![false; count],
         }))
     }
 }
@@ -462,6 +463,7 @@ impl PublisherService for StandIn {
         stored.extend(payloads);
         Ok(Response::new(PublishResponse {
             offsets: (first..stored.len() as u64).collect(),
+            duplicates: Vec::new(),
         }))
     }
 }

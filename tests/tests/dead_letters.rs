@@ -136,6 +136,7 @@ async fn a_poison_message_is_delivered_max_attempts_times_then_moved_and_redrive
         payload: "poison".into(),
         key: "order-9".into(),
         attributes: HashMap::from([("kind".to_owned(), "order".to_owned())]),
+        ..PublishMessage::default()
     };
     publish_messages(&client, "orders", vec![poison]).await?;
     let mut stream = Deliveries::open(&client, subscribe_request("billing", "")).await?;
@@ -208,7 +209,12 @@ async fn rejected_messages_move_at_once_or_are_counted() -> anyhow::Result<()> {
     admin
         .create_subscription(subscription("without", None, None))
         .await?;
-    publish(&client, "orders", &["bad"]).await?;
+    let bad = PublishMessage {
+        payload: "bad".into(),
+        id: "order-7/placed".into(),
+        ..PublishMessage::default()
+    };
+    publish_messages(&client, "orders", vec![bad]).await?;
     for name in ["with", "without"] {
         let mut stream = Deliveries::open(&client, subscribe_request(name, "")).await?;
         let delivery = stream.next().await?;
@@ -227,6 +233,11 @@ async fn rejected_messages_move_at_once_or_are_counted() -> anyhow::Result<()> {
     assert_eq!(reason["tidings.dead_letter_reason"], "rejected");
     assert_eq!(reason["tidings.delivery_attempts"], "1");
     assert_eq!(reason["tidings.last_error"], "unparseable");
+    assert_eq!(reason["tidings.source_id"], "order-7/placed");
+    assert_eq!(
+        moved[0].id, "",
+        "the copy is not a repeat of anything: no id"
+    );
     let with = get_subscription(&client, "with").await?;
     assert_eq!((with.dead_lettered, with.rejected, with.backlog), (1, 0, 0));
     let without = get_subscription(&client, "without").await?;

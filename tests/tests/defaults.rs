@@ -35,6 +35,7 @@ fn message_of(size: usize) -> PublishMessage {
         payload: vec![b'p'; size - 100 - 84].into(),
         key,
         attributes,
+        ..PublishMessage::default()
     }
 }
 

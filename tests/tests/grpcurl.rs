@@ -255,7 +255,12 @@ const RETENTION_CHECKS: &[Check] = &[
             "\"name\":\"clicks\"",
             "\"maxAge\":\"86400s\"",
             "\"maxBytes\":\"1073741824\"",
+            "\"dedupWindow\":\"600s\"",
         ],
+    },
+    Check {
+        command_has: "PublisherService/Publish",
+        output_has: &["\"offsets\":[\"0\",\"0\"]", "\"duplicates\":[false,true]"],
     },
     Check {
         command_has: "AdminService/UpdateTopic",
@@ -280,6 +285,7 @@ async fn readme_retention_walkthrough_works_verbatim() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     run_walkthrough(&env, &broker, RETENTION_WALKTHROUGH, RETENTION_CHECKS).await?;
     let clicks = get_topic(&broker.client(), "clicks").await?;
+    assert_eq!(clicks.next_offset, 1, "the repeated click was stored once");
     let retention = clicks.retention.unwrap_or_default();
     assert_eq!(
         (retention.max_messages, retention.max_bytes),

@@ -25,6 +25,7 @@ async fn published_messages_arrive_whole_with_offsets_from_zero() -> anyhow::Res
                 ("source".to_owned(), "web".to_owned()),
                 ("n".to_owned(), i.to_string()),
             ]),
+            id: format!("order-{i}/placed"),
         })
         .collect();
     assert_eq!(
@@ -47,10 +48,11 @@ async fn published_messages_arrive_whole_with_offsets_from_zero() -> anyhow::Res
         assert_eq!(delivered.attributes.len(), 2);
         assert_eq!(delivered.attributes["source"], "web");
         assert_eq!(delivered.attributes["n"], i.to_string());
+        assert_eq!(delivered.id, format!("order-{i}/placed"));
     }
     let plain = &received[3];
     assert_eq!(plain.payload, "plain".as_bytes());
-    assert!(plain.key.is_empty() && plain.attributes.is_empty());
+    assert!(plain.key.is_empty() && plain.attributes.is_empty() && plain.id.is_empty());
     for delivered in &received {
         assert_eq!(delivered.delivery_attempt, 1, "{delivered:?}");
         let time = tidings_tests::publish_time(delivered)?;

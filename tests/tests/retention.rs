@@ -31,6 +31,7 @@ async fn create_with(
         .create_topic(CreateTopicRequest {
             name: name.into(),
             retention: Some(retention),
+            ..CreateTopicRequest::default()
         })
         .await?;
     Ok(response.into_inner().topic.unwrap_or_default())

@@ -1,7 +1,8 @@
 //! [`Sender`]: sends one batch with `Publish` and reports one result per
 //! message. It makes the call again, with backoff, only when the call
-//! certainly never reached the broker; after a refusal of the batch's
-//! content it sends the messages one by one.
+//! certainly never reached the broker, or when every message has an id the
+//! broker deduplicates by; after a refusal of the batch's content it sends
+//! the messages one by one.
 //!
 //! It answers no futures and changes no publisher state: the task does
 //! that with the [`Sent`] it returns.
@@ -94,11 +95,11 @@ impl Sender {
         loop {
             let messages = pendings.iter().map(|p| p.message.clone()).collect();
             let error = match self.client.publish_batch(&self.topic, messages).await {
-                Ok(offsets) => return Ok(offsets),
+                Ok(published) => return Ok(published.into_iter().map(|p| p.offset).collect()),
                 Err(error) => error,
             };
             let left = self.retry.window.saturating_sub(started.elapsed());
-            if left.is_zero() || !is_safe_to_retry(&error) {
+            if left.is_zero() || !is_safe_to_retry(&error, all_have_ids(pendings)) {
                 return Err(error);
             }
             let delay = backoff.next_delay().min(left);
@@ -110,14 +111,25 @@ impl Sender {
 }
 
 /// Whether a failed `Publish` may be made again with no risk of storing
-/// its messages twice: only when it never reached the broker.
-///
-/// This is the one place that decides. Idempotent publish (messages that
-/// carry an id the broker deduplicates by) will add: a batch whose
-/// messages all carry an id may also be retried after any transient
-/// failure (`UNAVAILABLE`, a broken connection, a timeout).
-fn is_safe_to_retry(error: &Error) -> bool {
-    error.status().is_some_and(never_sent)
+/// its messages twice: when it never reached the broker, or, for a batch
+/// whose messages all carry an id (`with_ids`), after any transient
+/// failure — `UNAVAILABLE` (the broker's own, or a connection that broke
+/// during the call) or a timeout — since the broker stores a repeated id
+/// once. This is the one place that decides.
+fn is_safe_to_retry(error: &Error, with_ids: bool) -> bool {
+    error.status().is_some_and(|status| {
+        never_sent(status)
+            || (with_ids
+                && matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ))
+    })
+}
+
+/// Whether every message of a batch carries an id.
+fn all_have_ids(pendings: &[Pending]) -> bool {
+    pendings.iter().all(|p| !p.message.id.is_empty())
 }
 
 /// Whether a refused batch may hold good messages beside a bad one: the
@@ -186,7 +198,7 @@ mod tests {
             .await
             .expect_err("nothing listens");
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-        assert!(is_safe_to_retry(&err), "{err:?}");
+        assert!(is_safe_to_retry(&err, false), "{err:?}");
     }
 
     #[tokio::test]
@@ -219,9 +231,20 @@ mod tests {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let connect = tonic::ConnectError(Box::new(refused));
         let unsent = Error::from(tonic::Status::from_error(Box::new(connect)));
-        assert!(is_safe_to_retry(&unsent));
+        assert!(is_safe_to_retry(&unsent, false));
         let stored_maybe = Error::from(tonic::Status::unavailable("shutting down"));
-        assert!(!is_safe_to_retry(&stored_maybe));
-        assert!(!is_safe_to_retry(&Error::Closed));
+        assert!(!is_safe_to_retry(&stored_maybe, false));
+        assert!(!is_safe_to_retry(&Error::Closed, false));
+    }
+
+    #[test]
+    fn with_ids_a_call_that_may_have_been_stored_is_safe_to_retry_too() {
+        let stored_maybe = Error::from(tonic::Status::unavailable("shutting down"));
+        assert!(is_safe_to_retry(&stored_maybe, true));
+        let timed_out = Error::from(tonic::Status::deadline_exceeded("timeout"));
+        assert!(is_safe_to_retry(&timed_out, true));
+        let refused = Error::from(tonic::Status::invalid_argument("too large"));
+        assert!(!is_safe_to_retry(&refused, true));
+        assert!(!is_safe_to_retry(&Error::Closed, true));
     }
 }

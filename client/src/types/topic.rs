@@ -32,6 +32,10 @@ pub struct Topic {
     /// Their size as stored: payload, key, attributes and a few dozen
     /// bytes of framing each, before the broker's storage compresses them.
     pub retained_bytes: u64,
+    /// How long published message ids are remembered
+    /// ([`Message::id`](crate::Message::id)); zero when they are not (and
+    /// from a broker older than deduplication).
+    pub dedup_window: Duration,
 }
 
 impl From<v1::Topic> for Topic {
@@ -44,6 +48,10 @@ impl From<v1::Topic> for Topic {
             retention: topic.retention.map(Retention::from).unwrap_or_default(),
             retained_messages: topic.retained_messages,
             retained_bytes: topic.retained_bytes,
+            dedup_window: topic
+                .dedup_window
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -158,12 +166,7 @@ impl From<v1::RetentionPolicy> for Retention {
 /// that the broker refuses it instead of keeping everything.
 fn wire_age(age: Option<Duration>) -> Option<prost_types::Duration> {
     let age = age.filter(|age| !age.is_zero())?;
-    Some(
-        prost_types::Duration::try_from(age).unwrap_or(prost_types::Duration {
-            seconds: i64::MAX,
-            nanos: 999_999_999,
-        }),
-    )
+    Some(wire_duration(age))
 }
 
 /// What [`Client::create_topic_with`](crate::Client::create_topic_with)
@@ -192,20 +195,30 @@ pub struct TopicConfig {
     /// `--retention-max-age`, 7 days unless set). A policy given is taken
     /// as it is: [`Retention::unlimited`] keeps everything.
     pub retention: Option<Retention>,
+    /// How long published message ids are remembered; `None` for the
+    /// broker's default (2 minutes), zero for not at all, at most 7 days.
+    pub dedup_window: Option<Duration>,
 }
 
 impl TopicConfig {
-    /// A topic `name` with the broker's default retention.
+    /// A topic `name` with the broker's defaults.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             retention: None,
+            dedup_window: None,
         }
     }
 
     /// Sets the retention policy, instead of the broker's default.
     pub fn retention(mut self, retention: Retention) -> Self {
         self.retention = Some(retention);
+        self
+    }
+
+    /// Sets how long message ids are remembered (zero: not at all).
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = Some(window);
         self
     }
 }
@@ -215,8 +228,18 @@ impl From<TopicConfig> for v1::CreateTopicRequest {
         Self {
             name: config.name,
             retention: config.retention.map(Into::into),
+            dedup_window: config.dedup_window.map(wire_duration),
         }
     }
+}
+
+/// A duration for the wire; one too long for it is sent as the longest,
+/// which the broker refuses by name.
+fn wire_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
 }
 
 /// What [`Client::update_topic`](crate::Client::update_topic) changes:
@@ -245,6 +268,8 @@ pub struct TopicUpdate {
     pub max_bytes: Option<Option<u64>>,
     /// Whether to delete messages every subscription has acknowledged.
     pub discard_acked: Option<bool>,
+    /// A new dedup window; zero turns deduplication off.
+    pub dedup_window: Option<Duration>,
 }
 
 impl TopicUpdate {
@@ -283,6 +308,12 @@ impl TopicUpdate {
         self
     }
 
+    /// Changes how long message ids are remembered (zero: not at all).
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = Some(window);
+        self
+    }
+
     /// The request that makes this change to topic `name`: the whole
     /// policy under the mask path `retention` when one is given, else each
     /// sub-field given under its own path.
@@ -308,9 +339,13 @@ impl TopicUpdate {
         if self.retention.is_some() {
             paths = vec!["retention"];
         }
+        if self.dedup_window.is_some() {
+            paths.push("dedup_window");
+        }
         let topic = v1::Topic {
             name: name.to_owned(),
             retention: Some(retention.into()),
+            dedup_window: self.dedup_window.map(wire_duration),
             ..v1::Topic::default()
         };
         v1::UpdateTopicRequest {
@@ -409,8 +444,10 @@ mod tests {
             }),
             retained_messages: 10,
             retained_bytes: 2560,
+            dedup_window: wire_duration(600),
         });
         assert_eq!((topic.retained_messages, topic.retained_bytes), (10, 2560));
+        assert_eq!(topic.dedup_window, Duration::from_secs(600));
         assert_eq!(
             topic.retention,
             Retention::unlimited()

@@ -276,7 +276,9 @@ impl DeliveryWriter {
 }
 
 /// The copy of a message for the dead-letter topic: its payload, key and
-/// attributes, and where it came from and why.
+/// attributes, and where it came from and why. The copy has no id (it is
+/// not a repeat of anything published to the dead-letter topic); the
+/// original's is kept as `tidings.source_id`.
 fn dead_letter_copy(sub: &Subscription, message: StoredMessage, waiting: &Move) -> NewMessage {
     let mut attributes = message.attributes;
     let provenance = [
@@ -295,9 +297,13 @@ fn dead_letter_copy(sub: &Subscription, message: StoredMessage, waiting: &Move) 
             error.clone(),
         ));
     }
+    if !message.id.is_empty() {
+        attributes.push((format!("{RESERVED_ATTRIBUTE_PREFIX}source_id"), message.id));
+    }
     NewMessage {
         payload: message.payload,
         key: message.key,
         attributes,
+        id: String::new(),
     }
 }

@@ -26,8 +26,8 @@ use tracing::{Instrument, info, info_span, warn};
 use super::acks::{DeliveryWriter, TopicResolver};
 use super::book::{Now, Window};
 use super::checks::{
-    check_batch, check_dead_letter, check_duration, check_retention, check_retry,
-    not_found_as_topic, page,
+    check_batch, check_dead_letter, check_dedup_window, check_duration, check_retention,
+    check_retry, not_found_as_topic, page,
 };
 use super::retention;
 use super::stream::{FRAME_BUFFER, StreamTask};
@@ -251,15 +251,20 @@ impl Broker {
 impl Engine for Broker {
     /// # Errors
     /// [`BrokerError::TopicExists`] when the name is taken,
-    /// [`BrokerError::DurationOutOfRange`] for the retention's age.
-    async fn create_topic_with(
-        &self,
-        name: TopicName,
-        retention: Option<Retention>,
-    ) -> BrokerResult<TopicInfo> {
-        let retention = retention.unwrap_or(self.inner.config.default_retention);
+    /// [`BrokerError::DurationOutOfRange`] for the retention's age or the
+    /// dedup window.
+    async fn create_topic_with(&self, spec: TopicSpec) -> BrokerResult<TopicInfo> {
+        let retention = spec
+            .retention
+            .unwrap_or(self.inner.config.default_retention);
         check_retention(&retention)?;
-        let settings = TopicSettings { retention };
+        let dedup_window = spec.dedup_window.unwrap_or(DEFAULT_DEDUP_WINDOW);
+        check_dedup_window(dedup_window)?;
+        let settings = TopicSettings {
+            retention,
+            dedup_window,
+        };
+        let name = spec.name;
         self.admin(|this| async move { this.do_create_topic(name, settings).await })
             .await
     }
@@ -267,13 +272,9 @@ impl Engine for Broker {
     /// # Errors
     /// [`BrokerError::TopicNotFound`], [`BrokerError::NothingToUpdate`]
     /// when no field is given, [`BrokerError::DurationOutOfRange`] for the
-    /// retention's age.
+    /// retention's age or the dedup window.
     async fn update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo> {
-        if update.max_age.is_none()
-            && update.max_messages.is_none()
-            && update.max_bytes.is_none()
-            && update.discard_acked.is_none()
-        {
+        if update.is_empty() {
             return Err(BrokerError::NothingToUpdate(
                 "the update names no field to change",
             ));
@@ -283,6 +284,9 @@ impl Engine for Broker {
                 max_age: Some(age),
                 ..Retention::default()
             })?;
+        }
+        if let Some(window) = update.dedup_window {
+            check_dedup_window(window)?;
         }
         self.admin(|this| async move { this.do_update_topic(update).await })
             .await
@@ -413,7 +417,7 @@ impl Engine for Broker {
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> BrokerResult<PublishedOffsets> {
+    ) -> BrokerResult<Published> {
         check_batch(&messages, self.inner.config.max_message_bytes)?;
         let topic = match self.topic(topic) {
             Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
@@ -421,14 +425,18 @@ impl Engine for Broker {
             }
             other => other?,
         };
-        let count = messages.len() as u64;
+        let count = messages.len();
         let appended = self
             .inner
             .store
             .append(topic.id, messages)
             .await
             .map_err(|e| not_found_as_topic(e, &topic))?;
-        Ok(appended.first_offset..appended.first_offset + count)
+        let (offsets, duplicates) = appended.offsets(count);
+        Ok(Published {
+            offsets,
+            duplicates,
+        })
     }
 
     /// Opens a stream of deliveries; creates the subscription when it does

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::topic::Topic;
 use super::{
-    BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, Page, Retention,
-    RetryPolicy,
+    BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, MAX_DEDUP_WINDOW,
+    MAX_MESSAGE_ID_BYTES, Page, Retention, RetryPolicy,
 };
 use crate::names::TopicName;
 use crate::storage::{NewMessage, StoreError};
@@ -42,6 +42,12 @@ pub fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize>
             return Err(BrokerError::ReservedAttribute {
                 index,
                 name: name.clone(),
+            });
+        }
+        if message.id.len() > MAX_MESSAGE_ID_BYTES {
+            return Err(BrokerError::IdTooLong {
+                index,
+                len: message.id.len(),
             });
         }
         let size = message.size();
@@ -85,6 +91,20 @@ pub(super) fn check_retention(retention: &Retention) -> BrokerResult<()> {
             given: age,
             min,
             max: MAX_RETENTION_AGE,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a dedup window: at most [`MAX_DEDUP_WINDOW`] (zero turns
+/// deduplication off).
+pub(super) fn check_dedup_window(window: Duration) -> BrokerResult<()> {
+    if window > MAX_DEDUP_WINDOW {
+        return Err(BrokerError::DurationOutOfRange {
+            what: "dedup_window",
+            given: window,
+            min: Duration::ZERO,
+            max: MAX_DEDUP_WINDOW,
         });
     }
     Ok(())

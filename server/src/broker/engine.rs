@@ -31,8 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BrokerResult, DeliveryStream, Page, PublishedOffsets, Retention, StartPosition, SubscribeSpec,
-    SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead, TopicUpdate,
+    BrokerResult, DeliveryStream, Page, Published, StartPosition, SubscribeSpec, SubscriptionInfo,
+    SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead, TopicSpec, TopicUpdate,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -43,18 +43,13 @@ use crate::storage::NewMessage;
 /// never leaves the engine half-changed.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Creates a topic with the broker's default retention.
+    /// Creates a topic with the broker's defaults.
     async fn create_topic(&self, name: TopicName) -> BrokerResult<TopicInfo> {
-        self.create_topic_with(name, None).await
+        self.create_topic_with(TopicSpec::named(name)).await
     }
 
-    /// Creates a topic that keeps what `retention` says (`None`: the
-    /// broker's default).
-    async fn create_topic_with(
-        &self,
-        name: TopicName,
-        retention: Option<Retention>,
-    ) -> BrokerResult<TopicInfo>;
+    /// Creates a topic as `spec` says.
+    async fn create_topic_with(&self, spec: TopicSpec) -> BrokerResult<TopicInfo>;
 
     /// Changes a topic's settings; they take effect within seconds.
     async fn update_topic(&self, update: TopicUpdate) -> BrokerResult<TopicInfo>;
@@ -92,12 +87,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Deletes a subscription.
     async fn delete_subscription(&self, name: &SubscriptionName) -> BrokerResult<()>;
 
-    /// Appends messages to a topic; returns their offsets once durable.
+    /// Appends messages to a topic, but those whose id was stored within
+    /// the topic's dedup window; returns their offsets once durable.
     async fn publish(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> BrokerResult<PublishedOffsets>;
+    ) -> BrokerResult<Published>;
 
     /// Opens a stream of deliveries.
     async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream>;

@@ -128,6 +128,17 @@ pub enum BrokerError {
     /// Any other request the broker cannot act on, with the reason.
     #[error("{0}")]
     Invalid(String),
+    /// A message's id is longer than [`MAX_MESSAGE_ID_BYTES`](super::MAX_MESSAGE_ID_BYTES).
+    #[error(
+        "messages[{index}].id is {len} bytes; ids are at most {max} bytes",
+        max = super::MAX_MESSAGE_ID_BYTES
+    )]
+    IdTooLong {
+        /// The message's index in the batch.
+        index: usize,
+        /// The id's length in bytes.
+        len: usize,
+    },
     /// The broker is shutting down.
     #[error("broker is shutting down; reconnect and retry")]
     ShuttingDown,

@@ -17,7 +17,6 @@
 //! - `acks` persists delivery state (acks, failure counts) in batches;
 //! - `filter` parses and judges subscription filters.
 
-use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
@@ -25,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
-pub use crate::storage::{DeadLetterPolicy, Retention, RetryPolicy};
+pub use crate::storage::{DEFAULT_DEDUP_WINDOW, DeadLetterPolicy, Retention, RetryPolicy};
 use crate::storage::{StoredMessage, SubscriptionId, TopicId};
 
 mod acks;
@@ -112,7 +111,38 @@ pub struct TopicInfo {
     pub retained_messages: u64,
     /// The stored size of the retained messages.
     pub retained_bytes: u64,
+    /// How long message ids are remembered; zero for not at all.
+    pub dedup_window: Duration,
 }
+
+/// A topic to create: what is `None` gets the broker's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Its name.
+    pub name: TopicName,
+    /// What it keeps; `None` for [`BrokerConfig::default_retention`].
+    pub retention: Option<Retention>,
+    /// How long message ids are remembered; `None` for
+    /// [`DEFAULT_DEDUP_WINDOW`], zero for not at all.
+    pub dedup_window: Option<Duration>,
+}
+
+impl TopicSpec {
+    /// A topic with every default.
+    pub fn named(name: TopicName) -> Self {
+        Self {
+            name,
+            retention: None,
+            dedup_window: None,
+        }
+    }
+}
+
+/// The longest dedup window a topic may have: 7 days.
+pub const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The longest message id, in bytes.
+pub const MAX_MESSAGE_ID_BYTES: usize = 256;
 
 /// A change of a topic: what is `Some` changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +157,31 @@ pub struct TopicUpdate {
     pub max_bytes: Option<Option<u64>>,
     /// Whether acknowledged messages are deleted.
     pub discard_acked: Option<bool>,
+    /// A new dedup window (zero: none).
+    pub dedup_window: Option<Duration>,
+}
+
+impl TopicUpdate {
+    /// A change of nothing yet, of the topic `name`.
+    pub fn of(name: TopicName) -> Self {
+        Self {
+            name,
+            max_age: None,
+            max_messages: None,
+            max_bytes: None,
+            discard_acked: None,
+            dedup_window: None,
+        }
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.max_age.is_none()
+            && self.max_messages.is_none()
+            && self.max_bytes.is_none()
+            && self.discard_acked.is_none()
+            && self.dedup_window.is_none()
+    }
 }
 
 /// A subscription as reported to users, with live figures.
@@ -411,8 +466,15 @@ impl Stream for DeliveryStream {
     }
 }
 
-/// Offsets handed out by one publish.
-pub type PublishedOffsets = Range<Offset>;
+/// What one publish did, message by message in request order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Each message's offset; a duplicate has its original's.
+    pub offsets: Vec<Offset>,
+    /// Whether each message repeated an id stored within the topic's
+    /// dedup window, and so was not stored again.
+    pub duplicates: Vec<bool>,
+}
 
 #[cfg(test)]
 mod test_store;

@@ -469,6 +469,7 @@ mod tests {
                 payload: Bytes::from(vec![0; size]),
                 key: String::new(),
                 attributes: Vec::new(),
+                id: String::new(),
             },
             attempt: 1,
             ack_id: String::new(),

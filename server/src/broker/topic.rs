@@ -174,7 +174,7 @@ impl Topic {
 
     /// A batch was written at `appended.first_offset`: caches it while
     /// streams are open, then moves the head, which wakes the streams.
-    fn appended(&self, appended: Appended, messages: Vec<NewMessage>) {
+    fn appended(&self, appended: &Appended, messages: Vec<NewMessage>) {
         let count = messages.len() as u64;
         if count == 0 {
             return;
@@ -190,6 +190,7 @@ impl Topic {
                     payload: message.payload,
                     key: message.key,
                     attributes: message.attributes,
+                    id: message.id,
                 });
             }
         }
@@ -281,6 +282,7 @@ impl Topic {
             retention: self.retention(),
             retained_messages: next_offset - first_offset,
             retained_bytes: self.retained_bytes(),
+            dedup_window: self.lock_settings().dedup_window,
         }
     }
 }
@@ -311,7 +313,7 @@ impl Topics {
 }
 
 impl StoreListener for Topics {
-    fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>) {
+    fn appended(&self, topic: TopicId, appended: &Appended, messages: Vec<NewMessage>) {
         // A topic deleted meanwhile has nobody left to tell.
         if let Some(topic) = self.get(topic) {
             topic.appended(appended, messages);
@@ -358,13 +360,14 @@ mod tests {
             first_offset,
             publish_time: SystemTime::UNIX_EPOCH,
             retained_bytes: 0,
+            duplicates: Vec::new(),
         }
     }
 
     #[test]
     fn the_tail_is_cached_only_while_streams_are_open() {
         let topic = topic();
-        topic.appended(appended_at(0), batch(2, 10));
+        topic.appended(&appended_at(0), batch(2, 10));
         assert!(
             topic
                 .cached_range(
@@ -377,7 +380,7 @@ mod tests {
                 .is_none()
         );
         topic.stream_opened();
-        topic.appended(appended_at(2), batch(3, 10));
+        topic.appended(&appended_at(2), batch(3, 10));
         let (found, missing) = topic.cached([3, 4, 5].into_iter());
         assert_eq!(found.iter().map(|m| m.offset).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(missing, [5]);
@@ -395,7 +398,7 @@ mod tests {
         let topic = topic();
         topic.stream_opened();
         let big = TAIL_CACHE_BYTES / 4;
-        topic.appended(appended_at(0), batch(6, big));
+        topic.appended(&appended_at(0), batch(6, big));
         let (found, missing) = topic.cached(0..6);
         assert!(found.len() < 6 && found.iter().all(|m| m.offset >= 2));
         assert!(missing.contains(&0));
@@ -406,7 +409,7 @@ mod tests {
     fn cached_ranges_are_bounded_and_truncation_drops_what_is_gone() {
         let topic = topic();
         topic.stream_opened();
-        topic.appended(appended_at(0), batch(10, 100));
+        topic.appended(&appended_at(0), batch(10, 100));
         let limit = |max_messages, max_bytes| ReadLimit {
             max_messages,
             max_bytes,
@@ -446,6 +449,7 @@ mod tests {
             payload: Bytes::new(),
             key: String::new(),
             attributes: Vec::new(),
+            id: String::new(),
         };
         let mut messages = vec![at(7200), at(60), at(0)];
         topic.drop_expired(&mut messages);
@@ -455,6 +459,7 @@ mod tests {
                 max_age: Some(Duration::from_secs(3600)),
                 ..Retention::default()
             },
+            ..TopicSettings::default()
         });
         topic.drop_expired(&mut messages);
         let offsets: Vec<Offset> = messages.iter().map(|m| m.offset).collect();

@@ -10,7 +10,7 @@ use super::convert;
 use super::convert::{
     PageQuery, next_page_token, optional_topic_name, subscription_name, topic_name,
 };
-use crate::broker::{SharedEngine, SubscriptionSpec, SubscriptionUpdate, TopicUpdate};
+use crate::broker::{SharedEngine, SubscriptionSpec, SubscriptionUpdate, TopicSpec, TopicUpdate};
 
 /// The gRPC adapter of the admin service.
 #[derive(Clone)]
@@ -35,8 +35,12 @@ impl AdminService for Admin {
         debug!("create topic");
         let request = request.into_inner();
         let name = topic_name(request.name)?;
-        let retention = request.retention.map(convert::retention).transpose()?;
-        let topic = self.broker.create_topic_with(name, retention).await?;
+        let spec = TopicSpec {
+            name,
+            retention: request.retention.map(convert::retention).transpose()?,
+            dedup_window: convert::dedup_window(request.dedup_window)?,
+        };
+        let topic = self.broker.create_topic_with(spec).await?;
         Ok(Response::new(v1::CreateTopicResponse {
             topic: Some(topic.into()),
         }))

@@ -21,8 +21,8 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::NewMessage;
 use mask::UpdateFields;
-pub(crate) use retention::retention;
 use retention::retention_of;
+pub(crate) use retention::{dedup_window, retention};
 
 /// Page size when a request asks for 0.
 pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
@@ -86,6 +86,7 @@ impl From<v1::PublishMessage> for NewMessage {
             payload: message.payload,
             key: message.key,
             attributes,
+            id: message.id,
         }
     }
 }
@@ -535,6 +536,7 @@ impl From<TopicInfo> for v1::Topic {
             retention: Some(retention_of(info.retention)),
             retained_messages: info.retained_messages,
             retained_bytes: info.retained_bytes,
+            dedup_window: prost_types::Duration::try_from(info.dedup_window).ok(),
         }
     }
 }
@@ -574,6 +576,7 @@ impl From<Delivery> for v1::ReceivedMessage {
             publish_time: Some(message.publish_time.into()),
             delivery_attempt: delivery.attempt,
             ack_id: delivery.ack_id,
+            id: message.id,
         }
     }
 }

@@ -35,17 +35,18 @@ impl PublisherService for Publisher {
     ) -> Result<Response<v1::PublishResponse>, Status> {
         debug!("publish");
         let command = PublishCommand::try_from(request.into_inner())?;
-        let offsets = self
+        let published = self
             .broker
             .publish(&command.topic, command.messages)
             .await?;
         debug!(
-            first_offset = offsets.start,
-            next_offset = offsets.end,
+            first_offset = published.offsets.first(),
+            last_offset = published.offsets.last(),
             "published"
         );
         Ok(Response::new(v1::PublishResponse {
-            offsets: offsets.collect(),
+            offsets: published.offsets,
+            duplicates: published.duplicates,
         }))
     }
 }

@@ -26,6 +26,7 @@ fn code_of(err: &BrokerError) -> Code {
         BrokerError::InvalidName(_)
         | BrokerError::EmptyBatch
         | BrokerError::MessageTooLarge { .. }
+        | BrokerError::IdTooLong { .. }
         | BrokerError::EmptyAttributeName { .. }
         | BrokerError::ReservedAttribute { .. }
         | BrokerError::OffsetNotPublished { .. }

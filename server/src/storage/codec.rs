@@ -12,16 +12,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::{DEFAULT_DEDUP_WINDOW, DeliveryRecord, NewMessage, TopicRecord, TopicSettings};
 use super::{
     DeadLetterPolicy, DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage,
     SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
 };
-use super::{DeliveryRecord, NewMessage, Retention, TopicRecord, TopicSettings};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset, OffsetRanges};
 
-/// The format byte of every value this version writes.
+/// The format byte of every value this version writes, but messages with
+/// an id.
 const FORMAT_V1: u8 = 1;
+
+/// The format byte of a message with fields V1 has not (an id): after its
+/// attributes come tagged fields up to [`END_TAG`], then the payload.
+/// Messages without them are still written as V1, a few bytes shorter.
+const MESSAGE_V2: u8 = 2;
+/// Ends a message's tagged fields.
+const END_TAG: u8 = 0;
+/// Tag of a message's id.
+const MESSAGE_ID_TAG: u8 = 1;
 
 /// The length of a message key: topic id and offset, big-endian.
 pub(crate) const MESSAGE_KEY_LEN: usize = 16;
@@ -103,6 +113,43 @@ pub(crate) fn message_key_offset(key: &[u8]) -> StoreResult<Offset> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// The key of a remembered message id: topic id ‖ the id's bytes, so a
+/// topic's ids sit together and go with one range deletion.
+pub(crate) fn dedup_key(topic: TopicId, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&topic.0.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The topic of a [`dedup_key`].
+pub(crate) fn dedup_key_topic(key: &[u8]) -> StoreResult<TopicId> {
+    let topic = key
+        .get(..8)
+        .ok_or_else(|| corrupt("id key", "shorter than a topic id"))?;
+    Ok(TopicId(decode_u64("id key", topic)?))
+}
+
+/// Encodes what is remembered of a message id: the offset of the message
+/// stored with it, and when it was stored.
+pub(crate) fn encode_remembered_id(offset: Offset, stored: SystemTime) -> [u8; 17] {
+    let mut value = [0; 17];
+    value[0] = FORMAT_V1;
+    value[1..9].copy_from_slice(&offset.to_be_bytes());
+    value[9..].copy_from_slice(&to_micros(stored).to_be_bytes());
+    value
+}
+
+/// Decodes what [`encode_remembered_id`] wrote: the offset, and when it
+/// was stored in microseconds since the epoch.
+pub(crate) fn decode_remembered_id(value: &[u8]) -> StoreResult<(Offset, u64)> {
+    let mut r = Reader::new("remembered id", value)?;
+    let offset = r.u64()?;
+    let stored = r.u64()?;
+    r.finish()?;
+    Ok((offset, stored))
+}
+
 /// A `u64` as eight big-endian bytes (heads and id counters).
 pub(crate) fn encode_u64(value: u64) -> [u8; 8] {
     value.to_be_bytes()
@@ -152,11 +199,21 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// Starts after the format byte, which must be one this version reads.
     fn new(what: &'static str, buf: &'a [u8]) -> StoreResult<Self> {
+        Self::with_formats(what, buf, &[FORMAT_V1])
+    }
+
+    /// Starts after the format byte, which must be one of `formats`.
+    fn with_formats(what: &'static str, buf: &'a [u8], formats: &[u8]) -> StoreResult<Self> {
         match buf.first() {
-            Some(&FORMAT_V1) => Ok(Self { what, buf, pos: 1 }),
+            Some(format) if formats.contains(format) => Ok(Self { what, buf, pos: 1 }),
             Some(other) => Err(corrupt(what, format!("unknown format byte {other}"))),
             None => Err(corrupt(what, "empty value")),
         }
+    }
+
+    /// The format byte the value started with.
+    fn format(&self) -> u8 {
+        self.buf[0]
     }
 
     fn take(&mut self, len: usize) -> StoreResult<&'a [u8]> {
@@ -219,9 +276,10 @@ pub(crate) fn encode_message(publish_time: SystemTime, message: &NewMessage) -> 
 }
 
 /// Encodes a message as stored into `buf`, replacing what it held: publish
-/// time, key, attributes, then the payload, which runs to the end so it can
-/// be sliced out without a copy. The writer reuses one buffer for every
-/// message instead of allocating each time.
+/// time, key, attributes, the id (if any) as a tagged field, then the
+/// payload, which runs to the end so it can be sliced out without a copy.
+/// The writer reuses one buffer for every message instead of allocating
+/// each time.
 pub(crate) fn encode_message_into(
     buf: &mut Vec<u8>,
     publish_time: SystemTime,
@@ -232,9 +290,14 @@ pub(crate) fn encode_message_into(
         .iter()
         .map(|(k, v)| k.len() + v.len() + 8)
         .sum();
+    let extras = if message.id.is_empty() {
+        0
+    } else {
+        1 + 4 + message.id.len() + 1
+    };
     buf.clear();
-    buf.reserve(1 + 8 + 4 + message.key.len() + 4 + attributes + message.payload.len());
-    buf.push(FORMAT_V1);
+    buf.reserve(1 + 8 + 4 + message.key.len() + 4 + attributes + extras + message.payload.len());
+    buf.push(if extras == 0 { FORMAT_V1 } else { MESSAGE_V2 });
     let mut w = Writer(std::mem::take(buf));
     w.u64(to_micros(publish_time));
     w.str(&message.key);
@@ -243,13 +306,19 @@ pub(crate) fn encode_message_into(
         w.str(name);
         w.str(value);
     }
+    if extras > 0 {
+        w.0.push(MESSAGE_ID_TAG);
+        w.str(&message.id);
+        w.0.push(END_TAG);
+    }
     w.0.extend_from_slice(&message.payload);
     *buf = w.0;
 }
 
 /// Decodes a message stored at `offset`; the payload shares `value`'s memory.
 pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<StoredMessage> {
-    let mut r = Reader::new("message", &value)?;
+    const WHAT: &str = "message";
+    let mut r = Reader::with_formats(WHAT, &value, &[FORMAT_V1, MESSAGE_V2])?;
     let publish_time = r.time()?;
     let key = r.string()?;
     let count = r.u32()?;
@@ -263,6 +332,16 @@ pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<Stored
         let name = r.string()?;
         attributes.push((name, r.string()?));
     }
+    let mut id = String::new();
+    if r.format() == MESSAGE_V2 {
+        loop {
+            match r.take(1)?[0] {
+                END_TAG => break,
+                MESSAGE_ID_TAG => id = r.string()?,
+                tag => return Err(unknown_tag(WHAT, tag)),
+            }
+        }
+    }
     let start = r.pos;
     Ok(StoredMessage {
         offset,
@@ -270,12 +349,13 @@ pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<Stored
         payload: value.slice(start..),
         key,
         attributes,
+        id,
     })
 }
 
 /// Decodes only the publish time of a stored message.
 pub(crate) fn decode_publish_time(value: &[u8]) -> StoreResult<SystemTime> {
-    Reader::new("message", value)?.time()
+    Reader::with_formats("message", value, &[FORMAT_V1, MESSAGE_V2])?.time()
 }
 
 /// Encodes an ack state: floor, then the acknowledged ranges above it.
@@ -349,6 +429,8 @@ const MAX_MESSAGES_TAG: u8 = 2;
 const DISCARD_ACKED_TAG: u8 = 3;
 /// Tag of a topic's retention by size.
 const MAX_BYTES_TAG: u8 = 4;
+/// Tag of a topic's dedup window, when it is not the default.
+const DEDUP_WINDOW_TAG: u8 = 5;
 
 /// Encodes a topic record without its offsets, which are stored apart (as
 /// the topic's head and first offset) so that an append does not rewrite
@@ -377,6 +459,12 @@ pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
         w.0.push(MAX_BYTES_TAG);
         w.u64(bytes);
     }
+    let window = record.settings.dedup_window;
+    if window != DEFAULT_DEDUP_WINDOW {
+        w.0.push(DEDUP_WINDOW_TAG);
+        w.u64(window.as_secs());
+        w.u32(window.subsec_nanos());
+    }
     w.0
 }
 
@@ -392,13 +480,15 @@ pub(crate) fn decode_topic(
     let id = TopicId(r.u64()?);
     let created = r.time()?;
     let name = TopicName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
-    let mut retention = Retention::default();
+    let mut settings = TopicSettings::default();
+    let retention = &mut settings.retention;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
             MAX_AGE_TAG => retention.max_age = Some(read_duration(&mut r, WHAT)?),
             MAX_MESSAGES_TAG => retention.max_messages = Some(r.u64()?),
             DISCARD_ACKED_TAG => retention.discard_acked = true,
             MAX_BYTES_TAG => retention.max_bytes = Some(r.u64()?),
+            DEDUP_WINDOW_TAG => settings.dedup_window = read_duration(&mut r, WHAT)?,
             tag => return Err(unknown_tag(WHAT, tag)),
         }
     }
@@ -408,7 +498,7 @@ pub(crate) fn decode_topic(
         first_offset,
         next_offset,
         created,
-        settings: TopicSettings { retention },
+        settings,
         retained_bytes: 0,
     })
 }
@@ -581,6 +671,7 @@ mod tests {
                 ("kind".to_owned(), "placed".to_owned()),
                 ("".to_owned(), "ünïcode".to_owned()),
             ],
+            id: String::new(),
         }
     }
 
@@ -592,12 +683,13 @@ mod tests {
             next_offset: 9,
             created: time(1_700_000_000_123_456),
             settings: TopicSettings {
-                retention: Retention {
+                retention: crate::storage::Retention {
                     max_age: Some(Duration::new(86_400, 5)),
                     max_messages: Some(1000),
                     max_bytes: Some(1 << 30),
                     discard_acked: true,
                 },
+                dedup_window: Duration::from_secs(600),
             },
             // Stored with the head, not in the record.
             retained_bytes: 0,
@@ -649,6 +741,50 @@ mod tests {
         let tail = &value[value.len() - message.payload.len()..];
         assert_eq!(decoded.payload.as_ptr(), tail.as_ptr());
         assert_eq!(decode_publish_time(&value).expect("decodes"), time(123));
+    }
+
+    #[test]
+    fn a_message_id_round_trips_and_its_absence_keeps_the_v1_format() {
+        let plain = encode_message(time(7), &sample_message());
+        assert_eq!(plain[0], FORMAT_V1);
+        let with_id = NewMessage {
+            id: "order-7/placed".to_owned(),
+            ..sample_message()
+        };
+        let value = Bytes::from(encode_message(time(7), &with_id));
+        assert_eq!(value[0], MESSAGE_V2);
+        let decoded = decode_message(3, value.clone()).expect("decodes");
+        assert_eq!(decoded.id, with_id.id);
+        assert_eq!(decoded.payload, with_id.payload);
+        assert_eq!(decoded.attributes, with_id.attributes);
+        assert_eq!(decode_publish_time(&value).expect("decodes"), time(7));
+        assert_eq!(
+            decode_message(3, Bytes::from(plain)).expect("decodes").id,
+            ""
+        );
+        // Every cut inside the header is corrupt, and so is an unknown tag.
+        let header = value.len() - with_id.payload.len();
+        for cut in 0..header {
+            assert_corrupt(decode_message(0, value.slice(..cut)), &value[..cut]);
+        }
+        let mut newer = value.to_vec();
+        let tag_at = header - 1 - 4 - with_id.id.len() - 1;
+        newer[tag_at] = 99;
+        assert_corrupt(decode_message(0, Bytes::from(newer.clone())), &newer);
+    }
+
+    #[test]
+    fn remembered_ids_round_trip_and_keys_name_their_topic() {
+        let value = encode_remembered_id(41, time(1_700_000_000_000_001));
+        assert_eq!(
+            decode_remembered_id(&value).expect("decodes"),
+            (41, 1_700_000_000_000_001)
+        );
+        assert_corrupt(decode_remembered_id(&value[..16]), &value[..16]);
+        let key = dedup_key(TopicId(9), "order-7");
+        assert_eq!(dedup_key_topic(&key).expect("decodes"), TopicId(9));
+        assert_eq!(&key[8..], b"order-7");
+        assert_corrupt(dedup_key_topic(&key[..7]), &key[..7]);
     }
 
     #[test]
@@ -782,6 +918,7 @@ mod tests {
             untagged.len() + 13,
             untagged.len() + 22,
             untagged.len() + 23,
+            untagged.len() + 32,
         ];
         for cut in (0..topic.len()).filter(|cut| !whole_settings.contains(cut)) {
             assert_corrupt(decode_topic(&topic[..cut], 0, 0), &topic[..cut]);

@@ -116,7 +116,25 @@ fn message(tag: &str) -> NewMessage {
             ("tag".to_owned(), tag.to_owned()),
             ("n".to_owned(), "1".to_owned()),
         ],
+        id: String::new(),
     }
+}
+
+/// A message tagged `tag` with the id `id`.
+fn with_id(tag: &str, id: &str) -> NewMessage {
+    NewMessage {
+        id: id.to_owned(),
+        ..message(tag)
+    }
+}
+
+/// The duplicates of an append as (index in the batch, original offset).
+fn duplicates(appended: &Appended) -> Vec<(usize, Offset)> {
+    appended
+        .duplicates
+        .iter()
+        .map(|d| (d.index, d.offset))
+        .collect()
 }
 
 fn messages(tags: &[&str]) -> Vec<NewMessage> {
@@ -190,7 +208,7 @@ impl Recorder {
 }
 
 impl StoreListener for Recorder {
-    fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>) {
+    fn appended(&self, topic: TopicId, appended: &Appended, messages: Vec<NewMessage>) {
         let heard = Heard::Appended(topic, appended.first_offset, messages);
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(heard);
     }
@@ -674,6 +692,7 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
             max_age: Some(Duration::from_secs(86_400)),
             ..Retention::default()
         },
+        dedup_window: Duration::from_secs(600),
     };
     let topic = store
         .create_topic(&topic_name("orders")?, kept_for_a_day.clone())
@@ -689,6 +708,7 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
             discard_acked: true,
             ..kept_for_a_day.retention
         },
+        dedup_window: Duration::ZERO,
     };
     store
         .update_topic(TopicRecord {
@@ -997,6 +1017,107 @@ async fn retained_bytes_follow_appends_and_trims(mut h: impl Harness) -> anyhow:
     Ok(())
 }
 
+async fn repeated_ids_are_stored_once_across_restarts(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let recorder = Arc::new(Recorder::default());
+    store.set_listener(recorder.clone());
+    let settings = TopicSettings::default();
+    let topic = store.create_topic(&topic_name("t")?, settings).await?;
+    let first = store
+        .append(
+            topic.id,
+            vec![with_id("a", "x"), with_id("b", "y"), with_id("c", "x")],
+        )
+        .await?;
+    ensure!(first.first_offset == 0);
+    ensure!(
+        duplicates(&first) == vec![(2, 0)],
+        "a repeat within one batch: {first:?}"
+    );
+    ensure!(first.offsets(3) == (vec![0, 1, 0], vec![false, false, true]));
+    let second = store
+        .append(
+            topic.id,
+            vec![with_id("d", "y"), message("e"), with_id("f", "z")],
+        )
+        .await?;
+    ensure!(duplicates(&second) == vec![(0, 1)], "{second:?}");
+    ensure!(second.offsets(3) == (vec![1, 2, 3], vec![true, false, false]));
+    ensure!(
+        recorder.take()
+            == vec![
+                Heard::Appended(topic.id, 0, vec![with_id("a", "x"), with_id("b", "y")]),
+                Heard::Appended(topic.id, 2, vec![message("e"), with_id("f", "z")]),
+            ],
+        "the listener hears the stored messages only"
+    );
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    let ids: Vec<&str> = read.iter().map(|m| m.id.as_str()).collect();
+    ensure!(ids == ["x", "y", "", "z"], "{read:?}");
+
+    let store = h.reopen(store).await?;
+    let again = store
+        .append(topic.id, vec![with_id("g", "x"), with_id("h", "w")])
+        .await?;
+    ensure!(duplicates(&again) == vec![(0, 0)], "remembered: {again:?}");
+    ensure!(again.first_offset == 4);
+    let committed = store
+        .commit(Commit {
+            appends: vec![(topic.id, vec![with_id("i", "w"), with_id("j", "v")])],
+            deliveries: Vec::new(),
+        })
+        .await?;
+    ensure!(
+        duplicates(&committed[0]) == vec![(0, 4)] && committed[0].first_offset == 5,
+        "a commit deduplicates too: {committed:?}"
+    );
+    ensure!(next_offset(&store, topic.id).await? == 6);
+    Ok(())
+}
+
+async fn ids_are_forgotten_after_the_window(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let window = Duration::from_millis(300);
+    let short = TopicSettings {
+        dedup_window: window,
+        ..TopicSettings::default()
+    };
+    let topic = store.create_topic(&topic_name("t")?, short).await?;
+    let first = store.append(topic.id, vec![with_id("a", "x")]).await?;
+    wait_past(first.publish_time + window).await;
+    let later = store.append(topic.id, vec![with_id("b", "x")]).await?;
+    ensure!(
+        later.duplicates.is_empty() && later.first_offset == 1,
+        "an id past the window is new: {later:?}"
+    );
+    // A longer window applies to the ids stored already.
+    let window_of = |dedup_window| TopicRecord {
+        settings: TopicSettings {
+            dedup_window,
+            ..TopicSettings::default()
+        },
+        ..topic.clone()
+    };
+    store
+        .update_topic(window_of(Duration::from_secs(3600)))
+        .await?;
+    let again = store.append(topic.id, vec![with_id("c", "x")]).await?;
+    ensure!(
+        duplicates(&again) == vec![(0, 1)],
+        "remembered from the new message on: {again:?}"
+    );
+    // No window: nothing is remembered, not even within one batch.
+    store.update_topic(window_of(Duration::ZERO)).await?;
+    let off = store
+        .append(topic.id, vec![with_id("d", "x"), with_id("e", "x")])
+        .await?;
+    ensure!(
+        off.duplicates.is_empty() && off.first_offset == 2,
+        "{off:?}"
+    );
+    Ok(())
+}
+
 async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
@@ -1139,6 +1260,8 @@ macro_rules! conformance {
             offset_at_time_skips_offsets_without_messages,
             delivery_records_are_stored_deleted_and_go_with_their_subscription,
             a_commit_appends_and_settles_together_and_hears_its_appends,
+            repeated_ids_are_stored_once_across_restarts,
+            ids_are_forgotten_after_the_window,
         ]);
     };
     (@each [$($module:ident => $harness:expr),+] $checks:tt) => {

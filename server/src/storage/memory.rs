@@ -5,7 +5,7 @@
 //! and never across an `.await`. Nothing survives the process, so this store
 //! must not be used where durability matters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,8 +15,8 @@ use async_trait::async_trait;
 
 use super::codec;
 use super::{
-    Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, NewMessage, ReadLimit,
-    Store, StoreError, StoreListener, StoreResult, StoredMessage, StoredSubscription,
+    Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, Duplicate, NewMessage,
+    ReadLimit, Store, StoreError, StoreListener, StoreResult, StoredMessage, StoredSubscription,
     SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
@@ -47,6 +47,8 @@ struct State {
 struct TopicData {
     record: TopicRecord,
     messages: BTreeMap<Offset, StoredMessage>,
+    /// Remembered ids: the offset stored with each, and when.
+    ids: HashMap<String, (Offset, SystemTime)>,
 }
 
 #[derive(Debug)]
@@ -103,7 +105,22 @@ impl MemoryStore {
         let first_offset = data.record.next_offset;
         let last_time = data.messages.last_key_value().map(|(_, m)| m.publish_time);
         let publish_time = last_time.map_or_else(SystemTime::now, |t| t.max(SystemTime::now()));
-        for (message, offset) in messages.iter().zip(first_offset..) {
+        let window = data.record.settings.dedup_window;
+        data.ids
+            .retain(|_, (_, stored)| *stored + window > publish_time);
+        let mut duplicates = Vec::new();
+        let mut offset = first_offset;
+        for (index, message) in messages.iter().enumerate() {
+            if !message.id.is_empty() && !window.is_zero() {
+                if let Some(&(original, _)) = data.ids.get(&message.id) {
+                    duplicates.push(Duplicate {
+                        index,
+                        offset: original,
+                    });
+                    continue;
+                }
+                data.ids.insert(message.id.clone(), (offset, publish_time));
+            }
             data.record.retained_bytes += stored_size(publish_time, message);
             let stored = StoredMessage {
                 offset,
@@ -111,19 +128,22 @@ impl MemoryStore {
                 payload: message.payload.clone(),
                 key: message.key.clone(),
                 attributes: message.attributes.clone(),
+                id: message.id.clone(),
             };
             data.messages.insert(offset, stored);
+            offset += 1;
         }
-        data.record.next_offset = first_offset + messages.len() as Offset;
+        data.record.next_offset = offset;
         let appended = Appended {
             first_offset,
             publish_time,
             retained_bytes: data.record.retained_bytes,
+            duplicates,
         };
         // Told under the lock, so that the listener hears of appends in
         // offset order.
         if let Some(listener) = self.listener() {
-            listener.appended(topic, appended, messages);
+            listener.appended(topic, &appended, appended.stored(messages));
         }
         Ok(appended)
     }
@@ -141,6 +161,7 @@ fn new_message(message: &StoredMessage) -> NewMessage {
         payload: message.payload.clone(),
         key: message.key.clone(),
         attributes: message.attributes.clone(),
+        id: message.id.clone(),
     }
 }
 
@@ -215,6 +236,7 @@ impl Store for MemoryStore {
         let data = TopicData {
             record: record.clone(),
             messages: BTreeMap::new(),
+            ids: HashMap::new(),
         };
         state.topics.insert(record.id, data);
         Ok(record)

@@ -75,10 +75,27 @@ pub struct TopicRecord {
 }
 
 /// A topic's settings: what can change after it is created.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSettings {
     /// What the topic keeps.
     pub retention: Retention,
+    /// How long a stored message id is remembered: a message whose id was
+    /// stored less than this long ago is a duplicate and is not stored
+    /// again. Zero turns deduplication off.
+    pub dedup_window: Duration,
+}
+
+/// How long message ids are remembered unless a topic says otherwise.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+impl Default for TopicSettings {
+    /// Keeps everything, and remembers ids for [`DEFAULT_DEDUP_WINDOW`].
+    fn default() -> Self {
+        Self {
+            retention: Retention::default(),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
+    }
 }
 
 /// How long a topic keeps its messages. The default keeps everything.
@@ -239,6 +256,9 @@ pub struct NewMessage {
     pub key: String,
     /// The attributes, in the order given.
     pub attributes: Vec<(String, String)>,
+    /// The idempotency key; empty for none. Within the topic's dedup
+    /// window a message whose id was stored already is not stored again.
+    pub id: String,
 }
 
 impl NewMessage {
@@ -268,6 +288,8 @@ pub struct StoredMessage {
     pub key: String,
     /// The attributes.
     pub attributes: Vec<(String, String)>,
+    /// The id it was published with; empty for none.
+    pub id: String,
 }
 
 impl StoredMessage {
@@ -285,14 +307,69 @@ impl StoredMessage {
 }
 
 /// Where an appended batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
-    /// The offset of the batch's first message; the others follow it.
+    /// The offset of the batch's first stored message; the others stored
+    /// follow it.
     pub first_offset: Offset,
     /// The publish time given to every message of the batch.
     pub publish_time: SystemTime,
     /// The topic's retained bytes once the batch is stored.
     pub retained_bytes: u64,
+    /// The messages of the batch that were not stored because their id
+    /// was stored within the topic's dedup window (earlier, or earlier in
+    /// the batch): their index in the batch and the original's offset, in
+    /// batch order.
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A message of a batch whose id was stored already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Its index in the batch.
+    pub index: usize,
+    /// The offset of the message stored with its id.
+    pub offset: Offset,
+}
+
+impl Appended {
+    /// The messages of the batch that were stored: `batch` without the
+    /// duplicates.
+    pub fn stored(&self, mut batch: Vec<NewMessage>) -> Vec<NewMessage> {
+        if !self.duplicates.is_empty() {
+            let mut index = 0;
+            let mut duplicates = self.duplicates.iter().peekable();
+            batch.retain(|_| {
+                let duplicate = duplicates.next_if(|d| d.index == index).is_some();
+                index += 1;
+                !duplicate
+            });
+        }
+        batch
+    }
+
+    /// The offset of each message of a batch of `len`, in order, and
+    /// whether it was a duplicate.
+    pub fn offsets(&self, len: usize) -> (Vec<Offset>, Vec<bool>) {
+        let mut offsets = Vec::with_capacity(len);
+        let mut flags = Vec::with_capacity(len);
+        let mut duplicates = self.duplicates.iter().peekable();
+        let mut next = self.first_offset;
+        for index in 0..len {
+            match duplicates.next_if(|d| d.index == index) {
+                Some(duplicate) => {
+                    offsets.push(duplicate.offset);
+                    flags.push(true);
+                }
+                None => {
+                    offsets.push(next);
+                    flags.push(false);
+                    next += 1;
+                }
+            }
+        }
+        (offsets, flags)
+    }
 }
 
 /// Bounds on one read.
@@ -349,8 +426,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// quick and must not call back into the store.
 pub trait StoreListener: Send + Sync {
     /// A batch was appended at `appended.first_offset`; `messages` are its
-    /// messages in order, handed over.
-    fn appended(&self, topic: TopicId, appended: Appended, messages: Vec<NewMessage>);
+    /// stored messages in order (duplicates left out), handed over.
+    fn appended(&self, topic: TopicId, appended: &Appended, messages: Vec<NewMessage>);
 
     /// Every offset of `topic` below `first_offset` was deleted; the
     /// topic now retains `retained_bytes`.
@@ -369,10 +446,17 @@ impl std::fmt::Debug for dyn StoreListener {
 ///
 /// Every implementation must hold to this; `conformance.rs` checks it.
 ///
-/// - **Offsets.** [`append`](Store::append) gives a batch contiguous offsets
-///   starting at the topic's `next_offset` (0 for a new topic) and advances
-///   it by the batch's length. An offset is never handed out twice, even
-///   after a crash. A batch is stored whole or not at all.
+/// - **Offsets.** [`append`](Store::append) gives the messages it stores
+///   contiguous offsets starting at the topic's `next_offset` (0 for a new
+///   topic) and advances it by their count. An offset is never handed out
+///   twice, even after a crash. A batch is stored whole or not at all.
+/// - **Ids.** A message with a non-empty id that was stored less than the
+///   topic's `dedup_window` ago (by an earlier append, or earlier in the
+///   same batch) is not stored: it is reported in
+///   [`Appended::duplicates`] with the original's offset. The id is
+///   remembered in the same write as the message, so this holds across
+///   crashes; ids older than the window are forgotten, and storage for
+///   them is bounded by the window. A window of zero remembers nothing.
 /// - **Listening.** Every append and truncation is told to the listener
 ///   set with [`set_listener`](Store::set_listener), as [`StoreListener`]
 ///   describes, whether or not its caller is still waiting.

@@ -1,6 +1,6 @@
 //! [`RocksStore`]: the [`Store`] contract on an embedded RocksDB database.
 //!
-//! Layout, in three fixed column families:
+//! Layout, in four fixed column families:
 //!
 //! - `messages`: topic id ‖ offset (big-endian) → a codec-encoded message;
 //! - `subscriptions`: subscription id → its ack state, and subscription id
@@ -9,7 +9,9 @@
 //! - `meta`: `T`‖id → topic record, `H`‖id → the topic's head (its
 //!   `next_offset`), `F`‖id → its first offset (absent: 0), `S`‖id →
 //!   subscription record, `NT` / `NS` → the last topic / subscription id
-//!   handed out.
+//!   handed out;
+//! - `dedup`: topic id ‖ message id → the offset stored with it and when
+//!   (see `dedup`).
 //!
 //! All writes go through one writer thread (see `writer`), which batches the
 //! requests waiting for it into one `WriteBatch`: group commit. A topic's
@@ -43,6 +45,7 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 
 mod batch;
+mod dedup;
 mod open;
 mod read;
 mod syncer;
@@ -176,7 +179,8 @@ impl RocksStore {
     }
 
     fn open_blocking(path: &Path, policy: SyncPolicy) -> StoreResult<RocksStore> {
-        let db = open_database(path)?;
+        let windows = dedup::Windows::default();
+        let db = open_database(path, &windows)?;
         let db = Arc::new(db);
         let unsynced = syncer::Unsynced::default();
         let listener = ListenerSlot::default();
@@ -185,6 +189,7 @@ impl RocksStore {
             policy,
             Arc::clone(&unsynced),
             Arc::clone(&listener),
+            windows,
         )?;
         let syncer = match policy {
             SyncPolicy::Always => None,

@@ -136,6 +136,7 @@ pub(crate) fn topic_json(topic: &Topic) -> Value {
         "retained_messages": topic.retained_messages,
         "retained_bytes": topic.retained_bytes,
         "retention": retention_json(&topic.retention),
+        "dedup_window_seconds": topic.dedup_window.as_secs_f64(),
         "create_time": time_json(topic.create_time),
     })
 }
@@ -359,6 +360,14 @@ pub(crate) fn topic_text(topic: &Topic) -> String {
         ("retained messages", topic.retained_messages.to_string()),
         ("retained bytes", bytes_text(topic.retained_bytes)),
         ("retention", retention_text(&topic.retention)),
+        (
+            "dedup window",
+            if topic.dedup_window.is_zero() {
+                "none (ids are not deduplicated)".to_owned()
+            } else {
+                age_text(topic.dedup_window)
+            },
+        ),
         ("created", time_text(topic.create_time)),
     ])
 }
@@ -489,6 +498,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"\xff\x00"),
             key: String::new(),
             attributes: HashMap::new(),
+            id: String::new(),
             publish_time: None,
         };
         let value = message_json(Shown::from(&message));
@@ -507,6 +517,7 @@ mod tests {
             retention,
             retained_messages: 10,
             retained_bytes: 2560,
+            dedup_window: Duration::from_secs(120),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Parsers of flag values: broker addresses, `NAME=VALUE` attributes,
-//! start positions, times, ack deadlines, backoffs, retention ages and
-//! timeouts.
+//! start positions, times, ack deadlines, backoffs, retention ages, dedup
+//! windows, sizes and timeouts.
 //!
 //! Pure functions returning a message clap shows next to the flag; no
 //! input or output here.
@@ -156,6 +156,22 @@ pub(crate) fn parse_retention_age(value: &str) -> Result<Duration, String> {
         return Err("a retention age is at least 1s; give 0 for no age limit".into());
     }
     Ok(age)
+}
+
+/// Parses a dedup window: a duration of at most 7 days such as `90s`,
+/// `10m` or `1d` (a bare number is seconds); `0` turns deduplication off.
+pub(crate) fn parse_dedup_window(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let window = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value).map_err(|_| {
+            format!("expected a duration such as 10m or 1d (0 for no deduplication), not {value:?}")
+        })?,
+    };
+    if window > Duration::from_secs(7 * 24 * 3600) {
+        return Err("a dedup window is at most 7d".into());
+    }
+    Ok(window)
 }
 
 /// Parses a size in bytes: a number, or a number and a unit such as

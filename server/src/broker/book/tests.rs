@@ -42,6 +42,7 @@ fn message(offset: Offset, key: &str) -> StoredMessage {
         payload: Bytes::from_static(b"0123456789"),
         key: key.to_owned(),
         attributes: Vec::new(),
+        id: String::new(),
     }
 }
 

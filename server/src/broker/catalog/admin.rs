@@ -51,6 +51,9 @@ impl Broker {
         if let Some(discard_acked) = update.discard_acked {
             retention.discard_acked = discard_acked;
         }
+        if let Some(window) = update.dedup_window {
+            settings.dedup_window = window;
+        }
         self.inner
             .store
             .update_topic(topic.record_with(settings.clone()))
@@ -58,7 +61,12 @@ impl Broker {
             .map_err(|e| not_found_as_topic(e, &topic))?;
         topic.set_settings(settings);
         let info = topic.info();
-        info!(topic = %info.name, retention = ?info.retention, "topic updated");
+        info!(
+            topic = %info.name,
+            retention = ?info.retention,
+            dedup_window = ?info.dedup_window,
+            "topic updated"
+        );
         Ok(info)
     }
 

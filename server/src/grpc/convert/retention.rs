@@ -1,5 +1,6 @@
-//! Topics' retention between the wire and the broker: `CreateTopic`'s
-//! policy, `UpdateTopic`'s mask, and what `Topic` reports.
+//! Topics' settings between the wire and the broker: `CreateTopic`'s
+//! retention policy and dedup window, `UpdateTopic`'s mask, and what
+//! `Topic` reports.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ const TOPIC_FIELDS: UpdateFields = UpdateFields {
     resource: "topic",
     message: "Topic",
     changeable: "retention, retention.max_age, retention.max_bytes, retention.max_messages, \
-                 retention.discard_acked",
+                 retention.discard_acked, dedup_window",
     fixed: &["name", "create_time"],
     fixed_hint: "",
     reported: &[
@@ -40,16 +41,36 @@ pub(crate) fn retention(policy: v1::RetentionPolicy) -> BrokerResult<Retention> 
 
 /// An age limit from the wire: unset or zero is none.
 fn max_age(given: Option<prost_types::Duration>) -> BrokerResult<Option<Duration>> {
+    let age = non_negative("retention.max_age", "no limit", given)?;
+    Ok(age.filter(|age| !age.is_zero()))
+}
+
+/// A dedup window from the wire: `None` when unset, zero for none.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a negative window; the broker checks the
+/// range.
+pub(crate) fn dedup_window(given: Option<prost_types::Duration>) -> BrokerResult<Option<Duration>> {
+    non_negative("dedup_window", "no deduplication", given)
+}
+
+/// A duration from the wire that must not be negative; `zero` says what
+/// 0 means, for the error message.
+fn non_negative(
+    what: &str,
+    zero: &str,
+    given: Option<prost_types::Duration>,
+) -> BrokerResult<Option<Duration>> {
     let Some(given) = given else {
         return Ok(None);
     };
-    let age = Duration::try_from(given).map_err(|_| {
+    let duration = Duration::try_from(given).map_err(|_| {
         BrokerError::Invalid(format!(
-            "retention.max_age must be a positive duration (or 0 for no limit), not {}s {}ns",
+            "{what} must be a positive duration (or 0 for {zero}), not {}s {}ns",
             given.seconds, given.nanos
         ))
     })?;
-    Ok((!age.is_zero()).then_some(age))
+    Ok(Some(duration))
 }
 
 /// A retention policy for the wire.
@@ -75,13 +96,8 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
         let name = TopicName::new(topic.name)?;
         let paths = TOPIC_FIELDS.paths(request.update_mask)?;
         let given = retention(topic.retention.unwrap_or_default())?;
-        let mut update = TopicUpdate {
-            name,
-            max_age: None,
-            max_messages: None,
-            max_bytes: None,
-            discard_acked: None,
-        };
+        let window = dedup_window(topic.dedup_window)?;
+        let mut update = TopicUpdate::of(name);
         for path in paths {
             match path.as_str() {
                 "retention" => {
@@ -94,6 +110,8 @@ impl TryFrom<v1::UpdateTopicRequest> for TopicUpdate {
                 "retention.max_messages" => update.max_messages = Some(given.max_messages),
                 "retention.max_bytes" => update.max_bytes = Some(given.max_bytes),
                 "retention.discard_acked" => update.discard_acked = Some(given.discard_acked),
+                // Unset is 0, as in any proto3 field: deduplication off.
+                "dedup_window" => update.dedup_window = Some(window.unwrap_or_default()),
                 other => return Err(TOPIC_FIELDS.refuse(other)),
             }
         }

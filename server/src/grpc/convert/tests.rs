@@ -69,6 +69,7 @@ fn publish_request_moves_payloads_and_sorts_attributes() {
             attributes: ('a'..='z')
                 .map(|c| (c.to_string(), c.to_string()))
                 .collect(),
+            id: "order-1/placed".into(),
         }],
     };
     let command = PublishCommand::try_from(request).expect("valid request");
@@ -76,6 +77,7 @@ fn publish_request_moves_payloads_and_sorts_attributes() {
     let message = &command.messages[0];
     assert_eq!(message.payload.as_ptr(), payload_ptr, "payload was copied");
     assert_eq!(message.key, "order-1");
+    assert_eq!(message.id, "order-1/placed");
     let sorted: Vec<(String, String)> = ('a'..='z')
         .map(|c| (c.to_string(), c.to_string()))
         .collect();
@@ -241,6 +243,7 @@ fn delivery_becomes_received_message() {
             payload: Bytes::from_static(b"hello"),
             key: "k".into(),
             attributes: vec![("a".into(), "1".into())],
+            id: "order-1/placed".into(),
         },
         attempt: 2,
         ack_id: "1-9-3".into(),
@@ -260,6 +263,7 @@ fn delivery_becomes_received_message() {
     );
     assert_eq!(received.delivery_attempt, 2);
     assert_eq!(received.ack_id, "1-9-3");
+    assert_eq!(received.id, "order-1/placed");
 }
 
 #[test]
@@ -278,6 +282,7 @@ fn infos_become_resources() {
         },
         retained_messages: 8,
         retained_bytes: 2048,
+        dedup_window: Duration::from_secs(600),
     });
     assert_eq!(topic.retained_bytes, 2048);
     assert_eq!((topic.name.as_str(), topic.next_offset), ("t", 12));
@@ -288,6 +293,7 @@ fn infos_become_resources() {
     assert_eq!(retention.max_messages, 0, "no limit");
     assert_eq!(retention.max_bytes, 1 << 20);
     assert!(retention.discard_acked);
+    assert_eq!(topic.dedup_window.map(|d| d.seconds), Some(600));
     assert_eq!(topic.create_time.map(|t| t.seconds), Some(5));
     let subscription = v1::Subscription::from(SubscriptionInfo {
         name: SubscriptionName::new("s").expect("valid"),

@@ -5,10 +5,12 @@
 //! and syncing are the writer's.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use rocksdb::{ColumnFamily, DB, WriteBatch};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use super::dedup::CF_DEDUP;
 use super::{
     CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, FIRST_PREFIX, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
     LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, SyncPolicy, TOPIC_PREFIX, column, dead_letters_key,
@@ -32,6 +34,7 @@ pub(super) struct Columns<'db> {
     messages: &'db ColumnFamily,
     states: &'db ColumnFamily,
     meta: &'db ColumnFamily,
+    pub(super) dedup: &'db ColumnFamily,
 }
 
 impl<'db> Columns<'db> {
@@ -41,6 +44,7 @@ impl<'db> Columns<'db> {
             messages: column(db, CF_MESSAGES)?,
             states: column(db, CF_SUBSCRIPTIONS)?,
             meta: column(db, CF_META)?,
+            dedup: column(db, CF_DEDUP)?,
         })
     }
 }
@@ -102,6 +106,11 @@ impl<'db> Batch<'db> {
         }
     }
 
+    /// The column families it writes to.
+    pub(super) fn columns(&self) -> Columns<'db> {
+        self.columns
+    }
+
     /// Counts a request of `payload_bytes` in; its permit is released once
     /// the batch is answered.
     pub(super) fn admit(&mut self, permit: Option<OwnedSemaphorePermit>, payload_bytes: usize) {
@@ -135,7 +144,7 @@ impl<'db> Batch<'db> {
         messages: Vec<NewMessage>,
     ) {
         self.answer_then(reply, staged, move |appended, listener| {
-            listener.appended(topic, *appended, messages);
+            listener.appended(topic, appended, appended.stored(messages));
         });
     }
 
@@ -149,7 +158,7 @@ impl<'db> Batch<'db> {
     ) {
         self.answer_then(reply, staged, move |appended, listener| {
             for ((topic, messages), appended) in appends.into_iter().zip(appended) {
-                listener.appended(topic, *appended, messages);
+                listener.appended(topic, appended, appended.stored(messages));
             }
         });
     }
@@ -226,6 +235,14 @@ impl<'db> Batch<'db> {
         self.needs(SyncNeed::Data);
     }
 
+    /// Remembers that the message at `offset` was stored with `id` at
+    /// `stored`.
+    pub(super) fn put_id(&mut self, topic: TopicId, id: &str, offset: Offset, stored: SystemTime) {
+        let value = codec::encode_remembered_id(offset, stored);
+        self.write
+            .put_cf(self.columns.dedup, codec::dedup_key(topic, id), value);
+    }
+
     /// Sets a topic's head and retained bytes; they are written with the
     /// rest of the batch.
     pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset, retained_bytes: u64) {
@@ -276,6 +293,10 @@ impl<'db> Batch<'db> {
         let end = codec::message_key(topic, u64::MAX);
         self.write
             .delete_range_cf(self.columns.messages, start, end);
+        // Every id key of the topic starts with its id; the next topic's
+        // ids start with the next.
+        let (first, next) = (topic.0.to_be_bytes(), (topic.0 + 1).to_be_bytes());
+        self.write.delete_range_cf(self.columns.dedup, first, next);
         let meta = self.columns.meta;
         self.write.delete_cf(meta, meta_key(TOPIC_PREFIX, topic.0));
         self.write.delete_cf(meta, meta_key(HEAD_PREFIX, topic.0));

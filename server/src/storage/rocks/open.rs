@@ -7,6 +7,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Env, Options,
 };
 
+use super::dedup::{self, CF_DEDUP, Windows};
 use super::{CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, engine};
 use crate::storage::StoreResult;
 
@@ -14,8 +15,9 @@ use crate::storage::StoreResult;
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 /// Opens the database with the column families and options of this
-/// layout, creating what is missing. Blocks.
-pub(super) fn open_database(path: &Path) -> StoreResult<DB> {
+/// layout, creating what is missing. Blocks. The `dedup` family forgets
+/// ids past the windows in `windows`.
+pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     let mut db_options = Options::default();
     db_options.create_if_missing(true);
@@ -26,8 +28,16 @@ pub(super) fn open_database(path: &Path) -> StoreResult<DB> {
     // family (meta), which would otherwise never be flushed.
     db_options.set_max_total_wal_size(256 << 20);
     db_options.set_env(&background_env()?);
-    let families = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META]
-        .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)));
+    let mut families: Vec<_> = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META]
+        .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)))
+        .into();
+    let mut ids = column_options(&cache);
+    ids.set_compaction_filter(
+        "forget-expired-ids",
+        dedup::compaction_filter(windows.clone()),
+    );
+    ids.set_periodic_compaction_seconds(dedup::PERIODIC_COMPACTION.as_secs());
+    families.push(ColumnFamilyDescriptor::new(CF_DEDUP, ids));
     DB::open_cf_descriptors(&db_options, path, families)
         .map_err(|e| engine("opening the database", e))
 }
@@ -97,7 +107,7 @@ mod tests {
     #[test]
     fn flushes_run_at_the_lowest_cpu_priority() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db = open_database(dir.path())?;
+        let db = open_database(dir.path(), &Windows::default())?;
         let messages = column(&db, CF_MESSAGES)?;
         db.put_cf(messages, b"k", b"v")?;
         // A pool thread takes on the priority when it starts a job.

@@ -18,6 +18,7 @@ use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::batch::{Batch, Columns};
+use super::dedup::{self, Windows};
 use super::syncer::Unsynced;
 use super::{
     CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, ListenerSlot, SyncPolicy, column, engine,
@@ -27,8 +28,8 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Appended, Commit, DeliveryUpdate, NewMessage, StoreError, StoreResult, SubscriptionId,
-    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
+    Appended, Commit, DeliveryUpdate, Duplicate, NewMessage, StoreError, StoreResult,
+    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -117,6 +118,8 @@ struct TopicHead {
     retained_bytes: u64,
     /// The publish time of the last message; the next is never earlier.
     last_publish: SystemTime,
+    /// How long its message ids are remembered.
+    dedup_window: Duration,
 }
 
 /// The previous value of a piece of writer state, restored when a batch
@@ -145,6 +148,11 @@ pub(super) struct Writer {
     scratch: Vec<u8>,
     /// Told about appends and truncations once they are written.
     listener: ListenerSlot,
+    /// Each topic's dedup window, for the compaction filter.
+    windows: Windows,
+    /// Ids stored by the batch being built, which the database cannot
+    /// answer for yet: topic and id → offset.
+    batch_ids: HashMap<(TopicId, String), Offset>,
 }
 
 impl Writer {
@@ -154,6 +162,7 @@ impl Writer {
         policy: SyncPolicy,
         unsynced: Unsynced,
         listener: ListenerSlot,
+        windows: Windows,
     ) -> StoreResult<Self> {
         Columns::of(&db)?;
         let catalog = super::load_catalog(&db)?;
@@ -168,7 +177,9 @@ impl Writer {
                 next_offset: topic.next_offset,
                 retained_bytes: topic.retained_bytes,
                 last_publish: last_publish.unwrap_or(UNIX_EPOCH),
+                dedup_window: topic.settings.dedup_window,
             };
+            windows.set(topic.id, head.dedup_window);
             topics.insert(topic.id, head);
         }
         let subscriptions: HashMap<_, _> = catalog
@@ -191,6 +202,8 @@ impl Writer {
             appended: 0,
             scratch: Vec::new(),
             listener,
+            windows,
+            batch_ids: HashMap::new(),
         })
     }
 
@@ -267,6 +280,7 @@ impl Writer {
             self.write(write, sync.applies(self.policy))
         };
         let undo = std::mem::take(&mut self.undo);
+        self.batch_ids.clear();
         if result.is_err() {
             self.roll_back(undo);
         }
@@ -297,9 +311,11 @@ impl Writer {
         for entry in undo.into_iter().rev() {
             match entry {
                 Undo::Topic(id, Some(head)) => {
+                    self.windows.set(id, head.dedup_window);
                     self.topics.insert(id, head);
                 }
                 Undo::Topic(id, None) => {
+                    self.windows.remove(id);
                     self.topics.remove(&id);
                 }
                 Undo::Subscription(id, Some(topic)) => {
@@ -353,12 +369,7 @@ impl Writer {
                 batch.answer(reply, staged);
             }
             Op::UpdateTopic { record, reply } => {
-                let staged = if self.topics.contains_key(&record.id) {
-                    batch.put_topic_record(&record);
-                    Ok(())
-                } else {
-                    Err(StoreError::TopicNotFound(record.id))
-                };
+                let staged = self.stage_update_topic(&record, batch);
                 batch.answer(reply, staged);
             }
             Op::DeleteTopic { topic, reply } => {
@@ -398,31 +409,112 @@ impl Writer {
         messages: &[NewMessage],
         batch: &mut Batch<'_>,
     ) -> StoreResult<Appended> {
-        let head = self
+        let head = *self
             .topics
-            .get_mut(&topic)
+            .get(&topic)
             .ok_or(StoreError::TopicNotFound(topic))?;
         let now = codec::truncate_to_micros(SystemTime::now());
+        let publish_time = now.max(head.last_publish);
+        let remembered = self.remembered_ids(topic, &head, messages, publish_time, batch)?;
         let mut appended = Appended {
             first_offset: head.next_offset,
-            publish_time: now.max(head.last_publish),
+            publish_time,
             retained_bytes: head.retained_bytes,
+            duplicates: Vec::new(),
         };
         if messages.is_empty() {
             return Ok(appended);
         }
-        self.undo.push(Undo::Topic(topic, Some(*head)));
-        for (offset, message) in (appended.first_offset..).zip(messages) {
+        self.undo.push(Undo::Topic(topic, Some(head)));
+        let head = self.topics.get_mut(&topic).expect("looked up above");
+        let mut offset = appended.first_offset;
+        for (index, message) in messages.iter().enumerate() {
+            if !message.id.is_empty() && !head.dedup_window.is_zero() {
+                let key = (topic, message.id.clone());
+                let earlier = remembered
+                    .get(&message.id)
+                    .copied()
+                    .flatten()
+                    .or_else(|| self.batch_ids.get(&key).copied());
+                if let Some(original) = earlier {
+                    appended.duplicates.push(Duplicate {
+                        index,
+                        offset: original,
+                    });
+                    continue;
+                }
+                batch.put_id(topic, &message.id, offset, publish_time);
+                self.batch_ids.insert(key, offset);
+            }
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
             head.retained_bytes += codec::stored_size(self.scratch.len());
+            offset += 1;
         }
-        head.next_offset = appended.first_offset + messages.len() as Offset;
-        self.appended += messages.len() as u64;
+        let stored = offset - appended.first_offset;
+        if stored == 0 {
+            return Ok(appended);
+        }
+        head.next_offset = offset;
+        self.appended += stored;
         head.last_publish = appended.publish_time;
         appended.retained_bytes = head.retained_bytes;
         batch.put_head(topic, head.next_offset, head.retained_bytes);
         Ok(appended)
+    }
+
+    /// Looks up, in one read, the ids of `messages` that the database may
+    /// remember and this batch did not store: id → the offset stored with
+    /// it, `None` when it is not (or no longer) remembered.
+    fn remembered_ids(
+        &self,
+        topic: TopicId,
+        head: &TopicHead,
+        messages: &[NewMessage],
+        now: SystemTime,
+        batch: &Batch<'_>,
+    ) -> StoreResult<HashMap<String, Option<Offset>>> {
+        if head.dedup_window.is_zero() {
+            return Ok(HashMap::new());
+        }
+        let mut ids: Vec<&str> = messages
+            .iter()
+            .map(|m| m.id.as_str())
+            .filter(|id| !id.is_empty())
+            .filter(|id| !self.batch_ids.contains_key(&(topic, (*id).to_owned())))
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let found = dedup::look_up(
+            &self.db,
+            batch.columns().dedup,
+            topic,
+            &ids,
+            head.dedup_window,
+            now,
+        )?;
+        Ok(ids.into_iter().map(str::to_owned).zip(found).collect())
+    }
+
+    /// A topic's settings changed: its record, and the dedup window the
+    /// writer and the compaction filter go by.
+    fn stage_update_topic(
+        &mut self,
+        record: &TopicRecord,
+        batch: &mut Batch<'_>,
+    ) -> StoreResult<()> {
+        let head = self
+            .topics
+            .get_mut(&record.id)
+            .ok_or(StoreError::TopicNotFound(record.id))?;
+        self.undo.push(Undo::Topic(record.id, Some(*head)));
+        head.dedup_window = record.settings.dedup_window;
+        self.windows.set(record.id, head.dedup_window);
+        batch.put_topic_record(record);
+        Ok(())
     }
 
     fn stage_create_topic(
@@ -448,7 +540,9 @@ impl Writer {
             next_offset: 0,
             retained_bytes: 0,
             last_publish: UNIX_EPOCH,
+            dedup_window: record.settings.dedup_window,
         };
+        self.windows.set(record.id, head.dedup_window);
         let previous = self.topics.insert(record.id, head);
         self.undo.push(Undo::Topic(record.id, previous));
         record
@@ -498,6 +592,7 @@ impl Writer {
             .remove(&topic)
             .ok_or(StoreError::TopicNotFound(topic))?;
         self.undo.push(Undo::Topic(topic, Some(head)));
+        self.windows.remove(topic);
         batch.delete_topic(topic);
         let doomed: Vec<SubscriptionId> = self
             .subscriptions
@@ -620,12 +715,14 @@ mod tests {
     #[test]
     fn waiting_requests_share_one_batch() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db = Arc::new(super::super::open_database(dir.path())?);
+        let windows = Windows::default();
+        let db = Arc::new(super::super::open_database(dir.path(), &windows)?);
         let writer = Writer::recover(
             db,
             SyncPolicy::Always,
             Unsynced::default(),
             ListenerSlot::default(),
+            windows,
         )?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (created_tx, mut created_rx) = oneshot::channel();

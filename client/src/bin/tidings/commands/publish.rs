@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tidings_client::v1::PublishMessage;
-use tidings_client::{Client, Error as ClientError, Message};
+use tidings_client::{Client, Error as ClientError, Message, Published};
 
 use super::Context;
 use super::input::{Chunk, ChunkLimits, Input};
@@ -68,11 +68,27 @@ pub(crate) struct PublishArgs {
         value_parser = values::parse_attribute
     )]
     attributes: Vec<(String, String)>,
+
+    /// An idempotency key (at most 256 bytes): while the topic remembers
+    /// it (its dedup window, 2m unless set), publishing a message with the
+    /// same id again stores nothing and prints the original's offset,
+    /// marked "duplicate". One MESSAGE or --file gets ID itself; several
+    /// MESSAGEs or the lines of standard input get ID-1, ID-2, … in input
+    /// order, so running the same command on the same input again stores
+    /// nothing twice.
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+
+    /// Whether `--id` is numbered per message: the input may hold more
+    /// than one. Set by [`PublishArgs::input`].
+    #[arg(skip)]
+    numbers_ids: bool,
 }
 
 impl PublishArgs {
-    /// A message with `payload` and the key and attributes of the flags.
-    fn message(&self, payload: bytes::Bytes) -> PublishMessage {
+    /// The `number`-th message (from 1, in input order) with `payload` and
+    /// the key, attributes and id of the flags.
+    fn message(&self, number: u64, payload: bytes::Bytes) -> PublishMessage {
         let mut message = Message::new(payload);
         if let Some(key) = &self.key {
             message = message.with_key(key.clone());
@@ -80,11 +96,18 @@ impl PublishArgs {
         for (name, value) in &self.attributes {
             message = message.with_attribute(name.clone(), value.clone());
         }
+        if let Some(id) = &self.id {
+            message = message.with_id(if self.numbers_ids {
+                format!("{id}-{number}")
+            } else {
+                id.clone()
+            });
+        }
         message.into()
     }
 
-    /// How the input is cut into requests: a message's key and attributes
-    /// count towards the request's size too.
+    /// How the input is cut into requests: a message's key, attributes
+    /// and id count towards the request's size too.
     fn limits(&self) -> ChunkLimits {
         let key = self.key.as_ref().map_or(0, String::len);
         let attributes: usize = self
@@ -95,7 +118,8 @@ impl PublishArgs {
         ChunkLimits {
             max_messages: MAX_CHUNK_MESSAGES,
             max_bytes: MAX_CHUNK_BYTES,
-            overhead: key + attributes + 16,
+            // An id, numbered per message, takes up to 21 digits and a dash.
+            overhead: key + attributes + self.id.as_ref().map_or(0, |id| id.len() + 22) + 16,
         }
     }
 
@@ -105,6 +129,7 @@ impl PublishArgs {
         if let Some(path) = &self.file {
             return Input::file(path, limits);
         }
+        self.numbers_ids = self.messages.len() != 1;
         if self.messages.is_empty() {
             return Input::lines(limits);
         }
@@ -121,11 +146,18 @@ impl PublishArgs {
 pub(crate) async fn run(ctx: &Context, mut args: PublishArgs) -> anyhow::Result<()> {
     let mut input = args.input()?;
     let client = ctx.connect().await?;
-    let mut offsets = Vec::new();
-    let outcome = publish_all(ctx, &client, &args, &mut input, &mut offsets).await;
+    let mut published = Vec::new();
+    let outcome = publish_all(ctx, &client, &args, &mut input, &mut published).await;
+    let offsets = published;
     if ctx.json {
         // What was stored is printed even when publishing stopped early.
-        output::json(&json!({ "topic": args.topic, "offsets": offsets }))?;
+        let (numbers, duplicates): (Vec<u64>, Vec<bool>) =
+            offsets.iter().map(|p| (p.offset, p.duplicate)).unzip();
+        output::json(&json!({
+            "topic": args.topic,
+            "offsets": numbers,
+            "duplicates": duplicates,
+        }))?;
     }
     match outcome {
         Ok(()) => Ok(()),
@@ -164,13 +196,14 @@ struct Sent {
 }
 
 /// Sends chunk after chunk, one request at a time, printing the offsets
-/// of each (unless printing JSON at the end) and collecting them.
+/// of each (unless printing JSON at the end; a duplicate's is followed by
+/// "duplicate") and collecting them.
 async fn publish_all(
     ctx: &Context,
     client: &Client,
     args: &PublishArgs,
     input: &mut Input,
-    offsets: &mut Vec<u64>,
+    offsets: &mut Vec<Published>,
 ) -> Result<(), Stop> {
     while let Some(chunk) = input.next_chunk().await {
         let chunk = chunk.map_err(Stop::Input)?;
@@ -178,11 +211,17 @@ async fn publish_all(
             first: offsets.len() as u64 + 1,
             count: chunk.payloads.len() as u64,
         };
-        let stored = publish_chunk(client, args, chunk)
+        let stored = publish_chunk(client, args, sent.first, chunk)
             .await
             .map_err(|error| Stop::Refused { sent, error })?;
         if !ctx.json {
-            let text: String = stored.iter().map(|offset| format!("{offset}\n")).collect();
+            let text: String = stored
+                .iter()
+                .map(|p| match p.duplicate {
+                    false => format!("{}\n", p.offset),
+                    true => format!("{} duplicate\n", p.offset),
+                })
+                .collect();
             output::write(text.as_bytes()).map_err(Stop::Output)?;
         }
         offsets.extend(stored);
@@ -190,16 +229,19 @@ async fn publish_all(
     Ok(())
 }
 
-/// One `Publish` request of a chunk.
+/// One `Publish` request of a chunk whose first message is the `first`-th
+/// of the input.
 async fn publish_chunk(
     client: &Client,
     args: &PublishArgs,
+    first: u64,
     chunk: Chunk,
-) -> Result<Vec<u64>, ClientError> {
+) -> Result<Vec<Published>, ClientError> {
     let messages = chunk
         .payloads
         .into_iter()
-        .map(|payload| args.message(payload))
+        .zip(first..)
+        .map(|(payload, number)| args.message(number, payload))
         .collect();
     client.publish_batch(&args.topic, messages).await
 }

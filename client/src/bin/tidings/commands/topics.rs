@@ -30,7 +30,8 @@ pub(crate) enum TopicsCommand {
             tidings topics create order.placed\n  \
             tidings topics create clicks --retention 24h --max-messages 1000000\n  \
             tidings topics create jobs --retention 7d --discard-acked\n  \
-            tidings topics create audit --keep-forever   (never deletes a message)"
+            tidings topics create audit --keep-forever   (never deletes a message)\n  \
+            tidings topics create payments --dedup-window 10m"
     )]
     Create {
         /// The new topic's name: ASCII letters, digits, '.', '_' and '-'
@@ -39,14 +40,22 @@ pub(crate) enum TopicsCommand {
 
         #[command(flatten)]
         retention: RetentionArgs,
+
+        /// How long published message ids are remembered: a message whose
+        /// id was stored less than this long ago is not stored again (see
+        /// `tidings pub --id`). Such as 10m or 1d, at most 7d; 0 turns
+        /// deduplication off. Default: the broker's, 2m.
+        #[arg(long, value_parser = values::parse_dedup_window, value_name = "DURATION")]
+        dedup_window: Option<Duration>,
     },
 
-    /// Change a topic's retention: only the limits given change, and the
-    /// broker applies them within seconds.
+    /// Change a topic's retention or dedup window: only what is given
+    /// changes, and the broker applies it within seconds.
     #[command(after_long_help = "Examples:\n  \
         tidings topics update clicks --retention 48h\n  \
         tidings topics update clicks --max-messages 0   (removes the count limit)\n  \
-        tidings topics update jobs --discard-acked false")]
+        tidings topics update jobs --discard-acked false\n  \
+        tidings topics update payments --dedup-window 1h")]
     Update {
         /// The topic's name.
         name: String,
@@ -148,6 +157,11 @@ pub(crate) struct RetentionChangeArgs {
     /// has acknowledged it.
     #[arg(long, value_name = "true|false", value_parser = clap::value_parser!(bool))]
     discard_acked: Option<bool>,
+
+    /// The new dedup window, such as 10m (at most 7d); 0 turns
+    /// deduplication off.
+    #[arg(long, value_parser = values::parse_dedup_window, value_name = "DURATION")]
+    dedup_window: Option<Duration>,
 }
 
 impl RetentionChangeArgs {
@@ -162,12 +176,13 @@ impl RetentionChangeArgs {
             max_messages: self.max_messages.map(|n| Some(n).filter(|&n| n != 0)),
             max_bytes: self.max_bytes.map(|n| Some(n).filter(|&n| n != 0)),
             discard_acked: self.discard_acked,
+            dedup_window: self.dedup_window,
         };
         if update == TopicUpdate::default() {
             anyhow::bail!(
                 "nothing to change: give --retention (0 removes the age limit), \
-                 --max-messages or --max-bytes (0 removes the limit) or \
-                 --discard-acked true|false"
+                 --max-messages or --max-bytes (0 removes the limit), \
+                 --discard-acked true|false or --dedup-window"
             );
         }
         Ok(update)
@@ -195,9 +210,14 @@ pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result
                 },
             )?;
         }
-        TopicsCommand::Create { name, retention } => {
+        TopicsCommand::Create {
+            name,
+            retention,
+            dedup_window,
+        } => {
             let mut config = TopicConfig::new(name);
             config.retention = retention.policy();
+            config.dedup_window = dedup_window;
             let topic = ctx.connect().await?.create_topic_with(config).await?;
             ctx.emit(
                 || output::topic_json(&topic),
@@ -345,6 +365,21 @@ mod tests {
         ] {
             assert!(message.contains(flag), "{message}");
         }
+    }
+
+    #[test]
+    fn dedup_window_is_given_on_create_and_update() {
+        match parse(&["create", "payments", "--dedup-window", "10m"]) {
+            Ok(TopicsCommand::Create { dedup_window, .. }) => {
+                assert_eq!(dedup_window, Some(Duration::from_secs(600)));
+            }
+            other => panic!("not a topics create: {other:?}"),
+        }
+        assert_eq!(
+            update_of(&["update", "payments", "--dedup-window", "0"]).ok(),
+            Some(TopicUpdate::default().dedup_window(Duration::ZERO))
+        );
+        assert!(parse(&["create", "payments", "--dedup-window", "8d"]).is_err());
     }
 
     #[test]

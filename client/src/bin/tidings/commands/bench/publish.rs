@@ -2,7 +2,9 @@
 //!
 //! P publishers, each on its own connection, keep W `Publish` requests of B
 //! messages in flight until N messages are stored. Every request's latency
-//! (sent to acknowledged) goes into a histogram.
+//! (sent to acknowledged) goes into a histogram. With `--ids` every message
+//! carries a unique 36-byte id, so the broker checks and remembers each
+//! one: the cost of idempotent publishing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,10 @@ pub(crate) struct PublishArgs {
     /// Publishers, each with its own connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     publishers: u64,
+    /// Give every message a unique id (36 bytes, like a UUID), which the
+    /// broker deduplicates by.
+    #[arg(long)]
+    ids: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -55,6 +61,11 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let usage = ServerUsage::read(args.common.server_pid);
     let progress = Progress::start("publish", Arc::clone(&done), args.count);
     let started = Instant::now();
+    // Ids unique to this run, so that a run against a topic that
+    // remembers an earlier run's ids stores every message.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let tasks: Vec<_> = publishers
         .into_iter()
         .map(|client| {
@@ -65,6 +76,7 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
                 batch: args.batch,
                 in_flight: args.in_flight,
                 count: args.count,
+                ids: args.ids.then_some(run),
                 claimed: Arc::clone(&claimed),
                 done: Arc::clone(&done),
             };
@@ -78,8 +90,11 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let elapsed = started.elapsed();
     drop(progress);
     let name = format!(
-        "tidings-pub batch={} in_flight={} publishers={}",
-        args.batch, args.in_flight, args.publishers
+        "tidings-pub batch={} in_flight={} publishers={}{}",
+        args.batch,
+        args.in_flight,
+        args.publishers,
+        if args.ids { " ids" } else { "" }
     );
     report::result(&name, args.count, args.size, elapsed);
     report::latency("tidings-pub publish->ack", &latencies);
@@ -97,6 +112,8 @@ struct Work {
     batch: u64,
     in_flight: u64,
     count: u64,
+    /// The run's id prefix, when messages carry ids.
+    ids: Option<u64>,
     /// Messages claimed by any publisher so far.
     claimed: Arc<AtomicU64>,
     /// Messages stored so far.
@@ -104,21 +121,25 @@ struct Work {
 }
 
 impl Work {
-    /// Claims the next request's worth of messages; `None` when all are
-    /// claimed.
-    fn claim(&self) -> Option<u64> {
+    /// Claims the next request's worth of messages: the number of its
+    /// first and how many; `None` when all are claimed.
+    fn claim(&self) -> Option<(u64, u64)> {
         let start = self.claimed.fetch_add(self.batch, Ordering::Relaxed);
-        (start < self.count).then(|| self.batch.min(self.count - start))
+        (start < self.count).then(|| (start, self.batch.min(self.count - start)))
     }
 
-    fn request(&self, messages: u64) -> PublishRequest {
-        let message = PublishMessage {
+    fn request(&self, first: u64, messages: u64) -> PublishRequest {
+        let message = |n: u64| PublishMessage {
             payload: self.payload.clone(),
+            id: self
+                .ids
+                .map(|run| format!("{run:016x}-{n:019}"))
+                .unwrap_or_default(),
             ..PublishMessage::default()
         };
         PublishRequest {
             topic: self.topic.clone(),
-            messages: (0..messages).map(|_| message.clone()).collect(),
+            messages: (first..first + messages).map(message).collect(),
         }
     }
 
@@ -127,18 +148,25 @@ impl Work {
         let mut pending = FuturesUnordered::new();
         loop {
             while (pending.len() as u64) < self.in_flight {
-                let Some(messages) = self.claim() else { break };
-                let request = self.request(messages);
+                let Some((first, messages)) = self.claim() else {
+                    break;
+                };
+                let request = self.request(first, messages);
                 let mut service = self.client.publisher_service();
                 pending.push(async move {
                     let sent = Instant::now();
-                    service.publish(request).await.map(|_| (messages, sent))
+                    let answer = service.publish(request).await?.into_inner();
+                    Ok::<_, tonic::Status>((messages, sent, answer.duplicates))
                 });
             }
             let Some(answer) = pending.next().await else {
                 return Ok(latencies);
             };
-            let (messages, sent) = answer?;
+            let (messages, sent, duplicates) = answer?;
+            anyhow::ensure!(
+                !duplicates.contains(&true),
+                "the broker took a unique id for a duplicate"
+            );
             report::record(&mut latencies, sent.elapsed());
             self.done.fetch_add(messages, Ordering::Relaxed);
         }
