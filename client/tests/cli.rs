@@ -99,7 +99,11 @@ async fn message_arguments_are_published_and_json_lists_offsets() -> anyhow::Res
         .json()?;
     assert_eq!(
         published,
-        serde_json::json!({ "topic": "events", "offsets": [1, 2] })
+        serde_json::json!({
+            "topic": "events",
+            "offsets": [1, 2],
+            "duplicates": [false, false],
+        })
     );
 
     let raw = broker
@@ -107,6 +111,63 @@ async fn message_arguments_are_published_and_json_lists_offsets() -> anyhow::Res
         .await?
         .ok()?;
     assert_eq!(raw.stdout, "first\nsecond\nthird\n");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pub_with_an_id_stores_a_repeat_once() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker
+        .tidings(&["topics", "create", "payments", "--dedup-window", "10m"])
+        .await?
+        .ok()?;
+    let first = broker
+        .tidings(&["pub", "payments", "--id", "pay-1", "charge"])
+        .await?
+        .ok()?;
+    assert_eq!(first.stdout, "0\n");
+    let again = broker
+        .tidings(&["pub", "payments", "--id", "pay-1", "charge"])
+        .await?
+        .ok()?;
+    assert_eq!(again.stdout, "0 duplicate\n", "the repeat is not stored");
+    // Lines get ID-1, ID-2, …: running the same pipe again stores nothing.
+    let lines = broker
+        .tidings_with_stdin(&["pub", "payments", "--id", "batch"], b"a\nb\n")
+        .await?
+        .ok()?;
+    assert_eq!(lines.stdout, "1\n2\n");
+    let rerun = broker
+        .tidings_with_stdin(&["pub", "payments", "--id", "batch", "--json"], b"a\nb\n")
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        rerun,
+        serde_json::json!({
+            "topic": "payments",
+            "offsets": [1, 2],
+            "duplicates": [true, true],
+        })
+    );
+    let topic = broker
+        .tidings(&["topics", "describe", "payments", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(topic["next_offset"], 3, "{topic}");
+    assert_eq!(topic["dedup_window_seconds"], 600.0, "{topic}");
+    let read = broker
+        .tidings(&[
+            "sub", "reader", "--topic", "payments", "-n", "3", "--format", "jsonl",
+        ])
+        .await?
+        .ok()?;
+    let ids: Vec<Value> = json_lines(&read.stdout)?
+        .into_iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, ["pay-1", "batch-1", "batch-2"]);
     broker.stop().await
 }
 

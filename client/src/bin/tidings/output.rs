@@ -195,6 +195,7 @@ pub(crate) struct Shown<'a> {
     payload: &'a [u8],
     key: &'a str,
     attributes: &'a HashMap<String, String>,
+    id: &'a str,
     publish_time: Option<SystemTime>,
     delivery_attempt: Option<u32>,
 }
@@ -206,6 +207,7 @@ impl<'a> From<&'a Delivery> for Shown<'a> {
             payload: delivery.payload(),
             key: delivery.key(),
             attributes: delivery.attributes(),
+            id: delivery.id(),
             publish_time: delivery.publish_time(),
             delivery_attempt: Some(delivery.delivery_attempt()),
         }
@@ -219,6 +221,7 @@ impl<'a> From<&'a StoredMessage> for Shown<'a> {
             payload: &message.payload,
             key: &message.key,
             attributes: &message.attributes,
+            id: &message.id,
             publish_time: message.publish_time,
             delivery_attempt: None,
         }
@@ -226,12 +229,16 @@ impl<'a> From<&'a StoredMessage> for Shown<'a> {
 }
 
 /// A message as JSON: the payload as a string when it is UTF-8, else
-/// base64 under `payload_base64`; `delivery_attempt` only for deliveries.
+/// base64 under `payload_base64`; `delivery_attempt` only for deliveries,
+/// `id` only for messages published with one.
 pub(crate) fn message_json(message: Shown<'_>) -> Value {
     let mut fields = serde_json::Map::new();
     fields.insert("offset".into(), message.offset.into());
     fields.insert("key".into(), message.key.into());
     fields.insert("attributes".into(), json!(message.attributes));
+    if !message.id.is_empty() {
+        fields.insert("id".into(), message.id.into());
+    }
     fields.insert("publish_time".into(), time_json(message.publish_time));
     if let Some(attempt) = message.delivery_attempt {
         fields.insert("delivery_attempt".into(), attempt.into());
