@@ -48,6 +48,13 @@ pub struct Subscription {
     pub dead_lettered: u64,
     /// Messages rejected while there was no dead-letter policy.
     pub rejected: u64,
+    /// No message is delivered before its publish time plus this; zero
+    /// for no delay.
+    pub delivery_delay: Duration,
+    /// Messages waiting for their delivery time (part of the backlog):
+    /// those published with a delay whose time has not come, and with a
+    /// delivery delay those published less than that long ago.
+    pub delayed: u64,
 }
 
 /// Where a subscription moves a message that failed
@@ -152,6 +159,11 @@ impl From<v1::Subscription> for Subscription {
             }),
             dead_lettered: sub.dead_lettered,
             rejected: sub.rejected,
+            delivery_delay: sub
+                .delivery_delay
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default(),
+            delayed: sub.delayed,
         }
     }
 }
@@ -219,6 +231,9 @@ pub struct SubscriptionConfig {
     pub enable_message_ordering: bool,
     /// Where messages that keep failing go; `None` for nowhere.
     pub dead_letter_policy: Option<DeadLetterPolicy>,
+    /// No message is delivered before its publish time plus this (at most
+    /// 30 days); zero for no delay.
+    pub delivery_delay: Duration,
 }
 
 impl SubscriptionConfig {
@@ -234,6 +249,7 @@ impl SubscriptionConfig {
             retry_policy: None,
             enable_message_ordering: false,
             dead_letter_policy: None,
+            delivery_delay: Duration::ZERO,
         }
     }
 
@@ -278,6 +294,13 @@ impl SubscriptionConfig {
         self.dead_letter_policy = Some(policy);
         self
     }
+
+    /// Delays every delivery: no message goes before its publish time plus
+    /// `delay`.
+    pub fn delivery_delay(mut self, delay: Duration) -> Self {
+        self.delivery_delay = delay;
+        self
+    }
 }
 
 /// What [`Client::update_subscription`](crate::Client::update_subscription)
@@ -299,6 +322,8 @@ pub struct SubscriptionUpdate {
     pub retry_policy: Option<Option<RetryPolicy>>,
     /// A new dead-letter policy; `Some(None)` removes it.
     pub dead_letter_policy: Option<Option<DeadLetterPolicy>>,
+    /// A new delivery delay; zero removes it.
+    pub delivery_delay: Option<Duration>,
 }
 
 impl SubscriptionUpdate {
@@ -328,6 +353,13 @@ impl SubscriptionUpdate {
         self
     }
 
+    /// Changes the delivery delay (zero removes it); it applies to every
+    /// message not yet delivered.
+    pub fn delivery_delay(mut self, delay: Duration) -> Self {
+        self.delivery_delay = Some(delay);
+        self
+    }
+
     /// The request that makes this change to subscription `name`.
     pub(crate) fn into_request(self, name: &str) -> v1::UpdateSubscriptionRequest {
         let mut paths = Vec::new();
@@ -351,6 +383,10 @@ impl SubscriptionUpdate {
             subscription.dead_letter_policy = policy.map(Into::into);
             paths.push("dead_letter_policy".to_owned());
         }
+        if let Some(delay) = self.delivery_delay {
+            subscription.delivery_delay = Some(wire_duration(delay));
+            paths.push("delivery_delay".to_owned());
+        }
         v1::UpdateSubscriptionRequest {
             subscription: Some(subscription),
             update_mask: Some(prost_types::FieldMask { paths }),
@@ -369,6 +405,8 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             retry_policy: config.retry_policy.map(Into::into),
             enable_message_ordering: config.enable_message_ordering,
             dead_letter_policy: config.dead_letter_policy.map(Into::into),
+            delivery_delay: (!config.delivery_delay.is_zero())
+                .then(|| wire_duration(config.delivery_delay)),
         }
     }
 }
@@ -381,6 +419,15 @@ pub(crate) fn deadline_seconds(duration: Duration) -> u32 {
         .as_secs()
         .saturating_add(u64::from(duration.subsec_nanos() > 0));
     u32::try_from(seconds).unwrap_or(u32::MAX)
+}
+
+/// A duration for the wire; one too long for it is sent as the longest,
+/// which the broker refuses by name.
+pub(crate) fn wire_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
 }
 
 /// A message to publish.
@@ -412,6 +459,12 @@ pub struct Message {
     /// id with the event's name, say) and a publish repeated after a lost
     /// answer stores nothing twice.
     pub id: String,
+    /// Deliver on no subscription before this long after the broker stores
+    /// it (at most 30 days).
+    pub deliver_after: Option<Duration>,
+    /// Deliver on no subscription before this time (at most 30 days
+    /// ahead; a time passed means at once). Not with `deliver_after`.
+    pub deliver_at: Option<SystemTime>,
 }
 
 impl Message {
@@ -438,6 +491,21 @@ impl Message {
     /// Sets the idempotency key (see [`Message::id`]).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
+        self
+    }
+
+    /// Delays its delivery: no subscription gets it before `delay` after
+    /// the broker stores it.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.deliver_after = Some(delay);
+        self.deliver_at = None;
+        self
+    }
+
+    /// Delays its delivery until `time`.
+    pub fn deliver_at(mut self, time: SystemTime) -> Self {
+        self.deliver_at = Some(time);
+        self.deliver_after = None;
         self
     }
 }
@@ -483,6 +551,8 @@ impl From<Message> for v1::PublishMessage {
             key: message.key,
             attributes: message.attributes,
             id: message.id,
+            deliver_after: message.deliver_after.map(wire_duration),
+            deliver_at: message.deliver_at.map(Into::into),
         }
     }
 }
@@ -562,8 +632,17 @@ mod tests {
             }),
             dead_lettered: 2,
             rejected: 1,
+            delivery_delay: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            delayed: 7,
         });
         assert_eq!(sub.ack_deadline, Duration::from_secs(10));
+        assert_eq!(
+            (sub.delivery_delay, sub.delayed),
+            (Duration::from_secs(30), 7)
+        );
         assert_eq!(sub.filter, "attributes:a");
         assert!(sub.enable_message_ordering);
         assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::broker::{BrokerConfig, DEFAULT_RETENTION_MAX_AGE, Retention};
+use crate::broker::{BrokerConfig, DEFAULT_DELAY_LOOK_AHEAD, DEFAULT_RETENTION_MAX_AGE, Retention};
 use crate::storage::SyncPolicy;
 
 /// The default `--listen` address.
@@ -135,6 +135,11 @@ pub struct Config {
         value_name = "DIRECTIVE"
     )]
     pub log: String,
+
+    /// How far ahead delayed messages are handed to subscriptions (see
+    /// `BrokerConfig::delay_look_ahead`); not a flag: tests shorten it.
+    #[arg(skip = DEFAULT_DELAY_LOOK_AHEAD)]
+    pub delay_look_ahead: Duration,
 }
 
 impl Config {
@@ -150,6 +155,7 @@ impl Config {
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             log: DEFAULT_LOG.to_owned(),
+            delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
         }
     }
 
@@ -162,6 +168,7 @@ impl Config {
                 max_age: (!self.retention_max_age.is_zero()).then_some(self.retention_max_age),
                 ..Retention::default()
             },
+            delay_look_ahead: self.delay_look_ahead,
             ..BrokerConfig::default()
         }
     }

@@ -26,6 +26,7 @@ async fn published_messages_arrive_whole_with_offsets_from_zero() -> anyhow::Res
                 ("n".to_owned(), i.to_string()),
             ]),
             id: format!("order-{i}/placed"),
+            ..PublishMessage::default()
         })
         .collect();
     assert_eq!(

@@ -233,14 +233,7 @@ impl From<TopicConfig> for v1::CreateTopicRequest {
     }
 }
 
-/// A duration for the wire; one too long for it is sent as the longest,
-/// which the broker refuses by name.
-fn wire_duration(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
-        seconds: i64::MAX,
-        nanos: 999_999_999,
-    })
-}
+use super::wire_duration;
 
 /// What [`Client::update_topic`](crate::Client::update_topic) changes:
 /// each setting that is `Some`, and nothing else.

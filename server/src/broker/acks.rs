@@ -305,5 +305,7 @@ fn dead_letter_copy(sub: &Subscription, message: StoredMessage, waiting: &Move) 
         key: message.key,
         attributes,
         id: String::new(),
+        deliver_at: None,
+        deliver_after: None,
     }
 }

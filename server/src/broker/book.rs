@@ -28,6 +28,15 @@
 //! moment that message is admitted until it is acknowledged: later
 //! messages of the key wait in a queue of their own and cost nothing to
 //! skip, and a failed delivery holds back only its own key.
+//!
+//! A delayed message (one with a delivery time still to come) waits like a
+//! redelivery, holding no flow-control slot. Only the near future is kept:
+//! a scan passes over a message due after the topic's delay horizon (see
+//! `delays.rs`), which leaves it in none of the book's sets, and the
+//! topic's delay feed hands it back with [`LeaseBook::delayed_due`] as its
+//! time comes near. So a million messages delayed by a day cost the book
+//! nothing until their hour. Ordered subscriptions keep every delayed
+//! message (its key waits behind it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -37,7 +46,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::offsets::{AckState, Offset, OffsetMap};
-use crate::storage::{DeadLetters, DeliveryRecord, RetryPolicy, StoredMessage};
+use crate::storage::{DeadLetters, DeliveryRecord, DuePosition, RetryPolicy, StoredMessage};
 
 /// Identifies one open stream within its subscription.
 pub(super) type StreamId = u64;
@@ -167,7 +176,14 @@ pub(super) struct Scanned<'a> {
     pub(super) examined: Offset,
     /// The epoch of its scan.
     pub(super) epoch: u64,
+    /// Delayed messages due after this are passed over (the delay feed
+    /// brings them back); `None` keeps them all.
+    pub(super) horizon: Option<DuePosition>,
 }
+
+/// The size assumed for a message handed back by the delay feed, which has
+/// not been read: it bounds how many one claim leases.
+const FED_MESSAGE_SIZE: u32 = 4096;
 
 /// What a claim gave a stream.
 #[derive(Debug, Default)]
@@ -258,6 +274,9 @@ pub(super) struct LeaseBook {
     dead_changed: bool,
     /// The error the last nack or reject of a message gave.
     last_errors: OffsetMap<String>,
+    /// When the delayed messages in the book are due for their first
+    /// delivery.
+    delays: OffsetMap<SystemTime>,
 }
 
 impl LeaseBook {
@@ -298,6 +317,7 @@ impl LeaseBook {
             dead: DeadLetters::default(),
             dead_changed: false,
             last_errors: OffsetMap::default(),
+            delays: OffsetMap::default(),
         };
         for (offset, record) in records {
             if book.acks.is_acked(offset) {
@@ -338,6 +358,7 @@ impl LeaseBook {
         self.moving.clear();
         self.in_move.clear();
         self.last_errors = OffsetMap::default();
+        self.delays = OffsetMap::default();
         let redelivered: Vec<Offset> = self
             .dead
             .offsets
@@ -501,6 +522,7 @@ impl LeaseBook {
             messages,
             examined,
             epoch,
+            horizon,
         } = scan;
         if epoch != self.epoch {
             // Read before a seek: what it found is looked at again.
@@ -519,7 +541,8 @@ impl LeaseBook {
             self.gone(expected..offset, now);
             expected = offset + 1;
             found += 1;
-            queued += usize::from(self.take_in(message, Meta::of(message, self.ordered), now));
+            let meta = Meta::of(message, self.ordered);
+            queued += usize::from(self.take_in(message, meta, now, horizon));
         }
         self.keys.scan_admitted(found, queued);
         self.gone(expected..examined, now);
@@ -550,11 +573,25 @@ impl LeaseBook {
     /// waits behind its key. Offsets never examined are in none of the
     /// book's sets: only one scan runs at a time, and only scans put
     /// offsets there.
-    fn take_in(&mut self, message: &StoredMessage, meta: Meta, now: Now) -> bool {
+    fn take_in(
+        &mut self,
+        message: &StoredMessage,
+        meta: Meta,
+        now: Now,
+        horizon: Option<DuePosition>,
+    ) -> bool {
         let offset = message.offset;
         debug_assert!(!self.is_known(offset), "offset {offset} examined twice");
         if self.acks.is_acked(offset) {
             return false;
+        }
+        if let Some(due) = message.deliver_at.filter(|&due| due > now.wall) {
+            let far = horizon.is_some_and(|horizon| DuePosition { due, offset } > horizon);
+            if far && !self.ordered {
+                // The delay feed hands it back when its time comes near.
+                return false;
+            }
+            self.delays.insert(offset, due);
         }
         if let Some(key) = meta.key
             && !self.keys.hold(key, message, meta)
@@ -585,14 +622,20 @@ impl LeaseBook {
             || self.waiting_due.contains_key(&offset)
     }
 
-    /// Makes a message due: now, or when its record says.
+    /// Makes a message due: now, or when its record (or, before its first
+    /// delivery, its delivery time) says.
     fn schedule(&mut self, offset: Offset, meta: Meta, now: Now) {
         let record = match self.records.is_empty() {
             true => None,
             false => self.records.get(&offset),
         };
+        let delayed = match self.delays.is_empty() {
+            true => None,
+            false => self.delays.get(&offset).copied(),
+        };
         let due = record
             .and_then(|r| r.redeliver_at)
+            .or(delayed)
             .map(|at| now.instant_of(at))
             .filter(|&due| due > now.instant);
         match due {
@@ -661,6 +704,10 @@ impl LeaseBook {
         meta: Meta,
     ) -> Leased {
         self.next_lease += 1;
+        if !self.delays.is_empty() {
+            // Its wait is over; failures from now on go by the retry policy.
+            self.delays.remove(&offset);
+        }
         let lease = Lease {
             stream,
             deadline,
@@ -806,7 +853,40 @@ impl LeaseBook {
         if !self.last_errors.is_empty() {
             self.last_errors.remove(&offset);
         }
+        if !self.delays.is_empty() {
+            self.delays.remove(&offset);
+        }
         self.release_key(offset, meta, now);
+    }
+
+    /// The delay feed hands back delayed messages whose time comes near:
+    /// each that a scan passed over (below the scan position, not settled
+    /// and not in the book) waits for its time. Ordered books never pass
+    /// one over. Returns whether any was taken.
+    pub(super) fn delayed_due(&mut self, due: &[DuePosition], now: Now) -> bool {
+        if self.ordered {
+            return false;
+        }
+        let mut taken = false;
+        for &DuePosition { due, offset } in due {
+            if offset >= self.next_new
+                || offset < self.first_offset.max(self.acks.floor)
+                || self.acks.is_acked(offset)
+                || self.is_known(offset)
+                || self.moving.contains_key(&offset)
+                || self.in_move.contains_key(&offset)
+            {
+                continue;
+            }
+            self.delays.insert(offset, due);
+            let meta = Meta {
+                key: None,
+                size: FED_MESSAGE_SIZE,
+            };
+            self.schedule(offset, meta, now);
+            taken = true;
+        }
+        taken
     }
 
     /// A settled message gives up its key (`meta`, when it was scheduled or

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -26,9 +26,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::acks::{DeliveryWriter, TopicResolver};
 use super::book::{Now, Window};
 use super::checks::{
-    check_batch, check_dead_letter, check_dedup_window, check_duration, check_retention,
-    check_retry, not_found_as_topic, page,
+    check_batch, check_dead_letter, check_dedup_window, check_delivery_delay, check_duration,
+    check_retention, check_retry, not_found_as_topic, page,
 };
+use super::delays;
 use super::retention;
 use super::stream::{FRAME_BUFFER, StreamTask};
 use super::subscription::Subscription;
@@ -97,7 +98,8 @@ impl retention::Live for LiveNames {
 
 impl Broker {
     /// Loads the catalog from `store`, becomes its listener and starts the
-    /// broker's background task (the delivery-state writer).
+    /// broker's background tasks (the delivery-state writer, retention and
+    /// the delay feed).
     ///
     /// # Errors
     /// [`BrokerError::Storage`] when the store cannot be read.
@@ -107,8 +109,10 @@ impl Broker {
         store.set_listener(Arc::clone(&topics) as Arc<dyn StoreListener>);
         let mut names = Names::default();
         let mut by_id = BTreeMap::new();
+        let started = SystemTime::now();
         for record in &catalog.topics {
             let topic = Arc::new(Topic::new(record));
+            delays::load(&store, &topic, started).await?;
             topics.insert(Arc::clone(&topic));
             by_id.insert(record.id, Arc::clone(&topic));
             names.topics.insert(record.name.clone(), topic);
@@ -152,6 +156,12 @@ impl Broker {
             Arc::new(LiveNames(Arc::clone(&inner.names))),
             Arc::clone(&inner.store),
             Arc::clone(&inner.writer),
+            inner.shutdown.clone(),
+        ));
+        inner.tasks.spawn(delays::run(
+            Arc::new(LiveNames(Arc::clone(&inner.names))),
+            Arc::clone(&inner.store),
+            inner.config.delay_look_ahead,
             inner.shutdown.clone(),
         ));
         Ok(Self { inner })
@@ -227,6 +237,7 @@ impl Broker {
                         retry: None,
                         ordered: false,
                         dead_letter: None,
+                        delivery_delay: Duration::ZERO,
                     })
                     .await;
                 match created {
@@ -325,12 +336,14 @@ impl Engine for Broker {
         Filter::parse(&spec.filter).map_err(BrokerError::InvalidFilter)?;
         check_retry(spec.retry.as_ref())?;
         check_dead_letter(spec.dead_letter.as_ref(), &spec.topic)?;
+        check_delivery_delay(spec.delivery_delay)?;
         let settings = SubscriptionSettings {
             ack_deadline,
             filter: spec.filter.clone(),
             retry: spec.retry,
             ordered: spec.ordered,
             dead_letter: spec.dead_letter.clone(),
+            delivery_delay: spec.delivery_delay,
         };
         self.admin(|this| async move { this.do_create_subscription(spec, settings).await })
             .await
@@ -349,6 +362,7 @@ impl Engine for Broker {
             && update.filter.is_none()
             && update.retry.is_none()
             && update.dead_letter.is_none()
+            && update.delivery_delay.is_none()
         {
             return Err(BrokerError::NothingToUpdate(
                 "the update names no field to change",
@@ -359,6 +373,9 @@ impl Engine for Broker {
         }
         if let Some(retry) = &update.retry {
             check_retry(retry.as_ref())?;
+        }
+        if let Some(delay) = update.delivery_delay {
+            check_delivery_delay(delay)?;
         }
         let filter = match &update.filter {
             Some(text) => Some(
@@ -476,6 +493,7 @@ impl Engine for Broker {
             remaining: spec.max_messages,
             frames_tx,
             end_tx,
+            delayed_until: None,
         };
         self.inner.tasks.spawn(task.run().instrument(span));
         Ok(deliveries)

@@ -3,12 +3,12 @@
 //! of names. Pure functions; no state, no I/O.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::topic::Topic;
 use super::{
     BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, MAX_DEDUP_WINDOW,
-    MAX_MESSAGE_ID_BYTES, Page, Retention, RetryPolicy,
+    MAX_DELIVERY_DELAY, MAX_MESSAGE_ID_BYTES, Page, Retention, RetryPolicy,
 };
 use crate::names::TopicName;
 use crate::storage::{NewMessage, StoreError};
@@ -43,6 +43,17 @@ pub fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize>
                 index,
                 name: name.clone(),
             });
+        }
+        let now = SystemTime::now();
+        if message
+            .deliver_after
+            .is_some_and(|after| after > MAX_DELIVERY_DELAY)
+            || message.deliver_at.is_some_and(|at| {
+                at.duration_since(now)
+                    .is_ok_and(|ahead| ahead > MAX_DELIVERY_DELAY)
+            })
+        {
+            return Err(BrokerError::TooFarAhead { index });
         }
         if message.id.len() > MAX_MESSAGE_ID_BYTES {
             return Err(BrokerError::IdTooLong {
@@ -105,6 +116,20 @@ pub(super) fn check_dedup_window(window: Duration) -> BrokerResult<()> {
             given: window,
             min: Duration::ZERO,
             max: MAX_DEDUP_WINDOW,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a subscription's delivery delay: at most
+/// [`MAX_DELIVERY_DELAY`].
+pub(super) fn check_delivery_delay(delay: Duration) -> BrokerResult<()> {
+    if delay > MAX_DELIVERY_DELAY {
+        return Err(BrokerError::DurationOutOfRange {
+            what: "delivery_delay",
+            given: delay,
+            min: Duration::ZERO,
+            max: MAX_DELIVERY_DELAY,
         });
     }
     Ok(())

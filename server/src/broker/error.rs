@@ -128,6 +128,16 @@ pub enum BrokerError {
     /// Any other request the broker cannot act on, with the reason.
     #[error("{0}")]
     Invalid(String),
+    /// A message is to be delivered more than
+    /// [`MAX_DELIVERY_DELAY`](super::MAX_DELIVERY_DELAY) from now.
+    #[error(
+        "messages[{index}] is to be delivered more than 30 days from now (deliver_after or \
+         deliver_at); the longest delay is 30 days"
+    )]
+    TooFarAhead {
+        /// The message's index in the batch.
+        index: usize,
+    },
     /// A message's id is longer than [`MAX_MESSAGE_ID_BYTES`](super::MAX_MESSAGE_ID_BYTES).
     #[error(
         "messages[{index}].id is {len} bytes; ids are at most {max} bytes",

@@ -31,6 +31,7 @@ mod acks;
 mod book;
 mod catalog;
 mod checks;
+mod delays;
 mod engine;
 mod error;
 mod filter;
@@ -74,7 +75,13 @@ pub struct BrokerConfig {
     pub max_frame_bytes: usize,
     /// What a topic created without a retention policy keeps.
     pub default_retention: Retention,
+    /// How far ahead of their time delayed messages are handed to the
+    /// subscriptions: what their lease books hold of the future.
+    pub delay_look_ahead: Duration,
 }
+
+/// The default of [`BrokerConfig::delay_look_ahead`]: 30 s.
+pub const DEFAULT_DELAY_LOOK_AHEAD: Duration = Duration::from_secs(30);
 
 /// The default of [`BrokerConfig::default_retention`]: 7 days.
 pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -89,6 +96,7 @@ impl Default for BrokerConfig {
                 max_age: Some(DEFAULT_RETENTION_MAX_AGE),
                 ..Retention::default()
             },
+            delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
         }
     }
 }
@@ -140,6 +148,9 @@ impl TopicSpec {
 
 /// The longest dedup window a topic may have: 7 days.
 pub const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The longest a message may wait for its delivery time: 30 days.
+pub const MAX_DELIVERY_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The longest message id, in bytes.
 pub const MAX_MESSAGE_ID_BYTES: usize = 256;
@@ -205,6 +216,10 @@ pub struct SubscriptionInfo {
     pub dead_lettered: u64,
     /// Messages rejected while there was no dead-letter topic.
     pub rejected: u64,
+    /// No message is delivered before its publish time plus this.
+    pub delivery_delay: Duration,
+    /// Messages waiting for their delivery time.
+    pub delayed: u64,
     /// Published but not yet acknowledged.
     pub backlog: u64,
     /// Leased to a stream, awaiting acknowledgement.
@@ -251,6 +266,8 @@ pub struct SubscriptionSpec {
     pub ordered: bool,
     /// Where messages that keep failing go.
     pub dead_letter: Option<DeadLetterPolicy>,
+    /// No message is delivered before its publish time plus this.
+    pub delivery_delay: Duration,
 }
 
 /// A change to a subscription: each field that is `Some` changes.
@@ -268,6 +285,9 @@ pub struct SubscriptionUpdate {
     pub retry: Option<Option<RetryPolicy>>,
     /// A new dead-letter policy (`Some(None)` removes it).
     pub dead_letter: Option<Option<DeadLetterPolicy>>,
+    /// A new delivery delay (zero: none); it applies to every message not
+    /// yet delivered.
+    pub delivery_delay: Option<Duration>,
 }
 
 /// A request to open a `Subscribe` stream.

@@ -12,6 +12,7 @@
 //! client after every frame sent before it.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -53,6 +54,9 @@ pub(super) struct StreamTask {
     pub(super) remaining: Option<u64>,
     pub(super) frames_tx: mpsc::Sender<Vec<Delivery>>,
     pub(super) end_tx: oneshot::Sender<BrokerError>,
+    /// The subscription's delivery delay held the next message back until
+    /// then: the stream waits for it (or anything else that wakes it).
+    pub(super) delayed_until: Option<Instant>,
 }
 
 /// Gives a scan back to the book unless it was admitted: a stream whose
@@ -124,6 +128,7 @@ impl StreamTask {
                 continue;
             }
             let wakeup = sub.book().next_wakeup();
+            let delayed_until = self.delayed_until.take();
             tokio::select! {
                 () = self.shutdown.cancelled() => return End::Failed(BrokerError::ShuttingDown),
                 () = sub.deleted.cancelled() => return End::Failed(sub.deleted_error()),
@@ -135,6 +140,7 @@ impl StreamTask {
                 }
                 () = &mut woken => {}
                 () = sleep_until_option(wakeup) => {}
+                () = sleep_until_option(delayed_until) => {}
             }
         }
     }
@@ -161,15 +167,19 @@ impl StreamTask {
             (claim, kept)
         };
         let mut leased = claim.leased;
-        let scanned = claim.scan.is_some();
+        let mut scanned = claim.scan.is_some();
         if let Some(scan) = claim.scan {
             let left = Budget {
                 messages: budget.messages - leased.len(),
                 bytes: budget.bytes,
             };
-            let (more, read) = self.scan(scan, left).await.map_err(End::Failed)?;
+            let start = scan.range.start;
+            let (more, read, examined) = self.scan(scan, left).await.map_err(End::Failed)?;
             leased.extend(more);
             in_hand = merge(in_hand, read);
+            // A scan held back at its start by the delivery delay made no
+            // progress: the stream waits for the delay instead.
+            scanned = examined > start || self.delayed_until.is_none();
         }
         if leased.is_empty() {
             return Ok((false, scanned));
@@ -181,13 +191,15 @@ impl StreamTask {
 
     /// Reads a scan's messages, from the tail cache when it holds them,
     /// and hands them to the book. Returns what the book leased to this
-    /// stream, and the messages in hand for it (those read, and those the
-    /// book kept), in offset order.
+    /// stream, the messages in hand for it (those read, and those the book
+    /// kept), in offset order, and how far the scan examined. A
+    /// subscription's delivery delay ends the scan at the first message
+    /// not yet due, and sets `delayed_until` to its time.
     async fn scan(
-        &self,
+        &mut self,
         scan: Scan,
         budget: Budget,
-    ) -> BrokerResult<(Vec<Leased>, Vec<StoredMessage>)> {
+    ) -> BrokerResult<(Vec<Leased>, Vec<StoredMessage>, Offset)> {
         let sub = &self.subscription;
         let mut guard = ScanGuard {
             subscription: sub,
@@ -209,12 +221,27 @@ impl StreamTask {
         };
         // The whole range was looked at unless the read stopped at a limit.
         let bytes: usize = messages.iter().map(StoredMessage::wire_size).sum();
-        let examined = match messages.last() {
+        let mut examined = match messages.last() {
             Some(last) if messages.len() >= limit.max_messages || bytes >= limit.max_bytes => {
                 last.offset + 1
             }
             _ => scan.range.end,
         };
+        let delay = sub.delivery_delay();
+        if !delay.is_zero() {
+            // Publish times never decrease along offsets: the first message
+            // not yet due ends the scan, and every later one waits too.
+            let now = SystemTime::now();
+            let held = messages.iter().position(|m| m.publish_time + delay > now);
+            sub.set_delay_cut(held.map(|at| messages[at].offset));
+            if let Some(at) = held {
+                let due = messages[at].publish_time + delay;
+                examined = examined.min(messages[at].offset);
+                self.delayed_until =
+                    Some(Instant::now() + due.duration_since(now).unwrap_or_default());
+                messages.truncate(at);
+            }
+        }
         // Expired messages are settled like deleted ones: never delivered.
         sub.topic.drop_expired(&mut messages);
         trace!(range = ?scan.range, read = messages.len(), examined, "scanned");
@@ -236,6 +263,7 @@ impl StreamTask {
                 messages: &messages,
                 examined,
                 epoch: scan.epoch,
+                horizon: sub.topic.delay_horizon(),
             };
             let leased = book.admit(
                 self.stream,
@@ -261,7 +289,7 @@ impl StreamTask {
         if changed {
             self.writer.mark(sub);
         }
-        Ok((leased, in_hand))
+        Ok((leased, in_hand, examined))
     }
 
     /// The deliveries of `leased`, in lease order: from `in_hand` (the
@@ -470,6 +498,7 @@ mod tests {
                 key: String::new(),
                 attributes: Vec::new(),
                 id: String::new(),
+                deliver_at: None,
             },
             attempt: 1,
             ack_id: String::new(),

@@ -3,6 +3,7 @@
 //! the topic (offsets must be published) and lock the book briefly; they
 //! never await.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +41,9 @@ pub(super) struct Subscription {
     pub(super) wake: Notify,
     /// Cancelled when the subscription or its topic is deleted.
     pub(super) deleted: CancellationToken,
+    /// With a delivery delay: the offset where the last scan stopped for
+    /// it (the first message not yet due), or `Offset::MAX`.
+    delay_cut: AtomicU64,
 }
 
 impl Subscription {
@@ -81,7 +85,28 @@ impl Subscription {
             }),
             book: Mutex::new(book),
             wake: Notify::new(),
+            delay_cut: AtomicU64::new(Offset::MAX),
         }
+    }
+
+    /// No message is delivered before its publish time plus this.
+    pub(super) fn delivery_delay(&self) -> Duration {
+        self.settings().stored.delivery_delay
+    }
+
+    /// A scan stopped at `cut` for the delivery delay (`None`: it did not).
+    pub(super) fn set_delay_cut(&self, cut: Option<Offset>) {
+        self.delay_cut
+            .store(cut.unwrap_or(Offset::MAX), Ordering::Relaxed);
+    }
+
+    /// Messages below `head` that the delivery delay holds back, as the
+    /// last scan saw.
+    fn held_back(&self, head: Offset) -> u64 {
+        if self.delivery_delay().is_zero() {
+            return 0;
+        }
+        head.saturating_sub(self.delay_cut.load(Ordering::Relaxed))
     }
 
     fn settings(&self) -> MutexGuard<'_, Settings> {
@@ -273,6 +298,7 @@ impl Subscription {
             retry,
             ordered,
             dead_letter,
+            delivery_delay,
         } = stored;
         SubscriptionInfo {
             name: self.name.clone(),
@@ -284,6 +310,8 @@ impl Subscription {
             dead_letter,
             dead_lettered: book.dead_lettered(),
             rejected: book.rejected(),
+            delivery_delay,
+            delayed: self.topic.delayed() + self.held_back(head),
             backlog: book.ack_state().unacked_below(head),
             in_flight: book.in_flight() as u64,
             ack_floor: book.ack_state().floor,

@@ -13,8 +13,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::{
-    Appended, Catalog, Commit, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, Store,
-    StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    Appended, Catalog, Commit, DeliveryUpdate, DuePosition, MemoryStore, NewMessage, ReadLimit,
+    Store, StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
     SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 
@@ -175,6 +175,24 @@ impl Store for TestStore {
 
     async fn offset_at_time(&self, topic: TopicId, time: SystemTime) -> StoreResult<Offset> {
         self.inner.offset_at_time(topic, time).await
+    }
+
+    async fn delayed(
+        &self,
+        topic: TopicId,
+        after: Option<DuePosition>,
+        until: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<DuePosition>> {
+        self.inner.delayed(topic, after, until, limit).await
+    }
+
+    async fn count_delayed(&self, topic: TopicId, time: SystemTime) -> StoreResult<u64> {
+        self.inner.count_delayed(topic, time).await
+    }
+
+    async fn forget_delayed(&self, topic: TopicId, before: SystemTime) -> StoreResult<()> {
+        self.inner.forget_delayed(topic, before).await
     }
 
     async fn create_subscription(

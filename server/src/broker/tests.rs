@@ -104,6 +104,7 @@ async fn unacked_message_is_redelivered_after_deadline() {
             retry: None,
             ordered: false,
             dead_letter: None,
+            delivery_delay: Duration::ZERO,
         })
         .await
         .unwrap();
@@ -332,6 +333,7 @@ fn with_deadline(name: &str, topic_name: &str, deadline: Duration) -> Subscripti
         retry: None,
         ordered: false,
         dead_letter: None,
+        delivery_delay: Duration::ZERO,
     }
 }
 

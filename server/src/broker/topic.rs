@@ -17,11 +17,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::TopicInfo;
+use super::delays::Delays;
 use crate::names::TopicName;
 use crate::offsets::Offset;
 use crate::storage::{
-    Appended, NewMessage, ReadLimit, Retention, StoreListener, StoredMessage, TopicId, TopicRecord,
-    TopicSettings,
+    Appended, DuePosition, NewMessage, ReadLimit, Retention, StoreListener, StoredMessage, TopicId,
+    TopicRecord, TopicSettings,
 };
 
 /// Bounds of a topic's tail cache.
@@ -89,6 +90,8 @@ pub(super) struct Topic {
     tail: Mutex<TailCache>,
     /// What can change, as stored.
     settings: Mutex<TopicSettings>,
+    /// Its delayed messages (see `delays.rs`).
+    delays: Mutex<Delays>,
 }
 
 impl Topic {
@@ -104,7 +107,28 @@ impl Topic {
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
             settings: Mutex::new(record.settings.clone()),
+            delays: Mutex::new(Delays::starting(SystemTime::now(), 0, false)),
         }
+    }
+
+    /// Runs `f` on what the topic knows of its delayed messages.
+    pub(super) fn with_delays<T>(&self, f: impl FnOnce(&mut Delays) -> T) -> T {
+        f(&mut self.delays.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces what the topic knows of its delayed messages (at start).
+    pub(super) fn set_delays(&self, delays: Delays) {
+        self.with_delays(|d| *d = delays);
+    }
+
+    /// Scans pass over delayed messages after this (see `delays.rs`).
+    pub(super) fn delay_horizon(&self) -> Option<DuePosition> {
+        self.with_delays(|d| d.horizon())
+    }
+
+    /// Delayed messages not yet due.
+    pub(super) fn delayed(&self) -> u64 {
+        self.with_delays(|d| d.waiting())
     }
 
     fn lock_settings(&self) -> std::sync::MutexGuard<'_, TopicSettings> {
@@ -181,9 +205,19 @@ impl Topic {
         }
         self.retained_bytes
             .store(appended.retained_bytes, Ordering::Release);
+        let delayed = (appended.first_offset..)
+            .zip(&messages)
+            .filter_map(|(offset, m)| {
+                let due = m.due(appended.publish_time)?;
+                Some(DuePosition { due, offset })
+            });
+        for position in delayed {
+            self.with_delays(|d| d.stored(position));
+        }
         if self.wants_tail() {
             let mut tail = self.tail();
             for (offset, message) in (appended.first_offset..).zip(messages) {
+                let deliver_at = message.due(appended.publish_time);
                 tail.insert(StoredMessage {
                     offset,
                     publish_time: appended.publish_time,
@@ -191,6 +225,7 @@ impl Topic {
                     key: message.key,
                     attributes: message.attributes,
                     id: message.id,
+                    deliver_at,
                 });
             }
         }
@@ -450,6 +485,7 @@ mod tests {
             key: String::new(),
             attributes: Vec::new(),
             id: String::new(),
+            deliver_at: None,
         };
         let mut messages = vec![at(7200), at(60), at(0)];
         topic.drop_expired(&mut messages);

@@ -72,23 +72,78 @@ impl TryFrom<v1::PublishRequest> for PublishCommand {
     fn try_from(request: v1::PublishRequest) -> BrokerResult<Self> {
         Ok(Self {
             topic: TopicName::new(request.topic)?,
-            messages: request.messages.into_iter().map(NewMessage::from).collect(),
+            messages: request
+                .messages
+                .into_iter()
+                .enumerate()
+                .map(|(index, message)| new_message(index, message))
+                .collect::<BrokerResult<_>>()?,
         })
     }
 }
 
-impl From<v1::PublishMessage> for NewMessage {
-    fn from(message: v1::PublishMessage) -> Self {
-        let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
-        // A map has no order; sorting makes what is stored deterministic.
-        attributes.sort_unstable();
-        Self {
-            payload: message.payload,
-            key: message.key,
-            attributes,
-            id: message.id,
-        }
+/// A subscription's delivery delay from the wire: unset is none.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a negative delay; the broker checks the
+/// range.
+fn delivery_delay(given: Option<prost_types::Duration>) -> BrokerResult<Duration> {
+    let Some(given) = given else {
+        return Ok(Duration::ZERO);
+    };
+    Duration::try_from(given).map_err(|_| {
+        BrokerError::Invalid(format!(
+            "delivery_delay must not be negative, not {}s {}ns",
+            given.seconds, given.nanos
+        ))
+    })
+}
+
+/// The message at `index` of a request, its delivery time converted; the
+/// broker checks how far ahead it is.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a negative `deliver_after`, a `deliver_at`
+/// that is no time, or both given.
+pub(crate) fn new_message(index: usize, message: v1::PublishMessage) -> BrokerResult<NewMessage> {
+    let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
+    // A map has no order; sorting makes what is stored deterministic.
+    attributes.sort_unstable();
+    let deliver_after = message
+        .deliver_after
+        .map(|after| {
+            Duration::try_from(after).map_err(|_| {
+                BrokerError::Invalid(format!(
+                    "messages[{index}].deliver_after must not be negative, not {}s {}ns",
+                    after.seconds, after.nanos
+                ))
+            })
+        })
+        .transpose()?;
+    let deliver_at = message
+        .deliver_at
+        .map(|at| {
+            SystemTime::try_from(at).map_err(|_| {
+                BrokerError::Invalid(format!(
+                    "messages[{index}].deliver_at is not a valid time: {}s {}ns",
+                    at.seconds, at.nanos
+                ))
+            })
+        })
+        .transpose()?;
+    if deliver_after.is_some() && deliver_at.is_some() {
+        return Err(BrokerError::Invalid(format!(
+            "messages[{index}] sets both deliver_after and deliver_at; set one"
+        )));
     }
+    Ok(NewMessage {
+        payload: message.payload,
+        key: message.key,
+        attributes,
+        id: message.id,
+        deliver_at,
+        deliver_after,
+    })
 }
 
 /// A validated `ReadTopic` request.
@@ -331,6 +386,7 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
             retry: retry_policy(request.retry_policy)?,
             ordered: request.enable_message_ordering,
             dead_letter: dead_letter_policy(request.dead_letter_policy)?,
+            delivery_delay: delivery_delay(request.delivery_delay)?,
         })
     }
 }
@@ -339,7 +395,7 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
 const SUBSCRIPTION_FIELDS: UpdateFields = UpdateFields {
     resource: "subscription",
     message: "Subscription",
-    changeable: "ack_deadline_seconds, filter, retry_policy, dead_letter_policy",
+    changeable: "ack_deadline_seconds, filter, retry_policy, dead_letter_policy, delivery_delay",
     fixed: &["name", "topic", "enable_message_ordering"],
     fixed_hint: "; create a new subscription instead",
     reported: &[
@@ -350,6 +406,7 @@ const SUBSCRIPTION_FIELDS: UpdateFields = UpdateFields {
         "open_streams",
         "dead_lettered",
         "rejected",
+        "delayed",
     ],
 };
 
@@ -369,6 +426,7 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
             filter: None,
             retry: None,
             dead_letter: None,
+            delivery_delay: None,
         };
         for path in paths {
             match path.as_str() {
@@ -385,6 +443,9 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
                 "dead_letter_policy" => {
                     update.dead_letter =
                         Some(dead_letter_policy(subscription.dead_letter_policy.clone())?);
+                }
+                "delivery_delay" => {
+                    update.delivery_delay = Some(delivery_delay(subscription.delivery_delay)?);
                 }
                 other => return Err(SUBSCRIPTION_FIELDS.refuse(other)),
             }
@@ -561,6 +622,10 @@ impl From<SubscriptionInfo> for v1::Subscription {
             }),
             dead_lettered: info.dead_lettered,
             rejected: info.rejected,
+            delivery_delay: (!info.delivery_delay.is_zero())
+                .then(|| prost_types::Duration::try_from(info.delivery_delay).ok())
+                .flatten(),
+            delayed: info.delayed,
         }
     }
 }

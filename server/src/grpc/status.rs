@@ -27,6 +27,7 @@ fn code_of(err: &BrokerError) -> Code {
         | BrokerError::EmptyBatch
         | BrokerError::MessageTooLarge { .. }
         | BrokerError::IdTooLong { .. }
+        | BrokerError::TooFarAhead { .. }
         | BrokerError::EmptyAttributeName { .. }
         | BrokerError::ReservedAttribute { .. }
         | BrokerError::OffsetNotPublished { .. }

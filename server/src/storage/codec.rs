@@ -24,14 +24,17 @@ use crate::offsets::{AckState, Offset, OffsetRanges};
 /// an id.
 const FORMAT_V1: u8 = 1;
 
-/// The format byte of a message with fields V1 has not (an id): after its
-/// attributes come tagged fields up to [`END_TAG`], then the payload.
-/// Messages without them are still written as V1, a few bytes shorter.
+/// The format byte of a message with fields V1 has not (an id, a delivery
+/// time): after its attributes come tagged fields up to [`END_TAG`], then
+/// the payload. Messages without them are still written as V1, a few
+/// bytes shorter.
 const MESSAGE_V2: u8 = 2;
 /// Ends a message's tagged fields.
 const END_TAG: u8 = 0;
 /// Tag of a message's id.
 const MESSAGE_ID_TAG: u8 = 1;
+/// Tag of the time before which a message is delivered on no subscription.
+const DELIVER_AT_TAG: u8 = 2;
 
 /// The length of a message key: topic id and offset, big-endian.
 pub(crate) const MESSAGE_KEY_LEN: usize = 16;
@@ -128,6 +131,36 @@ pub(crate) fn dedup_key_topic(key: &[u8]) -> StoreResult<TopicId> {
         .get(..8)
         .ok_or_else(|| corrupt("id key", "shorter than a topic id"))?;
     Ok(TopicId(decode_u64("id key", topic)?))
+}
+
+/// The length of a delayed message's index key.
+pub(crate) const DELAYED_KEY_LEN: usize = 24;
+
+/// The key of a delayed message in its topic's index: topic id ‖ due time
+/// in microseconds ‖ offset, so a topic's entries sort by due time.
+pub(crate) fn delayed_key(
+    topic: TopicId,
+    due: SystemTime,
+    offset: Offset,
+) -> [u8; DELAYED_KEY_LEN] {
+    let mut key = [0; DELAYED_KEY_LEN];
+    key[..8].copy_from_slice(&topic.0.to_be_bytes());
+    key[8..16].copy_from_slice(&to_micros(due).to_be_bytes());
+    key[16..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// The due time and offset of a [`delayed_key`].
+pub(crate) fn decode_delayed_key(key: &[u8]) -> StoreResult<(SystemTime, Offset)> {
+    const WHAT: &str = "delayed message key";
+    if key.len() != DELAYED_KEY_LEN {
+        return Err(corrupt(
+            WHAT,
+            format!("{} bytes, not {DELAYED_KEY_LEN}", key.len()),
+        ));
+    }
+    let due = from_micros(WHAT, decode_u64(WHAT, &key[8..16])?)?;
+    Ok((due, decode_u64(WHAT, &key[16..])?))
 }
 
 /// Encodes what is remembered of a message id: the offset of the message
@@ -290,10 +323,16 @@ pub(crate) fn encode_message_into(
         .iter()
         .map(|(k, v)| k.len() + v.len() + 8)
         .sum();
-    let extras = if message.id.is_empty() {
+    let id = if message.id.is_empty() {
         0
     } else {
-        1 + 4 + message.id.len() + 1
+        1 + 4 + message.id.len()
+    };
+    let due = message.due(publish_time);
+    let deliver_at = if due.is_some() { 1 + 8 } else { 0 };
+    let extras = match id + deliver_at {
+        0 => 0,
+        tagged => tagged + 1,
     };
     buf.clear();
     buf.reserve(1 + 8 + 4 + message.key.len() + 4 + attributes + extras + message.payload.len());
@@ -307,8 +346,14 @@ pub(crate) fn encode_message_into(
         w.str(value);
     }
     if extras > 0 {
-        w.0.push(MESSAGE_ID_TAG);
-        w.str(&message.id);
+        if id > 0 {
+            w.0.push(MESSAGE_ID_TAG);
+            w.str(&message.id);
+        }
+        if let Some(at) = due {
+            w.0.push(DELIVER_AT_TAG);
+            w.u64(to_micros(at));
+        }
         w.0.push(END_TAG);
     }
     w.0.extend_from_slice(&message.payload);
@@ -333,11 +378,13 @@ pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<Stored
         attributes.push((name, r.string()?));
     }
     let mut id = String::new();
+    let mut deliver_at = None;
     if r.format() == MESSAGE_V2 {
         loop {
             match r.take(1)?[0] {
                 END_TAG => break,
                 MESSAGE_ID_TAG => id = r.string()?,
+                DELIVER_AT_TAG => deliver_at = Some(r.time()?),
                 tag => return Err(unknown_tag(WHAT, tag)),
             }
         }
@@ -350,6 +397,7 @@ pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<Stored
         key,
         attributes,
         id,
+        deliver_at,
     })
 }
 
@@ -519,6 +567,8 @@ const RETRY_TAG: u8 = 2;
 const ORDERED_TAG: u8 = 3;
 /// Tag of a subscription's dead-letter policy.
 const DEAD_LETTER_TAG: u8 = 4;
+/// Tag of a subscription's delivery delay.
+const DELIVERY_DELAY_TAG: u8 = 5;
 
 /// Encodes a subscription record: its fixed fields, then each optional
 /// setting that is not at its default as a tag byte and its value, so a
@@ -561,6 +611,11 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
         w.str(dead.topic.as_str());
         w.u32(dead.max_delivery_attempts);
     }
+    if !settings.delivery_delay.is_zero() {
+        w.0.push(DELIVERY_DELAY_TAG);
+        w.u64(settings.delivery_delay.as_secs());
+        w.u32(settings.delivery_delay.subsec_nanos());
+    }
     w.0
 }
 
@@ -591,6 +646,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     let mut retry = None;
     let mut ordered = false;
     let mut dead_letter = None;
+    let mut delivery_delay = Duration::ZERO;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
             FILTER_TAG => filter = r.string()?,
@@ -609,6 +665,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
                     max_delivery_attempts: r.u32()?,
                 });
             }
+            DELIVERY_DELAY_TAG => delivery_delay = read_duration(&mut r, WHAT)?,
             tag => return Err(unknown_tag(WHAT, tag)),
         }
     }
@@ -622,6 +679,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
             retry,
             ordered,
             dead_letter,
+            delivery_delay,
         },
         created,
     })
@@ -672,6 +730,8 @@ mod tests {
                 ("".to_owned(), "ünïcode".to_owned()),
             ],
             id: String::new(),
+            deliver_at: None,
+            deliver_after: None,
         }
     }
 
@@ -707,6 +767,7 @@ mod tests {
                 retry: None,
                 ordered: false,
                 dead_letter: None,
+                delivery_delay: Duration::ZERO,
             },
             created: time(1_700_000_000_000_001),
         }

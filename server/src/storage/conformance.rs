@@ -105,6 +105,7 @@ fn settings(ack_deadline: Duration) -> SubscriptionSettings {
         retry: None,
         ordered: false,
         dead_letter: None,
+        delivery_delay: Duration::ZERO,
     }
 }
 
@@ -117,6 +118,8 @@ fn message(tag: &str) -> NewMessage {
             ("n".to_owned(), "1".to_owned()),
         ],
         id: String::new(),
+        deliver_at: None,
+        deliver_after: None,
     }
 }
 
@@ -568,6 +571,7 @@ async fn subscription_settings_change_and_survive_a_reopen(
                 topic: topic_name("t")?,
                 max_delivery_attempts: 3,
             }),
+            delivery_delay: Duration::from_secs(90),
         },
         ..sub.clone()
     };

@@ -5,7 +5,7 @@
 //! and never across an `.await`. Nothing survives the process, so this store
 //! must not be used where durability matters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,9 +15,10 @@ use async_trait::async_trait;
 
 use super::codec;
 use super::{
-    Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, Duplicate, NewMessage,
-    ReadLimit, Store, StoreError, StoreListener, StoreResult, StoredMessage, StoredSubscription,
-    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
+    Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, DuePosition, Duplicate,
+    NewMessage, ReadLimit, Store, StoreError, StoreListener, StoreResult, StoredMessage,
+    StoredSubscription, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
+    TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -49,6 +50,8 @@ struct TopicData {
     messages: BTreeMap<Offset, StoredMessage>,
     /// Remembered ids: the offset stored with each, and when.
     ids: HashMap<String, (Offset, SystemTime)>,
+    /// The index of delayed messages.
+    delayed: BTreeSet<DuePosition>,
 }
 
 #[derive(Debug)]
@@ -129,7 +132,11 @@ impl MemoryStore {
                 key: message.key.clone(),
                 attributes: message.attributes.clone(),
                 id: message.id.clone(),
+                deliver_at: message.due(publish_time),
             };
+            if let Some(due) = stored.deliver_at {
+                data.delayed.insert(DuePosition { due, offset });
+            }
             data.messages.insert(offset, stored);
             offset += 1;
         }
@@ -162,6 +169,8 @@ fn new_message(message: &StoredMessage) -> NewMessage {
         key: message.key.clone(),
         attributes: message.attributes.clone(),
         id: message.id.clone(),
+        deliver_at: message.deliver_at,
+        deliver_after: None,
     }
 }
 
@@ -237,6 +246,7 @@ impl Store for MemoryStore {
             record: record.clone(),
             messages: BTreeMap::new(),
             ids: HashMap::new(),
+            delayed: BTreeSet::new(),
         };
         state.topics.insert(record.id, data);
         Ok(record)
@@ -351,6 +361,45 @@ impl Store for MemoryStore {
             .find(|m| m.publish_time >= time)
             .map(|m| m.offset);
         Ok(first_at_or_after.unwrap_or(data.record.next_offset))
+    }
+
+    async fn delayed(
+        &self,
+        topic: TopicId,
+        after: Option<DuePosition>,
+        until: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<DuePosition>> {
+        let state = self.lock()?;
+        let Some(data) = state.topics.get(&topic) else {
+            return Ok(Vec::new());
+        };
+        let until = codec::truncate_to_micros(until);
+        Ok(data
+            .delayed
+            .iter()
+            .filter(|p| after.is_none_or(|after| **p > after))
+            .take_while(|p| p.due <= until)
+            .take(limit)
+            .copied()
+            .collect())
+    }
+
+    async fn count_delayed(&self, topic: TopicId, time: SystemTime) -> StoreResult<u64> {
+        let state = self.lock()?;
+        let Some(data) = state.topics.get(&topic) else {
+            return Ok(0);
+        };
+        let time = codec::truncate_to_micros(time);
+        Ok(data.delayed.iter().filter(|p| p.due > time).count() as u64)
+    }
+
+    async fn forget_delayed(&self, topic: TopicId, before: SystemTime) -> StoreResult<()> {
+        let mut state = self.lock()?;
+        if let Some(data) = state.topics.get_mut(&topic) {
+            data.delayed.retain(|p| p.due >= before);
+        }
+        Ok(())
     }
 
     async fn create_subscription(

@@ -143,6 +143,8 @@ pub struct SubscriptionSettings {
     pub ordered: bool,
     /// Where messages that keep failing go; `None` for nowhere.
     pub dead_letter: Option<DeadLetterPolicy>,
+    /// No message is delivered before its publish time plus this.
+    pub delivery_delay: Duration,
 }
 
 /// Where a subscription moves messages that fail too often, or that a
@@ -259,9 +261,28 @@ pub struct NewMessage {
     /// The idempotency key; empty for none. Within the topic's dedup
     /// window a message whose id was stored already is not stored again.
     pub id: String,
+    /// Delivered on no subscription before this time; `None` for at once.
+    pub deliver_at: Option<SystemTime>,
+    /// Delivered on no subscription before this long after its publish
+    /// time (which the store decides); with `deliver_at` the later wins.
+    pub deliver_after: Option<Duration>,
 }
 
 impl NewMessage {
+    /// When the message is due if it is published at `publish_time`:
+    /// `None` when at once. Whole microseconds, as stores keep times.
+    pub fn due(&self, publish_time: SystemTime) -> Option<SystemTime> {
+        let after = self.deliver_after.map(|d| publish_time + d);
+        let due = match (self.deliver_at, after) {
+            (Some(at), Some(after)) => at.max(after),
+            (at, after) => at.or(after)?,
+        };
+        // Rounded up, so that truncating to microseconds never makes it
+        // earlier.
+        let due = codec::truncate_to_micros(due + Duration::from_nanos(999));
+        (due > publish_time).then_some(due)
+    }
+
     /// How many bytes count against the message size limit: payload, key,
     /// and attribute names and values.
     pub fn size(&self) -> usize {
@@ -290,6 +311,8 @@ pub struct StoredMessage {
     pub attributes: Vec<(String, String)>,
     /// The id it was published with; empty for none.
     pub id: String,
+    /// Delivered on no subscription before this time; `None` for at once.
+    pub deliver_at: Option<SystemTime>,
 }
 
 impl StoredMessage {
@@ -370,6 +393,16 @@ impl Appended {
         }
         (offsets, flags)
     }
+}
+
+/// A delayed message's place in its topic's index of delayed messages:
+/// when it is due, then its offset. Entries sort by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DuePosition {
+    /// When the message is due (whole microseconds).
+    pub due: SystemTime,
+    /// Its offset.
+    pub offset: Offset,
 }
 
 /// Bounds on one read.
@@ -478,6 +511,12 @@ impl std::fmt::Debug for dyn StoreListener {
 /// - **Reads** see every batch whose append has returned (and that was not
 ///   truncated), in offset order, with offsets that hold no message simply
 ///   absent: offsets need not be dense.
+/// - **Delays.** A stored message with a `deliver_at` is indexed by it, in
+///   the same write: [`delayed`](Store::delayed) lists the index in
+///   (due, offset) order until [`forget_delayed`](Store::forget_delayed)
+///   drops the entries due before a time. Truncation leaves entries (they
+///   name offsets that hold no message any more); deleting the topic drops
+///   them all.
 /// - **Threads.** Methods may be called concurrently from any task. No
 ///   implementation blocks the async worker thread it is polled on.
 #[async_trait]
@@ -567,6 +606,26 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::TopicNotFound`] when there is no such topic.
     async fn offset_at_time(&self, topic: TopicId, time: SystemTime) -> StoreResult<Offset>;
+
+    /// The delayed messages of `topic` past `after` (all when `None`) and
+    /// due at or before `until`, in (due, offset) order, at most `limit`;
+    /// none for a topic that does not exist.
+    async fn delayed(
+        &self,
+        topic: TopicId,
+        after: Option<DuePosition>,
+        until: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<DuePosition>>;
+
+    /// How many delayed messages of `topic` are due after `time`; 0 for a
+    /// topic that does not exist.
+    async fn count_delayed(&self, topic: TopicId, time: SystemTime) -> StoreResult<u64>;
+
+    /// Drops the index entries of `topic` due before `before`: messages
+    /// that are due are found by reading the log. Nothing for a topic that
+    /// does not exist.
+    async fn forget_delayed(&self, topic: TopicId, before: SystemTime) -> StoreResult<()>;
 
     /// Creates a subscription with a fresh id and the given initial ack
     /// state.

@@ -1,6 +1,6 @@
 //! [`RocksStore`]: the [`Store`] contract on an embedded RocksDB database.
 //!
-//! Layout, in four fixed column families:
+//! Layout, in five fixed column families:
 //!
 //! - `messages`: topic id ‖ offset (big-endian) → a codec-encoded message;
 //! - `subscriptions`: subscription id → its ack state, and subscription id
@@ -11,7 +11,9 @@
 //!   subscription record, `NT` / `NS` → the last topic / subscription id
 //!   handed out;
 //! - `dedup`: topic id ‖ message id → the offset stored with it and when
-//!   (see `dedup`).
+//!   (see `dedup`);
+//! - `delays`: topic id ‖ due time ‖ offset → nothing, the index of
+//!   delayed messages (see `delays`).
 //!
 //! All writes go through one writer thread (see `writer`), which batches the
 //! requests waiting for it into one `WriteBatch`: group commit. A topic's
@@ -37,8 +39,8 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::codec;
 use super::{
-    Appended, Catalog, Commit, DeliveryUpdate, NewMessage, ReadLimit, Store, StoreError,
-    StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, ReadLimit, Store,
+    StoreError, StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
     SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
@@ -46,6 +48,7 @@ use crate::offsets::{AckState, Offset};
 
 mod batch;
 mod dedup;
+mod delays;
 mod open;
 mod read;
 mod syncer;
@@ -377,6 +380,35 @@ impl Store for RocksStore {
     async fn offset_at_time(&self, topic: TopicId, time: SystemTime) -> StoreResult<Offset> {
         self.read_with("finding an offset by time", move |db| {
             find_offset_at_time(db, topic, time)
+        })
+        .await
+    }
+
+    async fn delayed(
+        &self,
+        topic: TopicId,
+        after: Option<DuePosition>,
+        until: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<DuePosition>> {
+        self.read_with("reading delayed messages", move |db| {
+            delays::delayed(db, topic, after, until, limit)
+        })
+        .await
+    }
+
+    async fn count_delayed(&self, topic: TopicId, time: SystemTime) -> StoreResult<u64> {
+        self.read_with("counting delayed messages", move |db| {
+            delays::count_delayed(db, topic, time)
+        })
+        .await
+    }
+
+    async fn forget_delayed(&self, topic: TopicId, before: SystemTime) -> StoreResult<()> {
+        self.submit(|reply| Op::ForgetDelayed {
+            topic,
+            before,
+            reply,
         })
         .await
     }

@@ -160,6 +160,8 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
         })),
         "dead_lettered": sub.dead_lettered,
         "rejected": sub.rejected,
+        "delivery_delay_seconds": sub.delivery_delay.as_secs_f64(),
+        "delayed": sub.delayed,
         "retry_policy": sub.retry_policy.map(|policy| json!({
             "minimum_backoff_seconds": policy.minimum_backoff.as_secs_f64(),
             "maximum_backoff_seconds": policy.maximum_backoff.as_secs_f64(),
@@ -420,6 +422,15 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
         ),
         ("rejected", sub.rejected.to_string()),
         (
+            "delivery delay",
+            if sub.delivery_delay.is_zero() {
+                "none".to_owned()
+            } else {
+                age_text(sub.delivery_delay)
+            },
+        ),
+        ("delayed", sub.delayed.to_string()),
+        (
             "retry",
             sub.retry_policy.map_or("at once".to_owned(), |policy| {
                 format!(
@@ -465,6 +476,8 @@ mod tests {
             dead_letter_policy: Some(tidings_client::DeadLetterPolicy::new("orders.dead", 5)),
             dead_lettered: 2,
             rejected: 1,
+            delivery_delay: Duration::ZERO,
+            delayed: 0,
         };
         let value = subscription_json(&sub);
         assert_eq!(value["backlog"], 3);

@@ -174,6 +174,21 @@ pub(crate) fn parse_dedup_window(value: &str) -> Result<Duration, String> {
     Ok(window)
 }
 
+/// Parses a delivery delay: a duration of at most 30 days such as `30s`,
+/// `10m` or `2h` (a bare number is seconds); `0` for none.
+pub(crate) fn parse_delay(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|_| format!("expected a duration such as 30s, 10m or 2h, not {value:?}"))?,
+    };
+    if delay > Duration::from_secs(30 * 24 * 3600) {
+        return Err("a delay is at most 30d".into());
+    }
+    Ok(delay)
+}
+
 /// Parses a size in bytes: a number, or a number and a unit such as
 /// `500MB`, `10GiB` or `64 KiB`.
 pub(crate) fn parse_size(value: &str) -> Result<u64, String> {

@@ -205,7 +205,7 @@ impl LeaseBook {
             }
             // Offsets not yet scanned come with the scan.
             if offset < self.next_new {
-                self.take_in(message, Meta::of(message, self.ordered), now);
+                self.take_in(message, Meta::of(message, self.ordered), now, None);
             }
         }
         redriven

@@ -43,6 +43,7 @@ fn message(offset: Offset, key: &str) -> StoredMessage {
         key: key.to_owned(),
         attributes: Vec::new(),
         id: String::new(),
+        deliver_at: None,
     }
 }
 
@@ -113,6 +114,7 @@ fn turn(
             range: &scan.range,
             messages: &read,
             examined,
+            horizon: None,
         };
         leased.extend(book.admit(
             stream,
@@ -226,6 +228,7 @@ fn skipping_acknowledged_messages_costs_per_range_not_per_offset() {
         range: &(0..1),
         messages: &[message(0, "")],
         examined: 1,
+        horizon: None,
     };
     book.admit(s, scanned, window(100), ALL, now, DEADLINE);
     let claim = book.claim(s, window(100), ALL, head, now, DEADLINE);
@@ -303,6 +306,7 @@ fn an_admission_never_leases_beyond_the_streams_room() {
         range: &range,
         messages: &topic[2..4],
         examined: 4,
+        horizon: None,
     };
     let leased = book.admit(s, scanned, window(2), ALL, now, DEADLINE);
     assert_eq!(offsets(&leased), vec![0, 1]);
@@ -331,6 +335,7 @@ fn a_byte_window_bounds_what_a_stream_holds_but_never_starves_it() {
         range: &range,
         messages: &topic[0..6],
         examined: 6,
+        horizon: None,
     };
     let leased = book.admit(s, scanned, window, ALL, now, DEADLINE);
     assert_eq!(offsets(&leased), vec![0, 1], "two fit in 100 bytes");
@@ -942,6 +947,7 @@ fn a_scan_read_before_a_seek_is_dropped_when_it_comes_back() {
         messages: &topic,
         examined: scan.range.end,
         epoch: scan.epoch,
+        horizon: None,
     };
     assert!(
         book.admit(s, scanned, window(10), ALL, now, DEADLINE)

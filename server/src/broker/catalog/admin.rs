@@ -178,6 +178,9 @@ impl Broker {
         if let Some(dead_letter) = update.dead_letter {
             record.settings.dead_letter = dead_letter;
         }
+        if let Some(delay) = update.delivery_delay {
+            record.settings.delivery_delay = delay;
+        }
         match self.inner.store.update_subscription(record.clone()).await {
             Ok(()) => {}
             // Deleted meanwhile, with its topic.

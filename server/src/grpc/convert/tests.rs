@@ -70,6 +70,7 @@ fn publish_request_moves_payloads_and_sorts_attributes() {
                 .map(|c| (c.to_string(), c.to_string()))
                 .collect(),
             id: "order-1/placed".into(),
+            ..v1::PublishMessage::default()
         }],
     };
     let command = PublishCommand::try_from(request).expect("valid request");
@@ -244,6 +245,7 @@ fn delivery_becomes_received_message() {
             key: "k".into(),
             attributes: vec![("a".into(), "1".into())],
             id: "order-1/placed".into(),
+            deliver_at: None,
         },
         attempt: 2,
         ack_id: "1-9-3".into(),
@@ -316,6 +318,8 @@ fn infos_become_resources() {
         }),
         dead_lettered: 3,
         rejected: 1,
+        delivery_delay: Duration::from_secs(60),
+        delayed: 5,
     });
     assert_eq!(subscription.name, "s");
     assert_eq!(subscription.topic, "t");

@@ -11,6 +11,7 @@ use rocksdb::{ColumnFamily, DB, WriteBatch};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::dedup::CF_DEDUP;
+use super::delays::{self, CF_DELAYS};
 use super::{
     CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, FIRST_PREFIX, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
     LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, SyncPolicy, TOPIC_PREFIX, column, dead_letters_key,
@@ -35,6 +36,7 @@ pub(super) struct Columns<'db> {
     states: &'db ColumnFamily,
     meta: &'db ColumnFamily,
     pub(super) dedup: &'db ColumnFamily,
+    delays: &'db ColumnFamily,
 }
 
 impl<'db> Columns<'db> {
@@ -45,6 +47,7 @@ impl<'db> Columns<'db> {
             states: column(db, CF_SUBSCRIPTIONS)?,
             meta: column(db, CF_META)?,
             dedup: column(db, CF_DEDUP)?,
+            delays: column(db, CF_DELAYS)?,
         })
     }
 }
@@ -243,6 +246,24 @@ impl<'db> Batch<'db> {
             .put_cf(self.columns.dedup, codec::dedup_key(topic, id), value);
     }
 
+    /// Indexes the delayed message at `offset` by when it is due.
+    pub(super) fn put_delayed(&mut self, topic: TopicId, due: SystemTime, offset: Offset) {
+        let key = codec::delayed_key(topic, due, offset);
+        self.write.put_cf(self.columns.delays, key, []);
+    }
+
+    /// Drops the index entries of `topic` due before `before`. Losing this
+    /// to a crash only makes the broker read them again.
+    pub(super) fn forget_delayed(&mut self, topic: TopicId, before: SystemTime) {
+        let start = codec::delayed_key(topic, SystemTime::UNIX_EPOCH, 0);
+        let before = before
+            .checked_sub(std::time::Duration::from_micros(1))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let end = delays::end_of(topic, before);
+        self.write
+            .delete_range_cf(self.columns.delays, &start[..], &end[..]);
+    }
+
     /// Sets a topic's head and retained bytes; they are written with the
     /// rest of the batch.
     pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset, retained_bytes: u64) {
@@ -297,6 +318,7 @@ impl<'db> Batch<'db> {
         // ids start with the next.
         let (first, next) = (topic.0.to_be_bytes(), (topic.0 + 1).to_be_bytes());
         self.write.delete_range_cf(self.columns.dedup, first, next);
+        self.write.delete_range_cf(self.columns.delays, first, next);
         let meta = self.columns.meta;
         self.write.delete_cf(meta, meta_key(TOPIC_PREFIX, topic.0));
         self.write.delete_cf(meta, meta_key(HEAD_PREFIX, topic.0));

@@ -8,6 +8,7 @@ use rocksdb::{
 };
 
 use super::dedup::{self, CF_DEDUP, Windows};
+use super::delays::CF_DELAYS;
 use super::{CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, engine};
 use crate::storage::StoreResult;
 
@@ -28,7 +29,7 @@ pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
     // family (meta), which would otherwise never be flushed.
     db_options.set_max_total_wal_size(256 << 20);
     db_options.set_env(&background_env()?);
-    let mut families: Vec<_> = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META]
+    let mut families: Vec<_> = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META, CF_DELAYS]
         .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)))
         .into();
     let mut ids = column_options(&cache);

@@ -67,6 +67,11 @@ pub(super) enum Op {
         messages: Vec<NewMessage>,
         reply: Reply<Appended>,
     },
+    ForgetDelayed {
+        topic: TopicId,
+        before: SystemTime,
+        reply: Reply<()>,
+    },
     CreateSubscription {
         new: NewSubscription,
         reply: Reply<SubscriptionRecord>,
@@ -391,6 +396,16 @@ impl Writer {
                 let staged = self.stage_delete_subscription(subscription, batch);
                 batch.answer(reply, staged);
             }
+            Op::ForgetDelayed {
+                topic,
+                before,
+                reply,
+            } => {
+                if self.topics.contains_key(&topic) {
+                    batch.forget_delayed(topic, before);
+                }
+                batch.answer(reply, Ok(()));
+            }
             Op::SaveDeliveries { updates, reply } => {
                 self.stage_deliveries(&updates, batch);
                 batch.answer(reply, Ok(()));
@@ -448,6 +463,9 @@ impl Writer {
             }
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
+            if let Some(due) = message.due(publish_time) {
+                batch.put_delayed(topic, due, offset);
+            }
             head.retained_bytes += codec::stored_size(self.scratch.len());
             offset += 1;
         }

@@ -79,6 +79,11 @@ pub(crate) struct PublishArgs {
     #[arg(long, value_name = "ID")]
     id: Option<String>,
 
+    /// Deliver the messages on no subscription before this long after
+    /// they are stored, such as 30s or 10m (at most 30d).
+    #[arg(long, value_parser = values::parse_delay, value_name = "DURATION")]
+    delay: Option<Duration>,
+
     /// Whether `--id` is numbered per message: the input may hold more
     /// than one. Set by [`PublishArgs::input`].
     #[arg(skip)]
@@ -95,6 +100,9 @@ impl PublishArgs {
         }
         for (name, value) in &self.attributes {
             message = message.with_attribute(name.clone(), value.clone());
+        }
+        if let Some(delay) = self.delay.filter(|d| !d.is_zero()) {
+            message = message.with_delay(delay);
         }
         if let Some(id) = &self.id {
             message = message.with_id(if self.numbers_ids {

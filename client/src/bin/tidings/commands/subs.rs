@@ -60,6 +60,11 @@ pub(crate) enum SubsCommand {
         /// The others are acknowledged without delivery.
         #[arg(long, value_name = "EXPRESSION")]
         filter: Option<String>,
+
+        /// Deliver no message before its publish time plus this, such as
+        /// 30s or 10m (at most 30d).
+        #[arg(long, value_parser = values::parse_delay, value_name = "DURATION")]
+        delivery_delay: Option<Duration>,
     },
 
     /// Change a subscription's ack deadline or filter; its open streams
@@ -96,6 +101,11 @@ pub(crate) enum SubsCommand {
         /// ever.
         #[arg(long, conflicts_with_all = ["dead_letter_topic", "max_delivery_attempts"])]
         no_dead_letter: bool,
+
+        /// The new delivery delay, such as 30s (at most 30d); 0 removes
+        /// it. Applies to every message not yet delivered.
+        #[arg(long, value_parser = values::parse_delay, value_name = "DURATION")]
+        delivery_delay: Option<Duration>,
     },
 
     /// Bring dead-lettered messages back to a subscription: all of them, or
@@ -261,6 +271,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             ordered,
             dead_letter,
             filter,
+            delivery_delay,
         } => {
             let mut config = SubscriptionConfig::new(name, topic).start(new.start);
             if let Some(deadline) = new.ack_deadline {
@@ -276,6 +287,9 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             if let Some(policy) = dead_letter.policy(None)? {
                 config = config.dead_letter_policy(policy);
             }
+            if let Some(delay) = delivery_delay {
+                config = config.delivery_delay(delay);
+            }
             create(ctx, &client, config).await?;
         }
         SubsCommand::Update {
@@ -286,6 +300,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             no_backoff,
             dead_letter,
             no_dead_letter,
+            delivery_delay,
         } => {
             let changes_retry = backoff.min_backoff.is_some() || backoff.max_backoff.is_some();
             let changes_dead_letter = dead_letter.dead_letter_topic.is_some()
@@ -315,16 +330,18 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 filter,
                 retry_policy,
                 dead_letter_policy,
+                delivery_delay,
             };
             if update.ack_deadline.is_none()
                 && update.filter.is_none()
                 && update.retry_policy.is_none()
                 && update.dead_letter_policy.is_none()
+                && update.delivery_delay.is_none()
             {
                 anyhow::bail!(
                     "nothing to change: give --ack-deadline, --filter (an empty one removes it), \
                      --min-backoff, --max-backoff, --no-backoff, --dead-letter-topic, \
-                     --max-delivery-attempts or --no-dead-letter"
+                     --max-delivery-attempts, --no-dead-letter or --delivery-delay"
                 );
             }
             let sub = client.update_subscription(&name, update).await?;
