@@ -1122,6 +1122,86 @@ async fn ids_are_forgotten_after_the_window(mut h: impl Harness) -> anyhow::Resu
     Ok(())
 }
 
+async fn delayed_messages_are_indexed_by_due_time_until_forgotten(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let topic = store
+        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .await?;
+    let other = store
+        .create_topic(&topic_name("u")?, TopicSettings::default())
+        .await?;
+    let soon = SystemTime::now() + Duration::from_secs(3600);
+    let later = soon + Duration::from_secs(60);
+    // Due times are kept to the microsecond, rounded up.
+    let end = later + Duration::from_secs(1);
+    let batch = vec![
+        NewMessage {
+            deliver_at: Some(later),
+            ..message("later")
+        },
+        message("now"),
+        NewMessage {
+            deliver_after: Some(Duration::from_secs(3600)),
+            ..message("after")
+        },
+        NewMessage {
+            deliver_at: Some(soon),
+            ..message("soon")
+        },
+    ];
+    let appended = store.append(topic.id, batch).await?;
+    store
+        .append(
+            other.id,
+            vec![NewMessage {
+                deliver_at: Some(soon),
+                ..message("elsewhere")
+            }],
+        )
+        .await?;
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    let after_due = appended.publish_time + Duration::from_secs(3600);
+    ensure!(read[1].deliver_at.is_none(), "{read:?}");
+    let due = read[2]
+        .deliver_at
+        .context("deliver_after is stored as a time")?;
+    ensure!(
+        due >= after_due && due < after_due + Duration::from_micros(1),
+        "after the publish time, to the microsecond: {read:?}"
+    );
+    let all = store.delayed(topic.id, None, end, usize::MAX).await?;
+    let order: Vec<Offset> = all.iter().map(|p| p.offset).collect();
+    ensure!(
+        order.len() == 3 && order[2] == 0 && all[2].due == read[0].deliver_at.context("at")?,
+        "by due time: {all:?}"
+    );
+    let page = store.delayed(topic.id, Some(all[0]), end, 1).await?;
+    ensure!(page == all[1..2], "the page after the first: {page:?}");
+    let not_yet = store
+        .delayed(topic.id, None, soon - Duration::from_secs(1), 10)
+        .await?;
+    ensure!(not_yet.is_empty(), "{not_yet:?}");
+    ensure!(store.count_delayed(topic.id, SystemTime::now()).await? == 3);
+    ensure!(store.count_delayed(topic.id, end).await? == 0);
+
+    let store = h.reopen(store).await?;
+    ensure!(
+        store.delayed(topic.id, None, end, 10).await? == all,
+        "kept across a restart"
+    );
+    store
+        .forget_delayed(topic.id, later - Duration::from_secs(1))
+        .await?;
+    let left = store.delayed(topic.id, None, end, 10).await?;
+    ensure!(left == all[2..], "only the later one is left: {left:?}");
+    ensure!(store.count_delayed(other.id, SystemTime::now()).await? == 1);
+    store.delete_topic(other.id).await?;
+    ensure!(store.count_delayed(other.id, SystemTime::now()).await? == 0);
+    Ok(())
+}
+
 async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
@@ -1266,6 +1346,7 @@ macro_rules! conformance {
             a_commit_appends_and_settles_together_and_hears_its_appends,
             repeated_ids_are_stored_once_across_restarts,
             ids_are_forgotten_after_the_window,
+            delayed_messages_are_indexed_by_due_time_until_forgotten,
         ]);
     };
     (@each [$($module:ident => $harness:expr),+] $checks:tt) => {

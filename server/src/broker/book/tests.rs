@@ -960,3 +960,103 @@ fn a_scan_read_before_a_seek_is_dropped_when_it_comes_back() {
         vec![2, 3]
     );
 }
+
+/// Claims and admits the whole of `topic` on `stream` with the delay
+/// horizon `horizon`; returns what was leased.
+fn admit_with_horizon(
+    book: &mut LeaseBook,
+    topic: &[StoredMessage],
+    stream: StreamId,
+    horizon: Option<DuePosition>,
+    now: Now,
+) -> Vec<Leased> {
+    let head = topic.last().map_or(0, |m| m.offset + 1);
+    let claim = book.claim(stream, window(100), ALL, head, now, DEADLINE);
+    let scan = claim.scan.expect("a scan of the topic");
+    let scanned = Scanned {
+        epoch: book.epoch,
+        range: &scan.range,
+        messages: topic,
+        examined: head,
+        horizon,
+    };
+    let mut leased = claim.leased;
+    leased.extend(book.admit(stream, scanned, window(100), ALL, now, DEADLINE));
+    leased
+}
+
+#[test]
+fn a_delayed_message_waits_for_its_time_or_is_passed_over_beyond_the_horizon() {
+    let now = start();
+    let mut topic = topic(4);
+    // 1 is due in 10 s, within the horizon; 2 in an hour, beyond it.
+    topic[1].deliver_at = Some(now.wall + Duration::from_secs(10));
+    topic[2].deliver_at = Some(now.wall + Duration::from_secs(3600));
+    let horizon = Some(DuePosition {
+        due: now.wall + Duration::from_secs(30),
+        offset: Offset::MAX,
+    });
+    let mut book = book(false);
+    let s = book.open_stream();
+    let leased = admit_with_horizon(&mut book, &topic, s, horizon, now);
+    assert_eq!(offsets(&leased), [0, 3], "the delayed ones hold no slot");
+    let woken = book.next_wakeup().expect("the near one is waited for");
+    assert!(woken >= now.instant + Duration::from_secs(10));
+    book.ack(&[Target::Offset(0), Target::Offset(3)], now);
+
+    let at_ten = later(now, Duration::from_secs(10));
+    let claim = book.claim(s, window(100), ALL, 4, at_ten, DEADLINE);
+    assert_eq!(
+        attempts(&claim.leased),
+        [(1, 1)],
+        "a first delivery, on time"
+    );
+    book.ack(&[Target::Offset(1)], at_ten);
+
+    // The feed hands the far one back when it comes near; the book takes
+    // it once, and not a message it holds or settled.
+    let near = later(now, Duration::from_secs(3590));
+    let fed = [
+        DuePosition {
+            due: topic[2].deliver_at.expect("delayed"),
+            offset: 2,
+        },
+        DuePosition {
+            due: now.wall,
+            offset: 1,
+        },
+    ];
+    assert!(book.delayed_due(&fed, near));
+    assert!(!book.delayed_due(&fed, near), "taken once");
+    let early = book.claim(s, window(100), ALL, 4, near, DEADLINE);
+    assert!(early.leased.is_empty(), "not before its time");
+    let due = later(now, Duration::from_secs(3600));
+    let claim = book.claim(s, window(100), ALL, 4, due, DEADLINE);
+    assert_eq!(attempts(&claim.leased), [(2, 1)]);
+}
+
+#[test]
+fn an_ordered_book_keeps_every_delayed_message_and_its_key_waits() {
+    let now = start();
+    let mut topic: Vec<StoredMessage> = (0..2).map(|o| message(o, "k")).collect();
+    topic[0].deliver_at = Some(now.wall + Duration::from_secs(3600));
+    let horizon = Some(DuePosition {
+        due: now.wall,
+        offset: Offset::MAX,
+    });
+    let mut book = book(true);
+    let s = book.open_stream();
+    let leased = admit_with_horizon(&mut book, &topic, s, horizon, now);
+    assert!(
+        leased.is_empty(),
+        "the key waits behind its delayed message"
+    );
+    let fed = [DuePosition {
+        due: topic[0].deliver_at.expect("delayed"),
+        offset: 0,
+    }];
+    assert!(!book.delayed_due(&fed, now), "kept, so never fed");
+    let due = later(now, Duration::from_secs(3600));
+    let claim = book.claim(s, window(100), ALL, 2, due, DEADLINE);
+    assert_eq!(offsets(&claim.leased), [0]);
+}
