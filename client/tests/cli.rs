@@ -99,7 +99,11 @@ async fn message_arguments_are_published_and_json_lists_offsets() -> anyhow::Res
         .json()?;
     assert_eq!(
         published,
-        serde_json::json!({ "topic": "events", "offsets": [1, 2] })
+        serde_json::json!({
+            "topic": "events",
+            "offsets": [1, 2],
+            "duplicates": [false, false],
+        })
     );
 
     let raw = broker
