@@ -13,8 +13,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::{
-    Appended, Catalog, Commit, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, Store,
-    StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
+    Appended, Catalog, Commit, DeliveryUpdate, MemoryStore, NewMessage, ReadLimit, StorageClass,
+    Store, StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
     SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 
@@ -112,9 +112,10 @@ impl Store for TestStore {
         &self,
         name: &TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
     ) -> StoreResult<TopicRecord> {
         let (inner, name) = (self.inner.clone(), name.clone());
-        self.write(async move { inner.create_topic(&name, settings).await })
+        self.write(async move { inner.create_topic(&name, settings, storage).await })
             .await
     }
 

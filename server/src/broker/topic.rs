@@ -20,8 +20,8 @@ use super::TopicInfo;
 use crate::names::TopicName;
 use crate::offsets::Offset;
 use crate::storage::{
-    Appended, NewMessage, ReadLimit, Retention, StoreListener, StoredMessage, TopicId, TopicRecord,
-    TopicSettings,
+    Appended, NewMessage, ReadLimit, Retention, StorageClass, StoreListener, StoredMessage,
+    TopicId, TopicRecord, TopicSettings,
 };
 
 /// Bounds of a topic's tail cache.
@@ -89,6 +89,8 @@ pub(super) struct Topic {
     tail: Mutex<TailCache>,
     /// What can change, as stored.
     settings: Mutex<TopicSettings>,
+    /// Where its messages are kept.
+    pub(super) storage: StorageClass,
 }
 
 impl Topic {
@@ -104,6 +106,7 @@ impl Topic {
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
             settings: Mutex::new(record.settings.clone()),
+            storage: record.storage,
         }
     }
 
@@ -122,6 +125,7 @@ impl Topic {
             created: self.created,
             settings,
             retained_bytes: self.retained_bytes(),
+            storage: self.storage,
         }
     }
 
@@ -283,6 +287,7 @@ impl Topic {
             retained_messages: next_offset - first_offset,
             retained_bytes: self.retained_bytes(),
             dedup_window: self.lock_settings().dedup_window,
+            storage: self.storage,
         }
     }
 }
@@ -343,6 +348,7 @@ mod tests {
             created: SystemTime::UNIX_EPOCH,
             settings: TopicSettings::default(),
             retained_bytes: 0,
+            storage: StorageClass::Disk,
         })
     }
 
