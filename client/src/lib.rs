@@ -121,8 +121,8 @@ pub use subscriber::{
     Subscriber, SubscriberBuilder,
 };
 pub use types::{
-    DeadLetterPolicy, Message, Published, Retention, RetryPolicy, StartPosition, Subscription,
-    SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
+    DeadLetterPolicy, Message, Published, Retention, RetryPolicy, StartPosition, StorageClass,
+    Subscription, SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
 };
 
 #[cfg(test)]

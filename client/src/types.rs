@@ -1,13 +1,13 @@
 //! Plain data of the client API: [`Subscription`], [`SubscriptionConfig`],
 //! [`StartPosition`] and [`Message`], and in `topic.rs` [`Topic`] with its
-//! [`Retention`], [`TopicConfig`] and [`TopicUpdate`], with their
+//! [`Retention`] and [`StorageClass`], [`TopicConfig`] and [`TopicUpdate`], with their
 //! conversions from and to the generated wire types.
 //!
 //! Nothing here talks to the broker; these are values and conversions only.
 
 mod topic;
 
-pub use topic::{Retention, Topic, TopicConfig, TopicUpdate};
+pub use topic::{Retention, StorageClass, Topic, TopicConfig, TopicUpdate};
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

@@ -373,10 +373,13 @@ async fn people_get_tables_and_lines() -> anyhow::Result<()> {
     let topics = broker.tidings(&["topics", "ls"]).await?.ok()?;
     let lines = topics.lines();
     assert!(
-        lines[0].starts_with("NAME    NEXT OFFSET  CREATED"),
+        lines[0].starts_with("NAME    STORAGE  NEXT OFFSET  CREATED"),
         "{lines:?}"
     );
-    assert!(lines[1].starts_with("orders  1            "), "{lines:?}");
+    assert!(
+        lines[1].starts_with("orders  disk     1            "),
+        "{lines:?}"
+    );
     let subs = broker.tidings(&["subs", "ls"]).await?.ok()?;
     assert!(subs.stdout.contains("BACKLOG"), "{}", subs.stdout);
     assert!(subs.stdout.contains("billing  orders"), "{}", subs.stdout);

@@ -1,4 +1,5 @@
-//! Topics as plain data: [`Topic`], its [`Retention`] policy, and what
+//! Topics as plain data: [`Topic`], its [`Retention`] policy and
+//! [`StorageClass`], and what
 //! [`Client::create_topic_with`](crate::Client::create_topic_with) and
 //! [`Client::update_topic`](crate::Client::update_topic) send
 //! ([`TopicConfig`], [`TopicUpdate`]), with their wire conversions.
@@ -36,10 +37,68 @@ pub struct Topic {
     /// ([`Message::id`](crate::Message::id)); zero when they are not (and
     /// from a broker older than deduplication).
     pub dedup_window: Duration,
+    /// Where the topic keeps its messages ([`StorageClass::Disk`] from a
+    /// broker older than memory topics).
+    pub storage: StorageClass,
+}
+
+/// Where a topic keeps its messages; chosen when it is created
+/// ([`TopicConfig::storage`]) and fixed after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum StorageClass {
+    /// On the broker's disk: messages survive restarts and crashes (and a
+    /// power loss, as far as the broker's sync policy promises).
+    #[default]
+    Disk,
+    /// In the broker's memory only: publishing writes no message data to
+    /// disk, and a restart or crash of the broker loses every message of
+    /// the topic. The topic, its subscriptions and their acknowledgements
+    /// survive, and offsets are never reused. The topic keeps at most its
+    /// [`Retention::max_bytes`] (64 MiB when unset): each publish beyond it
+    /// drops the oldest messages at once. Message ids are remembered
+    /// within the dedup window while the broker runs, not across restarts.
+    Memory,
+}
+
+impl StorageClass {
+    /// Its name in lower case: `disk` or `memory`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageClass::Disk => "disk",
+            StorageClass::Memory => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for StorageClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<StorageClass> for v1::StorageClass {
+    fn from(storage: StorageClass) -> Self {
+        match storage {
+            StorageClass::Disk => v1::StorageClass::Disk,
+            StorageClass::Memory => v1::StorageClass::Memory,
+        }
+    }
+}
+
+impl From<v1::StorageClass> for StorageClass {
+    /// Unspecified (from a broker older than memory topics) is disk.
+    fn from(storage: v1::StorageClass) -> Self {
+        match storage {
+            v1::StorageClass::Memory => StorageClass::Memory,
+            v1::StorageClass::Disk | v1::StorageClass::Unspecified => StorageClass::Disk,
+        }
+    }
 }
 
 impl From<v1::Topic> for Topic {
     fn from(topic: v1::Topic) -> Self {
+        // A number this client does not know reads as unspecified.
+        let storage = topic.storage().into();
         Self {
             name: topic.name,
             first_offset: topic.first_offset,
@@ -52,6 +111,7 @@ impl From<v1::Topic> for Topic {
                 .dedup_window
                 .and_then(|d| Duration::try_from(d).ok())
                 .unwrap_or_default(),
+            storage,
         }
     }
 }
@@ -185,6 +245,13 @@ fn wire_age(age: Option<Duration>) -> Option<prost_types::Duration> {
 /// assert_eq!(config.name, "order.placed");
 /// // Without a policy, the broker's default applies (7 days unless set).
 /// assert_eq!(TopicConfig::new("audit").retention, None);
+///
+/// // Kept in the broker's memory, at most 16 MiB of it.
+/// use tidings_client::StorageClass;
+/// let prices = TopicConfig::new("prices")
+///     .storage(StorageClass::Memory)
+///     .retention(Retention::unlimited().max_bytes(16 << 20));
+/// assert_eq!(prices.storage, StorageClass::Memory);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -198,6 +265,9 @@ pub struct TopicConfig {
     /// How long published message ids are remembered; `None` for the
     /// broker's default (2 minutes), zero for not at all, at most 7 days.
     pub dedup_window: Option<Duration>,
+    /// Where the topic keeps its messages; [`StorageClass::Disk`] unless
+    /// set. It cannot change later.
+    pub storage: StorageClass,
 }
 
 impl TopicConfig {
@@ -207,7 +277,14 @@ impl TopicConfig {
             name: name.into(),
             retention: None,
             dedup_window: None,
+            storage: StorageClass::Disk,
         }
+    }
+
+    /// Sets where the topic keeps its messages.
+    pub fn storage(mut self, storage: StorageClass) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Sets the retention policy, instead of the broker's default.
@@ -229,6 +306,7 @@ impl From<TopicConfig> for v1::CreateTopicRequest {
             name: config.name,
             retention: config.retention.map(Into::into),
             dedup_window: config.dedup_window.map(wire_duration),
+            storage: v1::StorageClass::from(config.storage).into(),
         }
     }
 }
@@ -438,7 +516,9 @@ mod tests {
             retained_messages: 10,
             retained_bytes: 2560,
             dedup_window: wire_duration(600),
+            storage: v1::StorageClass::Memory.into(),
         });
+        assert_eq!(topic.storage, StorageClass::Memory);
         assert_eq!((topic.retained_messages, topic.retained_bytes), (10, 2560));
         assert_eq!(topic.dedup_window, Duration::from_secs(600));
         assert_eq!(
@@ -449,6 +529,32 @@ mod tests {
         );
         let old_broker = Topic::from(v1::Topic::default());
         assert_eq!(old_broker.retention, Retention::unlimited());
+        assert_eq!(
+            old_broker.storage,
+            StorageClass::Disk,
+            "unspecified is disk"
+        );
+    }
+
+    #[test]
+    fn storage_classes_convert_both_ways_and_unknown_numbers_read_as_disk() {
+        for storage in [StorageClass::Disk, StorageClass::Memory] {
+            let request = v1::CreateTopicRequest::from(TopicConfig::new("t").storage(storage));
+            assert_eq!(request.storage(), v1::StorageClass::from(storage));
+            assert_eq!(StorageClass::from(request.storage()), storage);
+        }
+        let request = v1::CreateTopicRequest::from(TopicConfig::new("t"));
+        assert_eq!(
+            request.storage(),
+            v1::StorageClass::Disk,
+            "disk said outright"
+        );
+        let newer = Topic::from(v1::Topic {
+            storage: 99,
+            ..v1::Topic::default()
+        });
+        assert_eq!(newer.storage, StorageClass::Disk);
+        assert_eq!(StorageClass::Memory.to_string(), "memory");
     }
 
     #[test]

@@ -275,8 +275,8 @@ impl Engine for Broker {
             retention,
             dedup_window,
         };
-        let name = spec.name;
-        self.admin(|this| async move { this.do_create_topic(name, settings).await })
+        let (name, storage) = (spec.name, spec.storage);
+        self.admin(|this| async move { this.do_create_topic(name, settings, storage).await })
             .await
     }
 

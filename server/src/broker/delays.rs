@@ -35,7 +35,7 @@ use super::retention::Live;
 use super::subscription::Subscription;
 use super::topic::Topic;
 use crate::offsets::Offset;
-use crate::storage::{DuePosition, SharedStore, StoreResult};
+use crate::storage::{DuePosition, SharedStore, StorageClass, StoreResult};
 
 /// How often the feed runs.
 pub(super) const FEED_PERIOD: Duration = Duration::from_secs(1);
@@ -111,6 +111,10 @@ impl Delays {
 
 /// Counts what a topic's storage has indexed beyond `now`, for its start.
 pub(super) async fn load(store: &SharedStore, topic: &Topic, now: SystemTime) -> StoreResult<()> {
+    if topic.storage == StorageClass::Memory {
+        // Empty after a start, and never indexed in storage.
+        return Ok(());
+    }
     let beyond = store.count_delayed(topic.id, now).await?;
     topic.set_delays(Delays::starting(now, beyond, false));
     Ok(())

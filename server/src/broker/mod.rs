@@ -24,7 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
-pub use crate::storage::{DEFAULT_DEDUP_WINDOW, DeadLetterPolicy, Retention, RetryPolicy};
+pub use crate::storage::{
+    DEFAULT_DEDUP_WINDOW, DEFAULT_MEMORY_BYTES, DeadLetterPolicy, Retention, RetryPolicy,
+    StorageClass,
+};
 use crate::storage::{StoredMessage, SubscriptionId, TopicId};
 
 mod acks;
@@ -121,6 +124,8 @@ pub struct TopicInfo {
     pub retained_bytes: u64,
     /// How long message ids are remembered; zero for not at all.
     pub dedup_window: Duration,
+    /// Where its messages are kept.
+    pub storage: StorageClass,
 }
 
 /// A topic to create: what is `None` gets the broker's default.
@@ -133,15 +138,18 @@ pub struct TopicSpec {
     /// How long message ids are remembered; `None` for
     /// [`DEFAULT_DEDUP_WINDOW`], zero for not at all.
     pub dedup_window: Option<Duration>,
+    /// Where its messages are kept; fixed once it is created.
+    pub storage: StorageClass,
 }
 
 impl TopicSpec {
-    /// A topic with every default.
+    /// A topic with every default: on disk.
     pub fn named(name: TopicName) -> Self {
         Self {
             name,
             retention: None,
             dedup_window: None,
+            storage: StorageClass::Disk,
         }
     }
 }

@@ -14,8 +14,8 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::{
     Appended, Catalog, Commit, DeliveryUpdate, DuePosition, MemoryStore, NewMessage, ReadLimit,
-    Store, StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
-    SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
+    StorageClass, Store, StoreListener, StoreResult, StoredMessage, SubscriptionId,
+    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 
 /// A read the store served.
@@ -112,9 +112,10 @@ impl Store for TestStore {
         &self,
         name: &TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
     ) -> StoreResult<TopicRecord> {
         let (inner, name) = (self.inner.clone(), name.clone());
-        self.write(async move { inner.create_topic(&name, settings).await })
+        self.write(async move { inner.create_topic(&name, settings, storage).await })
             .await
     }
 

@@ -21,8 +21,8 @@ use super::delays::Delays;
 use crate::names::TopicName;
 use crate::offsets::Offset;
 use crate::storage::{
-    Appended, DuePosition, NewMessage, ReadLimit, Retention, StoreListener, StoredMessage, TopicId,
-    TopicRecord, TopicSettings,
+    Appended, DuePosition, NewMessage, ReadLimit, Retention, StorageClass, StoreListener,
+    StoredMessage, TopicId, TopicRecord, TopicSettings,
 };
 
 /// Bounds of a topic's tail cache.
@@ -92,6 +92,8 @@ pub(super) struct Topic {
     settings: Mutex<TopicSettings>,
     /// Its delayed messages (see `delays.rs`).
     delays: Mutex<Delays>,
+    /// Where its messages are kept.
+    pub(super) storage: StorageClass,
 }
 
 impl Topic {
@@ -107,7 +109,14 @@ impl Topic {
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
             settings: Mutex::new(record.settings.clone()),
-            delays: Mutex::new(Delays::starting(SystemTime::now(), 0, false)),
+            // A memory topic's delayed messages are in memory anyway: its
+            // books keep them all.
+            delays: Mutex::new(Delays::starting(
+                SystemTime::now(),
+                0,
+                record.storage == StorageClass::Memory,
+            )),
+            storage: record.storage,
         }
     }
 
@@ -146,6 +155,7 @@ impl Topic {
             created: self.created,
             settings,
             retained_bytes: self.retained_bytes(),
+            storage: self.storage,
         }
     }
 
@@ -318,6 +328,7 @@ impl Topic {
             retained_messages: next_offset - first_offset,
             retained_bytes: self.retained_bytes(),
             dedup_window: self.lock_settings().dedup_window,
+            storage: self.storage,
         }
     }
 }
@@ -378,6 +389,7 @@ mod tests {
             created: SystemTime::UNIX_EPOCH,
             settings: TopicSettings::default(),
             retained_bytes: 0,
+            storage: StorageClass::Disk,
         })
     }
 

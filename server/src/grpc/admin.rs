@@ -39,6 +39,7 @@ impl AdminService for Admin {
             name,
             retention: request.retention.map(convert::retention).transpose()?,
             dedup_window: convert::dedup_window(request.dedup_window)?,
+            storage: convert::storage_class(request.storage)?,
         };
         let topic = self.broker.create_topic_with(spec).await?;
         Ok(Response::new(v1::CreateTopicResponse {

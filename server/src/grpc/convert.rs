@@ -21,8 +21,8 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::NewMessage;
 use mask::UpdateFields;
-use retention::retention_of;
-pub(crate) use retention::{dedup_window, retention};
+pub(crate) use retention::{dedup_window, retention, storage_class};
+use retention::{retention_of, storage_of};
 
 /// Page size when a request asks for 0.
 pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
@@ -598,6 +598,7 @@ impl From<TopicInfo> for v1::Topic {
             retained_messages: info.retained_messages,
             retained_bytes: info.retained_bytes,
             dedup_window: prost_types::Duration::try_from(info.dedup_window).ok(),
+            storage: storage_of(info.storage).into(),
         }
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{DEFAULT_DEDUP_WINDOW, DeliveryRecord, NewMessage, TopicRecord, TopicSettings};
+use super::{
+    DEFAULT_DEDUP_WINDOW, DeliveryRecord, NewMessage, StorageClass, TopicRecord, TopicSettings,
+};
 use super::{
     DeadLetterPolicy, DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage,
     SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
@@ -318,25 +320,14 @@ pub(crate) fn encode_message_into(
     publish_time: SystemTime,
     message: &NewMessage,
 ) {
-    let attributes: usize = message
-        .attributes
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 8)
-        .sum();
-    let id = if message.id.is_empty() {
-        0
-    } else {
-        1 + 4 + message.id.len()
-    };
     let due = message.due(publish_time);
-    let deliver_at = if due.is_some() { 1 + 8 } else { 0 };
-    let extras = match id + deliver_at {
-        0 => 0,
-        tagged => tagged + 1,
-    };
     buf.clear();
-    buf.reserve(1 + 8 + 4 + message.key.len() + 4 + attributes + extras + message.payload.len());
-    buf.push(if extras == 0 { FORMAT_V1 } else { MESSAGE_V2 });
+    buf.reserve(encoded_len(message, publish_time));
+    buf.push(if message.id.is_empty() && due.is_none() {
+        FORMAT_V1
+    } else {
+        MESSAGE_V2
+    });
     let mut w = Writer(std::mem::take(buf));
     w.u64(to_micros(publish_time));
     w.str(&message.key);
@@ -345,8 +336,8 @@ pub(crate) fn encode_message_into(
         w.str(name);
         w.str(value);
     }
-    if extras > 0 {
-        if id > 0 {
+    if !message.id.is_empty() || due.is_some() {
+        if !message.id.is_empty() {
             w.0.push(MESSAGE_ID_TAG);
             w.str(&message.id);
         }
@@ -358,6 +349,31 @@ pub(crate) fn encode_message_into(
     }
     w.0.extend_from_slice(&message.payload);
     *buf = w.0;
+}
+
+/// The length of what [`encode_message_into`] writes for `message`
+/// published at `publish_time`, without encoding it.
+pub(crate) fn encoded_len(message: &NewMessage, publish_time: SystemTime) -> usize {
+    let attributes: usize = message
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    let id = if message.id.is_empty() {
+        0
+    } else {
+        1 + 4 + message.id.len()
+    };
+    let deliver_at = if message.due(publish_time).is_some() {
+        1 + 8
+    } else {
+        0
+    };
+    let tagged = match id + deliver_at {
+        0 => 0,
+        tagged => tagged + 1,
+    };
+    1 + 8 + 4 + message.key.len() + 4 + attributes + tagged + message.payload.len()
 }
 
 /// Decodes a message stored at `offset`; the payload shares `value`'s memory.
@@ -479,6 +495,9 @@ const DISCARD_ACKED_TAG: u8 = 3;
 const MAX_BYTES_TAG: u8 = 4;
 /// Tag of a topic's dedup window, when it is not the default.
 const DEDUP_WINDOW_TAG: u8 = 5;
+/// Tag, alone, of a topic whose messages live in memory
+/// ([`StorageClass::Memory`]); a record without it is a disk topic.
+const MEMORY_TAG: u8 = 6;
 
 /// Encodes a topic record without its offsets, which are stored apart (as
 /// the topic's head and first offset) so that an append does not rewrite
@@ -513,6 +532,9 @@ pub(crate) fn encode_topic(record: &TopicRecord) -> Vec<u8> {
         w.u64(window.as_secs());
         w.u32(window.subsec_nanos());
     }
+    if record.storage == StorageClass::Memory {
+        w.0.push(MEMORY_TAG);
+    }
     w.0
 }
 
@@ -529,6 +551,7 @@ pub(crate) fn decode_topic(
     let created = r.time()?;
     let name = TopicName::new(r.string()?).map_err(|e| corrupt(WHAT, e.to_string()))?;
     let mut settings = TopicSettings::default();
+    let mut storage = StorageClass::Disk;
     let retention = &mut settings.retention;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
@@ -537,6 +560,7 @@ pub(crate) fn decode_topic(
             DISCARD_ACKED_TAG => retention.discard_acked = true,
             MAX_BYTES_TAG => retention.max_bytes = Some(r.u64()?),
             DEDUP_WINDOW_TAG => settings.dedup_window = read_duration(&mut r, WHAT)?,
+            MEMORY_TAG => storage = StorageClass::Memory,
             tag => return Err(unknown_tag(WHAT, tag)),
         }
     }
@@ -548,6 +572,7 @@ pub(crate) fn decode_topic(
         created,
         settings,
         retained_bytes: 0,
+        storage,
     })
 }
 
@@ -753,6 +778,7 @@ mod tests {
             },
             // Stored with the head, not in the record.
             retained_bytes: 0,
+            storage: StorageClass::Disk,
         }
     }
 
@@ -891,6 +917,38 @@ mod tests {
         let mut newer = old.clone();
         newer.extend_from_slice(&[99, 0, 0, 0, 0]);
         assert_corrupt(decode_subscription(&newer), &newer);
+    }
+
+    #[test]
+    fn the_memory_class_is_one_tag_and_a_disk_record_has_none() {
+        let disk = topic_record();
+        let memory = TopicRecord {
+            storage: StorageClass::Memory,
+            ..topic_record()
+        };
+        let (disk_bytes, memory_bytes) = (encode_topic(&disk), encode_topic(&memory));
+        assert_eq!(memory_bytes.len(), disk_bytes.len() + 1);
+        assert_eq!(memory_bytes.last(), Some(&MEMORY_TAG));
+        assert_eq!(decode_topic(&memory_bytes, 4, 9).expect("decodes"), memory);
+        assert_eq!(decode_topic(&disk_bytes, 4, 9).expect("decodes"), disk);
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let plain = sample_message();
+        let with_id = NewMessage {
+            id: "order-17".to_owned(),
+            ..sample_message()
+        };
+        let delayed = NewMessage {
+            deliver_after: Some(Duration::from_secs(60)),
+            ..with_id.clone()
+        };
+        let at = time(1_700_000_000_000_000);
+        for message in [plain, with_id, delayed, NewMessage::default()] {
+            let encoded = encode_message(at, &message);
+            assert_eq!(encoded_len(&message, at), encoded.len(), "{message:?}");
+        }
     }
 
     #[test]

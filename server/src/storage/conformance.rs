@@ -20,7 +20,10 @@ use super::{
     SharedStore, StoreError, StoreListener, StoredMessage, StoredSubscription, SubscriptionId,
     SubscriptionRecord, SubscriptionSettings, SyncPolicy, TopicId,
 };
-use super::{Catalog, Commit, DeadLetters, Retention, TopicRecord, TopicSettings};
+use super::{
+    Catalog, Commit, DEFAULT_MEMORY_BYTES, DeadLetters, Retention, StorageClass, TopicRecord,
+    TopicSettings,
+};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::OffsetRanges;
 use crate::offsets::{AckState, Offset};
@@ -243,10 +246,18 @@ async fn wait_past(time: SystemTime) {
 async fn offsets_start_at_zero_and_are_contiguous(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let orders = store
-        .create_topic(&topic_name("orders")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("orders")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     let stock = store
-        .create_topic(&topic_name("stock")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("stock")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     ensure!(orders.next_offset == 0 && orders.id != stock.id);
     ensure!(
@@ -287,7 +298,11 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
     const BATCHES: usize = 20;
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("busy")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("busy")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let mut tasks = tokio::task::JoinSet::new();
@@ -338,7 +353,11 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
 async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     append_sized(&store, topic, 10, 10).await?;
@@ -385,7 +404,11 @@ async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
 async fn read_offsets_skips_missing(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     store
@@ -404,7 +427,11 @@ async fn read_offsets_skips_missing(mut h: impl Harness) -> anyhow::Result<()> {
 async fn offset_at_time_finds_first_message_at_or_after(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     ensure!(
@@ -440,7 +467,11 @@ async fn offset_at_time_finds_first_message_at_or_after(mut h: impl Harness) -> 
 async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let name = subscription_name("s")?;
@@ -476,7 +507,11 @@ async fn ack_states_are_saved_replaced_and_loaded(mut h: impl Harness) -> anyhow
 async fn subscriptions_are_created_and_deleted(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let deadline = Duration::from_millis(12_500);
@@ -545,7 +580,11 @@ async fn subscription_settings_change_and_survive_a_reopen(
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let mut acks = AckState::starting_at(3);
@@ -605,10 +644,18 @@ async fn delete_topic_removes_messages_and_subscriptions(
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
     let doomed = store
-        .create_topic(&topic_name("doomed")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("doomed")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     let kept = store
-        .create_topic(&topic_name("kept")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("kept")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     store.append(doomed.id, messages(&["a", "b"])).await?;
     store.append(kept.id, messages(&["k"])).await?;
@@ -665,7 +712,11 @@ async fn delete_topic_removes_messages_and_subscriptions(
 
     // The name can be used again, under a fresh id and with no old data.
     let reborn = store
-        .create_topic(&topic_name("doomed")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("doomed")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     ensure!(
         reborn.id > kept.id && reborn.id != doomed.id,
@@ -699,11 +750,19 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
         dedup_window: Duration::from_secs(600),
     };
     let topic = store
-        .create_topic(&topic_name("orders")?, kept_for_a_day.clone())
+        .create_topic(
+            &topic_name("orders")?,
+            kept_for_a_day.clone(),
+            StorageClass::Disk,
+        )
         .await?;
     ensure!(topic.settings == kept_for_a_day);
     let deleted = store
-        .create_topic(&topic_name("deleted")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("deleted")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     let before = store.append(topic.id, messages(&["a", "b", "c"])).await?;
     let changed = TopicSettings {
@@ -773,7 +832,11 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
         "publish time never decreases"
     );
     let newer = store
-        .create_topic(&topic_name("newer")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("newer")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     ensure!(
         newer.id > deleted.id,
@@ -791,7 +854,11 @@ async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Result<()> {
 async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     store.append(topic, messages(&["a"])).await?;
@@ -804,7 +871,11 @@ async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
     ));
     ensure!(closed(
         store
-            .create_topic(&topic_name("u")?, TopicSettings::default())
+            .create_topic(
+                &topic_name("u")?,
+                TopicSettings::default(),
+                StorageClass::Disk
+            )
             .await
             .map(drop)
     ));
@@ -835,11 +906,19 @@ async fn a_commit_appends_and_settles_together_and_hears_its_appends(
     let recorder = Arc::new(Recorder::default());
     store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
     let source = store
-        .create_topic(&topic_name("orders")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("orders")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let dead = store
-        .create_topic(&topic_name("orders.dead")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("orders.dead")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     store.append(source, messages(&["a", "b"])).await?;
@@ -932,7 +1011,11 @@ async fn a_commit_appends_and_settles_together_and_hears_its_appends(
 async fn reads_stop_at_the_end_of_their_range(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     append_sized(&store, topic, 6, 10).await?;
@@ -947,11 +1030,19 @@ async fn the_listener_hears_every_append_in_order(mut h: impl Harness) -> anyhow
     let recorder = Arc::new(Recorder::default());
     store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
     let a = store
-        .create_topic(&topic_name("a")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("a")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let b = store
-        .create_topic(&topic_name("b")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("b")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     store.append(a, messages(&["1", "2"])).await?;
@@ -992,7 +1083,9 @@ async fn the_listener_hears_every_append_in_order(mut h: impl Harness) -> anyhow
 async fn retained_bytes_follow_appends_and_trims(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let settings = TopicSettings::default();
-    let topic = store.create_topic(&topic_name("t")?, settings).await?;
+    let topic = store
+        .create_topic(&topic_name("t")?, settings, StorageClass::Disk)
+        .await?;
     ensure!(topic.retained_bytes == 0);
     let first = store.append(topic.id, messages(&["a", "b"])).await?;
     let per = first.retained_bytes / 2;
@@ -1026,7 +1119,9 @@ async fn repeated_ids_are_stored_once_across_restarts(mut h: impl Harness) -> an
     let recorder = Arc::new(Recorder::default());
     store.set_listener(recorder.clone());
     let settings = TopicSettings::default();
-    let topic = store.create_topic(&topic_name("t")?, settings).await?;
+    let topic = store
+        .create_topic(&topic_name("t")?, settings, StorageClass::Disk)
+        .await?;
     let first = store
         .append(
             topic.id,
@@ -1086,7 +1181,9 @@ async fn ids_are_forgotten_after_the_window(mut h: impl Harness) -> anyhow::Resu
         dedup_window: window,
         ..TopicSettings::default()
     };
-    let topic = store.create_topic(&topic_name("t")?, short).await?;
+    let topic = store
+        .create_topic(&topic_name("t")?, short, StorageClass::Disk)
+        .await?;
     let first = store.append(topic.id, vec![with_id("a", "x")]).await?;
     wait_past(first.publish_time + window).await;
     let later = store.append(topic.id, vec![with_id("b", "x")]).await?;
@@ -1127,10 +1224,18 @@ async fn delayed_messages_are_indexed_by_due_time_until_forgotten(
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     let other = store
-        .create_topic(&topic_name("u")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("u")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?;
     let soon = SystemTime::now() + Duration::from_secs(3600);
     let later = soon + Duration::from_secs(60);
@@ -1205,7 +1310,11 @@ async fn delayed_messages_are_indexed_by_due_time_until_forgotten(
 async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let first_at = |store: SharedStore| async move {
@@ -1240,7 +1349,11 @@ async fn truncate_deletes_below_and_never_goes_back(mut h: impl Harness) -> anyh
 async fn offset_at_time_skips_offsets_without_messages(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let first = store.append(topic, messages(&["0", "1", "2"])).await?;
@@ -1259,7 +1372,11 @@ async fn delivery_records_are_stored_deleted_and_go_with_their_subscription(
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
     let topic = store
-        .create_topic(&topic_name("t")?, TopicSettings::default())
+        .create_topic(
+            &topic_name("t")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
         .await?
         .id;
     let deadline = Duration::from_secs(30);
@@ -1322,6 +1439,254 @@ async fn delivery_records_are_stored_deleted_and_go_with_their_subscription(
     Ok(())
 }
 
+/// The record of `topic` as `load` reports it.
+async fn loaded_topic(store: &SharedStore, topic: TopicId) -> anyhow::Result<TopicRecord> {
+    let catalog = store.load().await?;
+    let record = catalog.topics.into_iter().find(|t| t.id == topic);
+    record.context("topic is listed")
+}
+
+async fn memory_topics_are_read_like_disk_topics_and_empty_after_a_reopen(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let recorder = Arc::new(Recorder::default());
+    store.set_listener(recorder.clone());
+    let (name, defaults) = (topic_name("m")?, TopicSettings::default());
+    let topic = store
+        .create_topic(&name, defaults, StorageClass::Memory)
+        .await?;
+    ensure!(topic.storage == StorageClass::Memory && topic.next_offset == 0);
+    let before = SystemTime::now();
+    store.append(topic.id, messages(&["a", "b"])).await?;
+    let second = store.append(topic.id, messages(&["c"])).await?;
+    ensure!(second.first_offset == 2, "{second:?}");
+    ensure!(
+        recorder.take()
+            == vec![
+                Heard::Appended(topic.id, 0, messages(&["a", "b"])),
+                Heard::Appended(topic.id, 2, messages(&["c"])),
+            ]
+    );
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    ensure!(offsets(&read) == vec![0, 1, 2], "{read:?}");
+    ensure!(read[1].key == "key b" && read[1].attributes == message("b").attributes);
+    let limited = ReadLimit {
+        max_messages: 2,
+        max_bytes: usize::MAX,
+    };
+    ensure!(offsets(&store.read(topic.id, 1..3, limited).await?) == vec![1, 2]);
+    let some = store.read_offsets(topic.id, vec![0, 2, 7]).await?;
+    ensure!(payloads(&some) == vec![Bytes::from("payload a"), Bytes::from("payload c")]);
+    ensure!(store.offset_at_time(topic.id, before).await? == 0);
+    ensure!(
+        store
+            .offset_at_time(topic.id, SystemTime::now() + Duration::from_secs(60))
+            .await?
+            == 3
+    );
+    let loaded = loaded_topic(&store, topic.id).await?;
+    ensure!(
+        loaded.next_offset == 3 && loaded.first_offset == 0,
+        "{loaded:?}"
+    );
+    ensure!(loaded.retained_bytes == second.retained_bytes && loaded.retained_bytes > 0);
+    let sub = store
+        .create_subscription(
+            &subscription_name("s")?,
+            topic.id,
+            settings(Duration::from_secs(10)),
+            AckState::starting_at(0),
+        )
+        .await?;
+    let mut acked = AckState::starting_at(0);
+    acked.ack(0);
+    acked.ack(2);
+    store
+        .save_deliveries(vec![acks_update(sub.id, acked.clone())])
+        .await?;
+
+    let store = h.reopen(store).await?;
+    let loaded = loaded_topic(&store, topic.id).await?;
+    ensure!(loaded.storage == StorageClass::Memory, "{loaded:?}");
+    ensure!(
+        loaded.first_offset == loaded.next_offset && loaded.next_offset >= 3,
+        "empty, and no offset handed out again: {loaded:?}"
+    );
+    ensure!(loaded.retained_bytes == 0, "{loaded:?}");
+    ensure!(
+        store
+            .read(topic.id, 0..u64::MAX, EVERYTHING)
+            .await?
+            .is_empty()
+    );
+    ensure!(
+        store
+            .read_offsets(topic.id, vec![0, 1, 2])
+            .await?
+            .is_empty()
+    );
+    let catalog = store.load().await?;
+    ensure!(
+        catalog.subscriptions == vec![stored(&sub, acked)],
+        "the subscription and its acks stay: {:?}",
+        catalog.subscriptions
+    );
+    let after = store.append(topic.id, messages(&["d"])).await?;
+    ensure!(after.first_offset == loaded.next_offset, "{after:?}");
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    ensure!(offsets(&read) == vec![after.first_offset], "{read:?}");
+    Ok(())
+}
+
+async fn memory_topics_drop_their_oldest_messages_beyond_their_bound(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let recorder = Arc::new(Recorder::default());
+    store.set_listener(recorder.clone());
+    // One message's stored size, measured on a disk topic.
+    let disk = store
+        .create_topic(
+            &topic_name("d")?,
+            TopicSettings::default(),
+            StorageClass::Disk,
+        )
+        .await?;
+    let per = store
+        .append(disk.id, messages(&["x"]))
+        .await?
+        .retained_bytes;
+    let bounded = TopicSettings {
+        retention: Retention {
+            max_bytes: Some(3 * per),
+            ..Retention::default()
+        },
+        ..TopicSettings::default()
+    };
+    let topic = store
+        .create_topic(&topic_name("m")?, bounded, StorageClass::Memory)
+        .await?;
+    recorder.take();
+    for tag in ["a", "b", "c"] {
+        store.append(topic.id, messages(&[tag])).await?;
+    }
+    ensure!(
+        loaded_topic(&store, topic.id).await?.first_offset == 0,
+        "at the bound"
+    );
+    ensure!(recorder.take().len() == 3, "three appends, no truncation");
+    let fourth = store.append(topic.id, messages(&["d"])).await?;
+    ensure!(fourth.retained_bytes == 3 * per, "{fourth:?}");
+    let heard = recorder.take();
+    ensure!(
+        heard
+            == vec![
+                Heard::Appended(topic.id, 3, messages(&["d"])),
+                Heard::Truncated(topic.id, 1),
+            ],
+        "the oldest goes at the append, after it: {heard:?}"
+    );
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    ensure!(offsets(&read) == vec![1, 2, 3], "{read:?}");
+    // A batch beyond the bound keeps its newest messages.
+    store
+        .append(topic.id, messages(&["e", "f", "g", "h"]))
+        .await?;
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    ensure!(offsets(&read) == vec![5, 6, 7], "{read:?}");
+    let loaded = loaded_topic(&store, topic.id).await?;
+    ensure!(
+        loaded.first_offset == 5 && loaded.retained_bytes == 3 * per,
+        "{loaded:?}"
+    );
+    // Trims work as on disk.
+    recorder.take();
+    ensure!(store.trim(topic.id, 6, 0).await? == 6);
+    ensure!(recorder.take() == vec![Heard::Truncated(topic.id, 6)]);
+    ensure!(offsets(&store.read(topic.id, 0..u64::MAX, EVERYTHING).await?) == vec![6, 7]);
+    ensure!(loaded_topic(&store, topic.id).await?.retained_bytes == 2 * per);
+    Ok(())
+}
+
+async fn memory_topics_without_max_bytes_keep_64_mib(mut h: impl Harness) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let (name, defaults) = (topic_name("m")?, TopicSettings::default());
+    let topic = store
+        .create_topic(&name, defaults, StorageClass::Memory)
+        .await?;
+    let mib = 1 << 20;
+    let batch = |n| -> Vec<NewMessage> {
+        (0..n)
+            .map(|_| NewMessage {
+                payload: Bytes::from(vec![b'z'; mib]),
+                ..NewMessage::default()
+            })
+            .collect()
+    };
+    for _ in 0..11 {
+        store.append(topic.id, batch(6)).await?;
+    }
+    let loaded = loaded_topic(&store, topic.id).await?;
+    ensure!(loaded.next_offset == 66, "{loaded:?}");
+    ensure!(
+        loaded.retained_bytes <= DEFAULT_MEMORY_BYTES
+            && loaded.retained_bytes > DEFAULT_MEMORY_BYTES - 2 * mib as u64,
+        "{loaded:?}"
+    );
+    // 64 MiB hold 63 messages of 1 MiB and their framing.
+    ensure!(loaded.first_offset == 3, "{loaded:?}");
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    ensure!(read.first().map(|m| m.offset) == Some(3) && read.len() == 63);
+    Ok(())
+}
+
+async fn memory_topics_remember_ids_while_open_and_not_across_a_reopen(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let store = h.open().await?;
+    let window = Duration::from_millis(300);
+    let short = TopicSettings {
+        dedup_window: window,
+        ..TopicSettings::default()
+    };
+    let topic = store
+        .create_topic(&topic_name("m")?, short, StorageClass::Memory)
+        .await?;
+    let first = store
+        .append(topic.id, vec![with_id("a", "x"), with_id("b", "x")])
+        .await?;
+    ensure!(duplicates(&first) == vec![(1, 0)], "{first:?}");
+    let again = store.append(topic.id, vec![with_id("c", "x")]).await?;
+    ensure!(duplicates(&again) == vec![(0, 0)], "{again:?}");
+    let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
+    ensure!(read.len() == 1 && read[0].id == "x", "{read:?}");
+    wait_past(first.publish_time + window).await;
+    let later = store.append(topic.id, vec![with_id("d", "x")]).await?;
+    ensure!(
+        later.duplicates.is_empty() && later.first_offset == 1,
+        "{later:?}"
+    );
+    let long = TopicRecord {
+        settings: TopicSettings::default(),
+        ..topic.clone()
+    };
+    store.update_topic(long).await?;
+    ensure!(loaded_topic(&store, topic.id).await?.storage == StorageClass::Memory);
+    store.append(topic.id, vec![with_id("e", "y")]).await?;
+
+    let store = h.reopen(store).await?;
+    let next = next_offset(&store, topic.id).await?;
+    let after = store
+        .append(topic.id, vec![with_id("f", "y"), with_id("g", "y")])
+        .await?;
+    ensure!(
+        duplicates(&after) == vec![(1, next)] && after.first_offset == next,
+        "no id is remembered across a restart, new ones are: {after:?}"
+    );
+    Ok(())
+}
+
 /// Turns every check into one `#[tokio::test]` per store, under a timeout.
 macro_rules! conformance {
     ($($module:ident => $harness:expr),+ $(,)?) => {
@@ -1347,6 +1712,10 @@ macro_rules! conformance {
             repeated_ids_are_stored_once_across_restarts,
             ids_are_forgotten_after_the_window,
             delayed_messages_are_indexed_by_due_time_until_forgotten,
+            memory_topics_are_read_like_disk_topics_and_empty_after_a_reopen,
+            memory_topics_drop_their_oldest_messages_beyond_their_bound,
+            memory_topics_without_max_bytes_keep_64_mib,
+            memory_topics_remember_ids_while_open_and_not_across_a_reopen,
         ]);
     };
     (@each [$($module:ident => $harness:expr),+] $checks:tt) => {

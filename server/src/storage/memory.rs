@@ -3,7 +3,9 @@
 //!
 //! One `std::sync::Mutex` guards all state; every method takes it briefly
 //! and never across an `.await`. Nothing survives the process, so this store
-//! must not be used where durability matters.
+//! must not be used where durability matters. It is not what memory topics
+//! ([`StorageClass::Memory`]) are, but it keeps their rules: they are
+//! bounded at each append and emptied by [`MemoryStore::reopen`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -16,9 +18,9 @@ use async_trait::async_trait;
 use super::codec;
 use super::{
     Appended, Catalog, Commit, DeadLetters, DeliveryRecord, DeliveryUpdate, DuePosition, Duplicate,
-    NewMessage, ReadLimit, Store, StoreError, StoreListener, StoreResult, StoredMessage,
-    StoredSubscription, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
-    TopicRecord, TopicSettings,
+    NewMessage, ReadLimit, StorageClass, Store, StoreError, StoreListener, StoreResult,
+    StoredMessage, StoredSubscription, SubscriptionId, SubscriptionRecord, SubscriptionSettings,
+    TopicId, TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -70,8 +72,22 @@ impl MemoryStore {
 
     /// A new open handle on this store's data, as after a restart; this
     /// handle and its clones are not reopened, and the new one has no
-    /// listener yet.
+    /// listener yet. Memory topics lose their messages and ids, as a
+    /// restart empties them; their offsets go on where they were.
     pub fn reopen(&self) -> Self {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let memory = state
+                .topics
+                .values_mut()
+                .filter(|t| t.record.storage == StorageClass::Memory);
+            for data in memory {
+                data.messages.clear();
+                data.ids.clear();
+                data.record.first_offset = data.record.next_offset;
+                data.record.retained_bytes = 0;
+            }
+        }
         Self {
             state: Arc::clone(&self.state),
             closed: Arc::new(AtomicBool::new(false)),
@@ -124,7 +140,7 @@ impl MemoryStore {
                 }
                 data.ids.insert(message.id.clone(), (offset, publish_time));
             }
-            data.record.retained_bytes += stored_size(publish_time, message);
+            data.record.retained_bytes += stored_size(message, publish_time);
             let stored = StoredMessage {
                 offset,
                 publish_time,
@@ -141,6 +157,10 @@ impl MemoryStore {
             offset += 1;
         }
         data.record.next_offset = offset;
+        let first_kept = data.record.first_offset;
+        if data.record.storage == StorageClass::Memory {
+            data.drop_beyond_bound();
+        }
         let appended = Appended {
             first_offset,
             publish_time,
@@ -151,16 +171,39 @@ impl MemoryStore {
         // offset order.
         if let Some(listener) = self.listener() {
             listener.appended(topic, &appended, appended.stored(messages));
+            if data.record.first_offset > first_kept {
+                let record = &data.record;
+                listener.truncated(topic, record.first_offset, record.retained_bytes);
+            }
         }
         Ok(appended)
     }
 }
 
 /// The size of a message as the disk store keeps it.
-fn stored_size(publish_time: SystemTime, message: &NewMessage) -> u64 {
-    let mut encoded = Vec::new();
-    codec::encode_message_into(&mut encoded, publish_time, message);
-    codec::stored_size(encoded.len())
+fn stored_size(message: &NewMessage, publish_time: SystemTime) -> u64 {
+    codec::stored_size(codec::encoded_len(message, publish_time))
+}
+
+impl TopicData {
+    /// Drops a memory topic's oldest messages until it is within its
+    /// bound.
+    fn drop_beyond_bound(&mut self) {
+        let retention = self.record.settings.retention;
+        let record = &mut self.record;
+        while record.first_offset < record.next_offset
+            && retention.memory_exceeded(
+                record.next_offset - record.first_offset,
+                record.retained_bytes,
+            )
+        {
+            if let Some(oldest) = self.messages.remove(&record.first_offset) {
+                let size = stored_size(&new_message(&oldest), oldest.publish_time);
+                record.retained_bytes = record.retained_bytes.saturating_sub(size);
+            }
+            record.first_offset += 1;
+        }
+    }
 }
 
 fn new_message(message: &StoredMessage) -> NewMessage {
@@ -230,6 +273,7 @@ impl Store for MemoryStore {
         &self,
         name: &TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
     ) -> StoreResult<TopicRecord> {
         let mut state = self.lock()?;
         state.next_topic += 1;
@@ -241,6 +285,7 @@ impl Store for MemoryStore {
             created: SystemTime::now(),
             settings,
             retained_bytes: 0,
+            storage,
         };
         let data = TopicData {
             record: record.clone(),
@@ -294,7 +339,7 @@ impl Store for MemoryStore {
             if offset >= end && dropped >= drop_bytes {
                 break;
             }
-            dropped += stored_size(message.publish_time, &new_message(message));
+            dropped += stored_size(&new_message(message), message.publish_time);
             end = end.max(offset + 1);
         }
         if end <= data.record.first_offset {
@@ -479,7 +524,7 @@ mod tests {
         let store = MemoryStore::new();
         let name = TopicName::new("t").expect("valid name");
         let topic = store
-            .create_topic(&name, TopicSettings::default())
+            .create_topic(&name, TopicSettings::default(), StorageClass::Disk)
             .await
             .expect("created");
         let clone = store.clone();

@@ -39,6 +39,7 @@ mod codec;
 #[cfg(test)]
 mod conformance;
 pub mod memory;
+mod ram;
 pub mod rocks;
 
 pub use memory::MemoryStore;
@@ -72,7 +73,28 @@ pub struct TopicRecord {
     /// The size of its retained messages as stored (each message's key and
     /// encoded value, before compression).
     pub retained_bytes: u64,
+    /// Where its messages are kept. Fixed when it is created.
+    pub storage: StorageClass,
 }
+
+/// Where a topic keeps its messages. Fixed when the topic is created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum StorageClass {
+    /// With the rest of the store: messages survive restarts, as durable as
+    /// the store's sync policy makes them.
+    #[default]
+    Disk,
+    /// In the broker's memory only: publishing writes no message data to
+    /// disk, and a restart (or crash) empties the topic. The topic, its
+    /// subscriptions and its offsets survive: offsets are never reused.
+    /// Its messages are bounded by [`Retention::memory_bound`], applied at
+    /// each append; message ids are remembered in memory only.
+    Memory,
+}
+
+/// The most bytes of messages a memory topic keeps when its retention sets
+/// no `max_bytes`: 64 MiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
 
 /// A topic's settings: what can change after it is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +131,20 @@ pub struct Retention {
     pub max_bytes: Option<u64>,
     /// A message is deleted once every subscription acknowledged it.
     pub discard_acked: bool,
+}
+
+impl Retention {
+    /// The most bytes of messages (as stored) a memory topic keeps:
+    /// `max_bytes`, or [`DEFAULT_MEMORY_BYTES`] when unset.
+    pub fn memory_bound(&self) -> u64 {
+        self.max_bytes.unwrap_or(DEFAULT_MEMORY_BYTES)
+    }
+
+    /// Whether a memory topic holding `messages` messages of `bytes` bytes
+    /// holds more than it may: its oldest go at once.
+    pub(crate) fn memory_exceeded(&self, messages: u64, bytes: u64) -> bool {
+        bytes > self.memory_bound() || self.max_messages.is_some_and(|max| messages > max)
+    }
 }
 
 /// A stored subscription's configuration.
@@ -479,6 +515,14 @@ impl std::fmt::Debug for dyn StoreListener {
 ///
 /// Every implementation must hold to this; `conformance.rs` checks it.
 ///
+/// - **Memory topics** ([`StorageClass::Memory`]) write no message data
+///   (and no message ids) to disk. Each append first drops the topic's
+///   oldest messages until it is within [`Retention::memory_bound`] bytes
+///   and `max_messages` (the listener hears a truncation after the
+///   append). A reopened store has them empty, with `first_offset` equal
+///   to a `next_offset` above every offset handed out before; their
+///   subscriptions and ack states are kept. Everything else holds as for
+///   disk topics, but durability: their messages survive nothing.
 /// - **Offsets.** [`append`](Store::append) gives the messages it stores
 ///   contiguous offsets starting at the topic's `next_offset` (0 for a new
 ///   topic) and advances it by their count. An offset is never handed out
@@ -531,17 +575,19 @@ pub trait Store: Send + Sync + 'static {
     /// once, before the first append; a second call replaces the first.
     fn set_listener(&self, listener: Arc<dyn StoreListener>);
 
-    /// Creates a topic with a fresh id and `next_offset` 0. Name uniqueness
-    /// is the broker's business, not the store's.
+    /// Creates a topic with a fresh id, `next_offset` 0, keeping its
+    /// messages as `storage` says. Name uniqueness is the broker's
+    /// business, not the store's.
     async fn create_topic(
         &self,
         name: &TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
     ) -> StoreResult<TopicRecord>;
 
     /// Replaces a topic's record with `record`, whose id, name and creation
-    /// time are those stored: only its settings change (its offsets are
-    /// not taken from `record`).
+    /// time are those stored: only its settings change (its offsets and
+    /// storage class are not taken from `record`).
     ///
     /// # Errors
     /// [`StoreError::TopicNotFound`] when there is no such topic.

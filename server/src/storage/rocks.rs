@@ -7,7 +7,8 @@
 //!   ‖ offset → the delivery record of a message whose delivery failed, so
 //!   that deleting a subscription's state is one range;
 //! - `meta`: `T`‖id → topic record, `H`‖id → the topic's head (its
-//!   `next_offset`), `F`‖id → its first offset (absent: 0), `S`‖id →
+//!   `next_offset`; for a memory topic, the offset it starts at after a
+//!   restart), `F`‖id → its first offset (absent: 0), `S`‖id →
 //!   subscription record, `NT` / `NS` → the last topic / subscription id
 //!   handed out;
 //! - `dedup`: topic id ‖ message id → the offset stored with it and when
@@ -25,6 +26,11 @@
 //! tells the [`StoreListener`] about each append once it is written.
 //! Reads (see `read`) run on `spawn_blocking` straight on the
 //! database, with short-lived iterators; `open` holds the database options.
+//!
+//! Memory topics keep their messages (and ids) in a [`RamLog`] each,
+//! never in the database: the writer changes them once the batch they
+//! belong to is written (see `writer::ram`), and reads of them take the
+//! log's lock instead of a blocking thread.
 //! This is the only module that names RocksDB; it knows nothing of leases,
 //! streams or gRPC.
 
@@ -38,10 +44,11 @@ use rocksdb::{ColumnFamily, DB};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::codec;
+use super::ram::{RamLog, RamLogs};
 use super::{
-    Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, ReadLimit, Store,
-    StoreError, StoreListener, StoreResult, StoredMessage, SubscriptionId, SubscriptionRecord,
-    SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
+    Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, ReadLimit, StorageClass,
+    Store, StoreError, StoreListener, StoreResult, StoredMessage, SubscriptionId,
+    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -164,6 +171,8 @@ pub struct RocksStore {
     syncer: Mutex<Option<syncer::Syncer>>,
     /// Shared with the writer, which calls it after each write.
     listener: ListenerSlot,
+    /// The logs of memory topics; the writer adds and removes them.
+    logs: RamLogs,
 }
 
 impl RocksStore {
@@ -187,13 +196,14 @@ impl RocksStore {
         let db = Arc::new(db);
         let unsynced = syncer::Unsynced::default();
         let listener = ListenerSlot::default();
-        let writer = writer::Writer::recover(
-            Arc::clone(&db),
-            policy,
-            Arc::clone(&unsynced),
-            Arc::clone(&listener),
+        let logs = RamLogs::default();
+        let shared = writer::Shared {
+            unsynced: Arc::clone(&unsynced),
+            listener: Arc::clone(&listener),
             windows,
-        )?;
+            logs: logs.clone(),
+        };
+        let writer = writer::Writer::recover(Arc::clone(&db), policy, shared)?;
         let syncer = match policy {
             SyncPolicy::Always => None,
             SyncPolicy::Interval(interval) => Some(
@@ -214,7 +224,13 @@ impl RocksStore {
             writer: Mutex::new(Some(handle)),
             syncer: Mutex::new(syncer),
             listener,
+            logs,
         })
+    }
+
+    /// The log of `topic` when it is a memory topic.
+    fn ram_log(&self, topic: TopicId) -> Option<Arc<RamLog>> {
+        self.logs.get(topic)
     }
 
     /// Sends `op` to the writer and waits for its answer.
@@ -279,7 +295,15 @@ impl Drop for RocksStore {
 #[async_trait]
 impl Store for RocksStore {
     async fn load(&self) -> StoreResult<Catalog> {
-        self.read_with("loading the catalog", load_catalog).await
+        let mut catalog = self.read_with("loading the catalog", load_catalog).await?;
+        // The database knows only where memory topics start after a
+        // restart; their logs know where they are.
+        for topic in &mut catalog.topics {
+            if let Some(log) = self.ram_log(topic.id) {
+                (topic.first_offset, topic.next_offset, topic.retained_bytes) = log.bounds();
+            }
+        }
+        Ok(catalog)
     }
 
     fn set_listener(&self, listener: Arc<dyn StoreListener>) {
@@ -290,11 +314,13 @@ impl Store for RocksStore {
         &self,
         name: &TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
     ) -> StoreResult<TopicRecord> {
         let name = name.clone();
         self.submit(|reply| Op::CreateTopic {
             name,
             settings,
+            storage,
             reply,
         })
         .await
@@ -305,6 +331,10 @@ impl Store for RocksStore {
     }
 
     async fn reclaim(&self, topic: TopicId) -> StoreResult<()> {
+        if self.ram_log(topic).is_some() {
+            // Dropped messages of a memory topic are freed as they go.
+            return Ok(());
+        }
         self.read_with("compacting deleted messages", move |db| {
             // Everything below the first offset was deleted by range; a
             // compaction of that range drops the data for good.
@@ -337,6 +367,19 @@ impl Store for RocksStore {
     }
 
     async fn trim(&self, topic: TopicId, before: Offset, drop_bytes: u64) -> StoreResult<Offset> {
+        if self.ram_log(topic).is_some() {
+            // The writer measures a memory topic's messages itself: appends
+            // move its first offset too often for a measure taken here to
+            // hold until the writer sees it.
+            return self
+                .submit(|reply| Op::TrimMemory {
+                    topic,
+                    before,
+                    drop_bytes,
+                    reply,
+                })
+                .await;
+        }
         let (from, before, bytes) = self
             .read_with("measuring messages to delete", move |db| {
                 let from = read::first_offset(db, topic)?;
@@ -360,6 +403,9 @@ impl Store for RocksStore {
         range: std::ops::Range<Offset>,
         limit: ReadLimit,
     ) -> StoreResult<Vec<StoredMessage>> {
+        if let Some(log) = self.ram_log(topic) {
+            return Ok(log.read(range, limit));
+        }
         self.read_with("reading messages", move |db| {
             read_messages(db, topic, range, limit)
         })
@@ -371,6 +417,9 @@ impl Store for RocksStore {
         topic: TopicId,
         offsets: Vec<Offset>,
     ) -> StoreResult<Vec<StoredMessage>> {
+        if let Some(log) = self.ram_log(topic) {
+            return Ok(log.read_offsets(&offsets));
+        }
         self.read_with("reading messages", move |db| {
             read_at_offsets(db, topic, offsets)
         })
@@ -378,6 +427,9 @@ impl Store for RocksStore {
     }
 
     async fn offset_at_time(&self, topic: TopicId, time: SystemTime) -> StoreResult<Offset> {
+        if let Some(log) = self.ram_log(topic) {
+            return Ok(log.offset_at_time(time));
+        }
         self.read_with("finding an offset by time", move |db| {
             find_offset_at_time(db, topic, time)
         })

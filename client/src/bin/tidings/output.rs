@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tidings_client::{Delivery, Retention, StoredMessage, Subscription, Topic};
+use tidings_client::{Delivery, Retention, StorageClass, StoredMessage, Subscription, Topic};
 
 /// Writes `text` to standard output and flushes it, so that a reader on
 /// the other end of a pipe sees it at once.
@@ -137,6 +137,7 @@ pub(crate) fn topic_json(topic: &Topic) -> Value {
         "retained_bytes": topic.retained_bytes,
         "retention": retention_json(&topic.retention),
         "dedup_window_seconds": topic.dedup_window.as_secs_f64(),
+        "storage": topic.storage.as_str(),
         "create_time": time_json(topic.create_time),
     })
 }
@@ -311,10 +312,18 @@ impl Table {
 
 /// Topics as a table.
 pub(crate) fn topics_table(topics: &[Topic]) -> String {
-    let mut table = Table::new(&["NAME", "NEXT OFFSET", "CREATED", "RETAINED", "RETENTION"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "STORAGE",
+        "NEXT OFFSET",
+        "CREATED",
+        "RETAINED",
+        "RETENTION",
+    ]);
     for topic in topics {
         table.row(vec![
             topic.name.clone(),
+            topic.storage.to_string(),
             topic.next_offset.to_string(),
             time_text(topic.create_time),
             topic.retained_messages.to_string(),
@@ -377,9 +386,24 @@ pub(crate) fn topic_text(topic: &Topic) -> String {
                 age_text(topic.dedup_window)
             },
         ),
+        ("storage", storage_text(topic)),
         ("created", time_text(topic.create_time)),
     ])
 }
+
+/// What a topic's storage class means for its messages.
+fn storage_text(topic: &Topic) -> String {
+    match topic.storage {
+        StorageClass::Disk => "disk".to_owned(),
+        StorageClass::Memory => format!(
+            "memory (lost on restart; at most {}, the oldest dropped beyond it)",
+            bytes_text(topic.retention.max_bytes.unwrap_or(MEMORY_TOPIC_BYTES))
+        ),
+    }
+}
+
+/// A memory topic's bound when its retention sets no `max_bytes`.
+const MEMORY_TOPIC_BYTES: u64 = 64 << 20;
 
 /// A subscription as `field: value` lines.
 pub(crate) fn subscription_text(sub: &Subscription) -> String {
@@ -538,7 +562,36 @@ mod tests {
             retained_messages: 10,
             retained_bytes: 2560,
             dedup_window: Duration::from_secs(120),
+            storage: StorageClass::Disk,
         }
+    }
+
+    #[test]
+    fn the_storage_class_shows_everywhere_and_a_memory_topic_its_bound() {
+        let disk = topic(Retention::unlimited());
+        let memory = Topic {
+            storage: StorageClass::Memory,
+            ..topic(Retention::unlimited())
+        };
+        assert_eq!(topic_json(&disk)["storage"], "disk");
+        assert_eq!(topic_json(&memory)["storage"], "memory");
+        assert!(topic_text(&disk).contains("storage:           disk\n"));
+        let text = topic_text(&memory);
+        assert!(
+            text.contains("memory (lost on restart; at most 64.0 MiB"),
+            "{text}"
+        );
+        let bounded = Topic {
+            retention: Retention::unlimited().max_bytes(1 << 20),
+            ..memory.clone()
+        };
+        let text = topic_text(&bounded);
+        assert!(text.contains("at most 1.0 MiB"), "{text}");
+        let table = topics_table(&[disk, memory]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME    STORAGE"), "{table}");
+        assert!(lines[1].starts_with("orders  disk "), "{table}");
+        assert!(lines[2].starts_with("orders  memory "), "{table}");
     }
 
     #[test]

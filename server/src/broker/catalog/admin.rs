@@ -22,16 +22,21 @@ impl Broker {
         &self,
         name: TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
     ) -> BrokerResult<TopicInfo> {
         if self.names().topics.contains_key(&name) {
             return Err(BrokerError::TopicExists(name));
         }
-        let record = self.inner.store.create_topic(&name, settings).await?;
+        let record = self
+            .inner
+            .store
+            .create_topic(&name, settings, storage)
+            .await?;
         let topic = Arc::new(Topic::new(&record));
         let info = topic.info();
         self.inner.topics.insert(Arc::clone(&topic));
         self.names().topics.insert(name, topic);
-        info!(topic = %info.name, "topic created");
+        info!(topic = %info.name, ?storage, "topic created");
         Ok(info)
     }
 

@@ -1,13 +1,13 @@
 //! Topics' settings between the wire and the broker: `CreateTopic`'s
-//! retention policy and dedup window, `UpdateTopic`'s mask, and what
-//! `Topic` reports.
+//! retention policy, dedup window and storage class, `UpdateTopic`'s mask,
+//! and what `Topic` reports.
 
 use std::time::Duration;
 
 use tidings::v1;
 
 use super::mask::UpdateFields;
-use crate::broker::{BrokerError, BrokerResult, Retention, TopicUpdate};
+use crate::broker::{BrokerError, BrokerResult, Retention, StorageClass, TopicUpdate};
 use crate::names::TopicName;
 
 /// The fields of `Topic`, as `UpdateTopic`'s mask sees them.
@@ -16,7 +16,7 @@ const TOPIC_FIELDS: UpdateFields = UpdateFields {
     message: "Topic",
     changeable: "retention, retention.max_age, retention.max_bytes, retention.max_messages, \
                  retention.discard_acked, dedup_window",
-    fixed: &["name", "create_time"],
+    fixed: &["name", "create_time", "storage"],
     fixed_hint: "",
     reported: &[
         "next_offset",
@@ -71,6 +71,29 @@ fn non_negative(
         ))
     })?;
     Ok(Some(duration))
+}
+
+/// A storage class from the wire: unspecified is disk.
+///
+/// # Errors
+/// [`BrokerError::Invalid`] for a number that names no class.
+pub(crate) fn storage_class(given: i32) -> BrokerResult<StorageClass> {
+    match v1::StorageClass::try_from(given) {
+        Ok(v1::StorageClass::Unspecified | v1::StorageClass::Disk) => Ok(StorageClass::Disk),
+        Ok(v1::StorageClass::Memory) => Ok(StorageClass::Memory),
+        Err(_) => Err(BrokerError::Invalid(format!(
+            "storage {given} is not a storage class: use STORAGE_CLASS_DISK (1) or \
+             STORAGE_CLASS_MEMORY (2)"
+        ))),
+    }
+}
+
+/// A storage class for the wire; never unspecified.
+pub(crate) fn storage_of(storage: StorageClass) -> v1::StorageClass {
+    match storage {
+        StorageClass::Disk => v1::StorageClass::Disk,
+        StorageClass::Memory => v1::StorageClass::Memory,
+    }
 }
 
 /// A retention policy for the wire.

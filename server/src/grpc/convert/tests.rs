@@ -1,6 +1,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::broker::TopicUpdate;
 use crate::storage::StoredMessage;
 
 fn position(position: Position) -> Option<v1::StartPosition> {
@@ -285,8 +286,10 @@ fn infos_become_resources() {
         retained_messages: 8,
         retained_bytes: 2048,
         dedup_window: Duration::from_secs(600),
+        storage: crate::broker::StorageClass::Memory,
     });
     assert_eq!(topic.retained_bytes, 2048);
+    assert_eq!(topic.storage(), v1::StorageClass::Memory);
     assert_eq!((topic.name.as_str(), topic.next_offset), ("t", 12));
     assert_eq!(topic.first_offset, 4);
     assert_eq!(topic.retained_messages, 8);
@@ -369,4 +372,41 @@ fn a_retry_policy_fills_in_pub_subs_defaults_and_refuses_negative_waits() {
     }));
     let err = negative.expect_err("negative").to_string();
     assert!(err.contains("retry_policy.minimum_backoff"), "{err}");
+}
+
+#[test]
+fn storage_classes_come_in_with_unspecified_as_disk_and_unknown_refused() {
+    use crate::broker::StorageClass;
+    let given = |class: v1::StorageClass| storage_class(class.into()).ok();
+    assert_eq!(
+        given(v1::StorageClass::Unspecified),
+        Some(StorageClass::Disk)
+    );
+    assert_eq!(given(v1::StorageClass::Disk), Some(StorageClass::Disk));
+    assert_eq!(given(v1::StorageClass::Memory), Some(StorageClass::Memory));
+    let message = invalid_message(storage_class(7));
+    assert!(message.contains("storage 7"), "{message}");
+    assert!(message.contains("STORAGE_CLASS_MEMORY"), "{message}");
+}
+
+#[test]
+fn an_update_naming_storage_is_refused_as_fixed() {
+    let request = |paths: &[&str]| v1::UpdateTopicRequest {
+        topic: Some(v1::Topic {
+            name: "t".to_owned(),
+            storage: v1::StorageClass::Memory.into(),
+            ..v1::Topic::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    };
+    for paths in [&["storage"][..], &["dedup_window", "storage"]] {
+        let message = invalid_message(TopicUpdate::try_from(request(paths)));
+        assert!(
+            message.contains("\"storage\"") && message.contains("fixed when the topic is created"),
+            "{message}"
+        );
+    }
+    assert!(TopicUpdate::try_from(request(&["dedup_window"])).is_ok());
 }

@@ -24,6 +24,18 @@ use crate::storage::{
     SubscriptionRecord, TopicId, TopicRecord,
 };
 
+/// A memory topic whose oldest messages an append dropped: the topic, its
+/// new first offset and the bytes it retains.
+pub(super) type Dropped = (TopicId, Offset, u64);
+
+/// Tells the listener about memory topics' messages dropped by appends it
+/// was just told about.
+fn tell_dropped(listener: &dyn StoreListener, dropped: Vec<Dropped>) {
+    for (topic, first_offset, retained_bytes) in dropped {
+        listener.truncated(topic, first_offset, retained_bytes);
+    }
+}
+
 /// Requests taken into one batch at most.
 const MAX_BATCH_REQUESTS: usize = 4096;
 /// Payload bytes taken into one batch at most (one request may exceed it).
@@ -64,8 +76,8 @@ pub(super) enum SyncNeed {
     None,
     /// Appended messages: synced under [`SyncPolicy::Always`].
     Data,
-    /// Topics or subscriptions created, deleted or changed: always
-    /// synced. They are rare, and a power loss must not bring back a
+    /// Topics or subscriptions created, deleted or changed, or a memory
+    /// topic's reserved offsets: always synced. They are rare, and a power loss must not bring back a
     /// deleted topic or lose one a caller was told exists.
     Metadata,
 }
@@ -138,16 +150,18 @@ impl<'db> Batch<'db> {
     }
 
     /// As [`Batch::answer`], telling the listener about the appended
-    /// `messages` first when they were written.
+    /// `messages` first when they were written, and then about the memory
+    /// topics' messages the append `dropped`.
     pub(super) fn answer_append(
         &mut self,
         reply: oneshot::Sender<StoreResult<Appended>>,
         staged: StoreResult<Appended>,
-        topic: TopicId,
-        messages: Vec<NewMessage>,
+        (topic, messages): (TopicId, Vec<NewMessage>),
+        dropped: Vec<Dropped>,
     ) {
         self.answer_then(reply, staged, move |appended, listener| {
             listener.appended(topic, appended, appended.stored(messages));
+            tell_dropped(listener, dropped);
         });
     }
 
@@ -158,11 +172,13 @@ impl<'db> Batch<'db> {
         reply: oneshot::Sender<StoreResult<Vec<Appended>>>,
         staged: StoreResult<Vec<Appended>>,
         appends: Vec<(TopicId, Vec<NewMessage>)>,
+        dropped: Vec<Dropped>,
     ) {
         self.answer_then(reply, staged, move |appended, listener| {
             for ((topic, messages), appended) in appends.into_iter().zip(appended) {
                 listener.appended(topic, appended, appended.stored(messages));
             }
+            tell_dropped(listener, dropped);
         });
     }
 
@@ -269,6 +285,13 @@ impl<'db> Batch<'db> {
     pub(super) fn put_head(&mut self, topic: TopicId, next_offset: Offset, retained_bytes: u64) {
         self.heads.insert(topic, (next_offset, retained_bytes));
         self.needs(SyncNeed::Data);
+    }
+
+    /// Stores a memory topic's reserved offset mark where a disk topic's
+    /// head is, synced before any offset below it is handed out.
+    pub(super) fn put_reserved_offsets(&mut self, topic: TopicId, reserved: Offset) {
+        self.heads.insert(topic, (reserved, 0));
+        self.needs(SyncNeed::Metadata);
     }
 
     /// A new topic: its record, its head and the id counter.

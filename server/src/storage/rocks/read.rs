@@ -17,8 +17,8 @@ use super::{
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
 use crate::storage::{
-    Catalog, DeadLetters, DeliveryRecord, ReadLimit, StoreError, StoreResult, StoredMessage,
-    StoredSubscription, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
+    Catalog, DeadLetters, DeliveryRecord, ReadLimit, StorageClass, StoreError, StoreResult,
+    StoredMessage, StoredSubscription, SubscriptionId, SubscriptionRecord, TopicId, TopicRecord,
 };
 
 /// Reads every topic and subscription.
@@ -51,10 +51,16 @@ pub(super) fn load_catalog(db: &DB) -> StoreResult<Catalog> {
             let (head, bytes) = heads.get(&record.id.0).copied().ok_or_else(|| {
                 codec::corrupt("topic head", format!("topic {:?} has no head", record.id))
             })?;
+            // A memory topic's head is the offset it starts at, empty.
+            let memory = record.storage == StorageClass::Memory;
             // Topics written before first offsets were stored start at 0.
-            let first = firsts.get(&record.id.0).copied().unwrap_or(0).min(head);
+            let first = match memory {
+                true => head,
+                false => firsts.get(&record.id.0).copied().unwrap_or(0).min(head),
+            };
             // Heads written before retained bytes were kept: counted once.
             let retained_bytes = match bytes {
+                _ if memory => 0,
                 Some(bytes) => bytes,
                 None => trim_point(db, record.id, first, head, u64::MAX)?.1,
             };

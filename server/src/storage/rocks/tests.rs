@@ -34,7 +34,7 @@ async fn dropped_store_without_close_loses_no_acknowledged_append() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let store = RocksStore::open(dir.path(), SyncPolicy::Interval(Duration::from_secs(60))).await?;
     let topic = store
-        .create_topic(&name("t"), TopicSettings::default())
+        .create_topic(&name("t"), TopicSettings::default(), StorageClass::Disk)
         .await?;
     store.append(topic.id, vec![message(b"x")]).await?;
     // `drop` blocks until the writer has synced and let go of the
@@ -64,7 +64,7 @@ async fn crash_child_appends_until_killed() -> anyhow::Result<()> {
     let policy = SyncPolicy::Interval(Duration::from_secs(3600));
     let store = Arc::new(RocksStore::open(Path::new(&dir), policy).await?);
     let topic = store
-        .create_topic(&name("crash"), TopicSettings::default())
+        .create_topic(&name("crash"), TopicSettings::default(), StorageClass::Disk)
         .await?
         .id;
     println!("crash-topic {}", topic.0);
@@ -171,5 +171,41 @@ async fn kill_9_during_appends_loses_no_acknowledged_append() -> anyhow::Result<
     let appended = store.append(topic, vec![message(b"after")]).await?;
     assert_eq!(appended.first_offset, head, "no offset is handed out twice");
     store.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_memory_topic_writes_nothing_per_append_but_its_offset_mark() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = RocksStore::open(dir.path(), SyncPolicy::Always).await?;
+    let topic = store
+        .create_topic(&name("m"), TopicSettings::default(), StorageClass::Memory)
+        .await?;
+    let with_id = |i: u32| NewMessage {
+        payload: Bytes::from(format!("payload {i}")),
+        id: format!("id-{i}"),
+        ..NewMessage::default()
+    };
+    // The first append reserves offsets; the next ones write nothing.
+    store.append(topic.id, vec![with_id(0)]).await?;
+    let db = lock(&store.db).clone().expect("open");
+    let written = db.latest_sequence_number();
+    for i in 1..100 {
+        store.append(topic.id, vec![with_id(i), with_id(i)]).await?;
+    }
+    assert_eq!(db.latest_sequence_number(), written, "no write at all");
+    drop(db);
+    store.close().await?;
+
+    let db = open_database(dir.path(), &dedup::Windows::default())?;
+    for family in [CF_MESSAGES, dedup::CF_DEDUP] {
+        let stored = db
+            .iterator_cf(column(&db, family)?, rocksdb::IteratorMode::Start)
+            .count();
+        assert_eq!(stored, 0, "nothing in {family}");
+    }
+    let head = db.get_cf(column(&db, CF_META)?, meta_key(HEAD_PREFIX, topic.id.0))?;
+    let (mark, _) = codec::decode_head(&head.expect("a head record"))?;
+    assert!(mark >= 100, "the stored mark {mark} is above every offset");
     Ok(())
 }

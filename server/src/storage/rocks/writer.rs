@@ -7,6 +7,10 @@
 //! holds, and only then answers every caller. Offsets come from its
 //! in-memory topic heads, which advance only when the batch was written. It
 //! never reads for callers and never runs on an async worker thread.
+//!
+//! Memory topics (see `ram`) take the same path but write no message data:
+//! their changes wait beside the batch and reach their logs once it is
+//! written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use super::batch::{Batch, Columns};
+use super::batch::{Batch, Columns, Dropped};
 use super::dedup::{self, Windows};
 use super::syncer::Unsynced;
 use super::{
@@ -27,10 +31,16 @@ use super::{
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
+use crate::storage::ram::RamLogs;
 use crate::storage::{
-    Appended, Commit, DeliveryUpdate, Duplicate, NewMessage, StoreError, StoreResult,
-    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
+    Appended, Commit, DeliveryUpdate, Duplicate, NewMessage, Retention, StorageClass, StoreError,
+    StoreResult, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
+    TopicSettings,
 };
+
+mod ram;
+
+use ram::{RamHead, RamPending};
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -43,6 +53,7 @@ pub(super) enum Op {
     CreateTopic {
         name: TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
         reply: Reply<TopicRecord>,
     },
     UpdateTopic {
@@ -60,6 +71,14 @@ pub(super) enum Op {
         from: Offset,
         before: Offset,
         bytes: u64,
+        reply: Reply<Offset>,
+    },
+    /// Drops a memory topic's messages below `before`, and on until
+    /// `drop_bytes` are gone; the writer measures them itself.
+    TrimMemory {
+        topic: TopicId,
+        before: Offset,
+        drop_bytes: u64,
         reply: Reply<Offset>,
     },
     Append {
@@ -115,7 +134,7 @@ pub(super) struct Request {
     pub(super) permit: Option<OwnedSemaphorePermit>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct TopicHead {
     first_offset: Offset,
     next_offset: Offset,
@@ -125,6 +144,22 @@ struct TopicHead {
     last_publish: SystemTime,
     /// How long its message ids are remembered.
     dedup_window: Duration,
+    /// What it keeps: a memory topic's bound.
+    retention: Retention,
+    /// Where a memory topic's messages are; `None` for a disk topic.
+    ram: Option<RamHead>,
+}
+
+/// What the writer shares with the store's other threads.
+pub(super) struct Shared {
+    /// Something was written without a sync; shared with the syncer.
+    pub(super) unsynced: Unsynced,
+    /// Told about appends and truncations once they are written.
+    pub(super) listener: ListenerSlot,
+    /// Each topic's dedup window, for the compaction filter.
+    pub(super) windows: Windows,
+    /// The logs of memory topics, for the readers.
+    pub(super) logs: RamLogs,
 }
 
 /// The previous value of a piece of writer state, restored when a batch
@@ -158,17 +193,24 @@ pub(super) struct Writer {
     /// Ids stored by the batch being built, which the database cannot
     /// answer for yet: topic and id → offset.
     batch_ids: HashMap<(TopicId, String), Offset>,
+    /// The logs of memory topics, shared with the readers.
+    logs: RamLogs,
+    /// What the batch being built changes in memory topics' logs.
+    ram_pending: HashMap<TopicId, RamPending>,
+    /// Memory topics whose oldest messages the request being staged
+    /// dropped, told to the listener after its appends.
+    ram_dropped: Vec<Dropped>,
 }
 
 impl Writer {
     /// Rebuilds the writer's state from what the database holds.
-    pub(super) fn recover(
-        db: Arc<DB>,
-        policy: SyncPolicy,
-        unsynced: Unsynced,
-        listener: ListenerSlot,
-        windows: Windows,
-    ) -> StoreResult<Self> {
+    pub(super) fn recover(db: Arc<DB>, policy: SyncPolicy, shared: Shared) -> StoreResult<Self> {
+        let Shared {
+            unsynced,
+            listener,
+            windows,
+            logs,
+        } = shared;
         Columns::of(&db)?;
         let catalog = super::load_catalog(&db)?;
         let mut topics = HashMap::with_capacity(catalog.topics.len());
@@ -177,14 +219,21 @@ impl Writer {
                 Some(last) => super::publish_time_at(&db, topic.id, last)?,
                 None => None,
             };
+            // A memory topic starts empty at its reserved offset, which
+            // its head record holds (see `ram`).
+            let ram = (topic.storage == StorageClass::Memory)
+                .then(|| RamHead::starting_at(topic.next_offset));
             let head = TopicHead {
                 first_offset: topic.first_offset,
                 next_offset: topic.next_offset,
                 retained_bytes: topic.retained_bytes,
                 last_publish: last_publish.unwrap_or(UNIX_EPOCH),
                 dedup_window: topic.settings.dedup_window,
+                retention: topic.settings.retention,
+                ram,
             };
             windows.set(topic.id, head.dedup_window);
+            logs.set(topic.id, head.ram_log());
             topics.insert(topic.id, head);
         }
         let subscriptions: HashMap<_, _> = catalog
@@ -209,6 +258,9 @@ impl Writer {
             listener,
             windows,
             batch_ids: HashMap::new(),
+            logs,
+            ram_pending: HashMap::new(),
+            ram_dropped: Vec::new(),
         })
     }
 
@@ -287,7 +339,12 @@ impl Writer {
         let undo = std::mem::take(&mut self.undo);
         self.batch_ids.clear();
         if result.is_err() {
+            self.ram_pending.clear();
             self.roll_back(undo);
+        } else {
+            // Before the listener hears of the appends: readers must find
+            // what the broker's heads will say is there.
+            self.apply_ram_pending();
         }
         let listener = lock(&self.listener).clone();
         batch.finish(result.as_ref().err(), listener.as_deref());
@@ -317,10 +374,12 @@ impl Writer {
             match entry {
                 Undo::Topic(id, Some(head)) => {
                     self.windows.set(id, head.dedup_window);
+                    self.logs.set(id, head.ram_log());
                     self.topics.insert(id, head);
                 }
                 Undo::Topic(id, None) => {
                     self.windows.remove(id);
+                    self.logs.set(id, None);
                     self.topics.remove(&id);
                 }
                 Undo::Subscription(id, Some(topic)) => {
@@ -353,7 +412,8 @@ impl Writer {
                 reply,
             } => {
                 let staged = self.stage_append(topic, &messages, batch);
-                batch.answer_append(reply, staged, topic, messages);
+                let dropped = std::mem::take(&mut self.ram_dropped);
+                batch.answer_append(reply, staged, (topic, messages), dropped);
             }
             Op::Truncate {
                 topic,
@@ -365,12 +425,22 @@ impl Writer {
                 let staged = self.stage_truncate(topic, from, before, bytes, batch);
                 batch.answer_truncate(reply, staged, topic);
             }
+            Op::TrimMemory {
+                topic,
+                before,
+                drop_bytes,
+                reply,
+            } => {
+                let staged = self.stage_ram_trim(topic, before, drop_bytes);
+                batch.answer_truncate(reply, staged, topic);
+            }
             Op::CreateTopic {
                 name,
                 settings,
+                storage,
                 reply,
             } => {
-                let staged = Ok(self.stage_create_topic(name, settings, batch));
+                let staged = Ok(self.stage_create_topic(name, settings, storage, batch));
                 batch.answer(reply, staged);
             }
             Op::UpdateTopic { record, reply } => {
@@ -412,7 +482,8 @@ impl Writer {
             }
             Op::Commit { commit, reply } => {
                 let staged = self.stage_commit(&commit, batch);
-                batch.answer_commit(reply, staged, commit.appends);
+                let dropped = std::mem::take(&mut self.ram_dropped);
+                batch.answer_commit(reply, staged, commit.appends, dropped);
             }
             Op::Close { reply } => closers.push(reply),
         }
@@ -424,10 +495,14 @@ impl Writer {
         messages: &[NewMessage],
         batch: &mut Batch<'_>,
     ) -> StoreResult<Appended> {
-        let head = *self
+        let head = self
             .topics
             .get(&topic)
-            .ok_or(StoreError::TopicNotFound(topic))?;
+            .ok_or(StoreError::TopicNotFound(topic))?
+            .clone();
+        if head.ram.is_some() {
+            return Ok(self.stage_ram_append(topic, head, messages, batch));
+        }
         let now = codec::truncate_to_micros(SystemTime::now());
         let publish_time = now.max(head.last_publish);
         let remembered = self.remembered_ids(topic, &head, messages, publish_time, batch)?;
@@ -440,7 +515,7 @@ impl Writer {
         if messages.is_empty() {
             return Ok(appended);
         }
-        self.undo.push(Undo::Topic(topic, Some(head)));
+        self.undo.push(Undo::Topic(topic, Some(head.clone())));
         let head = self.topics.get_mut(&topic).expect("looked up above");
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
@@ -528,10 +603,19 @@ impl Writer {
             .topics
             .get_mut(&record.id)
             .ok_or(StoreError::TopicNotFound(record.id))?;
-        self.undo.push(Undo::Topic(record.id, Some(*head)));
+        self.undo.push(Undo::Topic(record.id, Some(head.clone())));
         head.dedup_window = record.settings.dedup_window;
+        head.retention = record.settings.retention;
         self.windows.set(record.id, head.dedup_window);
-        batch.put_topic_record(record);
+        // The storage class is fixed: the one stored stays.
+        let storage = match head.ram {
+            Some(_) => StorageClass::Memory,
+            None => StorageClass::Disk,
+        };
+        batch.put_topic_record(&TopicRecord {
+            storage,
+            ..record.clone()
+        });
         Ok(())
     }
 
@@ -539,6 +623,7 @@ impl Writer {
         &mut self,
         name: TopicName,
         settings: TopicSettings,
+        storage: StorageClass,
         batch: &mut Batch<'_>,
     ) -> TopicRecord {
         // Not rolled back on failure: skipping an id is harmless.
@@ -551,6 +636,7 @@ impl Writer {
             created: codec::truncate_to_micros(SystemTime::now()),
             settings,
             retained_bytes: 0,
+            storage,
         };
         batch.put_topic(&record);
         let head = TopicHead {
@@ -559,15 +645,16 @@ impl Writer {
             retained_bytes: 0,
             last_publish: UNIX_EPOCH,
             dedup_window: record.settings.dedup_window,
+            retention: record.settings.retention,
+            ram: (storage == StorageClass::Memory).then(|| RamHead::starting_at(0)),
         };
         self.windows.set(record.id, head.dedup_window);
+        self.logs.set(record.id, head.ram_log());
         let previous = self.topics.insert(record.id, head);
         self.undo.push(Undo::Topic(record.id, previous));
         record
     }
 
-    /// Deletes the messages below `before` (at most the head) and moves the
-    /// first offset up; returns it.
     /// Deletes `from..before` (at most the head), which holds `bytes`, and
     /// moves the first offset up; returns it and the retained bytes left.
     fn stage_truncate(
@@ -596,7 +683,7 @@ impl Writer {
                 .into(),
             });
         }
-        self.undo.push(Undo::Topic(topic, Some(*head)));
+        self.undo.push(Undo::Topic(topic, Some(head.clone())));
         batch.truncate(topic, head.first_offset, before);
         head.first_offset = before;
         head.retained_bytes = head.retained_bytes.saturating_sub(bytes);
@@ -611,6 +698,7 @@ impl Writer {
             .ok_or(StoreError::TopicNotFound(topic))?;
         self.undo.push(Undo::Topic(topic, Some(head)));
         self.windows.remove(topic);
+        self.logs.set(topic, None);
         batch.delete_topic(topic);
         let doomed: Vec<SubscriptionId> = self
             .subscriptions
@@ -735,19 +823,20 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let windows = Windows::default();
         let db = Arc::new(super::super::open_database(dir.path(), &windows)?);
-        let writer = Writer::recover(
-            db,
-            SyncPolicy::Always,
-            Unsynced::default(),
-            ListenerSlot::default(),
+        let shared = Shared {
+            unsynced: Unsynced::default(),
+            listener: ListenerSlot::default(),
             windows,
-        )?;
+            logs: RamLogs::default(),
+        };
+        let writer = Writer::recover(db, SyncPolicy::Always, shared)?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (created_tx, mut created_rx) = oneshot::channel();
         let name = TopicName::new("t")?;
         requests_tx.send(request(Op::CreateTopic {
             name,
             settings: TopicSettings::default(),
+            storage: StorageClass::Disk,
             reply: created_tx,
         }))?;
         let mut replies = Vec::new();

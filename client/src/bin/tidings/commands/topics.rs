@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
-use tidings_client::{Retention, TopicConfig, TopicUpdate};
+use tidings_client::{Retention, StorageClass, TopicConfig, TopicUpdate};
 
 use super::Context;
 use crate::{output, values};
@@ -31,7 +31,8 @@ pub(crate) enum TopicsCommand {
             tidings topics create clicks --retention 24h --max-messages 1000000\n  \
             tidings topics create jobs --retention 7d --discard-acked\n  \
             tidings topics create audit --keep-forever   (never deletes a message)\n  \
-            tidings topics create payments --dedup-window 10m"
+            tidings topics create payments --dedup-window 10m\n  \
+            tidings topics create prices --memory --max-bytes 16MiB"
     )]
     Create {
         /// The new topic's name: ASCII letters, digits, '.', '_' and '-'
@@ -47,6 +48,15 @@ pub(crate) enum TopicsCommand {
         /// deduplication off. Default: the broker's, 2m.
         #[arg(long, value_parser = values::parse_dedup_window, value_name = "DURATION")]
         dedup_window: Option<Duration>,
+
+        /// Keep the topic's messages in the broker's memory only: publishing
+        /// writes no message to disk, and a restart or crash of the broker
+        /// loses them all (the topic, its subscriptions and its offsets
+        /// stay). It holds at most --max-bytes (64MiB when not given): each
+        /// publish beyond it drops the oldest messages at once. Cannot be
+        /// changed later.
+        #[arg(long)]
+        memory: bool,
     },
 
     /// Change a topic's retention or dedup window: only what is given
@@ -214,10 +224,9 @@ pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result
             name,
             retention,
             dedup_window,
+            memory,
         } => {
-            let mut config = TopicConfig::new(name);
-            config.retention = retention.policy();
-            config.dedup_window = dedup_window;
+            let config = create_config(name, &retention, dedup_window, memory);
             let topic = ctx.connect().await?.create_topic_with(config).await?;
             ctx.emit(
                 || output::topic_json(&topic),
@@ -242,6 +251,22 @@ pub(crate) async fn run(ctx: &Context, command: TopicsCommand) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// The topic `topics create` asks for.
+fn create_config(
+    name: String,
+    retention: &RetentionArgs,
+    dedup_window: Option<Duration>,
+    memory: bool,
+) -> TopicConfig {
+    let mut config = TopicConfig::new(name);
+    config.retention = retention.policy();
+    config.dedup_window = dedup_window;
+    if memory {
+        config.storage = StorageClass::Memory;
+    }
+    config
 }
 
 #[cfg(test)]
@@ -275,6 +300,37 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    fn create_of(args: &[&str]) -> TopicConfig {
+        match parse(args) {
+            Ok(TopicsCommand::Create {
+                name,
+                retention,
+                dedup_window,
+                memory,
+            }) => create_config(name, &retention, dedup_window, memory),
+            other => panic!("not a topics create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_memory_asks_for_a_memory_topic_and_disk_is_the_default() {
+        let memory = create_of(&["create", "prices", "--memory", "--max-bytes", "16MiB"]);
+        assert_eq!(memory.storage, StorageClass::Memory);
+        assert_eq!(
+            memory.retention,
+            Some(Retention::unlimited().max_bytes(16 << 20))
+        );
+        let alone = create_of(&["create", "prices", "--memory"]);
+        assert_eq!(
+            (alone.storage, alone.retention),
+            (StorageClass::Memory, None),
+            "the broker's default retention, and its 64 MiB bound"
+        );
+        assert_eq!(create_of(&["create", "orders"]).storage, StorageClass::Disk);
+        let valued = parse(&["create", "prices", "--memory=yes"]);
+        assert!(valued.is_err(), "a switch takes no value: {valued:?}");
+    }
 
     #[test]
     fn create_without_flags_leaves_the_broker_default() {

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use tidings_client::{Client, RetryPolicy, StartPosition, Subscriber, SubscriptionConfig};
+use tidings_client::{
+    Client, RetryPolicy, StartPosition, StorageClass, Subscriber, SubscriptionConfig,
+};
 use tokio::sync::watch;
 
 use super::backlog::{KeyOrder, Shape};
@@ -151,7 +153,7 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
     }
     let client = ctx.connect().await?;
     let topic = &args.common.topic;
-    ensure_topic(&client, topic).await?;
+    ensure_topic(&client, topic, StorageClass::Disk).await?;
     let subscription = unique_name("bench-consume");
     let head = client.get_topic(topic).await?.next_offset;
     client

@@ -22,7 +22,7 @@ use tidings_client::v1::{PublishMessage, PublishRequest};
 use tidings_client::{Client, Publisher, StartPosition, Subscriber, SubscriptionConfig};
 
 use super::report::{self, Progress, ServerUsage};
-use super::{CommonArgs, Context, ensure_topic, unique_name};
+use super::{CommonArgs, Context, ensure_topic, storage_of, unique_name};
 
 /// Publishes in flight at most before the publisher waits.
 const MAX_IN_FLIGHT: usize = 1000;
@@ -46,6 +46,10 @@ pub(crate) struct E2eArgs {
     /// together in one call).
     #[arg(long)]
     unbatched: bool,
+    /// Create the topic as a memory topic (messages in the broker's memory
+    /// only, bounded by 64 MiB), to measure latency without the disk.
+    #[arg(long)]
+    memory: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -65,7 +69,7 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
     let size = usize::try_from(args.size)?;
     let client = ctx.connect().await?;
     let topic = args.common.topic.clone();
-    ensure_topic(&client, &topic).await?;
+    ensure_topic(&client, &topic, storage_of(args.memory)).await?;
     let subscription = unique_name("bench-e2e");
     client
         .create_subscription(

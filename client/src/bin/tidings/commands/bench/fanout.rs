@@ -14,7 +14,7 @@ use std::time::Instant;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tidings_client::v1::{PublishMessage, PublishRequest};
-use tidings_client::{Client, StartPosition, SubscriptionConfig};
+use tidings_client::{Client, StartPosition, StorageClass, SubscriptionConfig};
 
 use super::report::{self, Progress, ServerUsage};
 use super::{CommonArgs, Context, ensure_topic, payload, unique_name};
@@ -47,7 +47,7 @@ pub(crate) struct FanoutArgs {
 pub(crate) async fn run(ctx: &Context, args: FanoutArgs) -> anyhow::Result<()> {
     let client = ctx.connect().await?;
     let topic = args.common.topic.clone();
-    ensure_topic(&client, &topic).await?;
+    ensure_topic(&client, &topic, StorageClass::Disk).await?;
     let prefix = unique_name("bench-fanout");
     let total = args.count * args.subscriptions;
     let received = Arc::new(AtomicU64::new(0));

@@ -17,7 +17,7 @@ mod publish;
 mod report;
 
 use clap::Subcommand;
-use tidings_client::Client;
+use tidings_client::{Client, StorageClass, TopicConfig};
 use tonic::Code;
 
 use super::Context;
@@ -63,11 +63,32 @@ pub(crate) async fn run(ctx: &Context, command: BenchCommand) -> anyhow::Result<
     }
 }
 
-/// Creates `topic` unless it exists.
-async fn ensure_topic(client: &Client, topic: &str) -> anyhow::Result<()> {
-    match client.create_topic(topic).await {
+/// Creates `topic` keeping its messages as `storage` says, unless it
+/// exists; an existing topic of the other storage class is refused, as
+/// its figures would not be those asked for.
+async fn ensure_topic(client: &Client, topic: &str, storage: StorageClass) -> anyhow::Result<()> {
+    let config = TopicConfig::new(topic).storage(storage);
+    match client.create_topic_with(config).await {
         Err(err) if err.code() != Code::AlreadyExists => Err(err.into()),
-        _ => Ok(()),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let existing = client.get_topic(topic).await?.storage;
+            anyhow::ensure!(
+                existing == storage,
+                "topic \"{topic}\" exists with storage {existing}, not {storage}: name another \
+                 with --topic"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The storage class a workload's `--memory` flag asks for.
+fn storage_of(memory: bool) -> StorageClass {
+    if memory {
+        StorageClass::Memory
+    } else {
+        StorageClass::Disk
     }
 }
 

@@ -17,7 +17,7 @@ use tidings_client::Client;
 use tidings_client::v1::{PublishMessage, PublishRequest};
 
 use super::report::{self, Progress, ServerUsage};
-use super::{CommonArgs, Context, ensure_topic, payload};
+use super::{CommonArgs, Context, ensure_topic, payload, storage_of};
 
 /// Flags of `tidings bench publish`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,10 @@ pub(crate) struct PublishArgs {
     /// broker deduplicates by.
     #[arg(long)]
     ids: bool,
+    /// Create the topic as a memory topic (messages in the broker's memory
+    /// only, bounded by 64 MiB), to measure publishing without the disk.
+    #[arg(long)]
+    memory: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -51,7 +55,7 @@ pub(crate) struct PublishArgs {
 /// When the broker cannot be reached or a publish fails.
 pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
     let client = ctx.connect().await?;
-    ensure_topic(&client, &args.common.topic).await?;
+    ensure_topic(&client, &args.common.topic, storage_of(args.memory)).await?;
     let claimed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let mut publishers = Vec::new();

@@ -1,0 +1,254 @@
+//! The writer's side of memory topics: appends and trims staged beside a
+//! batch, applied to the topics' [`RamLog`]s once the batch is written.
+//!
+//! No message data and no message id of a memory topic is written to the
+//! database. What is written is a high-water mark of its offsets, so that a
+//! restart never hands an offset out twice: the writer reserves offsets
+//! [`RESERVED_OFFSETS`] at a time, and when an append takes the next offset
+//! past the reserved mark, the batch stores a new mark (synced, as metadata
+//! is) in the topic's head record, where a disk topic keeps its next
+//! offset. After a restart, or a `kill -9`, the topic starts empty at the
+//! stored mark, which is above every offset handed out before it.
+//!
+//! A memory topic is bounded at every append: its oldest messages are
+//! dropped, in the same step, until it is within its retention's
+//! `max_bytes` (64 MiB when unset) and `max_messages`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{TopicHead, Undo, Writer};
+use crate::offsets::Offset;
+use crate::storage::codec;
+use crate::storage::ram::{LogChange, RamLog, RamMessage};
+use crate::storage::rocks::batch::Batch;
+use crate::storage::{
+    Appended, Duplicate, NewMessage, StoreError, StoreResult, StoredMessage, TopicId,
+};
+
+/// How many offsets a memory topic reserves with each mark it stores. A
+/// restart skips what was reserved and not used, at most this many
+/// offsets; a busy topic stores a mark once per this many messages.
+pub(super) const RESERVED_OFFSETS: u64 = 1 << 20;
+
+/// The writer's view of a memory topic, beside its [`TopicHead`].
+#[derive(Debug, Clone)]
+pub(super) struct RamHead {
+    /// Where its messages are; shared with the readers.
+    log: Arc<RamLog>,
+    /// The offset mark stored on disk: no offset at or above it was handed
+    /// out.
+    reserved: Offset,
+}
+
+impl RamHead {
+    /// An empty memory topic whose next offset is the stored mark.
+    pub(super) fn starting_at(reserved: Offset) -> Self {
+        Self {
+            log: Arc::new(RamLog::starting_at(reserved)),
+            reserved,
+        }
+    }
+}
+
+impl TopicHead {
+    /// Its log, when it is a memory topic.
+    pub(super) fn ram_log(&self) -> Option<Arc<RamLog>> {
+        self.ram.as_ref().map(|ram| Arc::clone(&ram.log))
+    }
+}
+
+/// What the batch being built changes in one memory topic's log.
+pub(super) struct RamPending {
+    log: Arc<RamLog>,
+    /// The topic's next offset when the batch began: `appended` holds the
+    /// offsets from it on, densely.
+    start: Offset,
+    appended: Vec<RamMessage>,
+    /// Ids stored with `appended`: id, offset, when.
+    ids: Vec<(String, Offset, SystemTime)>,
+}
+
+impl RamPending {
+    /// The stored size of the message at `offset`, wherever it is yet.
+    fn size_at(&self, offset: Offset) -> u64 {
+        match offset.checked_sub(self.start) {
+            Some(index) => usize::try_from(index)
+                .ok()
+                .and_then(|index| self.appended.get(index))
+                .map_or(0, |m| m.size),
+            None => self.log.size_at(offset).unwrap_or(0),
+        }
+    }
+}
+
+impl Writer {
+    /// The pending changes of a memory topic in this batch, begun if need
+    /// be. `head` is its head as it stands.
+    fn ram_pending(&mut self, topic: TopicId, head: &TopicHead) -> &mut RamPending {
+        let log = head.ram_log().expect("a memory topic has a log");
+        self.ram_pending.entry(topic).or_insert_with(|| RamPending {
+            log,
+            start: head.next_offset,
+            appended: Vec::new(),
+            ids: Vec::new(),
+        })
+    }
+
+    /// [`Writer::stage_append`] for a memory topic: nothing of the messages
+    /// is written, but a new offset mark when they pass the reserved one.
+    pub(super) fn stage_ram_append(
+        &mut self,
+        topic: TopicId,
+        head: TopicHead,
+        messages: &[NewMessage],
+        batch: &mut Batch<'_>,
+    ) -> Appended {
+        let now = codec::truncate_to_micros(SystemTime::now());
+        let publish_time = now.max(head.last_publish);
+        let mut appended = Appended {
+            first_offset: head.next_offset,
+            publish_time,
+            retained_bytes: head.retained_bytes,
+            duplicates: Vec::new(),
+        };
+        if messages.is_empty() {
+            return appended;
+        }
+        self.ram_pending(topic, &head);
+        self.undo.push(Undo::Topic(topic, Some(head)));
+        let head = self
+            .topics
+            .get_mut(&topic)
+            .expect("looked up by the caller");
+        let pending = self.ram_pending.get_mut(&topic).expect("begun above");
+        let mut offset = appended.first_offset;
+        for (index, message) in messages.iter().enumerate() {
+            if !message.id.is_empty() && !head.dedup_window.is_zero() {
+                let key = (topic, message.id.clone());
+                let earlier = self.batch_ids.get(&key).copied().or_else(|| {
+                    pending
+                        .log
+                        .remembered(&message.id, head.dedup_window, publish_time)
+                });
+                if let Some(original) = earlier {
+                    appended.duplicates.push(Duplicate {
+                        index,
+                        offset: original,
+                    });
+                    continue;
+                }
+                pending.ids.push((message.id.clone(), offset, publish_time));
+                self.batch_ids.insert(key, offset);
+            }
+            let size = codec::stored_size(codec::encoded_len(message, publish_time));
+            pending.appended.push(RamMessage {
+                message: StoredMessage {
+                    offset,
+                    publish_time,
+                    payload: message.payload.clone(),
+                    key: message.key.clone(),
+                    attributes: message.attributes.clone(),
+                    id: message.id.clone(),
+                    deliver_at: message.due(publish_time),
+                },
+                size,
+            });
+            head.retained_bytes += size;
+            offset += 1;
+        }
+        let stored = offset - appended.first_offset;
+        if stored == 0 {
+            return appended;
+        }
+        head.next_offset = offset;
+        head.last_publish = publish_time;
+        self.appended += stored;
+        let ram = head.ram.as_mut().expect("a memory topic");
+        if offset > ram.reserved {
+            ram.reserved = offset + RESERVED_OFFSETS;
+            batch.put_reserved_offsets(topic, ram.reserved);
+        }
+        let retention = head.retention;
+        let first = head.first_offset;
+        drop_oldest(head, pending, |head, _| {
+            let count = head.next_offset - head.first_offset;
+            retention.memory_exceeded(count, head.retained_bytes)
+        });
+        if head.first_offset > first {
+            self.ram_dropped
+                .push((topic, head.first_offset, head.retained_bytes));
+        }
+        appended.retained_bytes = head.retained_bytes;
+        appended
+    }
+
+    /// [`Store::trim`](crate::storage::Store::trim) of a memory topic:
+    /// drops its messages below `before`, then on until at least
+    /// `drop_bytes` are gone; returns its first offset and retained bytes.
+    pub(super) fn stage_ram_trim(
+        &mut self,
+        topic: TopicId,
+        before: Offset,
+        drop_bytes: u64,
+    ) -> StoreResult<(Offset, u64)> {
+        let head = self
+            .topics
+            .get(&topic)
+            .ok_or(StoreError::TopicNotFound(topic))?
+            .clone();
+        if head.ram.is_none() {
+            return Err(StoreError::Engine {
+                context: "trimming a memory topic",
+                source: format!("topic {topic:?} keeps its messages on disk").into(),
+            });
+        }
+        let result = (head.first_offset, head.retained_bytes);
+        let before = before.min(head.next_offset);
+        if before <= head.first_offset && drop_bytes == 0 {
+            return Ok(result);
+        }
+        self.ram_pending(topic, &head);
+        self.undo.push(Undo::Topic(topic, Some(head)));
+        let head = self.topics.get_mut(&topic).expect("looked up above");
+        let pending = self.ram_pending.get_mut(&topic).expect("begun above");
+        drop_oldest(head, pending, |head, dropped| {
+            head.first_offset < before || dropped < drop_bytes
+        });
+        Ok((head.first_offset, head.retained_bytes))
+    }
+
+    /// Applies the batch's changes to memory topics' logs; the batch was
+    /// written. A topic deleted meanwhile is skipped.
+    pub(super) fn apply_ram_pending(&mut self) {
+        for (topic, pending) in self.ram_pending.drain() {
+            let Some(head) = self.topics.get(&topic) else {
+                continue;
+            };
+            pending.log.apply(LogChange {
+                first_offset: head.first_offset,
+                next_offset: head.next_offset,
+                retained_bytes: head.retained_bytes,
+                appended: pending.appended,
+                ids: pending.ids,
+                window: head.dedup_window,
+            });
+        }
+    }
+}
+
+/// Drops a memory topic's oldest messages while `more(head, dropped so
+/// far)` says so and it holds any.
+fn drop_oldest(
+    head: &mut TopicHead,
+    pending: &RamPending,
+    mut more: impl FnMut(&TopicHead, u64) -> bool,
+) {
+    let mut dropped = 0;
+    while head.first_offset < head.next_offset && more(head, dropped) {
+        let size = pending.size_at(head.first_offset);
+        head.retained_bytes = head.retained_bytes.saturating_sub(size);
+        head.first_offset += 1;
+        dropped += size;
+    }
+}
