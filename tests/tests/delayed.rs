@@ -170,6 +170,27 @@ async fn a_delivery_delay_holds_every_message_back_and_can_be_lifted() -> anyhow
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_topic_delays_its_messages_too() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client
+        .admin_service()
+        .create_topic(tidings::v1::CreateTopicRequest {
+            name: "cache".into(),
+            storage: tidings::v1::StorageClass::Memory as i32,
+            ..tidings::v1::CreateTopicRequest::default()
+        })
+        .await?;
+    let delay = Duration::from_secs(1);
+    publish_messages(&client, "cache", vec![delayed("later", delay)]).await?;
+    let mut stream = Deliveries::open(&client, subscribe_request("s", "cache")).await?;
+    let message = stream.next().await?;
+    let received = SystemTime::now();
+    assert!(received >= publish_time(&message)? + delay, "delivered early");
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_delays_are_refused_with_the_field_named() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
