@@ -172,6 +172,43 @@ async fn pub_with_an_id_stores_a_repeat_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pub_delay_and_a_delivery_delay_hold_messages_back() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    create_topic(&broker, "reminders").await?;
+    broker
+        .tidings(&[
+            "subs",
+            "create",
+            "slow",
+            "--topic",
+            "reminders",
+            "--delivery-delay",
+            "1h",
+        ])
+        .await?
+        .ok()?;
+    broker
+        .tidings(&["subs", "create", "mailer", "--topic", "reminders"])
+        .await?
+        .ok()?;
+    let published = broker
+        .tidings(&["pub", "reminders", "--delay", "1h", "in an hour"])
+        .await?
+        .ok()?;
+    assert_eq!(published.stdout, "0\n");
+    let slow = describe_subscription(&broker, "slow").await?;
+    assert_eq!(slow["delivery_delay_seconds"], 3600.0, "{slow}");
+    let mailer = describe_subscription(&broker, "mailer").await?;
+    assert_eq!(mailer["delayed"], 1, "{mailer}");
+    assert_eq!(mailer["backlog"], 1, "{mailer}");
+    let refused = broker
+        .tidings(&["pub", "reminders", "--delay", "31d", "too late"])
+        .await?;
+    assert!(!refused.status.success(), "{refused:?}");
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_ack_leaves_the_messages_for_the_next_subscriber() -> anyhow::Result<()> {
     let broker = Broker::start().await?;
     create_topic(&broker, "jobs").await?;

@@ -187,7 +187,10 @@ async fn a_memory_topic_delays_its_messages_too() -> anyhow::Result<()> {
     let mut stream = Deliveries::open(&client, subscribe_request("s", "cache")).await?;
     let message = stream.next().await?;
     let received = SystemTime::now();
-    assert!(received >= publish_time(&message)? + delay, "delivered early");
+    assert!(
+        received >= publish_time(&message)? + delay,
+        "delivered early"
+    );
     Ok(())
 }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use tidings_tests::{PythonEnv, TestBroker, get_subscription, get_topic};
+use tidings_tests::{PythonEnv, TestBroker, create_subscription, get_subscription, get_topic};
 
 const README: &str = include_str!("../../README.md");
 /// The first walk-through's markers.
@@ -259,8 +259,12 @@ const RETENTION_CHECKS: &[Check] = &[
         ],
     },
     Check {
-        command_has: "PublisherService/Publish",
+        command_has: "\"id\": \"click-1\"",
         output_has: &["\"offsets\":[\"0\",\"0\"]", "\"duplicates\":[false,true]"],
+    },
+    Check {
+        command_has: "\"deliverAfter\": \"600s\"",
+        output_has: &["\"offsets\":[\"1\"]"],
     },
     Check {
         command_has: "AdminService/UpdateTopic",
@@ -285,7 +289,12 @@ async fn readme_retention_walkthrough_works_verbatim() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     run_walkthrough(&env, &broker, RETENTION_WALKTHROUGH, RETENTION_CHECKS).await?;
     let clicks = get_topic(&broker.client(), "clicks").await?;
-    assert_eq!(clicks.next_offset, 1, "the repeated click was stored once");
+    assert_eq!(
+        clicks.next_offset, 2,
+        "the repeated click was stored once, the delayed one too"
+    );
+    let probe = create_subscription(&broker.client(), "probe", "clicks", 0).await?;
+    assert_eq!(probe.delayed, 1, "the delayed click waits: {probe:?}");
     let retention = clicks.retention.unwrap_or_default();
     assert_eq!(
         (retention.max_messages, retention.max_bytes),
