@@ -41,6 +41,10 @@ pub(crate) struct PublishArgs {
     /// broker deduplicates by.
     #[arg(long)]
     ids: bool,
+    /// Publish every message with this delivery delay (such as 1h), so
+    /// that it waits in the broker.
+    #[arg(long, value_parser = crate::values::parse_delay, value_name = "DURATION")]
+    delay: Option<std::time::Duration>,
     /// Create the topic as a memory topic (messages in the broker's memory
     /// only, bounded by 64 MiB), to measure publishing without the disk.
     #[arg(long)]
@@ -81,6 +85,7 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
                 in_flight: args.in_flight,
                 count: args.count,
                 ids: args.ids.then_some(run),
+                delay: args.delay.and_then(|d| prost_types::Duration::try_from(d).ok()),
                 claimed: Arc::clone(&claimed),
                 done: Arc::clone(&done),
             };
@@ -118,6 +123,8 @@ struct Work {
     count: u64,
     /// The run's id prefix, when messages carry ids.
     ids: Option<u64>,
+    /// Every message's delivery delay.
+    delay: Option<prost_types::Duration>,
     /// Messages claimed by any publisher so far.
     claimed: Arc<AtomicU64>,
     /// Messages stored so far.
@@ -139,6 +146,7 @@ impl Work {
                 .ids
                 .map(|run| format!("{run:016x}-{n:019}"))
                 .unwrap_or_default(),
+            deliver_after: self.delay,
             ..PublishMessage::default()
         };
         PublishRequest {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The costs and gains of the data lifecycle features, each beside its
+# baseline on the same build, interleaved so the machine's noise hits both:
+#
+# - dedup: publishing at 64 x 4 with a unique id on every message, against
+#   the same without ids (disk topic, --sync-interval always and 100ms);
+# - memory: publishing at 64 x 4 into a memory topic against a disk topic
+#   in relaxed mode (100ms), and e2e latency at 10 000 msg/s through each.
+#
+#   server/benches/lifecycle.sh [ROUNDS] [COUNT]
+#
+# Every run gets a fresh broker. Prints the bench's RESULT and LATENCY
+# lines prefixed with the round and the variant; compare the ratios of
+# the medians. With TIDINGS_BIN_DIR set, uses the binaries there.
+set -euo pipefail
+ROUNDS=${1:-3}
+COUNT=${2:-1000000}
+cd "$(dirname "$0")/../.."
+# shellcheck source=server/benches/common.sh
+. server/benches/common.sh
+bench_binaries
+
+quiet() {
+    for _ in $(seq 120); do
+        awk '{exit !($1 < 1.0)}' /proc/loadavg && return 0
+        sleep 1
+    done
+    echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
+}
+
+# run VARIANT SYNC ARGS...: one bench on a fresh broker.
+run() {
+    local variant=$1 sync=$2
+    shift 2
+    quiet
+    dir=$(mktemp -d)
+    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
+        --log warn > "$dir/stdout" 2> "$dir/server.log" &
+    pid=$!
+    addr=$(broker_addr "$dir/stdout")
+    "$BIN/tidings" --server "$addr" bench "$@" --server-pid "$pid" 2>/dev/null \
+        | sed -n "s/^\(RESULT\|LATENCY\) /round=$round $variant /p"
+    kill -TERM "$pid"; wait "$pid" || true
+    rm -rf "$dir"
+}
+
+for round in $(seq "$ROUNDS"); do
+    pub=(publish --count "$COUNT" --batch 64 --in-flight 4)
+    run "fsync plain" always "${pub[@]}"
+    run "fsync ids" always "${pub[@]}" --ids
+    run "relaxed plain" 100ms "${pub[@]}"
+    run "relaxed ids" 100ms "${pub[@]}" --ids
+    run "relaxed memory" 100ms "${pub[@]}" --memory
+    run "e2e disk" 100ms e2e --rate 10000 --count 100000
+    run "e2e memory" 100ms e2e --rate 10000 --count 100000 --memory
+done
+echo "# rounds=$ROUNDS count=$COUNT load: $(cut -d' ' -f1-3 /proc/loadavg)"
