@@ -191,11 +191,11 @@ async fn feed(
         d.passed(now);
         d.horizon()
     });
-    if any {
-        // Entries not yet fed stay, even when their time has passed (the
-        // feed is behind): a scan may have passed over their message.
-        let before = horizon.map_or(now, |h| h.due.min(now));
-        store.forget_delayed(topic.id, before).await?;
+    // Without a horizon (a memory topic) nothing was indexed. Entries not
+    // yet fed stay, even when their time has passed (the feed is behind):
+    // a scan may have passed over their message.
+    if let Some(horizon) = horizon.filter(|_| any) {
+        store.forget_delayed(topic.id, horizon.due.min(now)).await?;
     }
     Ok(())
 }

@@ -33,6 +33,10 @@ pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
         .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)))
         .into();
     let mut ids = column_options(&cache);
+    // Nearly every lookup is of a new id: a bloom filter over the memtable
+    // answers those without searching it (the table files have theirs).
+    ids.set_memtable_prefix_bloom_ratio(0.1);
+    ids.set_memtable_whole_key_filtering(true);
     ids.set_compaction_filter(
         "forget-expired-ids",
         dedup::compaction_filter(windows.clone()),

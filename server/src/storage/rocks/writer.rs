@@ -191,8 +191,8 @@ pub(super) struct Writer {
     /// Each topic's dedup window, for the compaction filter.
     windows: Windows,
     /// Ids stored by the batch being built, which the database cannot
-    /// answer for yet: topic and id → offset.
-    batch_ids: HashMap<(TopicId, String), Offset>,
+    /// answer for yet: per topic, id → offset.
+    batch_ids: HashMap<TopicId, HashMap<String, Offset>>,
     /// The logs of memory topics, shared with the readers.
     logs: RamLogs,
     /// What the batch being built changes in memory topics' logs.
@@ -520,12 +520,12 @@ impl Writer {
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !head.dedup_window.is_zero() {
-                let key = (topic, message.id.clone());
+                let in_batch = self.batch_ids.entry(topic).or_default();
                 let earlier = remembered
-                    .get(&message.id)
+                    .get(message.id.as_str())
                     .copied()
                     .flatten()
-                    .or_else(|| self.batch_ids.get(&key).copied());
+                    .or_else(|| in_batch.get(message.id.as_str()).copied());
                 if let Some(original) = earlier {
                     appended.duplicates.push(Duplicate {
                         index,
@@ -534,7 +534,7 @@ impl Writer {
                     continue;
                 }
                 batch.put_id(topic, &message.id, offset, publish_time);
-                self.batch_ids.insert(key, offset);
+                in_batch.insert(message.id.clone(), offset);
             }
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
@@ -559,22 +559,23 @@ impl Writer {
     /// Looks up, in one read, the ids of `messages` that the database may
     /// remember and this batch did not store: id → the offset stored with
     /// it, `None` when it is not (or no longer) remembered.
-    fn remembered_ids(
+    fn remembered_ids<'m>(
         &self,
         topic: TopicId,
         head: &TopicHead,
-        messages: &[NewMessage],
+        messages: &'m [NewMessage],
         now: SystemTime,
         batch: &Batch<'_>,
-    ) -> StoreResult<HashMap<String, Option<Offset>>> {
+    ) -> StoreResult<HashMap<&'m str, Option<Offset>>> {
         if head.dedup_window.is_zero() {
             return Ok(HashMap::new());
         }
+        let in_batch = self.batch_ids.get(&topic);
         let mut ids: Vec<&str> = messages
             .iter()
             .map(|m| m.id.as_str())
             .filter(|id| !id.is_empty())
-            .filter(|id| !self.batch_ids.contains_key(&(topic, (*id).to_owned())))
+            .filter(|id| in_batch.is_none_or(|ids| !ids.contains_key(*id)))
             .collect();
         if ids.is_empty() {
             return Ok(HashMap::new());
@@ -589,7 +590,7 @@ impl Writer {
             head.dedup_window,
             now,
         )?;
-        Ok(ids.into_iter().map(str::to_owned).zip(found).collect())
+        Ok(ids.into_iter().zip(found).collect())
     }
 
     /// A topic's settings changed: its record, and the dedup window the

@@ -125,8 +125,8 @@ impl Writer {
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !head.dedup_window.is_zero() {
-                let key = (topic, message.id.clone());
-                let earlier = self.batch_ids.get(&key).copied().or_else(|| {
+                let in_batch = self.batch_ids.entry(topic).or_default();
+                let earlier = in_batch.get(message.id.as_str()).copied().or_else(|| {
                     pending
                         .log
                         .remembered(&message.id, head.dedup_window, publish_time)
@@ -139,7 +139,7 @@ impl Writer {
                     continue;
                 }
                 pending.ids.push((message.id.clone(), offset, publish_time));
-                self.batch_ids.insert(key, offset);
+                in_batch.insert(message.id.clone(), offset);
             }
             let size = codec::stored_size(codec::encoded_len(message, publish_time));
             pending.appended.push(RamMessage {

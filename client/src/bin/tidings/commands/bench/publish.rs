@@ -85,7 +85,9 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
                 in_flight: args.in_flight,
                 count: args.count,
                 ids: args.ids.then_some(run),
-                delay: args.delay.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                delay: args
+                    .delay
+                    .and_then(|d| prost_types::Duration::try_from(d).ok()),
                 claimed: Arc::clone(&claimed),
                 done: Arc::clone(&done),
             };
