@@ -118,71 +118,80 @@ pub(crate) fn message_key_offset(key: &[u8]) -> StoreResult<Offset> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// The key of a remembered message id: topic id ‖ the id's bytes, so a
-/// topic's ids sit together and go with one range deletion.
-pub(crate) fn dedup_key(topic: TopicId, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + id.len());
-    key.extend_from_slice(&topic.0.to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key
-}
+/// The length of a key of the time-ordered indexes (delayed messages,
+/// remembered ids).
+pub(crate) const TIMED_KEY_LEN: usize = 24;
 
-/// The topic of a [`dedup_key`].
-pub(crate) fn dedup_key_topic(key: &[u8]) -> StoreResult<TopicId> {
-    let topic = key
-        .get(..8)
-        .ok_or_else(|| corrupt("id key", "shorter than a topic id"))?;
-    Ok(TopicId(decode_u64("id key", topic)?))
-}
-
-/// The length of a delayed message's index key.
-pub(crate) const DELAYED_KEY_LEN: usize = 24;
-
-/// The key of a delayed message in its topic's index: topic id ‖ due time
-/// in microseconds ‖ offset, so a topic's entries sort by due time.
-pub(crate) fn delayed_key(
-    topic: TopicId,
-    due: SystemTime,
-    offset: Offset,
-) -> [u8; DELAYED_KEY_LEN] {
-    let mut key = [0; DELAYED_KEY_LEN];
+/// A key of a time-ordered index: topic id ‖ time in microseconds ‖
+/// offset, so a topic's entries sort by time, then offset.
+pub(crate) fn timed_key(topic: TopicId, time: SystemTime, offset: Offset) -> [u8; TIMED_KEY_LEN] {
+    let mut key = [0; TIMED_KEY_LEN];
     key[..8].copy_from_slice(&topic.0.to_be_bytes());
-    key[8..16].copy_from_slice(&to_micros(due).to_be_bytes());
+    key[8..16].copy_from_slice(&to_micros(time).to_be_bytes());
     key[16..].copy_from_slice(&offset.to_be_bytes());
     key
+}
+
+/// The topic, time (in microseconds) and offset of a [`timed_key`].
+pub(crate) fn decode_timed_key(
+    what: &'static str,
+    key: &[u8],
+) -> StoreResult<(TopicId, u64, Offset)> {
+    if key.len() != TIMED_KEY_LEN {
+        return Err(corrupt(
+            what,
+            format!("{} bytes, not {TIMED_KEY_LEN}", key.len()),
+        ));
+    }
+    Ok((
+        TopicId(decode_u64(what, &key[..8])?),
+        decode_u64(what, &key[8..16])?,
+        decode_u64(what, &key[16..])?,
+    ))
+}
+
+/// The key of a delayed message in its topic's index: its due time and
+/// offset.
+pub(crate) fn delayed_key(topic: TopicId, due: SystemTime, offset: Offset) -> [u8; TIMED_KEY_LEN] {
+    timed_key(topic, due, offset)
 }
 
 /// The due time and offset of a [`delayed_key`].
 pub(crate) fn decode_delayed_key(key: &[u8]) -> StoreResult<(SystemTime, Offset)> {
     const WHAT: &str = "delayed message key";
-    if key.len() != DELAYED_KEY_LEN {
-        return Err(corrupt(
-            WHAT,
-            format!("{} bytes, not {DELAYED_KEY_LEN}", key.len()),
-        ));
+    let (_, micros, offset) = decode_timed_key(WHAT, key)?;
+    Ok((from_micros(WHAT, micros)?, offset))
+}
+
+/// Encodes the ids one append stored, each with its message's offset.
+pub(crate) fn encode_ids(ids: &[(&str, Offset)]) -> Vec<u8> {
+    let len: usize = ids.iter().map(|(id, _)| 4 + id.len() + 8).sum();
+    let mut w = Writer::new(4 + len);
+    w.u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for (id, offset) in ids {
+        w.str(id);
+        w.u64(*offset);
     }
-    let due = from_micros(WHAT, decode_u64(WHAT, &key[8..16])?)?;
-    Ok((due, decode_u64(WHAT, &key[16..])?))
+    w.0
 }
 
-/// Encodes what is remembered of a message id: the offset of the message
-/// stored with it, and when it was stored.
-pub(crate) fn encode_remembered_id(offset: Offset, stored: SystemTime) -> [u8; 17] {
-    let mut value = [0; 17];
-    value[0] = FORMAT_V1;
-    value[1..9].copy_from_slice(&offset.to_be_bytes());
-    value[9..].copy_from_slice(&to_micros(stored).to_be_bytes());
-    value
-}
-
-/// Decodes what [`encode_remembered_id`] wrote: the offset, and when it
-/// was stored in microseconds since the epoch.
-pub(crate) fn decode_remembered_id(value: &[u8]) -> StoreResult<(Offset, u64)> {
-    let mut r = Reader::new("remembered id", value)?;
-    let offset = r.u64()?;
-    let stored = r.u64()?;
+/// Decodes what [`encode_ids`] wrote.
+pub(crate) fn decode_ids(value: &[u8]) -> StoreResult<Vec<(String, Offset)>> {
+    const WHAT: &str = "remembered ids";
+    let mut r = Reader::new(WHAT, value)?;
+    let count = r.u32()? as usize;
+    // Each takes at least 12 bytes: do not trust a count the value cannot
+    // hold before allocating for it.
+    if count > r.remaining() / 12 {
+        return Err(corrupt(WHAT, format!("{count} ids cannot fit")));
+    }
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = r.string()?;
+        ids.push((id, r.u64()?));
+    }
     r.finish()?;
-    Ok((offset, stored))
+    Ok(ids)
 }
 
 /// A `u64` as eight big-endian bytes (heads and id counters).
@@ -861,17 +870,24 @@ mod tests {
     }
 
     #[test]
-    fn remembered_ids_round_trip_and_keys_name_their_topic() {
-        let value = encode_remembered_id(41, time(1_700_000_000_000_001));
+    fn remembered_ids_and_timed_keys_round_trip() {
+        let ids = [("order-7", 41), ("", 42), ("ünï", 43)];
+        let value = encode_ids(&ids);
+        let decoded = decode_ids(&value).expect("decodes");
+        let back: Vec<(&str, Offset)> = decoded.iter().map(|(id, o)| (id.as_str(), *o)).collect();
+        assert_eq!(back, ids);
+        for cut in 0..value.len() {
+            assert_corrupt(decode_ids(&value[..cut]), &value[..cut]);
+        }
+        let key = timed_key(TopicId(9), time(1_700_000_000_000_001), 5);
         assert_eq!(
-            decode_remembered_id(&value).expect("decodes"),
-            (41, 1_700_000_000_000_001)
+            decode_timed_key("key", &key).expect("decodes"),
+            (TopicId(9), 1_700_000_000_000_001, 5)
         );
-        assert_corrupt(decode_remembered_id(&value[..16]), &value[..16]);
-        let key = dedup_key(TopicId(9), "order-7");
-        assert_eq!(dedup_key_topic(&key).expect("decodes"), TopicId(9));
-        assert_eq!(&key[8..], b"order-7");
-        assert_corrupt(dedup_key_topic(&key[..7]), &key[..7]);
+        assert_corrupt(decode_timed_key("key", &key[..23]), &key[..23]);
+        // Keys of one topic sort by time, then offset.
+        assert!(timed_key(TopicId(9), time(1), 9) < timed_key(TopicId(9), time(2), 0));
+        assert!(timed_key(TopicId(9), time(2), 0) < timed_key(TopicId(10), time(0), 0));
     }
 
     #[test]

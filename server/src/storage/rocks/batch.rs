@@ -47,7 +47,7 @@ pub(super) struct Columns<'db> {
     messages: &'db ColumnFamily,
     states: &'db ColumnFamily,
     meta: &'db ColumnFamily,
-    pub(super) dedup: &'db ColumnFamily,
+    dedup: &'db ColumnFamily,
     delays: &'db ColumnFamily,
 }
 
@@ -119,11 +119,6 @@ impl<'db> Batch<'db> {
             bytes: 0,
             sync: SyncNeed::None,
         }
-    }
-
-    /// The column families it writes to.
-    pub(super) fn columns(&self) -> Columns<'db> {
-        self.columns
     }
 
     /// Counts a request of `payload_bytes` in; its permit is released once
@@ -254,12 +249,18 @@ impl<'db> Batch<'db> {
         self.needs(SyncNeed::Data);
     }
 
-    /// Remembers that the message at `offset` was stored with `id` at
-    /// `stored`.
-    pub(super) fn put_id(&mut self, topic: TopicId, id: &str, offset: Offset, stored: SystemTime) {
-        let value = codec::encode_remembered_id(offset, stored);
+    /// Remembers the ids one append stored at `stored`, each with its
+    /// message's offset; `first` is the first of those offsets.
+    pub(super) fn put_ids(
+        &mut self,
+        topic: TopicId,
+        stored: SystemTime,
+        first: Offset,
+        ids: &[(&str, Offset)],
+    ) {
+        let key = codec::timed_key(topic, stored, first);
         self.write
-            .put_cf(self.columns.dedup, codec::dedup_key(topic, id), value);
+            .put_cf(self.columns.dedup, key, codec::encode_ids(ids));
     }
 
     /// Indexes the delayed message at `offset` by when it is due.

@@ -1,23 +1,38 @@
-//! Remembered message ids, in the `dedup` column family: topic id ‖ id →
-//! the offset of the message stored with the id, and when it was stored.
+//! Remembered message ids of disk topics.
 //!
-//! The writer looks ids up before it gives offsets out and writes new ones
-//! in the same batch as their messages, so an id is remembered exactly
-//! when its message is stored, across crashes too. An id older than its
-//! topic's dedup window is forgotten: lookups ignore it at once, and a
-//! compaction filter drops it from disk when compaction next reaches its
-//! file; files are compacted at least every [`PERIODIC_COMPACTION`], so
-//! what is kept stays bounded by the window, not by history. A deleted
-//! topic's ids go with it, in one range deletion.
+//! The writer answers "was this id stored within the window?" from memory:
+//! each topic's [`Remembered`] maps a 128-bit hash of every id stored
+//! within its dedup window to the offset stored with it, and forgets ids
+//! in the order they were stored as the window passes them. An id is
+//! remembered as soon as its append is staged (so a repeat later in the
+//! same group commit is caught) and forgotten again if the write fails. What one
+//! append stored is also written, in the same batch as its messages, to
+//! the `dedup` column family — one entry per append, not per id: topic id
+//! ‖ time stored ‖ first offset → the ids with their offsets. So an id is
+//! remembered exactly when its message is stored, across crashes too: at
+//! start the writer reads the entries within each topic's window back.
+//!
+//! Memory is about 60 bytes per remembered id: the window times the rate
+//! of messages with ids (a window of 2 minutes at 10 000 such messages a
+//! second holds 1.2 million ids, about 70 MiB). Entries past their
+//! topic's window are dropped from disk by a compaction filter when
+//! compaction reaches their file; files are compacted at least every
+//! [`PERIODIC_COMPACTION`], so what is kept stays bounded by the window,
+//! not by history. A deleted topic's entries go with it, in one range
+//! deletion.
+//!
+//! Hashes stand for ids: two different ids with the same 128-bit hash
+//! would be taken for one, with odds far below those of a disk error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{ColumnFamily, DB};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
-use super::engine;
+use super::{column, engine};
 use crate::offsets::Offset;
 use crate::storage::{StoreResult, TopicId, codec};
 
@@ -50,58 +65,149 @@ impl Windows {
     }
 }
 
-/// Whether an id stored at `stored_micros` is still remembered at `now`
-/// under `window`.
-fn remembered(stored_micros: u64, window: Duration, now: SystemTime) -> bool {
-    let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
-    stored_micros.saturating_add(window) > codec::to_micros(now)
+/// A window in microseconds.
+fn micros(window: Duration) -> u64 {
+    u64::try_from(window.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The compaction filter of the `dedup` family: drops ids past their
-/// topic's window. Ids of a topic it does not know (not loaded yet) and
-/// values it cannot read are kept: forgetting one too early would store a
-/// duplicate, keeping one too long only costs a few bytes.
+/// Whether an id stored at `stored` (microseconds) is still remembered at
+/// `now` under `window`.
+fn remembered(stored: u64, window: Duration, now: u64) -> bool {
+    stored.saturating_add(micros(window)) > now
+}
+
+/// The hash that stands for an id.
+pub(super) fn id_hash(id: &str) -> u128 {
+    let half = |seed: u8| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        seed.hash(&mut hasher);
+        id.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+/// The compaction filter of the `dedup` family: drops entries past their
+/// topic's window. Entries of a topic it does not know (not loaded yet)
+/// and keys it cannot read are kept: forgetting one too early would store
+/// a duplicate, keeping one too long only costs a few bytes.
 pub(super) fn compaction_filter(
     windows: Windows,
 ) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
-    move |_level, key, value| {
-        let (Ok(topic), Ok((_, stored))) = (
-            codec::dedup_key_topic(key),
-            codec::decode_remembered_id(value),
-        ) else {
+    move |_level, key, _value| {
+        let Ok((topic, stored, _)) = codec::decode_timed_key("remembered ids key", key) else {
             return Decision::Keep;
         };
+        let now = codec::to_micros(SystemTime::now());
         match windows.get(topic) {
-            Some(window) if !remembered(stored, window, SystemTime::now()) => Decision::Remove,
+            Some(window) if !remembered(stored, window, now) => Decision::Remove,
             _ => Decision::Keep,
         }
     }
 }
 
-/// The offsets of the messages stored with `ids` in `topic`, where they are
-/// still remembered under `window` at `now`; `None` for ids not stored or
-/// forgotten. One lookup for them all.
-pub(super) fn look_up(
+/// Hashes keys that are hashes already: takes their low bits as they
+/// are, instead of hashing them again.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct AlreadyHashed(u64);
+
+impl Hasher for AlreadyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; anything else is folded in.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
+/// A map keyed by id hashes.
+pub(super) type ByIdHash<V> = HashMap<u128, V, BuildHasherDefault<AlreadyHashed>>;
+
+/// The ids one topic remembers, in memory.
+#[derive(Debug, Default)]
+pub(super) struct Remembered {
+    /// Id hash → the offset stored with it and when (microseconds).
+    by_id: ByIdHash<(Offset, u64)>,
+    /// Id hashes in the order they were stored, with when.
+    order: VecDeque<(u64, u128)>,
+}
+
+impl Remembered {
+    /// The offset stored with `id` within `window` of `now` (microseconds).
+    pub(super) fn get(&self, id: u128, window: Duration, now: u64) -> Option<Offset> {
+        let &(offset, stored) = self.by_id.get(&id)?;
+        remembered(stored, window, now).then_some(offset)
+    }
+
+    /// Remembers `id`, stored with `offset` at `stored` (microseconds).
+    pub(super) fn insert(&mut self, id: u128, offset: Offset, stored: u64) {
+        self.by_id.insert(id, (offset, stored));
+        self.order.push_back((stored, id));
+    }
+
+    /// Forgets `id` if it is still the one stored with `offset` (its
+    /// write failed).
+    pub(super) fn forget(&mut self, id: u128, offset: Offset) {
+        if self.by_id.get(&id).is_some_and(|&(at, _)| at == offset) {
+            self.by_id.remove(&id);
+        }
+    }
+
+    /// Forgets the ids stored longer than `window` before `now`.
+    pub(super) fn expire(&mut self, window: Duration, now: u64) {
+        while let Some(&(stored, id)) = self.order.front() {
+            if remembered(stored, window, now) {
+                break;
+            }
+            self.order.pop_front();
+            // Stored again since: that later entry stays.
+            if self.by_id.get(&id).is_some_and(|&(_, at)| at == stored) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// How many ids it holds.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// Reads back what `topic` stored within `window` of `now`.
+pub(super) fn load(
     db: &DB,
-    family: &ColumnFamily,
     topic: TopicId,
-    ids: &[&str],
     window: Duration,
     now: SystemTime,
-) -> StoreResult<Vec<Option<Offset>>> {
-    let keys: Vec<Vec<u8>> = ids.iter().map(|id| codec::dedup_key(topic, id)).collect();
-    let found = db.batched_multi_get_cf(family, &keys, false);
-    found
-        .into_iter()
-        .map(|value| {
-            let value = value.map_err(|e| engine("looking up message ids", e))?;
-            let Some(value) = value else {
-                return Ok(None);
-            };
-            let (offset, stored) = codec::decode_remembered_id(&value)?;
-            Ok(remembered(stored, window, now).then_some(offset))
-        })
-        .collect()
+) -> StoreResult<Remembered> {
+    let mut ids = Remembered::default();
+    if window.is_zero() {
+        return Ok(ids);
+    }
+    let family = column(db, CF_DEDUP)?;
+    let since = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+    let start = codec::timed_key(topic, since, 0);
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound((topic.0 + 1).to_be_bytes().to_vec());
+    let mode = IteratorMode::From(&start, Direction::Forward);
+    for item in db.iterator_cf_opt(family, options, mode) {
+        let (key, value) = item.map_err(|e| engine("reading remembered ids", e))?;
+        let (_, stored, _) = codec::decode_timed_key("remembered ids key", &key)?;
+        for (id, offset) in codec::decode_ids(&value)? {
+            ids.insert(id_hash(&id), offset, stored);
+        }
+    }
+    ids.expire(window, codec::to_micros(now));
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -110,27 +216,43 @@ mod tests {
 
     #[test]
     fn an_id_is_remembered_for_its_window_and_not_a_microsecond_longer() {
-        let stored = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let micros = codec::to_micros(stored);
         let window = Duration::from_secs(120);
-        let just_before = stored + window - Duration::from_micros(1);
-        assert!(remembered(micros, window, just_before));
-        assert!(!remembered(micros, window, stored + window));
-        assert!(!remembered(micros, Duration::ZERO, stored));
+        let mut ids = Remembered::default();
+        let a = id_hash("a");
+        ids.insert(a, 7, 1_000);
+        assert_eq!(ids.get(a, window, 1_000 + 120_000_000 - 1), Some(7));
+        assert_eq!(ids.get(a, window, 1_000 + 120_000_000), None);
+        assert_eq!(ids.get(a, Duration::ZERO, 1_000), None);
+        assert_eq!(ids.get(id_hash("b"), window, 1_000), None);
+        assert_ne!(id_hash("a"), id_hash("b"));
     }
 
     #[test]
-    fn the_filter_drops_expired_ids_of_known_topics_only() {
+    fn expiry_forgets_in_storing_order_and_keeps_an_id_stored_again() {
+        let window = Duration::from_micros(100);
+        let mut ids = Remembered::default();
+        let (a, b) = (id_hash("a"), id_hash("b"));
+        ids.insert(a, 1, 0);
+        ids.insert(b, 2, 50);
+        ids.insert(a, 3, 90);
+        ids.expire(window, 120);
+        assert_eq!(ids.get(a, window, 120), Some(3), "stored again at 90");
+        assert_eq!(ids.get(b, window, 120), Some(2));
+        ids.expire(window, 160);
+        assert_eq!((ids.get(b, window, 160), ids.len()), (None, 1));
+    }
+
+    #[test]
+    fn the_filter_drops_expired_entries_of_known_topics_only() {
         let windows = Windows::default();
         windows.set(TopicId(1), Duration::from_secs(60));
         let mut filter = compaction_filter(windows);
-        let long_ago = codec::encode_remembered_id(7, SystemTime::UNIX_EPOCH);
-        let now = codec::encode_remembered_id(7, SystemTime::now());
-        let known = codec::dedup_key(TopicId(1), "a");
-        let unknown = codec::dedup_key(TopicId(2), "a");
-        assert!(matches!(filter(0, &known, &long_ago), Decision::Remove));
-        assert!(matches!(filter(0, &known, &now), Decision::Keep));
-        assert!(matches!(filter(0, &unknown, &long_ago), Decision::Keep));
-        assert!(matches!(filter(0, &known, b"junk"), Decision::Keep));
+        let long_ago = codec::timed_key(TopicId(1), SystemTime::UNIX_EPOCH, 0);
+        let now = codec::timed_key(TopicId(1), SystemTime::now(), 0);
+        let unknown = codec::timed_key(TopicId(2), SystemTime::UNIX_EPOCH, 0);
+        assert!(matches!(filter(0, &long_ago, b""), Decision::Remove));
+        assert!(matches!(filter(0, &now, b""), Decision::Keep));
+        assert!(matches!(filter(0, &unknown, b""), Decision::Keep));
+        assert!(matches!(filter(0, b"junk", b""), Decision::Keep));
     }
 }

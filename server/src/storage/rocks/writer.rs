@@ -22,7 +22,7 @@ use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::batch::{Batch, Columns, Dropped};
-use super::dedup::{self, Windows};
+use super::dedup::{self, ByIdHash, Remembered, Windows};
 use super::syncer::Unsynced;
 use super::{
     CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, ListenerSlot, SyncPolicy, column, engine,
@@ -192,7 +192,12 @@ pub(super) struct Writer {
     windows: Windows,
     /// Ids stored by the batch being built, which the database cannot
     /// answer for yet: per topic, id → offset.
-    batch_ids: HashMap<TopicId, HashMap<String, Offset>>,
+    batch_ids: HashMap<TopicId, ByIdHash<Offset>>,
+    /// The ids the disk topics remember (see `dedup`).
+    remembered: HashMap<TopicId, Remembered>,
+    /// Ids of disk topics the batch being built stored, forgotten again
+    /// if it is not written: topic, id hash, offset.
+    batch_remembered: Vec<(TopicId, u128, Offset)>,
     /// The logs of memory topics, shared with the readers.
     logs: RamLogs,
     /// What the batch being built changes in memory topics' logs.
@@ -214,6 +219,8 @@ impl Writer {
         Columns::of(&db)?;
         let catalog = super::load_catalog(&db)?;
         let mut topics = HashMap::with_capacity(catalog.topics.len());
+        let mut remembered = HashMap::new();
+        let now = SystemTime::now();
         for topic in &catalog.topics {
             let last_publish = match topic.next_offset.checked_sub(1) {
                 Some(last) => super::publish_time_at(&db, topic.id, last)?,
@@ -234,6 +241,10 @@ impl Writer {
             };
             windows.set(topic.id, head.dedup_window);
             logs.set(topic.id, head.ram_log());
+            if head.ram.is_none() {
+                let ids = dedup::load(&db, topic.id, head.dedup_window, now)?;
+                remembered.insert(topic.id, ids);
+            }
             topics.insert(topic.id, head);
         }
         let subscriptions: HashMap<_, _> = catalog
@@ -258,6 +269,8 @@ impl Writer {
             listener,
             windows,
             batch_ids: HashMap::new(),
+            remembered,
+            batch_remembered: Vec::new(),
             logs,
             ram_pending: HashMap::new(),
             ram_dropped: Vec::new(),
@@ -338,6 +351,14 @@ impl Writer {
         };
         let undo = std::mem::take(&mut self.undo);
         self.batch_ids.clear();
+        let stored_ids = std::mem::take(&mut self.batch_remembered);
+        if result.is_err() {
+            for (topic, id, offset) in stored_ids {
+                if let Some(ids) = self.remembered.get_mut(&topic) {
+                    ids.forget(id, offset);
+                }
+            }
+        }
         if result.is_err() {
             self.ram_pending.clear();
             self.roll_back(undo);
@@ -505,7 +526,14 @@ impl Writer {
         }
         let now = codec::truncate_to_micros(SystemTime::now());
         let publish_time = now.max(head.last_publish);
-        let remembered = self.remembered_ids(topic, &head, messages, publish_time, batch)?;
+        let now_micros = codec::to_micros(publish_time);
+        let window = head.dedup_window;
+        if !window.is_zero()
+            && let Some(ids) = self.remembered.get_mut(&topic)
+        {
+            ids.expire(window, now_micros);
+        }
+        let mut new_ids: Vec<(&str, Offset)> = Vec::new();
         let mut appended = Appended {
             first_offset: head.next_offset,
             publish_time,
@@ -519,22 +547,21 @@ impl Writer {
         let head = self.topics.get_mut(&topic).expect("looked up above");
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
-            if !message.id.is_empty() && !head.dedup_window.is_zero() {
-                let in_batch = self.batch_ids.entry(topic).or_default();
-                let earlier = remembered
-                    .get(message.id.as_str())
-                    .copied()
-                    .flatten()
-                    .or_else(|| in_batch.get(message.id.as_str()).copied());
-                if let Some(original) = earlier {
+            if !message.id.is_empty()
+                && !window.is_zero()
+                && let Some(ids) = self.remembered.get_mut(&topic)
+            {
+                let id = dedup::id_hash(&message.id);
+                if let Some(original) = ids.get(id, window, now_micros) {
                     appended.duplicates.push(Duplicate {
                         index,
                         offset: original,
                     });
                     continue;
                 }
-                batch.put_id(topic, &message.id, offset, publish_time);
-                in_batch.insert(message.id.clone(), offset);
+                ids.insert(id, offset, now_micros);
+                self.batch_remembered.push((topic, id, offset));
+                new_ids.push((&message.id, offset));
             }
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
@@ -553,44 +580,10 @@ impl Writer {
         head.last_publish = appended.publish_time;
         appended.retained_bytes = head.retained_bytes;
         batch.put_head(topic, head.next_offset, head.retained_bytes);
+        if let Some(&(_, first)) = new_ids.first() {
+            batch.put_ids(topic, publish_time, first, &new_ids);
+        }
         Ok(appended)
-    }
-
-    /// Looks up, in one read, the ids of `messages` that the database may
-    /// remember and this batch did not store: id → the offset stored with
-    /// it, `None` when it is not (or no longer) remembered.
-    fn remembered_ids<'m>(
-        &self,
-        topic: TopicId,
-        head: &TopicHead,
-        messages: &'m [NewMessage],
-        now: SystemTime,
-        batch: &Batch<'_>,
-    ) -> StoreResult<HashMap<&'m str, Option<Offset>>> {
-        if head.dedup_window.is_zero() {
-            return Ok(HashMap::new());
-        }
-        let in_batch = self.batch_ids.get(&topic);
-        let mut ids: Vec<&str> = messages
-            .iter()
-            .map(|m| m.id.as_str())
-            .filter(|id| !id.is_empty())
-            .filter(|id| in_batch.is_none_or(|ids| !ids.contains_key(*id)))
-            .collect();
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let found = dedup::look_up(
-            &self.db,
-            batch.columns().dedup,
-            topic,
-            &ids,
-            head.dedup_window,
-            now,
-        )?;
-        Ok(ids.into_iter().zip(found).collect())
     }
 
     /// A topic's settings changed: its record, and the dedup window the
@@ -651,6 +644,9 @@ impl Writer {
         };
         self.windows.set(record.id, head.dedup_window);
         self.logs.set(record.id, head.ram_log());
+        if head.ram.is_none() {
+            self.remembered.insert(record.id, Remembered::default());
+        }
         let previous = self.topics.insert(record.id, head);
         self.undo.push(Undo::Topic(record.id, previous));
         record
@@ -699,6 +695,7 @@ impl Writer {
             .ok_or(StoreError::TopicNotFound(topic))?;
         self.undo.push(Undo::Topic(topic, Some(head)));
         self.windows.remove(topic);
+        self.remembered.remove(&topic);
         self.logs.set(topic, None);
         batch.delete_topic(topic);
         let doomed: Vec<SubscriptionId> = self

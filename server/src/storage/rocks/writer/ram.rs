@@ -22,6 +22,7 @@ use crate::offsets::Offset;
 use crate::storage::codec;
 use crate::storage::ram::{LogChange, RamLog, RamMessage};
 use crate::storage::rocks::batch::Batch;
+use crate::storage::rocks::dedup::id_hash;
 use crate::storage::{
     Appended, Duplicate, NewMessage, StoreError, StoreResult, StoredMessage, TopicId,
 };
@@ -126,7 +127,7 @@ impl Writer {
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !head.dedup_window.is_zero() {
                 let in_batch = self.batch_ids.entry(topic).or_default();
-                let earlier = in_batch.get(message.id.as_str()).copied().or_else(|| {
+                let earlier = in_batch.get(&id_hash(&message.id)).copied().or_else(|| {
                     pending
                         .log
                         .remembered(&message.id, head.dedup_window, publish_time)
@@ -139,7 +140,7 @@ impl Writer {
                     continue;
                 }
                 pending.ids.push((message.id.clone(), offset, publish_time));
-                in_batch.insert(message.id.clone(), offset);
+                in_batch.insert(id_hash(&message.id), offset);
             }
             let size = codec::stored_size(codec::encoded_len(message, publish_time));
             pending.appended.push(RamMessage {
