@@ -446,7 +446,7 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
         ),
         ("rejected", sub.rejected.to_string()),
         (
-            "delivery delay",
+            "delay",
             if sub.delivery_delay.is_zero() {
                 "none".to_owned()
             } else {
