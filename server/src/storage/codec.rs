@@ -163,32 +163,35 @@ pub(crate) fn decode_delayed_key(key: &[u8]) -> StoreResult<(SystemTime, Offset)
     Ok((from_micros(WHAT, micros)?, offset))
 }
 
-/// Encodes the ids one append stored, each with its message's offset.
-pub(crate) fn encode_ids(ids: &[(&str, Offset)]) -> Vec<u8> {
-    let len: usize = ids.iter().map(|(id, _)| 4 + id.len() + 8).sum();
-    let mut w = Writer::new(4 + len);
+/// Encodes the ids one append stored, as their 128-bit hashes, each with
+/// its message's offset as a distance from `first`: 20 bytes an id.
+pub(crate) fn encode_ids(first: Offset, ids: &[(u128, Offset)]) -> Vec<u8> {
+    let mut w = Writer::new(1 + 4 + 20 * ids.len());
     w.u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
-    for (id, offset) in ids {
-        w.str(id);
-        w.u64(*offset);
+    for &(id, offset) in ids {
+        w.0.extend_from_slice(&id.to_be_bytes());
+        w.u32(u32::try_from(offset - first).unwrap_or(u32::MAX));
     }
     w.0
 }
 
-/// Decodes what [`encode_ids`] wrote.
-pub(crate) fn decode_ids(value: &[u8]) -> StoreResult<Vec<(String, Offset)>> {
+/// Decodes what [`encode_ids`] wrote for an entry at `first`.
+pub(crate) fn decode_ids(first: Offset, value: &[u8]) -> StoreResult<Vec<(u128, Offset)>> {
     const WHAT: &str = "remembered ids";
     let mut r = Reader::new(WHAT, value)?;
     let count = r.u32()? as usize;
-    // Each takes at least 12 bytes: do not trust a count the value cannot
-    // hold before allocating for it.
-    if count > r.remaining() / 12 {
-        return Err(corrupt(WHAT, format!("{count} ids cannot fit")));
+    if count != r.remaining() / 20 || r.remaining() % 20 != 0 {
+        return Err(corrupt(
+            WHAT,
+            format!("{count} ids in {} bytes", r.remaining()),
+        ));
     }
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
-        let id = r.string()?;
-        ids.push((id, r.u64()?));
+        let mut hash = [0; 16];
+        hash.copy_from_slice(r.take(16)?);
+        let offset = first + u64::from(r.u32()?);
+        ids.push((u128::from_be_bytes(hash), offset));
     }
     r.finish()?;
     Ok(ids)
@@ -871,13 +874,12 @@ mod tests {
 
     #[test]
     fn remembered_ids_and_timed_keys_round_trip() {
-        let ids = [("order-7", 41), ("", 42), ("ünï", 43)];
-        let value = encode_ids(&ids);
-        let decoded = decode_ids(&value).expect("decodes");
-        let back: Vec<(&str, Offset)> = decoded.iter().map(|(id, o)| (id.as_str(), *o)).collect();
-        assert_eq!(back, ids);
+        let ids = [(u128::MAX - 7, 41), (0, 42), (1 << 100, 45)];
+        let value = encode_ids(41, &ids);
+        assert_eq!(value.len(), 1 + 4 + 3 * 20);
+        assert_eq!(decode_ids(41, &value).expect("decodes"), ids);
         for cut in 0..value.len() {
-            assert_corrupt(decode_ids(&value[..cut]), &value[..cut]);
+            assert_corrupt(decode_ids(41, &value[..cut]), &value[..cut]);
         }
         let key = timed_key(TopicId(9), time(1_700_000_000_000_001), 5);
         assert_eq!(

@@ -249,18 +249,19 @@ impl<'db> Batch<'db> {
         self.needs(SyncNeed::Data);
     }
 
-    /// Remembers the ids one append stored at `stored`, each with its
-    /// message's offset; `first` is the first of those offsets.
+    /// Remembers the ids (their hashes) one append stored at `stored`,
+    /// each with its message's offset; `first` is the first of those
+    /// offsets.
     pub(super) fn put_ids(
         &mut self,
         topic: TopicId,
         stored: SystemTime,
         first: Offset,
-        ids: &[(&str, Offset)],
+        ids: &[(u128, Offset)],
     ) {
         let key = codec::timed_key(topic, stored, first);
         self.write
-            .put_cf(self.columns.dedup, key, codec::encode_ids(ids));
+            .put_cf(self.columns.dedup, key, codec::encode_ids(first, ids));
     }
 
     /// Indexes the delayed message at `offset` by when it is due.

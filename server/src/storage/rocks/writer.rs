@@ -533,7 +533,7 @@ impl Writer {
         {
             ids.expire(window, now_micros);
         }
-        let mut new_ids: Vec<(&str, Offset)> = Vec::new();
+        let mut new_ids: Vec<(u128, Offset)> = Vec::new();
         let mut appended = Appended {
             first_offset: head.next_offset,
             publish_time,
@@ -561,7 +561,7 @@ impl Writer {
                 }
                 ids.insert(id, offset, now_micros);
                 self.batch_remembered.push((topic, id, offset));
-                new_ids.push((&message.id, offset));
+                new_ids.push((id, offset));
             }
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
