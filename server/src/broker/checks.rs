@@ -44,12 +44,12 @@ pub fn check_batch(messages: &[NewMessage], limit: usize) -> BrokerResult<usize>
                 name: name.clone(),
             });
         }
-        let now = SystemTime::now();
+        // The clock is read only for a message with a delivery time.
         if message
             .deliver_after
             .is_some_and(|after| after > MAX_DELIVERY_DELAY)
             || message.deliver_at.is_some_and(|at| {
-                at.duration_since(now)
+                at.duration_since(SystemTime::now())
                     .is_ok_and(|ahead| ahead > MAX_DELIVERY_DELAY)
             })
         {
