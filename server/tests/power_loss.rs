@@ -34,9 +34,7 @@ struct LazyFs {
 
 impl LazyFs {
     fn mount(binary: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("tidings-lazyfs-")
-            .tempdir()?;
+        let dir = lazyfs_dir()?;
         for sub in ["root", "mnt"] {
             std::fs::create_dir(dir.path().join(sub))?;
         }
@@ -184,6 +182,24 @@ impl Drop for LazyFs {
             }
         }
     }
+}
+
+/// A directory for LazyFS whose path LazyFS takes as its config path.
+///
+/// LazyFS ignores `--config-path P` when P contains "-o" in any case (it
+/// takes P for a mount option) and falls back to a default config that is
+/// not there, so a random name such as `tidings-lazyfs-oeAFgL` made it
+/// abort now and then. Names without a dash, and a check of the whole
+/// path, keep clear of it.
+fn lazyfs_dir() -> anyhow::Result<tempfile::TempDir> {
+    for _ in 0..100 {
+        let dir = tempfile::Builder::new().prefix("tidingslazyfs").tempdir()?;
+        let config = dir.path().join("lazyfs.toml");
+        if !config.to_string_lossy().to_lowercase().contains("-o") {
+            return Ok(dir);
+        }
+    }
+    bail!("every temporary directory's path holds \"-o\", which LazyFS cannot take");
 }
 
 /// Topic and subscription names the broker reports.
