@@ -9,10 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use rand::Rng as _;
 use tidings::v1::{
     AckRequest, CreateTopicRequest, GetSubscriptionRequest, GetTopicRequest, PublishMessage,
     PublishRequest, SubscribeRequest,
@@ -22,14 +20,13 @@ use tokio::sync::watch;
 
 mod common;
 
-use common::{Deliveries, ServerProcess, subscribe_request};
+use common::{Deliveries, ServerProcess, kill_9_while_publishing, subscribe_request};
 
 const TOPIC: &str = "crash.test";
 const PUBLISHERS: u32 = 4;
 /// Each publisher stops after this many batches if the kill has not come.
 const MAX_BATCHES: u32 = 1000;
 const SEEDS: u64 = 10;
-const PUBLISH_WAIT: Duration = Duration::from_secs(60);
 
 /// A batch the broker acknowledged: where it said the messages went.
 #[derive(Debug)]
@@ -155,28 +152,10 @@ async fn publish_and_kill(
     seed_batch: Acknowledged,
 ) -> anyhow::Result<Vec<Acknowledged>> {
     let record: Record = Arc::new(Mutex::new(vec![seed_batch]));
-    let (count_tx, mut count_rx) = watch::channel(0usize);
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|id| {
-            let task = publish_until_killed(client.clone(), id, record.clone(), count_tx.clone());
-            tokio::spawn(task)
-        })
-        .collect();
-    drop(count_tx);
-    let kill_after = rand::rng().random_range(20..=300);
-    tokio::time::timeout(
-        PUBLISH_WAIT,
-        count_rx.wait_for(|count| *count >= kill_after),
-    )
-    .await
-    .with_context(|| format!("{kill_after} publishes were not acknowledged in time"))?
-    .context("the publishers stopped early")?;
-    server.kill_9().await?;
-    for publisher in publishers {
-        tokio::time::timeout(PUBLISH_WAIT, publisher)
-            .await
-            .context("a publisher did not notice the kill")??;
-    }
+    let kill_after = kill_9_while_publishing(server, PUBLISHERS, |id, count_tx| {
+        publish_until_killed(client.clone(), id, record.clone(), count_tx)
+    })
+    .await?;
     let acknowledged = std::mem::take(&mut *record.lock().expect("record lock"));
     eprintln!(
         "killed after {kill_after} acknowledged batches; {} acknowledged in all",

@@ -8,10 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use rand::Rng as _;
 use tidings::v1::{
     CreateTopicRequest, GetTopicRequest, PublishMessage, PublishRequest, PublishResponse,
 };
@@ -20,13 +18,12 @@ use tokio::sync::watch;
 
 mod common;
 
-use common::{Deliveries, ServerProcess, subscribe_request};
+use common::{Deliveries, ServerProcess, kill_9_while_publishing, subscribe_request};
 
 const TOPIC: &str = "dedup.crash";
 const PUBLISHERS: u32 = 4;
 /// Each publisher stops after this many batches if the kill has not come.
 const MAX_BATCHES: u32 = 1000;
-const PUBLISH_WAIT: Duration = Duration::from_secs(60);
 
 /// A batch that was sent: its ids, and the broker's answer if one came.
 #[derive(Debug)]
@@ -106,29 +103,10 @@ async fn ids_published_before_a_kill_9_are_not_stored_again() -> anyhow::Result<
         .await?;
 
     let record: Record = Arc::default();
-    let (count_tx, mut count_rx) = watch::channel(0usize);
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|id| {
-            tokio::spawn(publish_until_killed(
-                client.clone(),
-                id,
-                record.clone(),
-                count_tx.clone(),
-            ))
-        })
-        .collect();
-    drop(count_tx);
-    let kill_after = rand::rng().random_range(20..=300);
-    tokio::time::timeout(PUBLISH_WAIT, count_rx.wait_for(|n| *n >= kill_after))
-        .await
-        .with_context(|| format!("{kill_after} publishes were not answered in time"))?
-        .context("the publishers stopped early")?;
-    server.kill_9().await?;
-    for publisher in publishers {
-        tokio::time::timeout(PUBLISH_WAIT, publisher)
-            .await
-            .context("a publisher did not notice the kill")??;
-    }
+    let kill_after = kill_9_while_publishing(server, PUBLISHERS, |id, count_tx| {
+        publish_until_killed(client.clone(), id, record.clone(), count_tx)
+    })
+    .await?;
     let sent = std::mem::take(&mut *record.lock().expect("record lock"));
 
     let server = ServerProcess::start(&data_dir, dir.path()).await?;

@@ -6,10 +6,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use rand::Rng as _;
 use tidings::v1::{
     CreateSubscriptionRequest, CreateTopicRequest, GetSubscriptionRequest, GetTopicRequest,
     PublishMessage, PublishRequest, StorageClass, Topic,
@@ -19,20 +17,19 @@ use tokio::sync::watch;
 
 mod common;
 
-use common::ServerProcess;
+use common::{ServerProcess, kill_9_while_publishing};
 
 const TOPIC: &str = "memory.crash";
 const PUBLISHERS: u32 = 4;
 /// Each publisher stops after this many batches if the kill has not come.
 const MAX_BATCHES: u32 = 1000;
-const PUBLISH_WAIT: Duration = Duration::from_secs(60);
 
 /// Publishes batches of 1 to 4 messages until the broker stops answering;
 /// raises `highest` to the highest offset answered.
 async fn publish_until_killed(
     client: Client,
     highest: Arc<AtomicU64>,
-    count_tx: watch::Sender<u32>,
+    count_tx: watch::Sender<usize>,
 ) {
     for seq in 0..MAX_BATCHES {
         let messages = (0..1 + seq % 4)
@@ -61,28 +58,10 @@ async fn publish_until_killed(
 async fn publish_and_kill(server: ServerProcess) -> anyhow::Result<u64> {
     let client = server.client().await?;
     let highest = Arc::new(AtomicU64::new(0));
-    let (count_tx, mut count_rx) = watch::channel(0u32);
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|_| {
-            tokio::spawn(publish_until_killed(
-                client.clone(),
-                Arc::clone(&highest),
-                count_tx.clone(),
-            ))
-        })
-        .collect();
-    drop(count_tx);
-    let kill_after = rand::rng().random_range(20..=300);
-    tokio::time::timeout(PUBLISH_WAIT, count_rx.wait_for(|n| *n >= kill_after))
-        .await
-        .with_context(|| format!("{kill_after} publishes were not answered in time"))?
-        .context("the publishers stopped early")?;
-    server.kill_9().await?;
-    for publisher in publishers {
-        tokio::time::timeout(PUBLISH_WAIT, publisher)
-            .await
-            .context("a publisher did not notice the kill")??;
-    }
+    kill_9_while_publishing(server, PUBLISHERS, |_, count_tx| {
+        publish_until_killed(client.clone(), Arc::clone(&highest), count_tx)
+    })
+    .await?;
     Ok(highest.load(Ordering::Acquire))
 }
 

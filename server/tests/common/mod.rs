@@ -28,6 +28,43 @@ pub(crate) const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the binary may take to exit after a signal.
 pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the crash tests' publishers may take to be answered, or to
+/// notice that the broker is gone.
+pub(crate) const PUBLISH_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `publishers` tasks made by `publisher` (given its number and a
+/// counter to add each answered publish to, and returning once the broker
+/// stops answering) until a random 20 to 300 publishes were answered; then
+/// kills `server` with SIGKILL and waits for every publisher to notice.
+/// Returns the number of answered publishes it killed after.
+pub(crate) async fn kill_9_while_publishing<F>(
+    server: ServerProcess,
+    publishers: u32,
+    publisher: impl Fn(u32, tokio::sync::watch::Sender<usize>) -> F,
+) -> anyhow::Result<usize>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use rand::Rng as _;
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+    let tasks: Vec<_> = (0..publishers)
+        .map(|id| tokio::spawn(publisher(id, count_tx.clone())))
+        .collect();
+    drop(count_tx);
+    let kill_after = rand::rng().random_range(20..=300);
+    tokio::time::timeout(PUBLISH_WAIT, count_rx.wait_for(|n| *n >= kill_after))
+        .await
+        .with_context(|| format!("{kill_after} publishes were not answered in time"))?
+        .context("the publishers stopped early")?;
+    server.kill_9().await?;
+    for task in tasks {
+        tokio::time::timeout(PUBLISH_WAIT, task)
+            .await
+            .context("a publisher did not notice the kill")??;
+    }
+    Ok(kill_after)
+}
+
 /// A running `tidings-server` process. Dropping it kills the process.
 pub(crate) struct ServerProcess {
     child: Child,

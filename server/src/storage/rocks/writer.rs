@@ -190,8 +190,9 @@ pub(super) struct Writer {
     listener: ListenerSlot,
     /// Each topic's dedup window, for the compaction filter.
     windows: Windows,
-    /// Ids stored by the batch being built, which the database cannot
-    /// answer for yet: per topic, id → offset.
+    /// Ids memory topics stored in the batch being built, which their
+    /// logs cannot answer for yet: per topic, id hash → offset. (Disk
+    /// topics remember theirs in `remembered` at once.)
     batch_ids: HashMap<TopicId, ByIdHash<Offset>>,
     /// The ids the disk topics remember (see `dedup`).
     remembered: HashMap<TopicId, Remembered>,

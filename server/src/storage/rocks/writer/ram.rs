@@ -126,8 +126,9 @@ impl Writer {
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !head.dedup_window.is_zero() {
+                let id = id_hash(&message.id);
                 let in_batch = self.batch_ids.entry(topic).or_default();
-                let earlier = in_batch.get(&id_hash(&message.id)).copied().or_else(|| {
+                let earlier = in_batch.get(&id).copied().or_else(|| {
                     pending
                         .log
                         .remembered(&message.id, head.dedup_window, publish_time)
@@ -140,7 +141,7 @@ impl Writer {
                     continue;
                 }
                 pending.ids.push((message.id.clone(), offset, publish_time));
-                in_batch.insert(id_hash(&message.id), offset);
+                in_batch.insert(id, offset);
             }
             let size = codec::stored_size(codec::encoded_len(message, publish_time));
             pending.appended.push(RamMessage {
