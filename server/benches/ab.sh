@@ -24,14 +24,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
 CLI="$NEW/tidings"
 
-quiet() {
-    for _ in $(seq 120); do
-        awk '{exit !($1 < 1.0)}' /proc/loadavg && return 0
-        sleep 1
-    done
-    echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
-}
-
 # Starts a broker of build $1 in mode $2 on a fresh data directory; sets
 # pid, addr and dir.
 start() {

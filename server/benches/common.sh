@@ -18,3 +18,13 @@ broker_addr() {
     for _ in $(seq 100); do grep -q '^listening on ' "$1" && break; sleep 0.1; done
     sed -n 's/^listening on //p' "$1"
 }
+
+# quiet: waits (up to 2 minutes) until the load average is below 1, so a
+# run does not start while the last one's broker is still winding down.
+quiet() {
+    for _ in $(seq 120); do
+        awk '{exit !($1 < 1.0)}' /proc/loadavg && return 0
+        sleep 1
+    done
+    echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
+}

@@ -20,14 +20,6 @@ cd "$(dirname "$0")/../.."
 . server/benches/common.sh
 bench_binaries
 
-quiet() {
-    for _ in $(seq 120); do
-        awk '{exit !($1 < 1.0)}' /proc/loadavg && return 0
-        sleep 1
-    done
-    echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
-}
-
 # run VARIANT SYNC ARGS...: one bench on a fresh broker.
 run() {
     local variant=$1 sync=$2
