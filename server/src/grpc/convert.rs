@@ -22,7 +22,7 @@ use crate::offsets::Offset;
 use crate::storage::NewMessage;
 use mask::UpdateFields;
 pub(crate) use retention::{dedup_window, retention, storage_class};
-use retention::{retention_of, storage_of};
+use retention::{non_negative, retention_of, storage_of};
 
 /// Page size when a request asks for 0.
 pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
@@ -88,15 +88,7 @@ impl TryFrom<v1::PublishRequest> for PublishCommand {
 /// [`BrokerError::Invalid`] for a negative delay; the broker checks the
 /// range.
 fn delivery_delay(given: Option<prost_types::Duration>) -> BrokerResult<Duration> {
-    let Some(given) = given else {
-        return Ok(Duration::ZERO);
-    };
-    Duration::try_from(given).map_err(|_| {
-        BrokerError::Invalid(format!(
-            "delivery_delay must not be negative, not {}s {}ns",
-            given.seconds, given.nanos
-        ))
-    })
+    Ok(non_negative("delivery_delay", "no delay", given)?.unwrap_or_default())
 }
 
 /// The message at `index` of a request, its delivery time converted; the
@@ -109,17 +101,11 @@ pub(crate) fn new_message(index: usize, message: v1::PublishMessage) -> BrokerRe
     let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
     // A map has no order; sorting makes what is stored deterministic.
     attributes.sort_unstable();
-    let deliver_after = message
-        .deliver_after
-        .map(|after| {
-            Duration::try_from(after).map_err(|_| {
-                BrokerError::Invalid(format!(
-                    "messages[{index}].deliver_after must not be negative, not {}s {}ns",
-                    after.seconds, after.nanos
-                ))
-            })
-        })
-        .transpose()?;
+    let deliver_after = non_negative(
+        &format!("messages[{index}].deliver_after"),
+        "no delay",
+        message.deliver_after,
+    )?;
     let deliver_at = message
         .deliver_at
         .map(|at| {

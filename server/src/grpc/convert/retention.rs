@@ -56,7 +56,7 @@ pub(crate) fn dedup_window(given: Option<prost_types::Duration>) -> BrokerResult
 
 /// A duration from the wire that must not be negative; `zero` says what
 /// 0 means, for the error message.
-fn non_negative(
+pub(crate) fn non_negative(
     what: &str,
     zero: &str,
     given: Option<prost_types::Duration>,
