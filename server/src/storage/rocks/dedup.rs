@@ -13,9 +13,11 @@
 //! message is stored, across crashes too: at start the writer reads the
 //! entries within each topic's window back.
 //!
-//! Memory is about 60 bytes per remembered id: the window times the rate
-//! of messages with ids (a window of 2 minutes at 10 000 such messages a
-//! second holds 1.2 million ids, about 70 MiB). Entries past their
+//! Memory is 70 to 140 bytes per remembered id (24-byte slots of a table
+//! kept at most half full, plus 32 bytes in the storing order; both double
+//! as they grow), times the window times the rate of messages with ids: a
+//! window of 2 minutes at 10 000 such messages a second holds 1.2 million
+//! ids, up to 170 MiB. Entries past their
 //! topic's window are dropped from disk by a compaction filter when
 //! compaction reaches their file; files are compacted at least every
 //! [`PERIODIC_COMPACTION`], so what is kept stays bounded by the window,
@@ -38,6 +40,9 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
 use super::{column, engine};
 use crate::offsets::Offset;
+use table::IdTable;
+
+mod table;
 use crate::storage::{StoreResult, TopicId, codec};
 
 /// The column family of remembered ids.
@@ -134,51 +139,75 @@ pub(super) type ByIdHash<V> = HashMap<u128, V, BuildHasherDefault<AlreadyHashed>
 /// The ids one topic remembers, in memory.
 #[derive(Debug, Default)]
 pub(super) struct Remembered {
-    /// Id hash → the offset stored with it and when (microseconds).
-    by_id: ByIdHash<(Offset, u64)>,
-    /// Id hashes in the order they were stored, with when.
-    order: VecDeque<(u64, u128)>,
+    /// Id hash → the offset stored with it.
+    table: IdTable,
+    /// What was stored, in order: when (microseconds), id hash, offset.
+    order: VecDeque<(u64, u128, Offset)>,
+    /// Reused by [`expire`](Self::expire).
+    expired: Vec<(u128, Offset)>,
 }
 
 impl Remembered {
-    /// The offset stored with `id` within `window` of `now` (microseconds).
-    pub(super) fn get(&self, id: u128, window: Duration, now: u64) -> Option<Offset> {
-        let &(offset, stored) = self.by_id.get(&id)?;
-        remembered(stored, window, now).then_some(offset)
+    /// Fetches the slots of `ids` into the cache together; see `table`.
+    pub(super) fn touch(&self, ids: impl IntoIterator<Item = u128>) {
+        self.table.touch(ids);
     }
 
-    /// Remembers `id`, stored with `offset` at `stored` (microseconds).
-    pub(super) fn insert(&mut self, id: u128, offset: Offset, stored: u64) {
-        self.by_id.insert(id, (offset, stored));
-        self.order.push_back((stored, id));
+    /// The offset stored with `id`. Within the window of the last
+    /// [`expire`](Self::expire), since that forgot every id past it.
+    #[cfg(test)]
+    pub(super) fn get(&self, id: u128) -> Option<Offset> {
+        self.table.get(id)
+    }
+
+    /// Remembers `id`, stored with `offset` at `stored` (microseconds),
+    /// unless it is remembered already: then the offset stored with it.
+    pub(super) fn insert_new(
+        &mut self,
+        id: u128,
+        offset: Offset,
+        stored: u64,
+    ) -> Result<(), Offset> {
+        self.table.insert_new(id, offset)?;
+        self.order.push_back((stored, id, offset));
+        Ok(())
+    }
+
+    /// Remembers `id`, stored with `offset` at `stored`, in place of what
+    /// it was stored with before (reading back, oldest first).
+    fn insert(&mut self, id: u128, offset: Offset, stored: u64) {
+        self.table.insert(id, offset);
+        self.order.push_back((stored, id, offset));
     }
 
     /// Forgets `id` if it is still the one stored with `offset` (its
     /// write failed).
     pub(super) fn forget(&mut self, id: u128, offset: Offset) {
-        if self.by_id.get(&id).is_some_and(|&(at, _)| at == offset) {
-            self.by_id.remove(&id);
-        }
+        self.table.remove(id, offset);
     }
 
     /// Forgets the ids stored longer than `window` before `now`.
     pub(super) fn expire(&mut self, window: Duration, now: u64) {
-        while let Some(&(stored, id)) = self.order.front() {
+        self.expired.clear();
+        while let Some(&(stored, id, offset)) = self.order.front() {
             if remembered(stored, window, now) {
                 break;
             }
             self.order.pop_front();
-            // Stored again since: that later entry stays.
-            if self.by_id.get(&id).is_some_and(|&(_, at)| at == stored) {
-                self.by_id.remove(&id);
-            }
+            self.expired.push((id, offset));
+        }
+        self.table.touch(self.expired.iter().map(|&(id, _)| id));
+        for &(id, offset) in &self.expired {
+            // Stored again since (or forgotten): the table holds another
+            // offset or none, and that stays.
+            self.table.remove(id, offset);
         }
     }
 
     /// How many ids it holds.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.by_id.len()
+        self.table.len()
     }
 }
 
@@ -219,11 +248,13 @@ mod tests {
         let window = Duration::from_secs(120);
         let mut ids = Remembered::default();
         let a = id_hash("a");
-        ids.insert(a, 7, 1_000);
-        assert_eq!(ids.get(a, window, 1_000 + 120_000_000 - 1), Some(7));
-        assert_eq!(ids.get(a, window, 1_000 + 120_000_000), None);
-        assert_eq!(ids.get(a, Duration::ZERO, 1_000), None);
-        assert_eq!(ids.get(id_hash("b"), window, 1_000), None);
+        assert_eq!(ids.insert_new(a, 7, 1_000), Ok(()));
+        ids.expire(window, 1_000 + 120_000_000 - 1);
+        assert_eq!(ids.insert_new(a, 8, 1_000 + 120_000_000 - 1), Err(7));
+        assert_eq!(ids.get(id_hash("b")), None);
+        ids.expire(window, 1_000 + 120_000_000);
+        assert_eq!(ids.get(a), None);
+        assert_eq!(ids.insert_new(a, 9, 1_000 + 120_000_000), Ok(()));
         assert_ne!(id_hash("a"), id_hash("b"));
     }
 
@@ -231,15 +262,19 @@ mod tests {
     fn expiry_forgets_in_storing_order_and_keeps_an_id_stored_again() {
         let window = Duration::from_micros(100);
         let mut ids = Remembered::default();
-        let (a, b) = (id_hash("a"), id_hash("b"));
+        let (a, b, c) = (id_hash("a"), id_hash("b"), id_hash("c"));
         ids.insert(a, 1, 0);
         ids.insert(b, 2, 50);
         ids.insert(a, 3, 90);
+        assert_eq!(ids.insert_new(c, 4, 95), Ok(()));
+        ids.forget(c, 4);
         ids.expire(window, 120);
-        assert_eq!(ids.get(a, window, 120), Some(3), "stored again at 90");
-        assert_eq!(ids.get(b, window, 120), Some(2));
+        assert_eq!(ids.get(a), Some(3), "stored again at 90");
+        assert_eq!((ids.get(b), ids.get(c)), (Some(2), None));
         ids.expire(window, 160);
-        assert_eq!((ids.get(b, window, 160), ids.len()), (None, 1));
+        assert_eq!((ids.get(b), ids.len()), (None, 1));
+        ids.expire(window, 200);
+        assert_eq!((ids.len(), ids.order.len()), (0, 0));
     }
 
     #[test]

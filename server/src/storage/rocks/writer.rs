@@ -199,6 +199,8 @@ pub(super) struct Writer {
     /// Ids of disk topics the batch being built stored, forgotten again
     /// if it is not written: topic, id hash, offset.
     batch_remembered: Vec<(TopicId, u128, Offset)>,
+    /// Reused for the id hashes of an append's messages.
+    hashes: Vec<Option<u128>>,
     /// The logs of memory topics, shared with the readers.
     logs: RamLogs,
     /// What the batch being built changes in memory topics' logs.
@@ -272,6 +274,7 @@ impl Writer {
             batch_ids: HashMap::new(),
             remembered,
             batch_remembered: Vec::new(),
+            hashes: Vec::new(),
             logs,
             ram_pending: HashMap::new(),
             ram_dropped: Vec::new(),
@@ -352,14 +355,14 @@ impl Writer {
         };
         let undo = std::mem::take(&mut self.undo);
         self.batch_ids.clear();
-        let stored_ids = std::mem::take(&mut self.batch_remembered);
         if result.is_err() {
-            for (topic, id, offset) in stored_ids {
+            for &(topic, id, offset) in &self.batch_remembered {
                 if let Some(ids) = self.remembered.get_mut(&topic) {
                     ids.forget(id, offset);
                 }
             }
         }
+        self.batch_remembered.clear();
         if result.is_err() {
             self.ram_pending.clear();
             self.roll_back(undo);
@@ -529,9 +532,12 @@ impl Writer {
         let publish_time = now.max(head.last_publish);
         let now_micros = codec::to_micros(publish_time);
         let window = head.dedup_window;
-        if !window.is_zero()
-            && let Some(ids) = self.remembered.get_mut(&topic)
-        {
+        let mut ids = if window.is_zero() {
+            None
+        } else {
+            self.remembered.get_mut(&topic)
+        };
+        if let Some(ids) = ids.as_deref_mut() {
             ids.expire(window, now_micros);
         }
         let mut new_ids: Vec<(u128, Offset)> = Vec::new();
@@ -544,23 +550,30 @@ impl Writer {
         if messages.is_empty() {
             return Ok(appended);
         }
+        // Every id's hash first, and its slot fetched with the others'.
+        self.hashes.clear();
+        if let Some(ids) = ids.as_deref() {
+            self.hashes.extend(
+                messages
+                    .iter()
+                    .map(|message| (!message.id.is_empty()).then(|| dedup::id_hash(&message.id))),
+            );
+            ids.touch(self.hashes.iter().flatten().copied());
+        }
         self.undo.push(Undo::Topic(topic, Some(head.clone())));
         let head = self.topics.get_mut(&topic).expect("looked up above");
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
-            if !message.id.is_empty()
-                && !window.is_zero()
-                && let Some(ids) = self.remembered.get_mut(&topic)
+            if let Some(ids) = ids.as_deref_mut()
+                && let Some(id) = self.hashes[index]
             {
-                let id = dedup::id_hash(&message.id);
-                if let Some(original) = ids.get(id, window, now_micros) {
+                if let Err(original) = ids.insert_new(id, offset, now_micros) {
                     appended.duplicates.push(Duplicate {
                         index,
                         offset: original,
                     });
                     continue;
                 }
-                ids.insert(id, offset, now_micros);
                 self.batch_remembered.push((topic, id, offset));
                 new_ids.push((id, offset));
             }
