@@ -115,6 +115,22 @@ impl RamLog {
         Some(state.messages[at].size)
     }
 
+    /// Calls `each` with the offset and stored size of every message from
+    /// `offset` on, oldest first, while it returns true: one lock and one
+    /// search for a whole run, where [`size_at`](Self::size_at) costs both
+    /// per message.
+    pub(crate) fn sizes_from(&self, offset: Offset, mut each: impl FnMut(Offset, u64) -> bool) {
+        let state = self.lock();
+        let start = state
+            .messages
+            .partition_point(|m| m.message.offset < offset);
+        for sized in state.messages.range(start..) {
+            if !each(sized.message.offset, sized.size) {
+                break;
+            }
+        }
+    }
+
     /// The messages with offsets in `range`, within `limit`.
     pub(crate) fn read(&self, range: Range<Offset>, limit: ReadLimit) -> Vec<StoredMessage> {
         let mut out = Vec::new();

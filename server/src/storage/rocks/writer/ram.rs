@@ -247,10 +247,26 @@ fn drop_oldest(
     mut more: impl FnMut(&TopicHead, u64) -> bool,
 ) {
     let mut dropped = 0;
+    // Those the log holds in one pass (a bounded topic drops about as
+    // many as it appends), then those of this batch.
+    if head.first_offset < pending.start && more(head, dropped) {
+        pending.log.sizes_from(head.first_offset, |offset, size| {
+            if offset != head.first_offset || offset >= pending.start {
+                return false;
+            }
+            drop_first(head, size, &mut dropped);
+            more(head, dropped)
+        });
+    }
     while head.first_offset < head.next_offset && more(head, dropped) {
         let size = pending.size_at(head.first_offset);
-        head.retained_bytes = head.retained_bytes.saturating_sub(size);
-        head.first_offset += 1;
-        dropped += size;
+        drop_first(head, size, &mut dropped);
     }
+}
+
+/// Drops a topic's first message, of `size`.
+fn drop_first(head: &mut TopicHead, size: u64, dropped: &mut u64) {
+    head.retained_bytes = head.retained_bytes.saturating_sub(size);
+    head.first_offset += 1;
+    *dropped += size;
 }
