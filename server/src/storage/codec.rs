@@ -165,10 +165,13 @@ pub(crate) fn decode_delayed_key(key: &[u8]) -> StoreResult<(SystemTime, Offset)
 
 /// Encodes the ids one append stored, as their 128-bit hashes, each with
 /// its message's offset as a distance from `first`: 20 bytes an id.
-pub(crate) fn encode_ids(first: Offset, ids: &[(u128, Offset)]) -> Vec<u8> {
+pub(crate) fn encode_ids(
+    first: Offset,
+    ids: impl ExactSizeIterator<Item = (u128, Offset)>,
+) -> Vec<u8> {
     let mut w = Writer::new(1 + 4 + 20 * ids.len());
     w.u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
-    for &(id, offset) in ids {
+    for (id, offset) in ids {
         w.0.extend_from_slice(&id.to_be_bytes());
         w.u32(u32::try_from(offset - first).unwrap_or(u32::MAX));
     }

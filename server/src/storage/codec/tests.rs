@@ -123,7 +123,7 @@ fn a_message_id_round_trips_and_its_absence_keeps_the_v1_format() {
 #[test]
 fn remembered_ids_and_timed_keys_round_trip() {
     let ids = [(u128::MAX - 7, 41), (0, 42), (1 << 100, 45)];
-    let value = encode_ids(41, &ids);
+    let value = encode_ids(41, ids.iter().copied());
     assert_eq!(value.len(), 1 + 4 + 3 * 20);
     assert_eq!(decode_ids(41, &value).expect("decodes"), ids);
     for cut in 0..value.len() {

@@ -257,7 +257,7 @@ impl<'db> Batch<'db> {
         topic: TopicId,
         stored: SystemTime,
         first: Offset,
-        ids: &[(u128, Offset)],
+        ids: impl ExactSizeIterator<Item = (u128, Offset)>,
     ) {
         let key = codec::timed_key(topic, stored, first);
         self.write

@@ -540,7 +540,8 @@ impl Writer {
         if let Some(ids) = ids.as_deref_mut() {
             ids.expire(window, now_micros);
         }
-        let mut new_ids: Vec<(u128, Offset)> = Vec::new();
+        // This append's ids are those it adds to the batch's.
+        let new_ids = self.batch_remembered.len();
         let mut appended = Appended {
             first_offset: head.next_offset,
             publish_time,
@@ -575,7 +576,6 @@ impl Writer {
                     continue;
                 }
                 self.batch_remembered.push((topic, id, offset));
-                new_ids.push((id, offset));
             }
             codec::encode_message_into(&mut self.scratch, appended.publish_time, message);
             batch.put_message(topic, offset, &self.scratch);
@@ -594,8 +594,10 @@ impl Writer {
         head.last_publish = appended.publish_time;
         appended.retained_bytes = head.retained_bytes;
         batch.put_head(topic, head.next_offset, head.retained_bytes);
-        if let Some(&(_, first)) = new_ids.first() {
-            batch.put_ids(topic, publish_time, first, &new_ids);
+        let new_ids = &self.batch_remembered[new_ids..];
+        if let Some(&(_, _, first)) = new_ids.first() {
+            let ids = new_ids.iter().map(|&(_, id, offset)| (id, offset));
+            batch.put_ids(topic, publish_time, first, ids);
         }
         Ok(appended)
     }
