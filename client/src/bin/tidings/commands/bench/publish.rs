@@ -208,7 +208,11 @@ impl Work {
 mod tests {
     #[test]
     fn a_message_id_is_the_run_in_hex_and_the_number_in_decimal() {
-        for (run, n) in [(0, 0), (0xdead_beef, 42), (u64::MAX, 9_999_999_999_999_999_999)] {
+        for (run, n) in [
+            (0, 0),
+            (0xdead_beef, 42),
+            (u64::MAX, 9_999_999_999_999_999_999),
+        ] {
             assert_eq!(super::message_id(run, n), format!("{run:016x}-{n:019}"));
         }
     }
