@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::future::{join_all, try_join_all};
 use futures::{FutureExt as _, StreamExt as _};
 use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
-use tidings::v1::{PublishRequest, PublishResponse};
+use tidings::v1::{CommitRequest, CommitResponse, PublishRequest, PublishResponse};
 use tidings_client::{Client, Delivery, Error, Message, Publisher, WhenQueueFull};
 use tidings_tests::{TestBroker, within};
 use tokio::net::TcpListener;
@@ -105,6 +105,10 @@ impl PublisherService for CallCounter {
             offsets: (first..first + count as u64).collect(),
             duplicates: vec![false; count],
         }))
+    }
+
+    async fn commit(&self, _: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        Err(Status::unimplemented("a stand-in publishes only"))
     }
 }
 
@@ -465,6 +469,10 @@ impl PublisherService for StandIn {
             offsets: (first..stored.len() as u64).collect(),
             duplicates: Vec::new(),
         }))
+    }
+
+    async fn commit(&self, _: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        Err(Status::unimplemented("a stand-in publishes only"))
     }
 }
 

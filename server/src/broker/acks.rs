@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
@@ -30,13 +30,15 @@ use super::{BrokerError, BrokerResult, RESERVED_ATTRIBUTE_PREFIX};
 use crate::names::TopicName;
 use crate::offsets::Offset;
 use crate::storage::{
-    Commit, DeliveryUpdate, NewMessage, SharedStore, StoreError, StoredMessage, SubscriptionId,
-    TopicId,
+    Appended, Commit, DeliveryUpdate, NewMessage, SharedStore, StoreError, StoredMessage,
+    SubscriptionId, TopicId,
 };
 
 #[derive(Default)]
 struct Dirty {
     subscriptions: HashMap<SubscriptionId, Arc<Subscription>>,
+    /// Commits for the next round, in the order they came.
+    commits: Vec<CommitJob>,
     /// The round that the subscriptions now in the map will be written in.
     round: u64,
 }
@@ -109,87 +111,170 @@ impl DeliveryWriter {
         if flushed.ok {
             Ok(())
         } else {
-            Err(BrokerError::Storage(StoreError::Engine {
-                context: "saving acknowledgements",
-                source: "the broker log has the cause".into(),
-            }))
+            Err(storage_failed("saving acknowledgements"))
         }
     }
 
-    /// Writes every dirty subscription's state now. Returns whether the
-    /// write succeeded (or there was nothing to write).
+    /// Writes every dirty subscription's state, and the commits handed in,
+    /// now. Returns whether the write succeeded (or there was nothing to
+    /// write).
     pub(super) async fn flush(&self, store: &SharedStore) -> bool {
-        let (subscriptions, round) = {
+        let (subscriptions, commits, round) = {
             let mut dirty = self.lock();
             let taken = std::mem::take(&mut dirty.subscriptions);
+            let commits = std::mem::take(&mut dirty.commits);
             let round = dirty.round;
             dirty.round += 1;
-            (taken, round)
+            (taken, commits, round)
         };
-        let ok = if subscriptions.is_empty() {
+        let ok = if subscriptions.is_empty() && commits.is_empty() {
             true
         } else {
-            let live: Vec<_> = subscriptions
-                .values()
-                .filter(|s| !s.deleted.is_cancelled())
-                .collect();
-            let mut updates = Vec::with_capacity(live.len());
-            let mut appends = Vec::new();
-            let mut moves = Vec::new();
-            for sub in &live {
-                let (mut update, pending, epoch) = sub.take_changes();
-                if !pending.is_empty()
-                    && let Some((append, moved)) = self
-                        .prepare_moves(store, sub, &mut update, pending, epoch)
-                        .await
-                {
-                    appends.extend(append);
-                    moves.push(moved);
-                }
-                updates.push(update);
-            }
-            let count = updates.len();
-            let written = if moves.is_empty() {
-                store.save_deliveries(updates).await
-            } else {
-                let commit = Commit {
-                    appends,
-                    deliveries: updates,
-                };
-                store.commit(commit).await.map(drop)
-            };
-            match written {
-                Ok(()) => {
-                    debug!(
-                        subscriptions = count,
-                        moves = moves.len(),
-                        round,
-                        "delivery state stored"
-                    );
-                    for done in moves {
-                        let mut book = done.subscription.book();
-                        book.moved(&done.moved, &done.gone, done.epoch, Now::get());
-                        drop(book);
-                        done.subscription.wake.notify_waiters();
-                    }
-                    true
-                }
-                Err(err) => {
-                    error!(error = %err, source = ?std::error::Error::source(&err), round, "could not store delivery state");
-                    // Keep them dirty so that a later round tries again.
-                    for sub in &live {
-                        sub.unsaved();
-                    }
-                    let mut dirty = self.lock();
-                    for (id, sub) in subscriptions {
-                        dirty.subscriptions.entry(id).or_insert(sub);
-                    }
-                    false
-                }
-            }
+            self.write_round(store, subscriptions, commits, round).await
         };
         self.flushed_tx.send_replace(Flushed { round, ok });
         ok
+    }
+
+    /// One round's write: the state of every live subscription in
+    /// `subscriptions` or acknowledged on by a commit, the moves to
+    /// dead-letter topics, and the commits that pass their checks, all in
+    /// one store write.
+    async fn write_round(
+        &self,
+        store: &SharedStore,
+        mut subscriptions: HashMap<SubscriptionId, Arc<Subscription>>,
+        commits: Vec<CommitJob>,
+        round: u64,
+    ) -> bool {
+        for (sub, _) in commits.iter().flat_map(|job| &job.acks) {
+            subscriptions
+                .entry(sub.id)
+                .or_insert_with(|| Arc::clone(sub));
+        }
+        let live: Vec<_> = subscriptions
+            .values()
+            .filter(|s| !s.deleted.is_cancelled())
+            .collect();
+        let mut verdicts: Vec<Option<BrokerError>> = commits.iter().map(CommitJob::check).collect();
+        let mut updates = Vec::with_capacity(live.len());
+        let mut update_of = HashMap::new();
+        let mut appends = Vec::new();
+        let mut moves = Vec::new();
+        for sub in &live {
+            let claims = claims_on(sub, &commits, &verdicts);
+            let (mut update, pending, epoch, refused) = sub.take_changes_checking(&claims);
+            for (job, offset) in refused {
+                verdicts[job].get_or_insert(BrokerError::AlreadySettled {
+                    subscription: sub.name.clone(),
+                    offset,
+                });
+            }
+            if !pending.is_empty()
+                && let Some((append, moved)) = self
+                    .prepare_moves(store, sub, &mut update, pending, epoch)
+                    .await
+            {
+                appends.extend(append);
+                moves.push(moved);
+            }
+            update_of.insert(sub.id, updates.len());
+            updates.push(update);
+        }
+        // The commits that passed: their acknowledgements join their
+        // subscriptions' state, their messages the write.
+        let mut accepted = Vec::new();
+        for (job, verdict) in commits.into_iter().zip(verdicts) {
+            if let Some(refusal) = verdict {
+                let _ = job.reply.send(Err(refusal));
+                continue;
+            }
+            for (sub, offsets) in &job.acks {
+                let update = &mut updates[update_of[&sub.id]];
+                for &offset in offsets {
+                    update.acks.ack(offset);
+                    update.records.push((offset, None));
+                }
+            }
+            let first = appends.len();
+            appends.extend(
+                job.appends
+                    .iter()
+                    .map(|(topic, messages)| (topic.id, messages.clone())),
+            );
+            accepted.push((job, first..appends.len()));
+        }
+        let count = updates.len();
+        let written = if appends.is_empty() {
+            store.save_deliveries(updates).await.map(|()| Vec::new())
+        } else {
+            let commit = Commit {
+                appends,
+                deliveries: updates,
+            };
+            store.commit(commit).await
+        };
+        match written {
+            Ok(appended) => {
+                debug!(
+                    subscriptions = count,
+                    moves = moves.len(),
+                    commits = accepted.len(),
+                    round,
+                    "delivery state stored"
+                );
+                for done in moves {
+                    let mut book = done.subscription.book();
+                    book.moved(&done.moved, &done.gone, done.epoch, Now::get());
+                    drop(book);
+                    done.subscription.wake.notify_waiters();
+                }
+                for (job, span) in accepted {
+                    for (sub, offsets) in &job.acks {
+                        sub.ack_committed(offsets);
+                    }
+                    let _ = job.reply.send(Ok(appended[span].to_vec()));
+                }
+                true
+            }
+            Err(err) => {
+                error!(error = %err, source = ?std::error::Error::source(&err), round, "could not store delivery state");
+                // Keep them dirty so that a later round tries again.
+                for sub in &live {
+                    sub.unsaved();
+                }
+                for (job, _) in accepted {
+                    let _ = job.reply.send(Err(storage_failed("committing")));
+                }
+                let mut dirty = self.lock();
+                for (id, sub) in subscriptions {
+                    dirty.subscriptions.entry(id).or_insert(sub);
+                }
+                false
+            }
+        }
+    }
+
+    /// Hands a commit to the next round and waits for its outcome: where
+    /// each append landed, in order.
+    ///
+    /// # Errors
+    /// [`BrokerError::AlreadySettled`] when a message it acknowledges is
+    /// not unacknowledged; [`BrokerError::TopicDeleted`] and
+    /// [`BrokerError::SubscriptionDeleted`]; storage failures.
+    pub(super) async fn commit(
+        &self,
+        appends: Vec<(Arc<Topic>, Vec<NewMessage>)>,
+        acks: Vec<(Arc<Subscription>, Vec<Offset>)>,
+    ) -> BrokerResult<Vec<Appended>> {
+        let (reply, answer) = oneshot::channel();
+        self.lock().commits.push(CommitJob {
+            appends,
+            acks,
+            reply,
+        });
+        self.kick.notify_one();
+        answer.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
     /// Readies the moves of one subscription for the round's commit:
@@ -273,6 +358,56 @@ impl DeliveryWriter {
             self.flush(&store).await;
         }
     }
+}
+
+/// A failed write, for its callers: the cause is in the broker's log.
+fn storage_failed(context: &'static str) -> BrokerError {
+    BrokerError::Storage(StoreError::Engine {
+        context,
+        source: "the broker log has the cause".into(),
+    })
+}
+
+/// A commit waiting for its round (see `Engine::commit`).
+struct CommitJob {
+    appends: Vec<(Arc<Topic>, Vec<NewMessage>)>,
+    acks: Vec<(Arc<Subscription>, Vec<Offset>)>,
+    reply: oneshot::Sender<BrokerResult<Vec<Appended>>>,
+}
+
+impl CommitJob {
+    /// Why it cannot be written at all: a topic or subscription it names
+    /// was deleted since it was handed in.
+    fn check(&self) -> Option<BrokerError> {
+        if let Some((topic, _)) = self.appends.iter().find(|(t, _)| t.deleted.is_cancelled()) {
+            return Some(BrokerError::TopicDeleted(topic.name.clone()));
+        }
+        self.acks
+            .iter()
+            .find(|(s, _)| s.deleted.is_cancelled())
+            .map(|(sub, _)| BrokerError::SubscriptionDeleted(sub.name.clone()))
+    }
+}
+
+/// The offsets each commit still standing acknowledges on `sub`, by the
+/// commit's place in the round.
+fn claims_on<'a>(
+    sub: &Subscription,
+    commits: &'a [CommitJob],
+    verdicts: &[Option<BrokerError>],
+) -> Vec<(usize, &'a [Offset])> {
+    commits
+        .iter()
+        .enumerate()
+        .filter(|&(job, _)| verdicts[job].is_none())
+        .flat_map(|(job, commit)| {
+            commit
+                .acks
+                .iter()
+                .filter(|(s, _)| s.id == sub.id)
+                .map(move |(_, offsets)| (job, offsets.as_slice()))
+        })
+        .collect()
 }
 
 /// The copy of a message for the dead-letter topic: its payload, key and

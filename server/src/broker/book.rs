@@ -1022,6 +1022,16 @@ impl LeaseBook {
         }
     }
 
+    /// Whether `offset` is settled or on its way out: acknowledged,
+    /// dead-lettered, or waiting to be moved to the dead-letter topic. A
+    /// commit may acknowledge only a message for which this is false.
+    pub(super) fn is_settled(&self, offset: Offset) -> bool {
+        self.acks.is_acked(offset)
+            || self.dead.offsets.contains(offset)
+            || self.moving.contains_key(&offset)
+            || self.in_move.contains_key(&offset)
+    }
+
     pub(super) fn ack_state(&self) -> &AckState {
         &self.acks
     }

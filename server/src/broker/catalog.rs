@@ -456,6 +456,59 @@ impl Engine for Broker {
         })
     }
 
+    /// # Errors
+    /// See [`Engine::commit`]; [`BrokerError::Invalid`] for a commit with
+    /// nothing in it.
+    async fn commit(&self, spec: CommitSpec) -> BrokerResult<Vec<Published>> {
+        if spec.publishes.is_empty() && spec.acks.is_empty() {
+            return Err(BrokerError::Invalid(
+                "commit holds no publish and no ack; send at least one".into(),
+            ));
+        }
+        let mut appends = Vec::with_capacity(spec.publishes.len());
+        for (index, (name, messages)) in spec.publishes.into_iter().enumerate() {
+            let part = |err: BrokerError| err.in_part(format!("publishes[{index}]"));
+            check_batch(&messages, self.inner.config.max_message_bytes).map_err(part)?;
+            let topic = match self.topic(&name) {
+                Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
+                    self.get_or_create_topic(name).await
+                }
+                other => other,
+            };
+            appends.push((topic.map_err(part)?, messages));
+        }
+        // One entry per subscription, so that naming a message twice is
+        // not taken for two commits claiming it.
+        let mut acks: Vec<(Arc<Subscription>, Vec<Offset>)> = Vec::new();
+        for (index, given) in spec.acks.into_iter().enumerate() {
+            let part = |err: BrokerError| err.in_part(format!("acks[{index}]"));
+            let sub = self.subscription(&given.subscription).map_err(part)?;
+            let ack_ids = Self::ack_ids(&given.ack_ids).map_err(part)?;
+            let offsets = sub.commit_offsets(&given.offsets, &ack_ids).map_err(part)?;
+            match acks.iter_mut().find(|(s, _)| s.id == sub.id) {
+                Some((_, all)) => {
+                    all.extend(offsets);
+                    all.sort_unstable();
+                    all.dedup();
+                }
+                None => acks.push((sub, offsets)),
+            }
+        }
+        let counts: Vec<usize> = appends.iter().map(|(_, m)| m.len()).collect();
+        let appended = self.inner.writer.commit(appends, acks).await?;
+        Ok(appended
+            .into_iter()
+            .zip(counts)
+            .map(|(appended, count)| {
+                let (offsets, duplicates) = appended.offsets(count);
+                Published {
+                    offsets,
+                    duplicates,
+                }
+            })
+            .collect())
+    }
+
     /// Opens a stream of deliveries; creates the subscription when it does
     /// not exist and `spec.topic` is set.
     ///

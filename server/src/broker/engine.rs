@@ -95,6 +95,17 @@ pub trait Engine: Send + Sync + 'static {
         messages: Vec<NewMessage>,
     ) -> BrokerResult<Published>;
 
+    /// Publishes to any topics and acknowledges on any subscriptions in
+    /// one atomic, durable write; returns what each publish did, in order.
+    ///
+    /// # Errors
+    /// [`BrokerError::AlreadySettled`](super::BrokerError::AlreadySettled)
+    /// when a message it acknowledges was acknowledged or dead-lettered
+    /// already; the errors of `publish` and `ack`, under
+    /// [`BrokerError::InPart`](super::BrokerError::InPart) naming the part.
+    /// Nothing is stored on any error.
+    async fn commit(&self, spec: CommitSpec) -> BrokerResult<Vec<Published>>;
+
     /// Opens a stream of deliveries.
     async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream>;
 
@@ -179,3 +190,25 @@ pub trait Engine: Send + Sync + 'static {
 
 /// An engine shared by the front doors.
 pub type SharedEngine = Arc<dyn Engine>;
+
+/// What a commit stores: publishes and acknowledgements (see
+/// [`Engine::commit`]).
+#[derive(Debug, Default)]
+pub struct CommitSpec {
+    /// Messages to publish, each list to its topic, in order.
+    pub publishes: Vec<(TopicName, Vec<NewMessage>)>,
+    /// Messages to acknowledge, on each subscription by offset and by ack
+    /// id.
+    pub acks: Vec<CommitAcks>,
+}
+
+/// The acknowledgements of a commit on one subscription.
+#[derive(Debug)]
+pub struct CommitAcks {
+    /// The subscription.
+    pub subscription: SubscriptionName,
+    /// Offsets to acknowledge.
+    pub offsets: Vec<Offset>,
+    /// Deliveries to acknowledge, each standing for its message.
+    pub ack_ids: Vec<String>,
+}

@@ -149,6 +149,29 @@ pub enum BrokerError {
         /// The id's length in bytes.
         len: usize,
     },
+    /// A commit acknowledges a message that is settled already (or taken
+    /// by another commit of the same moment): nothing was committed.
+    #[error(
+        "message {offset} of subscription \"{subscription}\" is already acknowledged or \
+         dead-lettered (or acknowledged by another commit at the same moment); nothing was \
+         committed"
+    )]
+    AlreadySettled {
+        /// The subscription.
+        subscription: SubscriptionName,
+        /// The message's offset.
+        offset: Offset,
+    },
+    /// An error in one part of a request of several (a commit's
+    /// publishes or acks), named by where it is.
+    #[error("{part}: {source}")]
+    InPart {
+        /// Where, as `publishes[2]` or `acks[0]`.
+        part: String,
+        /// What is wrong there.
+        #[source]
+        source: Box<BrokerError>,
+    },
     /// The broker is shutting down.
     #[error("broker is shutting down; reconnect and retry")]
     ShuttingDown,
@@ -171,3 +194,21 @@ impl From<StoreError> for BrokerError {
 
 /// Shorthand for broker results.
 pub type BrokerResult<T> = Result<T, BrokerError>;
+
+impl BrokerError {
+    /// Names the part of a request of several that this error is about.
+    pub(crate) fn in_part(self, part: impl Into<String>) -> Self {
+        Self::InPart {
+            part: part.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error itself, under the parts that name where it is.
+    pub fn innermost(&self) -> &Self {
+        match self {
+            Self::InPart { source, .. } => source.innermost(),
+            other => other,
+        }
+    }
+}

@@ -45,7 +45,7 @@ mod topic;
 
 pub use catalog::Broker;
 pub use checks::{RESERVED_ATTRIBUTE_PREFIX, check_batch};
-pub use engine::{Engine, SharedEngine};
+pub use engine::{CommitAcks, CommitSpec, Engine, SharedEngine};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};
 

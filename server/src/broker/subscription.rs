@@ -3,6 +3,7 @@
 //! the topic (offsets must be published) and lock the book briefly; they
 //! never await.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -209,6 +210,42 @@ impl Subscription {
         Ok(())
     }
 
+    /// The offsets a commit acknowledges, by offset or ack id (an ack id
+    /// stands for its message, whichever lease it named).
+    ///
+    /// # Errors
+    /// [`BrokerError::OffsetNotPublished`] for an offset at or past the
+    /// topic's next one; [`BrokerError::Invalid`] for an ack id of another
+    /// subscription.
+    pub(super) fn commit_offsets(
+        &self,
+        offsets: &[Offset],
+        ack_ids: &[AckId],
+    ) -> BrokerResult<Vec<Offset>> {
+        if let Some(id) = ack_ids.iter().find(|id| id.subscription != self.id) {
+            return Err(BrokerError::Invalid(format!(
+                "ack_id of offset {} was given by another subscription than \"{}\"",
+                id.offset, self.name
+            )));
+        }
+        let head = self.topic.head();
+        let all = offsets
+            .iter()
+            .copied()
+            .chain(ack_ids.iter().map(|id| id.offset));
+        let mut all: Vec<Offset> = all.collect();
+        if let Some(&offset) = all.iter().find(|&&offset| offset >= head) {
+            return Err(BrokerError::OffsetNotPublished {
+                topic: self.topic.name.clone(),
+                offset,
+                next_offset: head,
+            });
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
     /// Gives deliveries back; returns whether one of them now waits to be
     /// moved to the dead-letter topic.
     pub(super) fn nack(
@@ -247,15 +284,44 @@ impl Subscription {
     /// What to store of the delivery state (the ack state, the records
     /// and dead letters changed since the last call), and the messages
     /// waiting to be moved to the dead-letter topic, with the book's epoch.
-    pub(super) fn take_changes(&self) -> (DeliveryUpdate, Vec<Move>, u64) {
-        let changes = self.book().take_changes();
+    /// In a round that carries commits acknowledging messages of this
+    /// subscription (`claims`: each commit's place in the round and its
+    /// offsets, in order), checks under the same lock of the book that
+    /// each offset is unsettled and not claimed by an earlier commit of the
+    /// round; returns, besides, each refused commit with the offset that
+    /// refused it.
+    pub(super) fn take_changes_checking(
+        &self,
+        claims: &[(usize, &[Offset])],
+    ) -> (DeliveryUpdate, Vec<Move>, u64, Vec<(usize, Offset)>) {
+        let mut book = self.book();
+        let mut claimed = HashSet::new();
+        let mut refused = Vec::new();
+        for &(job, offsets) in claims {
+            match offsets
+                .iter()
+                .find(|&&o| book.is_settled(o) || claimed.contains(&o))
+            {
+                Some(&offset) => refused.push((job, offset)),
+                None => claimed.extend(offsets.iter().copied()),
+            }
+        }
+        let changes = book.take_changes();
+        drop(book);
         let update = DeliveryUpdate {
             subscription: self.id,
             acks: changes.acks,
             records: changes.records,
             dead_letters: changes.dead,
         };
-        (update, changes.moves, changes.epoch)
+        (update, changes.moves, changes.epoch, refused)
+    }
+
+    /// Applies the acknowledgements of a commit that was stored.
+    pub(super) fn ack_committed(&self, offsets: &[Offset]) {
+        let targets: Vec<Target> = offsets.iter().map(|&o| Target::Offset(o)).collect();
+        self.book().ack(&targets, Now::get());
+        self.wake.notify_waiters();
     }
 
     /// The dead letters as they are now.

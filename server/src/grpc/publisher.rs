@@ -6,7 +6,7 @@ use tidings::v1::publisher_service_server::PublisherService;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
-use super::convert::PublishCommand;
+use super::convert::{PublishCommand, commit_spec};
 use crate::broker::SharedEngine;
 
 /// The gRPC adapter of the publisher service.
@@ -47,6 +47,29 @@ impl PublisherService for Publisher {
         Ok(Response::new(v1::PublishResponse {
             offsets: published.offsets,
             duplicates: published.duplicates,
+        }))
+    }
+
+    #[instrument(
+        name = "Commit",
+        skip_all,
+        fields(publishes = request.get_ref().publishes.len(), acks = request.get_ref().acks.len())
+    )]
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        let spec = commit_spec(request.into_inner())?;
+        let published = self.broker.commit(spec).await?;
+        debug!(publishes = published.len(), "committed");
+        Ok(Response::new(v1::CommitResponse {
+            publishes: published
+                .into_iter()
+                .map(|p| v1::PublishResponse {
+                    offsets: p.offsets,
+                    duplicates: p.duplicates,
+                })
+                .collect(),
         }))
     }
 }

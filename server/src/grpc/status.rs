@@ -13,7 +13,7 @@ use crate::broker::BrokerError;
 impl From<BrokerError> for Status {
     fn from(err: BrokerError) -> Self {
         let code = code_of(&err);
-        if let BrokerError::Storage(source) = &err {
+        if let BrokerError::Storage(source) = err.innermost() {
             error!(error = %error_chain(source), "storage failed while serving a request");
         }
         Status::new(code, err.to_string())
@@ -44,6 +44,8 @@ fn code_of(err: &BrokerError) -> Code {
         | BrokerError::SubscriptionDeleted(_) => Code::NotFound,
         BrokerError::TopicExists(_) | BrokerError::SubscriptionExists(_) => Code::AlreadyExists,
         BrokerError::TopicMismatch { .. } => Code::FailedPrecondition,
+        BrokerError::AlreadySettled { .. } => Code::Aborted,
+        BrokerError::InPart { source, .. } => code_of(source),
         BrokerError::ShuttingDown => Code::Unavailable,
         BrokerError::Storage(_) => Code::Internal,
     }
