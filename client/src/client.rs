@@ -17,6 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::commit::Commit;
 use crate::error::{Error, Result};
 use crate::publisher::{Publisher, PublisherBuilder};
 use crate::subscriber::SubscriberBuilder;
@@ -156,6 +157,12 @@ impl Client {
                 duplicate: duplicates.next().unwrap_or(false),
             })
             .collect())
+    }
+
+    /// Starts a [`Commit`]: publishes and acknowledgements stored by one
+    /// atomic `Commit` call when it is [sent](Commit::send).
+    pub fn commit(&self) -> Commit {
+        Commit::new(self.clone())
     }
 
     /// A publisher of `topic` with the default settings of

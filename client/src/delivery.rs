@@ -165,6 +165,11 @@ impl Delivery {
         self.target.ack_id()
     }
 
+    /// The subscription it was delivered on.
+    pub fn subscription(&self) -> &str {
+        self.settle.subscription()
+    }
+
     /// Acknowledges the message: it is never delivered again on this
     /// subscription. Fire and forget: sent within the flush interval and
     /// retried on transient failures; a failure is reported by the next

@@ -129,6 +129,13 @@ impl Error {
         }
     }
 
+    /// Whether a [`Commit`](crate::Commit) was refused because a message
+    /// it acknowledges was settled already (`ABORTED`): its work was done,
+    /// by this consumer or another, and nothing of it was stored.
+    pub fn is_aborted(&self) -> bool {
+        self.code() == tonic::Code::Aborted
+    }
+
     /// The broker's status, when the broker answered (for
     /// [`Error::GaveUp`] and [`Error::Unsettled`], that of the cause).
     pub fn status(&self) -> Option<&tonic::Status> {

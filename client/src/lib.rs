@@ -92,6 +92,7 @@ mod admin;
 mod backoff;
 mod batch;
 mod client;
+mod commit;
 mod delivery;
 mod error;
 mod lease;
@@ -107,6 +108,7 @@ pub use tidings::v1;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DECODING_MESSAGE_SIZE,
 };
+pub use commit::Commit;
 pub use delivery::{Delivery, MAX_ERROR_BYTES, MAX_NACK_DELAY, SettleFuture};
 pub use error::{Error, Result};
 pub use publisher::{

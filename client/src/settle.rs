@@ -138,6 +138,8 @@ impl Shared {
 #[derive(Debug)]
 pub(crate) struct Settle {
     shared: Arc<Shared>,
+    /// The subscription it settles on.
+    subscription: String,
 }
 
 impl Settle {
@@ -157,8 +159,17 @@ impl Settle {
             counts: watch::Sender::new(Counts::default()),
         });
         let span = info_span!("settle", subscription = %config.subscription);
+        let subscription = config.subscription.clone();
         tokio::spawn(run(Arc::clone(&shared), config).instrument(span));
-        Arc::new(Self { shared })
+        Arc::new(Self {
+            shared,
+            subscription,
+        })
+    }
+
+    /// The subscription it settles on.
+    pub(crate) fn subscription(&self) -> &str {
+        &self.subscription
     }
 
     /// A new stream is open; returns its epoch.

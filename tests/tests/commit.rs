@@ -6,10 +6,13 @@
 
 use std::collections::BTreeSet;
 
+use anyhow::Context as _;
+use futures::StreamExt as _;
 use tidings::v1::{
     AckRequest, CommitRequest, CommitResponse, CreateSubscriptionRequest, DeadLetterPolicy,
     PublishMessage, PublishRequest, RejectRequest,
 };
+use tidings_client::Message;
 use tidings_tests::{
     Client, Deliveries, TestBroker, create_subscription, create_topic, expect_code,
     get_subscription, get_topic, message, offsets, payloads, publish, subscribe_request, within,
@@ -315,5 +318,53 @@ async fn a_dead_lettered_message_cannot_be_committed() -> anyhow::Result<()> {
     )?;
     assert!(status.message().contains("dead-lettered"), "{status:?}");
     assert_eq!(get_topic(&client, "decisions").await?.next_offset, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rust_client_commits_a_delivery_with_its_output_and_learns_when_it_was_too_late()
+-> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    orders_and_decisions(&client).await?;
+    let mut subscriber = client.subscriber("inventory").subscribe().await?;
+    let delivery = within(subscriber.next())
+        .await?
+        .context("the stream ended")??;
+    let offset = delivery.offset();
+    assert_eq!(delivery.subscription(), "inventory");
+    let stored = within(
+        client
+            .commit()
+            .publish("decisions", [Message::new("reserved").with_key("order-0")])
+            .publish("audit", ["one", "two"])
+            .ack_delivery(delivery)
+            .send(),
+    )
+    .await??;
+    let offsets: Vec<Vec<u64>> = stored
+        .iter()
+        .map(|batch| batch.iter().map(|p| p.offset).collect())
+        .collect();
+    assert_eq!(offsets, vec![vec![0], vec![0, 1]]);
+
+    // A second consumer that handled the same message is told so.
+    let late = client
+        .commit()
+        .publish("decisions", ["reserved again"])
+        .ack("inventory", [offset])
+        .send()
+        .await;
+    let err = late.expect_err("the message was acknowledged by the first commit");
+    assert!(err.is_aborted(), "{err:?}");
+    assert_eq!(get_topic(&client, "decisions").await?.next_offset, 1);
+
+    // The committed delivery is settled: the next one is the other order.
+    let next = within(subscriber.next())
+        .await?
+        .context("the stream ended")??;
+    assert_eq!(next.offset(), 1);
+    next.ack();
+    subscriber.close().await?;
     Ok(())
 }
