@@ -12,7 +12,10 @@ use std::time::Duration;
 use futures::future::{join_all, try_join_all};
 use futures::{FutureExt as _, StreamExt as _};
 use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
-use tidings::v1::{CommitRequest, CommitResponse, PublishRequest, PublishResponse};
+use tidings::v1::{
+    CallRequest, CallResponse, CommitRequest, CommitResponse, PublishRequest, PublishResponse,
+    ReplyRequest, ReplyResponse,
+};
 use tidings_client::{Client, Delivery, Error, Message, Publisher, WhenQueueFull};
 use tidings_tests::{TestBroker, within};
 use tokio::net::TcpListener;
@@ -85,6 +88,41 @@ async fn concurrent_publishes_get_every_offset_exactly_once() -> anyhow::Result<
     Ok(())
 }
 
+/// What a stand-in broker does with `Publish`; it refuses every other
+/// call of the publisher service.
+#[tonic::async_trait]
+trait StandInPublish: Send + Sync + 'static {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status>;
+}
+
+/// The publisher service of a stand-in broker.
+struct StandInService<T>(T);
+
+#[tonic::async_trait]
+impl<T: StandInPublish> PublisherService for StandInService<T> {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        self.0.publish(request).await
+    }
+
+    async fn commit(&self, _: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        Err(Status::unimplemented("a stand-in publishes only"))
+    }
+
+    async fn call(&self, _: Request<CallRequest>) -> Result<Response<CallResponse>, Status> {
+        Err(Status::unimplemented("a stand-in publishes only"))
+    }
+
+    async fn reply(&self, _: Request<ReplyRequest>) -> Result<Response<ReplyResponse>, Status> {
+        Err(Status::unimplemented("a stand-in publishes only"))
+    }
+}
+
 /// A stand-in for the broker's publisher service that reports how many
 /// messages each `Publish` call carried.
 struct CallCounter {
@@ -93,7 +131,7 @@ struct CallCounter {
 }
 
 #[tonic::async_trait]
-impl PublisherService for CallCounter {
+impl StandInPublish for CallCounter {
     async fn publish(
         &self,
         request: Request<PublishRequest>,
@@ -106,10 +144,6 @@ impl PublisherService for CallCounter {
             duplicates: vec![false; count],
         }))
     }
-
-    async fn commit(&self, _: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
-        Err(Status::unimplemented("a stand-in publishes only"))
-    }
 }
 
 /// Serves a [`CallCounter`] on a free port; returns its client and the
@@ -118,10 +152,10 @@ async fn call_counter() -> anyhow::Result<(Client, mpsc::UnboundedReceiver<usize
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
-    let service = PublisherServiceServer::new(CallCounter {
+    let service = PublisherServiceServer::new(StandInService(CallCounter {
         calls_tx,
         next_offset: AtomicU64::new(0),
-    });
+    }));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -442,7 +476,7 @@ struct StandIn {
 }
 
 #[tonic::async_trait]
-impl PublisherService for StandIn {
+impl StandInPublish for StandIn {
     async fn publish(
         &self,
         request: Request<PublishRequest>,
@@ -470,10 +504,6 @@ impl PublisherService for StandIn {
             duplicates: Vec::new(),
         }))
     }
-
-    async fn commit(&self, _: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
-        Err(Status::unimplemented("a stand-in publishes only"))
-    }
 }
 
 /// A running [`StandIn`], seen from a test.
@@ -498,13 +528,13 @@ async fn stand_in(open: bool, fail: fn(usize) -> Option<Status>) -> anyhow::Resu
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(usize::from(open)));
     let stored = Arc::new(Mutex::new(Vec::new()));
-    let service = PublisherServiceServer::new(StandIn {
+    let service = PublisherServiceServer::new(StandInService(StandIn {
         calls_tx,
         calls: AtomicUsize::new(0),
         open: Arc::clone(&gate),
         fail,
         stored: Arc::clone(&stored),
-    });
+    }));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)

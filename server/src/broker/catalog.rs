@@ -25,6 +25,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::acks::{DeliveryWriter, TopicResolver};
 use super::book::{Now, Window};
+use super::calls::{Calls, DEFAULT_CALL_TIMEOUT};
 use super::checks::{
     check_batch, check_dead_letter, check_dedup_window, check_delivery_delay, check_duration,
     check_retention, check_retry, not_found_as_topic, page,
@@ -62,6 +63,8 @@ struct Inner {
     /// tokio mutex because it is held across that await, on purpose.
     admin: tokio::sync::Mutex<()>,
     writer: Arc<DeliveryWriter>,
+    /// Calls waiting for their replies.
+    calls: Calls,
     /// Cancelled by [`Engine::begin_shutdown`].
     shutdown: CancellationToken,
     /// Cancelled by [`Engine::close`], after the last flush of delivery
@@ -144,6 +147,7 @@ impl Broker {
             topics,
             admin: tokio::sync::Mutex::new(()),
             writer: Arc::new(DeliveryWriter::new(resolve)),
+            calls: Calls::default(),
             shutdown: CancellationToken::new(),
             stop_writer: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -253,6 +257,39 @@ impl Broker {
     }
 
     /// Parses ack ids; one malformed id refuses the whole request.
+    /// Appends checked messages to `topic` (created when missing, if the
+    /// broker is told to).
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> BrokerResult<Published> {
+        let topic = self.topic_to_publish_to(topic).await?;
+        let count = messages.len();
+        let appended = self
+            .inner
+            .store
+            .append(topic.id, messages)
+            .await
+            .map_err(|e| not_found_as_topic(e, &topic))?;
+        let (offsets, duplicates) = appended.offsets(count);
+        Ok(Published {
+            offsets,
+            duplicates,
+        })
+    }
+
+    /// The topic named, created first when missing if the broker is told
+    /// to create topics on publish.
+    async fn topic_to_publish_to(&self, name: &TopicName) -> BrokerResult<Arc<Topic>> {
+        match self.topic(name) {
+            Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
+                self.get_or_create_topic(name).await
+            }
+            other => other,
+        }
+    }
+
     fn ack_ids(ack_ids: &[String]) -> BrokerResult<Vec<AckId>> {
         ack_ids.iter().map(|id| AckId::parse(id)).collect()
     }
@@ -436,24 +473,58 @@ impl Engine for Broker {
         messages: Vec<NewMessage>,
     ) -> BrokerResult<Published> {
         check_batch(&messages, self.inner.config.max_message_bytes)?;
-        let topic = match self.topic(topic) {
-            Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
-                self.get_or_create_topic(name).await?
-            }
-            other => other?,
-        };
-        let count = messages.len();
-        let appended = self
-            .inner
-            .store
-            .append(topic.id, messages)
-            .await
-            .map_err(|e| not_found_as_topic(e, &topic))?;
-        let (offsets, duplicates) = appended.offsets(count);
-        Ok(Published {
-            offsets,
-            duplicates,
-        })
+        self.append(topic, messages).await
+    }
+
+    /// # Errors
+    /// [`BrokerError::CallTimedOut`] when no reply came within `timeout`
+    /// (30 s when `None`); [`BrokerError::ShuttingDown`] when the broker
+    /// stops first; what `publish` refuses;
+    /// [`BrokerError::DurationOutOfRange`] for the timeout.
+    async fn call(
+        &self,
+        topic: &TopicName,
+        mut message: NewMessage,
+        timeout: Option<Duration>,
+    ) -> BrokerResult<CallReply> {
+        let timeout = timeout.unwrap_or(DEFAULT_CALL_TIMEOUT);
+        check_duration("timeout", timeout, Duration::from_millis(1))?;
+        check_batch(
+            std::slice::from_ref(&message),
+            self.inner.config.max_message_bytes,
+        )?;
+        let started = tokio::time::Instant::now();
+        // Registered before the request can be seen: a reply may come
+        // before the publish returns.
+        let waiting = self.inner.calls.open();
+        message
+            .attributes
+            .extend(waiting.attributes(SystemTime::now() + timeout));
+        message.attributes.sort_unstable();
+        let offset = self.append(topic, vec![message]).await?.offsets[0];
+        let left = timeout.saturating_sub(started.elapsed());
+        tokio::select! {
+            reply = waiting.reply(left) => match reply {
+                Some(reply) => Ok(CallReply { reply, offset }),
+                None => Err(BrokerError::CallTimedOut {
+                    topic: topic.clone(),
+                    offset,
+                    timeout,
+                }),
+            },
+            () = self.inner.shutdown.cancelled() => Err(BrokerError::ShuttingDown),
+        }
+    }
+
+    /// # Errors
+    /// [`BrokerError::CallNotFound`] when no call waits under `reply_to`;
+    /// what `publish` refuses of the reply.
+    async fn reply(&self, reply_to: &str, message: NewMessage) -> BrokerResult<()> {
+        check_batch(
+            std::slice::from_ref(&message),
+            self.inner.config.max_message_bytes,
+        )?;
+        self.inner.calls.answer(reply_to, message)
     }
 
     /// # Errors
@@ -469,13 +540,8 @@ impl Engine for Broker {
         for (index, (name, messages)) in spec.publishes.into_iter().enumerate() {
             let part = |err: BrokerError| err.in_part(format!("publishes[{index}]"));
             check_batch(&messages, self.inner.config.max_message_bytes).map_err(part)?;
-            let topic = match self.topic(&name) {
-                Err(BrokerError::TopicNotFound(name)) if self.inner.config.auto_create_topics => {
-                    self.get_or_create_topic(name).await
-                }
-                other => other,
-            };
-            appends.push((topic.map_err(part)?, messages));
+            let topic = self.topic_to_publish_to(&name).await.map_err(part)?;
+            appends.push((topic, messages));
         }
         // One entry per subscription, so that naming a message twice is
         // not taken for two commits claiming it.

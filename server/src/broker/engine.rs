@@ -106,6 +106,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Nothing is stored on any error.
     async fn commit(&self, spec: CommitSpec) -> BrokerResult<Vec<Published>>;
 
+    /// Publishes `message` to `topic` as a request, with the attributes
+    /// that name the call, and waits up to `timeout` (30 s when `None`)
+    /// for a [`reply`](Self::reply) to it.
+    async fn call(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+        timeout: Option<Duration>,
+    ) -> BrokerResult<CallReply>;
+
+    /// Answers the call that `reply_to` names.
+    async fn reply(&self, reply_to: &str, message: NewMessage) -> BrokerResult<()>;
+
     /// Opens a stream of deliveries.
     async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream>;
 
@@ -211,4 +224,13 @@ pub struct CommitAcks {
     pub offsets: Vec<Offset>,
     /// Deliveries to acknowledge, each standing for its message.
     pub ack_ids: Vec<String>,
+}
+
+/// What a call got back.
+#[derive(Debug)]
+pub struct CallReply {
+    /// The responder's answer.
+    pub reply: NewMessage,
+    /// The request's offset in its topic.
+    pub offset: Offset,
 }

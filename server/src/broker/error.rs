@@ -172,6 +172,25 @@ pub enum BrokerError {
         #[source]
         source: Box<BrokerError>,
     },
+    /// Nobody answered a call in time.
+    #[error(
+        "nobody answered the request (offset {offset} of topic \"{topic}\") within {timeout:?}; \
+         it stays in the topic for responders"
+    )]
+    CallTimedOut {
+        /// The request's topic.
+        topic: TopicName,
+        /// The request's offset.
+        offset: Offset,
+        /// How long the call waited.
+        timeout: Duration,
+    },
+    /// A reply names no waiting call.
+    #[error(
+        "no call waits for reply_to {0:?}: it was answered already, stopped waiting, or the token \
+         is not one the broker wrote"
+    )]
+    CallNotFound(String),
     /// The broker is shutting down.
     #[error("broker is shutting down; reconnect and retry")]
     ShuttingDown,

@@ -32,6 +32,7 @@ use crate::storage::{StoredMessage, SubscriptionId, TopicId};
 
 mod acks;
 mod book;
+mod calls;
 mod catalog;
 mod checks;
 mod delays;
@@ -43,9 +44,10 @@ mod stream;
 mod subscription;
 mod topic;
 
+pub use calls::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use catalog::Broker;
 pub use checks::{RESERVED_ATTRIBUTE_PREFIX, check_batch};
-pub use engine::{CommitAcks, CommitSpec, Engine, SharedEngine};
+pub use engine::{CallReply, CommitAcks, CommitSpec, Engine, SharedEngine};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};
 

@@ -20,6 +20,7 @@ use crate::broker::{
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::NewMessage;
+pub(crate) use call::{CallCommand, ReplyCommand, publish_message};
 pub(crate) use commit::commit_spec;
 use mask::UpdateFields;
 pub(crate) use retention::{dedup_window, retention, storage_class};
@@ -644,6 +645,7 @@ pub(crate) fn subscribe_frame(deliveries: Vec<Delivery>) -> v1::SubscribeRespons
     }
 }
 
+mod call;
 mod commit;
 mod mask;
 mod retention;

@@ -6,7 +6,7 @@ use tidings::v1::publisher_service_server::PublisherService;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
-use super::convert::{PublishCommand, commit_spec};
+use super::convert::{CallCommand, PublishCommand, ReplyCommand, commit_spec, publish_message};
 use crate::broker::SharedEngine;
 
 /// The gRPC adapter of the publisher service.
@@ -71,5 +71,34 @@ impl PublisherService for Publisher {
                 })
                 .collect(),
         }))
+    }
+
+    #[instrument(name = "Call", skip_all, fields(topic = %request.get_ref().topic))]
+    async fn call(
+        &self,
+        request: Request<v1::CallRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
+        let command = CallCommand::try_from(request.into_inner())?;
+        let answer = self
+            .broker
+            .call(&command.topic, command.message, command.timeout)
+            .await?;
+        debug!(offset = answer.offset, "answered");
+        Ok(Response::new(v1::CallResponse {
+            reply: Some(publish_message(answer.reply)),
+            offset: answer.offset,
+        }))
+    }
+
+    #[instrument(name = "Reply", skip_all)]
+    async fn reply(
+        &self,
+        request: Request<v1::ReplyRequest>,
+    ) -> Result<Response<v1::ReplyResponse>, Status> {
+        let command = ReplyCommand::try_from(request.into_inner())?;
+        self.broker
+            .reply(&command.reply_to, command.message)
+            .await?;
+        Ok(Response::new(v1::ReplyResponse {}))
     }
 }

@@ -45,6 +45,8 @@ fn code_of(err: &BrokerError) -> Code {
         BrokerError::TopicExists(_) | BrokerError::SubscriptionExists(_) => Code::AlreadyExists,
         BrokerError::TopicMismatch { .. } => Code::FailedPrecondition,
         BrokerError::AlreadySettled { .. } => Code::Aborted,
+        BrokerError::CallTimedOut { .. } => Code::DeadlineExceeded,
+        BrokerError::CallNotFound(_) => Code::NotFound,
         BrokerError::InPart { source, .. } => code_of(source),
         BrokerError::ShuttingDown => Code::Unavailable,
         BrokerError::Storage(_) => Code::Internal,
