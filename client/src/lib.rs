@@ -91,6 +91,7 @@
 mod admin;
 mod backoff;
 mod batch;
+mod call;
 mod client;
 mod commit;
 mod delivery;
@@ -105,6 +106,7 @@ mod types;
 
 pub use tidings::v1;
 
+pub use call::{CallReply, REPLY_DEADLINE_ATTRIBUTE, REPLY_TO_ATTRIBUTE};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DECODING_MESSAGE_SIZE,
 };

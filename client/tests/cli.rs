@@ -1885,3 +1885,69 @@ async fn topics_help_documents_the_retention_flags() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_prints_the_reply_a_responder_sends_and_fails_when_nobody_answers()
+-> anyhow::Result<()> {
+    use futures::StreamExt as _;
+
+    let broker = Broker::start().await?;
+    create_topic(&broker, "questions").await?;
+    broker
+        .tidings(&["subs", "create", "answerers", "--topic", "questions"])
+        .await?
+        .ok()?;
+    // A responder with the library: it answers the request it gets.
+    let client = tidings_client::Client::connect(broker.url()).await?;
+    let responder = async {
+        let mut requests = client.subscriber("answerers").subscribe().await?;
+        let request = requests
+            .next()
+            .await
+            .ok_or_else(|| anyhow!("no request"))??;
+        let deadline = request
+            .reply_deadline()
+            .ok_or_else(|| anyhow!("no deadline"))?;
+        anyhow::ensure!(deadline > std::time::SystemTime::now(), "{deadline:?}");
+        anyhow::ensure!(request.payload() == "sku-42".as_bytes());
+        anyhow::ensure!(request.key() == "order-7");
+        client
+            .reply(
+                &request,
+                tidings_client::Message::new("7 in stock").with_key("sku-42"),
+            )
+            .await?;
+        request.ack();
+        requests.close().await?;
+        anyhow::Ok(())
+    };
+    let caller = broker.tidings(&[
+        "call",
+        "questions",
+        "sku-42",
+        "--key",
+        "order-7",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
+    let (called, answered) = tokio::join!(caller, responder);
+    answered?;
+    assert_eq!(
+        called?.ok()?.json()?,
+        serde_json::json!({
+            "topic": "questions",
+            "offset": 0,
+            "reply": {"payload": "7 in stock", "key": "sku-42", "attributes": {}},
+        })
+    );
+
+    // Nobody answers now: the call gives up after its timeout.
+    let unanswered = broker
+        .tidings(&["call", "questions", "anyone?", "--timeout", "200ms"])
+        .await?;
+    assert!(!unanswered.status.success());
+    let line = unanswered.failure_line()?;
+    assert!(line.contains("nobody answered"), "{line}");
+    broker.stop().await
+}

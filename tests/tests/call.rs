@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context as _;
+
 use tidings::v1::{CallRequest, CallResponse, PublishMessage, ReceivedMessage, ReplyRequest};
 use tidings_tests::{
     Client, Deliveries, TestBroker, create_subscription, create_topic, expect_code, get_topic,
@@ -233,5 +235,51 @@ async fn a_call_waiting_when_the_broker_stops_ends_with_unavailable() -> anyhow:
     responder.next().await?;
     within(broker.stop()).await??;
     expect_code(within(pending).await??, Code::Unavailable)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rust_client_calls_and_answers_and_will_not_answer_a_plain_message()
+-> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use tidings_client::{Error, Message};
+
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    questions(&client).await?;
+    tidings_tests::publish(&client, "questions", &["not a request"]).await?;
+    let caller = client.call("questions", "price of sku-9?", Duration::from_secs(60));
+    let responder = async {
+        let mut requests = client.subscriber("answerers").subscribe().await?;
+        let plain = requests.next().await.context("no message")??;
+        assert_eq!((plain.reply_to(), plain.reply_deadline()), (None, None));
+        let refused = client.reply(&plain, "?").await;
+        assert!(
+            matches!(refused, Err(Error::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        plain.ack();
+        let request = requests.next().await.context("no request")??;
+        assert!(
+            request
+                .reply_deadline()
+                .is_some_and(|d| d > SystemTime::now())
+        );
+        client
+            .reply(
+                &request,
+                Message::new("12.50").with_attribute("currency", "EUR"),
+            )
+            .await?;
+        request.ack();
+        requests.close().await?;
+        anyhow::Ok(())
+    };
+    let (answer, answered) = tokio::join!(within(caller), responder);
+    answered?;
+    let answer = answer??;
+    assert_eq!(answer.offset, 1);
+    assert_eq!(answer.reply.payload, "12.50".as_bytes());
+    assert_eq!(answer.reply.attributes["currency"], "EUR");
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{bench, peek, publish, subs, subscribe, topics};
+use crate::commands::{bench, call, peek, publish, subs, subscribe, topics};
 use crate::values;
 
 /// The broker's default address, the broker's own default `--listen`.
@@ -122,6 +122,20 @@ pub(crate) enum Command {
             tidings peek orders --from 1200 --count 10 --format jsonl"
     )]
     Peek(peek::PeekArgs),
+
+    /// Publish a request to a topic and print the reply a responder sends.
+    #[command(
+        long_about = "Publish a request to a topic and wait for the reply that a responder, \
+            consuming the topic, sends with PublisherService.Reply; print the reply's payload \
+            (with --json: {\"topic\": …, \"offset\": …, \"reply\": {…}}). The request is \
+            stored like any message and carries the attributes tidings.reply_to and \
+            tidings.reply_deadline. Exits 1 when nobody answered within --timeout; the \
+            request stays in the topic.",
+        after_long_help = "Examples:\n  \
+            tidings call inventory.questions 'sku-42' --timeout 5s\n  \
+            tidings call pricing 'quote' --key customer-7 --attr currency=EUR --json"
+    )]
+    Call(call::CallArgs),
 
     /// List, create, update, describe and delete topics.
     #[command(subcommand)]

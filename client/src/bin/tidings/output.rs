@@ -246,16 +246,22 @@ pub(crate) fn message_json(message: Shown<'_>) -> Value {
     if let Some(attempt) = message.delivery_attempt {
         fields.insert("delivery_attempt".into(), attempt.into());
     }
-    match std::str::from_utf8(message.payload) {
+    insert_payload(&mut fields, message.payload);
+    Value::Object(fields)
+}
+
+/// A payload into JSON `fields`: as the string `payload` when it is UTF-8,
+/// else base64 under `payload_base64`.
+pub(crate) fn insert_payload(fields: &mut serde_json::Map<String, Value>, payload: &[u8]) {
+    match std::str::from_utf8(payload) {
         Ok(text) => fields.insert("payload".into(), text.into()),
         Err(_) => fields.insert(
             "payload_base64".into(),
             base64::engine::general_purpose::STANDARD
-                .encode(message.payload)
+                .encode(payload)
                 .into(),
         ),
     };
-    Value::Object(fields)
 }
 
 /// Writes one message to standard output in `format`.

@@ -6,6 +6,7 @@
 //! arm here. Commands reach the broker only through `tidings_client`.
 
 pub(crate) mod bench;
+pub(crate) mod call;
 pub(crate) mod health;
 mod input;
 pub(crate) mod peek;
@@ -71,6 +72,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::Subscribe(args) => subscribe::run(&ctx, args).await,
         Command::Peek(args) => peek::run(&ctx, args).await,
+        Command::Call(args) => call::run(&ctx, args).await,
         Command::Topics(command) => topics::run(&ctx, command).await,
         Command::Subs(command) => subs::run(&ctx, command).await,
         Command::Health => health::run(&ctx).await,
