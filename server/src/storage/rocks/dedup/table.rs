@@ -14,8 +14,11 @@
 //! Keys are 128-bit hashes, uniform already, so a key's home slot is its
 //! low bits. The table keeps at most one key in two slots, so a probe for
 //! an absent key ends after a slot or two; it doubles when fuller and
-//! halves when less than an eighth full. Removal shifts the entries that follow back
-//! (no tombstones), so lookups never slow down as ids come and go.
+//! halves when less than an eighth full. Removal shifts the entries that
+//! follow back (no tombstones), so lookups never slow down as ids come and
+//! go. Growing or shrinking moves the ids a few at a time with each insert
+//! and removal, not all at once: at tens of millions of ids, moving them
+//! in one go held up every publish for seconds.
 
 use crate::offsets::Offset;
 
@@ -37,30 +40,83 @@ fn key(hash: u128) -> Key {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    key: Key,
-    offset: Offset,
+/// A key and its offset, as three words: an array of integers, so that a
+/// new table's slots come from zeroed pages the system hands over as they
+/// are first touched, instead of being written out all at once.
+type Slot = [u64; 3];
+
+const EMPTY: Slot = [0; 3];
+
+fn slot(key: Key, offset: Offset) -> Slot {
+    [key[0], key[1], offset]
 }
 
-const EMPTY: Slot = Slot {
-    key: FREE,
-    offset: 0,
-};
+fn key_of(slot: &Slot) -> Key {
+    [slot[0], slot[1]]
+}
+
+fn offset_of(slot: &Slot) -> Offset {
+    slot[2]
+}
 
 /// Id hash → offset; see the module docs.
 #[derive(Debug, Default)]
 pub(in crate::storage::rocks) struct IdTable {
+    /// Where new ids go.
+    live: Slots,
+    /// While the table grows or shrinks: the slots it had, whose ids move
+    /// to `live` a few at a time.
+    moving: Option<Moving>,
+}
+
+/// One array of slots: open addressing with linear probing.
+#[derive(Debug, Default)]
+struct Slots {
     /// A power of two in length, or empty.
     slots: Vec<Slot>,
     len: usize,
 }
 
-impl IdTable {
-    /// How many ids it holds.
-    #[cfg(test)]
-    pub(in crate::storage::rocks) fn len(&self) -> usize {
-        self.len
+/// The slots a table is moving away from. Ids move a whole run at a time
+/// (a run: the slots between two free ones), in slot order from a free
+/// slot: so every run not moved yet is whole, and a probe in it (or a
+/// removal, which shifts only within its run) works as before. Nothing is
+/// inserted here any more.
+#[derive(Debug)]
+struct Moving {
+    from: Slots,
+    /// The free slot where moving began, and ends.
+    start: usize,
+    /// The last slot moved or passed: free, and the end of a run.
+    cursor: usize,
+}
+
+impl Moving {
+    /// Whether `key` may still be here: its home is past the runs moved so
+    /// far (a key sits in the run that holds its home, and runs move
+    /// whole).
+    fn may_hold(&self, key: Key) -> bool {
+        let home = self.from.home(key);
+        let mask = self.from.mask();
+        // Slots moved or passed: from just after `start` to `cursor`.
+        let moved = self.cursor.wrapping_sub(self.start) & mask;
+        let past = home.wrapping_sub(self.start) & mask;
+        past == 0 || past > moved
+    }
+}
+
+/// Slots looked at to move ids on each insert or removal. A table moves
+/// when it is half full (or an eighth), so the move is done long before
+/// the new slots fill up; while it lasts, a lookup may probe both arrays,
+/// so it should not last long either.
+const MOVE_STEP: usize = 16;
+
+impl Slots {
+    fn with_len(slots: usize) -> Self {
+        Self {
+            slots: vec![EMPTY; slots],
+            len: 0,
+        }
     }
 
     fn mask(&self) -> usize {
@@ -71,27 +127,23 @@ impl IdTable {
         key[0] as usize & self.mask()
     }
 
-    /// Reads the home slot of every hash, so that the probes that follow
-    /// find them in cache: the loads are independent, so their misses
-    /// overlap instead of queueing one behind another.
-    pub(in crate::storage::rocks) fn touch(&self, hashes: impl IntoIterator<Item = u128>) {
-        if self.slots.is_empty() {
-            return;
+    /// Reads `key`'s home slot (both ends: a slot of 24 bytes may
+    /// straddle two cache lines).
+    fn touch(&self, key: Key) -> u64 {
+        match self.slots.is_empty() {
+            true => 0,
+            false => {
+                let slot = &self.slots[self.home(key)];
+                slot[0] ^ slot[2]
+            }
         }
-        let mut seen = 0;
-        for hash in hashes {
-            // Both ends: a slot of 24 bytes may straddle two cache lines.
-            let slot = &self.slots[self.home(key(hash))];
-            seen ^= slot.key[0] ^ slot.offset;
-        }
-        std::hint::black_box(seen);
     }
 
     /// The slot holding `key`, or the free slot that ends its probe.
     fn find(&self, key: Key) -> (usize, bool) {
         let mut at = self.home(key);
         loop {
-            match self.slots[at].key {
+            match key_of(&self.slots[at]) {
                 k if k == key => return (at, true),
                 FREE => return (at, false),
                 _ => at = (at + 1) & self.mask(),
@@ -99,57 +151,31 @@ impl IdTable {
         }
     }
 
-    /// The offset stored with `hash`.
-    #[cfg(test)]
-    pub(in crate::storage::rocks) fn get(&self, hash: u128) -> Option<Offset> {
+    fn get(&self, key: Key) -> Option<Offset> {
         if self.len == 0 {
             return None;
         }
-        match self.find(key(hash)) {
-            (at, true) => Some(self.slots[at].offset),
+        match self.find(key) {
+            (at, true) => Some(offset_of(&self.slots[at])),
             (_, false) => None,
         }
     }
 
-    /// Stores `offset` with `hash`, unless `hash` is there already: then
-    /// the offset stored with it, unchanged.
-    pub(in crate::storage::rocks) fn insert_new(
-        &mut self,
-        hash: u128,
-        offset: Offset,
-    ) -> Result<(), Offset> {
-        self.reserve_one();
-        match self.find(key(hash)) {
-            (at, true) => Err(self.slots[at].offset),
-            (at, false) => {
-                self.slots[at] = Slot {
-                    key: key(hash),
-                    offset,
-                };
-                self.len += 1;
-                Ok(())
-            }
-        }
-    }
-
-    /// Stores `offset` with `hash`, replacing what was there.
-    pub(in crate::storage::rocks) fn insert(&mut self, hash: u128, offset: Offset) {
-        self.reserve_one();
-        let (at, present) = self.find(key(hash));
-        self.slots[at] = Slot {
-            key: key(hash),
-            offset,
-        };
+    /// Stores `slot`, over the slot with its key if there is one; the
+    /// caller made room.
+    fn put(&mut self, slot: Slot) {
+        let (at, present) = self.find(key_of(&slot));
+        self.slots[at] = slot;
         self.len += usize::from(!present);
     }
 
-    /// Removes `hash` if `offset` is stored with it; whether it did.
-    pub(in crate::storage::rocks) fn remove(&mut self, hash: u128, offset: Offset) -> bool {
+    /// Removes `key` if `offset` is stored with it; whether it did.
+    fn remove(&mut self, key: Key, offset: Offset) -> bool {
         if self.len == 0 {
             return false;
         }
-        let (mut hole, present) = self.find(key(hash));
-        if !present || self.slots[hole].offset != offset {
+        let (mut hole, present) = self.find(key);
+        if !present || offset_of(&self.slots[hole]) != offset {
             return false;
         }
         // Shift back every later entry of the run whose home does not lie
@@ -159,10 +185,10 @@ impl IdTable {
         loop {
             at = (at + 1) & self.mask();
             let slot = self.slots[at];
-            if slot.key == FREE {
+            if key_of(&slot) == FREE {
                 break;
             }
-            let home = self.home(slot.key);
+            let home = self.home(key_of(&slot));
             let stays = if hole <= at {
                 hole < home && home <= at
             } else {
@@ -175,24 +201,158 @@ impl IdTable {
         }
         self.slots[hole] = EMPTY;
         self.len -= 1;
-        if self.slots.len() > MIN_SLOTS && self.len * 8 < self.slots.len() {
-            self.resize(self.slots.len() / 2);
-        }
         true
     }
+}
 
-    /// Room for one more key at half load at most.
-    fn reserve_one(&mut self) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.resize((self.slots.len() * 2).max(MIN_SLOTS));
-        }
+impl IdTable {
+    /// How many ids it holds.
+    #[cfg(test)]
+    pub(in crate::storage::rocks) fn len(&self) -> usize {
+        self.len_now()
     }
 
-    fn resize(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
-        for slot in old.into_iter().filter(|slot| slot.key != FREE) {
-            let (at, _) = self.find(slot.key);
-            self.slots[at] = slot;
+    /// Reads the home slot of every hash, so that the probes that follow
+    /// find them in cache: the loads are independent, so their misses
+    /// overlap instead of queueing one behind another.
+    pub(in crate::storage::rocks) fn touch(&self, hashes: impl IntoIterator<Item = u128>) {
+        let mut seen = 0;
+        for hash in hashes {
+            let key = key(hash);
+            seen ^= self.live.touch(key);
+            if let Some(moving) = self.moving.as_ref().filter(|m| m.may_hold(key)) {
+                seen ^= moving.from.touch(key);
+            }
+        }
+        std::hint::black_box(seen);
+    }
+
+    fn get_key(&self, key: Key) -> Option<Offset> {
+        self.live.get(key).or_else(|| {
+            self.moving
+                .as_ref()
+                .filter(|m| m.may_hold(key))
+                .and_then(|m| m.from.get(key))
+        })
+    }
+
+    /// The offset stored with `hash`.
+    #[cfg(test)]
+    pub(in crate::storage::rocks) fn get(&self, hash: u128) -> Option<Offset> {
+        self.get_key(key(hash))
+    }
+
+    /// Stores `offset` with `hash`, unless `hash` is there already: then
+    /// the offset stored with it, unchanged.
+    pub(in crate::storage::rocks) fn insert_new(
+        &mut self,
+        hash: u128,
+        offset: Offset,
+    ) -> Result<(), Offset> {
+        let key = key(hash);
+        if let Some(stored) = self.get_key(key) {
+            return Err(stored);
+        }
+        self.step();
+        self.live.put(slot(key, offset));
+        Ok(())
+    }
+
+    /// Stores `offset` with `hash`, replacing what was there.
+    pub(in crate::storage::rocks) fn insert(&mut self, hash: u128, offset: Offset) {
+        let key = key(hash);
+        if let Some(moving) = &mut self.moving
+            && let Some(stored) = moving.from.get(key)
+        {
+            moving.from.remove(key, stored);
+        }
+        self.step();
+        self.live.put(slot(key, offset));
+    }
+
+    /// Removes `hash` if `offset` is stored with it; whether it did.
+    pub(in crate::storage::rocks) fn remove(&mut self, hash: u128, offset: Offset) -> bool {
+        let key = key(hash);
+        let removed = self.live.remove(key, offset)
+            || self
+                .moving
+                .as_mut()
+                .is_some_and(|m| m.from.remove(key, offset));
+        if removed {
+            self.step();
+        }
+        removed
+    }
+
+    /// One step of the table's upkeep, before an insert or after a
+    /// removal: moves a few ids if it is moving, starts moving to twice
+    /// the slots when the live ones are half full (or to half when less
+    /// than an eighth of them is used).
+    fn step(&mut self) {
+        if self.moving.is_some() {
+            self.move_some(MOVE_STEP);
+        }
+        let slots = self.live.slots.len();
+        let len = self.len_now();
+        let grow = (self.live.len + 1) * 2 > slots;
+        let shrink = slots > MIN_SLOTS && len * 8 < slots;
+        if !grow && !shrink {
+            return;
+        }
+        // A move still under way ends first (it rarely is: see MOVE_STEP).
+        if self.moving.is_some() {
+            self.move_some(usize::MAX);
+        }
+        let target = if grow {
+            (slots * 2).max(MIN_SLOTS)
+        } else {
+            slots / 2
+        };
+        let from = std::mem::replace(&mut self.live, Slots::with_len(target));
+        if from.len == 0 {
+            return;
+        }
+        let start = from
+            .slots
+            .iter()
+            .position(|slot| key_of(slot) == FREE)
+            .expect("a table is at most half full");
+        self.moving = Some(Moving {
+            from,
+            start,
+            cursor: start,
+        });
+    }
+
+    fn len_now(&self) -> usize {
+        self.live.len + self.moving.as_ref().map_or(0, |m| m.from.len)
+    }
+
+    /// Moves the ids of at least `budget` slots' worth of whole runs to
+    /// the live slots; ends the move when every run has moved.
+    fn move_some(&mut self, mut budget: usize) {
+        let Some(moving) = &mut self.moving else {
+            return;
+        };
+        let mask = moving.from.mask();
+        loop {
+            let at = (moving.cursor + 1) & mask;
+            if at == moving.start {
+                self.moving = None;
+                return;
+            }
+            moving.cursor = at;
+            let slot = moving.from.slots[at];
+            if key_of(&slot) == FREE {
+                if budget == 0 {
+                    return;
+                }
+            } else {
+                moving.from.slots[at] = EMPTY;
+                moving.from.len -= 1;
+                self.live.put(slot);
+            }
+            budget = budget.saturating_sub(1);
         }
     }
 }
@@ -243,19 +403,17 @@ mod tests {
                 model.insert(hash, round);
             }
             assert_eq!(table.len(), model.len());
+            assert_eq!(table.get(hash), model.get(&hash).copied());
         }
-        assert!(table.slots.len() > MIN_SLOTS || model.len() * 2 <= MIN_SLOTS);
+        assert!(table.live.slots.len() > MIN_SLOTS || model.len() * 2 <= MIN_SLOTS);
         for (&hash, &offset) in &model {
             assert_eq!(table.get(hash), Some(offset), "{hash:x}");
         }
         for (hash, offset) in model.clone() {
             assert!(table.remove(hash, offset));
         }
-        assert_eq!(
-            (table.len(), table.slots.len()),
-            (0, MIN_SLOTS),
-            "shrunk back"
-        );
+        assert_eq!(table.len(), 0);
+        assert!(table.live.slots.len() <= 2 * MIN_SLOTS, "shrunk back");
         assert_eq!(table.get(colliding(3, 1)), None);
     }
 
@@ -279,5 +437,30 @@ mod tests {
         assert_eq!(table.get(0), Some(5));
         assert!(table.remove(0, 5));
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn growing_moves_the_ids_a_few_at_a_time_and_loses_none() {
+        let mut table = IdTable::default();
+        let ids = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        let half = (MIN_SLOTS / 2) as u64;
+        for n in 0..=half {
+            assert_eq!(table.insert_new(ids(n), n), Ok(()));
+        }
+        // The insert past half full began a move and moved only a few.
+        let moving = table.moving.as_ref().expect("growing");
+        assert!(moving.from.len > 400, "{} left to move", moving.from.len);
+        assert_eq!(table.live.slots.len(), 2 * MIN_SLOTS);
+        let mut n = half + 1;
+        while table.moving.is_some() {
+            assert_eq!(table.insert_new(ids(n), n), Ok(()));
+            n += 1;
+        }
+        assert!(n < 2 * half, "the move took {} inserts", n - half);
+        for m in 0..n {
+            assert_eq!(table.get(ids(m)), Some(m), "{m}");
+            assert_eq!(table.insert_new(ids(m), 0), Err(m));
+        }
+        assert_eq!(table.len(), n as usize);
     }
 }
