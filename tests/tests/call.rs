@@ -181,6 +181,17 @@ async fn bad_calls_and_replies_are_refused_with_the_field_named() -> anyhow::Res
         ),
         (
             CallRequest {
+                timeout: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..call_request("questions", "q", Duration::from_secs(1))
+            },
+            Code::InvalidArgument,
+            "timeout must be a positive duration",
+        ),
+        (
+            CallRequest {
                 message: None,
                 ..call_request("questions", "q", Duration::from_secs(1))
             },

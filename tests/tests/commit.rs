@@ -268,6 +268,21 @@ async fn a_commit_with_a_bad_part_is_refused_whole_with_the_part_named() -> anyh
     )?;
     assert!(status.message().contains("publishes[0]"), "{status:?}");
 
+    // An ack id names its subscription: one from another is refused.
+    create_subscription(&client, "billing", "orders", 60).await?;
+    let mut billing = Deliveries::open(&client, subscribe_request("billing", "orders")).await?;
+    let foreign = AckRequest {
+        subscription: "inventory".into(),
+        offsets: Vec::new(),
+        ack_ids: vec![billing.next().await?.ack_id],
+    };
+    let status = expect_code(
+        commit(&client, vec![good()], vec![foreign]).await,
+        Code::InvalidArgument,
+    )?;
+    assert!(status.message().contains("acks[0]"), "{status:?}");
+    assert!(status.message().contains("inventory"), "{status:?}");
+
     // Nothing of any refused commit was stored: no decision, and both
     // orders are still to be delivered.
     assert_eq!(get_topic(&client, "decisions").await?.next_offset, 0);

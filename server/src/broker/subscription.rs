@@ -224,7 +224,8 @@ impl Subscription {
     ) -> BrokerResult<Vec<Offset>> {
         if let Some(id) = ack_ids.iter().find(|id| id.subscription != self.id) {
             return Err(BrokerError::Invalid(format!(
-                "ack_id of offset {} was given by another subscription than \"{}\"",
+                "the ack_id of offset {} is not one of subscription \"{}\"; acknowledge a \
+                 delivery on the subscription that delivered it",
                 id.offset, self.name
             )));
         }

@@ -5,7 +5,6 @@ use std::time::Duration;
 use tidings::v1;
 
 use super::new_message;
-use super::retention::non_negative;
 use crate::broker::{BrokerError, BrokerResult};
 use crate::names::TopicName;
 use crate::storage::NewMessage;
@@ -26,7 +25,7 @@ impl TryFrom<v1::CallRequest> for CallCommand {
         Ok(Self {
             topic: TopicName::new(request.topic)?,
             message: required_message(request.message)?,
-            timeout: non_negative("timeout", "the default", request.timeout)?,
+            timeout: call_timeout(request.timeout)?,
         })
     }
 }
@@ -47,6 +46,21 @@ impl TryFrom<v1::ReplyRequest> for ReplyCommand {
             message: required_message(request.message)?,
         })
     }
+}
+
+/// A call's timeout from the wire: unset is the default; the broker
+/// checks the range.
+fn call_timeout(given: Option<prost_types::Duration>) -> BrokerResult<Option<Duration>> {
+    given
+        .map(|wire| {
+            Duration::try_from(wire).map_err(|_| {
+                BrokerError::Invalid(format!(
+                    "timeout must be a positive duration, not {}s {}ns",
+                    wire.seconds, wire.nanos
+                ))
+            })
+        })
+        .transpose()
 }
 
 fn required_message(message: Option<v1::PublishMessage>) -> BrokerResult<NewMessage> {
