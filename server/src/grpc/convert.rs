@@ -103,11 +103,15 @@ pub(crate) fn new_message(index: usize, message: v1::PublishMessage) -> BrokerRe
     let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
     // A map has no order; sorting makes what is stored deterministic.
     attributes.sort_unstable();
-    let deliver_after = non_negative(
-        &format!("messages[{index}].deliver_after"),
-        "no delay",
-        message.deliver_after,
-    )?;
+    // The field's name is formatted only for a message that has one.
+    let deliver_after = match message.deliver_after {
+        None => None,
+        given => non_negative(
+            &format!("messages[{index}].deliver_after"),
+            "no delay",
+            given,
+        )?,
+    };
     let deliver_at = message
         .deliver_at
         .map(|at| {
