@@ -242,3 +242,47 @@ async fn filtered_consume_delivers_only_matching_messages_and_scans_all() -> any
     assert_eq!(named_result_msgs(&inverse.stdout, "delivered")?, 300);
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_and_call_workloads_run_and_report() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let commit = broker
+        .tidings(&[
+            "bench",
+            "commit",
+            "--count",
+            "120",
+            "--size",
+            "16",
+            "--in-flight",
+            "8",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(named_result_msgs(&commit.stdout, "tidings-commit")?, 120);
+    assert!(has_latency_line(&commit.stdout), "{}", commit.stdout);
+    // Every commit published its output and acknowledged its input.
+    let output = broker
+        .tidings(&["topics", "describe", "bench.out", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(output["next_offset"], 120);
+
+    let call = broker
+        .tidings(&[
+            "bench",
+            "call",
+            "--topic",
+            "questions",
+            "--count",
+            "40",
+            "--in-flight",
+            "4",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(named_result_msgs(&call.stdout, "tidings-call")?, 40);
+    assert!(has_latency_line(&call.stdout), "{}", call.stdout);
+    broker.stop().await
+}

@@ -1,15 +1,18 @@
 //! `tidings bench`: load generators that measure a running broker.
 //!
-//! Four workloads, one module each: `publish` (throughput of durable
+//! Six workloads, one module each: `publish` (throughput of durable
 //! publishing), `consume` (draining a backlog with per-message acks),
-//! `e2e` (publish-to-receive latency at an open-loop rate) and `fanout`
-//! (many subscriptions of one topic). Each prints its figures last, in the
+//! `e2e` (publish-to-receive latency at an open-loop rate), `fanout`
+//! (many subscriptions of one topic), `commit` (publish one, acknowledge
+//! one, atomically) and `call` (request and reply round trips). Each prints its figures last, in the
 //! `RESULT` / `LATENCY` line format that the peer benchmarks print too, so
 //! runs compare line by line. A progress line goes to standard error while
 //! a workload runs. Nothing here asserts a duration: figures are reported,
 //! not judged.
 
 mod backlog;
+mod call;
+mod commit;
 mod consume;
 mod e2e;
 mod fanout;
@@ -35,6 +38,12 @@ pub(crate) enum BenchCommand {
     E2e(e2e::E2eArgs),
     /// Deliver N messages to each of K subscriptions of one topic.
     Fanout(fanout::FanoutArgs),
+    /// Commit N times (publish one message and acknowledge one input),
+    /// W commits in flight.
+    Commit(commit::CommitArgs),
+    /// Make N calls answered by a responder in this process, W waiting at
+    /// once, and measure the round trip.
+    Call(call::CallArgs),
 }
 
 /// Options every workload takes.
@@ -60,6 +69,8 @@ pub(crate) async fn run(ctx: &Context, command: BenchCommand) -> anyhow::Result<
         BenchCommand::Consume(args) => consume::run(ctx, args).await,
         BenchCommand::E2e(args) => e2e::run(ctx, args).await,
         BenchCommand::Fanout(args) => fanout::run(ctx, args).await,
+        BenchCommand::Commit(args) => commit::run(ctx, args).await,
+        BenchCommand::Call(args) => call::run(ctx, args).await,
     }
 }
 

@@ -1,0 +1,102 @@
+//! `tidings bench call`: request and reply round trips. A responder (a
+//! subscriber in this process, on the same machine) answers every request
+//! at once and acknowledges it; W callers make N calls in all, and each
+//! call's time from sending to its reply goes into the histogram.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tidings_client::{Message, StorageClass, SubscriptionConfig};
+
+use super::report::{self, Progress, ServerUsage};
+use super::{CommonArgs, Context, ensure_topic, payload, unique_name};
+
+/// How long one call may wait for its reply.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Arguments of `tidings bench call`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CallArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Calls to make.
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Payload size in bytes, of requests and replies.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Calls waiting at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    in_flight: u64,
+}
+
+/// Runs the workload.
+///
+/// # Errors
+/// When the broker cannot be reached, or a call or reply fails.
+pub(crate) async fn run(ctx: &Context, args: CallArgs) -> anyhow::Result<()> {
+    let client = ctx.connect().await?;
+    let topic = args.common.topic.clone();
+    ensure_topic(&client, &topic, StorageClass::Disk).await?;
+    let subscription = unique_name("bench-call");
+    client
+        .create_subscription(
+            SubscriptionConfig::new(&subscription, &topic)
+                .start(tidings_client::StartPosition::Latest),
+        )
+        .await?;
+    let mut requests = client.subscriber(&subscription).subscribe().await?;
+    let answer = payload(args.size);
+    let responder_client = client.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let request = request?;
+            responder_client
+                .reply(&request, Message::new(answer.clone()))
+                .await?;
+            request.ack();
+        }
+        anyhow::Ok(())
+    });
+
+    let usage = ServerUsage::read(args.common.server_pid);
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("call", Arc::clone(&done), args.count);
+    let request = payload(args.size);
+    let mut latencies = report::histogram();
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0;
+    let started = Instant::now();
+    loop {
+        while next < args.count && (pending.len() as u64) < args.in_flight {
+            next += 1;
+            let (client, topic, request) = (client.clone(), topic.clone(), request.clone());
+            pending.push(async move {
+                let sent = Instant::now();
+                client
+                    .call(&topic, Message::new(request), CALL_TIMEOUT)
+                    .await
+                    .map(|_| sent.elapsed())
+            });
+        }
+        let Some(answer) = pending.next().await else {
+            break;
+        };
+        report::record(&mut latencies, answer?);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    let elapsed = started.elapsed();
+    drop(progress);
+    let name = format!("tidings-call in_flight={}", args.in_flight);
+    report::result(&name, args.count, args.size, elapsed);
+    report::latency("tidings-call call->reply", &latencies);
+    if let Some((pid, before)) = usage {
+        before.report_since(pid, &name, args.count);
+    }
+    responder.abort();
+    client.delete_subscription(&subscription).await?;
+    Ok(())
+}
