@@ -1,6 +1,7 @@
 //! `tidings bench call`: request and reply round trips. A responder (a
 //! subscriber in this process, on the same machine) answers every request
-//! at once and acknowledges it; W callers make N calls in all, and each
+//! as it comes, many at once, and acknowledges it (a failed reply leaves
+//! the request to be delivered again, and its call to time out); W callers make N calls in all, and each
 //! call's time from sending to its reply goes into the histogram.
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use super::{CommonArgs, Context, ensure_topic, payload, unique_name};
 
 /// How long one call may wait for its reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests the responder answers at once.
+const RESPONDER_CONCURRENCY: usize = 64;
 
 /// Arguments of `tidings bench call`.
 #[derive(Debug, clap::Args)]
@@ -48,18 +51,26 @@ pub(crate) async fn run(ctx: &Context, args: CallArgs) -> anyhow::Result<()> {
                 .start(tidings_client::StartPosition::Latest),
         )
         .await?;
-    let mut requests = client.subscriber(&subscription).subscribe().await?;
+    let requests = client.subscriber(&subscription).subscribe().await?;
     let answer = payload(args.size);
     let responder_client = client.clone();
+    // Answers up to RESPONDER_CONCURRENCY requests at once, as a service
+    // would; one at a time, its own round trips would be what is measured.
     let responder = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let request = request?;
-            responder_client
-                .reply(&request, Message::new(answer.clone()))
-                .await?;
-            request.ack();
-        }
-        anyhow::Ok(())
+        let answer = &answer;
+        let responder_client = &responder_client;
+        requests
+            .for_each_concurrent(RESPONDER_CONCURRENCY, |request| async move {
+                let Ok(request) = request else { return };
+                if responder_client
+                    .reply(&request, Message::new(answer.clone()))
+                    .await
+                    .is_ok()
+                {
+                    request.ack();
+                }
+            })
+            .await;
     });
 
     let usage = ServerUsage::read(args.common.server_pid);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Commit and Call beside their baselines, interleaved on the same build:
+#
+# - commit: `bench commit` (publish one message and acknowledge one input
+#   per commit) against `bench publish --batch 1` (one message per call),
+#   both 256 in flight, with --sync-interval always and 100ms;
+# - call: `bench call` round trips to a responder in the same process,
+#   1 and 16 calls waiting at once.
+#
+#   server/benches/commit-call.sh [ROUNDS] [COUNT]
+#
+# Every run gets a fresh broker. Prints the bench's RESULT and LATENCY
+# lines prefixed with the round and the variant. With TIDINGS_BIN_DIR set,
+# uses the binaries there.
+set -euo pipefail
+ROUNDS=${1:-3}
+COUNT=${2:-50000}
+cd "$(dirname "$0")/../.."
+# shellcheck source=server/benches/common.sh
+. server/benches/common.sh
+bench_binaries
+
+# run VARIANT SYNC ARGS...: one bench on a fresh broker.
+run() {
+    local variant=$1 sync=$2
+    shift 2
+    quiet
+    dir=$(mktemp -d)
+    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
+        --log warn > "$dir/stdout" 2> "$dir/server.log" &
+    pid=$!
+    addr=$(broker_addr "$dir/stdout")
+    "$BIN/tidings" --server "$addr" bench "$@" --server-pid "$pid" 2>/dev/null \
+        | sed -n "s/^\(RESULT\|LATENCY\) /round=$round $variant /p"
+    kill -TERM "$pid"; wait "$pid" || true
+    rm -rf "$dir"
+}
+
+for round in $(seq "$ROUNDS"); do
+    for sync in always 100ms; do
+        run "$sync publish" "$sync" publish --count "$COUNT" --batch 1 --in-flight 256
+        run "$sync commit" "$sync" commit --count "$COUNT" --in-flight 256
+    done
+    run "call x1" always call --count $((COUNT / 5)) --in-flight 1
+    run "call x16" always call --count $((COUNT / 5)) --in-flight 16
+done
+echo "# rounds=$ROUNDS count=$COUNT load: $(cut -d' ' -f1-3 /proc/loadavg)"
