@@ -4,7 +4,8 @@
 //! The commands are taken from the fenced `sh` blocks between the
 //! `walkthrough:start` and `walkthrough:end` markers of `README.md` (and
 //! `failure-walkthrough:…` for the failure-handling one,
-//! `retention-walkthrough:…` for keeping data), with the README's
+//! `retention-walkthrough:…` for keeping data, `commit-walkthrough:…` for
+//! exactly once with Commit), with the README's
 //! `localhost:50051` replaced by the test broker's address, and run with
 //! bash and the test environment's grpcurl first on `PATH`. Every block
 //! must match one check below, so a step added to the README without a
@@ -23,6 +24,11 @@ const WALKTHROUGH: (&str, &str) = ("<!-- walkthrough:start -->", "<!-- walkthrou
 const FAILURE_WALKTHROUGH: (&str, &str) = (
     "<!-- failure-walkthrough:start -->",
     "<!-- failure-walkthrough:end -->",
+);
+/// The commit walk-through's markers.
+const COMMIT_WALKTHROUGH: (&str, &str) = (
+    "<!-- commit-walkthrough:start -->",
+    "<!-- commit-walkthrough:end -->",
 );
 /// The retention walk-through's markers.
 const RETENTION_WALKTHROUGH: (&str, &str) = (
@@ -276,11 +282,50 @@ const RETENTION_CHECKS: &[Check] = &[
     },
 ];
 
+const COMMIT_CHECKS: &[Check] = &[
+    Check {
+        command_has: "for topic in orders reservations",
+        output_has: &[
+            "\"name\":\"orders\"",
+            "\"name\":\"reservations\"",
+            "\"name\":\"stock\"",
+        ],
+    },
+    Check {
+        command_has: "PublisherService/Publish",
+        output_has: &["\"offsets\":[\"0\"]"],
+    },
+    Check {
+        command_has: "PublisherService/Commit <<EOF",
+        output_has: &["\"publishes\":[{\"offsets\":[\"0\"]"],
+    },
+    Check {
+        command_has: "if ! grpcurl",
+        output_has: &["Code:Aborted", "alreadyacknowledged", "refused:"],
+    },
+    Check {
+        command_has: "SubscriberService/ReadTopic",
+        output_has: &["\"key\":\"order-9\"", "\"nextOffset\":\"1\""],
+    },
+];
+
 #[test]
 fn the_walkthroughs_have_a_check_for_every_step() -> anyhow::Result<()> {
     check_every_step(WALKTHROUGH, CHECKS)?;
     check_every_step(FAILURE_WALKTHROUGH, FAILURE_CHECKS)?;
-    check_every_step(RETENTION_WALKTHROUGH, RETENTION_CHECKS)
+    check_every_step(RETENTION_WALKTHROUGH, RETENTION_CHECKS)?;
+    check_every_step(COMMIT_WALKTHROUGH, COMMIT_CHECKS)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_commit_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    run_walkthrough(&env, &broker, COMMIT_WALKTHROUGH, COMMIT_CHECKS).await?;
+    let client = broker.client();
+    assert_eq!(get_topic(&client, "reservations").await?.next_offset, 1);
+    assert_eq!(get_subscription(&client, "stock").await?.backlog, 0);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
