@@ -383,3 +383,34 @@ async fn the_rust_client_commits_a_delivery_with_its_output_and_learns_when_it_w
     subscriber.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn ids_deduplicate_in_a_commit_as_in_a_publish_without_aborting_it() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    orders_and_decisions(&client).await?;
+    let with_id = || PublishRequest {
+        topic: "decisions".into(),
+        messages: vec![PublishMessage {
+            id: "decision-order-0".into(),
+            ..message("reserved")
+        }],
+    };
+    let first = commit(&client, vec![with_id()], vec![acking("inventory", &[0])]).await?;
+    let first = &first.into_inner().publishes[0];
+    assert_eq!(
+        (first.offsets.as_slice(), first.duplicates.as_slice()),
+        (&[0][..], &[false][..])
+    );
+    // The same output again, with another input: stored as a duplicate,
+    // and the input is acknowledged all the same.
+    let again = commit(&client, vec![with_id()], vec![acking("inventory", &[1])]).await?;
+    let again = &again.into_inner().publishes[0];
+    assert_eq!(
+        (again.offsets.as_slice(), again.duplicates.as_slice()),
+        (&[0][..], &[true][..])
+    );
+    assert_eq!(get_topic(&client, "decisions").await?.next_offset, 1);
+    assert_eq!(get_subscription(&client, "inventory").await?.backlog, 0);
+    Ok(())
+}
