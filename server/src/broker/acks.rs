@@ -352,10 +352,15 @@ impl DeliveryWriter {
     pub(super) async fn run(self: Arc<Self>, store: SharedStore, stop: CancellationToken) {
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => break,
                 () = self.kick.notified() => {}
             }
             self.flush(&store).await;
+        }
+        // Commits handed in after the last flush are not written: say so.
+        let commits = std::mem::take(&mut self.lock().commits);
+        for job in commits {
+            let _ = job.reply.send(Err(BrokerError::ShuttingDown));
         }
     }
 }
