@@ -4,8 +4,9 @@
 Usage: client_check.py ADDR        (for example 127.0.0.1:50051)
 
 Generates the Python code of proto/tidings/v1 with grpc_tools.protoc into a
-temporary directory, then publishes, subscribes, acknowledges and nacks on a
-broker that must be running at ADDR, checking every answer. Exits 0 and
+temporary directory, then publishes, subscribes, acknowledges and nacks,
+commits and calls on a broker that must be running at ADDR, checking every
+answer. Exits 0 and
 prints "python client check: ok" when all checks pass; any failed check
 raises, which exits non-zero with the reason.
 
@@ -148,6 +149,56 @@ def check_failure_handling(pb, admin, publisher, subscriber):
     stream.close()
 
 
+def check_commit_and_call(pb, admin, publisher, subscriber):
+    """Commit publishes and acknowledges in one step, and refuses to
+    acknowledge twice; Call gets the Reply a responder sends."""
+    import grpc
+    from google.protobuf import duration_pb2
+
+    admin_pb2, publisher_pb2, subscriber_pb2 = (
+        pb["admin_pb2"], pb["publisher_pb2"], pb["subscriber_pb2"])
+    for name in ("py.work", "py.results"):
+        admin.CreateTopic(admin_pb2.CreateTopicRequest(name=name))
+    admin.CreateSubscription(admin_pb2.CreateSubscriptionRequest(
+        name="py-workers", topic="py.work"))
+    publisher.Publish(publisher_pb2.PublishRequest(
+        topic="py.work", messages=[publisher_pb2.PublishMessage(payload=b"job")]))
+    commit = publisher_pb2.CommitRequest(
+        publishes=[publisher_pb2.PublishRequest(
+            topic="py.results", messages=[publisher_pb2.PublishMessage(payload=b"done")])],
+        acks=[subscriber_pb2.AckRequest(subscription="py-workers", offsets=[0])])
+    committed = publisher.Commit(commit)
+    check(list(committed.publishes[0].offsets) == [0], "Commit published the result")
+    try:
+        publisher.Commit(commit)
+        raise AssertionError("a second Commit of the same input succeeded")
+    except grpc.RpcError as err:
+        check(err.code() == grpc.StatusCode.ABORTED, "a second Commit of the input is ABORTED")
+
+    # A responder on a thread answers the one request it gets.
+    admin.CreateSubscription(admin_pb2.CreateSubscriptionRequest(
+        name="py-answerers", topic="py.work"))
+    requests = Stream(subscriber.Subscribe(
+        subscriber_pb2.SubscribeRequest(subscription="py-answerers"), timeout=60))
+    requests.next()  # the job published above
+
+    def answer():
+        request = requests.next()
+        publisher.Reply(publisher_pb2.ReplyRequest(
+            reply_to=request.attributes["tidings.reply_to"],
+            message=publisher_pb2.PublishMessage(payload=b"42")))
+
+    responder = threading.Thread(target=answer, daemon=True)
+    responder.start()
+    answered = publisher.Call(publisher_pb2.CallRequest(
+        topic="py.work", message=publisher_pb2.PublishMessage(payload=b"how many?"),
+        timeout=duration_pb2.Duration(seconds=30)))
+    responder.join(timeout=WAIT_SECONDS)
+    check(answered.reply.payload == b"42" and answered.offset == 1,
+          "Call got the responder's Reply and the request's offset")
+    requests.close()
+
+
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -203,6 +254,7 @@ def main():
             stream.close()
 
             check_failure_handling(pb, admin, publisher, subscriber)
+            check_commit_and_call(pb, admin, publisher, subscriber)
 
             try:
                 admin.GetTopic(admin_pb2.GetTopicRequest(name="missing"))

@@ -3,6 +3,7 @@
 //!
 //! The script, `tests/python/client_check.py`, generates its code with
 //! `grpc_tools.protoc`, then publishes, subscribes, acknowledges and nacks,
+//! dead-letters and redrives, commits and calls,
 //! checking every answer; this test runs it and checks that it passed.
 
 use std::time::Duration;
@@ -34,6 +35,14 @@ async fn python_client_publishes_subscribes_acks_and_nacks() -> anyhow::Result<(
         output.status
     );
     assert!(stdout.contains("delivery_attempt 2"), "{stdout}");
+    assert!(
+        stdout.contains("a second Commit of the input is ABORTED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Call got the responder's Reply"),
+        "{stdout}"
+    );
     assert!(
         stdout.trim_end().ends_with("python client check: ok"),
         "{stdout}"
