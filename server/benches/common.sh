@@ -28,3 +28,19 @@ quiet() {
     done
     echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
 }
+
+# fresh_broker_bench SYNC ARGS...: runs `tidings bench ARGS...` against a
+# broker of its own (a fresh data directory, --sync-interval SYNC), telling
+# the bench the broker's process id; prints the bench's standard output.
+fresh_broker_bench() {
+    local sync=$1 dir pid addr
+    shift
+    dir=$(mktemp -d)
+    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
+        --log warn > "$dir/stdout" 2> "$dir/server.log" &
+    pid=$!
+    addr=$(broker_addr "$dir/stdout")
+    "$BIN/tidings" --server "$addr" bench "$@" --server-pid "$pid" 2>/dev/null
+    kill -TERM "$pid"; wait "$pid" || true
+    rm -rf "$dir"
+}

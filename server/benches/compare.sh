@@ -15,13 +15,8 @@ MODES=${3:-fsync page-cache}
 here=$(cd "$(dirname "$0")" && pwd)
 peer="$here/../../../shared/peer-bench/run-nats.sh"   # shared/ sits beside the checkout
 
-quiet() {
-    for _ in $(seq 120); do
-        awk '{exit !($1 < 1.0)}' /proc/loadavg && return 0
-        sleep 1
-    done
-    echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
-}
+# shellcheck source=server/benches/common.sh
+. "$here/common.sh"
 
 for round in $(seq "$ROUNDS"); do
     for mode in $MODES; do

@@ -24,16 +24,7 @@ sync=always; [ "$MODE" = page-cache ] && sync=100ms
 # One consume run on a fresh broker: run LABEL ARGS...
 run() {
     local label=$1; shift
-    local dir pid addr
-    dir=$(mktemp -d)
-    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
-        --log warn > "$dir/stdout" 2> "$dir/server.log" &
-    pid=$!
-    addr=$(broker_addr "$dir/stdout")
-    "$BIN/tidings" --server "$addr" bench consume --count "$N" --server-pid "$pid" "$@" 2>/dev/null \
-        | sed "s/^/$label /"
-    kill -TERM "$pid"; wait "$pid" || true
-    rm -rf "$dir"
+    fresh_broker_bench "$sync" consume --count "$N" "$@" | sed "s/^/$label /"
 }
 
 pair() {

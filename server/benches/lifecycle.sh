@@ -25,15 +25,7 @@ run() {
     local variant=$1 sync=$2
     shift 2
     quiet
-    dir=$(mktemp -d)
-    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
-        --log warn > "$dir/stdout" 2> "$dir/server.log" &
-    pid=$!
-    addr=$(broker_addr "$dir/stdout")
-    "$BIN/tidings" --server "$addr" bench "$@" --server-pid "$pid" 2>/dev/null \
-        | sed -n "s/^\(RESULT\|LATENCY\) /round=$round $variant /p"
-    kill -TERM "$pid"; wait "$pid" || true
-    rm -rf "$dir"
+    fresh_broker_bench "$sync" "$@" | sed -n "s/^\(RESULT\|LATENCY\) /round=$round $variant /p"
 }
 
 for round in $(seq "$ROUNDS"); do
