@@ -4,15 +4,12 @@
 //! the request to be delivered again, and its call to time out); W callers make N calls in all, and each
 //! call's time from sending to its reply goes into the histogram.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use tidings_client::{Message, StorageClass, SubscriptionConfig};
 
-use super::report::{self, Progress, ServerUsage};
+use super::report::CallLoop;
 use super::{CommonArgs, Context, ensure_topic, payload, unique_name};
 
 /// How long one call may wait for its reply.
@@ -73,41 +70,29 @@ pub(crate) async fn run(ctx: &Context, args: CallArgs) -> anyhow::Result<()> {
             .await;
     });
 
-    let usage = ServerUsage::read(args.common.server_pid);
-    let done = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start("call", Arc::clone(&done), args.count);
     let request = payload(args.size);
-    let mut latencies = report::histogram();
-    let mut pending = FuturesUnordered::new();
-    let mut next = 0;
-    let started = Instant::now();
-    loop {
-        while next < args.count && (pending.len() as u64) < args.in_flight {
-            next += 1;
+    let name = format!("tidings-call in_flight={}", args.in_flight);
+    let calls = CallLoop {
+        name: &name,
+        latency_name: "tidings-call call->reply",
+        progress: "call",
+        count: args.count,
+        size: args.size,
+        in_flight: args.in_flight,
+        server_pid: args.common.server_pid,
+    };
+    let outcome = calls
+        .run(|_| {
             let (client, topic, request) = (client.clone(), topic.clone(), request.clone());
-            pending.push(async move {
-                let sent = Instant::now();
+            async move {
                 client
                     .call(&topic, Message::new(request), CALL_TIMEOUT)
-                    .await
-                    .map(|_| sent.elapsed())
-            });
-        }
-        let Some(answer) = pending.next().await else {
-            break;
-        };
-        report::record(&mut latencies, answer?);
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    let elapsed = started.elapsed();
-    drop(progress);
-    let name = format!("tidings-call in_flight={}", args.in_flight);
-    report::result(&name, args.count, args.size, elapsed);
-    report::latency("tidings-call call->reply", &latencies);
-    if let Some((pid, before)) = usage {
-        before.report_since(pid, &name, args.count);
-    }
+                    .await?;
+                Ok(())
+            }
+        })
+        .await;
     responder.abort();
     client.delete_subscription(&subscription).await?;
-    Ok(())
+    outcome
 }

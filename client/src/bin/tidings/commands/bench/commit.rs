@@ -5,17 +5,11 @@
 //! leased). Compare it with `tidings bench publish --batch 1 --in-flight W`,
 //! a plain publish of one message per call at the same concurrency.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use tidings_client::v1::{AckRequest, CommitRequest, PublishMessage, PublishRequest};
 use tidings_client::{StorageClass, SubscriptionConfig};
 
 use super::backlog::Shape;
-use super::report::{self, Progress, ServerUsage};
+use super::report::CallLoop;
 use super::{CommonArgs, Context, ensure_topic, payload, unique_name};
 
 /// Arguments of `tidings bench commit`.
@@ -59,19 +53,22 @@ pub(crate) async fn run(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
     };
     shape.fill(&client, &input, args.size).await?;
 
-    let usage = ServerUsage::read(args.common.server_pid);
-    let done = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start("commit", Arc::clone(&done), args.count);
     let template = PublishMessage {
         payload: payload(args.size),
         ..PublishMessage::default()
     };
-    let mut latencies = report::histogram();
-    let mut pending = FuturesUnordered::new();
-    let mut next = 0;
-    let started = Instant::now();
-    loop {
-        while next < args.count && (pending.len() as u64) < args.in_flight {
+    let name = format!("tidings-commit in_flight={}", args.in_flight);
+    let calls = CallLoop {
+        name: &name,
+        latency_name: "tidings-commit commit->ack",
+        progress: "commit",
+        count: args.count,
+        size: args.size,
+        in_flight: args.in_flight,
+        server_pid: args.common.server_pid,
+    };
+    calls
+        .run(|n| {
             let request = CommitRequest {
                 publishes: vec![PublishRequest {
                     topic: output.clone(),
@@ -79,31 +76,14 @@ pub(crate) async fn run(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
                 }],
                 acks: vec![AckRequest {
                     subscription: subscription.clone(),
-                    offsets: vec![first + next],
+                    offsets: vec![first + n],
                     ack_ids: Vec::new(),
                 }],
             };
-            next += 1;
             let mut service = client.publisher_service();
-            pending.push(async move {
-                let sent = Instant::now();
-                service.commit(request).await.map(|_| sent.elapsed())
-            });
-        }
-        let Some(answer) = pending.next().await else {
-            break;
-        };
-        report::record(&mut latencies, answer?);
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    let elapsed = started.elapsed();
-    drop(progress);
-    let name = format!("tidings-commit in_flight={}", args.in_flight);
-    report::result(&name, args.count, args.size, elapsed);
-    report::latency("tidings-commit commit->ack", &latencies);
-    if let Some((pid, before)) = usage {
-        before.report_since(pid, &name, args.count);
-    }
+            async move { Ok(service.commit(request).await.map(drop)?) }
+        })
+        .await?;
     client.delete_subscription(&subscription).await?;
     Ok(())
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
@@ -42,6 +44,64 @@ pub(super) fn histogram() -> Histogram<u64> {
 pub(super) fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     histogram.saturating_record(micros.max(1));
+}
+
+/// What a workload of one call per message measures: its name in the
+/// `RESULT` line and the `LATENCY` line, how many calls, their payload size,
+/// and how many at once.
+pub(super) struct CallLoop<'a> {
+    pub(super) name: &'a str,
+    pub(super) latency_name: &'a str,
+    pub(super) progress: &'static str,
+    pub(super) count: u64,
+    pub(super) size: usize,
+    pub(super) in_flight: u64,
+    pub(super) server_pid: Option<u32>,
+}
+
+impl CallLoop<'_> {
+    /// Makes the calls `call(0)`, `call(1)`, … up to the count, at most
+    /// `in_flight` at once, each timed from its start to its answer; then
+    /// prints the `RESULT`, `LATENCY` and (with a pid) `SERVER` lines.
+    ///
+    /// # Errors
+    /// The first call that failed.
+    pub(super) async fn run<F, Fut>(&self, mut call: F) -> anyhow::Result<()>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let usage = ServerUsage::read(self.server_pid);
+        let done = Arc::new(AtomicU64::new(0));
+        let progress = Progress::start(self.progress, Arc::clone(&done), self.count);
+        let mut latencies = histogram();
+        let mut pending = FuturesUnordered::new();
+        let mut next = 0;
+        let started = Instant::now();
+        loop {
+            while next < self.count && (pending.len() as u64) < self.in_flight {
+                let answer = call(next);
+                next += 1;
+                pending.push(async move {
+                    let sent = Instant::now();
+                    answer.await.map(|()| sent.elapsed())
+                });
+            }
+            let Some(answer) = pending.next().await else {
+                break;
+            };
+            record(&mut latencies, answer?);
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        let elapsed = started.elapsed();
+        drop(progress);
+        result(self.name, self.count, self.size, elapsed);
+        latency(self.latency_name, &latencies);
+        if let Some((pid, before)) = usage {
+            before.report_since(pid, self.name, self.count);
+        }
+        Ok(())
+    }
 }
 
 /// A progress line on standard error, once a second, until dropped.
