@@ -144,6 +144,7 @@ async fn an_acknowledgement_without_a_publish_and_a_publish_without_one_are_comm
     // Not leased (no stream opened): allowed, it is unacknowledged.
     let response = commit(&client, Vec::new(), vec![acking("inventory", &[1])]).await?;
     assert!(response.into_inner().publishes.is_empty());
+    assert_eq!(get_subscription(&client, "inventory").await?.backlog, 1);
     let response = commit(&client, vec![publishing("audit", &["x"])], Vec::new()).await?;
     assert_eq!(response.into_inner().publishes[0].offsets, [0]);
     let mut stream = Deliveries::open(&client, subscribe_request("inventory", "orders")).await?;
