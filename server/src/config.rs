@@ -61,6 +61,12 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Address to serve the HTTP event bus on (JSON over HTTP/1.1: publish,
+    /// pull, ack, nack). Off unless given; port 0 picks a free port,
+    /// printed as `http listening on <addr>`.
+    #[arg(long, env = "TIDINGS_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Directory of the message log and subscription state; created when
     /// missing.
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "./tidings-data")]
@@ -148,6 +154,7 @@ impl Config {
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            http_listen: None,
             data_dir: data_dir.into(),
             sync_interval: SyncInterval::Always,
             auto_create_topics: false,

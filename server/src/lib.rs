@@ -2,7 +2,10 @@
 //!
 //! The layers, each in its own module, each naming only what it must:
 //!
-//! - [`grpc`]: the gRPC adapters, the only place that names tonic;
+//! - [`grpc`]: the gRPC adapters, the only place that names tonic but
+//!   [`http`];
+//! - [`http`]: the HTTP event bus, JSON over HTTP/1.1 onto the gRPC
+//!   adapters;
 //! - [`broker`]: the domain (topics, subscriptions, leases, redelivery);
 //! - [`storage`]: the [`Store`](storage::Store) seam, the only place that
 //!   names RocksDB;
@@ -14,6 +17,7 @@
 pub mod broker;
 pub mod config;
 pub mod grpc;
+pub mod http;
 pub mod names;
 pub mod offsets;
 pub mod storage;
@@ -22,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError, SharedEngine};
@@ -58,6 +63,18 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("gRPC server failed")]
     Grpc(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The HTTP bus's address could not be bound.
+    #[error("cannot listen on {addr} for the HTTP bus{hint}", hint = addr_in_use_hint(source, "--http-listen"))]
+    HttpListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP bus failed.
+    #[error("HTTP server failed")]
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Pending acknowledgements could not be stored at shutdown.
     #[error("cannot close storage cleanly")]
     Close(#[source] BrokerError),
@@ -84,8 +101,74 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let http = match config.http_listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    run_with(
+        Listeners {
+            grpc: listener,
+            http,
+        },
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// The sockets a broker serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// The HTTP bus, if any.
+    pub http: Option<TcpListener>,
+}
+
+/// [`run`] on sockets the caller bound: `config.http_listen` is not looked
+/// at.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let broker = open_broker(&config).await?;
-    let served = grpc::serve(listener, broker.clone(), &config, shutdown).await;
+    // One stop for both servers: the HTTP bus stops accepting when gRPC
+    // does, either failing stops the other, and requests on both drain
+    // before storage closes.
+    let stop = CancellationToken::new();
+    let forward = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        }
+    };
+    if let Some(listener) = &listeners.http {
+        // Before gRPC's line: whoever waits for that one can use both.
+        http::announce(listener);
+    }
+    let http = async {
+        let Some(listener) = listeners.http else {
+            return Ok(());
+        };
+        let served = http::serve(listener, broker.clone(), &config, stop.clone()).await;
+        stop.cancel();
+        served
+    };
+    let grpc = async {
+        let signal = stop.clone().cancelled_owned();
+        let served = grpc::serve(listeners.grpc, broker.clone(), &config, signal).await;
+        stop.cancel();
+        served
+    };
+    let ((), grpc_served, http_served) = tokio::join!(forward, grpc, http);
+    let served = grpc_served.and(http_served);
     let closed = broker.close().await.map_err(ServeError::Close);
     match (served, closed) {
         (Ok(()), Ok(())) => {
@@ -98,6 +181,15 @@ pub async fn run(
             warn!(error = %close_err, "storage did not close cleanly after the server failed");
             Err(err)
         }
+    }
+}
+
+/// A hint for an address that is taken.
+fn addr_in_use_hint(err: &std::io::Error, flag: &str) -> String {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        format!("; another process uses it: stop it or choose another {flag}")
+    } else {
+        String::new()
     }
 }
 

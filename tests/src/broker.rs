@@ -10,7 +10,8 @@
 //! while the broker is stopped, so nothing else can take the port between
 //! runs, and connections to it are refused exactly as by a stopped broker.
 //! Each run listens on the same port through a socket of its own; both
-//! sockets set `SO_REUSEPORT`, which is what lets them share the port.
+//! sockets set `SO_REUSEPORT`, which is what lets them share the port. The
+//! HTTP bus is served on a second port kept the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, anyhow};
 use tempfile::TempDir;
 use tidings_client::Client;
+use tidings_server::Listeners;
 use tidings_server::config::Config;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -41,6 +43,8 @@ pub struct TestBroker {
     /// The port every run listens on, held by a socket that is bound to it
     /// and never listens (see the module documentation).
     port: ReservedPort,
+    /// The port of the HTTP bus, held the same way.
+    http_port: ReservedPort,
     running: Option<Running>,
 }
 
@@ -120,6 +124,7 @@ impl TestBroker {
             data_dir,
             configure: Arc::new(configure),
             port: ReservedPort::new()?,
+            http_port: ReservedPort::new()?,
             running: None,
         };
         broker.launch().await?;
@@ -130,12 +135,15 @@ impl TestBroker {
         if self.running.is_some() {
             anyhow::bail!("the test broker is running; stop it first");
         }
-        let listener = self.port.listen()?;
+        let listeners = Listeners {
+            grpc: self.port.listen()?,
+            http: Some(self.http_port.listen()?),
+        };
         let mut config = Config::for_data_dir(self.data_dir.path().to_path_buf());
         (self.configure)(&mut config);
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone().cancelled_owned();
-        let task = tokio::spawn(tidings_server::run(listener, config, signal));
+        let task = tokio::spawn(tidings_server::run_with(listeners, config, signal));
         let client = Client::connect(self.url())
             .await
             .with_context(|| format!("connect to the test broker at {}", self.addr()))?;
@@ -169,6 +177,12 @@ impl TestBroker {
     /// for the fixture's whole life, as [`TestBroker::addr`].
     pub fn url(&self) -> String {
         format!("http://{}", self.addr())
+    }
+
+    /// The base URL of the broker's HTTP bus, for example
+    /// `http://127.0.0.1:40124`; the same for the fixture's whole life.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_port.addr)
     }
 
     /// A client connected to the broker; clones share one connection.

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -28,7 +30,7 @@ use super::book::{Now, Window};
 use super::calls::{Calls, DEFAULT_CALL_TIMEOUT};
 use super::checks::{
     check_batch, check_dead_letter, check_dedup_window, check_delivery_delay, check_duration,
-    check_retention, check_retry, not_found_as_topic, page,
+    check_pull, check_retention, check_retry, not_found_as_topic, page,
 };
 use super::delays;
 use super::retention;
@@ -217,6 +219,36 @@ impl Broker {
             Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(&name),
             Err(err) => Err(err),
         }
+    }
+
+    /// Starts the task that delivers to one stream (or one pull, when
+    /// `pull_until` is set) and returns its frames.
+    fn spawn_stream(
+        &self,
+        sub: Arc<Subscription>,
+        window: Window,
+        remaining: Option<u64>,
+        pull_until: Option<Instant>,
+    ) -> DeliveryStream {
+        let stream = sub.book().open_stream();
+        let (frames_tx, end_tx, deliveries) = DeliveryStream::channel(FRAME_BUFFER);
+        let span = info_span!("stream", subscription = %sub.name, stream);
+        let task = StreamTask {
+            store: Arc::clone(&self.inner.store),
+            config: self.inner.config.clone(),
+            shutdown: self.inner.shutdown.clone(),
+            subscription: sub,
+            writer: Arc::clone(&self.inner.writer),
+            stream,
+            window,
+            remaining,
+            frames_tx,
+            end_tx,
+            delayed_until: None,
+            pull_until,
+        };
+        self.inner.tasks.spawn(task.run().instrument(span));
+        deliveries
     }
 
     async fn subscription_for_stream(
@@ -595,27 +627,45 @@ impl Engine for Broker {
             });
         }
         let sub = self.subscription_for_stream(&spec).await?;
-        let stream = sub.book().open_stream();
-        let (frames_tx, end_tx, deliveries) = DeliveryStream::channel(FRAME_BUFFER);
-        let span = info_span!("stream", subscription = %sub.name, stream);
-        let task = StreamTask {
-            store: Arc::clone(&self.inner.store),
-            config: self.inner.config.clone(),
-            shutdown: self.inner.shutdown.clone(),
-            subscription: sub,
-            writer: Arc::clone(&self.inner.writer),
-            stream,
-            window: Window {
-                messages: max_outstanding,
-                bytes: spec.max_outstanding_bytes,
-            },
-            remaining: spec.max_messages,
-            frames_tx,
-            end_tx,
-            delayed_until: None,
+        let window = Window {
+            messages: max_outstanding,
+            bytes: spec.max_outstanding_bytes,
         };
-        self.inner.tasks.spawn(task.run().instrument(span));
-        Ok(deliveries)
+        Ok(self.spawn_stream(sub, window, spec.max_messages, None))
+    }
+
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`],
+    /// [`BrokerError::ShuttingDown`].
+    async fn pull(
+        &self,
+        subscription: &SubscriptionName,
+        max_messages: usize,
+        wait: Duration,
+    ) -> BrokerResult<Vec<Delivery>> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        check_pull(max_messages, wait)?;
+        let sub = self.subscription(subscription)?;
+        let window = Window {
+            messages: max_messages,
+            bytes: None,
+        };
+        let until = Instant::now() + wait;
+        let mut frames = self.spawn_stream(sub, window, Some(max_messages as u64), Some(until));
+        // The stream ends after its first turn that sent anything; that
+        // turn may have sent more than one frame.
+        let mut pulled = Vec::new();
+        while let Some(frame) = frames.next().await {
+            match frame {
+                Ok(frame) => pulled.extend(frame),
+                // What was leased already runs to its deadline.
+                Err(err) if pulled.is_empty() => return Err(err),
+                Err(_) => break,
+            }
+        }
+        Ok(pulled)
     }
 
     /// # Errors

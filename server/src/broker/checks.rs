@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use super::topic::Topic;
 use super::{
     BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, MAX_DEDUP_WINDOW,
-    MAX_DELIVERY_DELAY, MAX_MESSAGE_ID_BYTES, Page, Retention, RetryPolicy,
+    MAX_DELIVERY_DELAY, MAX_MESSAGE_ID_BYTES, MAX_PULL_MESSAGES, MAX_PULL_WAIT, Page, Retention,
+    RetryPolicy,
 };
 use crate::names::TopicName;
 use crate::storage::{NewMessage, StoreError};
@@ -81,6 +82,27 @@ pub(super) fn check_duration(
             given,
             min,
             max: MAX_ACK_DEADLINE,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a pull: 1 to [`MAX_PULL_MESSAGES`] messages, a wait of at most
+/// [`MAX_PULL_WAIT`].
+pub(super) fn check_pull(max_messages: usize, wait: Duration) -> BrokerResult<()> {
+    if max_messages == 0 || max_messages > MAX_PULL_MESSAGES {
+        return Err(BrokerError::CountOutOfRange {
+            what: "max_messages",
+            given: max_messages as u64,
+            max: MAX_PULL_MESSAGES as u64,
+        });
+    }
+    if wait > MAX_PULL_WAIT {
+        return Err(BrokerError::DurationOutOfRange {
+            what: "wait",
+            given: wait,
+            min: Duration::ZERO,
+            max: MAX_PULL_WAIT,
         });
     }
     Ok(())

@@ -31,8 +31,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BrokerResult, DeliveryStream, Page, Published, StartPosition, SubscribeSpec, SubscriptionInfo,
-    SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead, TopicSpec, TopicUpdate,
+    BrokerResult, Delivery, DeliveryStream, Page, Published, StartPosition, SubscribeSpec,
+    SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead, TopicSpec,
+    TopicUpdate,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -121,6 +122,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Opens a stream of deliveries.
     async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream>;
+
+    /// Leases up to `max_messages` messages without a stream, waiting up
+    /// to `wait` for the first; empty when none came. The leases run to the
+    /// subscription's ack deadline like a stream's.
+    async fn pull(
+        &self,
+        subscription: &SubscriptionName,
+        max_messages: usize,
+        wait: Duration,
+    ) -> BrokerResult<Vec<Delivery>>;
 
     /// Reads up to `max_messages` stored messages of a topic from `from`
     /// (at most about 4 MiB), outside any subscription: nothing is leased

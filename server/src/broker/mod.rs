@@ -67,6 +67,12 @@ pub const MAX_OUTSTANDING: usize = 100_000;
 pub const DEFAULT_READ_MESSAGES: usize = 100;
 /// The most messages one `ReadTopic` returns.
 pub const MAX_READ_MESSAGES: usize = 1000;
+/// Messages a pull returns when the request does not say.
+pub const DEFAULT_PULL_MESSAGES: usize = 100;
+/// The most messages one pull returns.
+pub const MAX_PULL_MESSAGES: usize = 1000;
+/// The longest a pull waits for its first message.
+pub const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
 
 /// Settings of the broker core.
 #[derive(Debug, Clone)]

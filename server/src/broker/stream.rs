@@ -10,6 +10,10 @@
 //! settles expired leases first, so it always makes progress. When it ends,
 //! whatever it held is due again, and the error that ended it reaches the
 //! client after every frame sent before it.
+//!
+//! A pull is the same task with `pull_until` set: it ends, finished (its
+//! leases running on to their deadlines), after its first turn that sent
+//! anything, or when the pull's wait is over.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -57,6 +61,9 @@ pub(super) struct StreamTask {
     /// The subscription's delivery delay held the next message back until
     /// then: the stream waits for it (or anything else that wakes it).
     pub(super) delayed_until: Option<Instant>,
+    /// Set for a pull: the stream ends, finished, after its first turn that
+    /// sent anything, or at this time when nothing came.
+    pub(super) pull_until: Option<Instant>,
 }
 
 /// Gives a scan back to the book unless it was admitted: a stream whose
@@ -121,7 +128,7 @@ impl StreamTask {
                 Ok(turn) => turn,
                 Err(end) => return end,
             };
-            if self.remaining == Some(0) {
+            if self.remaining == Some(0) || (sent && self.pull_until.is_some()) {
                 return End::Complete;
             }
             if sent || scanned {
@@ -141,6 +148,7 @@ impl StreamTask {
                 () = &mut woken => {}
                 () = sleep_until_option(wakeup) => {}
                 () = sleep_until_option(delayed_until) => {}
+                () = sleep_until_option(self.pull_until) => return End::Complete,
             }
         }
     }

@@ -13,9 +13,9 @@ use tidings::v1::start_position::Position;
 
 use crate::broker::{
     BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_MINIMUM_BACKOFF,
-    DEFAULT_READ_MESSAGES, DeadLetterPolicy, Delivery, MAX_BACKOFF, MAX_READ_MESSAGES, Page,
-    RetryPolicy, StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec,
-    SubscriptionUpdate, TopicInfo, TopicRead,
+    DEFAULT_PULL_MESSAGES, DEFAULT_READ_MESSAGES, DeadLetterPolicy, Delivery, MAX_BACKOFF,
+    MAX_READ_MESSAGES, Page, RetryPolicy, StartPosition, SubscribeSpec, SubscriptionInfo,
+    SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -239,6 +239,33 @@ impl TryFrom<v1::AckRequest> for AckCommand {
             subscription: SubscriptionName::new(request.subscription)?,
             offsets: request.offsets,
             ack_ids: request.ack_ids,
+        })
+    }
+}
+
+/// A `Pull` request, its defaults applied; the broker checks the ranges.
+#[derive(Debug)]
+pub(crate) struct PullCommand {
+    /// The subscription to pull from.
+    pub(crate) subscription: SubscriptionName,
+    /// The most messages to lease.
+    pub(crate) max_messages: usize,
+    /// How long to wait for the first.
+    pub(crate) wait: Duration,
+}
+
+impl TryFrom<v1::PullRequest> for PullCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::PullRequest) -> BrokerResult<Self> {
+        let max_messages = match request.max_messages {
+            0 => DEFAULT_PULL_MESSAGES,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        Ok(Self {
+            subscription: SubscriptionName::new(request.subscription)?,
+            max_messages,
+            wait: non_negative("wait", "no wait", request.wait)?.unwrap_or_default(),
         })
     }
 }

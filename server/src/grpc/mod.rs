@@ -1,4 +1,6 @@
-//! The gRPC front door: the only module that names tonic.
+//! The gRPC front door: the only module that names tonic, but the HTTP bus
+//! (`crate::http`), which calls these adapters with JSON turned into their
+//! requests.
 //!
 //! Each service is a thin adapter holding the engine
 //! ([`SharedEngine`]): it converts

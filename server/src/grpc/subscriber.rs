@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
 use super::convert::{
-    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, RejectCommand, SeekCommand,
-    read_topic_response, subscribe_frame,
+    AckCommand, DeadlineCommand, NackCommand, PullCommand, ReadTopicCommand, RejectCommand,
+    SeekCommand, read_topic_response, subscribe_frame,
 };
 use crate::broker::{DeliveryStream, SharedEngine, SubscribeSpec};
 use crate::names::SubscriptionName;
@@ -142,6 +142,23 @@ impl SubscriberService for Subscriber {
             .seek(&command.subscription, command.position)
             .await?;
         Ok(Response::new(v1::SeekResponse {}))
+    }
+
+    #[instrument(name = "Pull", skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn pull(
+        &self,
+        request: Request<v1::PullRequest>,
+    ) -> Result<Response<v1::PullResponse>, Status> {
+        let command = PullCommand::try_from(request.into_inner())?;
+        debug!(max = command.max_messages, wait = ?command.wait, "pull");
+        let pulled = self
+            .broker
+            .pull(&command.subscription, command.max_messages, command.wait)
+            .await?;
+        debug!(messages = pulled.len(), "pulled");
+        Ok(Response::new(v1::PullResponse {
+            messages: pulled.into_iter().map(v1::ReceivedMessage::from).collect(),
+        }))
     }
 
     #[instrument(name = "ReadTopic", skip_all, fields(topic = %request.get_ref().topic))]
