@@ -179,10 +179,16 @@ impl TestBroker {
         format!("http://{}", self.addr())
     }
 
+    /// The address of the broker's HTTP bus; the same for the fixture's
+    /// whole life, as [`TestBroker::addr`].
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_port.addr
+    }
+
     /// The base URL of the broker's HTTP bus, for example
-    /// `http://127.0.0.1:40124`; the same for the fixture's whole life.
+    /// `http://127.0.0.1:40124`.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_port.addr)
+        format!("http://{}", self.http_addr())
     }
 
     /// A client connected to the broker; clones share one connection.

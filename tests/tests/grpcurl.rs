@@ -5,7 +5,8 @@
 //! `walkthrough:start` and `walkthrough:end` markers of `README.md` (and
 //! `failure-walkthrough:…` for the failure-handling one,
 //! `retention-walkthrough:…` for keeping data, `commit-walkthrough:…` for
-//! exactly once with Commit), with the README's
+//! exactly once with Commit, `http-walkthrough:…` for the HTTP bus with
+//! curl), with the README's
 //! `localhost:50051` replaced by the test broker's address, and run with
 //! bash and the test environment's grpcurl first on `PATH`. Every block
 //! must match one check below, so a step added to the README without a
@@ -35,7 +36,13 @@ const RETENTION_WALKTHROUGH: (&str, &str) = (
     "<!-- retention-walkthrough:start -->",
     "<!-- retention-walkthrough:end -->",
 );
+const HTTP_WALKTHROUGH: (&str, &str) = (
+    "<!-- http-walkthrough:start -->",
+    "<!-- http-walkthrough:end -->",
+);
 const README_ADDR: &str = "localhost:50051";
+/// Where the README's HTTP bus listens.
+const README_HTTP_ADDR: &str = "localhost:8080";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What one walk-through step must print: the step is recognised by
@@ -235,8 +242,8 @@ fn check_every_step(markers: (&str, &str), checks: &[Check]) -> anyhow::Result<(
     ensure!(blocks.len() >= checks.len(), "only {} steps", blocks.len());
     for block in &blocks {
         ensure!(
-            block.contains(README_ADDR),
-            "a step does not use {README_ADDR}:\n{block}"
+            block.contains(README_ADDR) || block.contains(README_HTTP_ADDR),
+            "a step uses neither {README_ADDR} nor {README_HTTP_ADDR}:\n{block}"
         );
         let matching = checks
             .iter()
@@ -314,7 +321,47 @@ fn the_walkthroughs_have_a_check_for_every_step() -> anyhow::Result<()> {
     check_every_step(WALKTHROUGH, CHECKS)?;
     check_every_step(FAILURE_WALKTHROUGH, FAILURE_CHECKS)?;
     check_every_step(RETENTION_WALKTHROUGH, RETENTION_CHECKS)?;
-    check_every_step(COMMIT_WALKTHROUGH, COMMIT_CHECKS)
+    check_every_step(COMMIT_WALKTHROUGH, COMMIT_CHECKS)?;
+    check_every_step(HTTP_WALKTHROUGH, HTTP_CHECKS)
+}
+
+const HTTP_CHECKS: &[Check] = &[
+    Check {
+        command_has: "AdminService/CreateSubscription",
+        output_has: &["\"name\":\"payments\"", "\"name\":\"billing\""],
+    },
+    Check {
+        command_has: "payments:publish \\",
+        output_has: &["{\"offsets\":[\"0\"],\"duplicates\":[false]}"],
+    },
+    Check {
+        command_has: "billing:pull",
+        output_has: &[
+            "\"offset\":\"0\"",
+            "\"payload\":\"eyJ0b3RhbCI6IDQyfQ==\"",
+            "\"attributes\":{\"currency\":\"EUR\"}",
+            "\"deliveryAttempt\":1",
+            "\"ackId\":",
+        ],
+    },
+    Check {
+        command_has: "billing:ack",
+        output_has: &["{}"],
+    },
+    Check {
+        command_has: "not base64",
+        output_has: &["\"code\":\"INVALID_ARGUMENT\"", "invalidbase64"],
+    },
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_http_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    let broker = TestBroker::start().await?;
+    run_walkthrough(&env, &broker, HTTP_WALKTHROUGH, HTTP_CHECKS).await?;
+    let billing = get_subscription(&broker.client(), "billing").await?;
+    assert_eq!((billing.backlog, billing.in_flight), (0, 0), "{billing:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -357,12 +404,15 @@ async fn run_walkthrough(
     checks: &[Check],
 ) -> anyhow::Result<()> {
     let addr = broker.addr().to_string();
+    let http_addr = broker.http_addr().to_string();
     for block in walkthrough_blocks(README, markers)? {
         let check = checks
             .iter()
             .find(|c| block.contains(c.command_has))
             .with_context(|| format!("no check for the step:\n{block}"))?;
-        let script = block.replace(README_ADDR, &addr);
+        let script = block
+            .replace(README_ADDR, &addr)
+            .replace(README_HTTP_ADDR, &http_addr);
         let stdout = run_block(env, &script).await?;
         let squeezed: String = stdout.split_whitespace().collect();
         for expected in check.output_has {
