@@ -407,6 +407,7 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             dead_letter_policy: config.dead_letter_policy.map(Into::into),
             delivery_delay: (!config.delivery_delay.is_zero())
                 .then(|| wire_duration(config.delivery_delay)),
+            push_config: None,
         }
     }
 }

@@ -161,14 +161,19 @@ pub async fn run_with(
         stop.cancel();
         served
     };
+    let push = async {
+        let pushed = http::push(broker.clone(), stop.clone(), config.shutdown_timeout).await;
+        stop.cancel();
+        pushed
+    };
     let grpc = async {
         let signal = stop.clone().cancelled_owned();
         let served = grpc::serve(listeners.grpc, broker.clone(), &config, signal).await;
         stop.cancel();
         served
     };
-    let ((), grpc_served, http_served) = tokio::join!(forward, grpc, http);
-    let served = grpc_served.and(http_served);
+    let ((), grpc_served, http_served, pushed) = tokio::join!(forward, grpc, http, push);
+    let served = grpc_served.and(http_served).and(pushed);
     let closed = broker.close().await.map_err(ServeError::Close);
     match (served, closed) {
         (Ok(()), Ok(())) => {

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +31,7 @@ use super::book::{Now, Window};
 use super::calls::{Calls, DEFAULT_CALL_TIMEOUT};
 use super::checks::{
     check_batch, check_dead_letter, check_dedup_window, check_delivery_delay, check_duration,
-    check_pull, check_retention, check_retry, not_found_as_topic, page,
+    check_pull, check_push, check_retention, check_retry, not_found_as_topic, page,
 };
 use super::delays;
 use super::retention;
@@ -73,6 +74,8 @@ struct Inner {
     /// state.
     stop_writer: CancellationToken,
     tasks: TaskTracker,
+    /// The push subscriptions, for whoever delivers them.
+    push: watch::Sender<PushTargets>,
 }
 
 #[derive(Default)]
@@ -153,6 +156,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             stop_writer: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            push: watch::Sender::new(PushTargets::default()),
         });
         let writer = Arc::clone(&inner.writer);
         inner
@@ -170,7 +174,9 @@ impl Broker {
             inner.config.delay_look_ahead,
             inner.shutdown.clone(),
         ));
-        Ok(Self { inner })
+        let broker = Self { inner };
+        broker.refresh_push();
+        Ok(broker)
     }
 
     fn names(&self) -> MutexGuard<'_, Names> {
@@ -204,7 +210,9 @@ impl Broker {
         let task = change(self.clone());
         let handle = self.inner.tasks.spawn(async move {
             let _admin = this.inner.admin.lock().await;
-            task.await
+            let outcome = task.await;
+            this.refresh_push();
+            outcome
         });
         match handle.await {
             Ok(outcome) => outcome,
@@ -212,6 +220,23 @@ impl Broker {
             // The runtime is going away.
             Err(_) => Err(BrokerError::ShuttingDown),
         }
+    }
+
+    /// Publishes the push subscriptions as they are now, when they changed.
+    fn refresh_push(&self) {
+        let targets: BTreeMap<SubscriptionName, PushTarget> = self
+            .names()
+            .subscriptions
+            .values()
+            .filter_map(|sub| Some((sub.name.clone(), sub.push_target()?)))
+            .collect();
+        self.inner.push.send_if_modified(|current| {
+            let changed = *current.0 != targets;
+            if changed {
+                *current = PushTargets(Arc::new(targets));
+            }
+            changed
+        });
     }
 
     async fn get_or_create_topic(&self, name: TopicName) -> BrokerResult<Arc<Topic>> {
@@ -274,6 +299,7 @@ impl Broker {
                         ordered: false,
                         dead_letter: None,
                         delivery_delay: Duration::ZERO,
+                        push: None,
                     })
                     .await;
                 match created {
@@ -406,6 +432,9 @@ impl Engine for Broker {
         check_retry(spec.retry.as_ref())?;
         check_dead_letter(spec.dead_letter.as_ref(), &spec.topic)?;
         check_delivery_delay(spec.delivery_delay)?;
+        if let Some(push) = &spec.push {
+            check_push(push)?;
+        }
         let settings = SubscriptionSettings {
             ack_deadline,
             filter: spec.filter.clone(),
@@ -413,6 +442,7 @@ impl Engine for Broker {
             ordered: spec.ordered,
             dead_letter: spec.dead_letter.clone(),
             delivery_delay: spec.delivery_delay,
+            push: spec.push.clone(),
         };
         self.admin(|this| async move { this.do_create_subscription(spec, settings).await })
             .await
@@ -432,6 +462,7 @@ impl Engine for Broker {
             && update.retry.is_none()
             && update.dead_letter.is_none()
             && update.delivery_delay.is_none()
+            && update.push.is_none()
         {
             return Err(BrokerError::NothingToUpdate(
                 "the update names no field to change",
@@ -445,6 +476,9 @@ impl Engine for Broker {
         }
         if let Some(delay) = update.delivery_delay {
             check_delivery_delay(delay)?;
+        }
+        if let Some(Some(push)) = &update.push {
+            check_push(push)?;
         }
         let filter = match &update.filter {
             Some(text) => Some(
@@ -627,6 +661,9 @@ impl Engine for Broker {
             });
         }
         let sub = self.subscription_for_stream(&spec).await?;
+        if sub.is_push() {
+            return Err(BrokerError::PushSubscription(sub.name.clone()));
+        }
         let window = Window {
             messages: max_outstanding,
             bytes: spec.max_outstanding_bytes,
@@ -637,17 +674,21 @@ impl Engine for Broker {
     /// # Errors
     /// [`BrokerError::SubscriptionNotFound`],
     /// [`BrokerError::ShuttingDown`].
-    async fn pull(
-        &self,
-        subscription: &SubscriptionName,
-        max_messages: usize,
-        wait: Duration,
-    ) -> BrokerResult<Vec<Delivery>> {
+    async fn pull(&self, spec: PullSpec) -> BrokerResult<Vec<Delivery>> {
+        let PullSpec {
+            subscription,
+            max_messages,
+            wait,
+            pusher,
+        } = spec;
         if self.inner.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         check_pull(max_messages, wait)?;
-        let sub = self.subscription(subscription)?;
+        let sub = self.subscription(&subscription)?;
+        if sub.is_push() && !pusher {
+            return Err(BrokerError::PushSubscription(subscription));
+        }
         let window = Window {
             messages: max_messages,
             bytes: None,
@@ -666,6 +707,10 @@ impl Engine for Broker {
             }
         }
         Ok(pulled)
+    }
+
+    fn watch_push(&self) -> watch::Receiver<PushTargets> {
+        self.inner.push.subscribe()
     }
 
     /// # Errors

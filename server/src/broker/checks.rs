@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use super::topic::Topic;
 use super::{
     BrokerError, BrokerResult, DeadLetterPolicy, MAX_ACK_DEADLINE, MAX_BACKOFF, MAX_DEDUP_WINDOW,
-    MAX_DELIVERY_DELAY, MAX_MESSAGE_ID_BYTES, MAX_PULL_MESSAGES, MAX_PULL_WAIT, Page, Retention,
-    RetryPolicy,
+    MAX_DELIVERY_DELAY, MAX_MESSAGE_ID_BYTES, MAX_PULL_MESSAGES, MAX_PULL_WAIT,
+    MAX_PUSH_OUTSTANDING, Page, PushConfig, Retention, RetryPolicy,
 };
 use crate::names::TopicName;
 use crate::storage::{NewMessage, StoreError};
@@ -103,6 +103,71 @@ pub(super) fn check_pull(max_messages: usize, wait: Duration) -> BrokerResult<()
             given: wait,
             min: Duration::ZERO,
             max: MAX_PULL_WAIT,
+        });
+    }
+    Ok(())
+}
+
+/// The longest push endpoint URL, in bytes.
+const MAX_ENDPOINT_BYTES: usize = 2048;
+/// The most headers a push configuration sets.
+const MAX_PUSH_HEADERS: usize = 64;
+/// Headers the broker sets itself on a push.
+const OWN_HEADERS: [&str; 3] = ["content-type", "content-length", "host"];
+
+/// Checks a push configuration: an absolute http(s) URL, valid headers
+/// the broker does not set itself, and 1 to [`MAX_PUSH_OUTSTANDING`]
+/// POSTs in flight.
+pub(super) fn check_push(push: &PushConfig) -> BrokerResult<()> {
+    let invalid = |text: String| Err(BrokerError::Invalid(text));
+    let endpoint = &push.endpoint;
+    if endpoint.len() > MAX_ENDPOINT_BYTES {
+        return invalid(format!(
+            "push_config.endpoint is {} bytes; at most {MAX_ENDPOINT_BYTES}",
+            endpoint.len()
+        ));
+    }
+    let uri: http::Uri = match endpoint.parse() {
+        Ok(uri) => uri,
+        Err(err) => {
+            return invalid(format!(
+                "push_config.endpoint \"{endpoint}\" is not a URL: {err}"
+            ));
+        }
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return invalid(format!(
+            "push_config.endpoint \"{endpoint}\" must be an absolute http:// or https:// URL"
+        ));
+    }
+    if push.headers.len() > MAX_PUSH_HEADERS {
+        return invalid(format!(
+            "push_config.headers has {} headers; at most {MAX_PUSH_HEADERS}",
+            push.headers.len()
+        ));
+    }
+    for (name, value) in &push.headers {
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            return invalid(format!(
+                "push_config.headers: \"{name}\" is not a valid HTTP header name"
+            ));
+        };
+        if OWN_HEADERS.contains(&header.as_str()) {
+            return invalid(format!(
+                "push_config.headers: {name} is set by the broker and cannot be configured"
+            ));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            return invalid(format!(
+                "push_config.headers: the value of {name} is not a valid HTTP header value"
+            ));
+        }
+    }
+    if push.max_outstanding == 0 || push.max_outstanding > MAX_PUSH_OUTSTANDING {
+        return Err(BrokerError::CountOutOfRange {
+            what: "push_config.max_outstanding",
+            given: u64::from(push.max_outstanding),
+            max: u64::from(MAX_PUSH_OUTSTANDING),
         });
     }
     Ok(())

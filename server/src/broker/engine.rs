@@ -28,12 +28,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use super::{
-    BrokerResult, Delivery, DeliveryStream, Page, Published, StartPosition, SubscribeSpec,
-    SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead, TopicSpec,
-    TopicUpdate,
+    BrokerResult, Delivery, DeliveryStream, Page, Published, PushConfig, StartPosition,
+    SubscribeSpec, SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
+    TopicSpec, TopicUpdate,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -126,12 +129,15 @@ pub trait Engine: Send + Sync + 'static {
     /// Leases up to `max_messages` messages without a stream, waiting up
     /// to `wait` for the first; empty when none came. The leases run to the
     /// subscription's ack deadline like a stream's.
-    async fn pull(
-        &self,
-        subscription: &SubscriptionName,
-        max_messages: usize,
-        wait: Duration,
-    ) -> BrokerResult<Vec<Delivery>>;
+    ///
+    /// # Errors
+    /// [`BrokerError::PushSubscription`](super::BrokerError::PushSubscription)
+    /// on a push subscription, unless the pull is its pusher's.
+    async fn pull(&self, spec: PullSpec) -> BrokerResult<Vec<Delivery>>;
+
+    /// The push subscriptions as they are now, and as they change: what a
+    /// pusher delivers (see [`PushTargets`]).
+    fn watch_push(&self) -> watch::Receiver<PushTargets>;
 
     /// Reads up to `max_messages` stored messages of a topic from `from`
     /// (at most about 4 MiB), outside any subscription: nothing is leased
@@ -214,6 +220,40 @@ pub trait Engine: Send + Sync + 'static {
 
 /// An engine shared by the front doors.
 pub type SharedEngine = Arc<dyn Engine>;
+
+/// A pull (see [`Engine::pull`]).
+#[derive(Debug, Clone)]
+pub struct PullSpec {
+    /// The subscription.
+    pub subscription: SubscriptionName,
+    /// The most messages to lease, 1 to
+    /// [`MAX_PULL_MESSAGES`](super::MAX_PULL_MESSAGES).
+    pub max_messages: usize,
+    /// How long to wait for the first, at most
+    /// [`MAX_PULL_WAIT`](super::MAX_PULL_WAIT).
+    pub wait: Duration,
+    /// The pull of the subscription's pusher, the one consumer a push
+    /// subscription has.
+    pub pusher: bool,
+}
+
+/// The push subscriptions of an engine, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushTargets(pub Arc<BTreeMap<SubscriptionName, PushTarget>>);
+
+/// What a pusher needs to know of one push subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    /// Where and how to push.
+    pub config: PushConfig,
+    /// How long a POST may take: the ack deadline.
+    pub ack_deadline: Duration,
+    /// Whether the subscription has a retry policy; without one a pusher
+    /// waits 1 s doubling to 60 s between the POSTs of a message.
+    pub has_retry_policy: bool,
+    /// Tells a subscription from an earlier one of the same name.
+    pub incarnation: u64,
+}
 
 /// What a commit stores: publishes and acknowledgements (see
 /// [`Engine::commit`]).

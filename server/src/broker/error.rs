@@ -40,6 +40,11 @@ pub enum BrokerError {
         /// The topic the caller named.
         requested: TopicName,
     },
+    /// Subscribe or Pull on a push subscription.
+    #[error(
+        "subscription \"{0}\" is a push subscription: the broker POSTs its messages to its endpoint; remove its push_config (AdminService.UpdateSubscription) to subscribe or pull"
+    )]
+    PushSubscription(SubscriptionName),
     /// The topic was deleted while a stream was reading it.
     #[error("topic \"{0}\" was deleted")]
     TopicDeleted(TopicName),

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 pub use crate::storage::{
-    DEFAULT_DEDUP_WINDOW, DEFAULT_MEMORY_BYTES, DeadLetterPolicy, Retention, RetryPolicy,
-    StorageClass,
+    DEFAULT_DEDUP_WINDOW, DEFAULT_MEMORY_BYTES, DeadLetterPolicy, PushConfig, Retention,
+    RetryPolicy, StorageClass,
 };
 use crate::storage::{StoredMessage, SubscriptionId, TopicId};
 
@@ -47,7 +47,9 @@ mod topic;
 pub use calls::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use catalog::Broker;
 pub use checks::{RESERVED_ATTRIBUTE_PREFIX, check_batch};
-pub use engine::{CallReply, CommitAcks, CommitSpec, Engine, SharedEngine};
+pub use engine::{
+    CallReply, CommitAcks, CommitSpec, Engine, PullSpec, PushTarget, PushTargets, SharedEngine,
+};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};
 
@@ -67,6 +69,10 @@ pub const MAX_OUTSTANDING: usize = 100_000;
 pub const DEFAULT_READ_MESSAGES: usize = 100;
 /// The most messages one `ReadTopic` returns.
 pub const MAX_READ_MESSAGES: usize = 1000;
+/// POSTs a push subscription has in flight when its config does not say.
+pub const DEFAULT_PUSH_OUTSTANDING: u32 = 100;
+/// The most POSTs a push subscription may have in flight.
+pub const MAX_PUSH_OUTSTANDING: u32 = 1000;
 /// Messages a pull returns when the request does not say.
 pub const DEFAULT_PULL_MESSAGES: usize = 100;
 /// The most messages one pull returns.
@@ -234,6 +240,8 @@ pub struct SubscriptionInfo {
     pub rejected: u64,
     /// No message is delivered before its publish time plus this.
     pub delivery_delay: Duration,
+    /// Where the broker pushes the messages; `None` for consumers to fetch.
+    pub push: Option<PushConfig>,
     /// Messages waiting for their delivery time.
     pub delayed: u64,
     /// Published but not yet acknowledged.
@@ -284,6 +292,8 @@ pub struct SubscriptionSpec {
     pub dead_letter: Option<DeadLetterPolicy>,
     /// No message is delivered before its publish time plus this.
     pub delivery_delay: Duration,
+    /// Push the messages to an HTTP endpoint instead.
+    pub push: Option<PushConfig>,
 }
 
 /// A change to a subscription: each field that is `Some` changes.
@@ -304,6 +314,9 @@ pub struct SubscriptionUpdate {
     /// A new delivery delay (zero: none); it applies to every message not
     /// yet delivered.
     pub delivery_delay: Option<Duration>,
+    /// A new push configuration (`Some(None)` makes it a pull
+    /// subscription).
+    pub push: Option<Option<PushConfig>>,
 }
 
 /// A request to open a `Subscribe` stream.

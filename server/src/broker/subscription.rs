@@ -15,7 +15,7 @@ use tracing::error;
 
 use super::book::{LeaseBook, Move, Now, Target};
 use super::topic::Topic;
-use super::{AckId, BrokerError, BrokerResult, Filter, SubscriptionInfo};
+use super::{AckId, BrokerError, BrokerResult, Filter, PushTarget, SubscriptionInfo};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::{
@@ -119,6 +119,23 @@ impl Subscription {
     /// How long deliveries granted now are leased.
     pub(super) fn ack_deadline(&self) -> Duration {
         self.settings().stored.ack_deadline
+    }
+
+    /// Whether the broker pushes this subscription's messages.
+    pub(super) fn is_push(&self) -> bool {
+        self.settings().stored.push.is_some()
+    }
+
+    /// What its pusher needs, for a push subscription.
+    pub(super) fn push_target(&self) -> Option<PushTarget> {
+        let settings = self.settings();
+        let stored = &settings.stored;
+        Some(PushTarget {
+            config: stored.push.clone()?,
+            ack_deadline: stored.ack_deadline,
+            has_retry_policy: stored.retry.is_some(),
+            incarnation: self.id.0,
+        })
     }
 
     /// The filter messages must pass to be delivered, if any.
@@ -366,6 +383,7 @@ impl Subscription {
             ordered,
             dead_letter,
             delivery_delay,
+            push,
         } = stored;
         SubscriptionInfo {
             name: self.name.clone(),
@@ -378,6 +396,7 @@ impl Subscription {
             dead_lettered: book.dead_lettered(),
             rejected: book.rejected(),
             delivery_delay,
+            push,
             delayed: self.topic.delayed() + self.held_back(head),
             backlog: book.ack_state().unacked_below(head),
             in_flight: book.in_flight() as u64,

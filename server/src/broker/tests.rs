@@ -105,6 +105,7 @@ async fn unacked_message_is_redelivered_after_deadline() {
             ordered: false,
             dead_letter: None,
             delivery_delay: Duration::ZERO,
+            push: None,
         })
         .await
         .unwrap();
@@ -334,6 +335,7 @@ fn with_deadline(name: &str, topic_name: &str, deadline: Duration) -> Subscripti
         ordered: false,
         dead_letter: None,
         delivery_delay: Duration::ZERO,
+        push: None,
     }
 }
 

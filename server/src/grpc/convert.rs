@@ -13,9 +13,10 @@ use tidings::v1::start_position::Position;
 
 use crate::broker::{
     BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_MINIMUM_BACKOFF,
-    DEFAULT_PULL_MESSAGES, DEFAULT_READ_MESSAGES, DeadLetterPolicy, Delivery, MAX_BACKOFF,
-    MAX_READ_MESSAGES, Page, RetryPolicy, StartPosition, SubscribeSpec, SubscriptionInfo,
-    SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
+    DEFAULT_PULL_MESSAGES, DEFAULT_PUSH_OUTSTANDING, DEFAULT_READ_MESSAGES, DeadLetterPolicy,
+    Delivery, MAX_BACKOFF, MAX_READ_MESSAGES, Page, PullSpec, PushConfig, RetryPolicy,
+    StartPosition, SubscribeSpec, SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate,
+    TopicInfo, TopicRead,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
@@ -244,17 +245,7 @@ impl TryFrom<v1::AckRequest> for AckCommand {
 }
 
 /// A `Pull` request, its defaults applied; the broker checks the ranges.
-#[derive(Debug)]
-pub(crate) struct PullCommand {
-    /// The subscription to pull from.
-    pub(crate) subscription: SubscriptionName,
-    /// The most messages to lease.
-    pub(crate) max_messages: usize,
-    /// How long to wait for the first.
-    pub(crate) wait: Duration,
-}
-
-impl TryFrom<v1::PullRequest> for PullCommand {
+impl TryFrom<v1::PullRequest> for PullSpec {
     type Error = BrokerError;
 
     fn try_from(request: v1::PullRequest) -> BrokerResult<Self> {
@@ -266,6 +257,7 @@ impl TryFrom<v1::PullRequest> for PullCommand {
             subscription: SubscriptionName::new(request.subscription)?,
             max_messages,
             wait: non_negative("wait", "no wait", request.wait)?.unwrap_or_default(),
+            pusher: false,
         })
     }
 }
@@ -406,6 +398,7 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
             ordered: request.enable_message_ordering,
             dead_letter: dead_letter_policy(request.dead_letter_policy)?,
             delivery_delay: delivery_delay(request.delivery_delay)?,
+            push: request.push_config.map(push_config),
         })
     }
 }
@@ -414,7 +407,8 @@ impl TryFrom<v1::CreateSubscriptionRequest> for SubscriptionSpec {
 const SUBSCRIPTION_FIELDS: UpdateFields = UpdateFields {
     resource: "subscription",
     message: "Subscription",
-    changeable: "ack_deadline_seconds, filter, retry_policy, dead_letter_policy, delivery_delay",
+    changeable: "ack_deadline_seconds, filter, retry_policy, dead_letter_policy, delivery_delay, \
+                 push_config",
     fixed: &["name", "topic", "enable_message_ordering"],
     fixed_hint: "; create a new subscription instead",
     reported: &[
@@ -446,6 +440,7 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
             retry: None,
             dead_letter: None,
             delivery_delay: None,
+            push: None,
         };
         for path in paths {
             match path.as_str() {
@@ -466,10 +461,26 @@ impl TryFrom<v1::UpdateSubscriptionRequest> for SubscriptionUpdate {
                 "delivery_delay" => {
                     update.delivery_delay = Some(delivery_delay(subscription.delivery_delay)?);
                 }
+                "push_config" => {
+                    update.push = Some(subscription.push_config.clone().map(push_config));
+                }
                 other => return Err(SUBSCRIPTION_FIELDS.refuse(other)),
             }
         }
         Ok(update)
+    }
+}
+
+/// A push configuration from the wire: 0 POSTs in flight is the default;
+/// the broker checks the rest.
+fn push_config(push: v1::PushConfig) -> PushConfig {
+    PushConfig {
+        endpoint: push.endpoint,
+        headers: push.headers.into_iter().collect(),
+        max_outstanding: match push.max_outstanding {
+            0 => DEFAULT_PUSH_OUTSTANDING,
+            n => n,
+        },
     }
 }
 
@@ -646,6 +657,11 @@ impl From<SubscriptionInfo> for v1::Subscription {
                 .then(|| prost_types::Duration::try_from(info.delivery_delay).ok())
                 .flatten(),
             delayed: info.delayed,
+            push_config: info.push.map(|push| v1::PushConfig {
+                endpoint: push.endpoint,
+                headers: push.headers.into_iter().collect(),
+                max_outstanding: push.max_outstanding,
+            }),
         }
     }
 }

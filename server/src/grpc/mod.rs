@@ -40,6 +40,7 @@ mod subscriber;
 
 pub use admin::Admin;
 pub use publisher::Publisher;
+pub(crate) use status::error_chain;
 pub use subscriber::{SubscribeStream, Subscriber};
 
 /// The services whose health is reported (besides `""`, the server as a

@@ -43,7 +43,9 @@ fn code_of(err: &BrokerError) -> Code {
         | BrokerError::TopicDeleted(_)
         | BrokerError::SubscriptionDeleted(_) => Code::NotFound,
         BrokerError::TopicExists(_) | BrokerError::SubscriptionExists(_) => Code::AlreadyExists,
-        BrokerError::TopicMismatch { .. } => Code::FailedPrecondition,
+        BrokerError::TopicMismatch { .. } | BrokerError::PushSubscription(_) => {
+            Code::FailedPrecondition
+        }
         BrokerError::AlreadySettled { .. } => Code::Aborted,
         BrokerError::CallTimedOut { .. } => Code::DeadlineExceeded,
         BrokerError::CallNotFound(_) => Code::NotFound,
@@ -54,7 +56,7 @@ fn code_of(err: &BrokerError) -> Code {
 }
 
 /// An error and its sources, joined with `": "`.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

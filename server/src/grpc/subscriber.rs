@@ -13,10 +13,10 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
 use super::convert::{
-    AckCommand, DeadlineCommand, NackCommand, PullCommand, ReadTopicCommand, RejectCommand,
-    SeekCommand, read_topic_response, subscribe_frame,
+    AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, RejectCommand, SeekCommand,
+    read_topic_response, subscribe_frame,
 };
-use crate::broker::{DeliveryStream, SharedEngine, SubscribeSpec};
+use crate::broker::{DeliveryStream, PullSpec, SharedEngine, SubscribeSpec};
 use crate::names::SubscriptionName;
 
 /// The response stream of `Subscribe`.
@@ -149,12 +149,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::PullRequest>,
     ) -> Result<Response<v1::PullResponse>, Status> {
-        let command = PullCommand::try_from(request.into_inner())?;
-        debug!(max = command.max_messages, wait = ?command.wait, "pull");
-        let pulled = self
-            .broker
-            .pull(&command.subscription, command.max_messages, command.wait)
-            .await?;
+        let spec = PullSpec::try_from(request.into_inner())?;
+        debug!(max = spec.max_messages, wait = ?spec.wait, "pull");
+        let pulled = self.broker.pull(spec).await?;
         debug!(messages = pulled.len(), "pulled");
         Ok(Response::new(v1::PullResponse {
             messages: pulled.into_iter().map(v1::ReceivedMessage::from).collect(),

@@ -42,6 +42,9 @@ use json::JsonCodec;
 
 mod error;
 mod json;
+mod push;
+
+pub use push::run as push;
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -7,6 +7,7 @@
 //! bad bytes give [`StoreError::Corrupt`]. This module does no I/O and names
 //! no storage engine.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,7 @@ use super::{
     DEFAULT_DEDUP_WINDOW, DeliveryRecord, NewMessage, StorageClass, TopicRecord, TopicSettings,
 };
 use super::{
-    DeadLetterPolicy, DeadLetters, RetryPolicy, StoreError, StoreResult, StoredMessage,
+    DeadLetterPolicy, DeadLetters, PushConfig, RetryPolicy, StoreError, StoreResult, StoredMessage,
     SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId,
 };
 use crate::names::{SubscriptionName, TopicName};
@@ -609,6 +610,9 @@ const ORDERED_TAG: u8 = 3;
 const DEAD_LETTER_TAG: u8 = 4;
 /// Tag of a subscription's delivery delay.
 const DELIVERY_DELAY_TAG: u8 = 5;
+/// Tag of a subscription's push configuration: endpoint, the most POSTs in
+/// flight, the number of headers, then each header's name and value.
+const PUSH_TAG: u8 = 6;
 
 /// Encodes a subscription record: its fixed fields, then each optional
 /// setting that is not at its default as a tag byte and its value, so a
@@ -624,7 +628,17 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
         + settings
             .dead_letter
             .as_ref()
-            .map_or(0, |d| 1 + 4 + d.topic.as_str().len() + 4);
+            .map_or(0, |d| 1 + 4 + d.topic.as_str().len() + 4)
+        + settings.push.as_ref().map_or(0, |p| {
+            1 + 4
+                + p.endpoint.len()
+                + 4
+                + 4
+                + p.headers
+                    .iter()
+                    .map(|(n, v)| 8 + n.len() + v.len())
+                    .sum::<usize>()
+        });
     let mut w = Writer::new(8 + 8 + 8 + 4 + 8 + 4 + record.name.as_str().len() + optional);
     w.u64(record.id.0);
     w.u64(record.topic.0);
@@ -655,6 +669,16 @@ pub(crate) fn encode_subscription(record: &SubscriptionRecord) -> Vec<u8> {
         w.0.push(DELIVERY_DELAY_TAG);
         w.u64(settings.delivery_delay.as_secs());
         w.u32(settings.delivery_delay.subsec_nanos());
+    }
+    if let Some(push) = &settings.push {
+        w.0.push(PUSH_TAG);
+        w.str(&push.endpoint);
+        w.u32(push.max_outstanding);
+        w.u32(u32::try_from(push.headers.len()).unwrap_or(u32::MAX));
+        for (name, value) in &push.headers {
+            w.str(name);
+            w.str(value);
+        }
     }
     w.0
 }
@@ -687,6 +711,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
     let mut ordered = false;
     let mut dead_letter = None;
     let mut delivery_delay = Duration::ZERO;
+    let mut push = None;
     while r.remaining() > 0 {
         match r.take(1)?[0] {
             FILTER_TAG => filter = r.string()?,
@@ -706,6 +731,21 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
                 });
             }
             DELIVERY_DELAY_TAG => delivery_delay = read_duration(&mut r, WHAT)?,
+            PUSH_TAG => {
+                let endpoint = r.string()?;
+                let max_outstanding = r.u32()?;
+                let count = r.u32()?;
+                let mut headers = BTreeMap::new();
+                for _ in 0..count {
+                    let name = r.string()?;
+                    headers.insert(name, r.string()?);
+                }
+                push = Some(PushConfig {
+                    endpoint,
+                    headers,
+                    max_outstanding,
+                });
+            }
             tag => return Err(unknown_tag(WHAT, tag)),
         }
     }
@@ -720,6 +760,7 @@ pub(crate) fn decode_subscription(value: &[u8]) -> StoreResult<SubscriptionRecor
             ordered,
             dead_letter,
             delivery_delay,
+            push,
         },
         created,
     })

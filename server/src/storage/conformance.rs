@@ -109,6 +109,7 @@ fn settings(ack_deadline: Duration) -> SubscriptionSettings {
         ordered: false,
         dead_letter: None,
         delivery_delay: Duration::ZERO,
+        push: None,
     }
 }
 
@@ -611,6 +612,11 @@ async fn subscription_settings_change_and_survive_a_reopen(
                 max_delivery_attempts: 3,
             }),
             delivery_delay: Duration::from_secs(90),
+            push: Some(super::PushConfig {
+                endpoint: "https://hooks.example/tidings".to_owned(),
+                headers: [("authorization".to_owned(), "Bearer t".to_owned())].into(),
+                max_outstanding: 7,
+            }),
         },
         ..sub.clone()
     };

@@ -25,6 +25,7 @@
 //! not implement `Store`: it sits beside the broker behind
 //! [`Engine`](crate::broker::Engine), one level up.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -181,6 +182,19 @@ pub struct SubscriptionSettings {
     pub dead_letter: Option<DeadLetterPolicy>,
     /// No message is delivered before its publish time plus this.
     pub delivery_delay: Duration,
+    /// Where the broker pushes the messages; `None`: consumers fetch them.
+    pub push: Option<PushConfig>,
+}
+
+/// Where and how the broker POSTs a push subscription's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// The http(s) URL.
+    pub endpoint: String,
+    /// Headers sent with every POST.
+    pub headers: BTreeMap<String, String>,
+    /// The most POSTs in flight at once.
+    pub max_outstanding: u32,
 }
 
 /// Where a subscription moves messages that fail too often, or that a

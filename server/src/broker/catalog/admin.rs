@@ -186,6 +186,9 @@ impl Broker {
         if let Some(delay) = update.delivery_delay {
             record.settings.delivery_delay = delay;
         }
+        if let Some(push) = update.push {
+            record.settings.push = push;
+        }
         match self.inner.store.update_subscription(record.clone()).await {
             Ok(()) => {}
             // Deleted meanwhile, with its topic.

@@ -322,6 +322,7 @@ fn infos_become_resources() {
         dead_lettered: 3,
         rejected: 1,
         delivery_delay: Duration::from_secs(60),
+        push: None,
         delayed: 5,
     });
     assert_eq!(subscription.name, "s");

@@ -54,6 +54,7 @@ fn subscription_record() -> SubscriptionRecord {
             ordered: false,
             dead_letter: None,
             delivery_delay: Duration::ZERO,
+            push: None,
         },
         created: time(1_700_000_000_000_001),
     }
