@@ -126,7 +126,7 @@ pub use subscriber::{
 };
 pub use types::{
     DeadLetterPolicy, Message, Published, Retention, RetryPolicy, StartPosition, StorageClass,
-    Subscription, SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
+    PushConfig, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
 };
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod topic;
 
 pub use topic::{Retention, StorageClass, Topic, TopicConfig, TopicUpdate};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -55,6 +55,79 @@ pub struct Subscription {
     /// those published with a delay whose time has not come, and with a
     /// delivery delay those published less than that long ago.
     pub delayed: u64,
+    /// Set for a push subscription: the broker POSTs its messages to an
+    /// HTTP endpoint, and nobody subscribes to it.
+    pub push_config: Option<PushConfig>,
+}
+
+/// Where and how the broker pushes a subscription's messages: one `POST`
+/// per message to `endpoint`, with a JSON body `{"subscription": NAME,
+/// "message": ReceivedMessage}` and `headers`; a 2xx answer acknowledges
+/// the message, anything else (or no answer within the ack deadline) is a
+/// failed delivery, retried with the retry policy (1 s doubling to 60 s
+/// when there is none) and dead-lettered by the dead-letter policy.
+///
+/// ```
+/// use tidings_client::PushConfig;
+///
+/// let push = PushConfig::new("https://hooks.example/orders")
+///     .header("authorization", "Bearer s3cret")
+///     .max_outstanding(20);
+/// assert_eq!(push.headers.len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// An absolute `http://` or `https://` URL.
+    pub endpoint: String,
+    /// Headers sent with every POST (not `content-type`).
+    pub headers: BTreeMap<String, String>,
+    /// The most POSTs in flight at once, 1 to 1000; `None` for the
+    /// broker's default of 100.
+    pub max_outstanding: Option<u32>,
+}
+
+impl PushConfig {
+    /// Pushes to `endpoint`, with no extra headers and the default
+    /// concurrency.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            headers: BTreeMap::new(),
+            max_outstanding: None,
+        }
+    }
+
+    /// Adds a header to every POST.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets how many POSTs may be in flight at once.
+    pub fn max_outstanding(mut self, max: u32) -> Self {
+        self.max_outstanding = Some(max);
+        self
+    }
+}
+
+impl From<PushConfig> for v1::PushConfig {
+    fn from(push: PushConfig) -> Self {
+        Self {
+            endpoint: push.endpoint,
+            headers: push.headers.into_iter().collect(),
+            max_outstanding: push.max_outstanding.unwrap_or(0),
+        }
+    }
+}
+
+impl From<v1::PushConfig> for PushConfig {
+    fn from(push: v1::PushConfig) -> Self {
+        Self {
+            endpoint: push.endpoint,
+            headers: push.headers.into_iter().collect(),
+            max_outstanding: (push.max_outstanding != 0).then_some(push.max_outstanding),
+        }
+    }
 }
 
 /// Where a subscription moves a message that failed
@@ -164,6 +237,7 @@ impl From<v1::Subscription> for Subscription {
                 .and_then(|d| Duration::try_from(d).ok())
                 .unwrap_or_default(),
             delayed: sub.delayed,
+            push_config: sub.push_config.map(PushConfig::from),
         }
     }
 }
@@ -234,6 +308,9 @@ pub struct SubscriptionConfig {
     /// No message is delivered before its publish time plus this (at most
     /// 30 days); zero for no delay.
     pub delivery_delay: Duration,
+    /// Push the messages to an HTTP endpoint; `None` for consumers to
+    /// subscribe.
+    pub push_config: Option<PushConfig>,
 }
 
 impl SubscriptionConfig {
@@ -250,6 +327,7 @@ impl SubscriptionConfig {
             enable_message_ordering: false,
             dead_letter_policy: None,
             delivery_delay: Duration::ZERO,
+            push_config: None,
         }
     }
 
@@ -301,6 +379,13 @@ impl SubscriptionConfig {
         self.delivery_delay = delay;
         self
     }
+
+    /// Makes it a push subscription: the broker POSTs each message to the
+    /// endpoint.
+    pub fn push_config(mut self, push: PushConfig) -> Self {
+        self.push_config = Some(push);
+        self
+    }
 }
 
 /// What [`Client::update_subscription`](crate::Client::update_subscription)
@@ -324,6 +409,9 @@ pub struct SubscriptionUpdate {
     pub dead_letter_policy: Option<Option<DeadLetterPolicy>>,
     /// A new delivery delay; zero removes it.
     pub delivery_delay: Option<Duration>,
+    /// A new push configuration; `Some(None)` removes it, making it a
+    /// subscription consumers subscribe to.
+    pub push_config: Option<Option<PushConfig>>,
 }
 
 impl SubscriptionUpdate {
@@ -360,6 +448,13 @@ impl SubscriptionUpdate {
         self
     }
 
+    /// Changes the push configuration (`None` removes it); the broker's
+    /// pusher follows at once.
+    pub fn push_config(mut self, push: Option<PushConfig>) -> Self {
+        self.push_config = Some(push);
+        self
+    }
+
     /// The request that makes this change to subscription `name`.
     pub(crate) fn into_request(self, name: &str) -> v1::UpdateSubscriptionRequest {
         let mut paths = Vec::new();
@@ -387,6 +482,10 @@ impl SubscriptionUpdate {
             subscription.delivery_delay = Some(wire_duration(delay));
             paths.push("delivery_delay".to_owned());
         }
+        if let Some(push) = self.push_config {
+            subscription.push_config = push.map(Into::into);
+            paths.push("push_config".to_owned());
+        }
         v1::UpdateSubscriptionRequest {
             subscription: Some(subscription),
             update_mask: Some(prost_types::FieldMask { paths }),
@@ -407,7 +506,7 @@ impl From<SubscriptionConfig> for v1::CreateSubscriptionRequest {
             dead_letter_policy: config.dead_letter_policy.map(Into::into),
             delivery_delay: (!config.delivery_delay.is_zero())
                 .then(|| wire_duration(config.delivery_delay)),
-            push_config: None,
+            push_config: config.push_config.map(Into::into),
         }
     }
 }
@@ -638,7 +737,16 @@ mod tests {
                 nanos: 0,
             }),
             delayed: 7,
+            push_config: Some(v1::PushConfig {
+                endpoint: "http://h/x".into(),
+                headers: [("a".to_owned(), "b".to_owned())].into(),
+                max_outstanding: 0,
+            }),
         });
+        assert_eq!(
+            sub.push_config,
+            Some(PushConfig::new("http://h/x").header("a", "b"))
+        );
         assert_eq!(sub.ack_deadline, Duration::from_secs(10));
         assert_eq!(
             (sub.delivery_delay, sub.delayed),

@@ -214,6 +214,13 @@ impl SubscriberService for StandIn {
         Err(Status::unimplemented("the stand-in does not seek"))
     }
 
+    async fn pull(
+        &self,
+        _: Request<tidings_client::v1::PullRequest>,
+    ) -> Result<Response<tidings_client::v1::PullResponse>, Status> {
+        Err(Status::unimplemented("the stand-in does not pull"))
+    }
+
     async fn reject(
         &self,
         request: Request<RejectRequest>,

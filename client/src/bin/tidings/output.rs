@@ -167,6 +167,11 @@ pub(crate) fn subscription_json(sub: &Subscription) -> Value {
             "minimum_backoff_seconds": policy.minimum_backoff.as_secs_f64(),
             "maximum_backoff_seconds": policy.maximum_backoff.as_secs_f64(),
         })),
+        "push_config": sub.push_config.as_ref().map(|push| json!({
+            "endpoint": push.endpoint,
+            "headers": push.headers,
+            "max_outstanding": push.max_outstanding,
+        })),
     })
 }
 
@@ -470,6 +475,23 @@ pub(crate) fn subscription_text(sub: &Subscription) -> String {
                 )
             }),
         ),
+        (
+            "push",
+            sub.push_config.as_ref().map_or("no".to_owned(), |push| {
+                // Header values may be secrets: only their names are shown.
+                let headers: Vec<&str> = push.headers.keys().map(String::as_str).collect();
+                format!(
+                    "to {} ({} at a time{})",
+                    push.endpoint,
+                    push.max_outstanding.unwrap_or(100),
+                    if headers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", headers {}", headers.join(", "))
+                    }
+                )
+            }),
+        ),
     ])
 }
 
@@ -508,6 +530,7 @@ mod tests {
             rejected: 1,
             delivery_delay: Duration::ZERO,
             delayed: 0,
+            push_config: None,
         };
         let value = subscription_json(&sub);
         assert_eq!(value["backlog"], 3);

@@ -56,6 +56,16 @@ pub(crate) fn parse_attribute(value: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `--push-header 'NAME: VALUE'`, as curl's `-H` takes it.
+pub(crate) fn parse_header(value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err("expected 'NAME: VALUE', such as 'authorization: Bearer s3cret'".into()),
+    }
+}
+
 /// Parses `--start`: `earliest`, `latest`, an offset, or an RFC 3339 time.
 pub(crate) fn parse_start(value: &str) -> Result<StartPosition, String> {
     let value = value.trim();

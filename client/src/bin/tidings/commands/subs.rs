@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use tidings_client::{
-    Client, DeadLetterPolicy, RetryPolicy, StartPosition, SubscriptionConfig, SubscriptionUpdate,
+    Client, DeadLetterPolicy, PushConfig, RetryPolicy, StartPosition, SubscriptionConfig,
+    SubscriptionUpdate,
 };
 
 use super::Context;
@@ -30,7 +31,8 @@ pub(crate) enum SubsCommand {
     #[command(after_long_help = "Examples:\n  \
         tidings subs create billing --topic orders\n  \
         tidings subs create audit --topic orders --start latest --ack-deadline 2m\n  \
-        tidings subs create eu-orders --topic orders --filter 'attributes.region = \"eu\"'")]
+        tidings subs create eu-orders --topic orders --filter 'attributes.region = \"eu\"'\n  \
+        tidings subs create notify --topic orders --push-endpoint http://localhost:9000/hook")]
     Create {
         /// The new subscription's name; the same grammar as topic names.
         name: String,
@@ -65,6 +67,9 @@ pub(crate) enum SubsCommand {
         /// 30s or 10m (at most 30d).
         #[arg(long, value_parser = values::parse_delay, value_name = "DURATION")]
         delivery_delay: Option<Duration>,
+
+        #[command(flatten)]
+        push: PushArgs,
     },
 
     /// Change a subscription's ack deadline or filter; its open streams
@@ -106,6 +111,13 @@ pub(crate) enum SubsCommand {
         /// it. Applies to every message not yet delivered.
         #[arg(long, value_parser = values::parse_delay, value_name = "DURATION")]
         delivery_delay: Option<Duration>,
+
+        #[command(flatten)]
+        push: PushArgs,
+
+        /// Stop pushing: consumers subscribe to it again.
+        #[arg(long, conflicts_with_all = ["push_endpoint", "push_header", "push_max_outstanding"])]
+        no_push: bool,
     },
 
     /// Bring dead-lettered messages back to a subscription: all of them, or
@@ -227,6 +239,59 @@ impl DeadLetterArgs {
     }
 }
 
+/// The push flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PushArgs {
+    /// Push: the broker POSTs each message as JSON to this http(s) URL; a
+    /// 2xx answer acknowledges it, anything else is retried (1s doubling
+    /// to 1m unless a retry policy says) and dead-lettered by the policy.
+    #[arg(long, value_name = "URL")]
+    push_endpoint: Option<String>,
+
+    /// Push: a header for every POST, as 'NAME: VALUE'; repeatable. Given
+    /// on update, the headers replace the old ones.
+    #[arg(long, value_parser = values::parse_header, value_name = "'NAME: VALUE'")]
+    push_header: Vec<(String, String)>,
+
+    /// Push: the most POSTs in flight at once, 1 to 1000 (default 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+    push_max_outstanding: Option<u32>,
+}
+
+impl PushArgs {
+    fn given(&self) -> bool {
+        self.push_endpoint.is_some()
+            || !self.push_header.is_empty()
+            || self.push_max_outstanding.is_some()
+    }
+
+    /// The configuration the flags give over `current` (unset flags keep
+    /// its values); `None` when no flag is given.
+    fn config(&self, current: Option<PushConfig>) -> anyhow::Result<Option<PushConfig>> {
+        if !self.given() {
+            return Ok(None);
+        }
+        let mut config = match (&self.push_endpoint, current) {
+            (Some(endpoint), Some(current)) => PushConfig {
+                endpoint: endpoint.clone(),
+                ..current
+            },
+            (Some(endpoint), None) => PushConfig::new(endpoint.clone()),
+            (None, Some(current)) => current,
+            (None, None) => anyhow::bail!(
+                "--push-header and --push-max-outstanding need an endpoint: give --push-endpoint"
+            ),
+        };
+        if !self.push_header.is_empty() {
+            config.headers = self.push_header.iter().cloned().collect();
+        }
+        if let Some(max) = self.push_max_outstanding {
+            config.max_outstanding = Some(max);
+        }
+        Ok(Some(config))
+    }
+}
+
 /// Creates a subscription and prints it.
 async fn create(ctx: &Context, client: &Client, config: SubscriptionConfig) -> anyhow::Result<()> {
     let sub = client.create_subscription(config).await?;
@@ -272,6 +337,7 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             dead_letter,
             filter,
             delivery_delay,
+            push,
         } => {
             let mut config = SubscriptionConfig::new(name, topic).start(new.start);
             if let Some(deadline) = new.ack_deadline {
@@ -290,6 +356,9 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             if let Some(delay) = delivery_delay {
                 config = config.delivery_delay(delay);
             }
+            if let Some(push) = push.config(None)? {
+                config = config.push_config(push);
+            }
             create(ctx, &client, config).await?;
         }
         SubsCommand::Update {
@@ -301,12 +370,14 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
             dead_letter,
             no_dead_letter,
             delivery_delay,
+            push,
+            no_push,
         } => {
             let changes_retry = backoff.min_backoff.is_some() || backoff.max_backoff.is_some();
             let changes_dead_letter = dead_letter.dead_letter_topic.is_some()
                 || dead_letter.max_delivery_attempts.is_some();
             // One flag alone keeps the other values as they are.
-            let current = if changes_retry || changes_dead_letter {
+            let current = if changes_retry || changes_dead_letter || push.given() {
                 Some(client.get_subscription(&name).await?)
             } else {
                 None
@@ -315,6 +386,13 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 Some(None)
             } else if changes_retry {
                 Some(backoff.policy(current.as_ref().and_then(|c| c.retry_policy)))
+            } else {
+                None
+            };
+            let push_config = if no_push {
+                Some(None)
+            } else if push.given() {
+                Some(push.config(current.as_ref().and_then(|c| c.push_config.clone()))?)
             } else {
                 None
             };
@@ -331,17 +409,20 @@ pub(crate) async fn run(ctx: &Context, command: SubsCommand) -> anyhow::Result<(
                 retry_policy,
                 dead_letter_policy,
                 delivery_delay,
+                push_config,
             };
             if update.ack_deadline.is_none()
                 && update.filter.is_none()
                 && update.retry_policy.is_none()
                 && update.dead_letter_policy.is_none()
                 && update.delivery_delay.is_none()
+                && update.push_config.is_none()
             {
                 anyhow::bail!(
                     "nothing to change: give --ack-deadline, --filter (an empty one removes it), \
                      --min-backoff, --max-backoff, --no-backoff, --dead-letter-topic, \
-                     --max-delivery-attempts, --no-dead-letter or --delivery-delay"
+                     --max-delivery-attempts, --no-dead-letter, --delivery-delay, \
+                     --push-endpoint, --push-header, --push-max-outstanding or --no-push"
                 );
             }
             let sub = client.update_subscription(&name, update).await?;
