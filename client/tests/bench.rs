@@ -286,3 +286,65 @@ async fn commit_and_call_workloads_run_and_report() -> anyhow::Result<()> {
     assert!(has_latency_line(&call.stdout), "{}", call.stdout);
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_publish_and_push_workloads_run_and_report() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let http_url = broker.http_url();
+    let published = broker
+        .tidings(&[
+            "bench",
+            "http-publish",
+            "--http",
+            &http_url,
+            "--topic",
+            "web",
+            "--count",
+            "60",
+            "--size",
+            "16",
+            "--in-flight",
+            "4",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(
+        named_result_msgs(&published.stdout, "tidings-http-publish")?,
+        60
+    );
+    assert!(has_latency_line(&published.stdout), "{}", published.stdout);
+    let web = broker
+        .tidings(&["topics", "describe", "web", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        web["next_offset"], 60,
+        "one message per request, all stored"
+    );
+
+    let pushed = broker
+        .tidings(&[
+            "bench",
+            "push",
+            "--topic",
+            "pushed",
+            "--count",
+            "50",
+            "--size",
+            "16",
+            "--max-outstanding",
+            "8",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(named_result_msgs(&pushed.stdout, "tidings-push")?, 50);
+    // The run cleans up its push subscription.
+    let subs = broker
+        .tidings(&["subs", "ls", "--topic", "pushed", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(subs, serde_json::json!([]));
+    broker.stop().await
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 use tempfile::TempDir;
-use tidings_server::ServeError;
 use tidings_server::config::Config;
+use tidings_server::{Listeners, ServeError};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
@@ -30,6 +30,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Stop it with [`Broker::stop`]; dropping it stops it too, less politely.
 pub(crate) struct Broker {
     addr: SocketAddr,
+    http_addr: SocketAddr,
     shutdown_tx: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
     _data_dir: TempDir,
@@ -46,14 +47,24 @@ impl Broker {
             .await
             .context("bind 127.0.0.1:0")?;
         let addr = listener.local_addr().context("read the bound address")?;
+        // The HTTP bus too, for the workloads that use it.
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind 127.0.0.1:0")?;
+        let http_addr = http.local_addr().context("read the bound address")?;
+        let listeners = Listeners {
+            grpc: listener,
+            http: Some(http),
+        };
         let config = Config::for_data_dir(data_dir.path().to_path_buf());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = shutdown_rx.await;
         };
-        let task = tokio::spawn(tidings_server::run(listener, config, shutdown));
+        let task = tokio::spawn(tidings_server::run_with(listeners, config, shutdown));
         Ok(Self {
             addr,
+            http_addr,
             shutdown_tx: Some(shutdown_tx),
             task: Some(task),
             _data_dir: data_dir,
@@ -63,6 +74,11 @@ impl Broker {
     /// The address the broker listens on, as `127.0.0.1:PORT`.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The URL of the broker's HTTP bus, as `http://127.0.0.1:PORT`.
+    pub(crate) fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
     }
 
     /// The broker's URL, as `http://127.0.0.1:PORT`.

@@ -1,10 +1,12 @@
 //! `tidings bench`: load generators that measure a running broker.
 //!
-//! Six workloads, one module each: `publish` (throughput of durable
+//! Eight workloads, one module each: `publish` (throughput of durable
 //! publishing), `consume` (draining a backlog with per-message acks),
 //! `e2e` (publish-to-receive latency at an open-loop rate), `fanout`
 //! (many subscriptions of one topic), `commit` (publish one, acknowledge
-//! one, atomically) and `call` (request and reply round trips). Each prints its figures last, in the
+//! one, atomically), `call` (request and reply round trips),
+//! `http-publish` (one message per request on the HTTP bus) and `push`
+//! (the broker POSTing to an endpoint). Each prints its figures last, in the
 //! `RESULT` / `LATENCY` line format that the peer benchmarks print too, so
 //! runs compare line by line. A progress line goes to standard error while
 //! a workload runs. Nothing here asserts a duration: figures are reported,
@@ -16,7 +18,9 @@ mod commit;
 mod consume;
 mod e2e;
 mod fanout;
+mod http;
 mod publish;
+mod push;
 mod report;
 
 use clap::Subcommand;
@@ -44,6 +48,12 @@ pub(crate) enum BenchCommand {
     /// Make N calls answered by a responder in this process, W waiting at
     /// once, and measure the round trip.
     Call(call::CallArgs),
+    /// Publish N messages over the HTTP bus, one per request, W requests
+    /// in flight.
+    HttpPublish(http::HttpPublishArgs),
+    /// Push a backlog of N messages to an endpoint in this process that
+    /// answers at once.
+    Push(push::PushArgs),
 }
 
 /// Options every workload takes.
@@ -71,6 +81,8 @@ pub(crate) async fn run(ctx: &Context, command: BenchCommand) -> anyhow::Result<
         BenchCommand::Fanout(args) => fanout::run(ctx, args).await,
         BenchCommand::Commit(args) => commit::run(ctx, args).await,
         BenchCommand::Call(args) => call::run(ctx, args).await,
+        BenchCommand::HttpPublish(args) => http::run(ctx, args).await,
+        BenchCommand::Push(args) => push::run(ctx, args).await,
     }
 }
 
