@@ -77,6 +77,7 @@ impl Broker {
     }
 
     /// The URL of the broker's HTTP bus, as `http://127.0.0.1:PORT`.
+    #[allow(dead_code)] // Only the bench tests use the HTTP bus.
     pub(crate) fn http_url(&self) -> String {
         format!("http://{}", self.http_addr)
     }
