@@ -22,8 +22,7 @@ use anyhow::{Context as _, bail, ensure};
 use order_inventory::events::{Decision, OrderId, Outcome};
 use order_inventory::orders::{self, Order, OrderStatus};
 use order_inventory::stock::{self, StockReport};
-use serde::Deserialize;
-use support::{Service, Stack, get_json, http, poll_until};
+use support::{Service, Stack, get_json, http, list_orders, poll_until};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,11 +44,6 @@ const ANSWER_TIMEOUT: &str = "1s";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client waits this long before it sends an order again.
 const CLIENT_RETRY_DELAY: Duration = Duration::from_millis(20);
-
-#[derive(Deserialize)]
-struct OrderList {
-    orders: Vec<Order>,
-}
 
 /// Order `i`: its id, SKU (in turn) and 1 to 3 units.
 fn order_of(i: usize) -> (String, &'static str, u32) {
@@ -224,11 +218,6 @@ async fn wait_for_more_decisions(inventory: &Service, more: usize) -> anyhow::Re
         Ok(Some(decided).filter(|&decided| decided >= goal))
     })
     .await
-}
-
-async fn list_orders(orders: SocketAddr) -> anyhow::Result<Vec<Order>> {
-    let list: OrderList = get_json(orders, "/orders").await?;
-    Ok(list.orders)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

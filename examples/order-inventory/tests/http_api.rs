@@ -13,15 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use order_inventory::orders::{self, Order, OrderStatus};
 use order_inventory::stock::StockReport;
-use serde::Deserialize;
-use support::{Stack, get_json, http, poll_until};
+use support::{Stack, get_json, http, list_orders, poll_until};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
-
-#[derive(Deserialize)]
-struct OrderList {
-    orders: Vec<Order>,
-}
 
 /// `POST /orders` with `body`; the status and the JSON answer.
 async fn post(
@@ -159,8 +153,8 @@ async fn an_order_sent_again_under_its_id_is_one_order_even_across_a_kill() -> a
         "another order after a restart: {status} {reply}"
     );
 
-    let list: OrderList = get_json(orders.addr, "/orders").await?;
-    ensure!(list.orders.len() == 1, "{} orders", list.orders.len());
+    let list = list_orders(orders.addr).await?;
+    ensure!(list.len() == 1, "{} orders", list.len());
     ensure!(
         placements(&stack, "my-order-1")? == 1,
         "placed more than once"
@@ -286,8 +280,8 @@ async fn orders_whose_clients_hang_up_are_listed_exactly_as_journaled() -> anyho
     let before = journaled(&stack)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let listed = loop {
-        let list: OrderList = get_json(orders.addr, "/orders").await?;
-        let listed: BTreeSet<_> = list.orders.iter().map(|o| o.id.to_string()).collect();
+        let list = list_orders(orders.addr).await?;
+        let listed: BTreeSet<_> = list.iter().map(|o| o.id.to_string()).collect();
         if listed.is_superset(&before) || tokio::time::Instant::now() >= deadline {
             break listed;
         }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use order_inventory::orders::Order;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -395,6 +397,18 @@ impl Stack {
 /// The path as a `&str` argument.
 pub(crate) fn arg(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("temporary paths are UTF-8")
+}
+
+/// The body of the order service's `GET /orders`.
+#[derive(Deserialize)]
+struct OrderList {
+    orders: Vec<Order>,
+}
+
+/// Every order the order service at `addr` lists, oldest first.
+pub(crate) async fn list_orders(addr: SocketAddr) -> anyhow::Result<Vec<Order>> {
+    let list: OrderList = get_json(addr, "/orders").await?;
+    Ok(list.orders)
 }
 
 /// Sends one HTTP/1.1 request and returns the status code and body.
