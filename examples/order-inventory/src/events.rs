@@ -1,4 +1,5 @@
-//! The topics the services use and the JSON events published on them.
+//! The topics the services use, what each keeps, and the JSON events
+//! published on them.
 //!
 //! Plain data: this module does no I/O. Every event is keyed by its order
 //! id when published.
@@ -6,7 +7,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tidings_client::Message;
+use tidings_client::{Message, Retention, TopicConfig};
 
 /// Topic of [`OrderPlaced`] events, published by the order service.
 pub const ORDER_PLACED: &str = "order.placed";
@@ -14,6 +15,26 @@ pub const ORDER_PLACED: &str = "order.placed";
 pub const STOCK_RESERVED: &str = "stock.reserved";
 /// Topic of [`Decision`]s whose outcome is [`Outcome::Rejected`].
 pub const STOCK_REJECTED: &str = "stock.rejected";
+/// The inventory's own memory: its initial stock, then every decision in
+/// the order taken (see [`crate::ledger`]). Nobody else publishes here.
+pub const INVENTORY_LEDGER: &str = "inventory.ledger";
+
+/// How `topic` is created when it is missing, so that whichever service
+/// starts first creates it the same way:
+/// - [`INVENTORY_LEDGER`] is kept for ever: it is the inventory's state;
+/// - the decisions ([`STOCK_RESERVED`], [`STOCK_REJECTED`]) are kept for
+///   ever too: they are the record of what the inventory promised, which
+///   a consumer added later (or an audit) reads from the beginning;
+/// - any other topic gets the broker's default retention.
+pub fn topic_config(topic: &str) -> TopicConfig {
+    let config = TopicConfig::new(topic);
+    match topic {
+        INVENTORY_LEDGER | STOCK_RESERVED | STOCK_REJECTED => {
+            config.retention(Retention::unlimited())
+        }
+        _ => config,
+    }
+}
 
 /// Identifies one order, for example `o-1764259200123-9f3a1c2e`. New ids
 /// start with the creation time in milliseconds, so they sort by age.
@@ -89,9 +110,12 @@ pub struct Decision {
 }
 
 impl OrderPlaced {
-    /// The message to publish on [`ORDER_PLACED`].
+    /// The message to publish on [`ORDER_PLACED`]. Its id is the order id,
+    /// so that the broker stores an order announced twice (the outbox
+    /// announces pending orders again after a restart) once, within the
+    /// topic's dedup window.
     pub fn to_message(&self) -> Message {
-        to_message(&self.order_id, self)
+        to_message(&self.order_id, self).with_id(self.order_id.as_str())
     }
 }
 
@@ -112,11 +136,15 @@ impl Decision {
 
 /// The JSON message carrying `event`, keyed by its order id.
 fn to_message(order_id: &OrderId, event: &impl Serialize) -> Message {
-    // Events hold only strings and numbers, which always serialize.
-    let json = serde_json::to_vec(event).expect("events serialize to JSON");
-    Message::new(json)
-        .with_key(order_id.as_str())
-        .with_attribute("content-type", "application/json")
+    json_message(event).with_key(order_id.as_str())
+}
+
+/// The JSON message carrying `value`.
+pub fn json_message(value: &impl Serialize) -> Message {
+    // Events hold only strings, numbers and maps with string keys, which
+    // always serialize.
+    let json = serde_json::to_vec(value).expect("events serialize to JSON");
+    Message::new(json).with_attribute("content-type", "application/json")
 }
 
 #[cfg(test)]
@@ -142,6 +170,14 @@ mod tests {
         let back: Decision = serde_json::from_value(json).expect("parses");
         assert_eq!(back, decision);
         assert_eq!(back.topic(), STOCK_REJECTED);
+    }
+
+    #[test]
+    fn the_ledger_and_the_decisions_are_kept_for_ever() {
+        for topic in [INVENTORY_LEDGER, STOCK_RESERVED, STOCK_REJECTED] {
+            assert_eq!(topic_config(topic).retention, Some(Retention::unlimited()));
+        }
+        assert_eq!(topic_config(ORDER_PLACED).retention, None, "broker default");
     }
 
     #[test]

@@ -1,20 +1,24 @@
 //! The order/inventory example: two services that talk only through
-//! Tidings events.
+//! Tidings.
 //!
 //! - `order-service` takes orders over HTTP, records them and publishes
 //!   `order.placed`; it follows `stock.reserved` and `stock.rejected` to
 //!   settle each order.
 //! - `inventory-service` consumes `order.placed`, reserves stock or rejects
-//!   the order, and publishes the outcome.
+//!   the order, and publishes the outcome with `Commit`, together with the
+//!   order's acknowledgement; it keeps no files, its state is rebuilt from
+//!   its ledger on the broker.
 //!
 //! This library holds what both binaries share:
 //!
-//! - [`events`]: the topics and the JSON events on them;
-//! - [`journal`]: an append-only, fsynced JSON-lines file, each service's
-//!   durable memory;
+//! - [`events`]: the topics, what each keeps, and the events on them;
+//! - [`journal`]: an append-only, fsynced JSON-lines file, the order
+//!   service's durable memory;
 //! - [`orders`]: the order service's orders, changed by one writer task;
 //! - [`outbox`]: the order service's task that announces pending orders;
 //! - [`stock`]: the inventory's stock and the decision taken per order;
+//! - [`ledger`]: the inventory's memory on the broker, and the commit that
+//!   stores each decision exactly once;
 //! - [`service`]: flags, logging, signals, topics, HTTP serving and the
 //!   consume loop.
 //!
@@ -23,6 +27,7 @@
 
 pub mod events;
 pub mod journal;
+pub mod ledger;
 pub mod orders;
 pub mod outbox;
 pub mod service;

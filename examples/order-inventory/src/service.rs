@@ -1,7 +1,8 @@
 //! Plumbing both services share: logging, signals, topics, the HTTP server
 //! and the loop that feeds deliveries to a handler.
 //!
-//! Nothing here knows about orders or stock.
+//! Nothing here knows about orders or stock; what each topic keeps comes
+//! from [`crate::events::topic_config`].
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
+
+use crate::events::topic_config;
 
 /// The broker both services use unless told otherwise.
 pub const DEFAULT_BROKER: &str = "http://127.0.0.1:50051";
@@ -53,13 +56,15 @@ pub fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
-/// Creates each topic that does not exist yet.
+/// Creates each topic that does not exist yet, as
+/// [`topic_config`](crate::events::topic_config) says. A topic that exists
+/// is left as it is.
 ///
 /// # Errors
 /// When the broker refuses for another reason than ALREADY_EXISTS.
 pub async fn ensure_topics(client: &Client, topics: &[&str]) -> tidings_client::Result<()> {
     for topic in topics {
-        match client.create_topic(topic).await {
+        match client.create_topic_with(topic_config(topic)).await {
             Ok(_) => info!(topic, "created topic"),
             Err(err) if err.code() == tonic::Code::AlreadyExists => {}
             Err(err) => return Err(err),

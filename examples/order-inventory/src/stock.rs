@@ -1,39 +1,20 @@
-//! The inventory's ledger: stock levels and the one decision taken per
-//! order, journaled before they take effect and rebuilt from the journal on
-//! start.
+//! The inventory's state: stock levels and the one decision taken per
+//! order, and how a new order is decided against them.
 //!
-//! There is one writer, the [`Ledger`] (its methods take `&mut self`, so
-//! decisions never race), and any number of readers ([`StockView`]). No
-//! networking here.
+//! Plain data and arithmetic: no I/O, no broker. The state is rebuilt from
+//! the ledger on the broker and changed only by [`crate::ledger::Ledger`]
+//! once the broker has stored a decision; everyone else reads it through a
+//! [`StockView`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
 use crate::events::{Decision, OrderId, OrderPlaced, Outcome};
-use crate::journal::{Journal, JournalError};
-
-/// The journal's file name inside the inventory's data directory.
-pub const JOURNAL_FILE: &str = "inventory.jsonl";
 
 /// Units in stock per SKU.
 pub type Levels = BTreeMap<String, u64>;
-
-/// One line of the inventory journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum Record {
-    /// The first line: the stock the ledger started with.
-    Initial {
-        /// Units per SKU.
-        stock: Levels,
-    },
-    /// A decision about one order.
-    Decided(Decision),
-}
 
 /// What the inventory holds: `GET /stock` returns it as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,26 +23,64 @@ pub struct StockReport {
     pub initial: Levels,
     /// The stock left.
     pub stock: Levels,
-    /// Every decision, in the order taken; one per order.
+    /// Every decision, in the order the ledger holds them; one per order.
     pub decisions: Vec<Decision>,
+    /// How this process's commits went since it started (the rest of the
+    /// report comes from the ledger and is the same in every process).
+    #[serde(default)]
+    pub commits: Commits,
 }
 
+/// How many of a process's commits the broker stored, and how many it
+/// refused with ABORTED.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commits {
+    /// Stored: each one decided an order.
+    pub stored: u64,
+    /// Refused: the order was decided by another commit, or the ledger
+    /// moved on since this process last read it.
+    pub aborted: u64,
+}
+
+/// The stock and the decisions, with an index by order.
 #[derive(Debug, Default)]
-struct State {
+pub struct Stock {
     report: StockReport,
     /// Where each order's decision sits in `report.decisions`.
     index: HashMap<OrderId, usize>,
 }
 
-impl State {
-    fn decision(&self, order_id: &OrderId) -> Option<&Decision> {
+impl Stock {
+    /// The stock before any decision.
+    pub fn new(initial: Levels) -> Self {
+        let report = StockReport {
+            stock: initial.clone(),
+            initial,
+            ..StockReport::default()
+        };
+        Self {
+            report,
+            index: HashMap::new(),
+        }
+    }
+
+    /// The decision taken about `order_id`, if any.
+    pub fn decision(&self, order_id: &OrderId) -> Option<&Decision> {
         let position = *self.index.get(order_id)?;
         self.report.decisions.get(position)
     }
 
-    fn apply(&mut self, decision: Decision) {
+    /// Decides `order` against the stock left; changes nothing.
+    pub fn decide(&self, order: &OrderPlaced) -> Decision {
+        decide(&self.report.stock, order)
+    }
+
+    /// Takes `decision` into account: a reservation takes its units. A
+    /// second decision about an order already decided changes nothing and
+    /// returns `false`.
+    pub fn apply(&mut self, decision: Decision) -> bool {
         if self.index.contains_key(&decision.order_id) {
-            return;
+            return false;
         }
         if decision.outcome == Outcome::Reserved {
             let left = self.report.stock.entry(decision.sku.clone()).or_default();
@@ -70,6 +89,27 @@ impl State {
         let position = self.report.decisions.len();
         self.index.insert(decision.order_id.clone(), position);
         self.report.decisions.push(decision);
+        true
+    }
+
+    /// Counts a commit of this process: stored or refused.
+    pub fn count_commit(&mut self, stored: bool) {
+        let commits = &mut self.report.commits;
+        if stored {
+            commits.stored += 1;
+        } else {
+            commits.aborted += 1;
+        }
+    }
+
+    /// The units of `sku` left; `None` for a SKU the inventory never held.
+    pub fn available(&self, sku: &str) -> Option<u64> {
+        self.report.stock.get(sku).copied()
+    }
+
+    /// A copy of everything, for `GET /stock`.
+    pub fn report(&self) -> StockReport {
+        self.report.clone()
     }
 }
 
@@ -94,100 +134,34 @@ pub fn decide(left: &Levels, order: &OrderPlaced) -> Decision {
     }
 }
 
-/// The writer of the inventory's state.
-#[derive(Debug)]
-pub struct Ledger {
-    journal: Journal<Record>,
-    state: Arc<Mutex<State>>,
-}
-
-/// A read-only handle on the inventory's state. Cloning is cheap.
+/// A read-only handle on the inventory's state, for the HTTP handlers and
+/// the stock questions. Cloning is cheap.
 #[derive(Debug, Clone)]
 pub struct StockView {
-    state: Arc<Mutex<State>>,
+    stock: Arc<Mutex<Stock>>,
 }
 
 impl StockView {
+    /// A view of `stock`.
+    pub fn new(stock: Arc<Mutex<Stock>>) -> Self {
+        Self { stock }
+    }
+
     /// A copy of the current stock and decisions.
     pub fn report(&self) -> StockReport {
-        lock(&self.state).report.clone()
+        lock(&self.stock).report()
+    }
+
+    /// The units of `sku` left; `None` for a SKU the inventory never held.
+    pub fn available(&self, sku: &str) -> Option<u64> {
+        lock(&self.stock).available(sku)
     }
 }
 
-impl Ledger {
-    /// Opens the journal `inventory.jsonl` in `data_dir` and replays it. A
-    /// new journal starts with `initial`; an existing one keeps the stock
-    /// it started with, and `initial` is ignored (with a warning when it
-    /// differs).
-    ///
-    /// # Errors
-    /// When the journal cannot be opened, read or started.
-    pub async fn open(data_dir: &Path, initial: Levels) -> Result<Self, JournalError> {
-        let (journal, records) = Journal::open(data_dir.join(JOURNAL_FILE)).await?;
-        let mut state = State::default();
-        let mut records = records.into_iter();
-        match records.next() {
-            Some(Record::Initial { stock }) => {
-                if stock != initial {
-                    warn!(journaled = ?stock, given = ?initial, "ignoring --stock: the journal keeps the stock it started with; use a new --data-dir to start over");
-                }
-                state.report.initial = stock;
-            }
-            Some(Record::Decided(_)) => warn!("the journal lacks its initial stock"),
-            None => {
-                journal
-                    .append(&Record::Initial {
-                        stock: initial.clone(),
-                    })
-                    .await?;
-                state.report.initial = initial;
-            }
-        }
-        state.report.stock = state.report.initial.clone();
-        for record in records {
-            if let Record::Decided(decision) = record {
-                state.apply(decision);
-            }
-        }
-        Ok(Self {
-            journal,
-            state: Arc::new(Mutex::new(state)),
-        })
-    }
-
-    /// A read-only handle on the state.
-    pub fn view(&self) -> StockView {
-        StockView {
-            state: Arc::clone(&self.state),
-        }
-    }
-
-    /// The decision about `order`: the recorded one when the order was
-    /// decided before (returned with `false`: stock untouched), otherwise a
-    /// new one, journaled and then applied (returned with `true`).
-    ///
-    /// # Errors
-    /// When the journal cannot store a new decision; nothing changed then.
-    pub async fn decide(&mut self, order: &OrderPlaced) -> Result<(Decision, bool), JournalError> {
-        let decision = {
-            let state = lock(&self.state);
-            if let Some(known) = state.decision(&order.order_id) {
-                return Ok((known.clone(), false));
-            }
-            decide(&state.report.stock, order)
-        };
-        // `&mut self` makes this the only writer: the stock cannot change
-        // between the decision above and applying it below.
-        self.journal
-            .append(&Record::Decided(decision.clone()))
-            .await?;
-        lock(&self.state).apply(decision.clone());
-        Ok((decision, true))
-    }
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks the state; a panic elsewhere leaves it consistent (every change
+/// is one call of [`Stock::apply`]), so a poisoned lock is taken anyway.
+pub fn lock(stock: &Mutex<Stock>) -> MutexGuard<'_, Stock> {
+    stock.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Parses stock levels such as `tea-01=100,mug-02=50`.
@@ -237,52 +211,53 @@ mod tests {
         assert!(parse_levels("tea-01=-1").is_err());
     }
 
-    #[tokio::test]
-    async fn an_order_is_decided_once_even_across_restarts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let initial = parse_levels("tea-01=3").expect("parses");
-        let mut ledger = Ledger::open(dir.path(), initial.clone())
-            .await
-            .expect("open");
-
-        let (first, new) = ledger
-            .decide(&order("a", "tea-01", 2))
-            .await
-            .expect("decide");
-        assert!(new);
+    #[test]
+    fn orders_are_reserved_while_the_stock_lasts() {
+        let mut stock = Stock::new(parse_levels("tea-01=3").expect("parses"));
+        let first = stock.decide(&order("a", "tea-01", 2));
         assert_eq!(first.outcome, Outcome::Reserved);
-        let (again, new) = ledger
-            .decide(&order("a", "tea-01", 2))
-            .await
-            .expect("decide");
-        assert!(!new, "a redelivery must not decide again");
-        assert_eq!(again, first);
-        let (short, _) = ledger
-            .decide(&order("b", "tea-01", 2))
-            .await
-            .expect("decide");
-        assert!(matches!(short.outcome, Outcome::Rejected { .. }));
-        let (unknown, _) = ledger
-            .decide(&order("c", "cup-9", 1))
-            .await
-            .expect("decide");
-        assert!(matches!(unknown.outcome, Outcome::Rejected { .. }));
-        assert_eq!(ledger.view().report().stock.get("tea-01"), Some(&1));
-        drop(ledger);
+        assert!(stock.apply(first.clone()));
+        assert_eq!(stock.available("tea-01"), Some(1));
 
-        // Restarted with other flags: the journal wins.
-        let other = parse_levels("tea-01=50").expect("parses");
-        let mut ledger = Ledger::open(dir.path(), other).await.expect("reopen");
-        let report = ledger.view().report();
-        assert_eq!(report.initial, initial);
-        assert_eq!(report.stock.get("tea-01"), Some(&1));
-        assert_eq!(report.decisions.len(), 3);
-        let (again, new) = ledger
-            .decide(&order("a", "tea-01", 2))
-            .await
-            .expect("decide");
-        assert!(!new);
-        assert_eq!(again, first);
-        assert_eq!(ledger.view().report().stock.get("tea-01"), Some(&1));
+        let short = stock.decide(&order("b", "tea-01", 2));
+        assert_eq!(
+            short.outcome,
+            Outcome::Rejected {
+                reason: "insufficient stock: 2 wanted, 1 left".into()
+            }
+        );
+        let unknown = stock.decide(&order("c", "cup-9", 1));
+        assert!(matches!(unknown.outcome, Outcome::Rejected { .. }));
+        assert_eq!(stock.available("cup-9"), None);
+        assert_eq!(stock.decision(&OrderId::from("a")), Some(&first));
+        assert_eq!(stock.decision(&OrderId::from("b")), None, "not applied");
+    }
+
+    #[test]
+    fn a_second_decision_about_an_order_changes_nothing() {
+        let mut stock = Stock::new(parse_levels("tea-01=10").expect("parses"));
+        let reserved = stock.decide(&order("a", "tea-01", 4));
+        assert!(stock.apply(reserved.clone()));
+        // The same order decided again (as a second delivery would, from
+        // a state that missed the first decision) takes no more stock.
+        assert!(!stock.apply(reserved));
+        let report = stock.report();
+        assert_eq!(report.stock.get("tea-01"), Some(&6));
+        assert_eq!(report.decisions.len(), 1);
+    }
+
+    #[test]
+    fn commits_are_counted_apart_from_the_state() {
+        let mut stock = Stock::new(Levels::new());
+        stock.count_commit(true);
+        stock.count_commit(false);
+        stock.count_commit(true);
+        assert_eq!(
+            stock.report().commits,
+            Commits {
+                stored: 2,
+                aborted: 1
+            }
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! `kill -9` each of the three processes in turn — the inventory, the
 //! order service (while clients retry their orders under the same ids),
 //! the broker — and restart it; every order still ends reserved or
-//! rejected, none is reserved twice, the stock adds up, and no id makes
-//! two orders.
+//! rejected, none is reserved twice, the stock adds up, no id makes two
+//! orders, and the broker holds exactly one `stock.*` event per order.
 //!
 //! Every kill waits for an event, never for a time: a number of decisions
 //! the inventory reports, orders answered while a process is down, clients
@@ -19,10 +19,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use order_inventory::events::{Decision, OrderId, Outcome};
+use order_inventory::events::{Decision, INVENTORY_LEDGER, OrderId, Outcome};
+use order_inventory::ledger::Entry;
 use order_inventory::orders::{self, Order, OrderStatus};
 use order_inventory::stock::{self, StockReport};
-use support::{Service, Stack, get_json, http, list_orders, poll_until};
+use support::{
+    Broker, Service, Stack, decision_events, get_json, http, list_orders, poll_until, read_topic,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -241,8 +244,8 @@ async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
     // The inventory: the orders placed while it is down wait in the broker.
     let decided = wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
     inventory.kill().await?;
-    let journaled = journaled_decisions(&stack.inventory_dir())?.len();
-    println!("killed the inventory after {decided} decisions seen, {journaled} journaled");
+    let stored = decision_events(&stack.broker).await?.len();
+    println!("killed the inventory after {decided} decisions seen, {stored} stored");
     load.wait_answered(load.answered() + ORDERS_WHILE_DOWN)
         .await?;
     inventory = stack.start_inventory().await?;
@@ -283,7 +286,8 @@ async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
     report_answers(&answered, started);
 
     check_one_order_per_id(&settled, &answered, &stack.orders_dir())?;
-    check_journal_holds_one_decision_per_order(&stack.inventory_dir(), &report, settled.len())?;
+    check_one_decision_event_per_order(&stack.broker, &report, &settled).await?;
+    check_ledger_holds_the_reported_decisions(&stack.broker, &report).await?;
     check_orders_agree_with_decisions(&settled, &report)?;
     check_stock_adds_up(&settled, &report)?;
 
@@ -362,8 +366,8 @@ fn check_one_order_per_id(
 
 /// Each order has a decision, and the order's status is it. (The report
 /// cannot show an order decided twice: the inventory keeps the first
-/// decision it replays. The journal shows it; see
-/// [`check_journal_holds_one_decision_per_order`].)
+/// decision it reads. The broker's topics show it; see
+/// [`check_one_decision_event_per_order`].)
 fn check_orders_agree_with_decisions(orders: &[Order], report: &StockReport) -> anyhow::Result<()> {
     let decisions: HashMap<&OrderId, &Decision> =
         report.decisions.iter().map(|d| (&d.order_id, d)).collect();
@@ -432,43 +436,78 @@ fn check_stock_adds_up(orders: &[Order], report: &StockReport) -> anyhow::Result
     Ok(())
 }
 
-/// The decisions in the inventory journal at `dir`, in the order taken.
-/// Every decision the inventory took is there, also one taken a second
-/// time for the same order, which its state (and so `GET /stock`) hides.
-/// A last line without its newline, torn by a kill, is left out, as the
-/// inventory itself leaves it out.
-fn journaled_decisions(dir: &Path) -> anyhow::Result<Vec<Decision>> {
-    let journal = std::fs::read_to_string(dir.join(stock::JOURNAL_FILE))?;
-    let mut decisions = Vec::new();
-    let whole_lines = journal.split_inclusive('\n').filter(|l| l.ends_with('\n'));
-    for line in whole_lines {
-        let record: serde_json::Value = serde_json::from_str(line)?;
-        if record["kind"] == "decided" {
-            decisions.push(serde_json::from_value(record)?);
-        }
+/// The broker holds exactly one `stock.*` event per order, on the topic of
+/// its outcome, and it is the decision the inventory reports: no order was
+/// decided twice, not even across the kills.
+async fn check_one_decision_event_per_order(
+    broker: &Broker,
+    report: &StockReport,
+    orders: &[Order],
+) -> anyhow::Result<()> {
+    let events = decision_events(broker).await?;
+    let mut seen = HashMap::<&OrderId, usize>::new();
+    for (topic, decision) in &events {
+        *seen.entry(&decision.order_id).or_default() += 1;
+        ensure!(*topic == decision.topic(), "{decision:?} is on {topic}");
     }
-    Ok(decisions)
+    let mut twice: Vec<_> = (seen.iter())
+        .filter(|(_, count)| **count > 1)
+        .map(|(order, count)| format!("{order} ({count})"))
+        .collect();
+    twice.sort();
+    ensure!(
+        twice.is_empty(),
+        "{} orders have more than one decision event, such as {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    ensure!(
+        seen.len() == orders.len(),
+        "decision events for {} orders, {} orders placed",
+        seen.len(),
+        orders.len()
+    );
+    let reported: HashMap<&OrderId, &Decision> =
+        report.decisions.iter().map(|d| (&d.order_id, d)).collect();
+    for (_, decision) in &events {
+        ensure!(
+            reported.get(&decision.order_id) == Some(&decision),
+            "the event {decision:?} is not what the inventory reports"
+        );
+    }
+    Ok(())
 }
 
-/// The inventory journal records each order exactly once, and holds the
-/// decisions the inventory reports: no order was decided twice, not even
-/// across the kills.
-fn check_journal_holds_one_decision_per_order(
-    dir: &Path,
+/// The inventory's ledger on the broker starts with the initial stock and
+/// holds the decisions the inventory reports, in the same order, each
+/// order once: the state the restarted inventory rebuilt is the ledger.
+async fn check_ledger_holds_the_reported_decisions(
+    broker: &Broker,
     report: &StockReport,
-    orders: usize,
 ) -> anyhow::Result<()> {
-    let journaled = journaled_decisions(dir)?;
-    let mut seen = HashMap::<&OrderId, usize>::new();
-    for decision in &journaled {
-        *seen.entry(&decision.order_id).or_default() += 1;
+    let client = broker.client().await?;
+    let mut entries = Vec::new();
+    for message in read_topic(&client, INVENTORY_LEDGER).await? {
+        let entry: Entry = serde_json::from_slice(&message.payload)
+            .with_context(|| format!("ledger entry at offset {}", message.offset))?;
+        entries.push(entry);
     }
-    let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
-    ensure!(twice.is_empty(), "orders decided more than once: {twice:?}");
-    ensure!(seen.len() == orders, "{} orders in the journal", seen.len());
+    let mut entries = entries.into_iter();
     ensure!(
-        journaled == report.decisions,
-        "the journal and the inventory's report differ"
+        matches!(entries.next(), Some(Entry::Initial { stock }) if stock == report.initial),
+        "the ledger does not start with the initial stock"
+    );
+    let decided: Vec<Decision> = entries
+        .map(|entry| match entry {
+            Entry::Decided(decision) => Ok(decision),
+            other => Err(anyhow::anyhow!("a ledger entry past the start: {other:?}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        decided == report.decisions,
+        "the ledger holds {} decisions, the inventory reports {}",
+        decided.len(),
+        report.decisions.len()
     );
     Ok(())
 }

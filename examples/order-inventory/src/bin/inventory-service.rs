@@ -1,33 +1,33 @@
 //! `inventory-service`: consumes `order.placed`, reserves stock or rejects
-//! the order, publishes `stock.reserved` or `stock.rejected`, and only then
-//! acknowledges the order.
+//! the order, and publishes `stock.reserved` or `stock.rejected` in the
+//! same `Commit` that acknowledges the order.
 //!
-//! Delivery is at-least-once, so each order is decided once, by id: the
-//! decision is journaled before it is published, and a redelivered order
-//! gets its recorded decision published again (the crash may have come
-//! between journal and publish) without touching the stock again.
+//! It keeps no files. Its state lives in its ledger on the broker (see
+//! `order_inventory::ledger`), read at start; a decision changes it only
+//! once the broker stored the commit. A commit refused with ABORTED (the
+//! order was decided by another delivery, or the ledger moved on) changes
+//! nothing; the service reads what it missed and goes on.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use order_inventory::events::{ORDER_PLACED, OrderPlaced, Outcome, STOCK_REJECTED, STOCK_RESERVED};
+use order_inventory::events::{ORDER_PLACED, OrderPlaced, STOCK_REJECTED, STOCK_RESERVED};
+use order_inventory::ledger::{Handled, Ledger, LedgerError};
 use order_inventory::service::{self, DEFAULT_BROKER};
-use order_inventory::stock::{Ledger, Levels, StockReport, StockView, parse_levels};
-use tidings_client::{Client, Delivery, Publisher};
+use order_inventory::stock::{Levels, StockReport, StockView, parse_levels};
+use tidings_client::{Client, Delivery, Subscriber};
 use tracing::{info, warn};
 
-/// How long an order waits before it is tried again after its decision
-/// could not be published.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The subscription this service consumes `order.placed` through.
 const SUBSCRIPTION: &str = "inventory";
+/// Orders held at once. The service decides one at a time, so a few are
+/// enough; the rest stay with the broker, free for another consumer.
+const MAX_OUTSTANDING: u32 = 8;
 
 /// Reserves stock for placed orders and publishes the outcome.
 #[derive(Debug, Parser)]
@@ -40,11 +40,8 @@ struct Args {
     /// the address is printed as `listening on <addr>` once ready.
     #[arg(long, env = "INVENTORY_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
-    /// Directory of the inventory journal; created when missing.
-    #[arg(long, env = "INVENTORY_DATA_DIR", default_value = "./inventory-data")]
-    data_dir: PathBuf,
-    /// Initial stock as SKU=UNITS pairs. Used only when the data directory
-    /// is new: afterwards the journal holds the stock.
+    /// Initial stock as SKU=UNITS pairs. Used only when the ledger on the
+    /// broker is empty: afterwards the ledger holds the stock.
     #[arg(
         long,
         env = "INVENTORY_STOCK",
@@ -75,55 +72,44 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = service::shutdown_on_signal().context("cannot handle signals")?;
-    let mut ledger = Ledger::open(&args.data_dir, args.stock).await?;
     let client = Client::connect(args.broker).await?;
-    service::ensure_topics(&client, &[ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED]).await?;
-    let outcomes = Outcomes {
-        reserved: client.publisher(STOCK_RESERVED),
-        rejected: client.publisher(STOCK_REJECTED),
-    };
-    let placed = client
-        .subscriber(SUBSCRIPTION)
-        .topic(ORDER_PLACED)
-        .subscribe();
-    let placed = placed
+    let topics = [ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED];
+    service::ensure_topics(&client, &topics).await?;
+    // The state first: no order is decided before the ledger is read.
+    let mut ledger = Ledger::open(client.clone(), args.stock)
         .await
-        .with_context(|| format!("cannot subscribe to {ORDER_PLACED} as {SUBSCRIPTION}"))?;
+        .context("cannot rebuild the stock from the ledger")?;
+    let view = ledger.view();
+    let placed = subscribe(&client, SUBSCRIPTION, ORDER_PLACED).await?;
     let listener = service::bind(args.listen).await?;
-    let router = Router::new()
-        .route("/stock", get(stock))
-        .with_state(ledger.view());
-    let served = tokio::try_join!(
+    let router = Router::new().route("/stock", get(stock)).with_state(view);
+    tokio::try_join!(
         async {
             let served = service::serve_http(listener, router, shutdown.clone()).await;
             served.context("HTTP server failed")
         },
         service::consume(placed, &shutdown, async |delivery| {
-            decide(&mut ledger, &outcomes, delivery).await
+            decide(&mut ledger, delivery).await
         }),
-    );
-    shutdown.cancel();
-    outcomes.reserved.close().await?;
-    outcomes.rejected.close().await?;
-    served?;
+    )?;
     info!("stopped");
     Ok(())
 }
 
-/// The publishers of the two outcomes.
-struct Outcomes {
-    reserved: Publisher,
-    rejected: Publisher,
+async fn subscribe(client: &Client, name: &str, topic: &str) -> anyhow::Result<Subscriber> {
+    let subscribing = (client.subscriber(name).topic(topic))
+        .max_outstanding_messages(MAX_OUTSTANDING)
+        .subscribe();
+    subscribing
+        .await
+        .with_context(|| format!("cannot subscribe to {topic} as {name}"))
 }
 
-/// Decides one placed order (or finds its earlier decision), publishes the
-/// decision, then acks. Fails only when the journal fails: the service
-/// then stops, and the order is delivered again after a restart.
-async fn decide(
-    ledger: &mut Ledger,
-    outcomes: &Outcomes,
-    delivery: Delivery,
-) -> anyhow::Result<()> {
+/// Decides one placed order (or finds its earlier decision) through the
+/// ledger, which settles the delivery. Fails only when the broker refuses
+/// a commit for good (the service stops: an operator must look); a broker
+/// that is down or slow just gives the order back.
+async fn decide(ledger: &mut Ledger, delivery: Delivery) -> anyhow::Result<()> {
     let order: OrderPlaced = match serde_json::from_slice(delivery.payload()) {
         Ok(order) => order,
         Err(err) => {
@@ -132,27 +118,55 @@ async fn decide(
             return Ok(());
         }
     };
-    let (decision, first_time) = ledger.decide(&order).await?;
-    let publisher = match decision.outcome {
-        Outcome::Reserved => &outcomes.reserved,
-        Outcome::Rejected { .. } => &outcomes.rejected,
-    };
-    let order = &decision.order_id;
-    match publisher.publish(decision.to_message()).await {
-        Ok(offset) => {
-            info!(%order, sku = %decision.sku, quantity = decision.quantity,
-                outcome = decision.topic(), first_time, offset, "order decided");
-            delivery.ack();
+    let id = &order.order_id;
+    match ledger.decide(&order, delivery).await {
+        Ok(Handled::Decided { decision, offset }) => {
+            info!(order = %id, sku = %decision.sku, quantity = decision.quantity,
+                outcome = decision.topic(), ledger_offset = offset, "order decided");
         }
-        Err(err) => {
-            warn!(%order, error = %err, "cannot publish the decision; the order will come again");
-            delivery.nack_after(RETRY_DELAY);
+        Ok(Handled::Repeated(decision)) => {
+            info!(order = %id, outcome = decision.topic(), "order decided before; acknowledged again");
         }
+        Ok(Handled::Aborted) => {
+            info!(order = %id, "commit aborted: the order was decided elsewhere or the ledger moved on; read the ledger again");
+        }
+        Err(LedgerError::Broker(err)) if is_transient(err.code()) => {
+            warn!(order = %id, error = %err, "cannot store the decision now; the order will come again");
+        }
+        Err(err) => return Err(err).context("cannot store decisions"),
     }
     Ok(())
 }
 
-/// `GET /stock`: the initial stock, the stock left and every decision.
+/// Whether a failed call may succeed later without anyone changing
+/// anything: the broker is down, restarting, slow or busy.
+fn is_transient(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::Unknown
+    )
+}
+
+/// `GET /stock`: the initial stock, the stock left, every decision and how
+/// this process's commits went.
 async fn stock(State(view): State<StockView>) -> Json<StockReport> {
     Json(view.report())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_that_is_down_or_slow_is_transient_a_refusal_is_not() {
+        assert!(is_transient(tonic::Code::Unavailable));
+        assert!(is_transient(tonic::Code::DeadlineExceeded));
+        assert!(!is_transient(tonic::Code::NotFound));
+        assert!(!is_transient(tonic::Code::InvalidArgument));
+    }
 }

@@ -1,6 +1,7 @@
 //! What the end-to-end tests share: the broker (the `tidings-server`
 //! binary) and the two services as child processes that a test can kill,
-//! pause and restart, a tiny HTTP/1.1 client and a bounded poll.
+//! pause and restart, a tiny HTTP/1.1 client, a reader of whole topics and
+//! a bounded poll.
 
 #![allow(dead_code, reason = "each test file uses a part of this module")]
 
@@ -11,10 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use order_inventory::events::{Decision, STOCK_REJECTED, STOCK_RESERVED};
 use order_inventory::orders::Order;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
+use tidings_client::{Client, StoredMessage};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -287,6 +290,13 @@ impl Broker {
         Ok(())
     }
 
+    /// A client of the broker, for reading what the services stored.
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(self.url.clone())
+            .await
+            .context("cannot connect to the broker")
+    }
+
     /// Freezes the broker with SIGSTOP: connections stay open, calls hang.
     pub(crate) async fn pause(&self) -> anyhow::Result<()> {
         self.process()?.signal("STOP").await
@@ -307,8 +317,9 @@ impl Broker {
     }
 }
 
-/// A broker and the data directories of both services: what each test
-/// starts the services on, and restarts them on.
+/// A broker and the order service's data directory: what each test starts
+/// the services on, and restarts them on. (The inventory keeps no files:
+/// its state is on the broker.)
 pub(crate) struct Stack {
     pub(crate) broker: Broker,
     data: TempDir,
@@ -329,11 +340,6 @@ impl Stack {
         })
     }
 
-    /// The inventory service's data directory.
-    pub(crate) fn inventory_dir(&self) -> PathBuf {
-        self.data.path().join("inventory")
-    }
-
     /// The order service's data directory.
     pub(crate) fn orders_dir(&self) -> PathBuf {
         self.data.path().join("orders")
@@ -343,17 +349,9 @@ impl Stack {
         self.data.path().join("logs")
     }
 
-    /// Starts the inventory service (again) on its data directory.
+    /// Starts an inventory service (again, or one more).
     pub(crate) async fn start_inventory(&self) -> anyhow::Result<Service> {
-        let dir = self.inventory_dir();
-        let args = [
-            "--broker",
-            &self.broker.url,
-            "--data-dir",
-            arg(&dir)?,
-            "--stock",
-            self.stock,
-        ];
+        let args = ["--broker", &self.broker.url, "--stock", self.stock];
         let log = log_path(&self.log_dir(), "inventory");
         Service::start(INVENTORY_SERVICE, &args, log).await
     }
@@ -397,6 +395,43 @@ impl Stack {
 /// The path as a `&str` argument.
 pub(crate) fn arg(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("temporary paths are UTF-8")
+}
+
+/// Every message `topic` holds, read with `ReadTopic` from its start to its
+/// end as of the last read.
+pub(crate) async fn read_topic(client: &Client, topic: &str) -> anyhow::Result<Vec<StoredMessage>> {
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    loop {
+        let read = tokio::time::timeout(PATIENCE, client.read_topic(topic, offset, 1000))
+            .await
+            .with_context(|| format!("reading {topic} took too long"))??;
+        let done = read.is_at_end() || read.messages.is_empty();
+        messages.extend(read.messages);
+        if done {
+            return Ok(messages);
+        }
+        offset = read.next_offset;
+    }
+}
+
+/// Every decision event the broker holds on `stock.reserved` and
+/// `stock.rejected`, with the topic it is on. Every event the inventory
+/// committed is there, also a second one for the same order, which its
+/// state (and so `GET /stock`) would hide.
+pub(crate) async fn decision_events(
+    broker: &Broker,
+) -> anyhow::Result<Vec<(&'static str, Decision)>> {
+    let client = broker.client().await?;
+    let mut events = Vec::new();
+    for topic in [STOCK_RESERVED, STOCK_REJECTED] {
+        for message in read_topic(&client, topic).await? {
+            let decision: Decision = serde_json::from_slice(&message.payload)
+                .with_context(|| format!("{topic} at offset {}", message.offset))?;
+            events.push((topic, decision));
+        }
+    }
+    Ok(events)
 }
 
 /// The body of the order service's `GET /orders`.
