@@ -1,10 +1,11 @@
-//! The topics the services use, what each keeps, and the JSON events
-//! published on them.
+//! The topics the services use, what each keeps, and the JSON events and
+//! questions published on them.
 //!
 //! Plain data: this module does no I/O. Every event is keyed by its order
 //! id when published.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tidings_client::{Message, Retention, TopicConfig};
@@ -15,9 +16,15 @@ pub const ORDER_PLACED: &str = "order.placed";
 pub const STOCK_RESERVED: &str = "stock.reserved";
 /// Topic of [`Decision`]s whose outcome is [`Outcome::Rejected`].
 pub const STOCK_REJECTED: &str = "stock.rejected";
+/// Topic of [`StockQuery`] requests, asked with `Call` by the order service
+/// and answered with `Reply` by the inventory.
+pub const STOCK_QUERY: &str = "stock.query";
 /// The inventory's own memory: its initial stock, then every decision in
 /// the order taken (see [`crate::ledger`]). Nobody else publishes here.
 pub const INVENTORY_LEDGER: &str = "inventory.ledger";
+/// How long a [`STOCK_QUERY`] request is kept at most: a question is
+/// worth nothing once its caller stopped waiting, which is seconds.
+const STOCK_QUERY_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// How `topic` is created when it is missing, so that whichever service
 /// starts first creates it the same way:
@@ -25,6 +32,8 @@ pub const INVENTORY_LEDGER: &str = "inventory.ledger";
 /// - the decisions ([`STOCK_RESERVED`], [`STOCK_REJECTED`]) are kept for
 ///   ever too: they are the record of what the inventory promised, which
 ///   a consumer added later (or an audit) reads from the beginning;
+/// - [`STOCK_QUERY`] keeps a question an hour at most, and drops it once
+///   every subscription acknowledged it;
 /// - any other topic gets the broker's default retention.
 pub fn topic_config(topic: &str) -> TopicConfig {
     let config = TopicConfig::new(topic);
@@ -32,6 +41,11 @@ pub fn topic_config(topic: &str) -> TopicConfig {
         INVENTORY_LEDGER | STOCK_RESERVED | STOCK_REJECTED => {
             config.retention(Retention::unlimited())
         }
+        STOCK_QUERY => config.retention(
+            Retention::unlimited()
+                .max_age(STOCK_QUERY_MAX_AGE)
+                .discard_acked(true),
+        ),
         _ => config,
     }
 }
@@ -109,6 +123,47 @@ pub struct Decision {
     pub outcome: Outcome,
 }
 
+/// The question "how many units of this SKU are in stock?", published on
+/// [`STOCK_QUERY`]: `{"sku": "tea-01"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockQuery {
+    /// The article asked about.
+    pub sku: String,
+}
+
+/// The inventory's answer to a [`StockQuery`]:
+/// `{"sku": "tea-01", "available": 98}`, with `available` null for a SKU
+/// the inventory does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    /// The article asked about.
+    pub sku: String,
+    /// Units left; `None` when the inventory does not know the SKU.
+    pub available: Option<u64>,
+}
+
+impl StockQuery {
+    /// The request to send with `Call` on [`STOCK_QUERY`].
+    pub fn to_message(&self) -> Message {
+        json_message(self)
+    }
+}
+
+impl StockLevel {
+    /// The reply to send with `Reply`.
+    pub fn to_message(&self) -> Message {
+        json_message(self)
+    }
+}
+
+/// Whether a caller still waits for the answer to a request whose reply
+/// deadline (the `tidings.reply_deadline` attribute) is `deadline`: not
+/// when it has passed at `now`, nor when the request carries none (it was
+/// not sent by `Call`). A responder skips a request nobody waits for.
+pub fn is_awaited(deadline: Option<SystemTime>, now: SystemTime) -> bool {
+    deadline.is_some_and(|deadline| deadline > now)
+}
+
 impl OrderPlaced {
     /// The message to publish on [`ORDER_PLACED`]. Its id is the order id,
     /// so that the broker stores an order announced twice (the outbox
@@ -173,10 +228,36 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_and_the_decisions_are_kept_for_ever() {
+    fn only_a_request_whose_deadline_is_ahead_is_awaited() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let second = Duration::from_secs(1);
+        assert!(is_awaited(Some(now + second), now));
+        assert!(
+            !is_awaited(Some(now), now),
+            "the deadline is the last moment"
+        );
+        assert!(!is_awaited(Some(now - second), now));
+        assert!(!is_awaited(None, now), "not a call's request");
+    }
+
+    #[test]
+    fn an_unknown_sku_is_answered_with_null() {
+        let level = StockLevel {
+            sku: "cup-9".into(),
+            available: None,
+        };
+        let json = serde_json::to_value(&level).expect("serializes");
+        assert_eq!(json, serde_json::json!({"sku": "cup-9", "available": null}));
+    }
+
+    #[test]
+    fn decisions_are_kept_for_ever_and_questions_an_hour() {
         for topic in [INVENTORY_LEDGER, STOCK_RESERVED, STOCK_REJECTED] {
             assert_eq!(topic_config(topic).retention, Some(Retention::unlimited()));
         }
+        let query = topic_config(STOCK_QUERY).retention.expect("a retention");
+        assert_eq!(query.max_age, Some(STOCK_QUERY_MAX_AGE));
+        assert!(query.discard_acked);
         assert_eq!(topic_config(ORDER_PLACED).retention, None, "broker default");
     }
 

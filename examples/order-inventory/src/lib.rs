@@ -3,15 +3,16 @@
 //!
 //! - `order-service` takes orders over HTTP, records them and publishes
 //!   `order.placed`; it follows `stock.reserved` and `stock.rejected` to
-//!   settle each order.
+//!   settle each order, and asks the inventory "how many are in stock?"
+//!   with `Call` on `stock.query`.
 //! - `inventory-service` consumes `order.placed`, reserves stock or rejects
 //!   the order, and publishes the outcome with `Commit`, together with the
 //!   order's acknowledgement; it keeps no files, its state is rebuilt from
-//!   its ledger on the broker.
+//!   its ledger on the broker. It answers `stock.query` with `Reply`.
 //!
 //! This library holds what both binaries share:
 //!
-//! - [`events`]: the topics, what each keeps, and the events on them;
+//! - [`events`]: the topics, what each keeps, and the JSON on them;
 //! - [`journal`]: an append-only, fsynced JSON-lines file, the order
 //!   service's durable memory;
 //! - [`orders`]: the order service's orders, changed by one writer task;

@@ -1,6 +1,7 @@
 //! `inventory-service`: consumes `order.placed`, reserves stock or rejects
 //! the order, and publishes `stock.reserved` or `stock.rejected` in the
-//! same `Commit` that acknowledges the order.
+//! same `Commit` that acknowledges the order. It answers `stock.query`
+//! calls with the stock left.
 //!
 //! It keeps no files. Its state lives in its ledger on the broker (see
 //! `order_inventory::ledger`), read at start; a decision changes it only
@@ -10,23 +11,30 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use order_inventory::events::{ORDER_PLACED, OrderPlaced, STOCK_REJECTED, STOCK_RESERVED};
+use order_inventory::events::{
+    self, ORDER_PLACED, OrderPlaced, STOCK_QUERY, STOCK_REJECTED, STOCK_RESERVED, StockLevel,
+    StockQuery,
+};
 use order_inventory::ledger::{Handled, Ledger, LedgerError};
 use order_inventory::service::{self, DEFAULT_BROKER};
 use order_inventory::stock::{Levels, StockReport, StockView, parse_levels};
 use tidings_client::{Client, Delivery, Subscriber};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The subscription this service consumes `order.placed` through.
 const SUBSCRIPTION: &str = "inventory";
-/// Orders held at once. The service decides one at a time, so a few are
-/// enough; the rest stay with the broker, free for another consumer.
+/// The subscription this service answers `stock.query` through.
+const QUERY_SUBSCRIPTION: &str = "inventory.stock-query";
+/// Deliveries held at once per subscription. The service handles one at a
+/// time, so a few are enough; the rest stay with the broker, free for
+/// another consumer.
 const MAX_OUTSTANDING: u32 = 8;
 
 /// Reserves stock for placed orders and publishes the outcome.
@@ -73,7 +81,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = service::shutdown_on_signal().context("cannot handle signals")?;
     let client = Client::connect(args.broker).await?;
-    let topics = [ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED];
+    let topics = [ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED, STOCK_QUERY];
     service::ensure_topics(&client, &topics).await?;
     // The state first: no order is decided before the ledger is read.
     let mut ledger = Ledger::open(client.clone(), args.stock)
@@ -81,8 +89,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot rebuild the stock from the ledger")?;
     let view = ledger.view();
     let placed = subscribe(&client, SUBSCRIPTION, ORDER_PLACED).await?;
+    let questions = subscribe(&client, QUERY_SUBSCRIPTION, STOCK_QUERY).await?;
     let listener = service::bind(args.listen).await?;
-    let router = Router::new().route("/stock", get(stock)).with_state(view);
+    let router = Router::new()
+        .route("/stock", get(stock))
+        .with_state(view.clone());
     tokio::try_join!(
         async {
             let served = service::serve_http(listener, router, shutdown.clone()).await;
@@ -90,6 +101,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         service::consume(placed, &shutdown, async |delivery| {
             decide(&mut ledger, delivery).await
+        }),
+        service::consume(questions, &shutdown, async |delivery| {
+            answer(&client, &view, delivery).await;
+            anyhow::Ok(())
         }),
     )?;
     info!("stopped");
@@ -150,6 +165,44 @@ fn is_transient(code: tonic::Code) -> bool {
             | Code::Cancelled
             | Code::Unknown
     )
+}
+
+/// Answers one stock question with the units left, unless its caller
+/// stopped waiting; acknowledges it either way (a question is asked once:
+/// one that came too late, or whose answer was lost, is asked again by the
+/// caller if it still wants to know).
+async fn answer(client: &Client, view: &StockView, delivery: Delivery) {
+    if !events::is_awaited(delivery.reply_deadline(), SystemTime::now()) {
+        debug!(
+            offset = delivery.offset(),
+            "skipping a stock question nobody waits for"
+        );
+        delivery.ack();
+        return;
+    }
+    let query: StockQuery = match serde_json::from_slice(delivery.payload()) {
+        Ok(query) => query,
+        Err(err) => {
+            warn!(offset = delivery.offset(), error = %err, "skipping a stock question that does not parse");
+            delivery.ack();
+            return;
+        }
+    };
+    let level = StockLevel {
+        available: view.available(&query.sku),
+        sku: query.sku,
+    };
+    match client.reply(&delivery, level.to_message()).await {
+        Ok(()) => {
+            debug!(sku = %level.sku, available = ?level.available, "answered a stock question")
+        }
+        // The call ended between the check above and the reply.
+        Err(err) if err.code() == tonic::Code::NotFound => {
+            debug!(sku = %level.sku, "the caller stopped waiting before the answer");
+        }
+        Err(err) => warn!(sku = %level.sku, error = %err, "cannot answer a stock question"),
+    }
+    delivery.ack();
 }
 
 /// `GET /stock`: the initial stock, the stock left, every decision and how

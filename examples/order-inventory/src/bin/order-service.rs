@@ -1,5 +1,7 @@
 //! `order-service`: takes orders over HTTP, publishes `order.placed`, and
 //! settles each order when `stock.reserved` or `stock.rejected` arrives.
+//! `GET /stock/{sku}` asks the inventory with `Call` on `stock.query` and
+//! waits at most `--stock-timeout` for its `Reply`.
 //!
 //! The journal comes first (an outbox): an order exists once it is on
 //! disk, and the outbox task publishes every pending order, on start and
@@ -23,7 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use clap::Parser;
-use order_inventory::events::{Decision, ORDER_PLACED, OrderId, STOCK_REJECTED, STOCK_RESERVED};
+use order_inventory::events::{
+    Decision, ORDER_PLACED, OrderId, STOCK_QUERY, STOCK_REJECTED, STOCK_RESERVED, StockLevel,
+    StockQuery,
+};
 use order_inventory::orders::{BookError, NewOrder, Order, OrderBook, Placed, Settled};
 use order_inventory::outbox::{Announced, Outbox};
 use order_inventory::service::{self, DEFAULT_BROKER};
@@ -40,6 +45,8 @@ const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_QUANTITY: i64 = 1000;
 /// The longest order id or SKU accepted.
 const MAX_NAME_LEN: usize = 64;
+/// The longest `--stock-timeout` the broker accepts for a call.
+const MAX_STOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Takes orders over HTTP and settles them from inventory events.
 #[derive(Debug, Parser)]
@@ -60,6 +67,10 @@ struct Args {
     /// then is answered `202 Accepted` (it is announced later).
     #[arg(long, env = "ORDERS_ANSWER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     answer_timeout: Duration,
+    /// How long `GET /stock/{sku}` waits for the inventory's answer, such
+    /// as `2s` (at most `600s`): without an answer by then it is `504`.
+    #[arg(long, env = "ORDERS_STOCK_TIMEOUT", default_value = "2s", value_parser = parse_stock_timeout)]
+    stock_timeout: Duration,
     /// What to log (to standard error): `info`, `debug`, `warn`, ...
     #[arg(long, env = "ORDERS_LOG", default_value = "info")]
     log: String,
@@ -88,7 +99,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .request_timeout(BROKER_CALL_TIMEOUT)
         .connect()
         .await?;
-    service::ensure_topics(&client, &[ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED]).await?;
+    let topics = [ORDER_PLACED, STOCK_RESERVED, STOCK_REJECTED, STOCK_QUERY];
+    service::ensure_topics(&client, &topics).await?;
     let publisher = client.publisher(ORDER_PLACED);
     let outbox = Outbox::new(publisher.clone(), feed);
     let reserved = subscribe(&client, "order-service.stock-reserved", STOCK_RESERVED).await?;
@@ -98,6 +110,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         orders: orders.clone(),
         announced: outbox.announced(),
         answer_timeout: args.answer_timeout,
+        client: client.clone(),
+        stock_timeout: args.stock_timeout,
     };
     let served = tokio::try_join!(
         async {
@@ -157,13 +171,25 @@ struct App {
     orders: OrderBook,
     announced: Announced,
     answer_timeout: Duration,
+    client: Client,
+    stock_timeout: Duration,
 }
 
 fn router(app: App) -> Router {
     Router::new()
         .route("/orders", post(place_order).get(list_orders))
         .route("/orders/{id}", get(get_order))
+        .route("/stock/{sku}", get(stock_level))
         .with_state(app)
+}
+
+/// Parses `--stock-timeout`: a duration above zero, at most 600 s.
+fn parse_stock_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if timeout.is_zero() || timeout > MAX_STOCK_TIMEOUT {
+        return Err(format!("{text:?} is not above 0s and at most 600s"));
+    }
+    Ok(timeout)
 }
 
 /// The body of `POST /orders`: `{"id": "...", "sku": "...", "quantity": N}`,
@@ -280,6 +306,80 @@ async fn get_order(
         status: StatusCode::NOT_FOUND,
         message: format!("order {id:?} not found"),
     })
+}
+
+/// The body of `GET /stock/{sku}`:
+/// `{"sku": "tea-01", "available": 98, "in_stock": true}`.
+#[derive(Debug, Serialize)]
+struct StockAnswer {
+    sku: String,
+    available: u64,
+    in_stock: bool,
+}
+
+/// `GET /stock/{sku}`: asks the inventory, through the broker, how many
+/// units are left, and waits at most the stock timeout: 200 with the
+/// answer, 404 for a SKU the inventory does not hold, 504 when it did not
+/// answer in time (it is down or busy), 503 when the broker cannot be
+/// reached. The answer is what the inventory held a moment ago: an order
+/// placed after it may still be rejected.
+async fn stock_level(
+    State(app): State<App>,
+    Path(sku): Path<String>,
+) -> Result<Json<StockAnswer>, HttpError> {
+    if !is_name(&sku) {
+        return Err(HttpError::bad_request(format!(
+            "sku must be 1 to {MAX_NAME_LEN} ASCII letters, digits, '-', '_' or '.'"
+        )));
+    }
+    let question = StockQuery { sku: sku.clone() }.to_message();
+    let called = app.client.call(STOCK_QUERY, question, app.stock_timeout);
+    let reply = called
+        .await
+        .map_err(|err| stock_error(&err, app.stock_timeout))?;
+    let level: StockLevel = serde_json::from_slice(&reply.reply.payload).map_err(|err| {
+        warn!(%sku, error = %err, "the inventory's answer does not parse");
+        HttpError {
+            status: StatusCode::BAD_GATEWAY,
+            message: "the inventory's answer is not a stock level".to_owned(),
+        }
+    })?;
+    match level.available {
+        Some(available) => Ok(Json(StockAnswer {
+            sku,
+            available,
+            in_stock: available > 0,
+        })),
+        None => Err(HttpError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("sku {sku:?} is not in the inventory"),
+        }),
+    }
+}
+
+/// The HTTP answer to a failed stock question.
+fn stock_error(err: &tidings_client::Error, timeout: Duration) -> HttpError {
+    let (status, message) = match err.code() {
+        tonic::Code::DeadlineExceeded => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the inventory did not answer within {}; it may be down or busy, try again later",
+                humantime::format_duration(timeout)
+            ),
+        ),
+        tonic::Code::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker cannot be reached; try again later".to_owned(),
+        ),
+        _ => {
+            warn!(error = %err, "cannot ask the inventory");
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("cannot ask the inventory: {err}"),
+            )
+        }
+    };
+    HttpError { status, message }
 }
 
 /// The body of `GET /orders`.
