@@ -30,17 +30,24 @@ quiet() {
 }
 
 # fresh_broker_bench SYNC ARGS...: runs `tidings bench ARGS...` against a
-# broker of its own (a fresh data directory, --sync-interval SYNC), telling
-# the bench the broker's process id; prints the bench's standard output.
+# broker of its own (a fresh data directory, --sync-interval SYNC, the HTTP
+# bus on a free port), telling the bench the broker's process id; an
+# argument `@HTTP@` becomes the HTTP bus's URL. Prints the bench's
+# standard output.
 fresh_broker_bench() {
-    local sync=$1 dir pid addr
+    local sync=$1 dir pid addr http arg
     shift
     dir=$(mktemp -d)
-    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval "$sync" \
-        --log warn > "$dir/stdout" 2> "$dir/server.log" &
+    "$BIN/tidings-server" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir/data" \
+        --sync-interval "$sync" --log warn > "$dir/stdout" 2> "$dir/server.log" &
     pid=$!
     addr=$(broker_addr "$dir/stdout")
-    "$BIN/tidings" --server "$addr" bench "$@" --server-pid "$pid" 2>/dev/null
+    http=$(sed -n 's/^http listening on //p' "$dir/stdout")
+    local args=()
+    for arg in "$@"; do
+        if [ "$arg" = "@HTTP@" ]; then args+=("http://$http"); else args+=("$arg"); fi
+    done
+    "$BIN/tidings" --server "$addr" bench "${args[@]}" --server-pid "$pid" 2>/dev/null
     kill -TERM "$pid"; wait "$pid" || true
     rm -rf "$dir"
 }

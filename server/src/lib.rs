@@ -84,18 +84,22 @@ pub enum ServeError {
 ///
 /// Opens (creating if needed) the RocksDB store in `config.data_dir`, loads
 /// the broker, and serves the tidings services, `grpc.health.v1.Health` and
-/// server reflection (v1 and v1alpha). Once ready, logs the address and
-/// prints `listening on <addr>` to standard output.
+/// server reflection (v1 and v1alpha); with `config.http_listen`, the HTTP
+/// bus too (bound here). Push subscriptions are pushed whether or not the
+/// HTTP bus listens. Once ready, logs the addresses and prints `http
+/// listening on <addr>` (with the HTTP bus) and then `listening on <addr>`
+/// to standard output.
 ///
 /// When `shutdown` resolves: health turns NOT_SERVING, open `Subscribe`
-/// streams end with UNAVAILABLE, in-flight requests drain for at most
+/// streams and waiting pulls end with UNAVAILABLE, both listeners stop
+/// accepting, in-flight requests and pushes drain for at most
 /// `config.shutdown_timeout`, then pending acknowledgements are stored and
 /// the store is synced and closed. Returns `Ok(())` after a clean shutdown,
 /// within a bounded time even when clients keep connections open.
 ///
 /// # Errors
-/// [`ServeError`] when storage cannot be opened or closed, or the transport
-/// fails.
+/// [`ServeError`] when storage cannot be opened or closed, a listener
+/// cannot be bound, or a server fails.
 pub async fn run(
     listener: TcpListener,
     config: Config,

@@ -14,8 +14,9 @@
 //! The pushers follow [`Engine::watch_push`](crate::broker::Engine::watch_push):
 //! one starts for each push subscription (at start, and when one is made),
 //! follows its changes and stops when it goes. Pulling instead of holding a
-//! stream means a pusher that stops or changes leaves no failed delivery
-//! behind: what it holds runs on to its ack or its deadline.
+//! stream means a pusher that changes (a new endpoint, say) keeps what it
+//! holds, and one that stops lets its POSTs in flight finish and be
+//! settled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -223,8 +224,8 @@ async fn push_loop(
             }
         }
     }
-    // A pull dropped here may have leased messages it had not handed over:
-    // they come again after their ack deadline.
+    // A pull dropped here may have leased messages it had not handed over
+    // yet: they are due again at once, counted as a failed delivery.
     drop(pulling);
     while in_flight.next().await.is_some() {}
     debug!("pusher stopped");
