@@ -87,6 +87,17 @@ impl ServerProcess {
         log_dir: &Path,
         flags: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, log_dir, flags, &[]).await
+    }
+
+    /// As [`ServerProcess::start_with`], with environment variables set
+    /// (`Some`) or removed (`None`).
+    pub(crate) async fn start_with_env(
+        data_dir: &Path,
+        log_dir: &Path,
+        flags: &[&str],
+        env: &[(&str, Option<&Path>)],
+    ) -> anyhow::Result<Self> {
         let log_path = log_dir.join(format!("server-{}.log", unique_suffix()));
         let log = std::fs::File::create(&log_path).context("create the server log")?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidings-server"));
@@ -104,6 +115,12 @@ impl ServerProcess {
             if name.to_string_lossy().starts_with("TIDINGS_") {
                 command.env_remove(name);
             }
+        }
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
         }
         let mut child = command.spawn().context("start tidings-server")?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
