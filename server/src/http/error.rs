@@ -108,3 +108,30 @@ fn http_of(code: Code) -> (StatusCode, &'static str) {
         Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_grpc_code_has_the_contracts_http_status_and_its_name() {
+        for (code, status, name) in [
+            (Code::InvalidArgument, 400, "INVALID_ARGUMENT"),
+            (Code::NotFound, 404, "NOT_FOUND"),
+            (Code::AlreadyExists, 409, "ALREADY_EXISTS"),
+            (Code::Aborted, 409, "ABORTED"),
+            (Code::FailedPrecondition, 412, "FAILED_PRECONDITION"),
+            (Code::Unauthenticated, 401, "UNAUTHENTICATED"),
+            (Code::PermissionDenied, 403, "PERMISSION_DENIED"),
+            (Code::ResourceExhausted, 429, "RESOURCE_EXHAUSTED"),
+            (Code::Unavailable, 503, "UNAVAILABLE"),
+            (Code::DeadlineExceeded, 504, "DEADLINE_EXCEEDED"),
+            (Code::Internal, 500, "INTERNAL"),
+        ] {
+            let error = HttpError::from(Status::new(code, "why"));
+            assert_eq!(error.status.as_u16(), status, "{code:?}");
+            assert_eq!(error.code, name);
+            assert_eq!(error.message, "why");
+        }
+    }
+}
