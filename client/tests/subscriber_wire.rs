@@ -22,11 +22,11 @@
 
 mod stand_in;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use stand_in::{
     Call, Named, Opened, acks_refused, end_on_cue, end_with_ok, message, serve, settlements,
     stand_in, stand_in_with, stay_open,
@@ -502,35 +502,75 @@ async fn acks_go_while_earlier_acks_are_unanswered_and_a_flush_waits_for_all() -
 
 /// An ack round that fails while a later one succeeds: a flush that
 /// came with the later round still waits for the failed ack's retry.
+///
+/// Ordered by events, not by time. The stand-in numbers `Ack` calls after
+/// it records them, so a1's ack is sent only once a0's is counted as the
+/// first (else a1's could take the failing turn); and the first answer is
+/// held until a1's ack is on the wire, so a1's round (which carries the
+/// flush: a long flush interval sends nothing until a flush asks) is
+/// always taken while a0's is unanswered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flush_waits_for_the_retry_of_an_earlier_round_that_failed() -> anyhow::Result<()> {
-    let acks = Box::new(|n| match n {
-        1 => (
-            Duration::from_secs(2),
-            Err(Status::unavailable("restarting")),
-        ),
+    let first_counted = Arc::new(Notify::new());
+    let (second_sent_tx, second_sent_rx) = std::sync::mpsc::channel::<()>();
+    let second_sent_rx = Mutex::new(second_sent_rx);
+    let counted = Arc::clone(&first_counted);
+    let acks = Box::new(move |n| match n {
+        1 => {
+            counted.notify_one();
+            // The script answers synchronously: wait off the runtime's
+            // workers (the test runs on several).
+            tokio::task::block_in_place(|| {
+                let second_sent_rx = second_sent_rx
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let _ = second_sent_rx.recv_timeout(EVENT_TIMEOUT);
+            });
+            (Duration::ZERO, Err(Status::unavailable("restarting")))
+        }
+        2 => {
+            let _ = second_sent_tx.send(());
+            (Duration::ZERO, Ok(()))
+        }
         _ => (Duration::ZERO, Ok(())),
     });
     let script = |_: &SubscribeRequest, _| stay_open(vec![message(0, "a0"), message(1, "a1")]);
     let (url, mut calls_rx) = serve(LONG_DEADLINE, script, acks).await?;
+    // The retry waits out the backoff: long enough that a flush which
+    // did not wait for it would return before a0 is sent again.
+    let retry_pause = Duration::from_millis(200);
     let mut subscriber = Client::connect(url)
         .await?
         .subscriber("s")
-        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .ack_flush_interval(EVENT_TIMEOUT * 3)
+        .reconnect_backoff(retry_pause, retry_pause)
         .subscribe()
         .await?;
     let first = next(&mut subscriber).await?;
     let second = next(&mut subscriber).await?;
+
     first.ack();
+    let first_flush = subscriber.flush();
+    tokio::pin!(first_flush);
+    assert!(
+        first_flush.as_mut().now_or_never().is_none(),
+        "the flush answered before a0's ack was sent"
+    );
     wait_for_call(&mut calls_rx, |call| call.names("ack", "a0")).await?;
+    within(first_counted.notified()).await?;
+
     second.ack();
     within(subscriber.flush()).await??;
     let calls = drain(&mut calls_rx);
-    let a0 = calls.iter().filter(|c| c.names("ack", "a0")).count();
     assert_eq!(
-        a0, 1,
-        "a0 was sent again before the flush returned: {calls:?}"
+        settlements(&calls),
+        [
+            Named::new("ack", &[], &["a1"]),
+            Named::new("ack", &[], &["a0"]),
+        ],
+        "a1 alone while a0 was unanswered, then a0's retry, before the flush returned"
     );
+    within(first_flush).await??;
     Ok(())
 }
 
