@@ -172,16 +172,20 @@ impl SubscriberService for StandIn {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        self.record(Call::Subscribe(request.clone()));
+        // Numbered before recorded: a test that waits for this call to be
+        // recorded, then makes another, knows the other is numbered after.
         let n = self.opened.fetch_add(1, Ordering::SeqCst) + 1;
+        self.record(Call::Subscribe(request.clone()));
         let calls_tx = self.calls_tx.clone();
         (self.script)(&request, n)
             .map(|inner| Response::new(Tracked { inner, n, calls_tx }.boxed()))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        self.record(Call::Ack(request.into_inner()));
+        // Numbered before recorded: a test that waits for this call to be
+        // recorded, then makes another, knows the other is numbered after.
         let n = self.acked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.record(Call::Ack(request.into_inner()));
         self.answer_as_scripted(n)
             .await
             .map(|()| Response::new(AckResponse {}))
@@ -225,8 +229,10 @@ impl SubscriberService for StandIn {
         &self,
         request: Request<RejectRequest>,
     ) -> Result<Response<RejectResponse>, Status> {
-        self.record(Call::Reject(request.into_inner()));
+        // Numbered before recorded: a test that waits for this call to be
+        // recorded, then makes another, knows the other is numbered after.
         let n = self.rejected.fetch_add(1, Ordering::SeqCst) + 1;
+        self.record(Call::Reject(request.into_inner()));
         self.answer_as_scripted(n)
             .await
             .map(|()| Response::new(RejectResponse {}))
