@@ -1,14 +1,27 @@
 //! The broker's settings: command-line flags, each also read from a
-//! `TIDINGS_*` environment variable.
+//! `TIDINGS_*` environment variable and from a TOML file (`--config`).
 //!
-//! This is the only module that reads the environment. It parses and
-//! checks values; it does not open files, bind sockets or start anything.
+//! This is the only module that reads the environment or the config file.
+//! It parses and checks values; it does not bind sockets or start
+//! anything.
+//!
+//! # The config file
+//!
+//! Its keys are the flag names with `_` for `-`; a value is what the flag
+//! takes, as a TOML string, number or boolean. Clap does all the parsing:
+//! each key the command line and the environment leave unset becomes
+//! `--flag value` ahead of the real arguments, so a flag wins over the
+//! file, the environment wins over the file (its keys are skipped), and
+//! the file wins over the defaults. An unknown key is an error that names
+//! it and the file.
 
+use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use crate::broker::{BrokerConfig, DEFAULT_DELAY_LOOK_AHEAD, DEFAULT_RETENTION_MAX_AGE, Retention};
 use crate::storage::SyncPolicy;
@@ -146,9 +159,111 @@ pub struct Config {
     /// `BrokerConfig::delay_look_ahead`); not a flag: tests shorten it.
     #[arg(skip = DEFAULT_DELAY_LOOK_AHEAD)]
     pub delay_look_ahead: Duration,
+
+    /// A TOML file of settings: keys are the flag names with `_` for `-`
+    /// (`data_dir = "/var/lib/tidings"`, `sync_interval = "100ms"`,
+    /// `max_message_bytes = "4MiB"`). Flags and environment variables win
+    /// over it; an unknown key is an error.
+    #[arg(long, env = "TIDINGS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or an environment variable is wrong (or `--help` was asked
+    /// for): clap's own message.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// The config file could not be read.
+    #[error("cannot read the config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not TOML.
+    #[error("the config file {} is not valid TOML: {message}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser says, with the line.
+        message: String,
+    },
+    /// The config file names no setting.
+    #[error(
+        "unknown key `{key}` in the config file {}; keys are the flag names with `_` for `-`, \
+         such as data_dir or sync_interval (see tidings-server --help)",
+        path.display()
+    )]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A value in the config file is not one its flag takes.
+    #[error("in the config file {}, {key}: {message}", path.display())]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Config {
+    /// The settings from the command line, the environment and the config
+    /// file, in that order of precedence.
+    ///
+    /// # Errors
+    /// [`ConfigError`]; for [`ConfigError::Args`], `exit()` prints clap's
+    /// message (or the help) and exits as clap does.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// As [`Config::load`], with these arguments (the first is the program
+    /// name).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = <Self as CommandFactory>::command().args_override_self(true);
+        let matches = command.clone().try_get_matches_from(&args)?;
+        let config = Self::from_arg_matches(&matches)?;
+        let Some(path) = config.config.clone() else {
+            return Ok(config);
+        };
+        let file = file_args(&command, &matches, &path)?;
+        let mut all = Vec::with_capacity(args.len() + file.len());
+        all.extend(args.first().cloned());
+        all.extend(file);
+        all.extend(args.into_iter().skip(1));
+        // The command line and the environment parsed once already: what
+        // fails now is a value from the file.
+        let in_file = |err: clap::Error| {
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            ConfigError::Value {
+                path: path.clone(),
+                key: "a value".to_owned(),
+                message: first.trim_start_matches("error: ").to_owned(),
+            }
+        };
+        let matches = command.try_get_matches_from(all).map_err(in_file)?;
+        Self::from_arg_matches(&matches).map_err(in_file)
+    }
+
     /// The defaults, with data in `data_dir`: what tests start a broker
     /// with. Reads no environment variable.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
@@ -163,6 +278,7 @@ impl Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             log: DEFAULT_LOG.to_owned(),
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
+            config: None,
         }
     }
 
@@ -190,6 +306,61 @@ impl Config {
             .saturating_add(TRANSPORT_SLACK)
             .max(MIN_TRANSPORT_LIMIT)
     }
+}
+
+/// The config file's settings as flags, for every key the command line and
+/// the environment left unset.
+fn file_args(
+    command: &clap::Command,
+    given: &clap::ArgMatches,
+    path: &Path,
+) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| ConfigError::Toml {
+            path: path.to_owned(),
+            message: err.to_string().trim().to_owned(),
+        })?;
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == key.as_str() && arg.get_id() != "config")
+            .and_then(|arg| Some((arg, arg.get_long()?)));
+        let Some((arg, long)) = arg else {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_owned(),
+                key: key.clone(),
+            });
+        };
+        if matches!(
+            given.value_source(key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let bad = |message: &str| ConfigError::Value {
+            path: path.to_owned(),
+            key: key.clone(),
+            message: message.to_owned(),
+        };
+        let flag = OsString::from(format!("--{long}"));
+        match (arg.get_action(), value) {
+            (ArgAction::SetTrue, toml::Value::Boolean(true)) => flags.push(flag),
+            (ArgAction::SetTrue, toml::Value::Boolean(false)) => {}
+            (ArgAction::SetTrue, _) => return Err(bad("expected true or false")),
+            (_, toml::Value::String(text)) => flags.extend([flag, text.into()]),
+            (_, toml::Value::Integer(n)) => flags.extend([flag, n.to_string().into()]),
+            (_, toml::Value::Float(n)) => flags.extend([flag, n.to_string().into()]),
+            (_, toml::Value::Boolean(b)) => flags.extend([flag, b.to_string().into()]),
+            _ => return Err(bad("expected a string, a number or a boolean")),
+        }
+    }
+    Ok(flags)
 }
 
 /// Parses `always` or a duration such as `100ms`.
@@ -224,14 +395,23 @@ fn parse_retention_max_age(value: &str) -> Result<Duration, String> {
     Ok(age)
 }
 
-/// Parses a positive byte count.
+/// Parses a positive byte count: a number, or one with a unit such as
+/// `1MiB` or `512KB`.
 fn parse_max_message_bytes(value: &str) -> Result<usize, String> {
-    match value.trim().parse::<usize>() {
+    let value = value.trim();
+    let bytes = match value.parse::<u64>() {
+        Ok(bytes) => bytes,
+        Err(_) => value
+            .parse::<bytesize::ByteSize>()
+            .map_err(|err| {
+                format!("expected a number of bytes such as `1048576` or `1MiB` ({err})")
+            })?
+            .as_u64(),
+    };
+    match usize::try_from(bytes) {
         Ok(0) => Err("must be at least 1".into()),
         Ok(bytes) => Ok(bytes),
-        Err(err) => Err(format!(
-            "expected a number of bytes such as `1048576` ({err})"
-        )),
+        Err(_) => Err("is too large for this machine".into()),
     }
 }
 
@@ -325,6 +505,46 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_fills_in_what_flags_leave_unset() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("tidings.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/tidings\"\nhttp_listen = \"127.0.0.1:8080\"\n\
+             auto_create_topics = true\nmax_message_bytes = \"2MiB\"\nshutdown_timeout = \"3s\"\n",
+        )
+        .expect("written");
+        let path = path.to_str().expect("a UTF-8 path");
+        let config = Config::load_from([
+            "tidings-server",
+            "--config",
+            path,
+            "--shutdown-timeout",
+            "1s",
+        ])
+        .expect("loads");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/tidings"));
+        assert_eq!(config.http_listen.map(|a| a.port()), Some(8080));
+        assert!(config.auto_create_topics);
+        assert_eq!(config.max_message_bytes, 2 * 1024 * 1024);
+        assert_eq!(
+            config.shutdown_timeout,
+            Duration::from_secs(1),
+            "the flag wins"
+        );
+        let without = Config::load_from(["tidings-server", "--data-dir", "d"]).expect("loads");
+        assert_eq!(without, Config::for_data_dir("d"));
+    }
+
+    #[test]
+    fn byte_sizes_take_units() {
+        assert_eq!(parse_max_message_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_max_message_bytes("512"), Ok(512));
+        assert!(parse_max_message_bytes("0B").is_err());
+        assert!(parse_max_message_bytes("lots").is_err());
+    }
+
+    #[test]
     fn transport_limit_lies_above_the_message_limit() {
         let mut config = Config::for_data_dir("x");
         assert_eq!(config.max_request_bytes(), 4 * 1024 * 1024);
@@ -347,6 +567,8 @@ mod tests {
             "--max-message-bytes",
             "--shutdown-timeout",
             "--log",
+            "--http-listen",
+            "--config",
             "TIDINGS_SYNC_INTERVAL",
             "power loss",
         ] {

@@ -7,8 +7,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
-use tidings_server::config::Config;
+use tidings_server::config::{Config, ConfigError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
@@ -16,7 +15,15 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        // clap prints the message (or the help) and exits as it does.
+        Err(ConfigError::Args(err)) => err.exit(),
+        Err(err) => {
+            eprintln!("tidings-server: {:#}", anyhow::Error::new(err));
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(err) = init_tracing(&config) {
         eprintln!("tidings-server: {err:#}");
         return ExitCode::FAILURE;

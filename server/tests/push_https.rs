@@ -145,7 +145,10 @@ async fn an_https_endpoint_with_a_trusted_certificate_gets_its_pushes() -> anyho
         &dir.path().join("data"),
         dir.path(),
         &[],
-        &[("SSL_CERT_FILE", Some(&ca)), ("SSL_CERT_DIR", None)],
+        &[
+            ("SSL_CERT_FILE", Some(ca.as_os_str())),
+            ("SSL_CERT_DIR", None),
+        ],
     )
     .await?;
     let client = server.client().await?;

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -96,7 +97,7 @@ impl ServerProcess {
         data_dir: &Path,
         log_dir: &Path,
         flags: &[&str],
-        env: &[(&str, Option<&Path>)],
+        env: &[(&str, Option<&OsStr>)],
     ) -> anyhow::Result<Self> {
         let log_path = log_dir.join(format!("server-{}.log", unique_suffix()));
         let log = std::fs::File::create(&log_path).context("create the server log")?;
@@ -125,7 +126,16 @@ impl ServerProcess {
         let mut child = command.spawn().context("start tidings-server")?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut lines = BufReader::new(stdout).lines();
-        let announced = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
+        // The HTTP bus, when it listens, announces itself first.
+        let announced = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) if line.starts_with("http listening on ") => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await;
         let line = match announced {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => bail!(
