@@ -23,7 +23,9 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
-use crate::broker::{BrokerConfig, DEFAULT_DELAY_LOOK_AHEAD, DEFAULT_RETENTION_MAX_AGE, Retention};
+use crate::broker::{
+    BrokerConfig, DEFAULT_DELAY_LOOK_AHEAD, DEFAULT_RETENTION_MAX_AGE, Limits, Retention,
+};
 use crate::storage::SyncPolicy;
 
 /// The default `--listen` address.
@@ -155,6 +157,21 @@ pub struct Config {
     )]
     pub log: String,
 
+    /// The most topics the broker holds; creating one more is
+    /// RESOURCE_EXHAUSTED. Unlimited unless set.
+    #[arg(long, env = "TIDINGS_MAX_TOPICS", value_name = "N", value_parser = parse_limit)]
+    pub max_topics: Option<usize>,
+
+    /// The most subscriptions the broker holds; creating one more is
+    /// RESOURCE_EXHAUSTED. Unlimited unless set.
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", value_name = "N", value_parser = parse_limit)]
+    pub max_subscriptions: Option<usize>,
+
+    /// The most `Subscribe` streams open at once, across all
+    /// subscriptions; one more is RESOURCE_EXHAUSTED. Unlimited unless set.
+    #[arg(long, env = "TIDINGS_MAX_OPEN_STREAMS", value_name = "N", value_parser = parse_limit)]
+    pub max_open_streams: Option<usize>,
+
     /// How far ahead delayed messages are handed to subscriptions (see
     /// `BrokerConfig::delay_look_ahead`); not a flag: tests shorten it.
     #[arg(skip = DEFAULT_DELAY_LOOK_AHEAD)]
@@ -279,6 +296,9 @@ impl Config {
             log: DEFAULT_LOG.to_owned(),
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
             config: None,
+            max_topics: None,
+            max_subscriptions: None,
+            max_open_streams: None,
         }
     }
 
@@ -292,6 +312,11 @@ impl Config {
                 ..Retention::default()
             },
             delay_look_ahead: self.delay_look_ahead,
+            limits: Limits {
+                topics: self.max_topics,
+                subscriptions: self.max_subscriptions,
+                open_streams: self.max_open_streams,
+            },
             ..BrokerConfig::default()
         }
     }
@@ -412,6 +437,15 @@ fn parse_max_message_bytes(value: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(bytes) => Ok(bytes),
         Err(_) => Err("is too large for this machine".into()),
+    }
+}
+
+/// Parses a limit: a positive count.
+fn parse_limit(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave the flag out for no limit)".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(format!("expected a count such as `1000` ({err})")),
     }
 }
 

@@ -15,6 +15,7 @@
 //!   (`acks`) before any await.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +36,7 @@ use super::checks::{
 };
 use super::delays;
 use super::retention;
-use super::stream::{FRAME_BUFFER, StreamTask};
+use super::stream::{FRAME_BUFFER, StreamSlot, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
 use super::*;
@@ -76,6 +77,8 @@ struct Inner {
     tasks: TaskTracker,
     /// The push subscriptions, for whoever delivers them.
     push: watch::Sender<PushTargets>,
+    /// `Subscribe` streams open now.
+    open_streams: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -157,6 +160,7 @@ impl Broker {
             stop_writer: CancellationToken::new(),
             tasks: TaskTracker::new(),
             push: watch::Sender::new(PushTargets::default()),
+            open_streams: Arc::new(AtomicUsize::new(0)),
         });
         let writer = Arc::clone(&inner.writer);
         inner
@@ -254,6 +258,7 @@ impl Broker {
         window: Window,
         remaining: Option<u64>,
         pull_until: Option<Instant>,
+        slot: Option<StreamSlot>,
     ) -> DeliveryStream {
         let stream = sub.book().open_stream();
         let (frames_tx, end_tx, deliveries) = DeliveryStream::channel(FRAME_BUFFER);
@@ -271,6 +276,7 @@ impl Broker {
             end_tx,
             delayed_until: None,
             pull_until,
+            _slot: slot,
         };
         self.inner.tasks.spawn(task.run().instrument(span));
         deliveries
@@ -664,11 +670,15 @@ impl Engine for Broker {
         if sub.is_push() {
             return Err(BrokerError::PushSubscription(sub.name.clone()));
         }
+        let slot = StreamSlot::claim(
+            &self.inner.open_streams,
+            self.inner.config.limits.open_streams,
+        )?;
         let window = Window {
             messages: max_outstanding,
             bytes: spec.max_outstanding_bytes,
         };
-        Ok(self.spawn_stream(sub, window, spec.max_messages, None))
+        Ok(self.spawn_stream(sub, window, spec.max_messages, None, Some(slot)))
     }
 
     /// # Errors
@@ -694,7 +704,8 @@ impl Engine for Broker {
             bytes: None,
         };
         let until = Instant::now() + wait;
-        let mut frames = self.spawn_stream(sub, window, Some(max_messages as u64), Some(until));
+        let mut frames =
+            self.spawn_stream(sub, window, Some(max_messages as u64), Some(until), None);
         // The stream ends after its first turn that sent anything; that
         // turn may have sent more than one frame.
         let mut pulled = Vec::new();

@@ -40,6 +40,20 @@ pub enum BrokerError {
         /// The topic the caller named.
         requested: TopicName,
     },
+    /// A limit the operator set was reached.
+    #[error(
+        "the broker holds {limit} {what}, its limit (--{flag}); {hint}, or ask the operator to raise the limit"
+    )]
+    LimitReached {
+        /// What is limited: `topics`, `subscriptions`, `open streams`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The flag that sets it.
+        flag: &'static str,
+        /// What the caller can do.
+        hint: &'static str,
+    },
     /// Subscribe or Pull on a push subscription.
     #[error(
         "subscription \"{0}\" is a push subscription: the broker POSTs its messages to its endpoint; remove its push_config (AdminService.UpdateSubscription) to subscribe or pull"

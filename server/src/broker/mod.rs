@@ -95,6 +95,19 @@ pub struct BrokerConfig {
     /// How far ahead of their time delayed messages are handed to the
     /// subscriptions: what their lease books hold of the future.
     pub delay_look_ahead: Duration,
+    /// The most topics, subscriptions and open streams the broker holds.
+    pub limits: Limits,
+}
+
+/// Limits an operator sets on what the broker holds; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Topics.
+    pub topics: Option<usize>,
+    /// Subscriptions.
+    pub subscriptions: Option<usize>,
+    /// `Subscribe` streams open at once, across all subscriptions.
+    pub open_streams: Option<usize>,
 }
 
 /// The default of [`BrokerConfig::delay_look_ahead`]: 30 s.
@@ -114,6 +127,7 @@ impl Default for BrokerConfig {
                 ..Retention::default()
             },
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
+            limits: Limits::default(),
         }
     }
 }

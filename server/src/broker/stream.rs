@@ -16,6 +16,7 @@
 //! anything, or when the pull's wait is over.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
@@ -64,6 +65,35 @@ pub(super) struct StreamTask {
     /// Set for a pull: the stream ends, finished, after its first turn that
     /// sent anything, or at this time when nothing came.
     pub(super) pull_until: Option<Instant>,
+    /// A `Subscribe` stream's place among the open streams; pulls hold
+    /// none.
+    pub(super) _slot: Option<StreamSlot>,
+}
+
+/// A place among the broker's open `Subscribe` streams, given back when
+/// the stream's task ends.
+pub(super) struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    /// Takes a place, unless `limit` streams are open.
+    pub(super) fn claim(open: &Arc<AtomicUsize>, limit: Option<usize>) -> BrokerResult<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            limit.is_none_or(|limit| n < limit).then_some(n + 1)
+        })
+        .map_err(|_| BrokerError::LimitReached {
+            what: "open streams",
+            limit: limit.unwrap_or_default(),
+            flag: "max-open-streams",
+            hint: "close streams no longer read, or retry later",
+        })?;
+        Ok(Self(Arc::clone(open)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Gives a scan back to the book unless it was admitted: a stream whose

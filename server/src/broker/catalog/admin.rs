@@ -27,6 +27,15 @@ impl Broker {
         if self.names().topics.contains_key(&name) {
             return Err(BrokerError::TopicExists(name));
         }
+        let limit = self.inner.config.limits.topics;
+        if let Some(limit) = limit.filter(|&l| self.names().topics.len() >= l) {
+            return Err(BrokerError::LimitReached {
+                what: "topics",
+                limit,
+                flag: "max-topics",
+                hint: "delete topics no longer used",
+            });
+        }
         let record = self
             .inner
             .store
@@ -100,6 +109,15 @@ impl Broker {
     ) -> BrokerResult<SubscriptionInfo> {
         if self.names().subscriptions.contains_key(&spec.name) {
             return Err(BrokerError::SubscriptionExists(spec.name));
+        }
+        let limit = self.inner.config.limits.subscriptions;
+        if let Some(limit) = limit.filter(|&l| self.names().subscriptions.len() >= l) {
+            return Err(BrokerError::LimitReached {
+                what: "subscriptions",
+                limit,
+                flag: "max-subscriptions",
+                hint: "delete subscriptions no longer used",
+            });
         }
         let topic = self.topic(&spec.topic)?;
         self.dead_letter_topic_exists(settings.dead_letter.as_ref())?;
