@@ -157,6 +157,11 @@ pub struct Config {
     )]
     pub log: String,
 
+    /// The most gRPC connections open at once; a connection over it is
+    /// answered RESOURCE_EXHAUSTED on every request. Unlimited unless set.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", value_name = "N", value_parser = parse_limit)]
+    pub max_connections: Option<usize>,
+
     /// The most topics the broker holds; creating one more is
     /// RESOURCE_EXHAUSTED. Unlimited unless set.
     #[arg(long, env = "TIDINGS_MAX_TOPICS", value_name = "N", value_parser = parse_limit)]
@@ -296,6 +301,7 @@ impl Config {
             log: DEFAULT_LOG.to_owned(),
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
             config: None,
+            max_connections: None,
             max_topics: None,
             max_subscriptions: None,
             max_open_streams: None,

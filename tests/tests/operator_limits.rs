@@ -122,3 +122,46 @@ async fn open_streams_stop_at_their_limit_and_a_closed_one_makes_room() -> anyho
     .await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_over_the_limit_is_told_so_and_a_closed_one_makes_room() -> anyhow::Result<()>
+{
+    let broker = TestBroker::start_with(|config| config.max_connections = Some(2)).await?;
+    // The fixture's own client holds one place; this one the other.
+    let second = Client::connect(broker.url()).await?;
+    create_topic(&second, "a").await?;
+    let third = Client::connect(broker.url()).await?;
+    let refused = third
+        .admin_service()
+        .create_topic(tidings::v1::CreateTopicRequest {
+            name: "b".into(),
+            ..Default::default()
+        })
+        .await;
+    let status = expect_code(refused, Code::ResourceExhausted)?;
+    assert!(
+        status.message().contains("--max-connections") && status.message().contains("serves 2 "),
+        "{status:?}"
+    );
+    drop(third);
+    drop(second);
+    // Once the second connection is gone, a new one is served.
+    within(async {
+        loop {
+            let fresh = Client::connect(broker.url()).await?;
+            match fresh
+                .admin_service()
+                .list_topics(tidings::v1::ListTopicsRequest::default())
+                .await
+            {
+                Ok(_) => return anyhow::Ok(()),
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::task::yield_now().await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    })
+    .await??;
+    Ok(())
+}

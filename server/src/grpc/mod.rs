@@ -27,10 +27,13 @@ use tracing::{info, warn};
 use crate::ServeError;
 use crate::broker::SharedEngine;
 use crate::config::Config;
+use connections::{Connections, RefuseOverLimit};
+use futures::StreamExt as _;
 use health::HealthSwitch;
 use limits::RequestLimit;
 
 mod admin;
+mod connections;
 mod convert;
 mod health;
 mod limits;
@@ -93,6 +96,7 @@ pub async fn serve(
     let (health, health_service) = HealthSwitch::new(&TIDINGS_SERVICES);
     let request_limit = config.max_request_bytes();
     let router = Server::builder()
+        .layer(RefuseOverLimit)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
@@ -117,9 +121,11 @@ pub async fn serve(
         ));
     // The builder's TCP settings do not apply to an incoming stream, so
     // they are set here.
+    let connections = Connections::new(config.max_connections);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
+        .with_keepalive(Some(TCP_KEEPALIVE))
+        .map(move |accepted| accepted.map(|io| connections.admit(io)));
 
     health.serving();
     info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
