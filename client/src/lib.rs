@@ -121,12 +121,13 @@ pub use publisher::{
 pub use read::{StoredMessage, TopicRead};
 pub use subscriber::{
     DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_BYTES,
-    DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_ORDERED_ACK_FLUSH_INTERVAL, ShutdownReport,
-    Subscriber, SubscriberBuilder,
+    DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_ORDERED_ACK_FLUSH_INTERVAL,
+    DEFAULT_STREAM_IDLE_TIMEOUT, ShutdownReport, Subscriber, SubscriberBuilder,
 };
 pub use types::{
-    DeadLetterPolicy, Message, Published, Retention, RetryPolicy, StartPosition, StorageClass,
-    PushConfig, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig, TopicUpdate,
+    DeadLetterPolicy, Message, Published, PushConfig, Retention, RetryPolicy, StartPosition,
+    StorageClass, Subscription, SubscriptionConfig, SubscriptionUpdate, Topic, TopicConfig,
+    TopicUpdate,
 };
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! only once the handlers are done. It settles nothing itself.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tidings::v1::{SubscribeRequest, SubscribeResponse};
 use tokio::sync::{mpsc, watch};
@@ -50,6 +51,9 @@ pub(crate) struct Reader {
     pub(crate) max_messages: Option<u32>,
     /// Of those, the ones the current stream still has to bring.
     pub(crate) remaining: Option<u32>,
+    /// A stream that brings nothing, not even a heartbeat, for this long
+    /// is taken for dead.
+    pub(crate) idle_timeout: Duration,
 }
 
 /// How one stream ended.
@@ -146,7 +150,15 @@ impl Reader {
                 biased;
                 () = self.deliveries_tx.closed() => return End::Dropped,
                 Ok(_) = self.stop_rx.wait_for(|stop| *stop) => return End::Stopped,
-                frame = stream.message() => frame,
+                frame = tokio::time::timeout(self.idle_timeout, stream.message()) => match frame {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        return End::Broken(Some(tonic::Status::unavailable(format!(
+                            "the stream brought nothing, not even a heartbeat, for {:?}",
+                            self.idle_timeout
+                        ))));
+                    }
+                },
             };
             let messages = match frame {
                 Ok(Some(frame)) => frame.messages,

@@ -31,6 +31,10 @@ use crate::types::{StartPosition, deadline_seconds};
 pub const DEFAULT_MAX_OUTSTANDING_MESSAGES: u32 = 1000;
 /// The default [`SubscriberBuilder::max_outstanding_bytes`]: 100 MiB.
 pub const DEFAULT_MAX_OUTSTANDING_BYTES: u64 = 100 << 20;
+/// How long a stream may bring nothing, not even the broker's heartbeat
+/// (every 30 s by default), before the subscriber takes it for dead and
+/// reconnects.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// The default [`SubscriberBuilder::max_lease_extension`]: 10 minutes.
 pub const DEFAULT_MAX_LEASE_EXTENSION: Duration = Duration::from_secs(600);
 /// The default [`SubscriberBuilder::ack_flush_interval`].
@@ -72,6 +76,7 @@ pub struct SubscriberBuilder {
     max_lease_extension: Duration,
     ack_flush_interval: Option<Duration>,
     backoff: (Duration, Duration),
+    idle_timeout: Duration,
 }
 
 impl SubscriberBuilder {
@@ -88,6 +93,7 @@ impl SubscriberBuilder {
             max_lease_extension: DEFAULT_MAX_LEASE_EXTENSION,
             ack_flush_interval: None,
             backoff: (backoff::DEFAULT_MIN, backoff::DEFAULT_MAX),
+            idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 
@@ -180,6 +186,16 @@ impl SubscriberBuilder {
         self
     }
 
+    /// How long the stream may bring nothing, not even a heartbeat, before
+    /// the subscriber takes it for dead (a connection that went silent
+    /// without breaking, say behind a proxy) and reconnects: default 75 s,
+    /// two and a half of the broker's default `--stream-heartbeat`. Keep it
+    /// above twice the broker's heartbeat.
+    pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
     /// Opens the stream.
     ///
     /// # Errors
@@ -236,6 +252,7 @@ impl SubscriberBuilder {
             max_outstanding_bytes: self.max_outstanding_bytes,
             max_messages: self.max_messages,
             remaining: self.max_messages,
+            idle_timeout: self.idle_timeout,
         };
         let span = info_span!("subscriber", subscription = %self.subscription);
         let reader = tokio::spawn(reader.run(stream).instrument(span));

@@ -1031,3 +1031,64 @@ async fn nack_with_error_puts_the_error_in_the_request() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_silent_past_the_idle_timeout_is_taken_for_dead_and_reopened() -> anyhow::Result<()>
+{
+    // The first stream brings one message, then nothing at all; the
+    // second brings the next.
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, |_, n| {
+        stay_open(vec![message(u64::from(n) - 1, &format!("a{n}"))])
+    })
+    .await?;
+    let idle = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .stream_idle_timeout(idle)
+        .subscribe()
+        .await?;
+    assert_eq!(next(&mut subscriber).await?.offset(), 0);
+    let reopened = next(&mut subscriber).await?;
+    assert_eq!(reopened.offset(), 1);
+    assert!(started.elapsed() >= idle, "not before the idle timeout");
+    let calls = drain(&mut calls_rx);
+    assert!(
+        calls.iter().any(|c| matches!(c, Call::StreamEnded(1))),
+        "the silent stream was ended: {calls:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_keep_a_quiet_stream_alive_and_deliver_nothing() -> anyhow::Result<()> {
+    // Empty frames every 50 ms for two seconds, then a message: the stream
+    // is quiet four times longer than the idle timeout, but never silent
+    // for a tenth of it.
+    let (client, mut calls_rx) = stand_in(LONG_DEADLINE, |_, _| {
+        let beats = futures::stream::iter(0..40).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stand_in::frame(Vec::new())
+        });
+        let message = futures::stream::iter([stand_in::frame(vec![message(0, "a0")])]);
+        Ok(beats
+            .chain(message)
+            .chain(futures::stream::pending())
+            .boxed())
+    })
+    .await?;
+    let mut subscriber = client
+        .subscriber("s")
+        .topic("t")
+        .stream_idle_timeout(Duration::from_millis(500))
+        .subscribe()
+        .await?;
+    assert_eq!(next(&mut subscriber).await?.offset(), 0);
+    let subscribes = drain(&mut calls_rx)
+        .iter()
+        .filter(|c| matches!(c, Call::Subscribe(_)))
+        .count();
+    assert_eq!(subscribes, 1, "the stream was never taken for dead");
+    Ok(())
+}

@@ -24,7 +24,8 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use crate::broker::{
-    BrokerConfig, DEFAULT_DELAY_LOOK_AHEAD, DEFAULT_RETENTION_MAX_AGE, Limits, Retention,
+    BrokerConfig, DEFAULT_DELAY_LOOK_AHEAD, DEFAULT_RETENTION_MAX_AGE, DEFAULT_STREAM_HEARTBEAT,
+    Limits, Retention,
 };
 use crate::storage::SyncPolicy;
 
@@ -177,6 +178,18 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_MAX_OPEN_STREAMS", value_name = "N", value_parser = parse_limit)]
     pub max_open_streams: Option<usize>,
 
+    /// How often an idle `Subscribe` stream gets an empty response, so that
+    /// proxies and load balancers keep it open and clients can tell a live
+    /// stream from a dead one (such as `30s`; `0` sends none).
+    #[arg(
+        long,
+        env = "TIDINGS_STREAM_HEARTBEAT",
+        default_value = "30s",
+        value_parser = parse_duration,
+        value_name = "DURATION"
+    )]
+    pub stream_heartbeat: Duration,
+
     /// How far ahead delayed messages are handed to subscriptions (see
     /// `BrokerConfig::delay_look_ahead`); not a flag: tests shorten it.
     #[arg(skip = DEFAULT_DELAY_LOOK_AHEAD)]
@@ -301,6 +314,7 @@ impl Config {
             log: DEFAULT_LOG.to_owned(),
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
             config: None,
+            stream_heartbeat: DEFAULT_STREAM_HEARTBEAT,
             max_connections: None,
             max_topics: None,
             max_subscriptions: None,
@@ -318,6 +332,7 @@ impl Config {
                 ..Retention::default()
             },
             delay_look_ahead: self.delay_look_ahead,
+            stream_heartbeat: (!self.stream_heartbeat.is_zero()).then_some(self.stream_heartbeat),
             limits: Limits {
                 topics: self.max_topics,
                 subscriptions: self.max_subscriptions,

@@ -97,7 +97,13 @@ pub struct BrokerConfig {
     pub delay_look_ahead: Duration,
     /// The most topics, subscriptions and open streams the broker holds.
     pub limits: Limits,
+    /// An idle `Subscribe` stream gets an empty frame this often, so that
+    /// proxies keep it open and clients can tell it is alive; `None`: never.
+    pub stream_heartbeat: Option<Duration>,
 }
+
+/// The default of [`BrokerConfig::stream_heartbeat`]: 30 s.
+pub const DEFAULT_STREAM_HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// Limits an operator sets on what the broker holds; `None` is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,6 +134,7 @@ impl Default for BrokerConfig {
             },
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
             limits: Limits::default(),
+            stream_heartbeat: Some(DEFAULT_STREAM_HEARTBEAT),
         }
     }
 }

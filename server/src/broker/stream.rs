@@ -148,6 +148,12 @@ impl StreamTask {
     async fn deliver(&mut self) -> End {
         let sub = Arc::clone(&self.subscription);
         let mut head_rx = sub.topic.watch_head();
+        // Pulls end long before a heartbeat would be due.
+        let heartbeat = self
+            .config
+            .stream_heartbeat
+            .filter(|_| self.pull_until.is_none());
+        let mut last_frame = Instant::now();
         loop {
             let woken = sub.wake.notified();
             tokio::pin!(woken);
@@ -160,6 +166,9 @@ impl StreamTask {
             };
             if self.remaining == Some(0) || (sent && self.pull_until.is_some()) {
                 return End::Complete;
+            }
+            if sent {
+                last_frame = Instant::now();
             }
             if sent || scanned {
                 continue;
@@ -179,6 +188,15 @@ impl StreamTask {
                 () = sleep_until_option(wakeup) => {}
                 () = sleep_until_option(delayed_until) => {}
                 () = sleep_until_option(self.pull_until) => return End::Complete,
+                () = sleep_until_option(heartbeat.map(|every| last_frame + every)) => {
+                    last_frame = Instant::now();
+                    // A stream whose client is behind is busy, not idle.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        self.frames_tx.try_send(Vec::new())
+                    {
+                        return End::Left;
+                    }
+                }
             }
         }
     }
