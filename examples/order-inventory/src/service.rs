@@ -1,5 +1,5 @@
-//! Plumbing both services share: logging, signals, topics, the HTTP server
-//! and the loop that feeds deliveries to a handler.
+//! Plumbing the services share: logging, signals, topics, the HTTP server
+//! and its error answer, and the loop that feeds deliveries to a handler.
 //!
 //! Nothing here knows about orders or stock; what each topic keeps comes
 //! from [`crate::events::topic_config`].
@@ -7,6 +7,9 @@
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use tidings_client::{Client, Delivery, Subscriber};
 use tokio::net::TcpListener;
@@ -104,6 +107,41 @@ pub async fn serve_http(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// An HTTP error, answered as `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub struct HttpError {
+    /// The status to answer.
+    pub status: StatusCode,
+    /// What went wrong, for the client to read.
+    pub message: String,
+}
+
+impl HttpError {
+    /// A `400 Bad Request` saying what is wrong with the request.
+    pub fn bad_request(message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+
+    /// A `500 Internal Server Error` with a short message (log the details
+    /// where the error happened).
+    pub fn internal(message: &str) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, Json(body)).into_response()
+    }
 }
 
 /// Feeds each delivery of `subscriber` to `handle`, one at a time, until

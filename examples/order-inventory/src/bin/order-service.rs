@@ -21,7 +21,6 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use clap::Parser;
@@ -31,7 +30,7 @@ use order_inventory::events::{
 };
 use order_inventory::orders::{BookError, NewOrder, Order, OrderBook, Placed, Settled};
 use order_inventory::outbox::{Announced, Outbox};
-use order_inventory::service::{self, DEFAULT_BROKER};
+use order_inventory::service::{self, DEFAULT_BROKER, HttpError};
 use serde::{Deserialize, Serialize};
 use tidings_client::{Client, Delivery, Subscriber};
 use tokio::time::Instant;
@@ -261,7 +260,7 @@ async fn place_order(
     // announces it) even when this handler is dropped: every wait below
     // may stop for good without losing anything.
     let placed = match tokio::time::timeout_at(deadline, app.orders.place(order)).await {
-        Ok(placed) => placed.map_err(HttpError::from)?,
+        Ok(placed) => placed.map_err(book_error)?,
         Err(_) => {
             warn!(order = %id, "recording an order takes longer than the answer timeout");
             return Err(HttpError {
@@ -395,51 +394,20 @@ async fn list_orders(State(app): State<App>) -> Json<OrderList> {
     })
 }
 
-/// An HTTP error answered as `{"error": "..."}`.
-#[derive(Debug)]
-struct HttpError {
-    status: StatusCode,
-    message: String,
-}
-
-impl HttpError {
-    fn bad_request(message: String) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message,
+/// The HTTP answer to an order the order book did not place.
+fn book_error(err: BookError) -> HttpError {
+    match err {
+        BookError::Conflict { .. } => HttpError {
+            status: StatusCode::CONFLICT,
+            message: err.to_string(),
+        },
+        BookError::Journal(err) => {
+            error!(error = %err, "cannot record an order");
+            HttpError::internal("cannot record the order; try again later")
         }
-    }
-
-    fn internal(message: &str) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.to_owned(),
-        }
-    }
-}
-
-impl From<BookError> for HttpError {
-    fn from(err: BookError) -> Self {
-        match err {
-            BookError::Conflict { .. } => Self {
-                status: StatusCode::CONFLICT,
-                message: err.to_string(),
-            },
-            BookError::Journal(err) => {
-                error!(error = %err, "cannot record an order");
-                Self::internal("cannot record the order; try again later")
-            }
-            BookError::Stopped => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "the order service is stopping; try again later".to_owned(),
-            },
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message });
-        (self.status, Json(body)).into_response()
+        BookError::Stopped => HttpError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the order service is stopping; try again later".to_owned(),
+        },
     }
 }
