@@ -1,4 +1,5 @@
-//! An append-only journal of JSON lines: the order service's durable memory.
+//! An append-only journal of JSON lines: the durable memory of the order
+//! service and of the notifier.
 //!
 //! [`Journal::append`] returns once the record is synced to disk. A crash
 //! can leave the last line torn (half written); [`Journal::open`] drops such
