@@ -25,6 +25,7 @@ use order_inventory::orders::{self, Order, OrderStatus};
 use order_inventory::stock::{self, StockReport};
 use support::{
     Broker, Service, Stack, decision_events, get_json, http, list_orders, poll_until, read_topic,
+    with_stack,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -225,13 +226,7 @@ async fn wait_for_more_decisions(inventory: &Service, more: usize) -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_order_ends_final_once_when_each_process_is_killed_in_turn() -> anyhow::Result<()> {
-    let mut stack = Stack::start(STOCK).await?;
-    let result = kill_each_process_in_turn(&mut stack).await;
-    if result.is_err() {
-        stack.print_logs();
-    }
-    result?;
-    stack.stop().await
+    with_stack(STOCK, kill_each_process_in_turn).await
 }
 
 async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {

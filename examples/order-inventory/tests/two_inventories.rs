@@ -15,7 +15,7 @@ use anyhow::ensure;
 use order_inventory::events::{OrderId, STOCK_RESERVED};
 use order_inventory::orders::{Order, OrderStatus};
 use order_inventory::stock::StockReport;
-use support::{Stack, decision_events, get_json, http, list_orders, poll_until};
+use support::{Stack, decision_events, get_json, http, list_orders, poll_until, with_stack};
 use tokio::task::JoinSet;
 
 /// Ten pots for forty orders of one pot.
@@ -41,13 +41,7 @@ async fn place_orders(orders: SocketAddr, first: usize) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_inventories_at_once_never_oversell_and_decide_each_order_once() -> anyhow::Result<()> {
-    let stack = Stack::start(STOCK).await?;
-    let result = two_inventories_at_once(&stack).await;
-    if result.is_err() {
-        stack.print_logs();
-    }
-    result?;
-    stack.stop().await
+    with_stack(STOCK, async |stack| two_inventories_at_once(stack).await).await
 }
 
 async fn two_inventories_at_once(stack: &Stack) -> anyhow::Result<()> {

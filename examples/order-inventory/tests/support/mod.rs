@@ -392,6 +392,21 @@ impl Stack {
     }
 }
 
+/// Starts a broker for a stack with the inventory's `stock`, runs `test`
+/// on it, prints every log when the test fails, and stops the broker.
+pub(crate) async fn with_stack(
+    stock: &'static str,
+    test: impl AsyncFnOnce(&mut Stack) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start(stock).await?;
+    let result = test(&mut stack).await;
+    if result.is_err() {
+        stack.print_logs();
+    }
+    result?;
+    stack.stop().await
+}
+
 /// The path as a `&str` argument.
 pub(crate) fn arg(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("temporary paths are UTF-8")
