@@ -1,5 +1,5 @@
 //! What the end-to-end tests share: the broker (the `tidings-server`
-//! binary) and the two services as child processes that a test can kill,
+//! binary) and the services as child processes that a test can kill,
 //! pause and restart, a tiny HTTP/1.1 client, a reader of whole topics and
 //! a bounded poll.
 
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use order_inventory::events::{Decision, STOCK_REJECTED, STOCK_RESERVED};
+use order_inventory::notifications::{self, NotificationReport};
 use order_inventory::orders::Order;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +28,12 @@ use tokio::sync::OnceCell;
 pub(crate) const ORDER_SERVICE: &str = env!("CARGO_BIN_EXE_order-service");
 /// The inventory service binary.
 pub(crate) const INVENTORY_SERVICE: &str = env!("CARGO_BIN_EXE_inventory-service");
+/// The notification service binary.
+pub(crate) const NOTIFICATION_SERVICE: &str = env!("CARGO_BIN_EXE_notification-service");
+/// The token the notifier is started with.
+pub(crate) const NOTIFIER_TOKEN: &str = "test-token-7Hq2";
+/// Where the notifier takes pushes.
+pub(crate) const PUSH_PATH: &str = "/push/stock-reserved";
 
 /// How long a process may take to start or stop, and a state to be reached.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
@@ -317,9 +324,9 @@ impl Broker {
     }
 }
 
-/// A broker and the order service's data directory: what each test starts
-/// the services on, and restarts them on. (The inventory keeps no files:
-/// its state is on the broker.)
+/// A broker and the data directories of the order service and the
+/// notifier: what each test starts the services on, and restarts them on.
+/// (The inventory keeps no files: its state is on the broker.)
 pub(crate) struct Stack {
     pub(crate) broker: Broker,
     data: TempDir,
@@ -343,6 +350,11 @@ impl Stack {
     /// The order service's data directory.
     pub(crate) fn orders_dir(&self) -> PathBuf {
         self.data.path().join("orders")
+    }
+
+    /// The notifier's data directory.
+    pub(crate) fn notifier_dir(&self) -> PathBuf {
+        self.data.path().join("notifier")
     }
 
     fn log_dir(&self) -> PathBuf {
@@ -369,6 +381,22 @@ impl Stack {
         args.extend_from_slice(flags);
         let log = log_path(&self.log_dir(), "orders");
         Service::start(ORDER_SERVICE, &args, log).await
+    }
+
+    /// Starts the notifier (again) on its data directory, with the token
+    /// [`NOTIFIER_TOKEN`]; it points its push subscription at itself.
+    pub(crate) async fn start_notifier(&self) -> anyhow::Result<Service> {
+        let dir = self.notifier_dir();
+        let args = [
+            "--broker",
+            &self.broker.url,
+            "--data-dir",
+            arg(&dir)?,
+            "--token",
+            NOTIFIER_TOKEN,
+        ];
+        let log = log_path(&self.log_dir(), "notifier");
+        Service::start(NOTIFICATION_SERVICE, &args, log).await
     }
 
     /// Prints the end of every log, for a test that failed.
@@ -449,6 +477,33 @@ pub(crate) async fn decision_events(
     Ok(events)
 }
 
+/// What the notifier at `addr` reports (`GET /notifications`).
+pub(crate) async fn notifications(addr: SocketAddr) -> anyhow::Result<NotificationReport> {
+    get_json(addr, "/notifications").await
+}
+
+/// Messages of the notifier's push subscription not yet acknowledged.
+pub(crate) async fn push_backlog(client: &Client) -> anyhow::Result<u64> {
+    let subscription = client.get_subscription(notifications::SUBSCRIPTION);
+    Ok(subscription.await?.backlog)
+}
+
+/// Waits until the notifier at `addr` reports what `wanted` accepts and
+/// its push subscription has nothing left to push; returns the report.
+pub(crate) async fn wait_for_notifier(
+    addr: SocketAddr,
+    client: &Client,
+    what: &str,
+    wanted: impl Fn(&NotificationReport) -> bool,
+) -> anyhow::Result<NotificationReport> {
+    poll_until(what, async || {
+        let report = notifications(addr).await?;
+        let done = wanted(&report) && push_backlog(client).await? == 0;
+        Ok(done.then_some(report))
+    })
+    .await
+}
+
 /// The body of the order service's `GET /orders`.
 #[derive(Deserialize)]
 struct OrderList {
@@ -468,10 +523,25 @@ pub(crate) async fn http(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, Vec<u8>)> {
+    http_with_headers(addr, method, path, &[], body).await
+}
+
+/// Sends one HTTP/1.1 request with more `headers` and returns the status
+/// code and body.
+pub(crate) async fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).await?;
+    let extra: String = (headers.iter())
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+         content-type: application/json\r\n{extra}content-length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
