@@ -1,9 +1,10 @@
 //! The example's promise, end to end: while clients keep placing orders,
-//! `kill -9` each of the three processes in turn — the inventory, the
+//! `kill -9` each of the four processes in turn — the inventory, the
 //! order service (while clients retry their orders under the same ids),
-//! the broker — and restart it; every order still ends reserved or
-//! rejected, none is reserved twice, the stock adds up, no id makes two
-//! orders, and the broker holds exactly one `stock.*` event per order.
+//! the notifier, the broker — and restart it; every order still ends
+//! reserved or rejected, none is reserved twice, the stock adds up, no id
+//! makes two orders, the broker holds exactly one `stock.*` event per
+//! order, and every reserved order is notified once.
 //!
 //! Every kill waits for an event, never for a time: a number of decisions
 //! the inventory reports, orders answered while a process is down, clients
@@ -21,11 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use order_inventory::events::{Decision, INVENTORY_LEDGER, OrderId, Outcome};
 use order_inventory::ledger::Entry;
+use order_inventory::notifications::NotificationReport;
 use order_inventory::orders::{self, Order, OrderStatus};
 use order_inventory::stock::{self, StockReport};
 use support::{
     Broker, Service, Stack, decision_events, get_json, http, list_orders, poll_until, read_topic,
-    with_stack,
+    wait_for_notifier, with_stack,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -234,6 +236,7 @@ async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
     let answer_timeout = ["--answer-timeout", ANSWER_TIMEOUT];
     let mut inventory = stack.start_inventory().await?;
     let mut orders = stack.start_orders_with(&answer_timeout).await?;
+    let mut notifier = stack.start_notifier().await?;
     let mut load = Load::start(orders.addr);
 
     // The inventory: the orders placed while it is down wait in the broker.
@@ -259,6 +262,15 @@ async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
     orders = stack.start_orders_with(&answer_timeout).await?;
     load.move_to(orders.addr);
 
+    // The notifier, while reservations are pushed to it: those made while
+    // it is down are pushed again once it is back (on another port, which
+    // it gives its push subscription).
+    let decided = wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
+    notifier.kill().await?;
+    println!("killed the notifier after {decided} decisions");
+    wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
+    notifier = stack.start_notifier().await?;
+
     // The broker, restarted on its port and data: orders placed meanwhile
     // are answered 202 and announced once it is back.
     let decided = wait_for_more_decisions(&inventory, DECISIONS_BEFORE_KILL).await?;
@@ -278,13 +290,26 @@ async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
     })
     .await?;
     let report: StockReport = get_json(inventory.addr, "/stock").await?;
+    let reserved = (settled.iter())
+        .filter(|order| order.status == OrderStatus::Reserved)
+        .count();
+    let client = stack.broker.client().await?;
+    let notified = wait_for_notifier(
+        notifier.addr,
+        &client,
+        "every reservation is notified and nothing is left to push",
+        |notified| notified.notifications.len() >= reserved,
+    )
+    .await?;
     report_answers(&answered, started);
+    report_pushes(&notified);
 
     check_one_order_per_id(&settled, &answered, &stack.orders_dir())?;
     check_one_decision_event_per_order(&stack.broker, &report, &settled).await?;
     check_ledger_holds_the_reported_decisions(&stack.broker, &report).await?;
     check_orders_agree_with_decisions(&settled, &report)?;
     check_stock_adds_up(&settled, &report)?;
+    check_each_reservation_notified_once(&settled, &notified)?;
 
     ensure!(
         inventory.terminate().await?.success(),
@@ -294,7 +319,22 @@ async fn kill_each_process_in_turn(stack: &mut Stack) -> anyhow::Result<()> {
         orders.terminate().await?.success(),
         "orders failed on SIGTERM"
     );
+    ensure!(
+        notifier.terminate().await?.success(),
+        "notifier failed on SIGTERM"
+    );
     Ok(())
+}
+
+fn report_pushes(notified: &NotificationReport) {
+    let retried = (notified.notifications.iter())
+        .filter(|n| n.delivery_attempt > 1)
+        .count();
+    println!(
+        "{} notifications, {retried} of them pushed more than once; {} repeats ignored since the notifier's restart",
+        notified.notifications.len(),
+        notified.repeats_ignored
+    );
 }
 
 fn report_answers(answered: &BTreeMap<usize, Answered>, started: Instant) {
@@ -388,6 +428,42 @@ fn check_orders_agree_with_decisions(orders: &[Order], report: &StockReport) -> 
             order
         );
     }
+    Ok(())
+}
+
+/// The notifier told each reserved order once, and no other: the pushes
+/// it missed while it was down came again, and those it got twice made
+/// no second notification. Each tells what the order reserved.
+fn check_each_reservation_notified_once(
+    orders: &[Order],
+    notified: &NotificationReport,
+) -> anyhow::Result<()> {
+    let reserved: HashMap<&OrderId, &Order> = (orders.iter())
+        .filter(|order| order.status == OrderStatus::Reserved)
+        .map(|order| (&order.id, order))
+        .collect();
+    let mut told = HashMap::<&OrderId, usize>::new();
+    for notification in &notified.notifications {
+        *told.entry(&notification.order_id).or_default() += 1;
+        let order = (reserved.get(&notification.order_id))
+            .with_context(|| format!("{notification:?} is not about a reserved order"))?;
+        ensure!(
+            (order.sku.as_str(), order.quantity)
+                == (notification.sku.as_str(), notification.quantity),
+            "{notification:?} does not tell {order:?}"
+        );
+    }
+    let twice: Vec<_> = told.iter().filter(|(_, count)| **count > 1).collect();
+    ensure!(
+        twice.is_empty(),
+        "orders notified more than once: {twice:?}"
+    );
+    ensure!(
+        told.len() == reserved.len(),
+        "{} of {} reserved orders notified",
+        told.len(),
+        reserved.len()
+    );
     Ok(())
 }
 
