@@ -246,8 +246,13 @@ async fn notify(notifications: &Notifications, body: &[u8]) -> Result<(), HttpEr
     let (offset, attempt) = (pushed.offset, pushed.delivery_attempt);
     let decision = match serde_json::from_slice::<Decision>(&pushed.payload) {
         Ok(decision) if decision.outcome == Outcome::Reserved => decision,
-        Ok(_) | Err(_) => {
-            warn!(offset, "skipping a pushed event that is not a reservation");
+        Ok(decision) => {
+            let order = decision.order_id;
+            warn!(offset, %order, "skipping a pushed decision that is not a reservation");
+            return Ok(());
+        }
+        Err(err) => {
+            warn!(offset, error = %err, "skipping a pushed event that is not a decision");
             return Ok(());
         }
     };
