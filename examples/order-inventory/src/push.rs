@@ -8,6 +8,9 @@
 //! too), the payload in base64, 64-bit integers as strings. Nothing here
 //! knows about orders, and nothing here serves HTTP.
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -110,31 +113,16 @@ impl PushedMessage {
 
 /// Decodes base64 as the proto3 JSON mapping writes `bytes`: the standard
 /// or the URL-safe alphabet, with or without padding. `None` when `text`
-/// is not base64. (Twenty lines here spare the example a dependency.)
+/// is not base64.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let digits = text.trim_end_matches('=');
-    if digits.len() % 4 == 1 || text.len() - digits.len() > 2 {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(digits.len() * 3 / 4);
-    let (mut buffer, mut bits) = (0_u32, 0_u32);
-    for digit in digits.bytes() {
-        let value = match digit {
-            b'A'..=b'Z' => digit - b'A',
-            b'a'..=b'z' => digit - b'a' + 26,
-            b'0'..=b'9' => digit - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        buffer = ((buffer << 6) | u32::from(value)) & 0xFFF;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            bytes.push((buffer >> bits) as u8);
-        }
-    }
-    Some(bytes)
+    const EITHER_PADDING: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, EITHER_PADDING);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, EITHER_PADDING);
+    STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .ok()
 }
 
 /// What [`ensure_push_subscription`] did.
