@@ -83,6 +83,12 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
 
+    /// Address to serve `GET /metrics` on, in the Prometheus text format.
+    /// Off unless given; port 0 picks a free port, printed as `metrics
+    /// listening on <addr>`.
+    #[arg(long, env = "TIDINGS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Directory of the message log and subscription state; created when
     /// missing.
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "./tidings-data")]
@@ -305,6 +311,7 @@ impl Config {
         Self {
             listen: DEFAULT_LISTEN,
             http_listen: None,
+            metrics_listen: None,
             data_dir: data_dir.into(),
             sync_interval: SyncInterval::Always,
             auto_create_topics: false,

@@ -18,6 +18,7 @@ pub mod broker;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod names;
 pub mod offsets;
 pub mod storage;
@@ -63,9 +64,13 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("gRPC server failed")]
     Grpc(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The HTTP bus's address could not be bound.
-    #[error("cannot listen on {addr} for the HTTP bus{hint}", hint = addr_in_use_hint(source, "--http-listen"))]
+    /// The address of the HTTP bus or the metrics could not be bound.
+    #[error("cannot listen on {addr} for {what}{hint}", hint = addr_in_use_hint(source, flag))]
     HttpListen {
+        /// What would have listened there.
+        what: &'static str,
+        /// The flag that names the address.
+        flag: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -106,18 +111,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let http = match config.http_listen {
-        Some(addr) => Some(http::bind(addr).await?),
+        Some(addr) => Some(http::bind(addr, "the HTTP bus", "--http-listen").await?),
         None => None,
     };
-    run_with(
-        Listeners {
-            grpc: listener,
-            http,
-        },
-        config,
-        shutdown,
-    )
-    .await
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(http::bind(addr, "metrics", "--metrics-listen").await?),
+        None => None,
+    };
+    let listeners = Listeners {
+        grpc: listener,
+        http,
+        metrics,
+    };
+    run_with(listeners, config, shutdown).await
 }
 
 /// The sockets a broker serves on.
@@ -127,6 +133,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The HTTP bus, if any.
     pub http: Option<TcpListener>,
+    /// `GET /metrics`, if anywhere.
+    pub metrics: Option<TcpListener>,
 }
 
 /// [`run`] on sockets the caller bound: `config.http_listen` is not looked
@@ -153,10 +161,27 @@ pub async fn run_with(
             }
         }
     };
+    // Before gRPC's line: whoever waits for that one can use them all.
     if let Some(listener) = &listeners.http {
-        // Before gRPC's line: whoever waits for that one can use both.
         http::announce(listener);
     }
+    if let Some(listener) = &listeners.metrics {
+        metrics::announce(listener);
+    }
+    let metrics = async {
+        let Some(listener) = listeners.metrics else {
+            return Ok(());
+        };
+        let served = metrics::serve(
+            listener,
+            broker.clone(),
+            stop.clone(),
+            config.shutdown_timeout,
+        )
+        .await;
+        stop.cancel();
+        served
+    };
     let http = async {
         let Some(listener) = listeners.http else {
             return Ok(());
@@ -176,8 +201,9 @@ pub async fn run_with(
         stop.cancel();
         served
     };
-    let ((), grpc_served, http_served, pushed) = tokio::join!(forward, grpc, http, push);
-    let served = grpc_served.and(http_served).and(pushed);
+    let ((), grpc_served, http_served, pushed, scraped) =
+        tokio::join!(forward, grpc, http, push, metrics);
+    let served = grpc_served.and(http_served).and(pushed).and(scraped);
     let closed = broker.close().await.map_err(ServeError::Close);
     match (served, closed) {
         (Ok(()), Ok(())) => {

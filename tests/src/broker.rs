@@ -45,6 +45,8 @@ pub struct TestBroker {
     port: ReservedPort,
     /// The port of the HTTP bus, held the same way.
     http_port: ReservedPort,
+    /// The port of `GET /metrics`, held the same way.
+    metrics_port: ReservedPort,
     running: Option<Running>,
 }
 
@@ -125,6 +127,7 @@ impl TestBroker {
             configure: Arc::new(configure),
             port: ReservedPort::new()?,
             http_port: ReservedPort::new()?,
+            metrics_port: ReservedPort::new()?,
             running: None,
         };
         broker.launch().await?;
@@ -138,6 +141,7 @@ impl TestBroker {
         let listeners = Listeners {
             grpc: self.port.listen()?,
             http: Some(self.http_port.listen()?),
+            metrics: Some(self.metrics_port.listen()?),
         };
         let mut config = Config::for_data_dir(self.data_dir.path().to_path_buf());
         (self.configure)(&mut config);
@@ -183,6 +187,12 @@ impl TestBroker {
     /// whole life, as [`TestBroker::addr`].
     pub fn http_addr(&self) -> SocketAddr {
         self.http_port.addr
+    }
+
+    /// The URL of the broker's metrics, for example
+    /// `http://127.0.0.1:40125/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_port.addr)
     }
 
     /// The base URL of the broker's HTTP bus, for example

@@ -55,6 +55,7 @@ impl Broker {
         let listeners = Listeners {
             grpc: listener,
             http: Some(http),
+            metrics: None,
         };
         let config = Config::for_data_dir(data_dir.path().to_path_buf());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

@@ -223,12 +223,21 @@ pub(crate) fn announce(listener: &TcpListener) {
     }
 }
 
-/// Binds `addr` for the HTTP bus.
+/// Binds `addr` for `what` (the HTTP bus, metrics), named by `flag`.
 ///
 /// # Errors
 /// When the address cannot be bound, with a hint when it is taken.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+pub async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::HttpListen { addr, source })
+        .map_err(|source| ServeError::HttpListen {
+            what,
+            flag,
+            addr,
+            source,
+        })
 }

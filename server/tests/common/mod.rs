@@ -126,11 +126,17 @@ impl ServerProcess {
         let mut child = command.spawn().context("start tidings-server")?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut lines = BufReader::new(stdout).lines();
-        // The HTTP bus, when it listens, announces itself first.
+        // The HTTP bus and the metrics, when they listen, announce
+        // themselves first.
         let announced = tokio::time::timeout(START_TIMEOUT, async {
             loop {
                 match lines.next_line().await {
-                    Ok(Some(line)) if line.starts_with("http listening on ") => continue,
+                    Ok(Some(line))
+                        if line.starts_with("http listening on ")
+                            || line.starts_with("metrics listening on ") =>
+                    {
+                        continue;
+                    }
                     other => return other,
                 }
             }
