@@ -168,6 +168,7 @@ pub async fn run_with(
     if let Some(listener) = &listeners.metrics {
         metrics::announce(listener);
     }
+    let telemetry = metrics::Telemetry::default();
     let metrics = async {
         let Some(listener) = listeners.metrics else {
             return Ok(());
@@ -175,6 +176,7 @@ pub async fn run_with(
         let served = metrics::serve(
             listener,
             broker.clone(),
+            &telemetry,
             stop.clone(),
             config.shutdown_timeout,
         )
@@ -186,7 +188,7 @@ pub async fn run_with(
         let Some(listener) = listeners.http else {
             return Ok(());
         };
-        let served = http::serve(listener, broker.clone(), &config, stop.clone()).await;
+        let served = http::serve(listener, broker.clone(), &telemetry, &config, stop.clone()).await;
         stop.cancel();
         served
     };
@@ -197,7 +199,7 @@ pub async fn run_with(
     };
     let grpc = async {
         let signal = stop.clone().cancelled_owned();
-        let served = grpc::serve(listeners.grpc, broker.clone(), &config, signal).await;
+        let served = grpc::serve(listeners.grpc, broker.clone(), &telemetry, &config, signal).await;
         stop.cancel();
         served
     };

@@ -40,6 +40,12 @@ async fn topics_and_subscriptions_show_their_figures_until_deleted() -> anyhow::
             .any(|l| l.starts_with("tidings_topic_retained_bytes{topic=\"orders\"} ")),
         "{text}"
     );
+    // The one publish above was timed.
+    assert!(
+        text.lines()
+            .any(|l| l == "tidings_publish_duration_seconds_count 1"),
+        "{text}"
+    );
 
     client
         .admin_service()

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::ServeError;
 use crate::broker::SharedEngine;
 use crate::config::Config;
+use crate::metrics::Telemetry;
 use connections::{Connections, RefuseOverLimit};
 use futures::StreamExt as _;
 use health::HealthSwitch;
@@ -89,6 +90,7 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 pub async fn serve(
     listener: TcpListener,
     broker: SharedEngine,
+    telemetry: &Telemetry,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -105,7 +107,7 @@ pub async fn serve(
         .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
         .add_service(RequestLimit::new(
-            PublisherServiceServer::new(Publisher::new(broker.clone()))
+            PublisherServiceServer::new(Publisher::new(broker.clone(), telemetry.clone()))
                 .max_decoding_message_size(request_limit),
             request_limit,
         ))

@@ -1,6 +1,8 @@
 //! `tidings.v1.PublisherService` over the broker: converts a `Publish`
 //! request, appends it, returns the offsets. No broker logic lives here.
 
+use std::time::Instant;
+
 use tidings::v1;
 use tidings::v1::publisher_service_server::PublisherService;
 use tonic::{Request, Response, Status};
@@ -8,17 +10,19 @@ use tracing::{debug, instrument};
 
 use super::convert::{CallCommand, PublishCommand, ReplyCommand, commit_spec, publish_message};
 use crate::broker::SharedEngine;
+use crate::metrics::Telemetry;
 
 /// The gRPC adapter of the publisher service.
 #[derive(Clone)]
 pub struct Publisher {
     broker: SharedEngine,
+    telemetry: Telemetry,
 }
 
 impl Publisher {
-    /// An adapter over `broker`.
-    pub fn new(broker: SharedEngine) -> Self {
-        Self { broker }
+    /// An adapter over `broker`, timing publishes into `telemetry`.
+    pub fn new(broker: SharedEngine, telemetry: Telemetry) -> Self {
+        Self { broker, telemetry }
     }
 }
 
@@ -34,11 +38,13 @@ impl PublisherService for Publisher {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         debug!("publish");
+        let started = Instant::now();
         let command = PublishCommand::try_from(request.into_inner())?;
         let published = self
             .broker
             .publish(&command.topic, command.messages)
             .await?;
+        self.telemetry.publish_took(started.elapsed());
         debug!(
             first_offset = published.offsets.first(),
             last_offset = published.offsets.last(),

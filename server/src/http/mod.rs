@@ -37,6 +37,7 @@ use crate::ServeError;
 use crate::broker::SharedEngine;
 use crate::config::Config;
 use crate::grpc::{Publisher, Subscriber};
+use crate::metrics::Telemetry;
 use error::HttpError;
 use json::JsonCodec;
 
@@ -65,13 +66,14 @@ struct Bus {
 pub async fn serve(
     listener: TcpListener,
     broker: SharedEngine,
+    telemetry: &Telemetry,
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let json = JsonCodec::new().map_err(|err| ServeError::Http(Box::new(err)))?;
     let bus = Bus {
-        publisher: Publisher::new(broker.clone()),
+        publisher: Publisher::new(broker.clone(), telemetry.clone()),
         subscriber: Subscriber::new(broker),
         json,
     };
