@@ -18,6 +18,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -32,6 +34,7 @@ use crate::broker::{Page, SharedEngine, SubscriptionInfo, TopicInfo};
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     publish_duration: Histogram,
+    grpc_requests: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Telemetry {
@@ -39,6 +42,7 @@ impl Default for Telemetry {
         Self {
             // 100 µs doubling to about 3.3 s.
             publish_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            grpc_requests: Family::default(),
         }
     }
 }
@@ -49,7 +53,31 @@ impl Telemetry {
         self.publish_duration.observe(elapsed.as_secs_f64());
     }
 
+    /// A gRPC call to `method` ended with `code`.
+    pub(crate) fn grpc_request(&self, method: String, code: tonic::Code) {
+        let code = format!("{code:?}");
+        self.grpc_requests
+            .get_or_create(&vec![("method", method), ("code", code)])
+            .inc();
+    }
+
+    /// What `GET /metrics` shows of these alone.
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+            .expect("encodes");
+        text
+    }
+
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tidings_grpc_requests",
+            "gRPC calls by method and status code (methods the server lacks count as unknown).",
+            self.grpc_requests.clone(),
+        );
         registry.register(
             "tidings_publish_duration_seconds",
             "Time from a Publish request's arrival to its answer, for those stored.",

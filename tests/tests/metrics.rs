@@ -40,6 +40,21 @@ async fn topics_and_subscriptions_show_their_figures_until_deleted() -> anyhow::
             .any(|l| l.starts_with("tidings_topic_retained_bytes{topic=\"orders\"} ")),
         "{text}"
     );
+    // Calls are counted by method and code.
+    let refused = client
+        .admin_service()
+        .get_topic(tidings::v1::GetTopicRequest {
+            name: "nowhere".into(),
+        })
+        .await;
+    assert!(refused.is_err());
+    let text = scrape(&broker).await?;
+    for line in [
+        "tidings_grpc_requests_total{method=\"/tidings.v1.PublisherService/Publish\",code=\"Ok\"} 1",
+        "tidings_grpc_requests_total{method=\"/tidings.v1.AdminService/GetTopic\",code=\"NotFound\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
     // The one publish above was timed.
     assert!(
         text.lines()

@@ -32,6 +32,7 @@ use connections::{Connections, RefuseOverLimit};
 use futures::StreamExt as _;
 use health::HealthSwitch;
 use limits::RequestLimit;
+use requests::CountRequests;
 
 mod admin;
 mod connections;
@@ -39,6 +40,7 @@ mod convert;
 mod health;
 mod limits;
 mod publisher;
+mod requests;
 mod status;
 mod subscriber;
 
@@ -98,6 +100,8 @@ pub async fn serve(
     let (health, health_service) = HealthSwitch::new(&TIDINGS_SERVICES);
     let request_limit = config.max_request_bytes();
     let router = Server::builder()
+        // Outermost, so that refused connections' calls are counted too.
+        .layer(CountRequests::new(telemetry.clone()))
         .layer(RefuseOverLimit)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
