@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tidings_tests::{
     TestBroker, create_subscription, create_topic, get_subscription, get_topic, publish, within,
 };
+use tokio::task::JoinHandle;
 
 /// A POST of `body` (raw bytes) to the broker's HTTP bus; the status and
 /// the body as JSON.
@@ -51,6 +52,31 @@ fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str, sa
 
 fn pulled(body: &Value) -> Vec<Value> {
     body["messages"].as_array().cloned().unwrap_or_default()
+}
+
+/// A pull of subscription `billing` with `wait`, made in the background;
+/// returns once it waits (the subscription has a stream open for it), with
+/// its answer to come.
+async fn waiting_pull(
+    broker: &TestBroker,
+    wait: &str,
+) -> anyhow::Result<JoinHandle<anyhow::Result<(StatusCode, Value)>>> {
+    let url = format!("{}/v1/subscriptions/billing:pull", broker.http_url());
+    let body = json!({ "wait": wait });
+    let answer = tokio::spawn(async move {
+        let response = reqwest::Client::new().post(url).json(&body).send().await?;
+        let status = response.status();
+        anyhow::Ok((status, response.json::<Value>().await?))
+    });
+    let client = broker.client();
+    within(async {
+        while get_subscription(&client, "billing").await?.open_streams == 0 {
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    Ok(answer)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,28 +229,10 @@ async fn a_pull_with_a_wait_answers_when_a_message_comes() -> anyhow::Result<()>
     create_topic(&client, "orders").await?;
     create_subscription(&client, "billing", "orders", 60).await?;
 
-    let waiting = {
-        let url = format!("{}/v1/subscriptions/billing:pull", broker.http_url());
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .json(&json!({"wait": "30s"}))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
-        })
-    };
-    // The pull is waiting once the subscription has a stream open for it.
-    within(async {
-        while get_subscription(&client, "billing").await?.open_streams == 0 {
-            tokio::task::yield_now().await;
-        }
-        anyhow::Ok(())
-    })
-    .await??;
+    let waiting = waiting_pull(&broker, "30s").await?;
     publish(&client, "orders", &["late"]).await?;
-    let body = within(waiting).await???;
+    let (status, body) = within(waiting).await???;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let messages = pulled(&body);
     assert_eq!(messages.len(), 1, "{body}");
     assert_eq!(messages[0]["payload"], "bGF0ZQ==");
@@ -249,25 +257,7 @@ async fn a_waiting_pull_answers_503_when_the_broker_shuts_down() -> anyhow::Resu
     let client = broker.client();
     create_topic(&client, "orders").await?;
     create_subscription(&client, "billing", "orders", 60).await?;
-    let waiting = {
-        let url = format!("{}/v1/subscriptions/billing:pull", broker.http_url());
-        tokio::spawn(async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"wait": "60s"}))
-                .send()
-                .await?;
-            let status = response.status();
-            anyhow::Ok((status, response.json::<Value>().await?))
-        })
-    };
-    within(async {
-        while get_subscription(&client, "billing").await?.open_streams == 0 {
-            tokio::task::yield_now().await;
-        }
-        anyhow::Ok(())
-    })
-    .await??;
+    let waiting = waiting_pull(&broker, "60s").await?;
     broker.stop().await?;
     let answer = within(waiting).await???;
     assert_error(

@@ -18,6 +18,26 @@ fn says_limit(status: &tonic::Status, flag: &str, limit: usize) {
     );
 }
 
+/// Repeats `call` while it is refused for a limit, until it succeeds.
+async fn until_room<F, Fut>(call: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
+    within(async {
+        loop {
+            match call().await {
+                Ok(()) => return anyhow::Ok(()),
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::task::yield_now().await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    })
+    .await?
+}
+
 async fn delete_topic(client: &Client, name: &str) -> anyhow::Result<()> {
     client
         .admin_service()
@@ -104,22 +124,14 @@ async fn open_streams_stop_at_their_limit_and_a_closed_one_makes_room() -> anyho
         .await?;
     drop(first);
     // The stream's place comes back once its task notices the client left.
-    within(async {
-        loop {
-            match client
-                .subscriber_service()
-                .subscribe(subscribe_request("s", "a"))
-                .await
-            {
-                Ok(_) => return anyhow::Ok(()),
-                Err(status) if status.code() == Code::ResourceExhausted => {
-                    tokio::task::yield_now().await;
-                }
-                Err(status) => return Err(status.into()),
-            }
-        }
+    until_room(|| async {
+        client
+            .subscriber_service()
+            .subscribe(subscribe_request("s", "a"))
+            .await
+            .map(drop)
     })
-    .await??;
+    .await?;
     Ok(())
 }
 
@@ -146,22 +158,16 @@ async fn a_connection_over_the_limit_is_told_so_and_a_closed_one_makes_room() ->
     drop(third);
     drop(second);
     // Once the second connection is gone, a new one is served.
-    within(async {
-        loop {
-            let fresh = Client::connect(broker.url()).await?;
-            match fresh
-                .admin_service()
-                .list_topics(tidings::v1::ListTopicsRequest::default())
-                .await
-            {
-                Ok(_) => return anyhow::Ok(()),
-                Err(status) if status.code() == Code::ResourceExhausted => {
-                    tokio::task::yield_now().await;
-                }
-                Err(status) => return Err(status.into()),
-            }
-        }
+    until_room(|| async {
+        let fresh = Client::connect(broker.url())
+            .await
+            .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+        fresh
+            .admin_service()
+            .list_topics(tidings::v1::ListTopicsRequest::default())
+            .await
+            .map(drop)
     })
-    .await??;
+    .await?;
     Ok(())
 }
