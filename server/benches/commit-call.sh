@@ -20,20 +20,12 @@ cd "$(dirname "$0")/../.."
 . server/benches/common.sh
 bench_binaries
 
-# run VARIANT SYNC ARGS...: one bench on a fresh broker.
-run() {
-    local variant=$1 sync=$2
-    shift 2
-    quiet
-    fresh_broker_bench "$sync" "$@" | sed -n "s/^\(RESULT\|LATENCY\) /round=$round $variant /p"
-}
-
 for round in $(seq "$ROUNDS"); do
     for sync in always 100ms; do
-        run "$sync publish" "$sync" publish --count "$COUNT" --batch 1 --in-flight 256
-        run "$sync commit" "$sync" commit --count "$COUNT" --in-flight 256
+        bench_round "$sync publish" "$sync" publish --count "$COUNT" --batch 1 --in-flight 256
+        bench_round "$sync commit" "$sync" commit --count "$COUNT" --in-flight 256
     done
-    run "call x1" always call --count $((COUNT / 5)) --in-flight 1
-    run "call x16" always call --count $((COUNT / 5)) --in-flight 16
+    bench_round "call x1" always call --count $((COUNT / 5)) --in-flight 1
+    bench_round "call x16" always call --count $((COUNT / 5)) --in-flight 16
 done
 echo "# rounds=$ROUNDS count=$COUNT load: $(cut -d' ' -f1-3 /proc/loadavg)"

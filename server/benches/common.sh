@@ -51,3 +51,14 @@ fresh_broker_bench() {
     kill -TERM "$pid"; wait "$pid" || true
     rm -rf "$dir"
 }
+
+# bench_round VARIANT SYNC ARGS...: one bench on a fresh broker, once the machine
+# is quiet; prints its RESULT, LATENCY and SERVER lines prefixed with
+# `round=$round VARIANT` (the caller's loop sets `round`).
+bench_round() {
+    local variant=$1 sync=$2
+    shift 2
+    quiet
+    fresh_broker_bench "$sync" "$@" |
+        sed -n "s/^\(RESULT\|LATENCY\|SERVER\) /round=$round $variant /p"
+}

@@ -21,19 +21,11 @@ cd "$(dirname "$0")/../.."
 . server/benches/common.sh
 bench_binaries
 
-# run VARIANT SYNC ARGS...: one bench on a fresh broker.
-run() {
-    local variant=$1 sync=$2
-    shift 2
-    quiet
-    fresh_broker_bench "$sync" "$@" | sed -n "s/^\(RESULT\|LATENCY\|SERVER\) /round=$round $variant /p"
-}
-
 for round in $(seq "$ROUNDS"); do
     for sync in always 100ms; do
-        run "$sync grpc" "$sync" publish --count "$COUNT" --batch 1 --in-flight 64
-        run "$sync http" "$sync" http-publish --http @HTTP@ --count "$COUNT" --in-flight 64
+        bench_round "$sync grpc" "$sync" publish --count "$COUNT" --batch 1 --in-flight 64
+        bench_round "$sync http" "$sync" http-publish --http @HTTP@ --count "$COUNT" --in-flight 64
     done
-    run "push" always push --count "$COUNT" --max-outstanding 100
+    bench_round "push" always push --count "$COUNT" --max-outstanding 100
 done
 echo "# rounds=$ROUNDS count=$COUNT load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -20,22 +20,14 @@ cd "$(dirname "$0")/../.."
 . server/benches/common.sh
 bench_binaries
 
-# run VARIANT SYNC ARGS...: one bench on a fresh broker.
-run() {
-    local variant=$1 sync=$2
-    shift 2
-    quiet
-    fresh_broker_bench "$sync" "$@" | sed -n "s/^\(RESULT\|LATENCY\) /round=$round $variant /p"
-}
-
 for round in $(seq "$ROUNDS"); do
     pub=(publish --count "$COUNT" --batch 64 --in-flight 4)
-    run "fsync plain" always "${pub[@]}"
-    run "fsync ids" always "${pub[@]}" --ids
-    run "relaxed plain" 100ms "${pub[@]}"
-    run "relaxed ids" 100ms "${pub[@]}" --ids
-    run "relaxed memory" 100ms "${pub[@]}" --memory
-    run "e2e disk" 100ms e2e --rate 10000 --count 100000
-    run "e2e memory" 100ms e2e --rate 10000 --count 100000 --memory
+    bench_round "fsync plain" always "${pub[@]}"
+    bench_round "fsync ids" always "${pub[@]}" --ids
+    bench_round "relaxed plain" 100ms "${pub[@]}"
+    bench_round "relaxed ids" 100ms "${pub[@]}" --ids
+    bench_round "relaxed memory" 100ms "${pub[@]}" --memory
+    bench_round "e2e disk" 100ms e2e --rate 10000 --count 100000
+    bench_round "e2e memory" 100ms e2e --rate 10000 --count 100000 --memory
 done
 echo "# rounds=$ROUNDS count=$COUNT load: $(cut -d' ' -f1-3 /proc/loadavg)"
