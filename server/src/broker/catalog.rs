@@ -1,5 +1,6 @@
 //! The [`Broker`]: the local engine. It maps names to live topics and
-//! subscriptions and serves the [`Engine`] calls.
+//! subscriptions and serves the [`Engine`] calls; `Subscribe` streams and
+//! pulls are opened in `streams`, admin changes run in `admin`.
 //!
 //! State that mirrors storage has one owner each, so a cancelled request
 //! cannot split them:
@@ -20,23 +21,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures::StreamExt as _;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use super::acks::{DeliveryWriter, TopicResolver};
-use super::book::{Now, Window};
+use super::book::Now;
 use super::calls::{Calls, DEFAULT_CALL_TIMEOUT};
 use super::checks::{
     check_batch, check_dead_letter, check_dedup_window, check_delivery_delay, check_duration,
-    check_pull, check_push, check_retention, check_retry, not_found_as_topic, page,
+    check_push, check_retention, check_retry, not_found_as_topic, page,
 };
 use super::delays;
 use super::retention;
-use super::stream::{FRAME_BUFFER, StreamSlot, StreamTask};
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
 use super::*;
@@ -46,6 +44,7 @@ use crate::storage::{
 };
 
 mod admin;
+mod streams;
 
 /// About the most bytes one `read_topic` returns.
 const READ_TOPIC_BYTES: usize = 4 << 20;
@@ -247,76 +246,6 @@ impl Broker {
         match self.create_topic(name.clone()).await {
             Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(&name),
             Err(err) => Err(err),
-        }
-    }
-
-    /// Starts the task that delivers to one stream (or one pull, when
-    /// `pull_until` is set) and returns its frames.
-    fn spawn_stream(
-        &self,
-        sub: Arc<Subscription>,
-        window: Window,
-        remaining: Option<u64>,
-        pull_until: Option<Instant>,
-        slot: Option<StreamSlot>,
-    ) -> DeliveryStream {
-        let stream = sub.book().open_stream();
-        let (frames_tx, end_tx, deliveries) = DeliveryStream::channel(FRAME_BUFFER);
-        let span = info_span!("stream", subscription = %sub.name, stream);
-        let task = StreamTask {
-            store: Arc::clone(&self.inner.store),
-            config: self.inner.config.clone(),
-            shutdown: self.inner.shutdown.clone(),
-            subscription: sub,
-            writer: Arc::clone(&self.inner.writer),
-            stream,
-            window,
-            remaining,
-            frames_tx,
-            end_tx,
-            delayed_until: None,
-            pull_until,
-            _slot: slot,
-        };
-        self.inner.tasks.spawn(task.run().instrument(span));
-        deliveries
-    }
-
-    async fn subscription_for_stream(
-        &self,
-        spec: &SubscribeSpec,
-    ) -> BrokerResult<Arc<Subscription>> {
-        match (self.subscription(&spec.subscription), &spec.topic) {
-            (Ok(sub), Some(topic)) if sub.topic.name != *topic => Err(BrokerError::TopicMismatch {
-                subscription: sub.name.clone(),
-                actual: sub.topic.name.clone(),
-                requested: topic.clone(),
-            }),
-            (Ok(sub), _) => Ok(sub),
-            (Err(BrokerError::SubscriptionNotFound(_)), Some(topic)) => {
-                let created = self
-                    .create_subscription(SubscriptionSpec {
-                        name: spec.subscription.clone(),
-                        topic: topic.clone(),
-                        ack_deadline: spec.ack_deadline,
-                        start: spec.start,
-                        filter: String::new(),
-                        retry: None,
-                        ordered: false,
-                        dead_letter: None,
-                        delivery_delay: Duration::ZERO,
-                        push: None,
-                    })
-                    .await;
-                match created {
-                    // Another stream created it first: use it after the same checks.
-                    Ok(_) | Err(BrokerError::SubscriptionExists(_)) => {
-                        Box::pin(self.subscription_for_stream(spec)).await
-                    }
-                    Err(err) => Err(err),
-                }
-            }
-            (Err(err), _) => Err(err),
         }
     }
 
@@ -655,69 +584,14 @@ impl Engine for Broker {
     /// [`BrokerError::TopicMismatch`], [`BrokerError::CountOutOfRange`] for
     /// `max_outstanding`, [`BrokerError::ShuttingDown`].
     async fn subscribe(&self, spec: SubscribeSpec) -> BrokerResult<DeliveryStream> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        let max_outstanding = spec.max_outstanding.unwrap_or(DEFAULT_MAX_OUTSTANDING);
-        if max_outstanding == 0 || max_outstanding > MAX_OUTSTANDING {
-            return Err(BrokerError::CountOutOfRange {
-                what: "max_outstanding_messages",
-                given: max_outstanding as u64,
-                max: MAX_OUTSTANDING as u64,
-            });
-        }
-        let sub = self.subscription_for_stream(&spec).await?;
-        if sub.is_push() {
-            return Err(BrokerError::PushSubscription(sub.name.clone()));
-        }
-        let slot = StreamSlot::claim(
-            &self.inner.open_streams,
-            self.inner.config.limits.open_streams,
-        )?;
-        let window = Window {
-            messages: max_outstanding,
-            bytes: spec.max_outstanding_bytes,
-        };
-        Ok(self.spawn_stream(sub, window, spec.max_messages, None, Some(slot)))
+        self.open_stream(spec).await
     }
 
     /// # Errors
     /// [`BrokerError::SubscriptionNotFound`],
     /// [`BrokerError::ShuttingDown`].
     async fn pull(&self, spec: PullSpec) -> BrokerResult<Vec<Delivery>> {
-        let PullSpec {
-            subscription,
-            max_messages,
-            wait,
-            pusher,
-        } = spec;
-        if self.inner.shutdown.is_cancelled() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        check_pull(max_messages, wait)?;
-        let sub = self.subscription(&subscription)?;
-        if sub.is_push() && !pusher {
-            return Err(BrokerError::PushSubscription(subscription));
-        }
-        let window = Window {
-            messages: max_messages,
-            bytes: None,
-        };
-        let until = Instant::now() + wait;
-        let mut frames =
-            self.spawn_stream(sub, window, Some(max_messages as u64), Some(until), None);
-        // The stream ends after its first turn that sent anything; that
-        // turn may have sent more than one frame.
-        let mut pulled = Vec::new();
-        while let Some(frame) = frames.next().await {
-            match frame {
-                Ok(frame) => pulled.extend(frame),
-                // What was leased already runs to its deadline.
-                Err(err) if pulled.is_empty() => return Err(err),
-                Err(_) => break,
-            }
-        }
-        Ok(pulled)
+        self.do_pull(spec).await
     }
 
     fn watch_push(&self) -> watch::Receiver<PushTargets> {
