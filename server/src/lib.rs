@@ -64,9 +64,9 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("gRPC server failed")]
     Grpc(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The address of the HTTP bus or the metrics could not be bound.
+    /// An address to serve on could not be bound.
     #[error("cannot listen on {addr} for {what}{hint}", hint = addr_in_use_hint(source, flag))]
-    HttpListen {
+    Listen {
         /// What would have listened there.
         what: &'static str,
         /// The flag that names the address.
@@ -111,11 +111,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let http = match config.http_listen {
-        Some(addr) => Some(http::bind(addr, "the HTTP bus", "--http-listen").await?),
+        Some(addr) => Some(bind(addr, "the HTTP bus", "--http-listen").await?),
         None => None,
     };
     let metrics = match config.metrics_listen {
-        Some(addr) => Some(http::bind(addr, "metrics", "--metrics-listen").await?),
+        Some(addr) => Some(bind(addr, "metrics", "--metrics-listen").await?),
         None => None,
     };
     let listeners = Listeners {
@@ -219,6 +219,27 @@ pub async fn run_with(
             Err(err)
         }
     }
+}
+
+/// Binds `addr` for `what` (gRPC, the HTTP bus, metrics), which `flag`
+/// sets.
+///
+/// # Errors
+/// [`ServeError::Listen`] naming the address and what it was for, with a
+/// hint when another process has it.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            what,
+            flag,
+            addr,
+            source,
+        })
 }
 
 /// A hint for an address that is taken.

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tidings_server::config::{Config, ConfigError};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -39,7 +38,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let listener = bind(&config).await?;
+    let listener = tidings_server::bind(config.listen, "gRPC", "--listen").await?;
     tidings_server::run(listener, config, shutdown).await?;
     Ok(())
 }
@@ -53,17 +52,6 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|err| anyhow::anyhow!("cannot install the logger: {err}"))
-}
-
-async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(config.listen).await.map_err(|err| {
-        let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
-            "; another process uses it: stop it or choose another --listen"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot listen on {}: {err}{hint}", config.listen)
-    })
 }
 
 /// Resolves on the first SIGINT or SIGTERM. The handlers are installed

@@ -15,7 +15,6 @@
 //! | `POST /v1/subscriptions/{subscription}:nack` | `SubscriberService.Nack` |
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -223,23 +222,4 @@ pub(crate) fn announce(listener: &TcpListener) {
         // Nobody may be reading standard output; that is not an error.
         let _ = writeln!(stdout, "http listening on {addr}").and_then(|()| stdout.flush());
     }
-}
-
-/// Binds `addr` for `what` (the HTTP bus, metrics), named by `flag`.
-///
-/// # Errors
-/// When the address cannot be bound, with a hint when it is taken.
-pub async fn bind(
-    addr: SocketAddr,
-    what: &'static str,
-    flag: &'static str,
-) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::HttpListen {
-            what,
-            flag,
-            addr,
-            source,
-        })
 }
