@@ -18,6 +18,7 @@ pub mod broker;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod latency;
 pub mod metrics;
 pub mod names;
 pub mod offsets;

@@ -45,6 +45,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::DeliveryCounts;
 use crate::offsets::{AckState, Offset, OffsetMap};
 use crate::storage::{DeadLetters, DeliveryRecord, DuePosition, RetryPolicy, StoredMessage};
 
@@ -277,6 +278,9 @@ pub(super) struct LeaseBook {
     /// When the delayed messages in the book are due for their first
     /// delivery.
     delays: OffsetMap<SystemTime>,
+    /// Settlements since the book was made (`acked`, `nacked`,
+    /// `dead_lettered`; deliveries are the subscription's to count).
+    counts: DeliveryCounts,
 }
 
 impl LeaseBook {
@@ -318,6 +322,7 @@ impl LeaseBook {
             dead_changed: false,
             last_errors: OffsetMap::default(),
             delays: OffsetMap::default(),
+            counts: DeliveryCounts::default(),
         };
         for (offset, record) in records {
             if book.acks.is_acked(offset) {
@@ -829,6 +834,7 @@ impl LeaseBook {
                 Target::Lease(offset, _) => offset,
             };
             if self.acks.ack(offset) {
+                self.counts.acked += 1;
                 self.forget(offset, now);
             }
         }
@@ -927,6 +933,7 @@ impl LeaseBook {
         let moving = self.moving.len();
         for &target in targets {
             if let Some((offset, lease)) = self.take_lease(target) {
+                self.counts.nacked += 1;
                 if let Some(error) = error {
                     self.last_errors.insert(offset, error.to_owned());
                 }
@@ -1079,6 +1086,12 @@ impl LeaseBook {
 
     pub(super) fn open_streams(&self) -> usize {
         self.streams.len()
+    }
+
+    /// Acknowledgements, nacks and moves to the dead-letter topic since
+    /// the book was made.
+    pub(super) fn counts(&self) -> DeliveryCounts {
+        self.counts
     }
 }
 

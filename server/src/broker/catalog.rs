@@ -38,6 +38,7 @@ use super::retention;
 use super::subscription::Subscription;
 use super::topic::{Topic, Topics};
 use super::*;
+use crate::latency::LatencyHistogram;
 use crate::storage::{
     NewMessage, ReadLimit, SharedStore, StoreListener, StoredMessage, SubscriptionSettings,
     TopicSettings,
@@ -78,6 +79,8 @@ struct Inner {
     push: watch::Sender<PushTargets>,
     /// `Subscribe` streams open now.
     open_streams: Arc<AtomicUsize>,
+    /// From publish to first delivery, on every subscription.
+    end_to_end: Arc<LatencyHistogram>,
 }
 
 #[derive(Default)]
@@ -160,6 +163,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             push: watch::Sender::new(PushTargets::default()),
             open_streams: Arc::new(AtomicUsize::new(0)),
+            end_to_end: Arc::new(LatencyHistogram::default()),
         });
         let writer = Arc::clone(&inner.writer);
         inner
@@ -596,6 +600,40 @@ impl Engine for Broker {
 
     fn watch_push(&self) -> watch::Receiver<PushTargets> {
         self.inner.push.subscribe()
+    }
+
+    /// Reads the oldest unacknowledged message, from the tail cache or
+    /// the store.
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscriptionNotFound`]; storage errors.
+    async fn oldest_unacked(
+        &self,
+        subscription: &SubscriptionName,
+    ) -> BrokerResult<Option<SystemTime>> {
+        let sub = self.subscription(subscription)?;
+        let Some(offset) = sub.oldest_unacked() else {
+            return Ok(None);
+        };
+        let (cached, _) = sub.topic.cached(std::iter::once(offset));
+        if let Some(message) = cached.first() {
+            return Ok(Some(message.publish_time));
+        }
+        // The first stored message from there (offsets may hold none).
+        let limit = ReadLimit {
+            max_messages: 1,
+            max_bytes: 1,
+        };
+        let range = offset..sub.topic.head();
+        let read = self.inner.store.read(sub.topic.id, range, limit).await?;
+        Ok(read.first().map(|m| m.publish_time))
+    }
+
+    fn timings(&self) -> EngineTimings {
+        EngineTimings {
+            end_to_end: self.inner.end_to_end.snapshot(),
+            storage: self.inner.store.timings(),
+        }
     }
 
     /// # Errors

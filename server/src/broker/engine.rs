@@ -26,7 +26,7 @@
 //! [`Broker`]: super::Broker
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use std::collections::BTreeMap;
 
@@ -38,9 +38,10 @@ use super::{
     SubscribeSpec, SubscriptionInfo, SubscriptionSpec, SubscriptionUpdate, TopicInfo, TopicRead,
     TopicSpec, TopicUpdate,
 };
+use crate::latency::LatencySnapshot;
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
-use crate::storage::NewMessage;
+use crate::storage::{NewMessage, StorageTimings};
 
 /// What keeps topics and delivers their messages. Cancel safety: a call
 /// whose future is dropped either did nothing or finishes on its own; it
@@ -216,6 +217,28 @@ pub trait Engine: Send + Sync + 'static {
     /// Finishes what is pending and releases the engine's resources. Call
     /// once no more requests arrive.
     async fn close(&self) -> BrokerResult<()>;
+
+    /// The publish time of the oldest message a subscription has not
+    /// acknowledged; `None` when every published message is. For the
+    /// metrics: it may read storage.
+    async fn oldest_unacked(
+        &self,
+        subscription: &SubscriptionName,
+    ) -> BrokerResult<Option<SystemTime>>;
+
+    /// The engine's latencies so far, for the metrics.
+    fn timings(&self) -> EngineTimings;
+}
+
+/// How long an engine's work took (see [`Engine::timings`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineTimings {
+    /// From a message's publish (or due time, when delayed) to its first
+    /// delivery on each subscription.
+    pub end_to_end: LatencySnapshot,
+    /// The local store's writes and syncs; `None` for an engine that
+    /// keeps no local storage.
+    pub storage: Option<StorageTimings>,
 }
 
 /// An engine shared by the front doors.

@@ -26,7 +26,7 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 pub use crate::storage::{
     DEFAULT_DEDUP_WINDOW, DEFAULT_MEMORY_BYTES, DeadLetterPolicy, PushConfig, Retention,
-    RetryPolicy, StorageClass,
+    RetryPolicy, StorageClass, StorageTimings,
 };
 use crate::storage::{StoredMessage, SubscriptionId, TopicId};
 
@@ -48,7 +48,8 @@ pub use calls::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use catalog::Broker;
 pub use checks::{RESERVED_ATTRIBUTE_PREFIX, check_batch};
 pub use engine::{
-    CallReply, CommitAcks, CommitSpec, Engine, PullSpec, PushTarget, PushTargets, SharedEngine,
+    CallReply, CommitAcks, CommitSpec, Engine, EngineTimings, PullSpec, PushTarget, PushTargets,
+    SharedEngine,
 };
 pub use error::{BrokerError, BrokerResult};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};
@@ -157,6 +158,9 @@ pub struct TopicInfo {
     pub retained_messages: u64,
     /// The stored size of the retained messages.
     pub retained_bytes: u64,
+    /// Bytes published to it (payload, key and attributes of each stored
+    /// message) since the broker started.
+    pub published_bytes: u64,
     /// How long message ids are remembered; zero for not at all.
     pub dedup_window: Duration,
     /// Where its messages are kept.
@@ -273,8 +277,27 @@ pub struct SubscriptionInfo {
     pub ack_floor: Offset,
     /// Open `Subscribe` streams.
     pub open_streams: u32,
+    /// What was delivered and settled since the broker started.
+    pub counts: DeliveryCounts,
     /// When it was created.
     pub created: SystemTime,
+}
+
+/// What a subscription delivered and how deliveries were settled, counted
+/// since the broker started (or the subscription was created).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Deliveries, first and repeated.
+    pub delivered: u64,
+    /// Deliveries of a message delivered before (attempt 2 and up).
+    pub redelivered: u64,
+    /// Messages acknowledged (by `Ack`, a commit or a 2xx push answer).
+    pub acked: u64,
+    /// Deliveries given back (by `Nack`, a zero ack deadline or a failed
+    /// push); expired leases are not counted here.
+    pub nacked: u64,
+    /// Messages moved to the dead-letter topic.
+    pub dead_lettered: u64,
 }
 
 /// Where a new subscription begins.

@@ -28,6 +28,7 @@ use super::acks::DeliveryWriter;
 use super::book::{Budget, Leased, Now, Scan, Scanned, StreamId, Window};
 use super::subscription::Subscription;
 use super::{AckId, BrokerConfig, BrokerError, BrokerResult, Delivery};
+use crate::latency::LatencyHistogram;
 use crate::offsets::Offset;
 use crate::storage::{ReadLimit, SharedStore, StoredMessage};
 
@@ -54,6 +55,8 @@ pub(super) struct StreamTask {
     pub(super) shutdown: CancellationToken,
     pub(super) subscription: Arc<Subscription>,
     pub(super) writer: Arc<DeliveryWriter>,
+    /// Times first deliveries from their publish.
+    pub(super) end_to_end: Arc<LatencyHistogram>,
     pub(super) stream: StreamId,
     pub(super) window: Window,
     pub(super) remaining: Option<u64>,
@@ -455,6 +458,7 @@ impl StreamTask {
                 self.release(&unsent(&frame, &mut frames));
                 return Err(End::Left);
             };
+            self.subscription.sent(&frame, &self.end_to_end);
             permit.send(frame);
             if let Some(remaining) = self.remaining.as_mut() {
                 *remaining = remaining.saturating_sub(count);

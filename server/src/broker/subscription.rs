@@ -15,7 +15,11 @@ use tracing::error;
 
 use super::book::{LeaseBook, Move, Now, Target};
 use super::topic::Topic;
-use super::{AckId, BrokerError, BrokerResult, Filter, PushTarget, SubscriptionInfo};
+use super::{
+    AckId, BrokerError, BrokerResult, Delivery, DeliveryCounts, Filter, PushTarget,
+    SubscriptionInfo,
+};
+use crate::latency::LatencyHistogram;
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::Offset;
 use crate::storage::{
@@ -45,6 +49,10 @@ pub(super) struct Subscription {
     /// With a delivery delay: the offset where the last scan stopped for
     /// it (the first message not yet due), or `Offset::MAX`.
     delay_cut: AtomicU64,
+    /// Deliveries sent, and those of them that were repeats, since it was
+    /// loaded (settlements are counted by the book).
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
 }
 
 impl Subscription {
@@ -87,7 +95,38 @@ impl Subscription {
             book: Mutex::new(book),
             wake: Notify::new(),
             delay_cut: AtomicU64::new(Offset::MAX),
+            delivered: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
         }
+    }
+
+    /// A frame of deliveries went out: counts them, and times each first
+    /// delivery from its message's publish (or, when delayed, due) time.
+    pub(super) fn sent(&self, frame: &[Delivery], end_to_end: &LatencyHistogram) {
+        let now = SystemTime::now();
+        let mut repeats = 0;
+        for delivery in frame {
+            if delivery.attempt > 1 {
+                repeats += 1;
+                continue;
+            }
+            let message = &delivery.message;
+            let since = message.deliver_at.unwrap_or(message.publish_time);
+            end_to_end.observe(now.duration_since(since).unwrap_or_default());
+        }
+        self.delivered
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        if repeats > 0 {
+            self.redelivered.fetch_add(repeats, Ordering::Relaxed);
+        }
+    }
+
+    /// The first offset not acknowledged, when it is below the head and
+    /// still stored.
+    pub(super) fn oldest_unacked(&self) -> Option<Offset> {
+        let head = self.topic.head();
+        let floor = self.book().ack_state().floor;
+        (floor < head).then_some(floor)
     }
 
     /// No message is delivered before its publish time plus this.
@@ -402,6 +441,11 @@ impl Subscription {
             in_flight: book.in_flight() as u64,
             ack_floor: book.ack_state().floor,
             open_streams: u32::try_from(book.open_streams()).unwrap_or(u32::MAX),
+            counts: DeliveryCounts {
+                delivered: self.delivered.load(Ordering::Relaxed),
+                redelivered: self.redelivered.load(Ordering::Relaxed),
+                ..book.counts()
+            },
             created: self.created,
         }
     }

@@ -81,6 +81,8 @@ pub(super) struct Topic {
     first_offset: AtomicU64,
     /// The stored size of the retained messages, as the store last said.
     retained_bytes: AtomicU64,
+    /// Bytes of the messages stored since the broker started.
+    published_bytes: AtomicU64,
     /// Cancelled when the topic is deleted; subscriptions' tokens are its
     /// children.
     pub(super) deleted: CancellationToken,
@@ -105,6 +107,7 @@ impl Topic {
             head_tx: watch::Sender::new(record.next_offset),
             first_offset: AtomicU64::new(record.first_offset),
             retained_bytes: AtomicU64::new(record.retained_bytes),
+            published_bytes: AtomicU64::new(0),
             deleted: CancellationToken::new(),
             open_streams: AtomicUsize::new(0),
             tail: Mutex::new(TailCache::default()),
@@ -215,6 +218,9 @@ impl Topic {
         }
         self.retained_bytes
             .store(appended.retained_bytes, Ordering::Release);
+        let bytes: usize = messages.iter().map(NewMessage::size).sum();
+        self.published_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         let delayed = (appended.first_offset..)
             .zip(&messages)
             .filter_map(|(offset, m)| {
@@ -327,6 +333,7 @@ impl Topic {
             retention: self.retention(),
             retained_messages: next_offset - first_offset,
             retained_bytes: self.retained_bytes(),
+            published_bytes: self.published_bytes.load(Ordering::Relaxed),
             dedup_window: self.lock_settings().dedup_window,
             storage: self.storage,
         }

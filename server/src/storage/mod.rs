@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::latency::LatencySnapshot;
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset, OffsetRanges};
 
@@ -500,6 +501,15 @@ pub enum StoreError {
 /// Shorthand for results of [`Store`] calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How long a store's disk writes and syncs took, since it opened.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StorageTimings {
+    /// Each write of a batch (with its sync, when the write syncs).
+    pub write: LatencySnapshot,
+    /// Each sync of the write-ahead log, and each write that synced.
+    pub sync: LatencySnapshot,
+}
+
 /// Told by a store about changes to topics' messages, as they are written.
 ///
 /// # Contract
@@ -588,6 +598,12 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the listener told about every later append and truncation. Set
     /// once, before the first append; a second call replaces the first.
     fn set_listener(&self, listener: Arc<dyn StoreListener>);
+
+    /// How long its writes and syncs to disk took, for the metrics; `None`
+    /// for a store that writes nothing to disk.
+    fn timings(&self) -> Option<StorageTimings> {
+        None
+    }
 
     /// Creates a topic with a fresh id, `next_offset` 0, keeping its
     /// messages as `storage` says. Name uniqueness is the broker's

@@ -47,9 +47,10 @@ use super::codec;
 use super::ram::{RamLog, RamLogs};
 use super::{
     Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, ReadLimit, StorageClass,
-    Store, StoreError, StoreListener, StoreResult, StoredMessage, SubscriptionId,
+    StorageTimings, Store, StoreError, StoreListener, StoreResult, StoredMessage, SubscriptionId,
     SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
+use crate::latency::LatencyHistogram;
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 
@@ -173,6 +174,15 @@ pub struct RocksStore {
     listener: ListenerSlot,
     /// The logs of memory topics; the writer adds and removes them.
     logs: RamLogs,
+    /// How long writes and syncs took; the writer and syncer add to it.
+    timings: Arc<Timings>,
+}
+
+/// How long the writer's writes and the syncs took.
+#[derive(Debug, Default)]
+struct Timings {
+    write: LatencyHistogram,
+    sync: LatencyHistogram,
 }
 
 impl RocksStore {
@@ -197,17 +207,19 @@ impl RocksStore {
         let unsynced = syncer::Unsynced::default();
         let listener = ListenerSlot::default();
         let logs = RamLogs::default();
+        let timings = Arc::new(Timings::default());
         let shared = writer::Shared {
             unsynced: Arc::clone(&unsynced),
             listener: Arc::clone(&listener),
             windows,
             logs: logs.clone(),
+            timings: Arc::clone(&timings),
         };
         let writer = writer::Writer::recover(Arc::clone(&db), policy, shared)?;
         let syncer = match policy {
             SyncPolicy::Always => None,
             SyncPolicy::Interval(interval) => Some(
-                syncer::Syncer::start(Arc::clone(&db), interval, unsynced)
+                syncer::Syncer::start(Arc::clone(&db), interval, unsynced, Arc::clone(&timings))
                     .map_err(|e| engine("starting the syncer thread", e))?,
             ),
         };
@@ -225,6 +237,7 @@ impl RocksStore {
             syncer: Mutex::new(syncer),
             listener,
             logs,
+            timings,
         })
     }
 
@@ -308,6 +321,13 @@ impl Store for RocksStore {
 
     fn set_listener(&self, listener: Arc<dyn StoreListener>) {
         *lock(&self.listener) = Some(listener);
+    }
+
+    fn timings(&self) -> Option<StorageTimings> {
+        Some(StorageTimings {
+            write: self.timings.write.snapshot(),
+            sync: self.timings.sync.snapshot(),
+        })
     }
 
     async fn create_topic(

@@ -134,6 +134,7 @@ impl LeaseBook {
             self.acks.ack(offset);
             if kept {
                 self.dead.offsets.insert(offset);
+                self.counts.dead_lettered += 1;
             }
             self.forget_taken(offset, waiting.meta, now);
         }

@@ -101,6 +101,7 @@ impl Broker {
             shutdown: self.inner.shutdown.clone(),
             subscription: sub,
             writer: Arc::clone(&self.inner.writer),
+            end_to_end: Arc::clone(&self.inner.end_to_end),
             stream,
             window,
             remaining,

@@ -285,6 +285,7 @@ fn infos_become_resources() {
         },
         retained_messages: 8,
         retained_bytes: 2048,
+        published_bytes: 4096,
         dedup_window: Duration::from_secs(600),
         storage: crate::broker::StorageClass::Memory,
     });
@@ -308,6 +309,7 @@ fn infos_become_resources() {
         in_flight: 1,
         ack_floor: 8,
         open_streams: 2,
+        counts: crate::broker::DeliveryCounts::default(),
         created,
         filter: "attributes:a".into(),
         retry: Some(RetryPolicy {

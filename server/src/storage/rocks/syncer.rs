@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use rocksdb::DB;
 
+use super::Timings;
+use crate::latency::LatencyHistogram;
+
 /// Set by the writer after each unsynced write; cleared by each sync.
 pub(super) type Unsynced = Arc<AtomicBool>;
 
@@ -31,12 +34,13 @@ impl Syncer {
         db: Arc<DB>,
         interval: Duration,
         unsynced: Unsynced,
+        timings: Arc<Timings>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("tidings-syncer".to_owned())
-            .spawn(move || run(&db, interval, &unsynced, &signal))?;
+            .spawn(move || run(&db, interval, &unsynced, &timings.sync, &signal))?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -62,7 +66,13 @@ impl Drop for Syncer {
     }
 }
 
-fn run(db: &DB, interval: Duration, unsynced: &AtomicBool, stop: &(Mutex<bool>, Condvar)) {
+fn run(
+    db: &DB,
+    interval: Duration,
+    unsynced: &AtomicBool,
+    took: &LatencyHistogram,
+    stop: &(Mutex<bool>, Condvar),
+) {
     let (stopped, wake) = stop;
     let mut next = Instant::now() + interval;
     loop {
@@ -83,7 +93,10 @@ fn run(db: &DB, interval: Duration, unsynced: &AtomicBool, stop: &(Mutex<bool>, 
         }
         next = Instant::now() + interval;
         if unsynced.swap(false, Ordering::AcqRel) {
-            match db.flush_wal(true) {
+            let started = Instant::now();
+            let synced = db.flush_wal(true);
+            took.observe(started.elapsed());
+            match synced {
                 Ok(()) => tracing::trace!("write-ahead log synced"),
                 Err(e) => {
                     // Nobody waits on this sync; an operator must see it.
@@ -104,10 +117,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(DB::open_default(dir.path()).unwrap());
         let unsynced = Unsynced::default();
+        let timings = Arc::new(Timings::default());
         let mut syncer = Syncer::start(
             Arc::clone(&db),
             Duration::from_millis(5),
             Arc::clone(&unsynced),
+            Arc::clone(&timings),
         )
         .unwrap();
         db.put(b"k", b"v").unwrap();
@@ -120,5 +135,7 @@ mod tests {
         }
         syncer.stop();
         assert!(syncer.handle.is_none());
+        // Stopping waited for the sync, which was timed.
+        assert_eq!(timings.sync.snapshot().count, 1);
     }
 }

@@ -25,8 +25,8 @@ use super::batch::{Batch, Columns, Dropped};
 use super::dedup::{self, ByIdHash, Remembered, Windows};
 use super::syncer::Unsynced;
 use super::{
-    CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, ListenerSlot, SyncPolicy, column, engine,
-    lock,
+    CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, ListenerSlot, SyncPolicy, Timings,
+    column, engine, lock,
 };
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
@@ -160,6 +160,8 @@ pub(super) struct Shared {
     pub(super) windows: Windows,
     /// The logs of memory topics, for the readers.
     pub(super) logs: RamLogs,
+    /// How long writes and syncs took.
+    pub(super) timings: Arc<Timings>,
 }
 
 /// The previous value of a piece of writer state, restored when a batch
@@ -208,6 +210,8 @@ pub(super) struct Writer {
     /// Memory topics whose oldest messages the request being staged
     /// dropped, told to the listener after its appends.
     ram_dropped: Vec<Dropped>,
+    /// How long writes and syncs took.
+    timings: Arc<Timings>,
 }
 
 impl Writer {
@@ -218,6 +222,7 @@ impl Writer {
             listener,
             windows,
             logs,
+            timings,
         } = shared;
         Columns::of(&db)?;
         let catalog = super::load_catalog(&db)?;
@@ -278,6 +283,7 @@ impl Writer {
             logs,
             ram_pending: HashMap::new(),
             ram_dropped: Vec::new(),
+            timings,
         })
     }
 
@@ -326,7 +332,9 @@ impl Writer {
     /// Syncs, drops what is still queued (its callers see `Closed`) and
     /// answers the closers.
     fn stop(&mut self, requests_rx: Receiver<Request>, mut closers: Vec<Reply<()>>) {
+        let started = Instant::now();
         let synced = self.db.flush_wal(true);
+        self.timings.sync.observe(started.elapsed());
         if let Err(e) = &synced {
             tracing::error!(error = %e, "syncing the write-ahead log at close failed");
         }
@@ -381,6 +389,10 @@ impl Writer {
         let (bytes, started) = (write.size_in_bytes(), Instant::now());
         self.db.write_opt(write, &options)?;
         let took = started.elapsed();
+        self.timings.write.observe(took);
+        if sync {
+            self.timings.sync.observe(took);
+        }
         if took >= SLOW_WRITE {
             // Every caller of the batch waited this long: an operator must
             // be able to tell a slow disk from a slow broker.
@@ -842,7 +854,9 @@ mod tests {
             listener: ListenerSlot::default(),
             windows,
             logs: RamLogs::default(),
+            timings: Arc::new(Timings::default()),
         };
+        let timings = Arc::clone(&shared.timings);
         let writer = Writer::recover(db, SyncPolicy::Always, shared)?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (created_tx, mut created_rx) = oneshot::channel();
@@ -879,6 +893,9 @@ mod tests {
             assert_eq!(reply_rx.try_recv()??.first_offset, 2 * i as u64);
         }
         close_rx.try_recv()??;
+        // The one write synced (policy `Always`), and so did closing.
+        let (write, sync) = (timings.write.snapshot(), timings.sync.snapshot());
+        assert_eq!((write.count, sync.count), (1, 2));
         Ok(())
     }
 }
