@@ -209,6 +209,14 @@ pub struct Config {
     /// over it; an unknown key is an error.
     #[arg(long, env = "TIDINGS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// A TOML file of principals (a bearer token's SHA-256, an mTLS
+    /// certificate subject) and their grants (publish, subscribe, admin on
+    /// topic and subscription name patterns). With it, every request needs
+    /// credentials and everything not granted is denied; without it, the
+    /// broker is open. SIGHUP reloads it.
+    #[arg(long, env = "TIDINGS_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -228,6 +236,7 @@ impl Config {
             log: DEFAULT_LOG.to_owned(),
             delay_look_ahead: DEFAULT_DELAY_LOOK_AHEAD,
             config: None,
+            auth_file: None,
             stream_heartbeat: DEFAULT_STREAM_HEARTBEAT,
             max_connections: None,
             max_topics: None,

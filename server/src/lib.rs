@@ -9,11 +9,14 @@
 //! - [`broker`]: the domain (topics, subscriptions, leases, redelivery);
 //! - [`storage`]: the [`Store`](storage::Store) seam, the only place that
 //!   names RocksDB;
+//! - [`auth`]: principals and grants from the auth file, and the decisions
+//!   the adapters ask of them;
 //! - [`config`]: command-line flags and `TIDINGS_*` environment variables.
 //!
 //! [`run`] is what the `tidings-server` binary calls, and what tests call to
 //! start a broker in-process on `127.0.0.1:0`.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod grpc;
