@@ -187,8 +187,7 @@ impl Authorizer {
             }
             (None, None) => {
                 return Err(AuthError::Unauthenticated(
-                    "this broker requires a token: send the metadata \
-                     `authorization: Bearer TOKEN`",
+                    "this broker requires a token: send `authorization: Bearer TOKEN`",
                 ));
             }
         };
@@ -341,7 +340,7 @@ pub fn new_token() -> (String, String) {
 /// # Errors
 /// [`AuthError::Unauthenticated`] for another scheme or an empty token.
 pub fn bearer_token(value: &str) -> Result<&str, AuthError> {
-    let malformed = AuthError::Unauthenticated("the authorization metadata must be `Bearer TOKEN`");
+    let malformed = AuthError::Unauthenticated("authorization must be `Bearer TOKEN`");
     let (scheme, token) = value.trim().split_once(' ').ok_or(malformed.clone())?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {

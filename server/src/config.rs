@@ -71,7 +71,9 @@ impl SyncInterval {
 #[command(
     name = "tidings-server",
     version,
-    about = "Tidings: a durable publish/subscribe broker over gRPC"
+    about = "Tidings: a durable publish/subscribe broker over gRPC",
+    after_help = "`tidings-server hash-token` prints a new bearer token and its SHA-256 for \
+                  --auth-file (see `tidings-server hash-token --help`)."
 )]
 pub struct Config {
     /// Address to serve gRPC on. Use port 0 to pick a free port; the chosen

@@ -32,8 +32,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::auth::{AuthFileError, Authorizer};
 use crate::broker::{Broker, BrokerError, SharedEngine};
 use crate::config::Config;
 use crate::storage::{RocksStore, SharedStore, StoreError};
@@ -87,6 +88,13 @@ pub enum ServeError {
     /// Pending acknowledgements could not be stored at shutdown.
     #[error("cannot close storage cleanly")]
     Close(#[source] BrokerError),
+    /// The auth file (`--auth-file`) could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthFileError),
+    /// The handler of SIGHUP (which reloads the auth file) could not be
+    /// installed.
+    #[error("cannot handle SIGHUP to reload the auth file")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Runs a broker on `listener` until `shutdown` resolves.
@@ -99,6 +107,11 @@ pub enum ServeError {
 /// listening on <addr>` (with the HTTP bus) and then `listening on <addr>`
 /// to standard output.
 ///
+/// With `config.auth_file`, loaded before anything starts, the tidings
+/// services serve only the principals it names, and SIGHUP reloads it (see
+/// [`Authorizer::reload`]): the outcome is logged, and printed as `auth
+/// file reloaded` or `auth file not reloaded` to standard output.
+///
 /// When `shutdown` resolves: health turns NOT_SERVING, open `Subscribe`
 /// streams and waiting pulls end with UNAVAILABLE, both listeners stop
 /// accepting, in-flight requests and pushes drain for at most
@@ -107,13 +120,15 @@ pub enum ServeError {
 /// within a bounded time even when clients keep connections open.
 ///
 /// # Errors
-/// [`ServeError`] when storage cannot be opened or closed, a listener
-/// cannot be bound, or a server fails.
+/// [`ServeError`] when the auth file is not valid, storage cannot be
+/// opened or closed, a listener cannot be bound, or a server fails.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let auth = Authorizer::from_file(config.auth_file.as_deref())?;
+    let reload = reload_on_hangup(auth.clone())?;
     let http = match config.http_listen {
         Some(addr) => Some(bind(addr, "the HTTP bus", "--http-listen").await?),
         None => None,
@@ -127,7 +142,10 @@ pub async fn run(
         http,
         metrics,
     };
-    run_with(listeners, config, shutdown).await
+    tokio::select! {
+        served = serve(listeners, config, auth, shutdown) => served,
+        never = reload => match never {},
+    }
 }
 
 /// The sockets a broker serves on.
@@ -142,13 +160,71 @@ pub struct Listeners {
 }
 
 /// [`run`] on sockets the caller bound: `config.http_listen` is not looked
-/// at.
+/// at, and SIGHUP is not handled (the auth file is loaded once).
 ///
 /// # Errors
 /// As [`run`].
 pub async fn run_with(
     listeners: Listeners,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let auth = Authorizer::from_file(config.auth_file.as_deref())?;
+    serve(listeners, config, auth, shutdown).await
+}
+
+/// Reloads `auth` on each SIGHUP, forever; with no auth file, waits
+/// forever. The handler is installed before this returns, so a signal
+/// that comes early is not lost.
+///
+/// # Errors
+/// [`ServeError::Signal`] when the handler cannot be installed.
+fn reload_on_hangup(
+    auth: Authorizer,
+) -> Result<impl Future<Output = std::convert::Infallible>, ServeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match auth.path() {
+        Some(_) => Some(signal(SignalKind::hangup()).map_err(ServeError::Signal)?),
+        None => None,
+    };
+    Ok(async move {
+        while let Some(signal) = hangup.as_mut()
+            && signal.recv().await.is_some()
+        {
+            let file = auth.path().map(|path| path.display().to_string());
+            let outcome = match auth.reload() {
+                Ok(()) => {
+                    info!(file, "reloaded the auth file");
+                    "auth file reloaded"
+                }
+                Err(err) => {
+                    error!(
+                        error = %grpc::error_chain(&err),
+                        "cannot reload the auth file; the one loaded before stays in force"
+                    );
+                    "auth file not reloaded"
+                }
+            };
+            announce_line(outcome);
+        }
+        std::future::pending().await
+    })
+}
+
+/// Prints `line` to standard output for whoever started the process.
+fn announce_line(line: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    // Nobody may be reading standard output; that is not an error.
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+/// Serves the broker, to whom `auth` allows, on `listeners` until
+/// `shutdown` resolves.
+async fn serve(
+    listeners: Listeners,
+    config: Config,
+    auth: Authorizer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let broker = open_broker(&config).await?;
@@ -192,7 +268,15 @@ pub async fn run_with(
         let Some(listener) = listeners.http else {
             return Ok(());
         };
-        let served = http::serve(listener, broker.clone(), &telemetry, &config, stop.clone()).await;
+        let served = http::serve(
+            listener,
+            broker.clone(),
+            &telemetry,
+            &auth,
+            &config,
+            stop.clone(),
+        )
+        .await;
         stop.cancel();
         served
     };
@@ -203,7 +287,15 @@ pub async fn run_with(
     };
     let grpc = async {
         let signal = stop.clone().cancelled_owned();
-        let served = grpc::serve(listeners.grpc, broker.clone(), &telemetry, &config, signal).await;
+        let served = grpc::serve(
+            listeners.grpc,
+            broker.clone(),
+            &telemetry,
+            &auth,
+            &config,
+            signal,
+        )
+        .await;
         stop.cancel();
         served
     };

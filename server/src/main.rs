@@ -1,5 +1,6 @@
 //! The `tidings-server` binary: parses the configuration, installs logging,
-//! binds the listener and runs the broker until SIGINT or SIGTERM.
+//! binds the listener and runs the broker until SIGINT or SIGTERM; or, as
+//! `tidings-server hash-token`, makes a token for the auth file.
 //!
 //! Everything else lives in the library ([`tidings_server::run`]).
 
@@ -12,8 +13,29 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+/// `tidings-server hash-token`: tokens for the auth file (`--auth-file`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tidings-server hash-token",
+    about = "Prints a new random bearer token and its SHA-256 (for token_sha256 in the auth \
+             file), or the SHA-256 of a token given"
+)]
+struct HashToken {
+    /// A token to hash; `-` reads it from standard input (one line), which
+    /// keeps it out of the process list and the shell's history.
+    token: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "hash-token")
+    {
+        return hash_token(<HashToken as clap::Parser>::parse_from(
+            std::env::args_os().skip(1),
+        ));
+    }
     let config = match Config::load() {
         Ok(config) => config,
         // clap prints the message (or the help) and exits as it does.
@@ -41,6 +63,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tidings_server::bind(config.listen, "gRPC", "--listen").await?;
     tidings_server::run(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// Prints a new token and its hash, or the hash of the token given.
+fn hash_token(args: HashToken) -> ExitCode {
+    let token = match args.token.as_deref() {
+        None => {
+            let (token, hash) = tidings_server::auth::new_token();
+            println!("token:        {token}");
+            println!("token_sha256: {hash}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-") => {
+            let mut line = String::new();
+            if let Err(err) = std::io::stdin().read_line(&mut line) {
+                eprintln!("tidings-server hash-token: cannot read standard input: {err}");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        Some(token) => token.to_owned(),
+    };
+    if token.is_empty() {
+        eprintln!("tidings-server hash-token: the token is empty");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", tidings_server::auth::token_sha256(&token));
+    ExitCode::SUCCESS
 }
 
 /// Logs to standard error, filtered by `--log`.

@@ -25,6 +25,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::ServeError;
+use crate::auth::Authorizer;
 use crate::broker::SharedEngine;
 use crate::config::Config;
 use crate::metrics::Telemetry;
@@ -35,6 +36,7 @@ use limits::RequestLimit;
 use requests::CountRequests;
 
 mod admin;
+mod caller;
 mod connections;
 mod convert;
 mod health;
@@ -45,6 +47,7 @@ mod status;
 mod subscriber;
 
 pub use admin::Admin;
+pub(crate) use caller::AUTHORIZATION;
 pub use publisher::Publisher;
 pub(crate) use status::error_chain;
 pub use subscriber::{SubscribeStream, Subscriber};
@@ -82,8 +85,9 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 ///    (beyond that, a warning is logged and remaining connections are left
 ///    to the runtime).
 ///
-/// Closing the broker is the caller's job. Prints `listening on <addr>` to
-/// standard output once serving.
+/// The tidings services serve whom `auth` allows; health and reflection
+/// serve everyone. Closing the broker is the caller's job. Prints
+/// `listening on <addr>` to standard output once serving.
 ///
 /// # Errors
 /// [`ServeError::Listener`] when the listener's address cannot be read,
@@ -93,6 +97,7 @@ pub async fn serve(
     listener: TcpListener,
     broker: SharedEngine,
     telemetry: &Telemetry,
+    auth: &Authorizer,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -111,17 +116,21 @@ pub async fn serve(
         .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
         .add_service(RequestLimit::new(
-            PublisherServiceServer::new(Publisher::new(broker.clone(), telemetry.clone()))
+            PublisherServiceServer::new(Publisher::new(
+                broker.clone(),
+                telemetry.clone(),
+                auth.clone(),
+            ))
+            .max_decoding_message_size(request_limit),
+            request_limit,
+        ))
+        .add_service(RequestLimit::new(
+            SubscriberServiceServer::new(Subscriber::new(broker.clone(), auth.clone()))
                 .max_decoding_message_size(request_limit),
             request_limit,
         ))
         .add_service(RequestLimit::new(
-            SubscriberServiceServer::new(Subscriber::new(broker.clone()))
-                .max_decoding_message_size(request_limit),
-            request_limit,
-        ))
-        .add_service(RequestLimit::new(
-            AdminServiceServer::new(Admin::new(broker.clone()))
+            AdminServiceServer::new(Admin::new(broker.clone(), auth.clone()))
                 .max_decoding_message_size(request_limit),
             request_limit,
         ));

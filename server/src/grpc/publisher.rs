@@ -1,5 +1,6 @@
 //! `tidings.v1.PublisherService` over the broker: converts a `Publish`
-//! request, appends it, returns the offsets. No broker logic lives here.
+//! request, checks that the caller may publish there, appends it, returns
+//! the offsets. No broker logic lives here.
 
 use std::time::Instant;
 
@@ -8,7 +9,9 @@ use tidings::v1::publisher_service_server::PublisherService;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
+use super::caller::caller;
 use super::convert::{CallCommand, PublishCommand, ReplyCommand, commit_spec, publish_message};
+use crate::auth::{Authorizer, Resource};
 use crate::broker::SharedEngine;
 use crate::metrics::Telemetry;
 
@@ -17,12 +20,18 @@ use crate::metrics::Telemetry;
 pub struct Publisher {
     broker: SharedEngine,
     telemetry: Telemetry,
+    auth: Authorizer,
 }
 
 impl Publisher {
-    /// An adapter over `broker`, timing publishes into `telemetry`.
-    pub fn new(broker: SharedEngine, telemetry: Telemetry) -> Self {
-        Self { broker, telemetry }
+    /// An adapter over `broker`, timing publishes into `telemetry`, serving
+    /// whom `auth` allows.
+    pub fn new(broker: SharedEngine, telemetry: Telemetry, auth: Authorizer) -> Self {
+        Self {
+            broker,
+            telemetry,
+            auth,
+        }
     }
 }
 
@@ -39,7 +48,9 @@ impl PublisherService for Publisher {
     ) -> Result<Response<v1::PublishResponse>, Status> {
         debug!("publish");
         let started = Instant::now();
+        let caller = caller(&self.auth, &request)?;
         let command = PublishCommand::try_from(request.into_inner())?;
+        caller.publish(command.topic.as_str())?;
         let published = self
             .broker
             .publish(&command.topic, command.messages)
@@ -65,7 +76,14 @@ impl PublisherService for Publisher {
         &self,
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let spec = commit_spec(request.into_inner())?;
+        for (topic, _) in &spec.publishes {
+            caller.publish(topic.as_str())?;
+        }
+        for acks in &spec.acks {
+            caller.subscribe(Resource::Subscription(acks.subscription.as_str()))?;
+        }
         let published = self.broker.commit(spec).await?;
         debug!(publishes = published.len(), "committed");
         Ok(Response::new(v1::CommitResponse {
@@ -84,7 +102,9 @@ impl PublisherService for Publisher {
         &self,
         request: Request<v1::CallRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = CallCommand::try_from(request.into_inner())?;
+        caller.publish(command.topic.as_str())?;
         let answer = self
             .broker
             .call(&command.topic, command.message, command.timeout)
@@ -101,6 +121,8 @@ impl PublisherService for Publisher {
         &self,
         request: Request<v1::ReplyRequest>,
     ) -> Result<Response<v1::ReplyResponse>, Status> {
+        // The reply token is the permission: whoever holds it may answer.
+        caller(&self.auth, &request)?;
         let command = ReplyCommand::try_from(request.into_inner())?;
         self.broker
             .reply(&command.reply_to, command.message)

@@ -1,5 +1,7 @@
 //! `tidings.v1.SubscriberService` over the broker: opens `Subscribe`
-//! streams and forwards acks, nacks and lease changes.
+//! streams and forwards acks, nacks and lease changes, each once the
+//! caller's `subscribe` grant on the subscription is checked (a stream is
+//! checked when it opens).
 //!
 //! A stream is the broker's bounded channel of frames, mapped to responses;
 //! the broker's task does the delivering, this only translates. No broker
@@ -12,10 +14,12 @@ use tidings::v1::subscriber_service_server::SubscriberService;
 use tonic::{Request, Response, Status};
 use tracing::{Span, debug, info_span, instrument, trace};
 
+use super::caller::caller;
 use super::convert::{
     AckCommand, DeadlineCommand, NackCommand, ReadTopicCommand, RejectCommand, SeekCommand,
     read_topic_response, subscribe_frame,
 };
+use crate::auth::{Authorizer, Resource};
 use crate::broker::{DeliveryStream, PullSpec, SharedEngine, SubscribeSpec};
 use crate::names::SubscriptionName;
 
@@ -26,12 +30,13 @@ pub type SubscribeStream = BoxStream<'static, Result<v1::SubscribeResponse, Stat
 #[derive(Clone)]
 pub struct Subscriber {
     broker: SharedEngine,
+    auth: Authorizer,
 }
 
 impl Subscriber {
-    /// An adapter over `broker`.
-    pub fn new(broker: SharedEngine) -> Self {
-        Self { broker }
+    /// An adapter over `broker`, serving whom `auth` allows.
+    pub fn new(broker: SharedEngine, auth: Authorizer) -> Self {
+        Self { broker, auth }
     }
 }
 
@@ -44,7 +49,13 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let spec = SubscribeSpec::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(spec.subscription.as_str()))?;
+        // Naming the topic may create the subscription on it.
+        if let Some(topic) = &spec.topic {
+            caller.subscribe(Resource::Topic(topic.as_str()))?;
+        }
         debug!(topic = ?spec.topic, start = ?spec.start, "opening stream");
         let subscription = spec.subscription.clone();
         let deliveries = self.broker.subscribe(spec).await?;
@@ -56,7 +67,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = AckCommand::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(command.subscription.as_str()))?;
         debug!(
             offsets = command.offsets.len(),
             ack_ids = command.ack_ids.len(),
@@ -73,7 +86,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::NackRequest>,
     ) -> Result<Response<v1::NackResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = NackCommand::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(command.subscription.as_str()))?;
         debug!(offsets = command.offsets.len(), ack_ids = command.ack_ids.len(), delay = ?command.delay, "nack");
         self.broker
             .nack(
@@ -92,7 +107,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::RejectRequest>,
     ) -> Result<Response<v1::RejectResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = RejectCommand::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(command.subscription.as_str()))?;
         debug!(
             offsets = command.offsets.len(),
             ack_ids = command.ack_ids.len(),
@@ -118,7 +135,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::ModifyAckDeadlineRequest>,
     ) -> Result<Response<v1::ModifyAckDeadlineResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = DeadlineCommand::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(command.subscription.as_str()))?;
         debug!(offsets = command.offsets.len(), ack_ids = command.ack_ids.len(), deadline = ?command.deadline, "modify ack deadline");
         self.broker
             .modify_ack_deadline(
@@ -136,7 +155,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::SeekRequest>,
     ) -> Result<Response<v1::SeekResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = SeekCommand::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(command.subscription.as_str()))?;
         debug!(position = ?command.position, "seek");
         self.broker
             .seek(&command.subscription, command.position)
@@ -149,7 +170,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::PullRequest>,
     ) -> Result<Response<v1::PullResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let spec = PullSpec::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Subscription(spec.subscription.as_str()))?;
         debug!(max = spec.max_messages, wait = ?spec.wait, "pull");
         let pulled = self.broker.pull(spec).await?;
         debug!(messages = pulled.len(), "pulled");
@@ -163,7 +186,9 @@ impl SubscriberService for Subscriber {
         &self,
         request: Request<v1::ReadTopicRequest>,
     ) -> Result<Response<v1::ReadTopicResponse>, Status> {
+        let caller = caller(&self.auth, &request)?;
         let command = ReadTopicCommand::try_from(request.into_inner())?;
+        caller.subscribe(Resource::Topic(command.topic.as_str()))?;
         debug!(
             from = command.from,
             max = command.max_messages,

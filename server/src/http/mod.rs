@@ -13,6 +13,10 @@
 //! | `POST /v1/subscriptions/{subscription}:pull` | `SubscriberService.Pull` |
 //! | `POST /v1/subscriptions/{subscription}:ack` | `SubscriberService.Ack` |
 //! | `POST /v1/subscriptions/{subscription}:nack` | `SubscriberService.Nack` |
+//!
+//! The `Authorization` header travels to the adapter as the gRPC
+//! `authorization` metadata, so the auth file's decisions (and their 401
+//! and 403) are those of gRPC too.
 
 use std::io::Write as _;
 
@@ -20,7 +24,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
@@ -29,13 +33,15 @@ use tidings::v1::publisher_service_server::PublisherService as _;
 use tidings::v1::subscriber_service_server::SubscriberService as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
 use crate::ServeError;
+use crate::auth::Authorizer;
 use crate::broker::SharedEngine;
 use crate::config::Config;
-use crate::grpc::{Publisher, Subscriber};
+use crate::grpc::{AUTHORIZATION, Publisher, Subscriber};
 use crate::metrics::Telemetry;
 use error::HttpError;
 use json::JsonCodec;
@@ -54,7 +60,8 @@ struct Bus {
     json: JsonCodec,
 }
 
-/// Serves the HTTP bus on `listener` until `shutdown` is cancelled, then
+/// Serves the HTTP bus on `listener`, to whom `auth` allows, until
+/// `shutdown` is cancelled, then
 /// stops accepting and lets requests in progress finish, for at most
 /// `config.shutdown_timeout`. The broker itself is shut down and closed by
 /// the caller; a pull waiting when it shuts down answers 503.
@@ -66,14 +73,15 @@ pub async fn serve(
     listener: TcpListener,
     broker: SharedEngine,
     telemetry: &Telemetry,
+    auth: &Authorizer,
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let json = JsonCodec::new().map_err(|err| ServeError::Http(Box::new(err)))?;
     let bus = Bus {
-        publisher: Publisher::new(broker.clone(), telemetry.clone()),
-        subscriber: Subscriber::new(broker),
+        publisher: Publisher::new(broker.clone(), telemetry.clone(), auth.clone()),
+        subscriber: Subscriber::new(broker, auth.clone()),
         json,
     };
     let app = router(bus, config.max_request_bytes());
@@ -115,6 +123,7 @@ fn router(bus: Bus, body_limit: usize) -> Router {
 async fn topic_action(
     State(bus): State<Bus>,
     Path(target): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let body = body.map_err(HttpError::from_body)?;
@@ -124,7 +133,10 @@ async fn topic_action(
             let mut request: v1::PublishRequest =
                 bus.json.decode("tidings.v1.PublishRequest", &body)?;
             request.topic = named("topic", topic, request.topic)?;
-            let response = bus.publisher.publish(Request::new(request)).await?;
+            let response = bus
+                .publisher
+                .publish(grpc_request(&headers, request)?)
+                .await?;
             bus.answer("tidings.v1.PublishResponse", response.get_ref())
         }
         _ => Err(HttpError::no_route(&format!("/v1/topics/{target}"))),
@@ -135,6 +147,7 @@ async fn topic_action(
 async fn subscription_action(
     State(bus): State<Bus>,
     Path(target): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let body = body.map_err(HttpError::from_body)?;
@@ -143,19 +156,25 @@ async fn subscription_action(
         "pull" => {
             let mut request: v1::PullRequest = bus.json.decode("tidings.v1.PullRequest", &body)?;
             request.subscription = named("subscription", subscription, request.subscription)?;
-            let response = bus.subscriber.pull(Request::new(request)).await?;
+            let response = bus
+                .subscriber
+                .pull(grpc_request(&headers, request)?)
+                .await?;
             bus.answer("tidings.v1.PullResponse", response.get_ref())
         }
         "ack" => {
             let mut request: v1::AckRequest = bus.json.decode("tidings.v1.AckRequest", &body)?;
             request.subscription = named("subscription", subscription, request.subscription)?;
-            let response = bus.subscriber.ack(Request::new(request)).await?;
+            let response = bus.subscriber.ack(grpc_request(&headers, request)?).await?;
             bus.answer("tidings.v1.AckResponse", response.get_ref())
         }
         "nack" => {
             let mut request: v1::NackRequest = bus.json.decode("tidings.v1.NackRequest", &body)?;
             request.subscription = named("subscription", subscription, request.subscription)?;
-            let response = bus.subscriber.nack(Request::new(request)).await?;
+            let response = bus
+                .subscriber
+                .nack(grpc_request(&headers, request)?)
+                .await?;
             bus.answer("tidings.v1.NackResponse", response.get_ref())
         }
         _ => Err(HttpError::no_route(&format!("/v1/subscriptions/{target}"))),
@@ -168,6 +187,25 @@ impl Bus {
         let body = self.json.encode(name, message)?;
         Ok(json_response(StatusCode::OK, body))
     }
+}
+
+/// `message` as a gRPC request, with the `Authorization` header as its
+/// `authorization` metadata.
+fn grpc_request<T>(headers: &HeaderMap, message: T) -> Result<Request<T>, HttpError> {
+    let mut request = Request::new(message);
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.parse::<MetadataValue<_>>().ok())
+            .ok_or_else(|| {
+                HttpError::from(Status::unauthenticated(
+                    "the Authorization header must be `Bearer TOKEN`",
+                ))
+            })?;
+        request.metadata_mut().insert(AUTHORIZATION, value);
+    }
+    Ok(request)
 }
 
 /// Splits `name:action` at its last colon.
