@@ -803,3 +803,35 @@ async fn the_http_bus_obeys_the_auth_file() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_readme_example_auth_file_loads_and_means_what_it_says() -> anyhow::Result<()> {
+    use tidings_server::auth::{Authorizer, Resource};
+    let readme = include_str!("../../README.md");
+    let (_, rest) = readme
+        .split_once("<!-- auth-file:start -->")
+        .expect("the README has the example");
+    let (block, _) = rest.split_once("<!-- auth-file:end -->").expect("closed");
+    let text = block
+        .trim()
+        .strip_prefix("```toml")
+        .and_then(|text| text.strip_suffix("```"))
+        .expect("one toml block");
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, text)?;
+    let auth = Authorizer::load(&path)?;
+    // The README's orders hash is the SHA-256 of "test".
+    let orders = auth.caller(Some("test"), None)?;
+    assert_eq!(orders.publish("order.created"), Ok(()));
+    assert_eq!(
+        orders.subscribe(Resource::Subscription("orders-eu")),
+        Ok(())
+    );
+    assert_eq!(orders.subscribe(Resource::Topic("public.news")), Ok(()));
+    assert!(orders.admin(Resource::Topic("order.created")).is_err());
+    let ops = auth.caller(None, Some("CN=ops"))?;
+    assert_eq!(ops.admin(Resource::Subscription("anything")), Ok(()));
+    assert!(ops.publish("order.created").is_err());
+    Ok(())
+}
