@@ -72,7 +72,7 @@ pub(crate) struct ServerProcess {
     addr: SocketAddr,
     log_path: PathBuf,
     // Kept open so the process never writes to a closed pipe.
-    _stdout: Lines<BufReader<ChildStdout>>,
+    stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl ServerProcess {
@@ -161,7 +161,7 @@ impl ServerProcess {
             child,
             addr,
             log_path,
-            _stdout: lines,
+            stdout: lines,
         })
     }
 
@@ -189,17 +189,38 @@ impl ServerProcess {
 
     /// Sends SIGTERM.
     pub(crate) async fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM").await
+    }
+
+    /// Sends SIGHUP.
+    pub(crate) async fn hangup(&self) -> anyhow::Result<()> {
+        self.signal("HUP").await
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`).
+    async fn signal(&self, name: &str) -> anyhow::Result<()> {
         let pid = self.child.id().context("the process has already exited")?;
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(pid.to_string())
             .status()
             .await
-            .context("run kill -TERM")?;
+            .with_context(|| format!("run kill -{name}"))?;
         if !status.success() {
-            bail!("kill -TERM {pid} failed with {status}");
+            bail!("kill -{name} {pid} failed with {status}");
         }
         Ok(())
+    }
+
+    /// Waits, at most [`EVENT_TIMEOUT`], for the next line the process
+    /// prints to standard output after its address.
+    pub(crate) async fn next_line(&mut self) -> anyhow::Result<String> {
+        match tokio::time::timeout(EVENT_TIMEOUT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => bail!("tidings-server closed its standard output"),
+            Ok(Err(err)) => Err(err).context("read tidings-server's stdout"),
+            Err(_) => bail!("tidings-server printed nothing within {EVENT_TIMEOUT:?}"),
+        }
     }
 
     /// Waits for the process to exit, at most [`EXIT_TIMEOUT`].
