@@ -715,7 +715,8 @@ async fn call_needs_publish_on_the_request_topic() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A POST to the HTTP bus with `token`; the status and the JSON body.
+/// A POST to the HTTP bus with `token`; the status and the JSON body. A
+/// 401 must name the scheme it wants.
 async fn post(
     broker: &TestBroker,
     token: Option<&str>,
@@ -730,6 +731,10 @@ async fn post(
     }
     let response = request.send().await?;
     let status = response.status();
+    if status == StatusCode::UNAUTHORIZED {
+        let scheme = response.headers().get("www-authenticate");
+        assert_eq!(scheme.and_then(|v| v.to_str().ok()), Some("Bearer"));
+    }
     Ok((status, response.json().await?))
 }
 
