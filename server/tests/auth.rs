@@ -1,6 +1,7 @@
-//! SIGHUP reloads the auth file of the real binary: decisions change for
-//! the calls after it, an open `Subscribe` stream goes on, and a file that
-//! does not load leaves the one before in force with an error naming it.
+//! The auth file on the real binary: SIGHUP reloads it (decisions change
+//! for the calls after it, an open `Subscribe` stream goes on, and a file
+//! that does not load leaves the one before in force with an error naming
+//! it); a bad file stops the broker at start; `hash-token` makes tokens.
 
 mod common;
 
@@ -175,5 +176,50 @@ async fn a_bad_auth_file_stops_the_broker_at_start_naming_the_file() -> anyhow::
     let err = format!("{:#}", started.err().expect("the broker must not start"));
     assert!(err.contains(auth_flag), "{err}");
     assert!(err.contains("grant 1 (principal \"ghost\")"), "{err}");
+    Ok(())
+}
+
+/// Runs `tidings-server hash-token ARGS` with `stdin`; its standard output.
+async fn hash_token(args: &[&str], stdin: &str) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings-server"))
+        .arg("hash-token")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut input = child.stdin.take().context("a stdin pipe")?;
+    input.write_all(stdin.as_bytes()).await?;
+    drop(input);
+    let output = tokio::time::timeout(EVENT_TIMEOUT, child.wait_with_output()).await??;
+    anyhow::ensure!(output.status.success(), "hash-token failed: {output:?}");
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The value of the line `NAME VALUE` that `hash-token` printed.
+fn field(printed: &str, name: &str) -> anyhow::Result<String> {
+    printed
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(|value| value.trim().to_owned())
+        .with_context(|| format!("no {name} in {printed:?}"))
+}
+
+#[tokio::test]
+async fn hash_token_prints_a_new_token_and_its_hash_or_hashes_one_given() -> anyhow::Result<()> {
+    let printed = hash_token(&[], "").await?;
+    let (token, hash) = (
+        field(&printed, "token:")?,
+        field(&printed, "token_sha256:")?,
+    );
+    assert_eq!(token.len(), 64, "32 bytes in hex: {token}");
+    assert_eq!(hash, token_sha256(&token));
+    let another = field(&hash_token(&[], "").await?, "token:")?;
+    assert_ne!(token, another, "tokens are random");
+    // SHA-256 of "test", a published test vector.
+    let expected = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    assert_eq!(hash_token(&["-"], "test\n").await?.trim(), expected);
+    assert_eq!(hash_token(&["test"], "").await?.trim(), expected);
     Ok(())
 }
