@@ -200,6 +200,15 @@ pub struct Config {
     )]
     pub stream_heartbeat: Duration,
 
+    /// Repair damaged storage before starting: keep every readable record
+    /// and table, move unreadable files into `lost/` in the data
+    /// directory, log per topic how many messages were kept and lost, then
+    /// start as usual. Only on the command line: never from the
+    /// environment or the config file, so that damage is never repaired
+    /// unseen.
+    #[arg(long)]
+    pub repair: bool,
+
     /// How far ahead delayed messages are handed to subscriptions (see
     /// `BrokerConfig::delay_look_ahead`); not a flag: tests shorten it.
     #[arg(skip = DEFAULT_DELAY_LOOK_AHEAD)]
@@ -244,6 +253,7 @@ impl Config {
             max_topics: None,
             max_subscriptions: None,
             max_open_streams: None,
+            repair: false,
         }
     }
 

@@ -60,6 +60,31 @@ pub enum ServeError {
         #[source]
         source: StoreError,
     },
+    /// A storage file is damaged.
+    #[error(
+        "storage file {} is damaged ({detail}); the broker does not start on damaged storage, \
+         lest it serve wrong data or lose acknowledged messages: restore the data directory {} \
+         from a backup, or run `tidings-server --data-dir {} --repair` to keep what is readable, \
+         report what was lost and start",
+        file.display(), path.display(), path.display()
+    )]
+    DamagedStorage {
+        /// The data directory.
+        path: PathBuf,
+        /// The damaged file.
+        file: PathBuf,
+        /// What the storage engine found.
+        detail: String,
+    },
+    /// Repairing storage failed.
+    #[error("cannot repair storage in {}", path.display())]
+    Repair {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
     /// The broker could not load what storage holds.
     #[error("cannot start the broker")]
     StartBroker(#[source] BrokerError),
@@ -227,7 +252,7 @@ async fn serve(
     auth: Authorizer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let broker = open_broker(&config).await?;
+    let (broker, store) = open_broker(&config).await?;
     // One stop for both servers: the HTTP bus stops accepting when gRPC
     // does, either failing stops the other, and requests on both drain
     // before storage closes.
@@ -299,9 +324,14 @@ async fn serve(
         stop.cancel();
         served
     };
-    let ((), grpc_served, http_served, pushed, scraped) =
-        tokio::join!(forward, grpc, http, push, metrics);
-    let served = grpc_served.and(http_served).and(pushed).and(scraped);
+    let verified = verify_tables(&store, &config.data_dir, stop.clone());
+    let ((), grpc_served, http_served, pushed, scraped, verified) =
+        tokio::join!(forward, grpc, http, push, metrics, verified);
+    let served = verified
+        .and(grpc_served)
+        .and(http_served)
+        .and(pushed)
+        .and(scraped);
     let closed = broker.close().await.map_err(ServeError::Close);
     match (served, closed) {
         (Ok(()), Ok(())) => {
@@ -347,8 +377,78 @@ fn addr_in_use_hint(err: &std::io::Error, flag: &str) -> String {
     }
 }
 
-/// Opens the store in the data directory and loads the broker from it.
-async fn open_broker(config: &Config) -> Result<SharedEngine, ServeError> {
+/// Reads every table of the store while the broker serves (reads check
+/// the blocks they touch anyway); damage found stops the broker through
+/// `stop` with [`ServeError::DamagedStorage`]. Returns at once when `stop`
+/// is cancelled.
+async fn verify_tables(
+    store: &RocksStore,
+    path: &std::path::Path,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let started = std::time::Instant::now();
+    match store.verify_tables(path, stop.clone()).await {
+        Ok(entries) => {
+            info!(entries, took = ?started.elapsed(), "tables verified");
+            Ok(())
+        }
+        Err(err) => {
+            stop.cancel();
+            Err(storage_error(path, err))
+        }
+    }
+}
+
+/// [`ServeError::DamagedStorage`] for damage, else `OpenStorage`.
+fn storage_error(path: &std::path::Path, source: StoreError) -> ServeError {
+    match source {
+        StoreError::Damaged { file, detail } => ServeError::DamagedStorage {
+            path: path.to_path_buf(),
+            file,
+            detail,
+        },
+        source => ServeError::OpenStorage {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// Repairs the store in `path` and logs what was kept and lost.
+async fn repair(path: &std::path::Path) -> Result<(), ServeError> {
+    let report = RocksStore::repair(path)
+        .await
+        .map_err(|source| ServeError::Repair {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    for file in &report.lost_files {
+        warn!(file = %file.display(), "repair: unreadable file moved aside");
+    }
+    for (topic, stored, readable) in &report.topics {
+        let lost = stored.saturating_sub(*readable);
+        if lost > 0 {
+            warn!(%topic, stored, readable, lost, "repair: messages lost");
+        } else {
+            info!(%topic, messages = readable, "repair: topic whole");
+        }
+    }
+    let lost: u64 = report
+        .topics
+        .iter()
+        .map(|(_, s, r)| s.saturating_sub(*r))
+        .sum();
+    warn!(
+        lost_messages = lost,
+        lost_files = report.lost_files.len(),
+        "repair done"
+    );
+    Ok(())
+}
+
+/// Opens the store in the data directory (repairing it first with
+/// `--repair`) and loads the broker from it.
+async fn open_broker(config: &Config) -> Result<(SharedEngine, Arc<RocksStore>), ServeError> {
     let path = config.data_dir.clone();
     tokio::fs::create_dir_all(&path)
         .await
@@ -356,13 +456,17 @@ async fn open_broker(config: &Config) -> Result<SharedEngine, ServeError> {
             path: path.clone(),
             source,
         })?;
+    if config.repair {
+        repair(&path).await?;
+    }
     let policy = config.sync_interval.policy();
     let store = RocksStore::open(&path, policy)
         .await
-        .map_err(|source| ServeError::OpenStorage { path, source })?;
-    let store: SharedStore = Arc::new(store);
-    let broker = Broker::open(store, config.broker_config())
+        .map_err(|source| storage_error(&path, source))?;
+    let store = Arc::new(store);
+    let shared: SharedStore = store.clone();
+    let broker = Broker::open(shared, config.broker_config())
         .await
         .map_err(ServeError::StartBroker)?;
-    Ok(Arc::new(broker))
+    Ok((Arc::new(broker), store))
 }

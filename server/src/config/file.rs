@@ -107,6 +107,9 @@ impl Config {
     }
 }
 
+/// Flags the file cannot set.
+const COMMAND_LINE_ONLY: [&str; 2] = ["config", "repair"];
+
 /// The config file's settings as flags, for every key the command line and
 /// the environment left unset.
 fn file_args(
@@ -128,7 +131,7 @@ fn file_args(
     for (key, value) in &table {
         let arg = command
             .get_arguments()
-            .find(|arg| arg.get_id() == key.as_str() && arg.get_id() != "config")
+            .find(|arg| arg.get_id() == key.as_str() && !COMMAND_LINE_ONLY.contains(&key.as_str()))
             .and_then(|arg| Some((arg, arg.get_long()?)));
         let Some((arg, long)) = arg else {
             return Err(ConfigError::UnknownKey {

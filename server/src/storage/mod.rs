@@ -45,7 +45,7 @@ mod ram;
 pub mod rocks;
 
 pub use memory::MemoryStore;
-pub use rocks::{RocksStore, SyncPolicy};
+pub use rocks::{RepairReport, RocksStore, SyncPolicy};
 
 /// The identity of a topic in storage. Ids are never reused, so data of a
 /// deleted topic can never be mistaken for a new topic's.
@@ -482,6 +482,17 @@ pub enum StoreError {
         /// What was being decoded.
         what: &'static str,
         /// What was wrong with it.
+        detail: String,
+    },
+    /// A file of the store is damaged: its data cannot be trusted, so the
+    /// store does not open (or stops) rather than serve wrong data or drop
+    /// acknowledged data.
+    #[error("storage file {} is damaged: {detail}", file.display())]
+    Damaged {
+        /// The damaged file (or the store's directory, when the engine
+        /// does not say which).
+        file: std::path::PathBuf,
+        /// What the engine found.
         detail: String,
     },
     /// The store was closed.

@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use rocksdb::{ColumnFamily, DB};
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use super::ram::{RamLog, RamLogs};
@@ -55,6 +56,7 @@ use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 
 mod batch;
+mod damage;
 mod dedup;
 mod delays;
 mod open;
@@ -83,6 +85,14 @@ pub enum SyncPolicy {
 const CF_MESSAGES: &str = "messages";
 const CF_SUBSCRIPTIONS: &str = "subscriptions";
 const CF_META: &str = "meta";
+/// Every column family of the layout.
+const FAMILIES: [&str; 5] = [
+    CF_MESSAGES,
+    CF_SUBSCRIPTIONS,
+    CF_META,
+    delays::CF_DELAYS,
+    dedup::CF_DEDUP,
+];
 
 const TOPIC_PREFIX: u8 = b'T';
 const HEAD_PREFIX: u8 = b'H';
@@ -151,6 +161,16 @@ fn column<'a>(db: &'a DB, name: &'static str) -> StoreResult<&'a ColumnFamily> {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are plain handles that a panic cannot leave torn.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What [`RocksStore::repair`] kept and lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Files moved aside (into `lost/` in the data directory) as unreadable.
+    pub lost_files: Vec<std::path::PathBuf>,
+    /// Per disk topic: its name, the messages its head says it holds, and
+    /// those that can be read.
+    pub topics: Vec<(TopicName, u64, u64)>,
 }
 
 /// A [`Store`] on RocksDB, with group commit.
@@ -239,6 +259,48 @@ impl RocksStore {
             logs,
             timings,
         })
+    }
+
+    /// Reads every table of the database in `path`, checking every
+    /// block's checksum (data is also checked whenever it is read);
+    /// returns how many entries it read. Runs on a blocking thread, and
+    /// returns early once `cancel` is cancelled.
+    ///
+    /// # Errors
+    /// [`StoreError::Damaged`] naming the first damaged table.
+    pub async fn verify_tables(&self, path: &Path, cancel: CancellationToken) -> StoreResult<u64> {
+        let path = path.to_path_buf();
+        self.read_with("verifying the tables", move |db| {
+            damage::verify_tables(db, &path, &cancel)
+        })
+        .await
+    }
+
+    /// Repairs the database in `path`, which must not be open: keeps every
+    /// record and table that is readable (see `damage::repair`) and reports
+    /// what was lost. Afterwards [`RocksStore::open`] opens it. Blocks on
+    /// `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] when RocksDB cannot repair it;
+    /// [`StoreError::Damaged`] when it is still damaged after.
+    pub async fn repair(path: &Path) -> StoreResult<RepairReport> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let windows = dedup::Windows::default();
+            let repaired = damage::repair(&path, |mode| {
+                open::open_with_recovery(&path, &windows, mode)
+            })?;
+            let db = open_database(&path, &windows)?;
+            damage::verify_tables(&db, &path, &CancellationToken::new())?;
+            let topics = damage::count_messages(&db)?;
+            Ok(RepairReport {
+                lost_files: repaired.lost_files,
+                topics,
+            })
+        })
+        .await
+        .map_err(|e| engine("repairing the database", e))?
     }
 
     /// The log of `topic` when it is a memory topic.

@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Env, Options,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Env,
+    Options,
 };
 
 use super::dedup::{self, CF_DEDUP, Windows};
 use super::delays::CF_DELAYS;
-use super::{CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, engine};
+use super::{CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, damage, engine};
 use crate::storage::StoreResult;
 
 /// Memory shared by the block caches of all column families.
@@ -18,7 +19,31 @@ const BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// Opens the database with the column families and options of this
 /// layout, creating what is missing. Blocks. The `dedup` family forgets
 /// ids past the windows in `windows`.
+///
+/// A record cut short at the end of the write-ahead log (a write a crash
+/// interrupted) is dropped; any other damage fails.
+///
+/// # Errors
+/// [`StoreError::Damaged`](crate::storage::StoreError::Damaged) naming the
+/// damaged file; [`StoreError::Engine`](crate::storage::StoreError::Engine)
+/// when RocksDB fails otherwise.
 pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
+    open_with_recovery(path, windows, DBRecoveryMode::TolerateCorruptedTailRecords).map_err(|e| {
+        if damage::is_corruption(&e) {
+            damage::damaged(path, &e)
+        } else {
+            engine("opening the database", e)
+        }
+    })
+}
+
+/// [`open_database`] with the write-ahead log recovered in `mode`;
+/// RocksDB's error as it is.
+pub(super) fn open_with_recovery(
+    path: &Path,
+    windows: &Windows,
+    mode: DBRecoveryMode,
+) -> Result<DB, rocksdb::Error> {
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     let mut db_options = Options::default();
     db_options.create_if_missing(true);
@@ -29,6 +54,10 @@ pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
     // family (meta), which would otherwise never be flushed.
     db_options.set_max_total_wal_size(256 << 20);
     db_options.set_env(&background_env()?);
+    // Stop at any damage the log shows, but for a torn last record (see
+    // `damage`); checks of every file's size and metadata at open.
+    db_options.set_wal_recovery_mode(mode);
+    db_options.set_paranoid_checks(true);
     let mut families: Vec<_> = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META, CF_DELAYS]
         .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)))
         .into();
@@ -44,7 +73,6 @@ pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
     ids.set_periodic_compaction_seconds(dedup::PERIODIC_COMPACTION.as_secs());
     families.push(ColumnFamilyDescriptor::new(CF_DEDUP, ids));
     DB::open_cf_descriptors(&db_options, path, families)
-        .map_err(|e| engine("opening the database", e))
 }
 
 /// The environment whose flush and compaction threads run at the lowest CPU
@@ -52,8 +80,8 @@ pub(super) fn open_database(path: &Path, windows: &Windows) -> StoreResult<DB> {
 /// cores, a delivery waits on them for less. Measured on two cores, a
 /// memtable flush during `bench e2e` raised p99.9 latency to 2–6 ms; at the
 /// lowest priority it stayed at 1.2–2.4 ms, and publishing was no slower.
-fn background_env() -> StoreResult<Env> {
-    let mut env = Env::new().map_err(|e| engine("creating the storage environment", e))?;
+fn background_env() -> Result<Env, rocksdb::Error> {
+    let mut env = Env::new()?;
     env.lower_thread_pool_cpu_priority();
     env.lower_high_priority_thread_pool_cpu_priority();
     Ok(env)
