@@ -504,6 +504,9 @@ mod tests {
             "--log",
             "--http-listen",
             "--config",
+            "--auth-file",
+            "TIDINGS_AUTH_FILE",
+            "hash-token",
             "TIDINGS_SYNC_INTERVAL",
             "power loss",
         ] {
