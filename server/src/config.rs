@@ -28,6 +28,8 @@ use crate::broker::{
 use crate::storage::SyncPolicy;
 
 mod file;
+#[cfg(test)]
+mod fuzz;
 
 pub use file::ConfigError;
 

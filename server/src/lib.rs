@@ -19,6 +19,8 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod latency;

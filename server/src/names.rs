@@ -126,6 +126,9 @@ name_type!(
 );
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -11,7 +11,6 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::caller::caller;
-use super::convert;
 use super::convert::{
     PageQuery, next_page_token, optional_topic_name, subscription_name, topic_name,
 };
@@ -44,15 +43,8 @@ impl AdminService for Admin {
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         debug!("create topic");
         let caller = caller(&self.auth, &request)?;
-        let request = request.into_inner();
-        let name = topic_name(request.name)?;
-        caller.admin(Resource::Topic(name.as_str()))?;
-        let spec = TopicSpec {
-            name,
-            retention: request.retention.map(convert::retention).transpose()?,
-            dedup_window: convert::dedup_window(request.dedup_window)?,
-            storage: convert::storage_class(request.storage)?,
-        };
+        let spec = TopicSpec::try_from(request.into_inner())?;
+        caller.admin(Resource::Topic(spec.name.as_str()))?;
         let topic = self.broker.create_topic_with(spec).await?;
         Ok(Response::new(v1::CreateTopicResponse {
             topic: Some(topic.into()),

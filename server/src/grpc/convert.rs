@@ -24,7 +24,8 @@ use crate::storage::NewMessage;
 pub(crate) use call::{CallCommand, ReplyCommand, publish_message};
 pub(crate) use commit::commit_spec;
 use mask::UpdateFields;
-pub(crate) use retention::{dedup_window, retention, storage_class};
+#[cfg(test)]
+use retention::storage_class;
 use retention::{non_negative, retention_of, storage_of};
 
 /// Page size when a request asks for 0.
@@ -697,5 +698,7 @@ mod commit;
 mod mask;
 mod retention;
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -120,6 +120,9 @@ impl JsonCodec {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use tidings::v1;
 

@@ -194,7 +194,13 @@ pub(crate) fn decode_ids(first: Offset, value: &[u8]) -> StoreResult<Vec<(u128, 
     for _ in 0..count {
         let mut hash = [0; 16];
         hash.copy_from_slice(r.take(16)?);
-        let offset = first + u64::from(r.u32()?);
+        let gap = r.u32()?;
+        let offset = first.checked_add(u64::from(gap)).ok_or_else(|| {
+            corrupt(
+                WHAT,
+                format!("offset {first} + {gap} is past the last offset"),
+            )
+        })?;
         ids.push((u128::from_be_bytes(hash), offset));
     }
     r.finish()?;
@@ -794,5 +800,7 @@ pub(crate) fn decode_delivery(value: &[u8]) -> StoreResult<DeliveryRecord> {
     })
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

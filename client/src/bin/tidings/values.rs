@@ -225,6 +225,9 @@ pub(crate) fn parse_timeout(value: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

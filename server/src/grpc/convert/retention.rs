@@ -7,7 +7,7 @@ use std::time::Duration;
 use tidings::v1;
 
 use super::mask::UpdateFields;
-use crate::broker::{BrokerError, BrokerResult, Retention, StorageClass, TopicUpdate};
+use crate::broker::{BrokerError, BrokerResult, Retention, StorageClass, TopicSpec, TopicUpdate};
 use crate::names::TopicName;
 
 /// The fields of `Topic`, as `UpdateTopic`'s mask sees them.
@@ -105,6 +105,19 @@ pub(crate) fn retention_of(retention: Retention) -> v1::RetentionPolicy {
         max_messages: retention.max_messages.unwrap_or(0),
         max_bytes: retention.max_bytes.unwrap_or(0),
         discard_acked: retention.discard_acked,
+    }
+}
+
+impl TryFrom<v1::CreateTopicRequest> for TopicSpec {
+    type Error = BrokerError;
+
+    fn try_from(request: v1::CreateTopicRequest) -> BrokerResult<Self> {
+        Ok(TopicSpec {
+            name: TopicName::new(request.name)?,
+            retention: request.retention.map(retention).transpose()?,
+            dedup_window: dedup_window(request.dedup_window)?,
+            storage: storage_class(request.storage)?,
+        })
     }
 }
 

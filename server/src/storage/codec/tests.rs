@@ -142,6 +142,17 @@ fn remembered_ids_and_timed_keys_round_trip() {
 }
 
 #[test]
+fn an_id_past_the_last_offset_is_corrupt_not_an_overflow() {
+    // Found by the property tests: a gap that runs past `u64::MAX`.
+    let value = encode_ids(0, [(1, u64::from(u32::MAX))].into_iter());
+    assert_corrupt(decode_ids(u64::MAX - 5, &value), &value);
+    assert_eq!(
+        decode_ids(5, &value).expect("decodes")[0].1,
+        5 + u64::from(u32::MAX)
+    );
+}
+
+#[test]
 fn empty_message_round_trips() {
     let value = encode_message(time(0), &NewMessage::default());
     let decoded = decode_message(0, Bytes::from(value)).expect("decodes");
