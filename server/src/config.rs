@@ -40,6 +40,8 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// The default `--shutdown-timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default `--min-free-disk`: 1 GiB.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
 /// The default `--log` directive.
 pub const DEFAULT_LOG: &str = "info";
 
@@ -147,6 +149,19 @@ pub struct Config {
         value_name = "DURATION"
     )]
     pub retention_max_age: Duration,
+
+    /// Below this much free space on the disk of the data directory,
+    /// publishes are refused with RESOURCE_EXHAUSTED (acks, reads and
+    /// deletions go on) until space is freed: bytes, or with a unit such as
+    /// `512MiB` or `1GiB`; `0` turns the check off.
+    #[arg(
+        long,
+        env = "TIDINGS_MIN_FREE_DISK",
+        default_value = "1GiB",
+        value_parser = parse_min_free_disk,
+        value_name = "BYTES"
+    )]
+    pub min_free_disk: u64,
 
     /// How long shutdown waits for open requests and connections to finish
     /// before it stops waiting and closes storage (for example `10s`).
@@ -256,6 +271,7 @@ impl Config {
             max_subscriptions: None,
             max_open_streams: None,
             repair: false,
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 
@@ -340,6 +356,18 @@ fn parse_max_message_bytes(value: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(bytes) => Ok(bytes),
         Err(_) => Err("is too large for this machine".into()),
+    }
+}
+
+/// Parses a byte count that may be 0: a number, or one with a unit.
+fn parse_min_free_disk(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => value
+            .parse::<bytesize::ByteSize>()
+            .map(|size| size.as_u64())
+            .map_err(|err| format!("expected a number of bytes such as `1GiB` or `0` ({err})")),
     }
 }
 
@@ -479,6 +507,16 @@ mod tests {
         assert_eq!(parse_max_message_bytes("512"), Ok(512));
         assert!(parse_max_message_bytes("0B").is_err());
         assert!(parse_max_message_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn min_free_disk_takes_units_and_zero() {
+        assert_eq!(parse_min_free_disk("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_min_free_disk("0"), Ok(0));
+        assert_eq!(parse_min_free_disk("512MiB"), Ok(512 << 20));
+        assert!(parse_min_free_disk("plenty").is_err());
+        let config = parse(&["--min-free-disk", "2GiB"]).expect("parses");
+        assert_eq!(config.min_free_disk, 2 << 30);
     }
 
     #[test]

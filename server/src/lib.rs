@@ -466,6 +466,11 @@ async fn open_broker(config: &Config) -> Result<(SharedEngine, Arc<RocksStore>),
         .await
         .map_err(|source| storage_error(&path, source))?;
     let store = Arc::new(store);
+    if config.min_free_disk > 0 {
+        store
+            .watch_free_space(&path, config.min_free_disk)
+            .map_err(|source| storage_error(&path, source))?;
+    }
     let shared: SharedStore = store.clone();
     let broker = Broker::open(shared, config.broker_config())
         .await

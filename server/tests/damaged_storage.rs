@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context as _, ensure};
-use tidings::v1::{CreateTopicRequest, PublishMessage, PublishRequest, ReadTopicRequest};
+use tidings::v1::{PublishMessage, PublishRequest};
 use tidings_client::Client;
 
 mod common;
 
-use common::{EXIT_TIMEOUT, ServerProcess};
+use common::{EXIT_TIMEOUT, ServerProcess, create_topic, read_topic};
 
 const TOPIC: &str = "damage.test";
 const PUBLISHES: usize = 10_000;
@@ -27,13 +27,7 @@ const PUBLISHERS: usize = 16;
 /// (each synced before it is answered); returns the acknowledged payloads
 /// by offset.
 async fn publish_all(client: &Client) -> anyhow::Result<BTreeMap<u64, String>> {
-    client
-        .admin_service()
-        .create_topic(CreateTopicRequest {
-            name: TOPIC.into(),
-            ..CreateTopicRequest::default()
-        })
-        .await?;
+    create_topic(client, TOPIC).await?;
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|task| {
             let mut publisher = client.publisher_service();
@@ -63,28 +57,14 @@ async fn publish_all(client: &Client) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(acknowledged)
 }
 
-/// Every message of the topic, by offset, read with `ReadTopic`.
+/// Every message of the topic: offset → payload.
 async fn read_all(client: &Client) -> anyhow::Result<BTreeMap<u64, String>> {
-    let mut subscriber = client.subscriber_service();
-    let mut stored = BTreeMap::new();
-    let mut offset = 0;
-    loop {
-        let read = subscriber
-            .read_topic(ReadTopicRequest {
-                topic: TOPIC.into(),
-                offset,
-                max_messages: 1000,
-            })
-            .await?
-            .into_inner();
-        for message in read.messages {
-            stored.insert(message.offset, String::from_utf8(message.payload.to_vec())?);
-        }
-        if read.next_offset >= read.end_offset {
-            return Ok(stored);
-        }
-        offset = read.next_offset;
-    }
+    let stored = read_topic(client, TOPIC).await?;
+    let text = |payload: bytes::Bytes| String::from_utf8(payload.to_vec());
+    stored
+        .into_iter()
+        .map(|(offset, payload)| Ok((offset, text(payload)?)))
+        .collect()
 }
 
 /// The files in `dir` ending in `.{extension}`, in name order.

@@ -213,6 +213,10 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("broker is shutting down; reconnect and retry")]
     ShuttingDown,
+    /// The disk is full or below `--min-free-disk`: nothing is published
+    /// until space is freed.
+    #[error("{0}")]
+    NoSpace(String),
     /// Storage failed.
     #[error("storage failed")]
     Storage(#[source] StoreError),
@@ -225,6 +229,7 @@ impl From<StoreError> for BrokerError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Closed => Self::ShuttingDown,
+            StoreError::NoSpace { detail } => Self::NoSpace(detail),
             other => Self::Storage(other),
         }
     }

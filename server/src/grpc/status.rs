@@ -51,7 +51,7 @@ fn code_of(err: &BrokerError) -> Code {
         BrokerError::CallNotFound(_) => Code::NotFound,
         BrokerError::InPart { source, .. } => code_of(source),
         BrokerError::ShuttingDown => Code::Unavailable,
-        BrokerError::LimitReached { .. } => Code::ResourceExhausted,
+        BrokerError::LimitReached { .. } | BrokerError::NoSpace(_) => Code::ResourceExhausted,
         BrokerError::Storage(_) => Code::Internal,
     }
 }

@@ -495,6 +495,13 @@ pub enum StoreError {
         /// What the engine found.
         detail: String,
     },
+    /// The disk of the store is full, or has less free space than it
+    /// must keep: writes that add data are refused until space is freed.
+    #[error("{detail}")]
+    NoSpace {
+        /// What is short and what to do.
+        detail: String,
+    },
     /// The store was closed.
     #[error("storage is closed")]
     Closed,

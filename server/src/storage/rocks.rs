@@ -59,6 +59,7 @@ mod batch;
 mod damage;
 mod dedup;
 mod delays;
+mod disk;
 mod open;
 mod read;
 mod syncer;
@@ -129,6 +130,11 @@ fn record_key(subscription: SubscriptionId, offset: Offset) -> [u8; 16] {
     key
 }
 
+/// The open database, shared by the store's readers, the writer and the
+/// syncer, who take a handle for each use; `None` once closed, and while
+/// the writer reopens it (see `disk`).
+type DbSlot = Arc<Mutex<Option<Arc<DB>>>>;
+
 /// Where the writer finds the listener to tell about appends.
 type ListenerSlot = Arc<Mutex<Option<Arc<dyn StoreListener>>>>;
 
@@ -173,6 +179,23 @@ pub struct RepairReport {
     pub topics: Vec<(TopicName, u64, u64)>,
 }
 
+/// Gives back the space of `topic`'s messages below `end`, which were
+/// deleted by range: drops the table files wholly inside the range (that
+/// needs no free space), compacts the rest, and flushes every family, so
+/// that no write keeps the write-ahead log holding the messages alive.
+fn reclaim_range(db: &DB, topic: TopicId, end: Offset) -> StoreResult<()> {
+    let messages = column(db, CF_MESSAGES)?;
+    let (start, end) = (codec::message_key(topic, 0), codec::message_key(topic, end));
+    db.delete_file_in_range_cf(messages, start, end)
+        .map_err(|e| engine("dropping deleted tables", e))?;
+    db.compact_range_cf(messages, Some(start), Some(end));
+    for family in FAMILIES {
+        db.flush_cf(column(db, family)?)
+            .map_err(|e| engine("flushing after a deletion", e))?;
+    }
+    Ok(())
+}
+
 /// A [`Store`] on RocksDB, with group commit.
 ///
 /// Call [`Store::close`] before dropping it: that syncs the write-ahead log,
@@ -183,7 +206,7 @@ pub struct RepairReport {
 #[derive(Debug)]
 pub struct RocksStore {
     /// `None` once closed.
-    db: Mutex<Option<Arc<DB>>>,
+    db: DbSlot,
     requests_tx: std::sync::mpsc::Sender<Request>,
     /// One permit per request queued for or being handled by the writer.
     permits: Arc<Semaphore>,
@@ -196,6 +219,8 @@ pub struct RocksStore {
     logs: RamLogs,
     /// How long writes and syncs took; the writer and syncer add to it.
     timings: Arc<Timings>,
+    /// The free space of the disk, once watched.
+    disk: std::sync::OnceLock<disk::DiskWatch>,
 }
 
 /// How long the writer's writes and the syncs took.
@@ -224,6 +249,7 @@ impl RocksStore {
         let windows = dedup::Windows::default();
         let db = open_database(path, &windows)?;
         let db = Arc::new(db);
+        let slot: DbSlot = Arc::new(Mutex::new(Some(Arc::clone(&db))));
         let unsynced = syncer::Unsynced::default();
         let listener = ListenerSlot::default();
         let logs = RamLogs::default();
@@ -234,12 +260,15 @@ impl RocksStore {
             windows,
             logs: logs.clone(),
             timings: Arc::clone(&timings),
+            slot: Arc::clone(&slot),
+            path: path.to_path_buf(),
         };
-        let writer = writer::Writer::recover(Arc::clone(&db), policy, shared)?;
+        let writer = writer::Writer::recover(&db, policy, shared)?;
+        drop(db);
         let syncer = match policy {
             SyncPolicy::Always => None,
             SyncPolicy::Interval(interval) => Some(
-                syncer::Syncer::start(Arc::clone(&db), interval, unsynced, Arc::clone(&timings))
+                syncer::Syncer::start(Arc::clone(&slot), interval, unsynced, Arc::clone(&timings))
                     .map_err(|e| engine("starting the syncer thread", e))?,
             ),
         };
@@ -250,7 +279,7 @@ impl RocksStore {
             .map_err(|e| engine("starting the writer thread", e))?;
         tracing::info!(path = %path.display(), ?policy, "storage opened");
         Ok(RocksStore {
-            db: Mutex::new(Some(db)),
+            db: slot,
             requests_tx,
             permits: Arc::new(Semaphore::new(MAX_QUEUED_REQUESTS)),
             writer: Mutex::new(Some(handle)),
@@ -258,7 +287,30 @@ impl RocksStore {
             listener,
             logs,
             timings,
+            disk: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Refuses appends (with [`StoreError::NoSpace`]) while the disk of
+    /// `path` has less than `min_free` bytes free, looking once a second;
+    /// other writes go on. Call it once.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] when the free space cannot be read.
+    pub fn watch_free_space(&self, path: &Path, min_free: u64) -> StoreResult<()> {
+        let watch = disk::DiskWatch::start(path, min_free)
+            .map_err(|e| engine("reading the free disk space", e))?;
+        // A second call keeps the first watch.
+        let _ = self.disk.set(watch);
+        Ok(())
+    }
+
+    /// The refusal of an append while the disk is low.
+    fn disk_refusal(&self) -> StoreResult<()> {
+        match self.disk.get().and_then(disk::DiskWatch::refusal) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
     }
 
     /// Reads every table of the database in `path`, checking every
@@ -418,28 +470,32 @@ impl Store for RocksStore {
             return Ok(());
         }
         self.read_with("compacting deleted messages", move |db| {
-            // Everything below the first offset was deleted by range; a
-            // compaction of that range drops the data for good.
-            let end = codec::message_key(topic, read::first_offset(db, topic)?);
-            let start = codec::message_key(topic, 0);
-            db.compact_range_cf(column(db, CF_MESSAGES)?, Some(start), Some(end));
-            // The write-ahead log that still holds the deleted messages goes
-            // once every family's writes in it are flushed, not only the
-            // messages'.
-            for family in [CF_META, CF_SUBSCRIPTIONS] {
-                db.flush_cf(column(db, family)?)
-                    .map_err(|e| engine("flushing after a deletion", e))?;
-            }
-            Ok(())
+            // Everything below the first offset was deleted by range.
+            let first = read::first_offset(db, topic)?;
+            reclaim_range(db, topic, first)
         })
         .await
     }
 
     async fn delete_topic(&self, topic: TopicId) -> StoreResult<()> {
-        self.submit(|reply| Op::DeleteTopic { topic, reply }).await
+        self.submit(|reply| Op::DeleteTopic { topic, reply })
+            .await?;
+        // Its space comes back now, not at some later compaction: what a
+        // full disk needs.
+        let reclaimed = self
+            .read_with("compacting a deleted topic", move |db| {
+                reclaim_range(db, topic, Offset::MAX)
+            })
+            .await;
+        if let Err(err) = reclaimed {
+            // The topic is deleted; a later compaction frees its space.
+            tracing::warn!(?topic, error = %err, "could not reclaim a deleted topic's space");
+        }
+        Ok(())
     }
 
     async fn append(&self, topic: TopicId, messages: Vec<NewMessage>) -> StoreResult<Appended> {
+        self.disk_refusal()?;
         self.submit(|reply| Op::Append {
             topic,
             messages,
@@ -584,6 +640,13 @@ impl Store for RocksStore {
     }
 
     async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>> {
+        if commit
+            .appends
+            .iter()
+            .any(|(_, messages)| !messages.is_empty())
+        {
+            self.disk_refusal()?;
+        }
         self.submit(|reply| Op::Commit { commit, reply }).await
     }
 

@@ -307,6 +307,43 @@ impl Deliveries {
     }
 }
 
+/// Creates `topic` with the defaults.
+pub(crate) async fn create_topic(client: &Client, topic: &str) -> anyhow::Result<()> {
+    client
+        .admin_service()
+        .create_topic(tidings::v1::CreateTopicRequest {
+            name: topic.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Every message of `topic` by offset, read with `ReadTopic`.
+pub(crate) async fn read_topic(
+    client: &Client,
+    topic: &str,
+) -> anyhow::Result<std::collections::BTreeMap<u64, bytes::Bytes>> {
+    let mut subscriber = client.subscriber_service();
+    let mut stored = std::collections::BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let read = subscriber
+            .read_topic(tidings::v1::ReadTopicRequest {
+                topic: topic.into(),
+                offset,
+                max_messages: 1000,
+            })
+            .await?
+            .into_inner();
+        stored.extend(read.messages.into_iter().map(|m| (m.offset, m.payload)));
+        if read.next_offset >= read.end_offset {
+            return Ok(stored);
+        }
+        offset = read.next_offset;
+    }
+}
+
 /// A `Subscribe` request on `subscription` (created on `topic` when new)
 /// that may hold many messages, with a long ack deadline.
 pub(crate) fn subscribe_request(subscription: &str, topic: &str) -> SubscribeRequest {

@@ -15,7 +15,7 @@ use super::delays::{self, CF_DELAYS};
 use super::{
     CF_MESSAGES, CF_META, CF_SUBSCRIPTIONS, FIRST_PREFIX, HEAD_PREFIX, LAST_SUBSCRIPTION_ID_KEY,
     LAST_TOPIC_ID_KEY, SUBSCRIPTION_PREFIX, SyncPolicy, TOPIC_PREFIX, column, dead_letters_key,
-    engine, meta_key, record_key, state_key,
+    meta_key, record_key, state_key,
 };
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
@@ -205,7 +205,7 @@ impl<'db> Batch<'db> {
     ) {
         self.completions.push(Box::new(move |failure, listener| {
             let outcome = match failure {
-                Some(e) if staged.is_ok() => Err(engine("writing a batch", e.clone())),
+                Some(e) if staged.is_ok() => Err(super::disk::write_failed(e)),
                 _ => staged,
             };
             if let (Ok(value), Some(listener)) = (&outcome, listener) {

@@ -31,7 +31,7 @@ pub(super) struct Syncer {
 impl Syncer {
     /// Starts syncing `db` every `interval` while `unsynced` is set.
     pub(super) fn start(
-        db: Arc<DB>,
+        db: super::DbSlot,
         interval: Duration,
         unsynced: Unsynced,
         timings: Arc<Timings>,
@@ -67,7 +67,7 @@ impl Drop for Syncer {
 }
 
 fn run(
-    db: &DB,
+    slot: &Mutex<Option<Arc<DB>>>,
     interval: Duration,
     unsynced: &AtomicBool,
     took: &LatencyHistogram,
@@ -92,6 +92,10 @@ fn run(
             }
         }
         next = Instant::now() + interval;
+        // Not there while the writer reopens it, or once closed.
+        let Some(db) = super::lock(slot).clone() else {
+            continue;
+        };
         if unsynced.swap(false, Ordering::AcqRel) {
             let started = Instant::now();
             let synced = db.flush_wal(true);
@@ -119,7 +123,7 @@ mod tests {
         let unsynced = Unsynced::default();
         let timings = Arc::new(Timings::default());
         let mut syncer = Syncer::start(
-            Arc::clone(&db),
+            Arc::new(Mutex::new(Some(Arc::clone(&db)))),
             Duration::from_millis(5),
             Arc::clone(&unsynced),
             Arc::clone(&timings),

@@ -13,6 +13,7 @@
 //! written.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -28,6 +29,7 @@ use super::{
     CF_META, LAST_SUBSCRIPTION_ID_KEY, LAST_TOPIC_ID_KEY, ListenerSlot, SyncPolicy, Timings,
     column, engine, lock,
 };
+use super::{DbSlot, disk};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
@@ -162,6 +164,10 @@ pub(super) struct Shared {
     pub(super) logs: RamLogs,
     /// How long writes and syncs took.
     pub(super) timings: Arc<Timings>,
+    /// The database, which the writer reopens after the disk was full.
+    pub(super) slot: DbSlot,
+    /// Where the database is.
+    pub(super) path: PathBuf,
 }
 
 /// The previous value of a piece of writer state, restored when a batch
@@ -173,7 +179,12 @@ enum Undo {
 
 /// The writer: the database and the state that writes depend on.
 pub(super) struct Writer {
-    db: Arc<DB>,
+    /// The database; the writer takes a handle for each batch.
+    slot: DbSlot,
+    path: PathBuf,
+    /// A write failed for want of disk space: RocksDB refuses every write
+    /// until the database is opened again.
+    stopped: bool,
     policy: SyncPolicy,
     topics: HashMap<TopicId, TopicHead>,
     /// Live subscriptions and their topics.
@@ -216,22 +227,24 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Rebuilds the writer's state from what the database holds.
-    pub(super) fn recover(db: Arc<DB>, policy: SyncPolicy, shared: Shared) -> StoreResult<Self> {
+    pub(super) fn recover(db: &DB, policy: SyncPolicy, shared: Shared) -> StoreResult<Self> {
         let Shared {
             unsynced,
             listener,
             windows,
             logs,
             timings,
+            slot,
+            path,
         } = shared;
-        Columns::of(&db)?;
-        let catalog = super::load_catalog(&db)?;
+        Columns::of(db)?;
+        let catalog = super::load_catalog(db)?;
         let mut topics = HashMap::with_capacity(catalog.topics.len());
         let mut remembered = HashMap::new();
         let now = SystemTime::now();
         for topic in &catalog.topics {
             let last_publish = match topic.next_offset.checked_sub(1) {
-                Some(last) => super::publish_time_at(&db, topic.id, last)?,
+                Some(last) => super::publish_time_at(db, topic.id, last)?,
                 None => None,
             };
             // A memory topic starts empty at its reserved offset, which
@@ -250,7 +263,7 @@ impl Writer {
             windows.set(topic.id, head.dedup_window);
             logs.set(topic.id, head.ram_log());
             if head.ram.is_none() {
-                let ids = dedup::load(&db, topic.id, head.dedup_window, now)?;
+                let ids = dedup::load(db, topic.id, head.dedup_window, now)?;
                 remembered.insert(topic.id, ids);
             }
             topics.insert(topic.id, head);
@@ -263,10 +276,11 @@ impl Writer {
         let max_topic = topics.keys().map(|id| id.0).max().unwrap_or(0);
         let max_subscription = subscriptions.keys().map(|id| id.0).max().unwrap_or(0);
         Ok(Self {
-            last_topic_id: read_counter(&db, LAST_TOPIC_ID_KEY)?.max(max_topic),
-            last_subscription_id: read_counter(&db, LAST_SUBSCRIPTION_ID_KEY)?
-                .max(max_subscription),
-            db,
+            last_topic_id: read_counter(db, LAST_TOPIC_ID_KEY)?.max(max_topic),
+            last_subscription_id: read_counter(db, LAST_SUBSCRIPTION_ID_KEY)?.max(max_subscription),
+            slot,
+            path,
+            stopped: false,
             policy,
             topics,
             subscriptions,
@@ -291,21 +305,31 @@ impl Writer {
     /// gone, then syncs and refuses whatever is still queued. Returns how
     /// many batches it committed.
     pub(super) fn run(mut self, requests_rx: Receiver<Request>) -> u64 {
-        let db = Arc::clone(&self.db);
-        let columns = match Columns::of(&db) {
-            Ok(columns) => columns,
-            // `recover` checked them; callers see `Closed`.
-            Err(e) => {
-                tracing::error!(error = %e, "the writer cannot start");
-                return 0;
-            }
-        };
         let mut closers = Vec::new();
         let mut batches = 0;
         while closers.is_empty() {
             // `Err` when every sender is gone.
             let Ok(first) = requests_rx.recv() else {
                 break;
+            };
+            if self.stopped {
+                self.reopen();
+            }
+            // `None` once the store closed (or a reopen failed): callers
+            // see `Closed`.
+            let Some(db) = lock(&self.slot).clone() else {
+                if let Op::Close { reply } = first.op {
+                    closers.push(reply);
+                }
+                continue;
+            };
+            let columns = match Columns::of(&db) {
+                Ok(columns) => columns,
+                // `recover` checked them; callers see `Closed`.
+                Err(e) => {
+                    tracing::error!(error = %e, "the writer cannot write");
+                    continue;
+                }
             };
             let mut batch = Batch::new(columns);
             self.stage(first, &mut batch, &mut closers);
@@ -315,7 +339,7 @@ impl Writer {
                 };
                 self.stage(request, &mut batch, &mut closers);
             }
-            self.commit(batch);
+            self.commit(&db, batch);
             batches += 1;
         }
         // How well group commit worked: messages per write.
@@ -333,7 +357,8 @@ impl Writer {
     /// answers the closers.
     fn stop(&mut self, requests_rx: Receiver<Request>, mut closers: Vec<Reply<()>>) {
         let started = Instant::now();
-        let synced = self.db.flush_wal(true);
+        let db = lock(&self.slot).clone();
+        let synced = db.map_or(Ok(()), |db| db.flush_wal(true));
         self.timings.sync.observe(started.elapsed());
         if let Err(e) = &synced {
             tracing::error!(error = %e, "syncing the write-ahead log at close failed");
@@ -354,13 +379,19 @@ impl Writer {
     }
 
     /// Writes the batch, then tells the listener and answers its callers.
-    fn commit(&mut self, mut batch: Batch<'_>) {
+    fn commit(&mut self, db: &DB, mut batch: Batch<'_>) {
         let (write, sync) = batch.take_write();
         let result = if write.is_empty() {
             Ok(())
         } else {
-            self.write(write, sync.applies(self.policy))
+            self.write(db, write, sync.applies(self.policy))
         };
+        if let Err(e) = &result
+            && disk::is_no_space(e)
+        {
+            // RocksDB now refuses every write until it is opened again.
+            self.stopped = true;
+        }
         let undo = std::mem::take(&mut self.undo);
         self.batch_ids.clear();
         if result.is_err() {
@@ -383,11 +414,27 @@ impl Writer {
         batch.finish(result.as_ref().err(), listener.as_deref());
     }
 
-    fn write(&mut self, write: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
+    /// Opens the database again after the disk was full, once there is
+    /// room (see `disk::reopen`); the writer's state is what was written,
+    /// as failed batches were rolled back.
+    fn reopen(&mut self) {
+        if !disk::room_to_reopen(&self.path) {
+            return;
+        }
+        match disk::reopen(&self.slot, &self.path, &self.windows) {
+            Ok(()) => {
+                self.stopped = false;
+                tracing::info!("storage reopened: the disk has room again");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reopen storage yet"),
+        }
+    }
+
+    fn write(&mut self, db: &DB, write: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         let (bytes, started) = (write.size_in_bytes(), Instant::now());
-        self.db.write_opt(write, &options)?;
+        db.write_opt(write, &options)?;
         let took = started.elapsed();
         self.timings.write.observe(took);
         if sync {
@@ -855,9 +902,11 @@ mod tests {
             windows,
             logs: RamLogs::default(),
             timings: Arc::new(Timings::default()),
+            slot: Arc::new(std::sync::Mutex::new(Some(Arc::clone(&db)))),
+            path: dir.path().to_path_buf(),
         };
         let timings = Arc::clone(&shared.timings);
-        let writer = Writer::recover(db, SyncPolicy::Always, shared)?;
+        let writer = Writer::recover(&db, SyncPolicy::Always, shared)?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (created_tx, mut created_rx) = oneshot::channel();
         let name = TopicName::new("t")?;
