@@ -76,12 +76,16 @@ fn number() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// The names [`text`] gives most often: a test that creates topics and
+/// subscriptions of these names has random requests meet them.
+pub const NAMES: &[&str] = &["a", "b", "orders", "dlq"];
+
 /// Text that requests carry: some valid names, and much that is not.
 pub fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         // A few names again and again, so that requests meet what earlier
         // ones created.
-        3 => prop::sample::select(&["a", "b", "orders", "dlq"][..]).prop_map(str::to_owned),
+        3 => prop::sample::select(NAMES).prop_map(str::to_owned),
         2 => "[a-z][a-z0-9._-]{0,6}",
         1 => Just(String::new()),
         1 => "[0-9]{1,20}",
