@@ -47,7 +47,6 @@ TOML
 # TIDINGS_AUTH_FILE, the CLI TIDINGS_TOKEN.
 run() {
     local side=$1 round=$2
-    quiet
     if [ "$side" = auth ]; then
         TIDINGS_AUTH_FILE="$auth" TIDINGS_TOKEN="$token" \
             fresh_broker_bench "$sync" consume --count "$N"
