@@ -158,6 +158,13 @@ async fn repair_and_check(
             "offset {offset} holds {payload:?} after the repair"
         );
     }
+    // 64 bytes of damage cost a block or a record, not the whole file.
+    ensure!(
+        stored.len() > acknowledged.len() / 2,
+        "the repair kept only {} of {} messages",
+        stored.len(),
+        acknowledged.len()
+    );
     let lost = acknowledged.len() - stored.len();
     let log = server.log();
     ensure!(

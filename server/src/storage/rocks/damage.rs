@@ -150,11 +150,15 @@ pub(super) struct Repaired {
     pub(super) lost_files: Vec<PathBuf>,
 }
 
+/// Damaged tables a repair sets aside, at most, one after the other.
+const MAX_DAMAGED_TABLES: usize = 1000;
+
 /// Makes the database in `dir` open again, keeping what is readable:
 /// every whole record of the write-ahead logs (a damaged one is skipped,
-/// the records after it kept) is replayed and flushed into tables, then
-/// tables that fail their checksums are moved to `dir/lost` by RocksDB's
-/// repair. Blocks.
+/// the records after it kept) is replayed and flushed into tables; then,
+/// for each table that fails its checksums, the entries readable around
+/// its damaged blocks are kept aside, RocksDB's repair moves the table to
+/// `dir/lost`, and the kept entries are written back. Blocks.
 ///
 /// # Errors
 /// [`StoreError::Engine`] when RocksDB cannot repair the directory.
@@ -164,38 +168,105 @@ pub(super) fn repair(
 ) -> StoreResult<Repaired> {
     let lost_dir = dir.join("lost");
     let lost_before = list(&lost_dir);
-    let damaged_tables = match open(DBRecoveryMode::SkipAnyCorruptedRecord) {
-        Ok(db) => {
-            // Everything replayed from the logs goes into tables, so that
-            // the damaged log is no longer needed.
-            for family in FAMILIES {
-                db.flush_cf(column(&db, family)?)
-                    .map_err(|e| engine("flushing what the logs held", e))?;
-            }
-            match verify_tables(&db, dir, &CancellationToken::new()) {
-                Ok(_) => false,
-                Err(StoreError::Damaged { file, detail }) => {
-                    tracing::warn!(file = %file.display(), detail, "damaged table");
-                    true
-                }
-                Err(err) => return Err(err),
-            }
+    let mut db = match open(DBRecoveryMode::SkipAnyCorruptedRecord) {
+        Ok(db) => db,
+        Err(err) if is_corruption(&err) => {
+            // Damage RocksDB cannot open past: its repair first.
+            rocks_repair(dir)?;
+            open(DBRecoveryMode::TolerateCorruptedTailRecords)
+                .map_err(|e| engine("opening the repaired database", e))?
         }
-        Err(err) if is_corruption(&err) => true,
         Err(err) => return Err(engine("opening the database to repair it", err)),
     };
-    if damaged_tables {
-        // The database is closed again: RocksDB rebuilds its manifest
-        // from the tables it can read and moves the others aside.
-        let mut options = rocksdb::Options::default();
-        options.create_if_missing(false);
-        DB::repair(&options, dir).map_err(|e| engine("repairing the database", e))?;
+    // Everything replayed from the logs goes into tables, so that the
+    // damaged log is no longer needed.
+    flush_all(&db)?;
+    for _ in 0..MAX_DAMAGED_TABLES {
+        let file = match verify_tables(&db, dir, &CancellationToken::new()) {
+            Ok(_) => break,
+            Err(StoreError::Damaged { file, detail }) => {
+                tracing::warn!(file = %file.display(), detail, "repair: damaged table");
+                file
+            }
+            Err(err) => return Err(err),
+        };
+        let (kept, entries) = salvage(&db, &file)?;
+        drop(db);
+        rocks_repair(dir)?;
+        db = open(DBRecoveryMode::TolerateCorruptedTailRecords)
+            .map_err(|e| engine("opening the repaired database", e))?;
+        db.write(kept)
+            .map_err(|e| engine("writing back what a damaged table held", e))?;
+        flush_all(&db)?;
+        tracing::info!(file = %file.display(), entries, "repair: readable entries of a damaged table kept");
     }
     let lost_files = list(&lost_dir)
         .into_iter()
         .filter(|file| !lost_before.contains(file))
         .collect();
     Ok(Repaired { lost_files })
+}
+
+/// RocksDB's repair of the closed database in `dir`: it rebuilds the
+/// manifest from the tables it can read and moves the others aside.
+fn rocks_repair(dir: &Path) -> StoreResult<()> {
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(false);
+    DB::repair(&options, dir).map_err(|e| engine("repairing the database", e))
+}
+
+fn flush_all(db: &DB) -> StoreResult<()> {
+    for family in FAMILIES {
+        db.flush_cf(column(db, family)?)
+            .map_err(|e| engine("flushing for a repair", e))?;
+    }
+    Ok(())
+}
+
+/// The entries readable in the key range of the damaged table `file`:
+/// forwards from its first key up to the first damaged block, and
+/// backwards from its last key down to the last one. (What lies between
+/// two damaged blocks is lost.) Returns them as a batch, and how many.
+fn salvage(db: &DB, file: &Path) -> StoreResult<(rocksdb::WriteBatch, u64)> {
+    let mut kept = rocksdb::WriteBatch::default();
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+    let live = db.live_files().map_err(|e| engine("listing tables", e))?;
+    let Some(table) = live
+        .iter()
+        .find(|t| Some(t.name.trim_start_matches('/')) == name.as_deref())
+    else {
+        return Ok((kept, 0));
+    };
+    let Some(family) = FAMILIES
+        .into_iter()
+        .find(|f| *f == table.column_family_name)
+    else {
+        return Ok((kept, 0));
+    };
+    let cf = column(db, family)?;
+    let (Some(first), Some(last)) = (&table.start_key, &table.end_key) else {
+        return Ok((kept, 0));
+    };
+    let mut entries = 0;
+    let mut iter = db.raw_iterator_cf(cf);
+    iter.seek(first);
+    while let (Some(key), Some(value)) = (iter.key(), iter.value())
+        && key <= last.as_slice()
+    {
+        kept.put_cf(cf, key, value);
+        entries += 1;
+        iter.next();
+    }
+    let mut iter = db.raw_iterator_cf(cf);
+    iter.seek_for_prev(last);
+    while let (Some(key), Some(value)) = (iter.key(), iter.value())
+        && key >= first.as_slice()
+    {
+        kept.put_cf(cf, key, value);
+        entries += 1;
+        iter.prev();
+    }
+    Ok((kept, entries))
 }
 
 /// Per disk topic: its name, the messages its head says it holds, and
