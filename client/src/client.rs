@@ -2,10 +2,11 @@
 //! generated service clients over it, and the health check.
 //!
 //! The admin calls live in `admin.rs`, publishing in `publisher.rs` and
-//! subscribing in `subscriber.rs`; this module only connects and hands out
-//! the channel. It never retries: callers (or the publisher and subscriber)
+//! subscribing in `subscriber.rs`, TLS and tokens in `security.rs`; this
+//! module only connects and hands out the channel. It never retries: callers (or the publisher and subscriber)
 //! decide that.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tidings::v1::admin_service_client::AdminServiceClient;
@@ -20,6 +21,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::commit::Commit;
 use crate::error::{Error, Result};
 use crate::publisher::{Publisher, PublisherBuilder};
+use crate::security::{BearerToken, TlsOptions, Transport};
 use crate::subscriber::SubscriberBuilder;
 use crate::types::Published;
 
@@ -36,21 +38,23 @@ pub const DEFAULT_MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// A connection to one broker. Cloning is cheap; clones share the channel.
 ///
-/// Connect with [`Client::connect`] (or [`Client::builder`] for timeouts and
-/// keep-alives); then use the admin calls ([`Client::create_topic`] …),
+/// Connect with [`Client::connect`] (or [`Client::builder`] for timeouts,
+/// keep-alives, TLS and a bearer token); then use the admin calls ([`Client::create_topic`] …),
 /// [`Client::publisher`] and [`Client::subscriber`]. The channel reconnects
 /// on its own when the broker comes back after a restart on the same
 /// address.
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: Transport,
     request_timeout: Option<Duration>,
     max_decoding_message_size: usize,
 }
 
 impl Client {
-    /// Connects to the broker at `url` (for example `http://127.0.0.1:50051`)
-    /// with the default settings of [`ClientBuilder`].
+    /// Connects to the broker at `url` (for example `http://127.0.0.1:50051`,
+    /// or `https://broker.example:50051` for TLS checked against the
+    /// system's root certificates) with the default settings of
+    /// [`ClientBuilder`].
     ///
     /// # Errors
     /// [`Error::InvalidUrl`] when `url` cannot be parsed, [`Error::Connect`]
@@ -64,35 +68,37 @@ impl Client {
         ClientBuilder::new(url.into())
     }
 
-    /// Wraps a channel made elsewhere (for example with TLS), with no
-    /// request timeout and the default decoding limit.
+    /// Wraps a channel made elsewhere, with no bearer token, no request
+    /// timeout and the default decoding limit.
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            channel,
+            channel: Transport::new(channel, BearerToken::none()),
             request_timeout: None,
             max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
         }
     }
 
-    /// The channel every service client uses.
-    pub fn channel(&self) -> &Channel {
+    /// The channel every service client uses, adding the bearer token (if
+    /// any) to each call: a client of any gRPC service of the broker can
+    /// be made on a clone of it.
+    pub fn channel(&self) -> &Transport {
         &self.channel
     }
 
     /// A raw client of `tidings.v1.PublisherService` on this channel.
-    pub fn publisher_service(&self) -> PublisherServiceClient<Channel> {
+    pub fn publisher_service(&self) -> PublisherServiceClient<Transport> {
         PublisherServiceClient::new(self.channel.clone())
             .max_decoding_message_size(self.max_decoding_message_size)
     }
 
     /// A raw client of `tidings.v1.SubscriberService` on this channel.
-    pub fn subscriber_service(&self) -> SubscriberServiceClient<Channel> {
+    pub fn subscriber_service(&self) -> SubscriberServiceClient<Transport> {
         SubscriberServiceClient::new(self.channel.clone())
             .max_decoding_message_size(self.max_decoding_message_size)
     }
 
     /// A raw client of `tidings.v1.AdminService` on this channel.
-    pub fn admin_service(&self) -> AdminServiceClient<Channel> {
+    pub fn admin_service(&self) -> AdminServiceClient<Transport> {
         AdminServiceClient::new(self.channel.clone())
             .max_decoding_message_size(self.max_decoding_message_size)
     }
@@ -209,10 +215,18 @@ impl Client {
 ///     .http2_keep_alive_interval(Duration::from_secs(30))
 ///     .connect()
 ///     .await?;
+///
+/// // TLS with a private CA, a client certificate (mutual TLS) and a token.
+/// let secure = Client::builder("https://broker.internal:50051")
+///     .ca_certificate("ca.pem")
+///     .client_identity("client.pem", "client-key.pem")
+///     .bearer_token("s3cret")
+///     .connect()
+///     .await?;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
     connect_timeout: Duration,
@@ -220,6 +234,20 @@ pub struct ClientBuilder {
     tcp_keepalive: Option<Duration>,
     http2_keep_alive_interval: Option<Duration>,
     max_decoding_message_size: usize,
+    tls: TlsOptions,
+    bearer_token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -231,7 +259,33 @@ impl ClientBuilder {
             tcp_keepalive: None,
             http2_keep_alive_interval: None,
             max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
+            tls: TlsOptions::default(),
+            bearer_token: None,
         }
+    }
+
+    /// Trusts the CA certificates of this PEM file besides the system's
+    /// root certificates, for an `https://` URL (a broker with a
+    /// certificate of a private CA). The file is read on connecting.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_certificate = Some(path.into());
+        self
+    }
+
+    /// Shows this client certificate, with its private key (both PEM
+    /// files), to a broker that requires client certificates (mutual TLS);
+    /// needs an `https://` URL. The files are read on connecting.
+    pub fn client_identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Sends `authorization: Bearer TOKEN` on every call (every service,
+    /// streams included). Over plain `http://` the token travels
+    /// unencrypted.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
     }
 
     /// How long to wait for a TCP connection to be made (default 5 s).
@@ -268,15 +322,19 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects now.
+    /// Connects now (with TLS for an `https://` URL).
     ///
     /// # Errors
     /// [`Error::InvalidUrl`] when the URL cannot be parsed,
-    /// [`Error::Connect`] when the broker cannot be reached.
+    /// [`Error::InvalidArgument`] for a bad token or TLS options on an
+    /// `http://` URL, [`Error::TlsFile`] when a TLS file cannot be read or
+    /// holds no PEM of its kind, [`Error::Connect`] when the broker cannot
+    /// be reached or the TLS handshake fails.
     pub async fn connect(self) -> Result<Client> {
         let endpoint = self.endpoint()?;
+        let token = self.token()?;
         match endpoint.connect().await {
-            Ok(channel) => Ok(self.client(channel)),
+            Ok(channel) => Ok(self.client(channel, token)),
             Err(source) => Err(Error::Connect {
                 url: self.url,
                 source,
@@ -287,10 +345,19 @@ impl ClientBuilder {
     /// Returns a client that connects on its first call.
     ///
     /// # Errors
-    /// [`Error::InvalidUrl`] when the URL cannot be parsed.
+    /// As [`ClientBuilder::connect`], but for failures to reach the
+    /// broker, which its calls report.
     pub fn connect_lazy(self) -> Result<Client> {
         let channel = self.endpoint()?.connect_lazy();
-        Ok(self.client(channel))
+        let token = self.token()?;
+        Ok(self.client(channel, token))
+    }
+
+    fn token(&self) -> Result<BearerToken> {
+        match &self.bearer_token {
+            Some(token) => BearerToken::new(token),
+            None => Ok(BearerToken::none()),
+        }
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
@@ -318,12 +385,12 @@ impl ClientBuilder {
                 .http2_keep_alive_interval(interval)
                 .keep_alive_while_idle(true);
         }
-        Ok(endpoint)
+        self.tls.apply(endpoint, &self.url)
     }
 
-    fn client(&self, channel: Channel) -> Client {
+    fn client(&self, channel: Channel, token: BearerToken) -> Client {
         Client {
-            channel,
+            channel: Transport::new(channel, token),
             request_timeout: self.request_timeout,
             max_decoding_message_size: self.max_decoding_message_size,
         }

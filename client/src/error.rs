@@ -30,6 +30,18 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A TLS file (a CA certificate, a client certificate or its key)
+    /// cannot be read or holds no PEM of its kind.
+    #[error("cannot use the {what} file {}", path.display())]
+    TlsFile {
+        /// What the file should hold, such as `CA certificate`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The broker answered a call with an error status (or the call failed
     /// on the way, which `tonic` also reports as a status).
     #[error("the broker answered {code:?}: {message}", code = .0.code(), message = .0.message())]
@@ -113,13 +125,15 @@ pub enum Error {
 impl Error {
     /// The gRPC status code of the failure: the broker's code for
     /// [`Error::Status`], `UNAVAILABLE` when no connection could be made,
-    /// `INVALID_ARGUMENT` for a bad address or argument, `CANCELLED` for
+    /// `INVALID_ARGUMENT` for a bad address, argument or TLS file, `CANCELLED` for
     /// [`Error::Closed`], `RESOURCE_EXHAUSTED` for [`Error::QueueFull`] and
     /// `FAILED_PRECONDITION` for [`Error::Paused`], and the code of the
     /// cause for [`Error::GaveUp`] and [`Error::Unsettled`].
     pub fn code(&self) -> tonic::Code {
         match self {
-            Self::InvalidUrl { .. } | Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            Self::InvalidUrl { .. } | Self::InvalidArgument(_) | Self::TlsFile { .. } => {
+                tonic::Code::InvalidArgument
+            }
             Self::Connect { .. } => tonic::Code::Unavailable,
             Self::Status(status) => status.code(),
             Self::Closed => tonic::Code::Cancelled,

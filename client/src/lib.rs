@@ -100,6 +100,7 @@ mod lease;
 mod publisher;
 mod read;
 mod reader;
+mod security;
 mod settle;
 mod subscriber;
 mod types;
@@ -119,6 +120,7 @@ pub use publisher::{
     Publisher, PublisherBuilder, WhenQueueFull,
 };
 pub use read::{StoredMessage, TopicRead};
+pub use security::{BearerToken, Transport};
 pub use subscriber::{
     DEFAULT_ACK_FLUSH_INTERVAL, DEFAULT_MAX_LEASE_EXTENSION, DEFAULT_MAX_OUTSTANDING_BYTES,
     DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_ORDERED_ACK_FLUSH_INTERVAL,

@@ -19,10 +19,11 @@ broker_addr() {
     sed -n 's/^listening on //p' "$1"
 }
 
-# quiet: waits (up to 2 minutes) until the load average is below 1, so a
-# run does not start while the last one's broker is still winding down.
+# quiet: waits (up to QUIET_SECONDS, 2 minutes unless set) until the load
+# average is below 1, so a run does not start while the last one's broker
+# is still winding down.
 quiet() {
-    for _ in $(seq 120); do
+    for _ in $(seq "${QUIET_SECONDS:-120}"); do
         awk '{exit !($1 < 1.0)}' /proc/loadavg && return 0
         sleep 1
     done
@@ -33,13 +34,15 @@ quiet() {
 # broker of its own (a fresh data directory, --sync-interval SYNC, the HTTP
 # bus on a free port), telling the bench the broker's process id; an
 # argument `@HTTP@` becomes the HTTP bus's URL. Prints the bench's
-# standard output.
+# standard output. The arrays SERVER_ARGS and CLIENT_ARGS, when set, are
+# added to the broker's and to the tool's flags, and SCHEME (http unless
+# set) is the broker URL's.
 fresh_broker_bench() {
     local sync=$1 dir pid addr http arg
     shift
     dir=$(mktemp -d)
     "$BIN/tidings-server" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir/data" \
-        --sync-interval "$sync" --log warn > "$dir/stdout" 2> "$dir/server.log" &
+        --sync-interval "$sync" --log warn ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} > "$dir/stdout" 2> "$dir/server.log" &
     pid=$!
     addr=$(broker_addr "$dir/stdout")
     http=$(sed -n 's/^http listening on //p' "$dir/stdout")
@@ -47,7 +50,8 @@ fresh_broker_bench() {
     for arg in "$@"; do
         if [ "$arg" = "@HTTP@" ]; then args+=("http://$http"); else args+=("$arg"); fi
     done
-    "$BIN/tidings" --server "$addr" bench "${args[@]}" --server-pid "$pid" 2>/dev/null
+    "$BIN/tidings" --server "${SCHEME:-http}://$addr" ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} bench "${args[@]}" \
+        --server-pid "$pid" 2>/dev/null
     kill -TERM "$pid"; wait "$pid" || true
     rm -rf "$dir"
 }

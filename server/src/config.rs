@@ -185,8 +185,9 @@ pub struct Config {
     )]
     pub log: String,
 
-    /// The most gRPC connections open at once; a connection over it is
-    /// answered RESOURCE_EXHAUSTED on every request. Unlimited unless set.
+    /// The most client connections open at once, gRPC and the HTTP bus
+    /// together; a connection over it is answered RESOURCE_EXHAUSTED (429
+    /// on the HTTP bus) on every request. Unlimited unless set.
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", value_name = "N", value_parser = parse_limit)]
     pub max_connections: Option<usize>,
 
@@ -225,6 +226,22 @@ pub struct Config {
     /// unseen.
     #[arg(long)]
     pub repair: bool,
+    /// A PEM file of the broker's certificate (its chain, the broker's own
+    /// first): with --tls-key, every listener (gRPC, the HTTP bus,
+    /// metrics) speaks TLS only.
+    #[arg(long, env = "TIDINGS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// A PEM file of the private key of --tls-cert (PKCS #8, PKCS #1 or
+    /// SEC1).
+    #[arg(long, env = "TIDINGS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A PEM file of the CA certificates that sign client certificates:
+    /// every listener then requires a client certificate signed by one of
+    /// them (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "TIDINGS_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// How far ahead delayed messages are handed to subscriptions (see
     /// `BrokerConfig::delay_look_ahead`); not a flag: tests shorten it.
@@ -272,6 +289,9 @@ impl Config {
             max_open_streams: None,
             repair: false,
             min_free_disk: DEFAULT_MIN_FREE_DISK,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 
@@ -547,6 +567,10 @@ mod tests {
             "--auth-file",
             "TIDINGS_AUTH_FILE",
             "hash-token",
+            "--tls-cert",
+            "--tls-key",
+            "--tls-client-ca",
+            "TIDINGS_TLS_CLIENT_CA",
             "TIDINGS_SYNC_INTERVAL",
             "power loss",
         ] {

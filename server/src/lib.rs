@@ -11,11 +11,14 @@
 //!   names RocksDB;
 //! - [`auth`]: principals and grants from the auth file, and the decisions
 //!   the adapters ask of them;
-//! - [`config`]: command-line flags and `TIDINGS_*` environment variables.
+//! - [`config`]: command-line flags and `TIDINGS_*` environment variables;
+//! - [`accept`] and [`tls`]: accepting connections on every listener,
+//!   counted, with TLS when it is on.
 //!
 //! [`run`] is what the `tidings-server` binary calls, and what tests call to
 //! start a broker in-process on `127.0.0.1:0`.
 
+pub mod accept;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -28,22 +31,29 @@ pub mod metrics;
 pub mod names;
 pub mod offsets;
 pub mod storage;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::accept::{Connections, Incoming};
 use crate::auth::{AuthFileError, Authorizer};
 use crate::broker::{Broker, BrokerError, SharedEngine};
 use crate::config::Config;
 use crate::storage::{RocksStore, SharedStore, StoreError};
+use crate::tls::{Tls, TlsError};
 
 /// Why [`run`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The TLS settings are incomplete, or their files unusable.
+    #[error("cannot set up TLS")]
+    Tls(#[source] TlsError),
     /// The data directory could not be created.
     #[error("cannot create data directory {}", path.display())]
     DataDir {
@@ -129,7 +139,10 @@ pub enum ServeError {
 /// Opens (creating if needed) the RocksDB store in `config.data_dir`, loads
 /// the broker, and serves the tidings services, `grpc.health.v1.Health` and
 /// server reflection (v1 and v1alpha); with `config.http_listen`, the HTTP
-/// bus too (bound here). Push subscriptions are pushed whether or not the
+/// bus too (bound here), and with `config.metrics_listen`, metrics. With
+/// `config.tls_cert` and `config.tls_key`, every listener speaks TLS (and
+/// with `config.tls_client_ca` requires client certificates signed by that
+/// CA). Push subscriptions are pushed whether or not the
 /// HTTP bus listens. Once ready, logs the addresses and prints `http
 /// listening on <addr>` (with the HTTP bus) and then `listening on <addr>`
 /// to standard output.
@@ -147,7 +160,7 @@ pub enum ServeError {
 /// within a bounded time even when clients keep connections open.
 ///
 /// # Errors
-/// [`ServeError`] when the auth file is not valid, storage cannot be
+/// [`ServeError`] when the auth file or the TLS files are not valid, storage cannot be
 /// opened or closed, a listener cannot be bound, or a server fails.
 pub async fn run(
     listener: TcpListener,
@@ -254,6 +267,7 @@ async fn serve(
     auth: Authorizer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = Tls::from_config(&config).map_err(ServeError::Tls)?;
     let (broker, store) = open_broker(&config).await?;
     // One stop for both servers: the HTTP bus stops accepting when gRPC
     // does, either failing stops the other, and requests on both drain
@@ -276,12 +290,34 @@ async fn serve(
         metrics::announce(listener);
     }
     let telemetry = metrics::Telemetry::default();
+    // gRPC and the HTTP bus share the --max-connections places; metrics
+    // stay reachable when the broker is full.
+    let connections = Connections::new(config.max_connections);
+    let start = |listener: TcpListener, tls: Option<TlsAcceptor>, connections: &Connections| {
+        Incoming::start(listener, tls, connections.clone(), stop.clone())
+            .map_err(ServeError::Listener)
+    };
+    let grpc_incoming = start(listeners.grpc, tls.as_ref().map(Tls::grpc), &connections)?;
+    let http_incoming = listeners
+        .http
+        .map(|listener| start(listener, tls.as_ref().map(Tls::http), &connections))
+        .transpose()?;
+    let metrics_incoming = listeners
+        .metrics
+        .map(|listener| {
+            start(
+                listener,
+                tls.as_ref().map(Tls::http),
+                &Connections::new(None),
+            )
+        })
+        .transpose()?;
     let metrics = async {
-        let Some(listener) = listeners.metrics else {
+        let Some(incoming) = metrics_incoming else {
             return Ok(());
         };
         let served = metrics::serve(
-            listener,
+            incoming,
             broker.clone(),
             &telemetry,
             stop.clone(),
@@ -292,11 +328,11 @@ async fn serve(
         served
     };
     let http = async {
-        let Some(listener) = listeners.http else {
+        let Some(incoming) = http_incoming else {
             return Ok(());
         };
         let served = http::serve(
-            listener,
+            incoming,
             broker.clone(),
             &telemetry,
             &auth,
@@ -315,7 +351,7 @@ async fn serve(
     let grpc = async {
         let signal = stop.clone().cancelled_owned();
         let served = grpc::serve(
-            listeners.grpc,
+            grpc_incoming,
             broker.clone(),
             &telemetry,
             &auth,

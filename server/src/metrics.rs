@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::ServeError;
+use crate::accept::Incoming;
 use crate::broker::{EngineTimings, Page, SharedEngine, SubscriptionInfo, TopicInfo};
 use crate::latency::LatencySnapshot;
 
@@ -355,19 +356,19 @@ impl Collector for Snapshot {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+/// Serves `GET /metrics` on the connections of `incoming` (TLS or not:
+/// see `crate::accept`) until `shutdown` is cancelled.
 ///
 /// # Errors
-/// [`ServeError::Listener`] when the listener's address cannot be read,
 /// [`ServeError::Http`] when serving fails.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: Incoming,
     engine: SharedEngine,
     telemetry: &Telemetry,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), ServeError> {
-    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let addr = incoming.local_addr();
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Sources {
@@ -376,7 +377,7 @@ pub async fn serve(
         });
     info!(%addr, "serving metrics");
     let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        axum::serve(incoming, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(drain).await;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use tempfile::TempDir;
-use tidings_client::Client;
+use tidings_client::{Client, ClientBuilder};
 use tidings_server::Listeners;
 use tidings_server::config::Config;
 use tokio::net::{TcpListener, TcpSocket};
@@ -31,6 +31,9 @@ use crate::SHUTDOWN_TIMEOUT;
 /// Adjusts the configuration of a [`TestBroker`] before each start.
 type Configure = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
+/// Adjusts the fixture's client (TLS files, a token) before it connects.
+type ConfigureClient = Arc<dyn Fn(ClientBuilder) -> ClientBuilder + Send + Sync>;
+
 /// How many connections may wait to be accepted.
 const BACKLOG: u32 = 1024;
 
@@ -40,6 +43,9 @@ const BACKLOG: u32 = 1024;
 pub struct TestBroker {
     data_dir: TempDir,
     configure: Configure,
+    configure_client: ConfigureClient,
+    /// Whether the last run served TLS (`https://` URLs).
+    tls: bool,
     /// The port every run listens on, held by a socket that is bound to it
     /// and never listens (see the module documentation).
     port: ReservedPort,
@@ -118,6 +124,20 @@ impl TestBroker {
     pub async fn start_with(
         configure: impl Fn(&mut Config) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
+        Self::start_with_client(configure, |builder| builder).await
+    }
+
+    /// As [`TestBroker::start_with`], with the fixture's client adjusted by
+    /// `configure_client` before it connects (on every restart): to trust
+    /// a TLS broker's CA, say. A broker configured with `tls_cert` has
+    /// `https://` URLs.
+    ///
+    /// # Errors
+    /// As [`TestBroker::start`].
+    pub async fn start_with_client(
+        configure: impl Fn(&mut Config) + Send + Sync + 'static,
+        configure_client: impl Fn(ClientBuilder) -> ClientBuilder + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("tidings-test-")
             .tempdir()
@@ -125,6 +145,8 @@ impl TestBroker {
         let mut broker = Self {
             data_dir,
             configure: Arc::new(configure),
+            configure_client: Arc::new(configure_client),
+            tls: false,
             port: ReservedPort::new()?,
             http_port: ReservedPort::new()?,
             metrics_port: ReservedPort::new()?,
@@ -145,10 +167,12 @@ impl TestBroker {
         };
         let mut config = Config::for_data_dir(self.data_dir.path().to_path_buf());
         (self.configure)(&mut config);
+        self.tls = config.tls_cert.is_some();
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone().cancelled_owned();
         let task = tokio::spawn(tidings_server::run_with(listeners, config, signal));
-        let client = Client::connect(self.url())
+        let client = (self.configure_client)(Client::builder(self.url()))
+            .connect()
             .await
             .with_context(|| format!("connect to the test broker at {}", self.addr()))?;
         self.running = Some(Running {
@@ -177,10 +201,15 @@ impl TestBroker {
         self.data_dir.path()
     }
 
-    /// The broker's URL, for example `http://127.0.0.1:40123`; the same
-    /// for the fixture's whole life, as [`TestBroker::addr`].
+    /// The broker's URL, for example `http://127.0.0.1:40123` (`https://`
+    /// with TLS); the same for the fixture's whole life, as
+    /// [`TestBroker::addr`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        format!("{}://{}", self.scheme(), self.addr())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     /// The address of the broker's HTTP bus; the same for the fixture's
@@ -192,13 +221,13 @@ impl TestBroker {
     /// The URL of the broker's metrics, for example
     /// `http://127.0.0.1:40125/metrics`.
     pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.metrics_port.addr)
+        format!("{}://{}/metrics", self.scheme(), self.metrics_port.addr)
     }
 
     /// The base URL of the broker's HTTP bus, for example
     /// `http://127.0.0.1:40124`.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr())
+        format!("{}://{}", self.scheme(), self.http_addr())
     }
 
     /// A client connected to the broker; clones share one connection.

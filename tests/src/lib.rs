@@ -22,10 +22,12 @@ pub use tidings_client::Client;
 use tonic::Code;
 
 mod broker;
+mod pki;
 mod python;
 mod stream;
 
 pub use broker::TestBroker;
+pub use pki::TestPki;
 pub use python::PythonEnv;
 pub use stream::Deliveries;
 

@@ -6,17 +6,21 @@
 //! `failure-walkthrough:…` for the failure-handling one,
 //! `retention-walkthrough:…` for keeping data, `commit-walkthrough:…` for
 //! exactly once with Commit, `http-walkthrough:…` for the HTTP bus with
-//! curl), with the README's
+//! curl, `tls-walkthrough:…` for mutual TLS, run in a directory holding
+//! the certificates under the README's names), with the README's
 //! `localhost:50051` replaced by the test broker's address, and run with
 //! bash and the test environment's grpcurl first on `PATH`. Every block
 //! must match one check below, so a step added to the README without a
 //! check fails here rather than going unproven. One more check keeps CI on
 //! the README's test command.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use tidings_tests::{PythonEnv, TestBroker, create_subscription, get_subscription, get_topic};
+use tidings_tests::{
+    PythonEnv, TestBroker, TestPki, create_subscription, get_subscription, get_topic,
+};
 
 const README: &str = include_str!("../../README.md");
 /// The first walk-through's markers.
@@ -39,6 +43,10 @@ const RETENTION_WALKTHROUGH: (&str, &str) = (
 const HTTP_WALKTHROUGH: (&str, &str) = (
     "<!-- http-walkthrough:start -->",
     "<!-- http-walkthrough:end -->",
+);
+const TLS_WALKTHROUGH: (&str, &str) = (
+    "<!-- tls-walkthrough:start -->",
+    "<!-- tls-walkthrough:end -->",
 );
 const README_ADDR: &str = "localhost:50051";
 /// Where the README's HTTP bus listens.
@@ -214,12 +222,15 @@ fn walkthrough_blocks(readme: &str, markers: (&str, &str)) -> anyhow::Result<Vec
     Ok(blocks)
 }
 
-/// Runs one block with bash; returns its standard output.
-async fn run_block(env: &PythonEnv, script: &str) -> anyhow::Result<String> {
-    let output = env
-        .command("bash")
-        .args(["-euo", "pipefail", "-c", script])
-        .output();
+/// Runs one block with bash, in `dir` if given; returns its standard
+/// output.
+async fn run_block(env: &PythonEnv, script: &str, dir: Option<&Path>) -> anyhow::Result<String> {
+    let mut command = env.command("bash");
+    command.args(["-euo", "pipefail", "-c", script]);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command.output();
     let output = tokio::time::timeout(COMMAND_TIMEOUT, output)
         .await
         .with_context(|| format!("still running after {COMMAND_TIMEOUT:?}:\n{script}"))?
@@ -322,7 +333,50 @@ fn the_walkthroughs_have_a_check_for_every_step() -> anyhow::Result<()> {
     check_every_step(FAILURE_WALKTHROUGH, FAILURE_CHECKS)?;
     check_every_step(RETENTION_WALKTHROUGH, RETENTION_CHECKS)?;
     check_every_step(COMMIT_WALKTHROUGH, COMMIT_CHECKS)?;
-    check_every_step(HTTP_WALKTHROUGH, HTTP_CHECKS)
+    check_every_step(HTTP_WALKTHROUGH, HTTP_CHECKS)?;
+    check_every_step(TLS_WALKTHROUGH, TLS_CHECKS)
+}
+
+const TLS_CHECKS: &[Check] = &[
+    Check {
+        command_has: "client-key.pem localhost:50051 list",
+        output_has: &["tidings.v1.PublisherService", "grpc.health.v1.Health"],
+    },
+    Check {
+        command_has: "AdminService/CreateTopic",
+        output_has: &["\"name\":\"audit\""],
+    },
+    Check {
+        command_has: "audit:publish",
+        output_has: &["{\"offsets\":[\"0\"]"],
+    },
+    Check {
+        command_has: "if ! grpcurl",
+        output_has: &["refusedwithoutaclientcertificate"],
+    },
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_tls_walkthrough_works_verbatim() -> anyhow::Result<()> {
+    let env = PythonEnv::ensure_async(env!("CARGO_TARGET_TMPDIR")).await?;
+    // The files the README names: ca.pem, server.pem and server-key.pem
+    // (for localhost and 127.0.0.1), client.pem and client-key.pem.
+    let pki = TestPki::new()?;
+    pki.client("client")?;
+    let ca = pki.ca();
+    let identity = (
+        pki.dir().join("client.pem"),
+        pki.dir().join("client-key.pem"),
+    );
+    let broker = TestBroker::start_with_client(pki.tls_settings(true), move |builder| {
+        builder
+            .ca_certificate(ca.clone())
+            .client_identity(&identity.0, &identity.1)
+    })
+    .await?;
+    run_walkthrough_in(&env, &broker, TLS_WALKTHROUGH, TLS_CHECKS, Some(pki.dir())).await?;
+    assert_eq!(get_topic(&broker.client(), "audit").await?.next_offset, 1);
+    Ok(())
 }
 
 const HTTP_CHECKS: &[Check] = &[
@@ -403,6 +457,17 @@ async fn run_walkthrough(
     markers: (&str, &str),
     checks: &[Check],
 ) -> anyhow::Result<()> {
+    run_walkthrough_in(env, broker, markers, checks, None).await
+}
+
+/// As [`run_walkthrough`], each step run in `dir` if given.
+async fn run_walkthrough_in(
+    env: &PythonEnv,
+    broker: &TestBroker,
+    markers: (&str, &str),
+    checks: &[Check],
+    dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let addr = broker.addr().to_string();
     let http_addr = broker.http_addr().to_string();
     for block in walkthrough_blocks(README, markers)? {
@@ -413,7 +478,7 @@ async fn run_walkthrough(
         let script = block
             .replace(README_ADDR, &addr)
             .replace(README_HTTP_ADDR, &http_addr);
-        let stdout = run_block(env, &script).await?;
+        let stdout = run_block(env, &script, dir).await?;
         let squeezed: String = stdout.split_whitespace().collect();
         for expected in check.output_has {
             ensure!(

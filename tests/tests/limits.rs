@@ -10,11 +10,11 @@ use tidings::v1::admin_service_client::AdminServiceClient;
 use tidings::v1::publisher_service_client::PublisherServiceClient;
 use tidings::v1::subscriber_service_client::SubscriberServiceClient;
 use tidings::v1::{AckRequest, CreateTopicRequest, PublishMessage, PublishRequest};
+use tidings_client::Transport;
 use tidings_server::config::Config;
 use tidings_tests::{
     Client, TestBroker, create_topic, expect_code, get_topic, publish, subscribe_request,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const MIB: usize = 1024 * 1024;
@@ -24,15 +24,15 @@ fn default_request_limit() -> usize {
     Config::for_data_dir("unused").max_request_bytes()
 }
 
-fn publisher(client: &Client) -> PublisherServiceClient<Channel> {
+fn publisher(client: &Client) -> PublisherServiceClient<Transport> {
     PublisherServiceClient::new(client.channel().clone()).max_encoding_message_size(usize::MAX)
 }
 
-fn subscriber(client: &Client) -> SubscriberServiceClient<Channel> {
+fn subscriber(client: &Client) -> SubscriberServiceClient<Transport> {
     SubscriberServiceClient::new(client.channel().clone()).max_encoding_message_size(usize::MAX)
 }
 
-fn admin(client: &Client) -> AdminServiceClient<Channel> {
+fn admin(client: &Client) -> AdminServiceClient<Transport> {
     AdminServiceClient::new(client.channel().clone()).max_encoding_message_size(usize::MAX)
 }
 

@@ -1,5 +1,6 @@
 //! The limits an operator sets (`--max-topics`, `--max-subscriptions`,
-//! `--max-open-streams`): one more is RESOURCE_EXHAUSTED with a message
+//! `--max-open-streams`, `--max-connections` over gRPC and the HTTP bus):
+//! one more is RESOURCE_EXHAUSTED with a message
 //! naming the limit and its flag, and room made by a deletion or a closed
 //! stream can be used again.
 
@@ -169,5 +170,27 @@ async fn a_connection_over_the_limit_is_told_so_and_a_closed_one_makes_room() ->
             .map(drop)
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_bus_connections_share_the_connection_limit() -> anyhow::Result<()> {
+    let broker = TestBroker::start_with(|config| config.max_connections = Some(1)).await?;
+    // The fixture's gRPC client holds the one place.
+    create_topic(&broker.client(), "orders").await?;
+    let url = format!("{}/v1/topics/orders:publish", broker.http_url());
+    let response = within(
+        reqwest::Client::new()
+            .post(&url)
+            .body(r#"{"messages": [{"payload": "aGk="}]}"#)
+            .send(),
+    )
+    .await??;
+    assert_eq!(response.status(), 429);
+    let body = response.text().await?;
+    assert!(
+        body.contains("RESOURCE_EXHAUSTED") && body.contains("--max-connections"),
+        "{body}"
+    );
     Ok(())
 }

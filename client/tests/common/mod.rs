@@ -39,6 +39,11 @@ pub(crate) struct Broker {
 impl Broker {
     /// Starts a broker with the default configuration.
     pub(crate) async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a broker with its configuration adjusted by `configure`.
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("tidings-cli-test-")
             .tempdir()
@@ -57,7 +62,8 @@ impl Broker {
             http: Some(http),
             metrics: None,
         };
-        let config = Config::for_data_dir(data_dir.path().to_path_buf());
+        let mut config = Config::for_data_dir(data_dir.path().to_path_buf());
+        configure(&mut config);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = shutdown_rx.await;

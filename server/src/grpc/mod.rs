@@ -18,19 +18,17 @@ use std::time::Duration;
 use tidings::v1::admin_service_server::{self, AdminServiceServer};
 use tidings::v1::publisher_service_server::{self, PublisherServiceServer};
 use tidings::v1::subscriber_service_server::{self, SubscriberServiceServer};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::ServeError;
+use crate::accept::Incoming;
 use crate::auth::Authorizer;
 use crate::broker::SharedEngine;
 use crate::config::Config;
 use crate::metrics::Telemetry;
-use connections::{Connections, RefuseOverLimit};
-use futures::StreamExt as _;
+use connections::ConnectionGate;
 use health::HealthSwitch;
 use limits::RequestLimit;
 use requests::CountRequests;
@@ -64,8 +62,6 @@ const TIDINGS_SERVICES: [&str; 3] = [
 /// may take before the connection is dropped.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// TCP keepalive of accepted connections.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// HTTP/2 flow-control windows. Fixed and generous rather than adaptive:
 /// h2 caps the number of small DATA frames a connection may buffer at half
 /// the connection window, and with adaptive windows (which start small)
@@ -74,8 +70,9 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const HTTP2_STREAM_WINDOW: u32 = 2 << 20;
 const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 
-/// Serves the tidings services, health and reflection on `listener` until
-/// `shutdown` resolves, then shuts down in order:
+/// Serves the tidings services, health and reflection on the connections
+/// of `incoming` (TLS or not, counted against `--max-connections`: see
+/// `crate::accept`) until `shutdown` resolves, then shuts down in order:
 ///
 /// 1. health turns NOT_SERVING (health `Watch` streams report it and end) and no new
 ///    connection is accepted;
@@ -90,24 +87,23 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// `listening on <addr>` to standard output once serving.
 ///
 /// # Errors
-/// [`ServeError::Listener`] when the listener's address cannot be read,
 /// [`ServeError::Grpc`] when the reflection service cannot be built or the
 /// transport fails.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: Incoming,
     broker: SharedEngine,
     telemetry: &Telemetry,
     auth: &Authorizer,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let local_addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let local_addr = incoming.local_addr();
     let (health, health_service) = HealthSwitch::new(&TIDINGS_SERVICES);
     let request_limit = config.max_request_bytes();
     let router = Server::builder()
         // Outermost, so that refused connections' calls are counted too.
         .layer(CountRequests::new(telemetry.clone()))
-        .layer(RefuseOverLimit)
+        .layer(ConnectionGate)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
@@ -134,13 +130,7 @@ pub async fn serve(
                 .max_decoding_message_size(request_limit),
             request_limit,
         ));
-    // The builder's TCP settings do not apply to an incoming stream, so
-    // they are set here.
-    let connections = Connections::new(config.max_connections);
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE))
-        .map(move |accepted| accepted.map(|io| connections.admit(io)));
+    let incoming = incoming.into_stream();
 
     health.serving();
     info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");

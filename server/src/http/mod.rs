@@ -22,9 +22,11 @@ use std::io::Write as _;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
@@ -38,6 +40,7 @@ use tonic::{Request, Status};
 use tracing::{info, warn};
 
 use crate::ServeError;
+use crate::accept::{ConnectionInfo, Incoming, over_limit_message};
 use crate::auth::Authorizer;
 use crate::broker::SharedEngine;
 use crate::config::Config;
@@ -60,24 +63,25 @@ struct Bus {
     json: JsonCodec,
 }
 
-/// Serves the HTTP bus on `listener`, to whom `auth` allows, until
+/// Serves the HTTP bus on the connections of `incoming` (TLS or not,
+/// counted against `--max-connections`: see `crate::accept`), to whom
+/// `auth` allows, until
 /// `shutdown` is cancelled, then
 /// stops accepting and lets requests in progress finish, for at most
 /// `config.shutdown_timeout`. The broker itself is shut down and closed by
 /// the caller; a pull waiting when it shuts down answers 503.
 ///
 /// # Errors
-/// [`ServeError::Listener`] when the listener's address cannot be read,
 /// [`ServeError::Http`] when the descriptors do not load or serving fails.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: Incoming,
     broker: SharedEngine,
     telemetry: &Telemetry,
     auth: &Authorizer,
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let addr = incoming.local_addr();
     let json = JsonCodec::new().map_err(|err| ServeError::Http(Box::new(err)))?;
     let bus = Bus {
         publisher: Publisher::new(broker.clone(), telemetry.clone(), auth.clone()),
@@ -86,8 +90,9 @@ pub async fn serve(
     };
     let app = router(bus, config.max_request_bytes());
     info!(%addr, "serving the HTTP bus");
+    let app = app.into_make_service_with_connect_info::<ConnectionInfo>();
     let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        axum::serve(incoming, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(config.shutdown_timeout).await;
@@ -116,7 +121,27 @@ fn router(bus: Bus, body_limit: usize) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(connection_gate))
         .with_state(bus)
+}
+
+/// Answers the requests of a connection over `--max-connections` with 429
+/// naming the limit; hands on the client certificate of the others, as
+/// gRPC does: a [`ClientCertificate`](crate::tls::ClientCertificate) in
+/// the request's extensions.
+async fn connection_gate(mut request: HttpRequest, next: Next) -> Response {
+    let info = request
+        .extensions()
+        .get::<ConnectInfo<ConnectionInfo>>()
+        .map(|ConnectInfo(info)| info);
+    if let Some(limit) = info.and_then(|info| info.refused) {
+        return HttpError::from(Status::resource_exhausted(over_limit_message(limit)))
+            .into_response();
+    }
+    if let Some(certificate) = info.and_then(|info| info.client_certificate.clone()) {
+        request.extensions_mut().insert(certificate);
+    }
+    next.run(request).await
 }
 
 /// `POST /v1/topics/{topic}:{action}`.

@@ -5,6 +5,8 @@
 //! module only lists the commands. It connects to nothing and prints
 //! nothing.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 use crate::commands::{bench, call, peek, publish, subs, subscribe, topics};
@@ -52,8 +54,8 @@ pub(crate) struct Cli {
 /// Options every command takes, before or after the command's name.
 #[derive(Debug, clap::Args)]
 pub(crate) struct GlobalArgs {
-    /// Address of the broker: a URL such as http://127.0.0.1:50051, or
-    /// host:port (http:// is then assumed).
+    /// Address of the broker: a URL such as http://127.0.0.1:50051 (or
+    /// https://… for TLS), or host:port (http:// is then assumed).
     #[arg(
         long,
         global = true,
@@ -67,6 +69,42 @@ pub(crate) struct GlobalArgs {
     /// Print machine-readable JSON instead of tables and lines.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+
+    /// A PEM file of CA certificates to trust, besides the system's, for
+    /// an https:// --server.
+    #[arg(long, global = true, env = "TIDINGS_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
+
+    /// A PEM file of a client certificate to show a broker that requires
+    /// one (mutual TLS); needs --client-key and an https:// --server.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDINGS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<PathBuf>,
+
+    /// The PEM file of the private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDINGS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
+
+    /// A token sent as `authorization: Bearer TOKEN` on every call.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDINGS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
 }
 
 /// The commands. Each one is a module under `commands/`.

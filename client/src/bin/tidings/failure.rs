@@ -155,6 +155,7 @@ fn client_reason(err: &ClientError, server: &str) -> String {
         ClientError::GaveUp { cause, .. } | ClientError::Unsettled { cause, .. } => {
             format!("{err}: {}", client_reason(cause, server))
         }
+        ClientError::TlsFile { source, .. } => format!("{err}: {source}"),
         other => other.to_string(),
     }
 }

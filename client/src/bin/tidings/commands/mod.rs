@@ -15,9 +15,9 @@ pub(crate) mod subs;
 pub(crate) mod subscribe;
 pub(crate) mod topics;
 
-use tidings_client::Client;
+use tidings_client::{Client, ClientBuilder};
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, GlobalArgs};
 
 /// What every command needs besides its own arguments.
 #[derive(Debug, Clone)]
@@ -26,16 +26,20 @@ pub(crate) struct Context {
     pub(crate) server: String,
     /// Print JSON instead of text for people.
     pub(crate) json: bool,
+    /// The connection's settings: the server, TLS files (`--ca-cert`,
+    /// `--client-cert`, `--client-key`) and `--token`.
+    connection: ClientBuilder,
 }
 
 impl Context {
-    /// Connects to the broker.
+    /// Connects to the broker (with TLS for an https:// --server, and the
+    /// token on every call).
     ///
     /// # Errors
-    /// The library's error when the address is bad or the broker cannot be
-    /// reached.
+    /// The library's error when the address, a TLS file or the token is
+    /// bad, or the broker cannot be reached.
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(self.server.clone()).await?)
+        Ok(self.connection.clone().connect().await?)
     }
 
     /// Prints a result: `json()` with `--json`, else `text()` (a newline is
@@ -59,12 +63,28 @@ impl Context {
     }
 }
 
+/// The settings of every connection the command makes.
+fn connection(args: &GlobalArgs) -> ClientBuilder {
+    let mut builder = Client::builder(args.server.clone());
+    if let Some(ca) = &args.ca_cert {
+        builder = builder.ca_certificate(ca);
+    }
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        builder = builder.client_identity(cert, key);
+    }
+    if let Some(token) = &args.token {
+        builder = builder.bearer_token(token);
+    }
+    builder
+}
+
 /// Runs the command `cli` names.
 ///
 /// # Errors
 /// Whatever the command failed with; `main` prints it as one line.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context {
+        connection: connection(&cli.global),
         server: cli.global.server,
         json: cli.global.json,
     };
