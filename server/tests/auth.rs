@@ -13,9 +13,9 @@ use tidings::v1::admin_service_client::AdminServiceClient;
 use tidings::v1::publisher_service_client::PublisherServiceClient;
 use tidings::v1::subscriber_service_client::SubscriberServiceClient;
 use tidings::v1::{CreateTopicRequest, PublishMessage, PublishRequest, SubscribeResponse};
+use tidings_client::Transport;
 use tidings_server::auth::token_sha256;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
 const OPS: &str = "ops-token";
@@ -67,7 +67,7 @@ fn with_token<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
     Ok(request)
 }
 
-async fn publish(channel: &Channel, token: &str, payload: &str) -> Result<(), Status> {
+async fn publish(channel: &Transport, token: &str, payload: &str) -> Result<(), Status> {
     let request = PublishRequest {
         topic: "jobs".to_owned(),
         messages: vec![PublishMessage {

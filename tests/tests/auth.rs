@@ -29,7 +29,7 @@ use tidings_server::auth::token_sha256;
 use tidings_tests::{TestBroker, message, start_at_offset, subscribe_request, within};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 const OPS: &str = "ops-token";
@@ -115,7 +115,10 @@ impl As {
 
     /// Calls with this authorization value.
     fn header(broker: &TestBroker, value: Option<String>) -> Self {
-        let channel = broker.client().channel().clone();
+        // A channel of its own: the fixture client's adds its own token.
+        let channel = Endpoint::from_shared(broker.url())
+            .expect("the broker's URL is valid")
+            .connect_lazy();
         let bearer = Bearer(value);
         Self {
             publisher: PublisherServiceClient::with_interceptor(channel.clone(), bearer.clone()),

@@ -288,13 +288,18 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// Whether the command failed because standard output was closed (the
-/// reader of a pipe went away).
+/// reader of a pipe went away). A broken pipe under a library error is the
+/// network's (a broker that refused a TLS handshake, say), not ours.
 pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    let from_the_network = err
+        .chain()
+        .any(|cause| cause.downcast_ref::<ClientError>().is_some());
+    !from_the_network
+        && err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        })
 }
 
 #[cfg(test)]
