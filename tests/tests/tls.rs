@@ -186,3 +186,53 @@ async fn max_connections_counts_tls_connections() -> anyhow::Result<()> {
     assert!(err.to_string().contains("--max-connections"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_names_its_principal_in_the_auth_file() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let ops = pki.client("ops")?;
+    let auth_file = pki.dir().join("auth.toml");
+    std::fs::write(
+        &auth_file,
+        "[[principal]]\nname = \"ops\"\ncert_subject = \"CN=ops\"\n\n\
+         [[grant]]\nprincipal = \"ops\"\nactions = [\"admin\", \"publish\"]\n\
+         topics = [\"*\"]\nsubscriptions = [\"*\"]\n",
+    )?;
+    let settings = pki.tls_settings(true);
+    let ca = pki.ca();
+    let broker = TestBroker::start_with_client(
+        move |config| {
+            settings(config);
+            config.auth_file = Some(auth_file.clone());
+        },
+        move |builder| {
+            builder
+                .ca_certificate(ca.clone())
+                .client_identity(&ops.0, &ops.1)
+        },
+    )
+    .await?;
+    // No token: the certificate's subject is the principal.
+    create_topic(&broker.client(), "orders").await?;
+    let (cert, key) = pki.client("billing")?;
+    let billing = Client::builder(broker.url())
+        .ca_certificate(pki.ca())
+        .client_identity(cert, key)
+        .connect()
+        .await?;
+    let err = publish(&billing, "orders", &["x"])
+        .await
+        .expect_err("CN=billing names no principal");
+    let status = err.downcast_ref::<tonic::Status>().map(tonic::Status::code);
+    assert_eq!(status, Some(tonic::Code::Unauthenticated), "{err:#}");
+
+    let publish_url = format!("{}/v1/topics/orders:publish", broker.http_url());
+    let body = r#"{"messages": [{"payload": "aGk="}]}"#;
+    let as_ops = https_client(&pki, Some("ops"))?;
+    let response = within(as_ops.post(&publish_url).body(body).send()).await??;
+    assert_eq!(response.status(), 200);
+    let as_billing = https_client(&pki, Some("billing"))?;
+    let response = within(as_billing.post(&publish_url).body(body).send()).await??;
+    assert_eq!(response.status(), 401);
+    Ok(())
+}

@@ -1,14 +1,16 @@
 //! Who sent a gRPC request: the bearer token of its `authorization`
-//! metadata, or its client certificate's subject, looked up in the
-//! [`Authorizer`]; and the one mapping of [`AuthError`] to a status.
+//! metadata, or the subject of its client certificate (the
+//! [`ClientCertificate`] in its extensions, with mutual TLS), looked up in
+//! the [`Authorizer`]; and the one mapping of [`AuthError`] to a status.
 //!
-//! The HTTP bus copies its `Authorization` header into the metadata of
-//! the requests it hands the adapters, so both front doors authenticate
-//! here. Nothing here decides a grant: the handlers ask the [`Caller`].
+//! The HTTP bus copies its `Authorization` header and its client
+//! certificate into the requests it hands the adapters, so both front
+//! doors authenticate here. Nothing here decides a grant: the handlers ask the [`Caller`].
 
 use tonic::{Request, Status};
 
 use crate::auth::{AuthError, Authorizer, Caller, bearer_token};
+use crate::tls::ClientCertificate;
 
 /// The metadata key that carries `Bearer TOKEN`.
 pub(crate) const AUTHORIZATION: &str = "authorization";
@@ -31,7 +33,11 @@ pub(crate) fn caller<T>(auth: &Authorizer, request: &Request<T>) -> Result<Calle
             Some(bearer_token(value)?)
         }
     };
-    Ok(auth.caller(token, None)?)
+    let subject = request
+        .extensions()
+        .get::<ClientCertificate>()
+        .map(ClientCertificate::subject);
+    Ok(auth.caller(token, subject)?)
 }
 
 impl From<AuthError> for Status {

@@ -20,6 +20,7 @@
 
 use std::io::Write as _;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
@@ -46,6 +47,7 @@ use crate::broker::SharedEngine;
 use crate::config::Config;
 use crate::grpc::{AUTHORIZATION, Publisher, Subscriber};
 use crate::metrics::Telemetry;
+use crate::tls::ClientCertificate;
 use error::HttpError;
 use json::JsonCodec;
 
@@ -149,6 +151,7 @@ async fn topic_action(
     State(bus): State<Bus>,
     Path(target): Path<String>,
     headers: HeaderMap,
+    certificate: Option<Extension<ClientCertificate>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let body = body.map_err(HttpError::from_body)?;
@@ -160,7 +163,7 @@ async fn topic_action(
             request.topic = named("topic", topic, request.topic)?;
             let response = bus
                 .publisher
-                .publish(grpc_request(&headers, request))
+                .publish(grpc_request(&headers, certificate.as_ref(), request))
                 .await?;
             bus.answer("tidings.v1.PublishResponse", response.get_ref())
         }
@@ -173,6 +176,7 @@ async fn subscription_action(
     State(bus): State<Bus>,
     Path(target): Path<String>,
     headers: HeaderMap,
+    certificate: Option<Extension<ClientCertificate>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let body = body.map_err(HttpError::from_body)?;
@@ -181,19 +185,28 @@ async fn subscription_action(
         "pull" => {
             let mut request: v1::PullRequest = bus.json.decode("tidings.v1.PullRequest", &body)?;
             request.subscription = named("subscription", subscription, request.subscription)?;
-            let response = bus.subscriber.pull(grpc_request(&headers, request)).await?;
+            let response = bus
+                .subscriber
+                .pull(grpc_request(&headers, certificate.as_ref(), request))
+                .await?;
             bus.answer("tidings.v1.PullResponse", response.get_ref())
         }
         "ack" => {
             let mut request: v1::AckRequest = bus.json.decode("tidings.v1.AckRequest", &body)?;
             request.subscription = named("subscription", subscription, request.subscription)?;
-            let response = bus.subscriber.ack(grpc_request(&headers, request)).await?;
+            let response = bus
+                .subscriber
+                .ack(grpc_request(&headers, certificate.as_ref(), request))
+                .await?;
             bus.answer("tidings.v1.AckResponse", response.get_ref())
         }
         "nack" => {
             let mut request: v1::NackRequest = bus.json.decode("tidings.v1.NackRequest", &body)?;
             request.subscription = named("subscription", subscription, request.subscription)?;
-            let response = bus.subscriber.nack(grpc_request(&headers, request)).await?;
+            let response = bus
+                .subscriber
+                .nack(grpc_request(&headers, certificate.as_ref(), request))
+                .await?;
             bus.answer("tidings.v1.NackResponse", response.get_ref())
         }
         _ => Err(HttpError::no_route(&format!("/v1/subscriptions/{target}"))),
@@ -209,11 +222,18 @@ impl Bus {
 }
 
 /// `message` as a gRPC request, with the `Authorization` header as its
-/// `authorization` metadata. A header that is not ASCII is left out: with
-/// an auth file the call is then UNAUTHENTICATED, without one it does not
-/// matter.
-fn grpc_request<T>(headers: &HeaderMap, message: T) -> Request<T> {
+/// `authorization` metadata and the client certificate, if any, in its
+/// extensions. A header that is not ASCII is left out: with an auth file
+/// the call is then UNAUTHENTICATED, without one it does not matter.
+fn grpc_request<T>(
+    headers: &HeaderMap,
+    certificate: Option<&Extension<ClientCertificate>>,
+    message: T,
+) -> Request<T> {
     let mut request = Request::new(message);
+    if let Some(Extension(certificate)) = certificate {
+        request.extensions_mut().insert(certificate.clone());
+    }
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
