@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use tidings::v1::{AckRequest, DeleteTopicRequest, PublishMessage, PublishRequest};
+use tidings::v1::{AckRequest, CommitRequest, DeleteTopicRequest, PublishMessage, PublishRequest};
 use tidings_client::Client;
 use tonic::Code;
 
@@ -289,15 +289,37 @@ async fn below_min_free_disk_publishes_are_refused_until_a_deleted_topic_frees_s
         "{refused:?}"
     );
     ensure!(serving(&client).await?, "health is not SERVING");
+    let ack = |offsets: Vec<u64>| AckRequest {
+        subscription: "s".into(),
+        offsets,
+        ack_ids: Vec::new(),
+    };
     client
         .subscriber_service()
-        .ack(AckRequest {
-            subscription: "s".into(),
-            offsets: delivered.iter().map(|m| m.offset).collect(),
-            ack_ids: Vec::new(),
-        })
+        .ack(ack(vec![delivered[0].offset]))
         .await
         .context("an ack below --min-free-disk")?;
+    // A commit that publishes is refused; one that only acks goes on.
+    let rest: Vec<u64> = delivered[1..].iter().map(|m| m.offset).collect();
+    let publishing = CommitRequest {
+        publishes: vec![PublishRequest {
+            topic: TOPIC.into(),
+            messages: vec![message(0)],
+        }],
+        acks: vec![ack(rest.clone())],
+    };
+    let refused = client.publisher_service().commit(publishing).await;
+    let refused = refused.expect_err("a commit that publishes below --min-free-disk");
+    ensure!(refused.code() == Code::ResourceExhausted, "{refused:?}");
+    let acking = CommitRequest {
+        publishes: Vec::new(),
+        acks: vec![ack(rest)],
+    };
+    client
+        .publisher_service()
+        .commit(acking)
+        .await
+        .context("a commit of acks below --min-free-disk")?;
     check_acknowledged(&client, &acked).await?;
 
     // Deleting works, and gives its space back: publishing resumes by

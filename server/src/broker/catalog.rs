@@ -565,6 +565,10 @@ impl Engine for Broker {
                 None => acks.push((sub, offsets)),
             }
         }
+        if !appends.is_empty() {
+            // A full disk refuses the publishes; acks alone go on.
+            self.inner.store.accepts_messages()?;
+        }
         let counts: Vec<usize> = appends.iter().map(|(_, m)| m.len()).collect();
         let appended = self.inner.writer.commit(appends, acks).await?;
         Ok(appended

@@ -765,6 +765,18 @@ pub trait Store: Send + Sync + 'static {
     /// not exist; then nothing is written.
     async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>>;
 
+    /// Whether new messages may be stored now: [`StoreError::NoSpace`]
+    /// while the disk is below its minimum of free space, when
+    /// [`Store::append`] refuses them. [`Store::commit`] does not check:
+    /// the broker checks here before a caller's commit publishes, so that
+    /// its own commits (acks, dead-letter moves) go on.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSpace`], as [`Store::append`] would answer.
+    fn accepts_messages(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Makes everything written so far durable and stops accepting writes.
     /// Later calls fail with [`StoreError::Closed`]; closing twice is fine.
     async fn close(&self) -> StoreResult<()>;

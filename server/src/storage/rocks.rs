@@ -639,14 +639,11 @@ impl Store for RocksStore {
             .await
     }
 
+    fn accepts_messages(&self) -> StoreResult<()> {
+        self.disk_refusal()
+    }
+
     async fn commit(&self, commit: Commit) -> StoreResult<Vec<Appended>> {
-        if commit
-            .appends
-            .iter()
-            .any(|(_, messages)| !messages.is_empty())
-        {
-            self.disk_refusal()?;
-        }
         self.submit(|reply| Op::Commit { commit, reply }).await
     }
 
