@@ -12,6 +12,10 @@
 //! Each run listens on the same port through a socket of its own; both
 //! sockets set `SO_REUSEPORT`, which is what lets them share the port. The
 //! HTTP bus is served on a second port kept the same way.
+//!
+//! A broker configured with TLS (see [`TestPki`](crate::TestPki)) has
+//! `https://` URLs; [`TestBroker::start_with_client`] sets up the
+//! fixture's client to trust it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -219,13 +223,13 @@ impl TestBroker {
     }
 
     /// The URL of the broker's metrics, for example
-    /// `http://127.0.0.1:40125/metrics`.
+    /// `http://127.0.0.1:40125/metrics` (`https://` with TLS).
     pub fn metrics_url(&self) -> String {
         format!("{}://{}/metrics", self.scheme(), self.metrics_port.addr)
     }
 
     /// The base URL of the broker's HTTP bus, for example
-    /// `http://127.0.0.1:40124`.
+    /// `http://127.0.0.1:40124` (`https://` with TLS).
     pub fn http_url(&self) -> String {
         format!("{}://{}", self.scheme(), self.http_addr())
     }
