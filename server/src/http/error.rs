@@ -2,7 +2,6 @@
 //! `{"code": "NOT_FOUND", "message": "..."}` on every error, 404 and 405
 //! included.
 
-use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tonic::{Code, Status};
@@ -39,18 +38,22 @@ impl HttpError {
         )
     }
 
-    /// A body that could not be read: too large (413), or cut off.
-    pub(super) fn from_body(rejection: BytesRejection) -> Self {
-        let status = rejection.status();
-        let (code, message) = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            (
-                "RESOURCE_EXHAUSTED",
-                "the body is larger than the broker accepts (see --max-message-bytes)".to_owned(),
-            )
-        } else {
-            ("INVALID_ARGUMENT", rejection.body_text())
-        };
-        Self::new(status, code, message)
+    /// A body over the broker's limit (413).
+    pub(super) fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RESOURCE_EXHAUSTED",
+            "the body is larger than the broker accepts (see --max-message-bytes)".to_owned(),
+        )
+    }
+
+    /// A body the client stopped sending part way (400).
+    pub(super) fn cut_off(err: &axum::Error) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            format!("the request's body could not be read: {err}"),
+        )
     }
 }
 

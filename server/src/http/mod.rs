@@ -22,10 +22,9 @@ use std::io::Write as _;
 
 use axum::Extension;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request as HttpRequest, State};
+use axum::extract::{Path, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -51,6 +50,7 @@ use crate::tls::ClientCertificate;
 use error::HttpError;
 use json::JsonCodec;
 
+mod body;
 mod error;
 mod json;
 mod push;
@@ -63,6 +63,8 @@ struct Bus {
     publisher: Publisher,
     subscriber: Subscriber,
     json: JsonCodec,
+    /// The largest body a request may have.
+    body_limit: usize,
 }
 
 /// Serves the HTTP bus on the connections of `incoming` (TLS or not,
@@ -89,8 +91,9 @@ pub async fn serve(
         publisher: Publisher::new(broker.clone(), telemetry.clone(), auth.clone()),
         subscriber: Subscriber::new(broker, auth.clone()),
         json,
+        body_limit: config.max_request_bytes(),
     };
-    let app = router(bus, config.max_request_bytes());
+    let app = router(bus);
     info!(%addr, "serving the HTTP bus");
     let app = app.into_make_service_with_connect_info::<ConnectionInfo>();
     let server =
@@ -110,8 +113,8 @@ pub async fn serve(
 }
 
 /// The routes, each answering 405 to other methods, and 404 elsewhere;
-/// bodies over `body_limit` bytes are 413.
-fn router(bus: Bus, body_limit: usize) -> Router {
+/// bodies over the bus's `body_limit` are 413 (`body.rs`).
+fn router(bus: Bus) -> Router {
     Router::new()
         .route(
             "/v1/topics/{target}",
@@ -122,7 +125,6 @@ fn router(bus: Bus, body_limit: usize) -> Router {
             post(subscription_action).fallback(method_not_allowed),
         )
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(connection_gate))
         .with_state(bus)
 }
@@ -152,9 +154,9 @@ async fn topic_action(
     Path(target): Path<String>,
     headers: HeaderMap,
     certificate: Option<Extension<ClientCertificate>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, HttpError> {
-    let body = body.map_err(HttpError::from_body)?;
+    let body = body::read(&headers, body, bus.body_limit).await?;
     let (topic, action) = split_target(&target)?;
     match action {
         "publish" => {
@@ -177,9 +179,9 @@ async fn subscription_action(
     Path(target): Path<String>,
     headers: HeaderMap,
     certificate: Option<Extension<ClientCertificate>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, HttpError> {
-    let body = body.map_err(HttpError::from_body)?;
+    let body = body::read(&headers, body, bus.body_limit).await?;
     let (subscription, action) = split_target(&target)?;
     match action {
         "pull" => {
