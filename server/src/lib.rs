@@ -268,6 +268,12 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = Tls::from_config(&config).map_err(ServeError::Tls)?;
+    if config.auth_file.is_some() && config.tls_cert.is_none() {
+        warn!(
+            "--auth-file is in force without TLS: bearer tokens cross the network in clear \
+             text; give --tls-cert and --tls-key unless every client is on this host"
+        );
+    }
     let (broker, store) = open_broker(&config).await?;
     // One stop for both servers: the HTTP bus stops accepting when gRPC
     // does, either failing stops the other, and requests on both drain

@@ -104,6 +104,9 @@ async fn sighup_reloads_the_auth_file_and_keeps_open_streams() -> anyhow::Result
         &["--auth-file", auth_flag],
     )
     .await?;
+    // Tokens in clear text are worth a warning.
+    let log = server.log();
+    assert!(log.contains("without TLS"), "{log}");
     let client = server.client().await?;
     let channel = client.channel().clone();
     let create = CreateTopicRequest {
