@@ -299,14 +299,29 @@ async fn serve(
     // gRPC and the HTTP bus share the --max-connections places; metrics
     // stay reachable when the broker is full.
     let connections = Connections::new(config.max_connections);
-    let start = |listener: TcpListener, tls: Option<TlsAcceptor>, connections: &Connections| {
+    let start = |listener: TcpListener,
+                 tls: Option<TlsAcceptor>,
+                 connections: &Connections,
+                 stop: &CancellationToken| {
         Incoming::start(listener, tls, connections.clone(), stop.clone())
             .map_err(ServeError::Listener)
     };
-    let grpc_incoming = start(listeners.grpc, tls.as_ref().map(Tls::grpc), &connections)?;
+    // gRPC's connections must not end when `stop` is cancelled: tonic
+    // takes an incoming that ends as a shutdown that skips its signal
+    // (which ends the broker's streams first), and then waits for those
+    // streams for the whole drain. Tonic drops the incoming once its
+    // signal has run, which stops the accepting; this token only ends
+    // handshakes still under way once serving is over.
+    let grpc_accepting = CancellationToken::new();
+    let grpc_incoming = start(
+        listeners.grpc,
+        tls.as_ref().map(Tls::grpc),
+        &connections,
+        &grpc_accepting,
+    )?;
     let http_incoming = listeners
         .http
-        .map(|listener| start(listener, tls.as_ref().map(Tls::http), &connections))
+        .map(|listener| start(listener, tls.as_ref().map(Tls::http), &connections, &stop))
         .transpose()?;
     let metrics_incoming = listeners
         .metrics
@@ -315,6 +330,7 @@ async fn serve(
                 listener,
                 tls.as_ref().map(Tls::http),
                 &Connections::new(None),
+                &stop,
             )
         })
         .transpose()?;
@@ -365,6 +381,7 @@ async fn serve(
             signal,
         )
         .await;
+        grpc_accepting.cancel();
         stop.cancel();
         served
     };
