@@ -13,12 +13,18 @@
 //! the certificate as a [`ClientCertificate`] in its extensions, on gRPC
 //! and on the HTTP bus alike:
 //!
-//! ```ignore
-//! // A tonic handler, or a tower layer over http::Request:
-//! let subject = request
-//!     .extensions()
-//!     .get::<ClientCertificate>()
-//!     .map(ClientCertificate::subject); // Some("CN=orders")
+//! ```
+//! use tidings_server::tls::ClientCertificate;
+//!
+//! /// In a tonic handler (a tower layer reads an `http::Request`'s
+//! /// extensions the same way): `Some("CN=orders")`.
+//! fn subject<T>(request: &tonic::Request<T>) -> Option<&str> {
+//!     request
+//!         .extensions()
+//!         .get::<ClientCertificate>()
+//!         .map(ClientCertificate::subject)
+//! }
+//! # assert_eq!(subject(&tonic::Request::new(())), None);
 //! ```
 //!
 //! Without TLS, or without `--tls-client-ca`, requests carry none.
