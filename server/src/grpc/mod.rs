@@ -46,6 +46,7 @@ mod subscriber;
 
 pub use admin::Admin;
 pub(crate) use caller::AUTHORIZATION;
+pub(crate) use convert::MAX_ERROR_BYTES;
 pub use publisher::Publisher;
 pub(crate) use status::error_chain;
 pub use subscriber::{SubscribeStream, Subscriber};

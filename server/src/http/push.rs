@@ -39,7 +39,7 @@ use crate::broker::{
     BrokerError, BrokerResult, Delivery, MAX_PULL_MESSAGES, PullSpec, PushTarget, PushTargets,
     SharedEngine,
 };
-use crate::grpc::error_chain;
+use crate::grpc::{MAX_ERROR_BYTES, error_chain};
 use crate::names::SubscriptionName;
 
 /// How long one pull of a pusher waits for messages before it asks again.
@@ -52,8 +52,6 @@ const DEFAULT_MAXIMUM_BACKOFF: Duration = Duration::from_secs(60);
 /// The wait after a pull that failed for another reason than the
 /// subscription going away (storage trouble, say).
 const PULL_FAILURE_PAUSE: Duration = Duration::from_secs(1);
-/// The longest error kept for a nack (the broker's limit).
-const MAX_ERROR_BYTES: usize = 1024;
 
 /// What every pusher shares.
 struct Shared {
