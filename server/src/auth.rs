@@ -22,6 +22,8 @@ use arc_swap::ArcSwap;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
+#[cfg(test)]
+mod fuzz;
 mod policy;
 #[cfg(test)]
 mod tests;
