@@ -374,13 +374,7 @@ mod tests {
     /// A CA, and a certificate it signed for `localhost` (the broker's) or
     /// with the subject `CN=name` (a client's), as PEM.
     fn signed(ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, name: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("a key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+        let (key, params) = crate::tls::tests::key_and_params(name);
         let cert = params.signed_by(&key, ca).expect("signed");
         (cert.pem(), key.serialize_pem())
     }

@@ -335,7 +335,7 @@ impl ClientCertificate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn config(cert: Option<&str>, key: Option<&str>, ca: Option<&str>) -> Config {
@@ -385,8 +385,9 @@ mod tests {
         );
     }
 
-    /// A certificate for `localhost` and its key, as PEM.
-    fn certificate(name: &str) -> (String, String) {
+    /// A new key, and the parameters of a certificate for `localhost`
+    /// with the subject `CN=name` (a broker's or a client's).
+    pub(crate) fn key_and_params(name: &str) -> (rcgen::KeyPair, rcgen::CertificateParams) {
         let key = rcgen::KeyPair::generate().expect("a key");
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
@@ -394,6 +395,12 @@ mod tests {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
+        (key, params)
+    }
+
+    /// A self-signed certificate for `localhost` and its key, as PEM.
+    fn certificate(name: &str) -> (String, String) {
+        let (key, params) = key_and_params(name);
         let cert = params.self_signed(&key).expect("signed");
         (cert.pem(), key.serialize_pem())
     }
