@@ -14,7 +14,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use tidings::v1::publisher_service_server::{PublisherService, PublisherServiceServer};
 use tidings::v1::{
     CallRequest, CallResponse, CommitRequest, CommitResponse, PublishRequest, PublishResponse,
-    ReplyRequest, ReplyResponse,
+    PublishStreamResponse, ReplyRequest, ReplyResponse,
 };
 use tidings_client::{Client, Delivery, Error, Message, Publisher, WhenQueueFull};
 use tidings_tests::{TestBroker, within};
@@ -103,6 +103,15 @@ struct StandInService<T>(T);
 
 #[tonic::async_trait]
 impl<T: StandInPublish> PublisherService for StandInService<T> {
+    type PublishStreamStream = tokio_stream::Empty<Result<PublishStreamResponse, Status>>;
+
+    async fn publish_stream(
+        &self,
+        _: Request<tonic::Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        Err(Status::unimplemented("a stand-in publishes only"))
+    }
+
     async fn publish(
         &self,
         request: Request<PublishRequest>,

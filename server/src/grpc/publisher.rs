@@ -2,11 +2,13 @@
 //! request, checks that the caller may publish there, appends it, returns
 //! the offsets. No broker logic lives here.
 
+use std::pin::Pin;
 use std::time::Instant;
 
 use tidings::v1;
 use tidings::v1::publisher_service_server::PublisherService;
-use tonic::{Request, Response, Status};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
 use super::caller::caller;
@@ -37,6 +39,16 @@ impl Publisher {
 
 #[tonic::async_trait]
 impl PublisherService for Publisher {
+    type PublishStreamStream =
+        Pin<Box<dyn Stream<Item = Result<v1::PublishStreamResponse, Status>> + Send>>;
+
+    async fn publish_stream(
+        &self,
+        _request: Request<Streaming<v1::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        Err(Status::unimplemented("PublishStream is not served yet"))
+    }
+
     #[instrument(
         name = "Publish",
         skip_all,
