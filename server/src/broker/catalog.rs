@@ -261,19 +261,32 @@ impl Broker {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> BrokerResult<Published> {
+        self.start_append(topic, messages).await?.await
+    }
+
+    /// Starts appending checked messages to `topic` (see `append`): returns
+    /// once the store has queued them, with the future of their offsets.
+    async fn start_append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> BrokerResult<PendingPublish> {
         let topic = self.topic_to_publish_to(topic).await?;
         let count = messages.len();
-        let appended = self
+        let appending = self
             .inner
             .store
-            .append(topic.id, messages)
+            .start_append(topic.id, messages)
             .await
             .map_err(|e| not_found_as_topic(e, &topic))?;
-        let (offsets, duplicates) = appended.offsets(count);
-        Ok(Published {
-            offsets,
-            duplicates,
-        })
+        Ok(Box::pin(async move {
+            let appended = appending.await.map_err(|e| not_found_as_topic(e, &topic))?;
+            let (offsets, duplicates) = appended.offsets(count);
+            Ok(Published {
+                offsets,
+                duplicates,
+            })
+        }))
     }
 
     /// The topic named, created first when missing if the broker is told
@@ -479,6 +492,21 @@ impl Engine for Broker {
     ) -> BrokerResult<Published> {
         check_batch(&messages, self.inner.config.max_message_bytes)?;
         self.append(topic, messages).await
+    }
+
+    /// Checks the batch and finds (or creates) the topic, then returns
+    /// once the store has queued the append: the store's writer serves its
+    /// queue in order.
+    ///
+    /// # Errors
+    /// As `publish`.
+    async fn start_publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> BrokerResult<PendingPublish> {
+        check_batch(&messages, self.inner.config.max_message_bytes)?;
+        self.start_append(topic, messages).await
     }
 
     /// # Errors

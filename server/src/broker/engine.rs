@@ -100,6 +100,31 @@ pub trait Engine: Send + Sync + 'static {
         messages: Vec<NewMessage>,
     ) -> BrokerResult<Published>;
 
+    /// Starts a publish and returns once its place among the engine's
+    /// writes is fixed, with the future of its outcome (what
+    /// [`publish`](Self::publish) returns). Publishes started one after
+    /// another, on any topics, are stored in the order they were started,
+    /// however their outcomes are awaited: this is how a `PublishStream`
+    /// keeps many requests in flight and still stores them in request
+    /// order. Once this returns, the publish happens whether or not its
+    /// outcome is awaited.
+    ///
+    /// The default publishes in full before it returns: ordered, but one
+    /// at a time. An engine with a write queue returns once the publish is
+    /// queued.
+    ///
+    /// # Errors
+    /// What `publish` refuses: here when known before the write, else in
+    /// the outcome.
+    async fn start_publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> BrokerResult<PendingPublish> {
+        let published = self.publish(topic, messages).await;
+        Ok(Box::pin(std::future::ready(published)))
+    }
+
     /// Publishes to any topics and acknowledges on any subscriptions in
     /// one atomic, durable write; returns what each publish did, in order.
     ///
@@ -243,6 +268,10 @@ pub struct EngineTimings {
 
 /// An engine shared by the front doors.
 pub type SharedEngine = Arc<dyn Engine>;
+
+/// The outcome of a publish that [`Engine::start_publish`] started.
+pub type PendingPublish =
+    std::pin::Pin<Box<dyn Future<Output = BrokerResult<Published>> + Send + 'static>>;
 
 /// A pull (see [`Engine::pull`]).
 #[derive(Debug, Clone)]

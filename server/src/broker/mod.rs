@@ -48,8 +48,8 @@ pub use calls::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT};
 pub use catalog::Broker;
 pub use checks::{RESERVED_ATTRIBUTE_PREFIX, check_batch};
 pub use engine::{
-    CallReply, CommitAcks, CommitSpec, Engine, EngineTimings, PullSpec, PushTarget, PushTargets,
-    SharedEngine,
+    CallReply, CommitAcks, CommitSpec, Engine, EngineTimings, PendingPublish, PullSpec, PushTarget,
+    PushTargets, SharedEngine,
 };
 pub use error::{BrokerError, BrokerResult};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES};

@@ -658,6 +658,30 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::TopicNotFound`] when there is no such topic.
     async fn append(&self, topic: TopicId, messages: Vec<NewMessage>) -> StoreResult<Appended>;
 
+    /// Starts an append and returns once its place among the store's
+    /// writes is fixed, with the future of its outcome (what
+    /// [`append`](Store::append) returns). Appends started one after
+    /// another are stored in the order they were started, however their
+    /// outcomes are awaited: what a caller that keeps many appends in
+    /// flight needs to keep them in order. Once this returns, the append
+    /// happens whether or not its outcome is awaited.
+    ///
+    /// The default appends in full before it returns: ordered, but one at
+    /// a time. A store with a write queue returns once the append is
+    /// queued.
+    ///
+    /// # Errors
+    /// What [`append`](Store::append) refuses before it writes (here, or
+    /// in the outcome).
+    async fn start_append(
+        &self,
+        topic: TopicId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<PendingAppend> {
+        let appended = self.append(topic, messages).await;
+        Ok(Box::pin(std::future::ready(appended)))
+    }
+
     /// Deletes every message of `topic` below `before` (capped at the
     /// topic's `next_offset`) and raises its `first_offset` to it; returns
     /// the new `first_offset`. Never lowers it.
@@ -789,3 +813,7 @@ pub(crate) fn micros_since_epoch(time: SystemTime) -> u64 {
 
 /// A store shared by the broker's tasks.
 pub type SharedStore = Arc<dyn Store>;
+
+/// The outcome of an append that [`Store::start_append`] started.
+pub type PendingAppend =
+    std::pin::Pin<Box<dyn Future<Output = StoreResult<Appended>> + Send + 'static>>;

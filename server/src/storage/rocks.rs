@@ -47,9 +47,9 @@ use tokio_util::sync::CancellationToken;
 use super::codec;
 use super::ram::{RamLog, RamLogs};
 use super::{
-    Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, ReadLimit, StorageClass,
-    StorageTimings, Store, StoreError, StoreListener, StoreResult, StoredMessage, SubscriptionId,
-    SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
+    Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, PendingAppend, ReadLimit,
+    StorageClass, StorageTimings, Store, StoreError, StoreListener, StoreResult, StoredMessage,
+    SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord, TopicSettings,
 };
 use crate::latency::LatencyHistogram;
 use crate::names::{SubscriptionName, TopicName};
@@ -105,6 +105,12 @@ const LAST_SUBSCRIPTION_ID_KEY: &[u8] = b"NS";
 /// Requests that may wait for the writer at once; callers beyond this wait
 /// for a permit instead of growing the queue.
 const MAX_QUEUED_REQUESTS: usize = 4096;
+
+/// The writer's answer to an op `RocksStore::enqueue` queued.
+async fn answer<T>(reply_rx: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
+    // The writer drops the reply unanswered only when it is closing.
+    reply_rx.await.map_err(|_| StoreError::Closed)?
+}
 
 /// The key of a subscription's ack state in the `subscriptions` family.
 /// Its delivery records follow it (`record_key`), before the next
@@ -365,6 +371,17 @@ impl RocksStore {
         &self,
         op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op,
     ) -> StoreResult<T> {
+        answer(self.enqueue(op).await?).await
+    }
+
+    /// Sends `op` to the writer, once a place in its queue is free, and
+    /// returns where its answer will come (see [`answer`]). The writer
+    /// serves its queue in order, so ops enqueued one after another are
+    /// written in that order.
+    async fn enqueue<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op,
+    ) -> StoreResult<oneshot::Receiver<StoreResult<T>>> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -377,8 +394,7 @@ impl RocksStore {
         self.requests_tx
             .send(request)
             .map_err(|_| StoreError::Closed)?;
-        // The writer drops the reply unanswered only when it is closing.
-        reply_rx.await.map_err(|_| StoreError::Closed)?
+        Ok(reply_rx)
     }
 
     /// Asks the writer to write what is queued, sync and stop; `None` when
@@ -495,13 +511,25 @@ impl Store for RocksStore {
     }
 
     async fn append(&self, topic: TopicId, messages: Vec<NewMessage>) -> StoreResult<Appended> {
+        self.start_append(topic, messages).await?.await
+    }
+
+    /// Returns once the append is in the writer's queue, which the writer
+    /// serves in order.
+    async fn start_append(
+        &self,
+        topic: TopicId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<PendingAppend> {
         self.disk_refusal()?;
-        self.submit(|reply| Op::Append {
-            topic,
-            messages,
-            reply,
-        })
-        .await
+        let reply_rx = self
+            .enqueue(|reply| Op::Append {
+                topic,
+                messages,
+                reply,
+            })
+            .await?;
+        Ok(Box::pin(answer(reply_rx)))
     }
 
     async fn trim(&self, topic: TopicId, before: Offset, drop_bytes: u64) -> StoreResult<Offset> {
