@@ -8,8 +8,9 @@
 //! the limit is: L bytes") and reads no more of the body. For unary and
 //! server-streaming calls (all the tidings RPCs) that status travels in the
 //! response headers, a trailers-only response, which is where this wrapper
-//! looks. A client-streaming or bidirectional call would meet the error
-//! only when its handler reads the stream, and would need its own mapping.
+//! looks. A client-streaming or bidirectional call (`PublishStream`) meets
+//! the error only when its handler reads the stream: [`read_failure`] is
+//! its mapping.
 //!
 //! This only rewrites that one status, recognised by its code, exact text
 //! and limit; it must not touch any other response, buffer requests, or
@@ -78,17 +79,33 @@ fn rewrite_over_limit<B>(response: &mut http::Response<B>, limit: usize) {
         return;
     };
     debug!(size, limit, "request over the transport limit");
-    let status = Status::resource_exhausted(format!(
-        "request of {size} bytes is over the broker's limit of {limit} bytes per request \
-         (derived from --max-message-bytes); split the batch into smaller requests \
-         or raise --max-message-bytes"
-    ));
+    let status = over_limit(size, limit);
     let mut status_headers = http::HeaderMap::new();
     // Fails only for a message that cannot be a header value; ours is ASCII.
     if status.add_header(&mut status_headers).is_ok() {
         // Replaces grpc-status and grpc-message.
         response.headers_mut().extend(status_headers);
         response.extensions_mut().insert(status);
+    }
+}
+
+/// What the broker answers for a request of `size` bytes over `limit`.
+fn over_limit(size: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "request of {size} bytes is over the broker's limit of {limit} bytes per request \
+         (derived from --max-message-bytes); split the batch into smaller requests \
+         or raise --max-message-bytes"
+    ))
+}
+
+/// The status a client-streaming handler ends with when reading its
+/// stream failed with `status`: tonic's over-limit status becomes the
+/// broker's (as [`RequestLimit`] does for the other calls), any other
+/// status stays as it is.
+pub(super) fn read_failure(status: Status) -> Status {
+    match tonic_over_limit(&status) {
+        Some((size, limit)) => over_limit(size, limit),
+        None => status,
     }
 }
 
@@ -102,15 +119,22 @@ fn over_limit_size(headers: &http::HeaderMap, limit: usize) -> Option<usize> {
         return None;
     }
     let status = Status::from_header_map(headers)?;
+    let (size, stated_limit) = tonic_over_limit(&status)?;
+    (stated_limit == limit).then_some(size)
+}
+
+/// The request size and the limit stated in tonic's over-limit status;
+/// `None` for any other status.
+fn tonic_over_limit(status: &Status) -> Option<(usize, usize)> {
+    if status.code() != Code::OutOfRange {
+        return None;
+    }
     let numbers = status
         .message()
         .strip_prefix(TONIC_PREFIX)?
         .strip_suffix(TONIC_SUFFIX)?;
-    let (size, stated_limit) = numbers.split_once(TONIC_MIDDLE)?;
-    if stated_limit.parse::<usize>().ok()? != limit {
-        return None;
-    }
-    size.parse().ok()
+    let (size, limit) = numbers.split_once(TONIC_MIDDLE)?;
+    Some((size.parse().ok()?, limit.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tidings::v1::admin_service_server::{self, AdminServiceServer};
 use tidings::v1::publisher_service_server::{self, PublisherServiceServer};
 use tidings::v1::subscriber_service_server::{self, SubscriberServiceServer};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
@@ -39,6 +40,7 @@ mod connections;
 mod convert;
 mod health;
 mod limits;
+mod publish_stream;
 mod publisher;
 mod requests;
 mod status;
@@ -47,6 +49,7 @@ mod subscriber;
 pub use admin::Admin;
 pub(crate) use caller::AUTHORIZATION;
 pub(crate) use convert::MAX_ERROR_BYTES;
+pub use publish_stream::PublishStreamResponses;
 pub use publisher::Publisher;
 pub(crate) use status::error_chain;
 pub use subscriber::{SubscribeStream, Subscriber};
@@ -78,7 +81,8 @@ const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// 1. health turns NOT_SERVING (health `Watch` streams report it and end) and no new
 ///    connection is accepted;
 /// 2. [`Engine::begin_shutdown`](crate::broker::Engine::begin_shutdown) ends open `Subscribe` streams with
-///    UNAVAILABLE;
+///    UNAVAILABLE; open `PublishStream`s stop reading, answer what they
+///    started and end with UNAVAILABLE;
 /// 3. in-flight requests drain, for at most `config.shutdown_timeout`
 ///    (beyond that, a warning is logged and remaining connections are left
 ///    to the runtime).
@@ -101,6 +105,8 @@ pub async fn serve(
     let local_addr = incoming.local_addr();
     let (health, health_service) = HealthSwitch::new(&TIDINGS_SERVICES);
     let request_limit = config.max_request_bytes();
+    // Ends `PublishStream`s as the broker's shutdown ends `Subscribe`s.
+    let streams_stop = CancellationToken::new();
     let router = Server::builder()
         // Outermost, so that refused connections' calls are counted too.
         .layer(CountRequests::new(telemetry.clone()))
@@ -113,11 +119,10 @@ pub async fn serve(
         .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
         .add_service(RequestLimit::new(
-            PublisherServiceServer::new(Publisher::new(
-                broker.clone(),
-                telemetry.clone(),
-                auth.clone(),
-            ))
+            PublisherServiceServer::new(
+                Publisher::new(broker.clone(), telemetry.clone(), auth.clone())
+                    .stopping_on(streams_stop.clone()),
+            )
             .max_decoding_message_size(request_limit),
             request_limit,
         ))
@@ -138,7 +143,7 @@ pub async fn serve(
     announce(local_addr);
 
     let (draining_tx, draining_rx) = oneshot::channel();
-    let signal = begin_shutdown(shutdown, health, broker, draining_tx);
+    let signal = begin_shutdown(shutdown, health, broker, streams_stop, draining_tx);
     let drain_deadline = async move {
         match draining_rx.await {
             Ok(()) => tokio::time::sleep(config.shutdown_timeout).await,
@@ -160,18 +165,21 @@ pub async fn serve(
 }
 
 /// Waits for `shutdown`, then turns health NOT_SERVING (health watches
-/// end), ends the broker's streams and reports that draining has begun.
-/// Resolving lets the transport stop accepting and drain.
+/// end), ends the broker's streams and `PublishStream`s (cancelling
+/// `streams_stop`) and reports that draining has begun. Resolving lets the
+/// transport stop accepting and drain.
 async fn begin_shutdown(
     shutdown: impl Future<Output = ()>,
     health: HealthSwitch,
     broker: SharedEngine,
+    streams_stop: CancellationToken,
     draining_tx: oneshot::Sender<()>,
 ) {
     shutdown.await;
     info!("shutting down: refusing new connections and ending open streams");
     health.shutting_down();
     broker.begin_shutdown();
+    streams_stop.cancel();
     // The receiver is gone only when serving already ended.
     let _ = draining_tx.send(());
 }

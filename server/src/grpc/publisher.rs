@@ -1,18 +1,19 @@
 //! `tidings.v1.PublisherService` over the broker: converts a `Publish`
 //! request, checks that the caller may publish there, appends it, returns
-//! the offsets. No broker logic lives here.
+//! the offsets; `PublishStream` does the same per request (see
+//! `publish_stream`). No broker logic lives here.
 
-use std::pin::Pin;
 use std::time::Instant;
 
 use tidings::v1;
 use tidings::v1::publisher_service_server::PublisherService;
-use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
 use super::caller::caller;
 use super::convert::{CallCommand, PublishCommand, ReplyCommand, commit_spec, publish_message};
+use super::publish_stream::{PublishStream, PublishStreamResponses};
 use crate::auth::{Authorizer, Resource};
 use crate::broker::SharedEngine;
 use crate::metrics::Telemetry;
@@ -23,6 +24,9 @@ pub struct Publisher {
     broker: SharedEngine,
     telemetry: Telemetry,
     auth: Authorizer,
+    /// Cancelled when the broker starts shutting down: `PublishStream`s
+    /// end.
+    stop: CancellationToken,
 }
 
 impl Publisher {
@@ -33,20 +37,35 @@ impl Publisher {
             broker,
             telemetry,
             auth,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Ends its `PublishStream`s, gracefully, once `stop` is cancelled.
+    #[must_use]
+    pub fn stopping_on(self, stop: CancellationToken) -> Self {
+        Self { stop, ..self }
     }
 }
 
 #[tonic::async_trait]
 impl PublisherService for Publisher {
-    type PublishStreamStream =
-        Pin<Box<dyn Stream<Item = Result<v1::PublishStreamResponse, Status>> + Send>>;
+    type PublishStreamStream = PublishStreamResponses;
 
+    #[instrument(name = "PublishStream", skip_all)]
     async fn publish_stream(
         &self,
-        _request: Request<Streaming<v1::PublishRequest>>,
+        request: Request<Streaming<v1::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        Err(Status::unimplemented("PublishStream is not served yet"))
+        let caller = caller(&self.auth, &request)?;
+        debug!("opening stream");
+        let stream = PublishStream {
+            broker: self.broker.clone(),
+            telemetry: self.telemetry.clone(),
+            caller,
+            stop: self.stop.clone(),
+        };
+        Ok(Response::new(stream.serve(request.into_inner())))
     }
 
     #[instrument(

@@ -1,0 +1,191 @@
+//! `PublishStream`: many publishes on one call, each request a `Publish`,
+//! answered in request order.
+//!
+//! One task per stream reads requests and starts each publish with
+//! [`Engine::start_publish`](crate::broker::Engine::start_publish), which
+//! returns once the publish has its place among the engine's writes.
+//! Starting them one after another, in the order read, is what stores them
+//! in request order; awaiting their outcomes together (in a
+//! [`FuturesOrdered`], which yields them in the order started) is what
+//! lets the writer's group commit take many of them in one write.
+//!
+//! Flow control: at most [`WINDOW_REQUESTS`] requests, or about
+//! [`WINDOW_BYTES`] of them, wait for their answers; beyond that the task
+//! stops reading, so HTTP/2 flow control holds the publisher back. The
+//! answers go out through a bounded channel: a publisher that does not
+//! read them stops the task too.
+//!
+//! Shutdown: when `stop` is cancelled the task stops reading, answers
+//! every request it started, and ends the stream with UNAVAILABLE. A
+//! publisher that half-closes gets its answers and then OK. Nothing here
+//! decides how a publish is stored.
+
+use std::pin::Pin;
+use std::time::Instant;
+
+use futures::stream::{FuturesOrdered, StreamExt as _};
+use prost::Message as _;
+use tidings::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{Instrument as _, Span, debug};
+
+use super::convert::PublishCommand;
+use super::limits::read_failure;
+use crate::auth::Caller;
+use crate::broker::SharedEngine;
+use crate::metrics::Telemetry;
+
+/// The most requests of one stream that may wait for their answers. A
+/// publisher keeping 256 in flight (what the client and the benchmarks
+/// use) never meets it, so it runs at full speed; four times that leaves
+/// room for bursts, while the broker holds at most this many requests per
+/// stream.
+pub(super) const WINDOW_REQUESTS: usize = 1024;
+
+/// About the most bytes of requests (as encoded on the wire) of one stream
+/// that may wait for their answers: 256 requests of 64 KiB. A request is
+/// always read when none waits, whatever its size (the transport limit
+/// bounds it).
+pub(super) const WINDOW_BYTES: usize = 16 << 20;
+
+/// Answers buffered between the stream's task and the transport.
+const ANSWERS_BUFFERED: usize = 128;
+
+/// The status that ends a stream when the broker shuts down.
+const SHUTTING_DOWN: &str =
+    "the broker is shutting down; requests after the last answer were not stored";
+
+/// The response stream of `PublishStream`.
+pub type PublishStreamResponses =
+    Pin<Box<dyn futures::Stream<Item = Result<v1::PublishStreamResponse, Status>> + Send>>;
+
+/// The answer to one request, and the bytes it held in the window.
+type Answer = (v1::PublishStreamResponse, usize);
+
+/// What one stream publishes with, for whom.
+pub(super) struct PublishStream {
+    /// Where the requests are stored.
+    pub(super) broker: SharedEngine,
+    /// Where each publish's time goes.
+    pub(super) telemetry: Telemetry,
+    /// Who opened the stream: each request's topic needs its `publish`
+    /// grant.
+    pub(super) caller: Caller,
+    /// Cancelled when the broker starts shutting down.
+    pub(super) stop: CancellationToken,
+}
+
+impl PublishStream {
+    /// Serves `requests` from a task of its own; returns the answers.
+    pub(super) fn serve(self, requests: Streaming<v1::PublishRequest>) -> PublishStreamResponses {
+        let (answers_tx, answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
+        let span = Span::current();
+        tokio::spawn(self.run(requests, answers_tx).instrument(span));
+        Box::pin(ReceiverStream::new(answers_rx))
+    }
+
+    /// Reads, starts and answers requests until the publisher half-closes,
+    /// the stream fails or the broker stops; then answers what it started
+    /// and ends the stream. Returns early when the publisher is gone.
+    async fn run(
+        self,
+        mut requests: Streaming<v1::PublishRequest>,
+        answers_tx: mpsc::Sender<Result<v1::PublishStreamResponse, Status>>,
+    ) {
+        let mut waiting = FuturesOrdered::new();
+        let mut waiting_bytes = 0;
+        let end = loop {
+            let room = waiting.len() < WINDOW_REQUESTS
+                && (waiting_bytes < WINDOW_BYTES || waiting.is_empty());
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break Some(Status::unavailable(SHUTTING_DOWN)),
+                Some((answer, bytes)) = waiting.next(), if !waiting.is_empty() => {
+                    waiting_bytes -= bytes;
+                    if answers_tx.send(Ok(answer)).await.is_err() {
+                        debug!("publisher left");
+                        return;
+                    }
+                }
+                read = requests.message(), if room => match read {
+                    Ok(Some(request)) => {
+                        let bytes = request.encoded_len();
+                        waiting_bytes += bytes;
+                        waiting.push_back(self.start(request, bytes).await);
+                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(read_failure(status)),
+                },
+            }
+        };
+        debug!(waiting = waiting.len(), "no longer reading");
+        while let Some((answer, _)) = waiting.next().await {
+            if answers_tx.send(Ok(answer)).await.is_err() {
+                return;
+            }
+        }
+        if let Some(status) = end {
+            debug!(code = ?status.code(), "ending");
+            // The last word: a blocking send. It fails only when the
+            // publisher is gone.
+            let _ = answers_tx.send(Err(status)).await;
+        }
+    }
+
+    /// Starts publishing `request` (which held `bytes` of the window) as
+    /// `Publish` would, and returns the future of its answer: a failed
+    /// request's answer is ready at once.
+    async fn start(
+        &self,
+        request: v1::PublishRequest,
+        bytes: usize,
+    ) -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+        let started = Instant::now();
+        let failed = |status: Status| -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+            Box::pin(std::future::ready((failure(&status), bytes)))
+        };
+        let command = match PublishCommand::try_from(request) {
+            Ok(command) => command,
+            Err(err) => return failed(err.into()),
+        };
+        if let Err(err) = self.caller.publish(command.topic.as_str()) {
+            return failed(err.into());
+        }
+        let pending = match self
+            .broker
+            .start_publish(&command.topic, command.messages)
+            .await
+        {
+            Ok(pending) => pending,
+            Err(err) => return failed(err.into()),
+        };
+        let telemetry = self.telemetry.clone();
+        Box::pin(async move {
+            let answer = match pending.await {
+                Ok(published) => {
+                    telemetry.publish_took(started.elapsed());
+                    v1::PublishStreamResponse {
+                        offsets: published.offsets,
+                        duplicates: published.duplicates,
+                        ..Default::default()
+                    }
+                }
+                Err(err) => failure(&err.into()),
+            };
+            (answer, bytes)
+        })
+    }
+}
+
+/// The answer to a request that failed with `status`.
+fn failure(status: &Status) -> v1::PublishStreamResponse {
+    debug!(code = ?status.code(), message = status.message(), "request failed");
+    v1::PublishStreamResponse {
+        error_code: status.code() as i32,
+        error_message: status.message().to_owned(),
+        ..Default::default()
+    }
+}
