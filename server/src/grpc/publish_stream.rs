@@ -23,6 +23,7 @@
 use std::pin::Pin;
 use std::time::Instant;
 
+use futures::Stream;
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use prost::Message as _;
 use tidings::v1;
@@ -60,10 +61,24 @@ const SHUTTING_DOWN: &str =
 
 /// The response stream of `PublishStream`.
 pub type PublishStreamResponses =
-    Pin<Box<dyn futures::Stream<Item = Result<v1::PublishStreamResponse, Status>> + Send>>;
+    Pin<Box<dyn Stream<Item = Result<v1::PublishStreamResponse, Status>> + Send>>;
 
 /// The answer to one request, and the bytes it held in the window.
 type Answer = (v1::PublishStreamResponse, usize);
+
+/// The future of an [`Answer`].
+type WaitingAnswer = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// Starts requests: returns once a request has its place among the
+/// writes, with the future of its answer.
+trait Start {
+    /// Starts `request`, which holds `bytes` of the window.
+    fn start(
+        &self,
+        request: v1::PublishRequest,
+        bytes: usize,
+    ) -> impl Future<Output = WaitingAnswer> + Send;
+}
 
 /// What one stream publishes with, for whom.
 pub(super) struct PublishStream {
@@ -83,68 +98,68 @@ impl PublishStream {
     pub(super) fn serve(self, requests: Streaming<v1::PublishRequest>) -> PublishStreamResponses {
         let (answers_tx, answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
         let span = Span::current();
-        tokio::spawn(self.run(requests, answers_tx).instrument(span));
+        let stop = self.stop.clone();
+        tokio::spawn(run(requests, self, stop, answers_tx).instrument(span));
         Box::pin(ReceiverStream::new(answers_rx))
     }
+}
 
-    /// Reads, starts and answers requests until the publisher half-closes,
-    /// the stream fails or the broker stops; then answers what it started
-    /// and ends the stream. Returns early when the publisher is gone.
-    async fn run(
-        self,
-        mut requests: Streaming<v1::PublishRequest>,
-        answers_tx: mpsc::Sender<Result<v1::PublishStreamResponse, Status>>,
-    ) {
-        let mut waiting = FuturesOrdered::new();
-        let mut waiting_bytes = 0;
-        let end = loop {
-            let room = waiting.len() < WINDOW_REQUESTS
-                && (waiting_bytes < WINDOW_BYTES || waiting.is_empty());
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => break Some(Status::unavailable(SHUTTING_DOWN)),
-                Some((answer, bytes)) = waiting.next(), if !waiting.is_empty() => {
-                    waiting_bytes -= bytes;
-                    if answers_tx.send(Ok(answer)).await.is_err() {
-                        debug!("publisher left");
-                        return;
-                    }
+/// Reads requests, starts them with `starter` and answers them, in order,
+/// until the publisher half-closes, the stream fails or `stop` is
+/// cancelled; then answers what it started and ends the stream. Returns
+/// early when the publisher is gone.
+async fn run(
+    mut requests: impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin,
+    starter: impl Start,
+    stop: CancellationToken,
+    answers_tx: mpsc::Sender<Result<v1::PublishStreamResponse, Status>>,
+) {
+    let mut waiting = FuturesOrdered::new();
+    let mut waiting_bytes = 0;
+    let end = loop {
+        let room =
+            waiting.len() < WINDOW_REQUESTS && (waiting_bytes < WINDOW_BYTES || waiting.is_empty());
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break Some(Status::unavailable(SHUTTING_DOWN)),
+            Some((answer, bytes)) = waiting.next(), if !waiting.is_empty() => {
+                waiting_bytes -= bytes;
+                if answers_tx.send(Ok(answer)).await.is_err() {
+                    debug!("publisher left");
+                    return;
                 }
-                read = requests.message(), if room => match read {
-                    Ok(Some(request)) => {
-                        let bytes = request.encoded_len();
-                        waiting_bytes += bytes;
-                        waiting.push_back(self.start(request, bytes).await);
-                    }
-                    Ok(None) => break None,
-                    Err(status) => break Some(read_failure(status)),
-                },
             }
-        };
-        debug!(waiting = waiting.len(), "no longer reading");
-        while let Some((answer, _)) = waiting.next().await {
-            if answers_tx.send(Ok(answer)).await.is_err() {
-                return;
-            }
+            read = requests.next(), if room => match read {
+                Some(Ok(request)) => {
+                    let bytes = request.encoded_len();
+                    waiting_bytes += bytes;
+                    waiting.push_back(starter.start(request, bytes).await);
+                }
+                None => break None,
+                Some(Err(status)) => break Some(read_failure(status)),
+            },
         }
-        if let Some(status) = end {
-            debug!(code = ?status.code(), "ending");
-            // The last word: a blocking send. It fails only when the
-            // publisher is gone.
-            let _ = answers_tx.send(Err(status)).await;
+    };
+    debug!(waiting = waiting.len(), "no longer reading");
+    while let Some((answer, _)) = waiting.next().await {
+        if answers_tx.send(Ok(answer)).await.is_err() {
+            return;
         }
     }
+    if let Some(status) = end {
+        debug!(code = ?status.code(), "ending");
+        // The last word: a blocking send. It fails only when the publisher
+        // is gone.
+        let _ = answers_tx.send(Err(status)).await;
+    }
+}
 
-    /// Starts publishing `request` (which held `bytes` of the window) as
-    /// `Publish` would, and returns the future of its answer: a failed
-    /// request's answer is ready at once.
-    async fn start(
-        &self,
-        request: v1::PublishRequest,
-        bytes: usize,
-    ) -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+impl Start for PublishStream {
+    /// Starts publishing `request` as `Publish` would; a failed request's
+    /// answer is ready at once.
+    async fn start(&self, request: v1::PublishRequest, bytes: usize) -> WaitingAnswer {
         let started = Instant::now();
-        let failed = |status: Status| -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+        let failed = |status: Status| -> WaitingAnswer {
             Box::pin(std::future::ready((failure(&status), bytes)))
         };
         let command = match PublishCommand::try_from(request) {
@@ -187,5 +202,156 @@ fn failure(status: &Status) -> v1::PublishStreamResponse {
         error_code: status.code() as i32,
         error_message: status.message().to_owned(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// Starts every request at once and answers it when the test says.
+    #[derive(Default, Clone)]
+    struct Held {
+        /// One per request started, in order: sending answers it.
+        release: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+    }
+
+    impl Held {
+        /// Answers the `index`-th request started.
+        fn release(&self, index: usize) {
+            let release = std::mem::replace(
+                &mut self.release.lock().expect("not poisoned")[index],
+                oneshot::channel().0,
+            );
+            release.send(()).expect("the request waits");
+        }
+    }
+
+    impl Start for Held {
+        async fn start(&self, _request: v1::PublishRequest, bytes: usize) -> WaitingAnswer {
+            let (release_tx, release_rx) = oneshot::channel();
+            let mut release = self.release.lock().expect("not poisoned");
+            let offset = release.len() as u64;
+            release.push(release_tx);
+            Box::pin(async move {
+                let _ = release_rx.await;
+                let answer = v1::PublishStreamResponse {
+                    offsets: vec![offset],
+                    ..Default::default()
+                };
+                (answer, bytes)
+            })
+        }
+    }
+
+    /// Requests without end, each of one message of `payload_bytes`;
+    /// `pulled` counts those read.
+    fn endless(
+        payload_bytes: usize,
+        pulled: &Arc<AtomicUsize>,
+    ) -> impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin + use<> {
+        let pulled = Arc::clone(pulled);
+        futures::stream::iter(0..).map(move |_: u64| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+            Ok(v1::PublishRequest {
+                topic: "t".into(),
+                messages: vec![v1::PublishMessage {
+                    payload: vec![0; payload_bytes].into(),
+                    ..Default::default()
+                }],
+            })
+        })
+    }
+
+    /// Returns once every other task is idle: with the clock paused, a
+    /// sleep ends only then.
+    async fn idle() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_stops_while_the_window_of_requests_is_full() {
+        let (pulled, held) = (Arc::new(AtomicUsize::new(0)), Held::default());
+        let (answers_tx, mut answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
+        let stop = CancellationToken::new();
+        tokio::spawn(run(endless(10, &pulled), held.clone(), stop, answers_tx));
+        idle().await;
+        assert_eq!(pulled.load(Ordering::SeqCst), WINDOW_REQUESTS);
+        // One answer out, one more request in.
+        held.release(0);
+        let first = answers_rx.recv().await.expect("an answer").expect("ok");
+        assert_eq!(first.offsets, [0]);
+        idle().await;
+        assert_eq!(pulled.load(Ordering::SeqCst), WINDOW_REQUESTS + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_stops_while_the_window_of_bytes_is_full() {
+        const MIB: usize = 1 << 20;
+        let (pulled, held) = (Arc::new(AtomicUsize::new(0)), Held::default());
+        let (answers_tx, _answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
+        let stop = CancellationToken::new();
+        tokio::spawn(run(endless(MIB, &pulled), held.clone(), stop, answers_tx));
+        idle().await;
+        // Each request is a little over 1 MiB encoded.
+        assert_eq!(pulled.load(Ordering::SeqCst), WINDOW_BYTES / MIB);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_larger_than_the_window_is_read_alone() {
+        let (pulled, held) = (Arc::new(AtomicUsize::new(0)), Held::default());
+        let (answers_tx, mut answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
+        let stop = CancellationToken::new();
+        let requests = endless(WINDOW_BYTES + 1, &pulled);
+        tokio::spawn(run(requests, held.clone(), stop, answers_tx));
+        idle().await;
+        assert_eq!(pulled.load(Ordering::SeqCst), 1);
+        held.release(0);
+        answers_rx.recv().await.expect("an answer").expect("ok");
+        idle().await;
+        assert_eq!(pulled.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_stop_reading_ends_and_what_was_started_is_answered_first() {
+        let (pulled, held) = (Arc::new(AtomicUsize::new(0)), Held::default());
+        let (answers_tx, mut answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
+        let stop = CancellationToken::new();
+        tokio::spawn(run(
+            endless(10, &pulled),
+            held.clone(),
+            stop.clone(),
+            answers_tx,
+        ));
+        idle().await;
+        stop.cancel();
+        idle().await;
+        let started = pulled.load(Ordering::SeqCst);
+        for index in (0..started).rev() {
+            held.release(index);
+        }
+        for offset in 0..started as u64 {
+            let answer = answers_rx.recv().await.expect("an answer").expect("ok");
+            assert_eq!(answer.offsets, [offset]);
+        }
+        let end = answers_rx
+            .recv()
+            .await
+            .expect("the end")
+            .expect_err("a status");
+        assert_eq!(end.code(), tonic::Code::Unavailable);
+        assert_eq!(end.message(), SHUTTING_DOWN);
+        assert!(answers_rx.recv().await.is_none());
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            started,
+            "read after the stop"
+        );
     }
 }
