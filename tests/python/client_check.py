@@ -4,8 +4,9 @@
 Usage: client_check.py ADDR        (for example 127.0.0.1:50051)
 
 Generates the Python code of proto/tidings/v1 with grpc_tools.protoc into a
-temporary directory, then publishes, subscribes, acknowledges and nacks,
-commits and calls on a broker that must be running at ADDR, checking every
+temporary directory, then publishes (one call at a time and over
+PublishStream), subscribes, acknowledges and nacks, commits and calls on a
+broker that must be running at ADDR, checking every
 answer. Exits 0 and
 prints "python client check: ok" when all checks pass; any failed check
 raises, which exits non-zero with the reason.
@@ -199,6 +200,40 @@ def check_commit_and_call(pb, admin, publisher, subscriber):
     requests.close()
 
 
+def check_publish_stream(pb, admin, publisher, subscriber):
+    """PublishStream: one message per request on one call, answered in
+    request order; a request that fails is answered in its place and the
+    stream goes on."""
+    import grpc
+
+    admin_pb2, publisher_pb2, subscriber_pb2 = (
+        pb["admin_pb2"], pb["publisher_pb2"], pb["subscriber_pb2"])
+    admin.CreateTopic(admin_pb2.CreateTopicRequest(name="py.events"))
+    bad_index = 50
+
+    def requests():
+        for i in range(100):
+            topic = "py.missing" if i == bad_index else "py.events"
+            yield publisher_pb2.PublishRequest(topic=topic, messages=[
+                publisher_pb2.PublishMessage(payload=f"event {i}".encode())])
+
+    answers = list(publisher.PublishStream(requests(), timeout=60))
+    check(len(answers) == 100, "PublishStream answered every request")
+    failed = answers[bad_index]
+    check(failed.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+          and "py.missing" in failed.error_message and not failed.offsets,
+          "the request to a missing topic was answered NOT_FOUND in its place")
+    good = [answer for i, answer in enumerate(answers) if i != bad_index]
+    check(all(answer.error_code == 0 for answer in good)
+          and [list(answer.offsets) for answer in good] == [[i] for i in range(99)],
+          "the other requests were stored in request order, at offsets 0 to 98")
+    stored = subscriber.ReadTopic(subscriber_pb2.ReadTopicRequest(
+        topic="py.events", max_messages=1000)).messages
+    check([message.payload for message in stored]
+          == [f"event {i}".encode() for i in range(100) if i != bad_index],
+          "the stored messages are the requests' in order")
+
+
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -255,6 +290,7 @@ def main():
 
             check_failure_handling(pb, admin, publisher, subscriber)
             check_commit_and_call(pb, admin, publisher, subscriber)
+            check_publish_stream(pb, admin, publisher, subscriber)
 
             try:
                 admin.GetTopic(admin_pb2.GetTopicRequest(name="missing"))

@@ -3,8 +3,9 @@
 //!
 //! The script, `tests/python/client_check.py`, generates its code with
 //! `grpc_tools.protoc`, then publishes, subscribes, acknowledges and nacks,
-//! dead-letters and redrives, commits and calls,
-//! checking every answer; this test runs it and checks that it passed.
+//! dead-letters and redrives, commits and calls, and publishes over
+//! `PublishStream` with a failed request in the middle, checking every
+//! answer; this test runs it and checks that it passed.
 
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ async fn python_client_publishes_subscribes_acks_and_nacks() -> anyhow::Result<(
     );
     assert!(
         stdout.contains("Call got the responder's Reply"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("answered NOT_FOUND in its place"),
         "{stdout}"
     );
     assert!(
