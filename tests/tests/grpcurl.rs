@@ -90,8 +90,18 @@ const CHECKS: &[Check] = &[
         output_has: &["\"name\":\"order.placed\""],
     },
     Check {
-        command_has: "PublisherService/Publish",
+        command_has: "PublisherService/Publish <<EOF",
         output_has: &["\"offsets\":[\"0\"]"],
+    },
+    Check {
+        command_has: "PublisherService/PublishStream <<EOF",
+        // The three answers, in request order.
+        output_has: &[concat!(
+            "{\"offsets\":[\"1\"],\"duplicates\":[false]}",
+            "{\"errorCode\":5,\"errorMessage\":\"topic\\\"order.cancelled\\\"doesnotexist;",
+            "createitfirst(AdminService.CreateTopic)\"}",
+            "{\"offsets\":[\"2\"],\"duplicates\":[false]}",
+        )],
     },
     Check {
         command_has: "SubscriberService/ReadTopic",
@@ -518,11 +528,12 @@ async fn readme_grpcurl_walkthrough_works_verbatim() -> anyhow::Result<()> {
 
     // What the walk-through did is visible through the Rust client too.
     let client = broker.client();
-    assert_eq!(get_topic(&client, "order.placed").await?.next_offset, 1);
+    // The stream stored two more after the acknowledgement.
+    assert_eq!(get_topic(&client, "order.placed").await?.next_offset, 3);
     let inventory = get_subscription(&client, "inventory").await?;
     assert_eq!(
         (inventory.backlog, inventory.ack_floor),
-        (0, 1),
+        (2, 1),
         "{inventory:?}"
     );
     Ok(())
