@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Recovery time: how long a broker takes from the start of its process to
+# `listening on` after a `kill -9`, holding a large backlog.
+#
+#   server/benches/recovery.sh [COUNT] [SUBSCRIPTIONS] [RESTARTS] [DELAYED]
+#
+# One broker (--sync-interval 100ms, a fresh data directory) gets one topic
+# with SUBSCRIPTIONS subscriptions (1000 unless given) and a backlog of
+# COUNT messages of 256 B (10 million unless given), published at 1000 x 8.
+# Then, RESTARTS times (5 unless given): `kill -9` while the last publish
+# has just been acknowledged (so the write-ahead log holds what was not yet
+# flushed), start the broker again on the same directory, and time the
+# start to its `listening on` line; check that a subscription still holds
+# every acknowledged message; publish TOPUP more (200 000 unless set), so
+# that the next kill finds a busy log again. With DELAYED > 0 (a million
+# unless given), DELAYED messages with a delivery delay of 3 hours are then
+# added and the restarts repeated: the second case.
+#
+# Prints a line per restart (`restart case=... ms=...`), each case's min and
+# median, and the broker's own log lines of each start (timestamps of
+# storage opened, broker opened, serving) to profile where the time goes.
+# Needs about COUNT x 300 B of disk; removes the data directory at the end.
+# With TIDINGS_BIN_DIR set, uses the binaries there.
+set -euo pipefail
+COUNT=${1:-10000000}
+SUBSCRIPTIONS=${2:-1000}
+RESTARTS=${3:-5}
+DELAYED=${4:-1000000}
+TOPUP=${TOPUP:-200000}
+cd "$(dirname "$0")/../.."
+# shellcheck source=server/benches/common.sh
+. server/benches/common.sh
+bench_binaries
+
+dir=$(mktemp -d)
+pid=
+stop() {
+    [ -n "$pid" ] && { kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+    rm -rf "$dir"
+}
+trap stop EXIT
+
+# Microseconds since the epoch, without a fork.
+now_us() { echo "${EPOCHREALTIME/./}"; }
+
+# Copies standard input to standard output, each line prefixed with the
+# time it was read.
+stamp() { while IFS= read -r line; do printf '%s %s\n' "$(now_us)" "$line"; done; }
+
+# launch LABEL: starts the broker on the data directory; sets pid, addr and took_ms (the
+# start of the process to its `listening on` line).
+launch() {
+    : > "$dir/stdout"
+    local t0 line
+    echo "--- start $1 at $(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)" >> "$dir/server.log"
+    t0=$(now_us)
+    "$BIN/tidings-server" --listen 127.0.0.1:0 --data-dir "$dir/data" --sync-interval 100ms \
+        --log info > >(stamp > "$dir/stdout") 2>> "$dir/server.log" &
+    pid=$!
+    line=
+    for _ in $(seq 6000); do
+        line=$(grep -m1 ' listening on ' "$dir/stdout" || true)
+        [ -n "$line" ] && break
+        kill -0 "$pid" 2>/dev/null || { echo "the broker exited:" >&2; tail -n 20 "$dir/server.log" >&2; exit 1; }
+        sleep 0.01
+    done
+    [ -n "$line" ] || { echo "no 'listening on' after 60 s" >&2; exit 1; }
+    addr=${line##* }
+    took_ms=$(( (${line%% *} - t0) / 1000 ))
+}
+
+tidings() { "$BIN/tidings" --server "$addr" "$@"; }
+field() { tidings subs describe "$1" --json | sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" | head -n1; }
+publish() { tidings bench publish --topic backlog --count "$1" --batch 1000 --in-flight 8 "${@:2}" 2>/dev/null | sed -n 's/^RESULT /publish /p'; }
+
+# The median and minimum of the numbers on standard input.
+summary() { sort -n | awk '{ v[NR] = $1 } END { printf "min_ms=%d median_ms=%d n=%d\n", v[1], v[int((NR + 1) / 2)], NR }'; }
+
+launch first
+tidings topics create backlog > /dev/null
+for i in $(seq 0 $((SUBSCRIPTIONS - 1))); do
+    tidings subs create "s$i" --topic backlog > /dev/null
+done
+echo "# $SUBSCRIPTIONS subscriptions, publishing $COUNT messages, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+publish "$COUNT"
+published=$COUNT
+
+# restarts CASE EXPECTED_DELAYED: the kill -9 and restart rounds.
+restarts() {
+    local case=$1 delayed=$2 times=() r backlog waiting
+    for r in $(seq "$RESTARTS"); do
+        kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+        local load
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        launch "case=$case round=$r"
+        backlog=$(field s0 backlog)
+        waiting=$(field s0 delayed)
+        echo "restart case=$case round=$r ms=$took_ms backlog=$backlog delayed=${waiting:-0} load=$load"
+        [ "$backlog" -ge "$published" ] || { echo "LOST: backlog $backlog < $published published" >&2; exit 1; }
+        times+=("$took_ms")
+        if [ "$r" -lt "$RESTARTS" ]; then
+            publish "$TOPUP" ${delayed:+--delay 3h} > /dev/null
+            published=$((published + TOPUP))
+        fi
+    done
+    printf '%s\n' "${times[@]}" | summary | sed "s/^/recovery case=$case /"
+}
+
+restarts backlog ""
+if [ "$DELAYED" -gt 0 ]; then
+    echo "# publishing $DELAYED delayed messages, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    publish "$DELAYED" --delay 3h
+    published=$((published + DELAYED))
+    restarts delayed yes
+fi
+echo "# data directory: $(du -sh "$dir/data" | cut -f1), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Where each start spent its time: the broker's own lifecycle lines.
+grep -E -e '^--- start' -e 'storage opened|broker opened|serving' "$dir/server.log" |
+    sed -E 's/\x1b\[[0-9;]*m//g' | sed 's/^/log /'
