@@ -42,6 +42,7 @@ use crate::latency::LatencySnapshot;
 pub struct Telemetry {
     publish_duration: Histogram,
     grpc_requests: Family<Vec<(&'static str, String)>, Counter>,
+    publish_stream_requests: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Telemetry {
@@ -50,12 +51,14 @@ impl Default for Telemetry {
             // 100 µs doubling to about 3.3 s.
             publish_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             grpc_requests: Family::default(),
+            publish_stream_requests: Family::default(),
         }
     }
 }
 
 impl Telemetry {
-    /// A publish (gRPC or HTTP) was answered after `elapsed`.
+    /// A publish (gRPC, one request of a `PublishStream`, or HTTP) was
+    /// answered after `elapsed`.
     pub(crate) fn publish_took(&self, elapsed: Duration) {
         self.publish_duration.observe(elapsed.as_secs_f64());
     }
@@ -65,6 +68,16 @@ impl Telemetry {
         let code = format!("{code:?}");
         self.grpc_requests
             .get_or_create(&vec![("method", method), ("code", code)])
+            .inc();
+    }
+
+    /// A request on a `PublishStream` was answered with `code`: what
+    /// `grpc_request` counts of a `Publish` call, for one request of a
+    /// stream.
+    pub(crate) fn publish_stream_request(&self, code: tonic::Code) {
+        let code = format!("{code:?}");
+        self.publish_stream_requests
+            .get_or_create(&vec![("code", code)])
             .inc();
     }
 
@@ -84,6 +97,11 @@ impl Telemetry {
             "tidings_grpc_requests",
             "gRPC calls by method and status code (methods the server lacks count as unknown).",
             self.grpc_requests.clone(),
+        );
+        registry.register(
+            "tidings_publish_stream_requests",
+            "Requests answered on PublishStream calls, by status code.",
+            self.publish_stream_requests.clone(),
         );
         registry.register(
             "tidings_publish_duration_seconds",

@@ -269,3 +269,37 @@ async fn topics_and_subscriptions_show_their_figures_until_deleted() -> anyhow::
     assert_eq!(m.get(published, topic("dlq")), 1.0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_stream_requests_are_timed_and_counted_by_code() -> anyhow::Result<()> {
+    use tidings::v1::PublishRequest;
+    use tidings::v1::publisher_service_client::PublisherServiceClient;
+
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    create_topic(&client, "orders").await?;
+    let request = |topic: &str| PublishRequest {
+        topic: topic.into(),
+        messages: vec![tidings_tests::message("x")],
+    };
+    let requests = vec![request("orders"), request("missing"), request("orders")];
+    let mut answers = PublisherServiceClient::new(client.channel().clone())
+        .publish_stream(futures::stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut answered = 0;
+    while within(answers.message()).await??.is_some() {
+        answered += 1;
+    }
+    assert_eq!(answered, 3);
+
+    let m = Metrics::scrape(&broker).await?;
+    let stream_requests = "tidings_publish_stream_requests_total";
+    m.expect(&[
+        (stream_requests, ("code", "Ok"), 2.0),
+        (stream_requests, ("code", "NotFound"), 1.0),
+    ]);
+    // Each stored request is timed as a Publish is.
+    assert_eq!(m.histogram_count("tidings_publish_duration_seconds"), 2.0);
+    Ok(())
+}

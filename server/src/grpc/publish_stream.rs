@@ -159,7 +159,9 @@ impl Start for PublishStream {
     /// answer is ready at once.
     async fn start(&self, request: v1::PublishRequest, bytes: usize) -> WaitingAnswer {
         let started = Instant::now();
+        let telemetry = self.telemetry.clone();
         let failed = |status: Status| -> WaitingAnswer {
+            telemetry.publish_stream_request(status.code());
             Box::pin(std::future::ready((failure(&status), bytes)))
         };
         let command = match PublishCommand::try_from(request) {
@@ -177,18 +179,22 @@ impl Start for PublishStream {
             Ok(pending) => pending,
             Err(err) => return failed(err.into()),
         };
-        let telemetry = self.telemetry.clone();
         Box::pin(async move {
             let answer = match pending.await {
                 Ok(published) => {
                     telemetry.publish_took(started.elapsed());
+                    telemetry.publish_stream_request(tonic::Code::Ok);
                     v1::PublishStreamResponse {
                         offsets: published.offsets,
                         duplicates: published.duplicates,
                         ..Default::default()
                     }
                 }
-                Err(err) => failure(&err.into()),
+                Err(err) => {
+                    let status = Status::from(err);
+                    telemetry.publish_stream_request(status.code());
+                    failure(&status)
+                }
             };
             (answer, bytes)
         })
