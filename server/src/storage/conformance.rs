@@ -292,6 +292,56 @@ async fn offsets_start_at_zero_and_are_contiguous(mut h: impl Harness) -> anyhow
     Ok(())
 }
 
+/// The landed batches of [`append_from_tasks`]: per task, each batch's
+/// first offset and its messages' tags.
+type Landed = tokio::task::JoinSet<anyhow::Result<Vec<(Offset, Vec<String>)>>>;
+
+/// Spawns `tasks` tasks that each append `batches` batches of 1 to 4
+/// tagged messages, one after the other, with `append` (given the store,
+/// the task's number plus the batch's and the messages; it returns the
+/// first offset).
+fn append_from_tasks<F, Fut>(store: &SharedStore, tasks: usize, batches: usize, append: F) -> Landed
+where
+    F: Fn(SharedStore, usize, Vec<NewMessage>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Offset>> + Send,
+{
+    let mut landed = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let (store, append) = (store.clone(), append.clone());
+        landed.spawn(async move {
+            let mut landed = Vec::new();
+            for batch in 0..batches {
+                let len = 1 + (task + batch) % 4;
+                let tags: Vec<String> = (0..len).map(|i| format!("{task}/{batch}/{i}")).collect();
+                let messages = tags.iter().map(|t| message(t)).collect();
+                landed.push((append(store.clone(), task + batch, messages).await?, tags));
+            }
+            anyhow::Ok(landed)
+        });
+    }
+    landed
+}
+
+/// The batches appended by `tasks` (each its first offset and its
+/// messages' tags), in offset order, once they are checked to leave no gap
+/// from 0; and the offset after the last.
+async fn contiguous(mut tasks: Landed) -> anyhow::Result<(Vec<(Offset, Vec<String>)>, Offset)> {
+    let mut landed = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        landed.extend(result??);
+    }
+    landed.sort_by_key(|(first, _)| *first);
+    let mut expected_next = 0;
+    for (first, tags) in &landed {
+        ensure!(
+            *first == expected_next,
+            "batch at {first}, expected {expected_next}"
+        );
+        expected_next += tags.len() as u64;
+    }
+    Ok((landed, expected_next))
+}
+
 async fn concurrent_appends_get_disjoint_contiguous_ranges(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
@@ -306,34 +356,13 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
         )
         .await?
         .id;
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..TASKS {
-        let store = store.clone();
-        tasks.spawn(async move {
-            let mut landed = Vec::new();
-            for batch in 0..BATCHES {
-                let len = 1 + (task + batch) % 4;
-                let tags: Vec<String> = (0..len).map(|i| format!("{task}/{batch}/{i}")).collect();
-                let batch_messages = tags.iter().map(|t| message(t)).collect();
-                let appended = store.append(topic, batch_messages).await?;
-                landed.push((appended.first_offset, tags));
-            }
-            anyhow::Ok(landed)
-        });
-    }
-    let mut landed = Vec::new();
-    while let Some(result) = tasks.join_next().await {
-        landed.extend(result??);
-    }
-    landed.sort_by_key(|(first, _)| *first);
-    let mut expected_next = 0;
-    for (first, tags) in &landed {
-        ensure!(
-            *first == expected_next,
-            "batch at {first}, expected {expected_next}"
-        );
-        expected_next += tags.len() as u64;
-    }
+    let tasks = append_from_tasks(
+        &store,
+        TASKS,
+        BATCHES,
+        move |store, _, messages| async move { Ok(store.append(topic, messages).await?.first_offset) },
+    );
+    let (landed, expected_next) = contiguous(tasks).await?;
     ensure!(next_offset(&store, topic).await? == expected_next);
     let read = store.read(topic, 0..u64::MAX, EVERYTHING).await?;
     ensure!(read.len() as u64 == expected_next);
@@ -348,6 +377,60 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(
         read.windows(2)
             .all(|w| w[0].publish_time <= w[1].publish_time)
     );
+    Ok(())
+}
+
+/// Appends and commits to one memory topic from many tasks at once, some
+/// commits with a disk topic beside it: every batch gets a range of its
+/// own, the ranges leave no gap, the listener hears them in offset order,
+/// and each commit stored its messages in both topics.
+async fn memory_topics_keep_order_under_concurrent_appends_and_commits(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    let (tasks, batches) = (8, 30);
+    let store = h.open().await?;
+    let recorder = Arc::new(Recorder::default());
+    store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
+    let settings = TopicSettings::default();
+    let memory = store
+        .create_topic(&topic_name("fast")?, settings.clone(), StorageClass::Memory)
+        .await?
+        .id;
+    let disk = store
+        .create_topic(&topic_name("slow")?, settings, StorageClass::Disk)
+        .await?
+        .id;
+    // Every fourth batch is a commit with a message for the disk topic.
+    let append = move |store: SharedStore, turn: usize, batch| async move {
+        if turn % 4 != 0 {
+            return Ok(store.append(memory, batch).await?.first_offset);
+        }
+        let commit = Commit {
+            appends: vec![(memory, batch), (disk, messages(&["c"]))],
+            deliveries: Vec::new(),
+        };
+        Ok(store.commit(commit).await?[0].first_offset)
+    };
+    let landed = append_from_tasks(&store, tasks, batches, append);
+    let (landed, expected_next) = contiguous(landed).await?;
+    ensure!(next_offset(&store, memory).await? == expected_next);
+    let read = store.read(memory, 0..u64::MAX, EVERYTHING).await?;
+    let tags = landed.iter().flat_map(|(_, tags)| tags);
+    ensure!(payloads(&read) == tags.map(|t| message(t).payload).collect::<Vec<_>>());
+    let mut heard_next = 0;
+    for heard in recorder.take() {
+        if let Heard::Appended(topic, first, messages) = heard
+            && topic == memory
+        {
+            ensure!(first == heard_next, "heard {first} before {heard_next}");
+            heard_next += messages.len() as u64;
+        }
+    }
+    ensure!(heard_next == expected_next, "every append heard");
+    let commits = (0..tasks)
+        .flat_map(|task| (0..batches).filter(move |batch| (task + batch) % 4 == 0))
+        .count();
+    ensure!(next_offset(&store, disk).await? == commits as u64);
     Ok(())
 }
 
@@ -1699,6 +1782,7 @@ macro_rules! conformance {
         conformance!(@each [$($module => $harness),+] [
             offsets_start_at_zero_and_are_contiguous,
             concurrent_appends_get_disjoint_contiguous_ranges,
+            memory_topics_keep_order_under_concurrent_appends_and_commits,
             reads_respect_limits,
             read_offsets_skips_missing,
             offset_at_time_finds_first_message_at_or_after,

@@ -1,18 +1,28 @@
 //! [`RamLog`]: the messages of one memory topic
-//! ([`StorageClass::Memory`](super::StorageClass::Memory)), and the ids
-//! they were published with, held in memory.
+//! ([`StorageClass::Memory`](super::StorageClass::Memory)), the ids they
+//! were published with and the topic's head, held in memory.
 //!
-//! A store's writer changes a log (appends, drops its oldest messages,
-//! remembers ids) once the rest of the write it belongs to is on disk;
-//! readers read it under a short lock. It keeps no offsets of its own
-//! beyond what the writer sets, does no I/O and names no storage engine.
+//! An append that needs nothing written to disk is made here at once, from
+//! the caller's task, under the log's lock: [`RamLog::append_now`]. Every
+//! other change (a commit's appends, trims, settings, deletion, and an
+//! append that needs a new offset mark stored) is the store's writer's,
+//! which *claims* the log first ([`RamLog::claim`]): while a claim is held,
+//! `append_now` appends nothing and hands its append to the writer (with a
+//! claim of its own), so that the writer's changes and the appends queued
+//! behind them keep their order. The writer applies its changes once the
+//! rest of the write they belong to is on disk, and lets go of its claims
+//! once their callers are answered. Readers read under the same short
+//! lock. The log does no I/O and names no storage engine.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{ReadLimit, StoredMessage, TopicId};
+use super::{
+    Appended, Duplicate, NewMessage, ReadLimit, Retention, StoreListener, StoredMessage, TopicId,
+    codec,
+};
 use crate::offsets::Offset;
 
 /// A message of a log with its size as stored (what `retained_bytes`
@@ -23,17 +33,52 @@ pub(crate) struct RamMessage {
     pub(crate) size: u64,
 }
 
-/// The messages and ids of one memory topic.
+impl RamMessage {
+    /// `message` stored at `offset` and `publish_time`, with its size.
+    pub(crate) fn new(message: &NewMessage, offset: Offset, publish_time: SystemTime) -> Self {
+        let size = codec::stored_size(codec::encoded_len(message, publish_time));
+        Self {
+            message: StoredMessage {
+                offset,
+                publish_time,
+                payload: message.payload.clone(),
+                key: message.key.clone(),
+                attributes: message.attributes.clone(),
+                id: message.id.clone(),
+                deliver_at: message.due(publish_time),
+            },
+            size,
+        }
+    }
+}
+
+/// The messages, ids and head of one memory topic.
 #[derive(Debug, Default)]
 pub(crate) struct RamLog(Mutex<LogState>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LogState {
     /// In offset order, from `first_offset` on.
     messages: VecDeque<RamMessage>,
     first_offset: Offset,
     next_offset: Offset,
     retained_bytes: u64,
+    /// The publish time of the last message; the next is never earlier.
+    last_publish: SystemTime,
+    /// The offset mark stored on disk: no offset at or above it was handed
+    /// out, and `append_now` hands out none.
+    reserved: Offset,
+    /// A higher mark was asked for and is not written yet.
+    reserving: bool,
+    /// How long ids are remembered.
+    dedup_window: Duration,
+    /// The topic's bound.
+    retention: Retention,
+    /// Claims held on the log (see the module's doc): while any is,
+    /// appends go through the writer.
+    claims: usize,
+    /// The topic was deleted.
+    deleted: bool,
     /// Remembered ids: the offset stored with each, and when.
     ids: HashMap<String, (Offset, SystemTime)>,
     /// The same ids in the order they were stored, which is the order of
@@ -41,26 +86,108 @@ struct LogState {
     stored: VecDeque<(SystemTime, String)>,
 }
 
-/// What a writer changes in a log in one step: its new bounds, the
-/// messages appended (those below `first_offset` are dropped at once) and
-/// the ids stored with them.
-#[derive(Debug, Default)]
-pub(crate) struct LogChange {
+impl Default for LogState {
+    fn default() -> Self {
+        Self {
+            messages: VecDeque::new(),
+            first_offset: 0,
+            next_offset: 0,
+            retained_bytes: 0,
+            last_publish: UNIX_EPOCH,
+            reserved: 0,
+            reserving: false,
+            dedup_window: Duration::ZERO,
+            retention: Retention::default(),
+            claims: 0,
+            deleted: false,
+            ids: HashMap::new(),
+            stored: VecDeque::new(),
+        }
+    }
+}
+
+/// The head of a log as it stands, which the writer takes over when it
+/// claims the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogHead {
     pub(crate) first_offset: Offset,
     pub(crate) next_offset: Offset,
     pub(crate) retained_bytes: u64,
+    pub(crate) last_publish: SystemTime,
+}
+
+/// A claim on a log: while it is held, appends go through the writer.
+/// Dropping it lets go.
+#[derive(Debug)]
+pub(crate) struct Claim(Arc<RamLog>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.claims = state.claims.saturating_sub(1);
+    }
+}
+
+/// What [`RamLog::append_now`] did.
+#[derive(Debug)]
+pub(crate) enum AppendNow {
+    /// Appended (the listener was told); `reserve` asks the caller to have
+    /// a higher offset mark stored, which the log now counts on.
+    Appended { appended: Appended, reserve: bool },
+    /// Not appended: the writer must do it, with the claim taken for it.
+    ViaWriter(Vec<NewMessage>, Claim),
+    /// The topic was deleted.
+    Deleted,
+}
+
+/// What a writer changes in a log in one step: its new head and settings,
+/// the messages appended (those below `first_offset` are dropped at once)
+/// and the ids stored with them.
+#[derive(Debug)]
+pub(crate) struct LogChange {
+    pub(crate) head: LogHead,
+    /// The offset mark now stored.
+    pub(crate) reserved: Offset,
     pub(crate) appended: Vec<RamMessage>,
     pub(crate) ids: Vec<(String, Offset, SystemTime)>,
     /// How long ids are remembered.
     pub(crate) window: Duration,
+    pub(crate) retention: Retention,
+}
+
+impl Default for LogChange {
+    fn default() -> Self {
+        Self {
+            head: LogHead {
+                first_offset: 0,
+                next_offset: 0,
+                retained_bytes: 0,
+                last_publish: UNIX_EPOCH,
+            },
+            reserved: 0,
+            appended: Vec::new(),
+            ids: Vec::new(),
+            window: Duration::ZERO,
+            retention: Retention::default(),
+        }
+    }
 }
 
 impl RamLog {
-    /// An empty log whose next message gets `next_offset`.
-    pub(crate) fn starting_at(next_offset: Offset) -> Self {
+    /// An empty log whose next message gets `next_offset`, which is the
+    /// stored mark; ids are remembered for `dedup_window`, and `retention`
+    /// bounds it.
+    pub(crate) fn starting_at(
+        next_offset: Offset,
+        dedup_window: Duration,
+        retention: Retention,
+    ) -> Self {
         Self(Mutex::new(LogState {
             first_offset: next_offset,
             next_offset,
+            reserved: next_offset,
+            dedup_window,
+            retention,
             ..LogState::default()
         }))
     }
@@ -77,10 +204,60 @@ impl RamLog {
         (state.first_offset, state.next_offset, state.retained_bytes)
     }
 
+    /// Its next offset.
+    pub(crate) fn next_offset(&self) -> Offset {
+        self.lock().next_offset
+    }
+
+    /// Claims the log for the writer and returns its head as it stands:
+    /// nothing but the writer changes it until the claim is dropped.
+    pub(crate) fn claim(self: &Arc<Self>) -> (Claim, LogHead) {
+        let mut state = self.lock();
+        state.claims += 1;
+        (Claim(Arc::clone(self)), state.head())
+    }
+
+    /// Appends `messages` of `topic` now, unless a claim is held or they
+    /// need offsets beyond the stored mark; tells `listener` about them
+    /// (and about messages the topic's bound dropped) before it lets go of
+    /// the lock, so that it hears of every topic's appends in offset order.
+    /// `reserve_ahead`: how far below the mark a higher one is asked for.
+    pub(crate) fn append_now(
+        self: &Arc<Self>,
+        topic: TopicId,
+        messages: Vec<NewMessage>,
+        listener: Option<&dyn StoreListener>,
+        reserve_ahead: u64,
+    ) -> AppendNow {
+        let mut state = self.lock();
+        if state.deleted {
+            return AppendNow::Deleted;
+        }
+        let wanted = state.next_offset.saturating_add(messages.len() as u64);
+        if state.claims > 0 || wanted > state.reserved {
+            state.claims += 1;
+            return AppendNow::ViaWriter(messages, Claim(Arc::clone(self)));
+        }
+        let mut appended = state.append(&messages);
+        let dropped_from = state.first_offset;
+        state.drop_beyond_bound();
+        appended.retained_bytes = state.retained_bytes;
+        if let Some(listener) = listener {
+            listener.appended(topic, &appended, appended.stored(messages));
+            if state.first_offset > dropped_from {
+                listener.truncated(topic, state.first_offset, state.retained_bytes);
+            }
+        }
+        let reserve =
+            !state.reserving && state.next_offset.saturating_add(reserve_ahead) > state.reserved;
+        state.reserving |= reserve;
+        AppendNow::Appended { appended, reserve }
+    }
+
     /// Applies a writer's change.
     pub(crate) fn apply(&self, change: LogChange) {
         let mut state = self.lock();
-        let first = change.first_offset;
+        let first = change.head.first_offset;
         let below = state.messages.partition_point(|m| m.message.offset < first);
         state.messages.drain(..below);
         let kept = change.appended.into_iter();
@@ -88,13 +265,32 @@ impl RamLog {
             .messages
             .extend(kept.filter(|m| m.message.offset >= first));
         state.first_offset = first;
-        state.next_offset = change.next_offset;
-        state.retained_bytes = change.retained_bytes;
+        state.next_offset = change.head.next_offset;
+        state.retained_bytes = change.head.retained_bytes;
+        state.last_publish = change.head.last_publish;
+        state.reserved = state.reserved.max(change.reserved);
+        state.dedup_window = change.window;
+        state.retention = change.retention;
         for (id, offset, stored) in change.ids {
             state.ids.insert(id.clone(), (offset, stored));
             state.stored.push_back((stored, id));
         }
         state.forget_ids(change.window, SystemTime::now());
+    }
+
+    /// A higher offset mark asked for by [`RamLog::append_now`] was written
+    /// (`Some`, the mark) or not (`None`; a later append asks again).
+    pub(crate) fn reserved(&self, mark: Option<Offset>) {
+        let mut state = self.lock();
+        state.reserving = false;
+        if let Some(mark) = mark {
+            state.reserved = state.reserved.max(mark);
+        }
+    }
+
+    /// The topic was deleted: appends are refused from now on.
+    pub(crate) fn delete(&self) {
+        self.lock().deleted = true;
     }
 
     /// The offset of the message stored with `id`, if it was stored less
@@ -189,6 +385,71 @@ impl RamLog {
 }
 
 impl LogState {
+    fn head(&self) -> LogHead {
+        LogHead {
+            first_offset: self.first_offset,
+            next_offset: self.next_offset,
+            retained_bytes: self.retained_bytes,
+            last_publish: self.last_publish,
+        }
+    }
+
+    /// Appends `messages` at the next offset, leaving out those whose id
+    /// was stored within the dedup window (earlier, or earlier in the
+    /// same call).
+    fn append(&mut self, messages: &[NewMessage]) -> Appended {
+        let now = codec::truncate_to_micros(SystemTime::now());
+        let publish_time = now.max(self.last_publish);
+        let window = self.dedup_window;
+        if !window.is_zero() {
+            self.forget_ids(window, publish_time);
+        }
+        let mut appended = Appended {
+            first_offset: self.next_offset,
+            publish_time,
+            retained_bytes: self.retained_bytes,
+            duplicates: Vec::new(),
+        };
+        let mut offset = self.next_offset;
+        for (index, message) in messages.iter().enumerate() {
+            if !message.id.is_empty() && !window.is_zero() {
+                if let Some(&(original, _)) = self.ids.get(&message.id) {
+                    appended.duplicates.push(Duplicate {
+                        index,
+                        offset: original,
+                    });
+                    continue;
+                }
+                self.ids.insert(message.id.clone(), (offset, publish_time));
+                self.stored.push_back((publish_time, message.id.clone()));
+            }
+            let stored = RamMessage::new(message, offset, publish_time);
+            self.retained_bytes += stored.size;
+            self.messages.push_back(stored);
+            offset += 1;
+        }
+        if offset > self.next_offset {
+            self.next_offset = offset;
+            self.last_publish = publish_time;
+        }
+        appended
+    }
+
+    /// Drops the oldest messages while the topic holds more than its
+    /// bound allows.
+    fn drop_beyond_bound(&mut self) {
+        while self
+            .retention
+            .memory_exceeded(self.next_offset - self.first_offset, self.retained_bytes)
+        {
+            let Some(oldest) = self.messages.pop_front() else {
+                break;
+            };
+            self.retained_bytes = self.retained_bytes.saturating_sub(oldest.size);
+            self.first_offset = oldest.message.offset + 1;
+        }
+    }
+
     /// Forgets the ids stored `window` or longer before `now`.
     fn forget_ids(&mut self, window: Duration, now: SystemTime) {
         while let Some((stored, _)) = self.stored.front() {
@@ -231,6 +492,15 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn head(first_offset: Offset, next_offset: Offset, retained_bytes: u64) -> LogHead {
+        LogHead {
+            first_offset,
+            next_offset,
+            retained_bytes,
+            last_publish: UNIX_EPOCH,
+        }
+    }
+
     fn sized(offset: Offset, publish_time: SystemTime, size: u64) -> RamMessage {
         RamMessage {
             message: StoredMessage {
@@ -248,19 +518,15 @@ mod tests {
 
     #[test]
     fn a_change_drops_below_its_first_offset_even_what_it_appends() {
-        let log = RamLog::starting_at(10);
+        let log = RamLog::starting_at(10, Duration::ZERO, Retention::default());
         let now = SystemTime::now();
         log.apply(LogChange {
-            first_offset: 10,
-            next_offset: 13,
-            retained_bytes: 30,
+            head: head(10, 13, 30),
             appended: (10..13).map(|o| sized(o, now, 10)).collect(),
             ..LogChange::default()
         });
         log.apply(LogChange {
-            first_offset: 14,
-            next_offset: 16,
-            retained_bytes: 20,
+            head: head(14, 16, 20),
             appended: (13..16).map(|o| sized(o, now, 10)).collect(),
             ..LogChange::default()
         });
@@ -279,12 +545,12 @@ mod tests {
 
     #[test]
     fn ids_are_forgotten_once_their_window_has_passed() {
-        let log = RamLog::starting_at(0);
+        let log = RamLog::starting_at(0, Duration::ZERO, Retention::default());
         let long_ago = SystemTime::now() - Duration::from_secs(3600);
         let now = SystemTime::now();
         let window = Duration::from_secs(60);
         log.apply(LogChange {
-            next_offset: 2,
+            head: head(0, 2, 0),
             ids: vec![("old".to_owned(), 0, long_ago), ("new".to_owned(), 1, now)],
             window,
             ..LogChange::default()
@@ -299,12 +565,11 @@ mod tests {
 
     #[test]
     fn offset_at_time_finds_the_first_message_at_or_after_it() {
-        let log = RamLog::starting_at(5);
+        let log = RamLog::starting_at(5, Duration::ZERO, Retention::default());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let at = |s| t0 + Duration::from_secs(s);
         log.apply(LogChange {
-            first_offset: 5,
-            next_offset: 8,
+            head: head(5, 8, 0),
             appended: vec![sized(5, at(0), 1), sized(6, at(2), 1), sized(7, at(4), 1)],
             ..LogChange::default()
         });
@@ -312,5 +577,120 @@ mod tests {
         assert_eq!(log.offset_at_time(at(1)), 6);
         assert_eq!(log.offset_at_time(at(4)), 7);
         assert_eq!(log.offset_at_time(at(5)), 8);
+    }
+
+    /// Remembers what a listener heard: appends as (first offset, count),
+    /// truncations as the new first offset.
+    #[derive(Default)]
+    struct Heard {
+        appended: Mutex<Vec<(Offset, usize)>>,
+        truncated: Mutex<Vec<Offset>>,
+    }
+
+    impl StoreListener for Heard {
+        fn appended(&self, _: TopicId, appended: &Appended, messages: Vec<NewMessage>) {
+            let mut heard = self.appended.lock().expect("not poisoned");
+            heard.push((appended.first_offset, messages.len()));
+        }
+
+        fn truncated(&self, _: TopicId, first_offset: Offset, _: u64) {
+            let mut heard = self.truncated.lock().expect("not poisoned");
+            heard.push(first_offset);
+        }
+    }
+
+    fn message(id: &str) -> NewMessage {
+        NewMessage {
+            payload: Bytes::from_static(b"m"),
+            id: id.to_owned(),
+            ..NewMessage::default()
+        }
+    }
+
+    fn appended_now(log: &Arc<RamLog>, messages: Vec<NewMessage>, heard: &Heard) -> Appended {
+        match log.append_now(TopicId(1), messages, Some(heard), 1) {
+            AppendNow::Appended { appended, .. } => appended,
+            other => panic!("not appended at once: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn append_now_stores_at_once_and_leaves_out_repeated_ids() {
+        let window = Duration::from_secs(60);
+        let log = Arc::new(RamLog::starting_at(0, window, Retention::default()));
+        log.reserved(Some(100));
+        let heard = Heard::default();
+        let batch = vec![message("a"), message("b"), message("a")];
+        let appended = appended_now(&log, batch, &heard);
+        assert_eq!(appended.first_offset, 0);
+        let repeated = Duplicate {
+            index: 2,
+            offset: 0,
+        };
+        assert_eq!(appended.duplicates, vec![repeated]);
+        let appended = appended_now(&log, vec![message("b"), message("c")], &heard);
+        assert_eq!(appended.first_offset, 2);
+        let repeated = Duplicate {
+            index: 0,
+            offset: 1,
+        };
+        assert_eq!(appended.duplicates, vec![repeated]);
+        assert_eq!(log.bounds().1, 3);
+        let heard = heard.appended.lock().expect("not poisoned").clone();
+        assert_eq!(heard, vec![(0, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn append_now_drops_the_oldest_beyond_the_bound_and_says_so() {
+        let retention = Retention {
+            max_messages: Some(2),
+            ..Retention::default()
+        };
+        let log = Arc::new(RamLog::starting_at(0, Duration::ZERO, retention));
+        log.reserved(Some(100));
+        let heard = Heard::default();
+        let appended = appended_now(&log, vec![message(""); 3], &heard);
+        assert_eq!(appended.retained_bytes, log.bounds().2);
+        assert_eq!(log.bounds().0, 1);
+        appended_now(&log, vec![message("")], &heard);
+        assert_eq!(log.bounds(), (2, 4, appended.retained_bytes));
+        let truncated = heard.truncated.lock().expect("not poisoned").clone();
+        assert_eq!(truncated, vec![1, 2]);
+    }
+
+    #[test]
+    fn claims_deletion_and_the_mark_keep_append_now_from_appending() {
+        let log = Arc::new(RamLog::starting_at(0, Duration::ZERO, Retention::default()));
+        let via_writer =
+            |messages: Vec<NewMessage>| match log.append_now(TopicId(1), messages, None, 1) {
+                AppendNow::ViaWriter(messages, claim) => (messages.len(), claim),
+                other => panic!("appended without the writer: {other:?}"),
+            };
+        // Nothing is reserved yet.
+        let (count, claim) = via_writer(vec![message(""); 2]);
+        assert_eq!(count, 2);
+        drop(claim);
+        log.reserved(Some(4));
+        let reserve = |messages| match log.append_now(TopicId(1), messages, None, 1) {
+            AppendNow::Appended { reserve, .. } => reserve,
+            other => panic!("not appended at once: {other:?}"),
+        };
+        assert!(!reserve(vec![message(""); 2]), "2 + 1 is within the mark");
+        assert!(reserve(vec![message(""); 2]), "4 + 1 is beyond it");
+        assert!(!reserve(Vec::new()), "asked once until it is written");
+        drop(via_writer(vec![message("")]).1);
+        let (claim, head) = log.claim();
+        assert_eq!(head.next_offset, 4);
+        let (_, queued) = via_writer(vec![message("")]);
+        drop(claim);
+        let _ = via_writer(vec![message("")]);
+        drop(queued);
+        log.reserved(Some(10));
+        assert!(!reserve(vec![message("")]), "every claim let go of");
+        log.delete();
+        assert!(matches!(
+            log.append_now(TopicId(1), Vec::new(), None, 1),
+            AppendNow::Deleted
+        ));
     }
 }

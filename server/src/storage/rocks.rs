@@ -45,7 +45,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
-use super::ram::{RamLog, RamLogs};
+use super::ram::{AppendNow, Claim, RamLog, RamLogs};
 use super::{
     Appended, Catalog, Commit, DeliveryUpdate, DuePosition, NewMessage, PendingAppend, ReadLimit,
     StorageClass, StorageTimings, Store, StoreError, StoreListener, StoreResult, StoredMessage,
@@ -397,6 +397,39 @@ impl RocksStore {
         Ok(reply_rx)
     }
 
+    /// Appends to memory topic `topic` without the writer when its log
+    /// can (see [`RamLog::append_now`]); `Err` hands the messages back
+    /// with the claim taken for the writer to append them.
+    fn append_now(
+        &self,
+        topic: TopicId,
+        log: &Arc<RamLog>,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<Result<Appended, (Vec<NewMessage>, Claim)>> {
+        if self.permits.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let listener = lock(&self.listener).clone();
+        let ahead = writer::RESERVED_OFFSETS / 2;
+        match log.append_now(topic, messages, listener.as_deref(), ahead) {
+            AppendNow::Appended { appended, reserve } => {
+                if reserve {
+                    // Nobody waits for it; a store closing drops it, and
+                    // the topic's appends then go through the writer once
+                    // they reach the mark.
+                    let request = Request {
+                        op: Op::Reserve { topic },
+                        permit: None,
+                    };
+                    let _ = self.requests_tx.send(request);
+                }
+                Ok(Ok(appended))
+            }
+            AppendNow::ViaWriter(messages, claim) => Ok(Err((messages, claim))),
+            AppendNow::Deleted => Err(StoreError::TopicNotFound(topic)),
+        }
+    }
+
     /// Asks the writer to write what is queued, sync and stop; `None` when
     /// it has stopped already.
     fn send_close(&self) -> Option<oneshot::Receiver<StoreResult<()>>> {
@@ -515,17 +548,27 @@ impl Store for RocksStore {
     }
 
     /// Returns once the append is in the writer's queue, which the writer
-    /// serves in order.
+    /// serves in order, or made: a memory topic's log makes an append at
+    /// once when it can, and hands it to the writer's queue (behind the
+    /// writer's changes to the topic) when it cannot.
     async fn start_append(
         &self,
         topic: TopicId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<PendingAppend> {
         self.disk_refusal()?;
+        let (messages, claim) = match self.ram_log(topic) {
+            Some(log) => match self.append_now(topic, &log, messages)? {
+                Ok(appended) => return Ok(Box::pin(std::future::ready(Ok(appended)))),
+                Err((messages, claim)) => (messages, Some(claim)),
+            },
+            None => (messages, None),
+        };
         let reply_rx = self
             .enqueue(|reply| Op::Append {
                 topic,
                 messages,
+                claim,
                 reply,
             })
             .await?;

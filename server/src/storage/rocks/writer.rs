@@ -8,9 +8,9 @@
 //! in-memory topic heads, which advance only when the batch was written. It
 //! never reads for callers and never runs on an async worker thread.
 //!
-//! Memory topics (see `ram`) take the same path but write no message data:
-//! their changes wait beside the batch and reach their logs once it is
-//! written.
+//! Memory topics (see `ram`) write no message data: most of their appends
+//! never come here, and the changes that do wait beside the batch and
+//! reach their logs once it is written.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ use super::{DbSlot, disk};
 use crate::names::{SubscriptionName, TopicName};
 use crate::offsets::{AckState, Offset};
 use crate::storage::codec;
-use crate::storage::ram::RamLogs;
+use crate::storage::ram::{Claim, RamLog, RamLogs};
 use crate::storage::{
     Appended, Commit, DeliveryUpdate, Duplicate, NewMessage, Retention, StorageClass, StoreError,
     StoreResult, SubscriptionId, SubscriptionRecord, SubscriptionSettings, TopicId, TopicRecord,
@@ -42,6 +42,7 @@ use crate::storage::{
 
 mod ram;
 
+pub(super) use ram::RESERVED_OFFSETS;
 use ram::{RamHead, RamPending};
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -83,10 +84,18 @@ pub(super) enum Op {
         drop_bytes: u64,
         reply: Reply<Offset>,
     },
+    /// `claim`: the claim a memory topic's log took for this append,
+    /// which the writer lets go of once it is answered.
     Append {
         topic: TopicId,
         messages: Vec<NewMessage>,
+        claim: Option<Claim>,
         reply: Reply<Appended>,
+    },
+    /// Stores a higher offset mark for a memory topic; nobody waits for
+    /// it (see `ram`).
+    Reserve {
+        topic: TopicId,
     },
     ForgetDelayed {
         topic: TopicId,
@@ -221,6 +230,12 @@ pub(super) struct Writer {
     /// Memory topics whose oldest messages the request being staged
     /// dropped, told to the listener after its appends.
     ram_dropped: Vec<Dropped>,
+    /// Claims on memory topics' logs that the batch being built holds,
+    /// let go of once its callers are answered.
+    claims: Vec<Claim>,
+    /// Offset marks of memory topics the batch being built stores, for
+    /// their logs once it is written.
+    reservations: Vec<(Arc<RamLog>, Offset)>,
     /// How long writes and syncs took.
     timings: Arc<Timings>,
 }
@@ -249,8 +264,9 @@ impl Writer {
             };
             // A memory topic starts empty at its reserved offset, which
             // its head record holds (see `ram`).
+            let (window, retention) = (topic.settings.dedup_window, topic.settings.retention);
             let ram = (topic.storage == StorageClass::Memory)
-                .then(|| RamHead::starting_at(topic.next_offset));
+                .then(|| RamHead::starting_at(topic.next_offset, window, retention));
             let head = TopicHead {
                 first_offset: topic.first_offset,
                 next_offset: topic.next_offset,
@@ -297,6 +313,8 @@ impl Writer {
             logs,
             ram_pending: HashMap::new(),
             ram_dropped: Vec::new(),
+            claims: Vec::new(),
+            reservations: Vec::new(),
             timings,
         })
     }
@@ -410,8 +428,14 @@ impl Writer {
             // what the broker's heads will say is there.
             self.apply_ram_pending();
         }
+        for (log, mark) in self.reservations.drain(..) {
+            log.reserved(result.is_ok().then_some(mark));
+        }
         let listener = lock(&self.listener).clone();
         batch.finish(result.as_ref().err(), listener.as_deref());
+        // Appends to the claimed memory topics may go on without the
+        // writer: the listener has heard of everything before them.
+        self.claims.clear();
     }
 
     /// Opens the database again after the disk was full, once there is
@@ -493,8 +517,10 @@ impl Writer {
             Op::Append {
                 topic,
                 messages,
+                claim,
                 reply,
             } => {
+                self.claims.extend(claim);
                 let staged = self.stage_append(topic, &messages, batch);
                 let dropped = std::mem::take(&mut self.ram_dropped);
                 batch.answer_append(reply, staged, (topic, messages), dropped);
@@ -550,6 +576,7 @@ impl Writer {
                 let staged = self.stage_delete_subscription(subscription, batch);
                 batch.answer(reply, staged);
             }
+            Op::Reserve { topic } => self.stage_reserve(topic, batch),
             Op::ForgetDelayed {
                 topic,
                 before,
@@ -579,6 +606,7 @@ impl Writer {
         messages: &[NewMessage],
         batch: &mut Batch<'_>,
     ) -> StoreResult<Appended> {
+        self.claim_ram(topic);
         let head = self
             .topics
             .get(&topic)
@@ -668,6 +696,7 @@ impl Writer {
         record: &TopicRecord,
         batch: &mut Batch<'_>,
     ) -> StoreResult<()> {
+        self.claim_ram(record.id);
         let head = self
             .topics
             .get_mut(&record.id)
@@ -715,7 +744,9 @@ impl Writer {
             last_publish: UNIX_EPOCH,
             dedup_window: record.settings.dedup_window,
             retention: record.settings.retention,
-            ram: (storage == StorageClass::Memory).then(|| RamHead::starting_at(0)),
+            ram: (storage == StorageClass::Memory).then(|| {
+                RamHead::starting_at(0, record.settings.dedup_window, record.settings.retention)
+            }),
         };
         self.windows.set(record.id, head.dedup_window);
         self.logs.set(record.id, head.ram_log());
@@ -764,6 +795,7 @@ impl Writer {
     }
 
     fn stage_delete_topic(&mut self, topic: TopicId, batch: &mut Batch<'_>) -> StoreResult<()> {
+        self.claim_ram(topic);
         let head = self
             .topics
             .remove(&topic)
@@ -927,6 +959,7 @@ mod tests {
             let op = Op::Append {
                 topic: TopicId(1),
                 messages: vec![message; 2],
+                claim: None,
                 reply,
             };
             requests_tx.send(request(op))?;

@@ -13,24 +13,33 @@
 //! A memory topic is bounded at every append: its oldest messages are
 //! dropped, in the same step, until it is within its retention's
 //! `max_bytes` (64 MiB when unset) and `max_messages`.
+//!
+//! Most appends to a memory topic never reach the writer: the store makes
+//! them in the log at once ([`RamLog::append_now`]), as long as the log
+//! is not claimed and the stored mark covers their offsets; an append that
+//! comes within half of [`RESERVED_OFFSETS`] of the mark asks the writer
+//! for a higher one ([`Op::Reserve`](super::Op::Reserve)), so that busy
+//! topics seldom wait for it. The writer claims a memory topic's log before
+//! it stages anything that changes it, takes its head over from the log
+//! then, and keeps the claim until the batch's callers are answered.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{TopicHead, Undo, Writer};
 use crate::offsets::Offset;
 use crate::storage::codec;
-use crate::storage::ram::{LogChange, RamLog, RamMessage};
+use crate::storage::ram::{LogChange, LogHead, RamLog, RamMessage};
 use crate::storage::rocks::batch::Batch;
 use crate::storage::rocks::dedup::id_hash;
 use crate::storage::{
-    Appended, Duplicate, NewMessage, StoreError, StoreResult, StoredMessage, TopicId,
+    Appended, Duplicate, NewMessage, Retention, StoreError, StoreResult, TopicId,
 };
 
 /// How many offsets a memory topic reserves with each mark it stores. A
 /// restart skips what was reserved and not used, at most this many
 /// offsets; a busy topic stores a mark once per this many messages.
-pub(super) const RESERVED_OFFSETS: u64 = 1 << 20;
+pub(in crate::storage::rocks) const RESERVED_OFFSETS: u64 = 1 << 20;
 
 /// The writer's view of a memory topic, beside its [`TopicHead`].
 #[derive(Debug, Clone)]
@@ -43,10 +52,11 @@ pub(super) struct RamHead {
 }
 
 impl RamHead {
-    /// An empty memory topic whose next offset is the stored mark.
-    pub(super) fn starting_at(reserved: Offset) -> Self {
+    /// An empty memory topic whose next offset is the stored mark, with
+    /// its settings.
+    pub(super) fn starting_at(reserved: Offset, window: Duration, retention: Retention) -> Self {
         Self {
-            log: Arc::new(RamLog::starting_at(reserved)),
+            log: Arc::new(RamLog::starting_at(reserved, window, retention)),
             reserved,
         }
     }
@@ -84,16 +94,66 @@ impl RamPending {
 }
 
 impl Writer {
-    /// The pending changes of a memory topic in this batch, begun if need
-    /// be. `head` is its head as it stands.
-    fn ram_pending(&mut self, topic: TopicId, head: &TopicHead) -> &mut RamPending {
-        let log = head.ram_log().expect("a memory topic has a log");
-        self.ram_pending.entry(topic).or_insert_with(|| RamPending {
-            log,
-            start: head.next_offset,
-            appended: Vec::new(),
-            ids: Vec::new(),
-        })
+    /// Claims the log of memory topic `topic` for the batch being built
+    /// (once) and takes its head over from the log; call it before reading
+    /// the topic's head. Does nothing for other topics.
+    pub(super) fn claim_ram(&mut self, topic: TopicId) {
+        if self.ram_pending.contains_key(&topic) {
+            return;
+        }
+        let Some(head) = self.topics.get_mut(&topic) else {
+            return;
+        };
+        let Some(log) = head.ram_log() else {
+            return;
+        };
+        let (claim, now) = log.claim();
+        let LogHead {
+            first_offset,
+            next_offset,
+            retained_bytes,
+            last_publish,
+        } = now;
+        head.first_offset = first_offset;
+        head.next_offset = next_offset;
+        head.retained_bytes = retained_bytes;
+        head.last_publish = last_publish;
+        self.claims.push(claim);
+        self.ram_pending.insert(
+            topic,
+            RamPending {
+                log,
+                start: next_offset,
+                appended: Vec::new(),
+                ids: Vec::new(),
+            },
+        );
+    }
+
+    /// [`Op::Reserve`](super::Op::Reserve): stores an offset mark
+    /// [`RESERVED_OFFSETS`] above the topic's next offset, unless a higher
+    /// one is stored; the log hears of it once the batch is written.
+    pub(super) fn stage_reserve(&mut self, topic: TopicId, batch: &mut Batch<'_>) {
+        let Some(head) = self.topics.get(&topic) else {
+            return;
+        };
+        let Some(ram) = &head.ram else {
+            return;
+        };
+        let log = Arc::clone(&ram.log);
+        let mark = head.next_offset.max(log.next_offset()) + RESERVED_OFFSETS;
+        if mark > ram.reserved {
+            self.undo.push(Undo::Topic(topic, Some(head.clone())));
+            let ram = self
+                .topics
+                .get_mut(&topic)
+                .and_then(|head| head.ram.as_mut())
+                .expect("looked up above");
+            ram.reserved = mark;
+            batch.put_reserved_offsets(topic, mark);
+        }
+        // The mark stored once the batch is written, this one or higher.
+        self.reservations.push((log, mark));
     }
 
     /// [`Writer::stage_append`] for a memory topic: nothing of the messages
@@ -116,13 +176,15 @@ impl Writer {
         if messages.is_empty() {
             return appended;
         }
-        self.ram_pending(topic, &head);
         self.undo.push(Undo::Topic(topic, Some(head)));
         let head = self
             .topics
             .get_mut(&topic)
             .expect("looked up by the caller");
-        let pending = self.ram_pending.get_mut(&topic).expect("begun above");
+        let pending = self
+            .ram_pending
+            .get_mut(&topic)
+            .expect("claimed by the caller");
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !head.dedup_window.is_zero() {
@@ -143,20 +205,9 @@ impl Writer {
                 pending.ids.push((message.id.clone(), offset, publish_time));
                 in_batch.insert(id, offset);
             }
-            let size = codec::stored_size(codec::encoded_len(message, publish_time));
-            pending.appended.push(RamMessage {
-                message: StoredMessage {
-                    offset,
-                    publish_time,
-                    payload: message.payload.clone(),
-                    key: message.key.clone(),
-                    attributes: message.attributes.clone(),
-                    id: message.id.clone(),
-                    deliver_at: message.due(publish_time),
-                },
-                size,
-            });
-            head.retained_bytes += size;
+            let stored = RamMessage::new(message, offset, publish_time);
+            head.retained_bytes += stored.size;
+            pending.appended.push(stored);
             offset += 1;
         }
         let stored = offset - appended.first_offset;
@@ -194,6 +245,7 @@ impl Writer {
         before: Offset,
         drop_bytes: u64,
     ) -> StoreResult<(Offset, u64)> {
+        self.claim_ram(topic);
         let head = self
             .topics
             .get(&topic)
@@ -210,10 +262,9 @@ impl Writer {
         if before <= head.first_offset && drop_bytes == 0 {
             return Ok(result);
         }
-        self.ram_pending(topic, &head);
         self.undo.push(Undo::Topic(topic, Some(head)));
         let head = self.topics.get_mut(&topic).expect("looked up above");
-        let pending = self.ram_pending.get_mut(&topic).expect("begun above");
+        let pending = self.ram_pending.get_mut(&topic).expect("claimed above");
         drop_oldest(head, pending, |head, dropped| {
             head.first_offset < before || dropped < drop_bytes
         });
@@ -221,19 +272,25 @@ impl Writer {
     }
 
     /// Applies the batch's changes to memory topics' logs; the batch was
-    /// written. A topic deleted meanwhile is skipped.
+    /// written. A topic deleted by it is marked so in its log.
     pub(super) fn apply_ram_pending(&mut self) {
         for (topic, pending) in self.ram_pending.drain() {
             let Some(head) = self.topics.get(&topic) else {
+                pending.log.delete();
                 continue;
             };
             pending.log.apply(LogChange {
-                first_offset: head.first_offset,
-                next_offset: head.next_offset,
-                retained_bytes: head.retained_bytes,
+                head: LogHead {
+                    first_offset: head.first_offset,
+                    next_offset: head.next_offset,
+                    retained_bytes: head.retained_bytes,
+                    last_publish: head.last_publish,
+                },
+                reserved: head.ram.as_ref().map_or(0, |ram| ram.reserved),
                 appended: pending.appended,
                 ids: pending.ids,
                 window: head.dedup_window,
+                retention: head.retention,
             });
         }
     }
