@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use tidings::v1::{
-    AckRequest, CommitRequest, CommitResponse, CreateSubscriptionRequest, DeadLetterPolicy,
-    PublishMessage, PublishRequest, RejectRequest,
+    AckRequest, CommitRequest, CommitResponse, CreateSubscriptionRequest, CreateTopicRequest,
+    DeadLetterPolicy, PublishMessage, PublishRequest, RejectRequest, StorageClass,
 };
 use tidings_client::Message;
 use tidings_tests::{
@@ -156,6 +156,26 @@ async fn an_acknowledgement_without_a_publish_and_a_publish_without_one_are_comm
     Ok(())
 }
 
+/// The result of the one racer for `offset` whose commit was stored; the
+/// others' were ABORTED.
+fn the_one_stored(
+    offset: u64,
+    outcomes: Vec<(
+        String,
+        Result<tonic::Response<CommitResponse>, tonic::Status>,
+    )>,
+) -> String {
+    let mut stored = Vec::new();
+    for (result, outcome) in outcomes {
+        match outcome {
+            Ok(_) => stored.push(result),
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+        }
+    }
+    assert_eq!(stored.len(), 1, "offset {offset}: {stored:?} committed");
+    stored.remove(0)
+}
+
 #[tokio::test]
 async fn of_commits_racing_for_one_message_exactly_one_is_stored() -> anyhow::Result<()> {
     const MESSAGES: u64 = 20;
@@ -187,15 +207,7 @@ async fn of_commits_racing_for_one_message_exactly_one_is_stored() -> anyhow::Re
             }
         });
         let outcomes = within(futures::future::join_all(racers)).await?;
-        let mut stored = Vec::new();
-        for (result, outcome) in outcomes {
-            match outcome {
-                Ok(_) => stored.push(result),
-                Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
-            }
-        }
-        assert_eq!(stored.len(), 1, "offset {offset}: {stored:?} committed");
-        winners.extend(stored);
+        winners.insert(the_one_stored(offset, outcomes));
     }
     let results: BTreeSet<String> = contents(&client, "results", "check")
         .await?
@@ -206,6 +218,72 @@ async fn of_commits_racing_for_one_message_exactly_one_is_stored() -> anyhow::Re
         "the topic holds exactly the winners' results"
     );
     assert_eq!(get_subscription(&client, "workers").await?.backlog, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_commit_to_a_memory_and_a_disk_topic_stores_in_both_or_neither() -> anyhow::Result<()> {
+    const MESSAGES: u64 = 10;
+    const RACERS: usize = 3;
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    create_topic(&client, "work").await?;
+    create_topic(&client, "audit").await?;
+    let memory = CreateTopicRequest {
+        name: "results".into(),
+        storage: StorageClass::Memory.into(),
+        ..CreateTopicRequest::default()
+    };
+    client.admin_service().create_topic(memory).await?;
+    create_subscription(&client, "workers", "work", 60).await?;
+    let jobs: Vec<String> = (0..MESSAGES).map(|i| format!("job-{i}")).collect();
+    publish(
+        &client,
+        "work",
+        &jobs.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
+
+    let (mut winners, mut plain) = (BTreeSet::new(), BTreeSet::new());
+    for offset in 0..MESSAGES {
+        // Racers commit a result to both topics with the acknowledgement,
+        // while a publisher without a commit writes to the memory topic.
+        let racers = (0..RACERS).map(|racer| {
+            let client = client.clone();
+            async move {
+                let result = format!("{offset}-by-{racer}");
+                let publishes = vec![
+                    publishing("results", &[&result]),
+                    publishing("audit", &[&result]),
+                ];
+                let outcome = commit(&client, publishes, vec![acking("workers", &[offset])]).await;
+                (result, outcome)
+            }
+        });
+        let alone = format!("plain-{offset}");
+        let (outcomes, published) = within(futures::future::join(
+            futures::future::join_all(racers),
+            publish(&client, "results", &[&alone]),
+        ))
+        .await?;
+        published?;
+        plain.insert(alone);
+        winners.insert(the_one_stored(offset, outcomes));
+    }
+    let audit: BTreeSet<String> = contents(&client, "audit", "check")
+        .await?
+        .into_iter()
+        .collect();
+    assert_eq!(audit, winners, "the disk topic holds exactly the winners'");
+    let results: BTreeSet<String> = contents(&client, "results", "check-results")
+        .await?
+        .into_iter()
+        .collect();
+    let expected: BTreeSet<String> = winners.union(&plain).cloned().collect();
+    assert_eq!(
+        results, expected,
+        "the memory topic: the winners' and the plain publishes"
+    );
     Ok(())
 }
 

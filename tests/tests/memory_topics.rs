@@ -1,8 +1,9 @@
 //! Memory topics end to end: messages kept in the broker's memory are
 //! published, delivered and acknowledged like any others, bounded by the
 //! topic's `max_bytes` at each publish, gone after a restart while the topic
-//! and its subscriptions stay and offsets go on; the storage class is fixed
-//! and refused when it is not one.
+//! and its subscriptions stay and offsets go on; publishers at once get
+//! ranges of their own, delivered in offset order; the storage class is
+//! fixed and refused when it is not one.
 
 use prost_types::FieldMask;
 use tidings::v1::{CreateTopicRequest, RetentionPolicy, StorageClass, Topic, UpdateTopicRequest};
@@ -105,6 +106,64 @@ async fn a_publish_beyond_max_bytes_drops_the_oldest_at_once() -> anyhow::Result
         .await?;
     assert_eq!(offsets(&delivered).first(), Some(&topic.first_offset));
     assert_eq!(offsets(&delivered).last(), Some(&9));
+    Ok(())
+}
+
+#[tokio::test]
+async fn publishers_at_once_get_contiguous_ranges_and_a_stream_sees_them_in_order()
+-> anyhow::Result<()> {
+    const PUBLISHERS: usize = 6;
+    const PUBLISHES: usize = 40;
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    create(&client, memory_topic("quotes", None)).await?;
+    let mut stream = Deliveries::open(&client, subscribe_request("tape", "quotes")).await?;
+    let publishers = (0..PUBLISHERS).map(|publisher| {
+        let client = broker.client();
+        async move {
+            let mut landed = Vec::new();
+            for publish_no in 0..PUBLISHES {
+                let len = 1 + (publisher + publish_no) % 3;
+                let tags: Vec<String> = (0..len)
+                    .map(|i| format!("{publisher}/{publish_no}/{i}"))
+                    .collect();
+                let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+                let offsets = publish(&client, "quotes", &refs).await?;
+                landed.push((offsets, tags));
+            }
+            anyhow::Ok(landed)
+        }
+    });
+    let mut by_offset = std::collections::BTreeMap::new();
+    for landed in within(futures::future::try_join_all(publishers)).await?? {
+        let mut last = None;
+        for (offsets, tags) in landed {
+            assert!(
+                offsets.windows(2).all(|w| w[1] == w[0] + 1),
+                "one publish, one range: {offsets:?}"
+            );
+            assert!(last < offsets.first().copied(), "a publisher's ranges rise");
+            last = offsets.last().copied();
+            for (offset, tag) in offsets.into_iter().zip(tags) {
+                assert!(by_offset.insert(offset, tag).is_none(), "{offset} twice");
+            }
+        }
+    }
+    let count = by_offset.len();
+    assert_eq!(
+        by_offset.keys().copied().collect::<Vec<_>>(),
+        (0..u64::try_from(count)?).collect::<Vec<_>>(),
+        "no offset skipped"
+    );
+    let delivered = stream.next_n(count).await?;
+    assert_eq!(
+        offsets(&delivered),
+        by_offset.keys().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        payloads(&delivered),
+        by_offset.into_values().collect::<Vec<_>>()
+    );
     Ok(())
 }
 
