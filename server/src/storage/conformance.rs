@@ -402,7 +402,7 @@ async fn memory_topics_keep_order_under_concurrent_appends_and_commits(
         .id;
     // Every fourth batch is a commit with a message for the disk topic.
     let append = move |store: SharedStore, turn: usize, batch| async move {
-        if turn % 4 != 0 {
+        if !turn.is_multiple_of(4) {
             return Ok(store.append(memory, batch).await?.first_offset);
         }
         let commit = Commit {
@@ -428,7 +428,7 @@ async fn memory_topics_keep_order_under_concurrent_appends_and_commits(
     }
     ensure!(heard_next == expected_next, "every append heard");
     let commits = (0..tasks)
-        .flat_map(|task| (0..batches).filter(move |batch| (task + batch) % 4 == 0))
+        .flat_map(|task| (0..batches).filter(move |batch| (task + batch).is_multiple_of(4)))
         .count();
     ensure!(next_offset(&store, disk).await? == commits as u64);
     Ok(())
