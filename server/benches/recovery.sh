@@ -19,7 +19,8 @@
 # Prints a line per restart (`restart case=... ms=...`), each case's min and
 # median, and the broker's own log lines of each start (timestamps of
 # storage opened, broker opened, serving) to profile where the time goes.
-# Needs about COUNT x 300 B of disk; removes the data directory at the end.
+# Needs about COUNT x 300 B of disk; removes the data directory at the end
+# unless KEEP_DATA is set (to read RocksDB's own LOG in it, say).
 # With TIDINGS_BIN_DIR set, uses the binaries there.
 set -euo pipefail
 COUNT=${1:-10000000}
@@ -36,7 +37,7 @@ dir=$(mktemp -d)
 pid=
 stop() {
     [ -n "$pid" ] && { kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-    rm -rf "$dir"
+    if [ -n "${KEEP_DATA:-}" ]; then echo "# kept $dir"; else rm -rf "$dir"; fi
 }
 trap stop EXIT
 
@@ -87,15 +88,17 @@ published=$COUNT
 
 # restarts CASE EXPECTED_DELAYED: the kill -9 and restart rounds.
 restarts() {
-    local case=$1 delayed=$2 times=() r backlog waiting
+    local case=$1 delayed=$2 times=() r backlog waiting wal
     for r in $(seq "$RESTARTS"); do
         kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+        # The write-ahead log the start replays.
+        wal=$(find "$dir/data" -name '*.log' -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s / 1048576 }')
         local load
         load=$(cut -d' ' -f1 /proc/loadavg)
         launch "case=$case round=$r"
         backlog=$(field s0 backlog)
         waiting=$(field s0 delayed)
-        echo "restart case=$case round=$r ms=$took_ms backlog=$backlog delayed=${waiting:-0} load=$load"
+        echo "restart case=$case round=$r ms=$took_ms wal_mib=$wal backlog=$backlog delayed=${waiting:-0} load=$load"
         [ "$backlog" -ge "$published" ] || { echo "LOST: backlog $backlog < $published published" >&2; exit 1; }
         times+=("$took_ms")
         if [ "$r" -lt "$RESTARTS" ]; then
