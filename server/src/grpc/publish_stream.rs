@@ -16,12 +16,14 @@
 //! read them stops the task too.
 //!
 //! Shutdown: when `stop` is cancelled the task stops reading, answers
-//! every request it started, and ends the stream with UNAVAILABLE. A
+//! every request it started, and ends the stream with UNAVAILABLE; it then
+//! drops what the publisher still sends for a moment, so that the
+//! connection stays open until the publisher has read that status. A
 //! publisher that half-closes gets its answers and then OK. Nothing here
 //! decides how a publish is stored.
 
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use futures::stream::{FuturesOrdered, StreamExt as _};
@@ -51,6 +53,11 @@ pub(super) const WINDOW_REQUESTS: usize = 1024;
 /// always read when none waits, whatever its size (the transport limit
 /// bounds it).
 pub(super) const WINDOW_BYTES: usize = 16 << 20;
+
+/// How long a stream that ended with a status goes on reading what the
+/// publisher still sends (see [`linger`]): time for the publisher to read
+/// the status and stop.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Answers buffered between the stream's task and the transport.
 const ANSWERS_BUFFERED: usize = 128;
@@ -116,12 +123,16 @@ async fn run(
 ) {
     let mut waiting = FuturesOrdered::new();
     let mut waiting_bytes = 0;
+    // One future for the whole loop: a fresh one per turn would register
+    // with the token, and leave it, for every request.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let end = loop {
         let room =
             waiting.len() < WINDOW_REQUESTS && (waiting_bytes < WINDOW_BYTES || waiting.is_empty());
         tokio::select! {
             biased;
-            () = stop.cancelled() => break Some(Status::unavailable(SHUTTING_DOWN)),
+            () = &mut stopped => break Some(Status::unavailable(SHUTTING_DOWN)),
             Some((answer, bytes)) = waiting.next(), if !waiting.is_empty() => {
                 waiting_bytes -= bytes;
                 if answers_tx.send(Ok(answer)).await.is_err() {
@@ -150,8 +161,22 @@ async fn run(
         debug!(code = ?status.code(), "ending");
         // The last word: a blocking send. It fails only when the publisher
         // is gone.
-        let _ = answers_tx.send(Err(status)).await;
+        if answers_tx.send(Err(status)).await.is_ok() {
+            drop(answers_tx);
+            linger(requests).await;
+        }
     }
+}
+
+/// Reads and drops what the publisher still sends after the stream's
+/// status went out, until it stops or [`LINGER`] has passed. While a
+/// request stream is open its connection stays open too, even as the
+/// broker shuts down; a connection closed with data unread in it is reset
+/// by the system, and a reset can destroy the status before the publisher
+/// has read it.
+async fn linger(mut requests: impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin) {
+    let drained = async { while let Some(Ok(_)) = requests.next().await {} };
+    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 impl Start for PublishStream {
@@ -256,14 +281,14 @@ mod tests {
         }
     }
 
-    /// Requests without end, each of one message of `payload_bytes`;
-    /// `pulled` counts those read.
+    /// Four windows of requests, each of one message of `payload_bytes`,
+    /// then none, the stream staying open; `pulled` counts those read.
     fn endless(
         payload_bytes: usize,
         pulled: &Arc<AtomicUsize>,
     ) -> impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin + use<> {
         let pulled = Arc::clone(pulled);
-        futures::stream::iter(0..).map(move |_: u64| {
+        let requests = futures::stream::iter(0..4 * WINDOW_REQUESTS).map(move |_| {
             pulled.fetch_add(1, Ordering::SeqCst);
             Ok(v1::PublishRequest {
                 topic: "t".into(),
@@ -272,7 +297,8 @@ mod tests {
                     ..Default::default()
                 }],
             })
-        })
+        });
+        requests.chain(futures::stream::pending())
     }
 
     /// Returns once every other task is idle: with the clock paused, a
@@ -338,7 +364,7 @@ mod tests {
         idle().await;
         stop.cancel();
         idle().await;
-        let started = pulled.load(Ordering::SeqCst);
+        let started = held.release.lock().expect("not poisoned").len();
         for index in (0..started).rev() {
             held.release(index);
         }
@@ -354,10 +380,9 @@ mod tests {
         assert_eq!(end.code(), tonic::Code::Unavailable);
         assert_eq!(end.message(), SHUTTING_DOWN);
         assert!(answers_rx.recv().await.is_none());
-        assert_eq!(
-            pulled.load(Ordering::SeqCst),
-            started,
-            "read after the stop"
-        );
+        // What the publisher sent after the stop was read, to keep the
+        // connection open while it reads the status, but not started.
+        assert_eq!(pulled.load(Ordering::SeqCst), 4 * WINDOW_REQUESTS);
+        assert_eq!(held.release.lock().expect("not poisoned").len(), started);
     }
 }
