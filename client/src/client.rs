@@ -20,6 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::commit::Commit;
 use crate::error::{Error, Result};
+use crate::publish_stream::PublishStream;
 use crate::publisher::{Publisher, PublisherBuilder};
 use crate::security::{BearerToken, TlsOptions, Transport};
 use crate::subscriber::SubscriberBuilder;
@@ -145,24 +146,14 @@ impl Client {
             .publish(request)
             .await?
             .into_inner();
-        let offsets = response.offsets;
-        if offsets.len() != count {
-            return Err(tonic::Status::internal(format!(
-                "the broker answered {} offsets for {count} messages published to {topic:?}",
-                offsets.len()
-            ))
-            .into());
-        }
-        // A broker from before deduplication answers no flags: nothing
-        // was a duplicate.
-        let mut duplicates = response.duplicates.into_iter();
-        Ok(offsets
-            .into_iter()
-            .map(|offset| Published {
-                offset,
-                duplicate: duplicates.next().unwrap_or(false),
-            })
-            .collect())
+        published(topic, count, response.offsets, response.duplicates)
+    }
+
+    /// A [`PublishStream`]: one long-lived `PublishStream` call on this
+    /// channel, opened by its first publish, that carries many publishes
+    /// (the stream's form of [`Client::publish_batch`]).
+    pub fn publish_stream(&self) -> PublishStream {
+        PublishStream::new(self.clone())
     }
 
     /// Starts a [`Commit`]: publishes and acknowledgements stored by one
@@ -191,6 +182,11 @@ impl Client {
         SubscriberBuilder::new(self.clone(), subscription.into())
     }
 
+    /// The deadline of each unary call, if one is set.
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+
     /// Wraps `message` in a request carrying the unary request timeout, if
     /// one is set.
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -200,6 +196,37 @@ impl Client {
         }
         request
     }
+}
+
+/// The answer to a publish of `count` messages to `topic`, from the
+/// broker's `offsets` and `duplicates`.
+///
+/// # Errors
+/// `INTERNAL` when the broker answered another number of offsets than
+/// messages.
+pub(crate) fn published(
+    topic: &str,
+    count: usize,
+    offsets: Vec<u64>,
+    duplicates: Vec<bool>,
+) -> Result<Vec<Published>> {
+    if offsets.len() != count {
+        return Err(tonic::Status::internal(format!(
+            "the broker answered {} offsets for {count} messages published to {topic:?}",
+            offsets.len()
+        ))
+        .into());
+    }
+    // A broker from before deduplication answers no flags: nothing was a
+    // duplicate.
+    let mut duplicates = duplicates.into_iter();
+    Ok(offsets
+        .into_iter()
+        .map(|offset| Published {
+            offset,
+            duplicate: duplicates.next().unwrap_or(false),
+        })
+        .collect())
 }
 
 /// Settings of a connection; made by [`Client::builder`].

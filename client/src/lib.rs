@@ -10,8 +10,11 @@
 //!   nothing from its subscriptions;
 //! - a [`Publisher`]: [`Publisher::publish`] queues a message and returns
 //!   a future of its offset; a background task sends queued messages in
-//!   batches, several batches at a time, from a bounded queue, and sends a
-//!   batch again only when its call never reached the broker;
+//!   batches, several batches at a time, as requests on one long-lived
+//!   `PublishStream` call (or unary `Publish` calls), from a bounded queue,
+//!   and sends a batch again only when it never reached the broker;
+//! - [`Client::publish_batch`] and [`PublishStream`]: one request of
+//!   messages, stored together, as a unary call or on a shared stream;
 //! - a [`Subscriber`]: a [`Stream`](futures::Stream) of [`Delivery`]
 //!   values, each settled with an ack, a nack (optionally with an error:
 //!   [`Delivery::nack_with_error`]) or a reject ([`Delivery::reject`]: never
@@ -79,7 +82,8 @@
 //! # Layout
 //! `client.rs` connects; `admin.rs` holds the admin calls; `types.rs` (with
 //! `types/topic.rs`: topics and their retention) the plain data; `publisher.rs` (with `publisher/`: its task, its calls and
-//! retries, its queue limits, its pause) and `batch.rs` the publisher;
+//! retries, its queue limits, its pause), `batch.rs` and
+//! `publish_stream.rs` (the shared `PublishStream` call) the publisher;
 //! `subscriber.rs`, `reader.rs`, `delivery.rs`, `settle.rs` (with
 //! `settle/`: its requests) and `lease.rs` the subscriber. The raw
 //! generated API stays reachable as [`v1`] (and through
@@ -97,6 +101,7 @@ mod commit;
 mod delivery;
 mod error;
 mod lease;
+mod publish_stream;
 mod publisher;
 mod read;
 mod reader;
@@ -114,6 +119,7 @@ pub use client::{
 pub use commit::Commit;
 pub use delivery::{Delivery, MAX_ERROR_BYTES, MAX_NACK_DELAY, SettleFuture};
 pub use error::{Error, Result};
+pub use publish_stream::PublishStream;
 pub use publisher::{
     DEFAULT_LINGER, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, DEFAULT_RETRY_WINDOW, PublishFuture,
@@ -144,6 +150,7 @@ mod tests {
     fn handles_can_cross_tasks() {
         send_sync::<Client>();
         send_sync::<Publisher>();
+        send_sync::<PublishStream>();
         send_sync::<Delivery>();
         send_sync::<Error>();
         send::<PublishFuture>();

@@ -1,11 +1,12 @@
 //! [`Publisher`]: a cheap handle to a background task that batches queued
-//! messages into `Publish` calls, keeps several batches in flight, and
-//! resolves each message's [`PublishFuture`] with its offset or the error
-//! of its batch.
+//! messages into requests on a `PublishStream` call (or into `Publish`
+//! calls), keeps several batches in flight, and resolves each message's
+//! [`PublishFuture`] with its offset or the error of its batch.
 //!
 //! This module holds the public API: the handle, the future and the
-//! builder. The task lives in `publisher/task.rs`, the `Publish` call and
-//! its retries in `publisher/send.rs`, the queue limits in
+//! builder. The task lives in `publisher/task.rs`, the sending of a batch
+//! (stream or call, retries, the fallback to calls) in
+//! `publisher/send.rs`, the queue limits in
 //! `publisher/room.rs` and the ordered publisher's pause in
 //! `publisher/pause.rs`; the batching decisions in `batch.rs`. Nothing here
 //! retries a `Publish` that may have reached the broker (that could store
@@ -37,7 +38,7 @@ use crate::types::Message;
 use pause::Pause;
 use room::Granted;
 pub(crate) use room::{Permit, Room};
-use send::{RetrySettings, Sender};
+use send::{RetrySettings, Route, Sender};
 use task::{Command, Task, TaskConfig};
 
 /// The default [`PublisherBuilder::max_batch_messages`].
@@ -88,9 +89,9 @@ pub enum WhenQueueFull {
 /// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) bytes, waiting at
 /// most [`linger`](PublisherBuilder::linger) after a batch's first message,
 /// and keeps up to [`max_in_flight`](PublisherBuilder::max_in_flight)
-/// `Publish` calls running at once. Messages queued together leave
-/// together: by default (no linger) a message is sent as soon as a call
-/// slot is free, with every message queued behind it, and while all slots
+/// batches waiting for their answers at once (see "Transport"). Messages
+/// queued together leave together: by default (no linger) a message is
+/// sent as soon as a slot is free, with every message queued behind it, and while all slots
 /// are busy new messages gather into the next batch — so batches grow with
 /// the load and a lone message is never held back.
 ///
@@ -112,16 +113,41 @@ pub enum WhenQueueFull {
 /// When a message finds the queue full, the batch being gathered leaves
 /// without waiting for the rest of its linger.
 ///
+/// # Transport
+/// By default the batches go as requests on one long-lived
+/// `PublishStream` call of the publisher's own, opened by its first batch
+/// and opened again by the first batch after it ended, with up to
+/// `max_in_flight` requests waiting for their answers; a batch is one
+/// request, as it would be one `Publish` call. A broker that answers
+/// `PublishStream` with `UNIMPLEMENTED` (one from before it) stored
+/// nothing: the batch goes as a unary `Publish` call, and so does every
+/// later one of this publisher. A lone message larger than
+/// [`max_batch_bytes`](PublisherBuilder::max_batch_bytes) always goes as a
+/// unary call, so that a request over the broker's size limit cannot end
+/// the stream. [`publish_stream(false)`](PublisherBuilder::publish_stream)
+/// asks for unary calls only (for proxies that cut long-lived calls).
+///
+/// Everything below holds on either transport. A request the broker
+/// refuses on the stream fails its messages with the status a `Publish`
+/// call would have failed with, and the stream goes on. When the stream
+/// ends — the broker shut down or restarted, the connection broke — the
+/// batches it had not answered fail or are sent again exactly as `Publish`
+/// calls cut off the same way (see Retries), and the next batch opens a new
+/// stream. With a [request timeout](crate::ClientBuilder::request_timeout),
+/// a batch not answered in time fails as a timed-out call, and the stream
+/// is closed for a new one.
+///
 /// # Retries
-/// A batch whose `Publish` call never reached the broker — the connection
-/// could not be made (refused, unreachable, connect timeout, TLS
+/// A batch that never reached the broker — the connection for its call or
+/// its stream could not be made (refused, unreachable, connect timeout, TLS
 /// handshake) — is sent again, with backoff
 /// ([`retry_backoff`](PublisherBuilder::retry_backoff), 50 ms doubling to
 /// 5 s), until [`retry_window`](PublisherBuilder::retry_window) (default
 /// 30 s) has passed since its first attempt; then it fails with that
 /// `UNAVAILABLE`. Nothing else is retried, since the broker may have stored
-/// a batch whose answer was lost: not the broker's own `UNAVAILABLE`, not a
-/// connection that broke during the call, not a request timeout. Those fail
+/// a batch whose answer was lost: not the broker's own `UNAVAILABLE` (nor
+/// a stream it ended with `UNAVAILABLE`), not a connection that broke
+/// during the call, not a request timeout. Those fail
 /// the batch at once. When the broker refuses a batch of several messages
 /// as `INVALID_ARGUMENT` (say one message is too large), the messages are
 /// sent again one by one, in order, so that only the bad one fails.
@@ -426,6 +452,7 @@ pub struct PublisherBuilder {
     max_queued_bytes: usize,
     when_full: WhenQueueFull,
     retry: RetrySettings,
+    stream: bool,
 }
 
 impl PublisherBuilder {
@@ -447,18 +474,20 @@ impl PublisherBuilder {
                 backoff_min: backoff::DEFAULT_MIN,
                 backoff_max: backoff::DEFAULT_MAX,
             },
+            stream: true,
         }
     }
 
-    /// Most messages in one `Publish` call (default 1000; 0 counts as 1).
+    /// Most messages in one batch: one request, or one `Publish` call
+    /// (default 1000; 0 counts as 1).
     pub fn max_batch_messages(mut self, max: usize) -> Self {
         self.limits.max_messages = max.max(1);
         self
     }
 
-    /// Most bytes in one `Publish` call (default 1 MiB); a larger message
-    /// is sent alone. Keep it under the broker's request limit (4 MiB by
-    /// default).
+    /// Most bytes in one batch (default 1 MiB); a larger message
+    /// is sent alone, as a unary `Publish` call. Keep it under the broker's
+    /// request limit (4 MiB by default).
     pub fn max_batch_bytes(mut self, max: usize) -> Self {
         self.limits.max_bytes = max.max(1);
         self
@@ -473,7 +502,8 @@ impl PublisherBuilder {
         self
     }
 
-    /// Most `Publish` calls running at once (default 8; 0 counts as 1).
+    /// Most batches waiting for their answers at once, as requests on the
+    /// stream or as calls (default 8; 0 counts as 1).
     /// With 1 the publisher is ordered: messages are stored in publish
     /// order, and a failure pauses it until [`Publisher::resume`].
     pub fn max_in_flight(mut self, max: usize) -> Self {
@@ -520,6 +550,16 @@ impl PublisherBuilder {
         self
     }
 
+    /// Whether batches go as requests on one long-lived `PublishStream`
+    /// call (true, the default) or as unary `Publish` calls (false): for a
+    /// network path (a proxy, a load balancer) that cuts long-lived calls,
+    /// or to measure the unary shape. Either way the answers, order,
+    /// errors and retries are the same; see "Transport" on [`Publisher`].
+    pub fn publish_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
     /// Starts the publisher's task.
     ///
     /// # Panics
@@ -530,6 +570,7 @@ impl PublisherBuilder {
         let pause = Arc::new(Pause::default());
         let ordered = self.max_in_flight == 1;
         let sender = Sender {
+            route: Route::new(&self.client, self.stream, self.limits.max_bytes),
             client: self.client,
             topic: self.topic.clone(),
             retry: self.retry,

@@ -88,28 +88,42 @@ async fn concurrent_publishes_get_every_offset_exactly_once() -> anyhow::Result<
     Ok(())
 }
 
-/// What a stand-in broker does with `Publish`; it refuses every other
-/// call of the publisher service.
+/// The answers of a stand-in's `PublishStream` call.
+type AnswerStream = futures::stream::BoxStream<'static, Result<PublishStreamResponse, Status>>;
+
+/// What a stand-in broker does with `Publish` and `PublishStream`; it
+/// refuses every other call of the publisher service.
 #[tonic::async_trait]
 trait StandInPublish: Send + Sync + 'static {
     async fn publish(
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status>;
-}
 
-/// The publisher service of a stand-in broker.
-struct StandInService<T>(T);
-
-#[tonic::async_trait]
-impl<T: StandInPublish> PublisherService for StandInService<T> {
-    type PublishStreamStream = tokio_stream::Empty<Result<PublishStreamResponse, Status>>;
-
+    /// Refused, as by a broker from before `PublishStream`, unless a
+    /// stand-in says otherwise.
     async fn publish_stream(
         &self,
         _: Request<tonic::Streaming<PublishRequest>>,
-    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+    ) -> Result<Response<AnswerStream>, Status> {
         Err(Status::unimplemented("a stand-in publishes only"))
+    }
+}
+
+/// The publisher service of a stand-in broker; its second field counts the
+/// `PublishStream` calls it got.
+struct StandInService<T>(T, Arc<AtomicUsize>);
+
+#[tonic::async_trait]
+impl<T: StandInPublish> PublisherService for StandInService<T> {
+    type PublishStreamStream = AnswerStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<tonic::Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.publish_stream(request).await
     }
 
     async fn publish(
@@ -155,29 +169,39 @@ impl StandInPublish for CallCounter {
     }
 }
 
-/// Serves a [`CallCounter`] on a free port; returns its client and the
-/// sizes of the calls it answers.
-async fn call_counter() -> anyhow::Result<(Client, mpsc::UnboundedReceiver<usize>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+/// Serves a [`CallCounter`] on a free port; returns its client, the sizes
+/// of the calls it answers, and how many `PublishStream` calls it refused.
+async fn call_counter() -> anyhow::Result<(Client, mpsc::UnboundedReceiver<usize>, Arc<AtomicUsize>)>
+{
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
-    let service = PublisherServiceServer::new(StandInService(CallCounter {
+    let (client, streams) = serve(CallCounter {
         calls_tx,
         next_offset: AtomicU64::new(0),
-    }));
+    })
+    .await?;
+    Ok((client, calls_rx, streams))
+}
+
+/// Serves `stand_in` on a free port; returns a client of it and how many
+/// `PublishStream` calls it got.
+async fn serve(stand_in: impl StandInPublish) -> anyhow::Result<(Client, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let streams = Arc::new(AtomicUsize::new(0));
+    let service = PublisherServiceServer::new(StandInService(stand_in, Arc::clone(&streams)));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    Ok((Client::connect(url).await?, calls_rx))
+    Ok((Client::connect(url).await?, streams))
 }
 
 // One thread: the publisher's task cannot run between the `publish` calls
 // below, so all ten are queued before it looks.
 #[tokio::test(flavor = "current_thread")]
 async fn messages_queued_together_leave_in_one_call() -> anyhow::Result<()> {
-    let (client, mut calls_rx) = call_counter().await?;
+    let (client, mut calls_rx, streams) = call_counter().await?;
     let publisher = client.publisher("burst");
     let futures: Vec<_> = (0..10)
         .map(|i| publisher.publish(format!("m{i}")))
@@ -194,6 +218,11 @@ async fn messages_queued_together_leave_in_one_call() -> anyhow::Result<()> {
     // A lone message goes alone.
     within(publisher.publish("alone")).await??;
     assert_eq!(calls_rx.try_recv().ok(), Some(1));
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        1,
+        "the stream was tried once; then the publisher fell back to calls and kept to them"
+    );
     Ok(())
 }
 
@@ -532,25 +561,19 @@ impl StandInView {
 
 /// Serves a [`StandIn`] on a free port, open (calls go through) or not.
 async fn stand_in(open: bool, fail: fn(usize) -> Option<Status>) -> anyhow::Result<StandInView> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(usize::from(open)));
     let stored = Arc::new(Mutex::new(Vec::new()));
-    let service = PublisherServiceServer::new(StandInService(StandIn {
+    let (client, _) = serve(StandIn {
         calls_tx,
         calls: AtomicUsize::new(0),
         open: Arc::clone(&gate),
         fail,
         stored: Arc::clone(&stored),
-    }));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    })
+    .await?;
     Ok(StandInView {
-        client: Client::connect(url).await?,
+        client,
         calls_rx,
         open: gate,
         stored,
@@ -751,5 +774,328 @@ async fn a_publish_the_broker_may_have_stored_is_not_retried() -> anyhow::Result
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(service.calls_rx.recv().await, Some(strings(&["a"])));
     assert!(service.calls_rx.try_recv().is_err(), "one call, no retry");
+    Ok(())
+}
+
+/// How many calls of `PublisherService/{method}` the broker counted in
+/// `tidings_grpc_requests_total` (calls are counted when they end).
+async fn publisher_calls(broker: &TestBroker, method: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(broker.metrics_url()).await?.text().await?;
+    let label = format!("{{method=\"/tidings.v1.PublisherService/{method}\",");
+    let mut calls = 0.0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tidings_grpc_requests_total")
+            && rest.starts_with(&label)
+            && let Some(count) = rest.rsplit(' ').next()
+        {
+            calls += count.parse::<f64>()?;
+        }
+    }
+    Ok(calls as u64)
+}
+
+/// Waits until the broker has counted `count` ended `PublishStream` calls.
+async fn until_streams_ended(broker: &TestBroker, count: u64) -> anyhow::Result<()> {
+    within(async {
+        while publisher_calls(broker, "PublishStream").await? < count {
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_on_one_stream_are_stored_in_the_order_they_were_sent() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let client = broker.client();
+    client.create_topic("stream-order").await?;
+    let stream = client.publish_stream();
+
+    // A hundred requests of two messages, all waiting on the call at once.
+    let requests = (0..100).map(|i| {
+        let messages = vec![
+            tidings_tests::message(format!("r{i}a")),
+            tidings_tests::message(format!("r{i}b")),
+        ];
+        stream.publish_batch("stream-order", messages)
+    });
+    for (i, answer) in within(join_all(requests)).await?.into_iter().enumerate() {
+        let offsets: Vec<u64> = answer?.iter().map(|p| p.offset).collect();
+        let first = 2 * i as u64;
+        assert_eq!(offsets, [first, first + 1], "request {i} in sending order");
+    }
+
+    // A refused request fails alone, with the status Publish would give,
+    // and the call goes on.
+    let refused = within(stream.publish_batch("nowhere", vec![tidings_tests::message("x")]))
+        .await?
+        .expect_err("no such topic");
+    assert_eq!(refused.code(), Code::NotFound, "{refused}");
+    assert!(refused.to_string().contains("nowhere"), "{refused}");
+    let after = within(stream.publish_batch("stream-order", vec![tidings_tests::message("after")]))
+        .await??;
+    assert_eq!(after[0].offset, 200);
+
+    assert_eq!(
+        publisher_calls(&broker, "Publish").await?,
+        0,
+        "no unary call"
+    );
+    assert_eq!(
+        publisher_calls(&broker, "PublishStream").await?,
+        0,
+        "the call is still open"
+    );
+    drop(stream);
+    until_streams_ended(&broker, 1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_keeps_to_one_stream_and_a_refused_message_fails_alone() -> anyhow::Result<()> {
+    let broker = TestBroker::start_with(|config| config.max_message_bytes = 1024).await?;
+    let client = broker.client();
+    client.create_topic("stream-sizes").await?;
+    // One message per request, eight requests waiting at once.
+    let publisher = client
+        .publisher_builder("stream-sizes")
+        .max_batch_messages(1)
+        .build();
+    let futures: Vec<_> = (0..50)
+        .map(|i| match i {
+            20 => publisher.publish(vec![b'x'; 4096]),
+            _ => publisher.publish(format!("m{i}")),
+        })
+        .collect();
+    let results = within(join_all(futures)).await?;
+    let mut offsets = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        match (i, result) {
+            (20, result) => {
+                let err = result.expect_err("over the broker's limit");
+                assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+                assert!(err.status().is_some(), "the broker's status: {err:?}");
+            }
+            (_, result) => offsets.push(result?),
+        }
+    }
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (0..49).collect::<Vec<u64>>(),
+        "every other one stored once"
+    );
+    assert_eq!(within(publisher.publish("later")).await??, 49);
+
+    assert_eq!(
+        publisher_calls(&broker, "Publish").await?,
+        0,
+        "no unary call"
+    );
+    within(publisher.close()).await??;
+    until_streams_ended(&broker, 1).await?;
+    assert_eq!(
+        publisher_calls(&broker, "PublishStream").await?,
+        1,
+        "one stream carried everything"
+    );
+    Ok(())
+}
+
+/// Publishes `count` messages (with ids when `ids`), stops the broker as
+/// soon as the first is stored, starts it again, and returns every
+/// message's result.
+async fn publish_across_a_restart(
+    broker: &mut TestBroker,
+    topic: &str,
+    count: usize,
+    ids: bool,
+) -> anyhow::Result<Vec<Result<u64, Error>>> {
+    let client = broker.client();
+    client.create_topic(topic).await?;
+    let publisher = retrying(client.publisher_builder(topic))
+        .max_batch_messages(10)
+        .build();
+    let mut futures: Vec<_> = (0..count)
+        .map(|i| {
+            let message = Message::new(format!("m{i}"));
+            let message = if ids {
+                message.with_id(format!("id-{i}"))
+            } else {
+                message
+            };
+            publisher.publish(message)
+        })
+        .collect();
+    let first = within(futures.remove(0)).await?;
+    broker.stop().await?;
+    broker.resume_on_same_port().await?;
+    let mut results = vec![first];
+    results.extend(within(join_all(futures)).await?);
+    // The publisher carries on over a new stream.
+    let again = within(publisher.publish("again")).await?;
+    assert!(again.is_ok(), "publishing after the restart: {again:?}");
+    Ok(results)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_cutting_the_stream_retries_batches_with_ids_exactly_once() -> anyhow::Result<()>
+{
+    let mut broker = TestBroker::start().await?;
+    let results = publish_across_a_restart(&mut broker, "cut-ids", 5000, true).await?;
+    let mut offsets = results.into_iter().collect::<Result<Vec<u64>, Error>>()?;
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..5000).collect::<Vec<u64>>(), "each stored once");
+    let topic = broker.client().get_topic("cut-ids").await?;
+    assert_eq!(topic.next_offset, 5001, "5000, once each, and one more");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_cutting_the_stream_fails_only_what_it_had_not_answered() -> anyhow::Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let results = publish_across_a_restart(&mut broker, "cut", 5000, false).await?;
+    let mut offsets = Vec::new();
+    for result in results {
+        match result {
+            Ok(offset) => offsets.push(offset),
+            Err(err) => assert_eq!(err.code(), Code::Unavailable, "{err}"),
+        }
+    }
+    let stored = offsets.len() as u64;
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len() as u64, stored, "no offset given twice");
+    let topic = broker.client().get_topic("cut").await?;
+    assert!(
+        topic.next_offset > stored,
+        "every answered message is stored ({stored}), and the one after"
+    );
+    Ok(())
+}
+
+/// A stand-in broker that serves `PublishStream`: it reports every
+/// request's payloads as it arrives; its first call ends with
+/// `UNAVAILABLE` after `cut_after` requests, answering none; later calls
+/// answer every request with consecutive offsets.
+struct CuttingStream {
+    requests_tx: mpsc::UnboundedSender<Vec<String>>,
+    calls: AtomicUsize,
+    cut_after: usize,
+    next_offset: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl StandInPublish for CuttingStream {
+    async fn publish_stream(
+        &self,
+        request: Request<tonic::Streaming<PublishRequest>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let cut = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let cut_after = self.cut_after;
+        let requests_tx = self.requests_tx.clone();
+        let next_offset = Arc::clone(&self.next_offset);
+        let answers = request
+            .into_inner()
+            .enumerate()
+            .map(move |(n, request)| {
+                let request = request?;
+                let payloads: Vec<String> = request
+                    .messages
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect();
+                let _ = requests_tx.send(payloads);
+                if cut {
+                    return if n + 1 == cut_after {
+                        Err(Status::unavailable("shutting down"))
+                    } else {
+                        Ok(None)
+                    };
+                }
+                let count = request.messages.len() as u64;
+                let first = next_offset.fetch_add(count, Ordering::SeqCst);
+                Ok(Some(PublishStreamResponse {
+                    offsets: (first..first + count).collect(),
+                    ..PublishStreamResponse::default()
+                }))
+            })
+            .filter_map(|answer| async move { answer.transpose() })
+            .boxed();
+        Ok(Response::new(answers))
+    }
+
+    async fn publish(
+        &self,
+        _: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        Err(Status::internal(
+            "a stand-in that publishes on streams only",
+        ))
+    }
+}
+
+/// Serves a [`CuttingStream`] that cuts its first call after `cut_after`
+/// requests; returns its client and the payloads of each request it got.
+async fn cutting_stream(
+    cut_after: usize,
+) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<Vec<String>>)> {
+    let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+    let (client, _) = serve(CuttingStream {
+        requests_tx,
+        calls: AtomicUsize::new(0),
+        cut_after,
+        next_offset: Arc::default(),
+    })
+    .await?;
+    Ok((client, requests_rx))
+}
+
+// One thread: both messages are queued before the task looks, so both
+// requests are on the first call when it is cut.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cut_stream_fails_its_unanswered_batches_and_the_next_opens_a_new_one()
+-> anyhow::Result<()> {
+    let (client, mut requests_rx) = cutting_stream(2).await?;
+    // Were they retried, it would be at once, for ten minutes.
+    let publisher = client
+        .publisher_builder("cut")
+        .max_batch_messages(1)
+        .retry_backoff(Duration::ZERO, Duration::ZERO)
+        .retry_window(Duration::from_secs(600))
+        .build();
+    let cut = [publisher.publish("a"), publisher.publish("b")];
+    for result in within(join_all(cut)).await? {
+        let err = result.expect_err("the call ended unanswered");
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(err.to_string().contains("shutting down"), "{err}");
+    }
+    assert_eq!(within(publisher.publish("c")).await??, 0, "on a new call");
+    let mut requests = Vec::new();
+    while let Ok(request) = requests_rx.try_recv() {
+        requests.extend(request);
+    }
+    assert_eq!(requests, strings(&["a", "b", "c"]), "nothing sent twice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cut_stream_sends_batches_with_ids_again_on_a_new_one() -> anyhow::Result<()> {
+    let (client, mut requests_rx) = cutting_stream(2).await?;
+    let publisher = client
+        .publisher_builder("cut-ids")
+        .max_batch_messages(1)
+        .retry_backoff(Duration::ZERO, Duration::ZERO)
+        .build();
+    let cut = ["a", "b"].map(|p| publisher.publish(Message::new(p).with_id(p)));
+    let mut offsets = within(try_join_all(cut)).await??;
+    offsets.sort_unstable();
+    assert_eq!(offsets, [0, 1], "answered on the second call");
+    let mut requests = Vec::new();
+    while let Ok(request) = requests_rx.try_recv() {
+        requests.extend(request);
+    }
+    requests[2..].sort();
+    assert_eq!(requests, strings(&["a", "b", "a", "b"]), "each sent twice");
     Ok(())
 }

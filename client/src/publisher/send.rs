@@ -1,21 +1,27 @@
-//! [`Sender`]: sends one batch with `Publish` and reports one result per
-//! message. It makes the call again, with backoff, only when the call
+//! [`Sender`]: sends one batch, as a request on the publisher's
+//! `PublishStream` call or as a unary `Publish` call, and reports one
+//! result per message. It sends the batch again, with backoff, only when it
 //! certainly never reached the broker, or when every message has an id the
 //! broker deduplicates by; after a refusal of the batch's content it sends
-//! the messages one by one.
+//! the messages one by one. A broker that answers `PublishStream` with
+//! `UNIMPLEMENTED` gets unary calls from then on.
 //!
 //! It answers no futures and changes no publisher state: the task does
 //! that with the [`Sent`] it returns.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tidings::v1::PublishMessage;
 use tokio::time::{Instant, sleep};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::backoff::Backoff;
 use crate::batch::{Batch, Pending};
 use crate::client::Client;
 use crate::error::{Error, Result, never_sent};
+use crate::publish_stream::{Failure, PublishStream};
+use crate::types::Published;
 
 /// How a batch that could not be sent is tried again.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +42,44 @@ pub(crate) struct Sender {
     pub(crate) retry: RetrySettings,
     /// Stop at a message's failure: the messages after it are not sent.
     pub(crate) ordered: bool,
+    /// How batches travel.
+    pub(crate) route: Route,
+}
+
+/// How a [`Sender`]'s batches travel.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The publisher's stream; `None` when it publishes with unary calls
+    /// only.
+    stream: Option<PublishStream>,
+    /// A batch of more bytes than this (a lone message over
+    /// `max_batch_bytes`) goes as a unary call: a request over the broker's
+    /// size limit fails alone there, where on the stream it would end the
+    /// call and fail every request waiting on it.
+    max_stream_bytes: usize,
+    /// Set once the broker answered `PublishStream` with `UNIMPLEMENTED`.
+    unimplemented: AtomicBool,
+}
+
+impl Route {
+    /// Batches of up to `max_stream_bytes` bytes on a stream of `client`
+    /// when `stream` is true, else unary calls only.
+    pub(crate) fn new(client: &Client, stream: bool, max_stream_bytes: usize) -> Self {
+        Self {
+            stream: stream.then(|| client.publish_stream()),
+            max_stream_bytes,
+            unimplemented: AtomicBool::new(false),
+        }
+    }
+
+    /// The stream a batch of `pendings` goes on, if it goes on one.
+    fn stream_for(&self, pendings: &[Pending]) -> Option<&PublishStream> {
+        let bytes: usize = pendings.iter().map(|p| p.size).sum();
+        self.stream
+            .as_ref()
+            .filter(|_| bytes <= self.max_stream_bytes)
+            .filter(|_| !self.unimplemented.load(Ordering::Relaxed))
+    }
 }
 
 /// A batch after its send: the messages, and a result for each one that
@@ -85,7 +129,7 @@ impl Sender {
         results
     }
 
-    /// One `Publish` of `pendings`, made again with backoff while it fails
+    /// One publish of `pendings` ([`Sender::publish_once`]), made again with backoff while it fails
     /// in a way that is safe to retry, for as long as the retry window
     /// lasts. The last attempt is made when the window ends.
     async fn call(&self, pendings: &[Pending]) -> Result<Vec<u64>> {
@@ -93,9 +137,8 @@ impl Sender {
         let mut backoff = Backoff::new(self.retry.backoff_min, self.retry.backoff_max);
         let mut attempt = 1_u32;
         loop {
-            let messages = pendings.iter().map(|p| p.message.clone()).collect();
-            let error = match self.client.publish_batch(&self.topic, messages).await {
-                Ok(published) => return Ok(published.into_iter().map(|p| p.offset).collect()),
+            let error = match self.publish_once(pendings).await {
+                Ok(offsets) => return Ok(offsets),
                 Err(error) => error,
             };
             let left = self.retry.window.saturating_sub(started.elapsed());
@@ -107,6 +150,31 @@ impl Sender {
             sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// One attempt at `pendings`: a request on the stream, or a unary
+    /// call when the batch does not go on the stream or the broker turns
+    /// out not to serve it.
+    async fn publish_once(&self, pendings: &[Pending]) -> Result<Vec<u64>> {
+        let messages =
+            || -> Vec<PublishMessage> { pendings.iter().map(|p| p.message.clone()).collect() };
+        let offsets = |published: Vec<Published>| published.into_iter().map(|p| p.offset).collect();
+        if let Some(stream) = self.route.stream_for(pendings) {
+            match stream.publish(&self.topic, messages()).await {
+                Ok(published) => return Ok(offsets(published)),
+                Err(Failure::Failed(error)) => return Err(error),
+                // Nothing was stored: the same batch goes as a call.
+                Err(Failure::Unimplemented(status)) => {
+                    if !self.route.unimplemented.swap(true, Ordering::Relaxed) {
+                        info!(topic = %self.topic, status = %status.message(), "the broker does not serve PublishStream; publishing with unary Publish calls");
+                    }
+                }
+            }
+        }
+        self.client
+            .publish_batch(&self.topic, messages())
+            .await
+            .map(offsets)
     }
 }
 
@@ -159,6 +227,7 @@ mod tests {
             .connect_lazy()
             .expect("a valid URL");
         Sender {
+            route: Route::new(&client, true, usize::MAX),
             client,
             topic: "t".into(),
             retry,
