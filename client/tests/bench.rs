@@ -348,3 +348,69 @@ async fn http_publish_and_push_workloads_run_and_report() -> anyhow::Result<()> 
     assert_eq!(subs, serde_json::json!([]));
     broker.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_and_e2e_run_on_streams_and_from_several_publishers() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let streamed = broker
+        .tidings(&[
+            "bench",
+            "publish",
+            "--topic",
+            "streamed",
+            "--count",
+            "200",
+            "--size",
+            "16",
+            "--in-flight",
+            "5",
+            "--publishers",
+            "2",
+            "--stream",
+        ])
+        .await?
+        .ok()?;
+    assert_eq!(
+        named_result_msgs(&streamed.stdout, "publishers=2 rpc=stream")?,
+        200
+    );
+    assert!(has_latency_line(&streamed.stdout), "{}", streamed.stdout);
+
+    for extra in [
+        &["--stream"][..],
+        &["--publishers", "3"],
+        &["--publishers", "3", "--stream"],
+    ] {
+        let mut args = vec![
+            "bench", "e2e", "--topic", "streamed", "--rate", "2000", "--count", "90", "--size",
+            "16",
+        ];
+        args.extend(extra);
+        let e2e = broker.tidings(&args).await?.ok()?;
+        assert_eq!(result_msgs(&e2e.stdout)?, 90, "{extra:?}");
+        assert!(has_latency_line(&e2e.stdout), "{}", e2e.stdout);
+        let label = match extra {
+            ["--stream"] => "publish=batched rpc=stream",
+            ["--publishers", "3"] => "publish=unbatched publishers=3:",
+            _ => "publish=unbatched publishers=3 rpc=stream",
+        };
+        assert!(e2e.stdout.contains(label), "{label:?} in {}", e2e.stdout);
+    }
+    let topic = broker
+        .tidings(&["topics", "describe", "streamed", "--json"])
+        .await?
+        .ok()?
+        .json()?;
+    assert_eq!(
+        topic["next_offset"],
+        200 + 3 * 90,
+        "every message stored once"
+    );
+
+    let refused = broker
+        .tidings(&["bench", "publish", "--in-flight", "2", "--publishers", "3"])
+        .await?;
+    let line = refused.failure_line()?;
+    assert!(line.contains("--publishers 3"), "{line}");
+    broker.stop().await
+}

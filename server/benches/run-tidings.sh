@@ -9,7 +9,10 @@
 # page-cache: --sync-interval=100ms (acknowledged once written to the log).
 # e2e runs twice: through the client's Publisher (messages queued together
 # share a call, as in applications) and --unbatched (one call per message,
-# the shape of the NATS load generator).
+# the shape of the NATS load generator). Those runs use unary Publish calls,
+# as every earlier figure did; then the one-message-per-request shapes run
+# again on PublishStream (publish and unbatched e2e, `rpc=stream` in their
+# RESULT and LATENCY names). The WRITER summary covers all of them.
 # Builds release binaries, starts a broker on a free loopback port with a
 # fresh data directory, runs the workloads, and stops the broker. With
 # TIDINGS_BIN_DIR set, uses the tidings-server and tidings binaries there
@@ -37,6 +40,9 @@ echo "# Tidings file storage, mode=$MODE (--sync-interval $sync), N=$N, size=${S
 "${T[@]}" consume --count "$N" --size "$SIZE" --server-pid "$pid" 2>/dev/null
 "${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --server-pid "$pid" 2>/dev/null
 "${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --unbatched --server-pid "$pid" 2>/dev/null
+# One message per request on PublishStream.
+"${T[@]}" publish --count "$N" --size "$SIZE" --batch 1 --in-flight 256 --stream --server-pid "$pid" 2>/dev/null
+"${T[@]}" e2e --rate 10000 --count 50000 --size "$SIZE" --unbatched --stream --server-pid "$pid" 2>/dev/null
 # Group commit over the whole run: messages per synced write.
 kill -TERM "$pid"; wait "$pid" || true
 grep -o 'batches=.*messages_per_batch=[0-9.]*' "$dir/server.log" | sed 's/^/WRITER /' || true

@@ -3,8 +3,12 @@
 //! Open loop: message i is published at `start + i / rate` whether or not
 //! earlier ones were answered, each carrying its send time. By default the
 //! messages go through the client's `Publisher`, as an application's do:
-//! messages queued together leave in one `Publish` call. `--unbatched`
-//! sends every message in a call of its own instead. A `Subscriber` on a
+//! messages queued together leave in one request. `--unbatched` sends
+//! every message in a request of its own instead, and `--publishers N`
+//! spreads those requests over N connections, as N independent services
+//! sharing the rate. Requests are unary `Publish` calls unless `--stream`
+//! puts them on `PublishStream` calls (one per connection; for the
+//! `Publisher`, its own). A `Subscriber` on a
 //! fresh subscription receives them and acknowledges each; latency is
 //! receive time minus send time (one clock: run it on the broker's machine
 //! or one with a synchronised clock).
@@ -22,6 +26,7 @@ use tidings_client::v1::{PublishMessage, PublishRequest};
 use tidings_client::{Client, Publisher, StartPosition, Subscriber, SubscriptionConfig};
 
 use super::report::{self, Progress, ServerUsage};
+use super::rpc::{self, Rpc};
 use super::{CommonArgs, Context, ensure_topic, storage_of, unique_name};
 
 /// Publishes in flight at most before the publisher waits.
@@ -46,6 +51,15 @@ pub(crate) struct E2eArgs {
     /// together in one call).
     #[arg(long)]
     unbatched: bool,
+    /// Publish from N publishers, each on its own connection and each
+    /// sending one message per request, sharing the rate (implies
+    /// --unbatched).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    publishers: Option<u64>,
+    /// Send the requests on long-lived `PublishStream` calls instead of as
+    /// unary `Publish` calls (the default).
+    #[arg(long)]
+    stream: bool,
     /// Create the topic as a memory topic (messages in the broker's memory
     /// only, bounded by 64 MiB), to measure latency without the disk.
     #[arg(long)]
@@ -89,14 +103,7 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
     let usage = ServerUsage::read(args.common.server_pid);
     let progress = Progress::start("e2e", Arc::clone(&received), args.count);
     let started = Instant::now();
-    let sender = if args.unbatched {
-        Sender::Unbatched {
-            client: client.clone(),
-            topic: topic.clone(),
-        }
-    } else {
-        Sender::Batched(client.publisher(topic.clone()))
-    };
+    let sender = Sender::new(ctx, &client, &args).await?;
     publish_at_rate(&sender, &args, size).await?;
     let latencies = tokio::time::timeout(DRAIN_TIMEOUT, receiver)
         .await
@@ -105,11 +112,7 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
         })???;
     let elapsed = started.elapsed();
     drop(progress);
-    let mode = if args.unbatched {
-        "unbatched"
-    } else {
-        "batched"
-    };
+    let mode = sender.label(args.stream);
     let name = format!("tidings-e2e target_rate={} publish={mode}", args.rate);
     report::result(&name, args.count, size, elapsed);
     report::latency(
@@ -125,20 +128,53 @@ pub(crate) async fn run(ctx: &Context, args: E2eArgs) -> anyhow::Result<()> {
 
 /// How the workload publishes.
 enum Sender {
-    /// Through a `Publisher`, with its default settings.
+    /// Through a `Publisher`, with its default settings but the transport.
     Batched(Publisher),
-    /// One `Publish` call per message.
-    Unbatched { client: Client, topic: String },
+    /// One message per request, message i from connection i mod N.
+    Unbatched { rpcs: Vec<Rpc>, topic: String },
 }
 
 impl Sender {
-    /// Publishes one message; the future resolves once it is stored.
-    fn send(&self, payload: Bytes) -> BoxFuture<'static, anyhow::Result<()>> {
+    /// The sender `args` ask for, publishing through `client` (or, with
+    /// `--publishers`, through connections of its own).
+    async fn new(ctx: &Context, client: &Client, args: &E2eArgs) -> anyhow::Result<Self> {
+        let topic = args.common.topic.clone();
+        if let Some(publishers) = args.publishers {
+            let mut rpcs = Vec::new();
+            for _ in 0..publishers {
+                rpcs.push(Rpc::new(&ctx.connect().await?, args.stream));
+            }
+            return Ok(Self::Unbatched { rpcs, topic });
+        }
+        if args.unbatched {
+            let rpcs = vec![Rpc::new(client, args.stream)];
+            return Ok(Self::Unbatched { rpcs, topic });
+        }
+        let publisher = client
+            .publisher_builder(topic)
+            .publish_stream(args.stream)
+            .build();
+        Ok(Self::Batched(publisher))
+    }
+
+    /// What the `RESULT` and `LATENCY` names say of the sender after
+    /// `publish=`.
+    fn label(&self, stream: bool) -> String {
+        let mode = match self {
+            Self::Batched(_) => "batched".to_owned(),
+            Self::Unbatched { rpcs, .. } if rpcs.len() == 1 => "unbatched".to_owned(),
+            Self::Unbatched { rpcs, .. } => format!("unbatched publishers={}", rpcs.len()),
+        };
+        format!("{mode}{}", rpc::label(stream))
+    }
+
+    /// Publishes message `i`; the future resolves once it is stored.
+    fn send(&self, i: u64, payload: Bytes) -> BoxFuture<'static, anyhow::Result<()>> {
         match self {
             Self::Batched(publisher) => {
                 publisher.publish(payload).map(|r| Ok(r.map(drop)?)).boxed()
             }
-            Self::Unbatched { client, topic } => {
+            Self::Unbatched { rpcs, topic } => {
                 let request = PublishRequest {
                     topic: topic.clone(),
                     messages: vec![PublishMessage {
@@ -146,8 +182,8 @@ impl Sender {
                         ..PublishMessage::default()
                     }],
                 };
-                let mut service = client.publisher_service();
-                async move { Ok(service.publish(request).await.map(drop)?) }.boxed()
+                let rpc = &rpcs[(i % rpcs.len() as u64) as usize];
+                rpc.publish(request).map(|r| r.map(drop)).boxed()
             }
         }
     }
@@ -162,7 +198,7 @@ async fn publish_at_rate(sender: &Sender, args: &E2eArgs, size: usize) -> anyhow
     for i in 0..args.count {
         tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
         body[..8].copy_from_slice(&now_nanos().to_le_bytes());
-        pending.push(sender.send(Bytes::copy_from_slice(&body)));
+        pending.push(sender.send(i, Bytes::copy_from_slice(&body)));
         // Collect answers that are in without waiting for the others.
         while let Some(Some(answer)) = pending.next().now_or_never() {
             answer?;

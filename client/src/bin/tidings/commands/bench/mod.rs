@@ -22,6 +22,7 @@ mod http;
 mod publish;
 mod push;
 mod report;
+mod rpc;
 
 use clap::Subcommand;
 use tidings_client::{Client, StorageClass, TopicConfig};
@@ -33,7 +34,8 @@ use super::Context;
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Publish N messages from P publishers, B messages per request, W
-    /// requests in flight per publisher.
+    /// requests in flight in all (spread over the publishers), as unary
+    /// calls or on streams.
     Publish(publish::PublishArgs),
     /// Drain a backlog of N messages over S competing streams, acknowledging
     /// every message.

@@ -1,8 +1,10 @@
 //! `tidings bench publish`: durable publishing throughput.
 //!
-//! P publishers, each on its own connection, keep W `Publish` requests of B
-//! messages in flight until N messages are stored. Every request's latency
-//! (sent to acknowledged) goes into a histogram. With `--ids` every message
+//! P publishers, each on its own connection (as independent services
+//! publish), keep W requests of B messages in flight between them until N
+//! messages are stored: unary `Publish` calls, or with `--stream` requests
+//! on one `PublishStream` call per publisher. Every request's latency (sent
+//! to acknowledged) goes into a histogram. With `--ids` every message
 //! carries a unique 36-byte id, so the broker checks and remembers each
 //! one: the cost of idempotent publishing.
 
@@ -13,10 +15,10 @@ use std::time::Instant;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
-use tidings_client::Client;
 use tidings_client::v1::{PublishMessage, PublishRequest};
 
 use super::report::{self, Progress, ServerUsage};
+use super::rpc::{self, Rpc};
 use super::{CommonArgs, Context, ensure_topic, payload, storage_of};
 
 /// Flags of `tidings bench publish`.
@@ -31,12 +33,17 @@ pub(crate) struct PublishArgs {
     /// Messages per `Publish` request.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
-    /// Requests in flight per publisher.
+    /// Requests in flight in all, spread evenly over the publishers.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     in_flight: u64,
-    /// Publishers, each with its own connection.
+    /// Publishers, each with its own connection, like independent
+    /// services; at most --in-flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     publishers: u64,
+    /// Send the requests on one long-lived `PublishStream` call per
+    /// publisher instead of as unary `Publish` calls (the default).
+    #[arg(long)]
+    stream: bool,
     /// Give every message a unique id (36 bytes, like a UUID), which the
     /// broker deduplicates by.
     #[arg(long)]
@@ -58,6 +65,13 @@ pub(crate) struct PublishArgs {
 /// # Errors
 /// When the broker cannot be reached or a publish fails.
 pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.publishers <= args.in_flight,
+        "--publishers {} needs at least as many requests in flight (--in-flight {}): each \
+         publisher keeps at least one",
+        args.publishers,
+        args.in_flight
+    );
     let client = ctx.connect().await?;
     ensure_topic(&client, &args.common.topic, storage_of(args.memory)).await?;
     let claimed = Arc::new(AtomicU64::new(0));
@@ -76,13 +90,14 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
         .map_or(0, |d| d.as_nanos() as u64);
     let tasks: Vec<_> = publishers
         .into_iter()
-        .map(|client| {
+        .zip(0..)
+        .map(|(client, n)| {
             let work = Work {
-                client,
+                rpc: Rpc::new(&client, args.stream),
                 topic: args.common.topic.clone(),
                 payload: payload(args.size),
                 batch: args.batch,
-                in_flight: args.in_flight,
+                in_flight: share(args.in_flight, args.publishers, n),
                 count: args.count,
                 ids: args.ids.then_some(run),
                 delay: args
@@ -101,14 +116,18 @@ pub(crate) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let elapsed = started.elapsed();
     drop(progress);
     let name = format!(
-        "tidings-pub batch={} in_flight={} publishers={}{}",
+        "tidings-pub batch={} in_flight={} publishers={}{}{}",
         args.batch,
         args.in_flight,
         args.publishers,
-        if args.ids { " ids" } else { "" }
+        if args.ids { " ids" } else { "" },
+        rpc::label(args.stream),
     );
     report::result(&name, args.count, args.size, elapsed);
-    report::latency("tidings-pub publish->ack", &latencies);
+    report::latency(
+        &format!("tidings-pub{} publish->ack", rpc::label(args.stream)),
+        &latencies,
+    );
     if let Some((pid, before)) = usage {
         before.report_since(pid, &name, args.count);
     }
@@ -135,9 +154,15 @@ fn message_id(run: u64, n: u64) -> String {
     id.iter().map(|&c| char::from(c)).collect()
 }
 
+/// Publisher `n`'s share of `total` requests in flight over `publishers`:
+/// the same for each, the first ones taking one more of what is left.
+fn share(total: u64, publishers: u64, n: u64) -> u64 {
+    total / publishers + u64::from(n < total % publishers)
+}
+
 /// One publisher's share of the work.
 struct Work {
-    client: Client,
+    rpc: Rpc,
     topic: String,
     payload: bytes::Bytes,
     batch: u64,
@@ -182,22 +207,18 @@ impl Work {
                 let Some((first, messages)) = self.claim() else {
                     break;
                 };
-                let request = self.request(first, messages);
-                let mut service = self.client.publisher_service();
+                let answer = self.rpc.publish(self.request(first, messages));
                 pending.push(async move {
                     let sent = Instant::now();
-                    let answer = service.publish(request).await?.into_inner();
-                    Ok::<_, tonic::Status>((messages, sent, answer.duplicates))
+                    let duplicate = answer.await?;
+                    anyhow::Ok((messages, sent, duplicate))
                 });
             }
             let Some(answer) = pending.next().await else {
                 return Ok(latencies);
             };
-            let (messages, sent, duplicates) = answer?;
-            anyhow::ensure!(
-                !duplicates.contains(&true),
-                "the broker took a unique id for a duplicate"
-            );
+            let (messages, sent, duplicate) = answer?;
+            anyhow::ensure!(!duplicate, "the broker took a unique id for a duplicate");
             report::record(&mut latencies, sent.elapsed());
             self.done.fetch_add(messages, Ordering::Relaxed);
         }
@@ -206,6 +227,13 @@ impl Work {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_requests_in_flight_are_spread_over_the_publishers() {
+        let shares: Vec<u64> = (0..4).map(|n| super::share(10, 4, n)).collect();
+        assert_eq!(shares, [3, 3, 2, 2]);
+        assert_eq!(super::share(256, 1, 0), 256);
+    }
+
     #[test]
     fn a_message_id_is_the_run_in_hex_and_the_number_in_decimal() {
         for (run, n) in [
