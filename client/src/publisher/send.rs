@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use crate::backoff::Backoff;
 use crate::batch::{Batch, Pending};
 use crate::client::Client;
-use crate::error::{Error, Result, never_sent};
+use crate::error::{Error, Result, is_retryable, never_sent};
 use crate::publish_stream::{Failure, PublishStream};
 use crate::types::Published;
 
@@ -181,17 +181,17 @@ impl Sender {
 /// Whether a failed `Publish` may be made again with no risk of storing
 /// its messages twice: when it never reached the broker, or, for a batch
 /// whose messages all carry an id (`with_ids`), after any transient
-/// failure — `UNAVAILABLE` (the broker's own, or a connection that broke
-/// during the call) or a timeout — since the broker stores a repeated id
+/// failure — `UNAVAILABLE` (the broker's own), a connection that broke
+/// during the call (which `tonic` may also report as `CANCELLED`,
+/// `UNKNOWN` or `INTERNAL` with the transport's error as the source), or a
+/// timeout (the broker's `DEADLINE_EXCEEDED`, or the client's own, which
+/// `tonic` reports as `CANCELLED`) — since the broker stores a repeated id
 /// once. This is the one place that decides.
 fn is_safe_to_retry(error: &Error, with_ids: bool) -> bool {
     error.status().is_some_and(|status| {
         never_sent(status)
             || (with_ids
-                && matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                ))
+                && (is_retryable(status) || status.code() == tonic::Code::DeadlineExceeded))
     })
 }
 
@@ -312,8 +312,17 @@ mod tests {
         assert!(is_safe_to_retry(&stored_maybe, true));
         let timed_out = Error::from(tonic::Status::deadline_exceeded("timeout"));
         assert!(is_safe_to_retry(&timed_out, true));
+        let expired = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(
+            expired.code(),
+            tonic::Code::Cancelled,
+            "the client's own timeout"
+        );
+        assert!(is_safe_to_retry(&Error::from(expired), true));
         let refused = Error::from(tonic::Status::invalid_argument("too large"));
         assert!(!is_safe_to_retry(&refused, true));
+        let cancelled = Error::from(tonic::Status::cancelled("sent by the broker"));
+        assert!(!is_safe_to_retry(&cancelled, true));
         assert!(!is_safe_to_retry(&Error::Closed, true));
     }
 }
