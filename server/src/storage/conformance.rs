@@ -1777,6 +1777,51 @@ async fn memory_topics_remember_ids_while_open_and_not_across_a_reopen(
 }
 
 /// Turns every check into one `#[tokio::test]` per store, under a timeout.
+/// Appends started one after another are stored in that order, on disk
+/// and memory topics alike, however their outcomes are awaited: here all
+/// together, as a `PublishStream` awaits them.
+async fn started_appends_are_stored_in_the_order_started(
+    mut h: impl Harness,
+) -> anyhow::Result<()> {
+    const PER_TOPIC: usize = 1000;
+    let store = h.open().await?;
+    let mut topics = Vec::new();
+    for (name, storage) in [
+        ("disk", StorageClass::Disk),
+        ("memory", StorageClass::Memory),
+    ] {
+        let record = store
+            .create_topic(&topic_name(name)?, TopicSettings::default(), storage)
+            .await?;
+        topics.push(record.id);
+    }
+    let mut pending = Vec::new();
+    for i in 0..PER_TOPIC {
+        for &topic in &topics {
+            let tag = format!("m{i}");
+            pending.push(store.start_append(topic, messages(&[tag.as_str()])).await?);
+        }
+    }
+    let appended = futures::future::try_join_all(pending).await?;
+    for (t, &topic) in topics.iter().enumerate() {
+        let firsts: Vec<u64> = appended
+            .iter()
+            .skip(t)
+            .step_by(topics.len())
+            .map(|a| a.first_offset)
+            .collect();
+        let expected: Vec<u64> = (0..PER_TOPIC as u64).collect();
+        ensure!(firsts == expected, "topic {t}: offsets out of start order");
+        let read = store.read(topic, 0..u64::MAX, EVERYTHING).await?;
+        let sent: Vec<NewMessage> = (0..PER_TOPIC).map(|i| message(&format!("m{i}"))).collect();
+        ensure!(
+            payloads(&read) == sent.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(),
+            "topic {t}: stored out of start order"
+        );
+    }
+    Ok(())
+}
+
 macro_rules! conformance {
     ($($module:ident => $harness:expr),+ $(,)?) => {
         conformance!(@each [$($module => $harness),+] [
@@ -1806,6 +1851,7 @@ macro_rules! conformance {
             memory_topics_drop_their_oldest_messages_beyond_their_bound,
             memory_topics_without_max_bytes_keep_64_mib,
             memory_topics_remember_ids_while_open_and_not_across_a_reopen,
+            started_appends_are_stored_in_the_order_started,
         ]);
     };
     (@each [$($module:ident => $harness:expr),+] $checks:tt) => {
