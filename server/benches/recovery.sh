@@ -16,9 +16,10 @@
 # unless given), DELAYED messages with a delivery delay of 3 hours are then
 # added and the restarts repeated: the second case.
 #
-# Prints a line per restart (`restart case=... ms=...`), each case's min and
-# median, and the broker's own log lines of each start (timestamps of
-# storage opened, broker opened, serving) to profile where the time goes.
+# Prints a line per restart (`restart case=... ms=... wal_mib=...`, the
+# log it replayed), each case's min and median, and, to profile where the
+# time goes, each start's phases from the broker's own log lines
+# (`phases ... storage_ms=... broker_ms=... serve_ms=...`).
 # Needs about COUNT x 300 B of disk; removes the data directory at the end
 # unless KEEP_DATA is set (to read RocksDB's own LOG in it, say).
 # With TIDINGS_BIN_DIR set, uses the binaries there.
@@ -117,6 +118,24 @@ if [ "$DELAYED" -gt 0 ]; then
     restarts delayed yes
 fi
 echo "# data directory: $(du -sh "$dir/data" | cut -f1), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-# Where each start spent its time: the broker's own lifecycle lines.
-grep -E -e '^--- start' -e 'storage opened|broker opened|serving' "$dir/server.log" |
-    sed -E 's/\x1b\[[0-9;]*m//g' | sed 's/^/log /'
+# Where each start spent its time, from the broker's own lifecycle lines:
+# the process start to storage opened (RocksDB's open with its log replay,
+# and the writer's recovery), to the broker loaded (the catalog, the
+# subscriptions, the delayed counts), to serving.
+sed -E 's/\x1b\[[0-9;]*m//g' "$dir/server.log" | awk '
+function ms(stamp,  hms) {
+    sub(/Z$/, "", stamp)
+    split(substr(stamp, index(stamp, "T") + 1), hms, ":")
+    return (hms[1] * 3600 + hms[2] * 60 + hms[3]) * 1000
+}
+/^--- start / {
+    label = $3
+    for (i = 4; i < NF - 1; i++) label = label " " $i
+    start = ms($NF)
+    next
+}
+/storage opened/ { storage = ms($1) }
+/broker opened/ { broker = ms($1) }
+/ serving / {
+    printf "phases %s storage_ms=%d broker_ms=%d serve_ms=%d\n", label, storage - start, broker - storage, ms($1) - broker
+}'
