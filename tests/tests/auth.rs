@@ -843,3 +843,28 @@ fn the_readme_example_auth_file_loads_and_means_what_it_says() -> anyhow::Result
     assert!(ops.publish("order.created").is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_client_sends_its_token_on_its_publish_streams() -> anyhow::Result<()> {
+    let (_dir, broker) = start().await?;
+    let orders = tidings_client::Client::builder(broker.url())
+        .bearer_token(ORDERS)
+        .connect()
+        .await?;
+    // The publisher's batches go on a PublishStream: the stream carries the
+    // token, and the grant holds for each request on it.
+    let publisher = orders.publisher("orders.created");
+    assert_eq!(within(publisher.publish("paid")).await??, 1);
+    let stream = orders.publish_stream();
+    let refused = within(stream.publish_batch("payments", vec![message("x")]))
+        .await?
+        .expect_err("orders may not publish to payments");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    let stored = within(stream.publish_batch("orders.created", vec![message("y")])).await??;
+    assert_eq!(stored[0].offset, 2, "the stream goes on after a denial");
+
+    let anonymous = broker.client().publisher("orders.created");
+    let err = within(anonymous.publish("z")).await?.expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    Ok(())
+}
