@@ -10,7 +10,8 @@
 # nats-e2e on a fresh server, synced before every acknowledgement in the
 # fsync mode) and then `tidings bench e2e` on a fresh broker
 # (--sync-interval 100ms, or always), through the Publisher and
-# --unbatched (one call per message, the NATS generator's shape). The
+# --unbatched (one call per message, the NATS generator's shape), then
+# --unbatched --stream (one message per request on PublishStream). The
 # peer benchmark's program is the one ../shared/peer-bench/run-nats.sh
 # builds into its cache (run once here when it is missing). Prints the
 # RESULT and LATENCY lines prefixed with the round and mode. With
@@ -44,5 +45,6 @@ for round in $(seq "$ROUNDS"); do
         nats_stop
         bench_round "mode=$mode" "$sync" e2e --rate "$RATE" --count "$COUNT" --size 256
         bench_round "mode=$mode" "$sync" e2e --rate "$RATE" --count "$COUNT" --size 256 --unbatched
+        bench_round "mode=$mode" "$sync" e2e --rate "$RATE" --count "$COUNT" --size 256 --unbatched --stream
     done
 done
