@@ -490,8 +490,7 @@ impl Engine for Broker {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> BrokerResult<Published> {
-        check_batch(&messages, self.inner.config.max_message_bytes)?;
-        self.append(topic, messages).await
+        self.start_publish(topic, messages).await?.await
     }
 
     /// Checks the batch and finds (or creates) the topic, then returns

@@ -141,15 +141,7 @@ impl MemoryStore {
                 data.ids.insert(message.id.clone(), (offset, publish_time));
             }
             data.record.retained_bytes += stored_size(message, publish_time);
-            let stored = StoredMessage {
-                offset,
-                publish_time,
-                payload: message.payload.clone(),
-                key: message.key.clone(),
-                attributes: message.attributes.clone(),
-                id: message.id.clone(),
-                deliver_at: message.due(publish_time),
-            };
+            let stored = message.stored_at(offset, publish_time);
             if let Some(due) = stored.deliver_at {
                 data.delayed.insert(DuePosition { due, offset });
             }

@@ -334,6 +334,19 @@ impl NewMessage {
         (due > publish_time).then_some(due)
     }
 
+    /// The message as stored at `offset`, published at `publish_time`.
+    pub fn stored_at(&self, offset: Offset, publish_time: SystemTime) -> StoredMessage {
+        StoredMessage {
+            offset,
+            publish_time,
+            payload: self.payload.clone(),
+            key: self.key.clone(),
+            attributes: self.attributes.clone(),
+            id: self.id.clone(),
+            deliver_at: self.due(publish_time),
+        }
+    }
+
     /// How many bytes count against the message size limit: payload, key,
     /// and attribute names and values.
     pub fn size(&self) -> usize {

@@ -38,15 +38,7 @@ impl RamMessage {
     pub(crate) fn new(message: &NewMessage, offset: Offset, publish_time: SystemTime) -> Self {
         let size = codec::stored_size(codec::encoded_len(message, publish_time));
         Self {
-            message: StoredMessage {
-                offset,
-                publish_time,
-                payload: message.payload.clone(),
-                key: message.key.clone(),
-                attributes: message.attributes.clone(),
-                id: message.id.clone(),
-                deliver_at: message.due(publish_time),
-            },
+            message: message.stored_at(offset, publish_time),
             size,
         }
     }
