@@ -32,30 +32,42 @@ quiet() {
     echo "# load stayed at $(cut -d' ' -f1 /proc/loadavg); running anyway" >&2
 }
 
+# broker_start SYNC: starts a broker of its own (a fresh data directory,
+# --sync-interval SYNC, the HTTP bus on a free port, SERVER_ARGS added when
+# set); sets BROKER_PID, BROKER_DIR, BROKER_ADDR and BROKER_HTTP. Stop it
+# with broker_stop.
+broker_start() {
+    BROKER_DIR=$(mktemp -d)
+    "$BIN/tidings-server" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" \
+        --sync-interval "$1" --log warn ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} \
+        > "$BROKER_DIR/stdout" 2> "$BROKER_DIR/server.log" &
+    BROKER_PID=$!
+    BROKER_ADDR=$(broker_addr "$BROKER_DIR/stdout")
+    BROKER_HTTP=$(sed -n 's/^http listening on //p' "$BROKER_DIR/stdout")
+}
+
+# broker_stop: stops the broker broker_start started (SIGTERM, waiting for
+# it) and removes its data.
+broker_stop() {
+    kill -TERM "$BROKER_PID"; wait "$BROKER_PID" || true
+    rm -rf "$BROKER_DIR"
+}
+
 # fresh_broker_bench SYNC ARGS...: runs `tidings bench ARGS...` against a
-# broker of its own (a fresh data directory, --sync-interval SYNC, the HTTP
-# bus on a free port), telling the bench the broker's process id; an
-# argument `@HTTP@` becomes the HTTP bus's URL. Prints the bench's
-# standard output. The arrays SERVER_ARGS and CLIENT_ARGS, when set, are
-# added to the broker's and to the tool's flags, and SCHEME (http unless
-# set) is the broker URL's.
+# broker of its own (see broker_start), telling the bench the broker's
+# process id; an argument `@HTTP@` becomes the HTTP bus's URL. Prints the
+# bench's standard output. The array CLIENT_ARGS, when set, is added to
+# the tool's flags, and SCHEME (http unless set) is the broker URL's.
 fresh_broker_bench() {
-    local sync=$1 dir pid addr http arg
+    local arg args=()
+    broker_start "$1"
     shift
-    dir=$(mktemp -d)
-    "$BIN/tidings-server" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir/data" \
-        --sync-interval "$sync" --log warn ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} > "$dir/stdout" 2> "$dir/server.log" &
-    pid=$!
-    addr=$(broker_addr "$dir/stdout")
-    http=$(sed -n 's/^http listening on //p' "$dir/stdout")
-    local args=()
     for arg in "$@"; do
-        if [ "$arg" = "@HTTP@" ]; then args+=("http://$http"); else args+=("$arg"); fi
+        if [ "$arg" = "@HTTP@" ]; then args+=("http://$BROKER_HTTP"); else args+=("$arg"); fi
     done
-    "$BIN/tidings" --server "${SCHEME:-http}://$addr" ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} bench "${args[@]}" \
-        --server-pid "$pid" 2>/dev/null
-    kill -TERM "$pid"; wait "$pid" || true
-    rm -rf "$dir"
+    "$BIN/tidings" --server "${SCHEME:-http}://$BROKER_ADDR" ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} bench "${args[@]}" \
+        --server-pid "$BROKER_PID" 2>/dev/null
+    broker_stop
 }
 
 # bench_round VARIANT SYNC ARGS...: one bench on a fresh broker, once the machine
