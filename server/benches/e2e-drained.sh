@@ -7,14 +7,18 @@
 # Defaults: 5 rounds, N = 300 000 messages of 256 B, then 50 000 at
 # 10 000 msg/s; page-cache mode (NATS's defaults; Tidings with
 # --sync-interval 100ms). Each run starts a fresh server, publishes N
-# messages (256 in flight), consumes and acknowledges all N, and at once
+# messages (256 in flight), has N consumed and acknowledged, and at once
 # (its flushes and compactions still running) measures publish-to-receive
 # latency at RATE on a fresh consumer:
 #
 # - nats: the peer benchmark's nats-pub, nats-sub and nats-e2e (the
-#   sequence of ../shared/peer-bench/run-nats.sh);
-# - stream: Tidings, one message per request on PublishStream for the
-#   backlog and for the latency run (`--unbatched --stream`);
+#   sequence of ../shared/peer-bench/run-nats.sh): N stored, the same N
+#   drained;
+# - stream: Tidings, `bench publish` (N, one message per request on
+#   PublishStream) then `bench consume` (which stores N more for a fresh
+#   subscription and drains those: so the broker holds 2 N, N drained, as
+#   run-tidings.sh leaves it), then the latency run with one message per
+#   request on PublishStream (`--unbatched --stream`);
 # - publisher: Tidings, the backlog as above, the latency run through the
 #   client's Publisher on its default transport, PublishStream (messages
 #   queued together share a request);
