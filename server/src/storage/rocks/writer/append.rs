@@ -12,12 +12,7 @@ impl Writer {
         messages: &[NewMessage],
         batch: &mut Batch<'_>,
     ) -> StoreResult<Appended> {
-        self.claim_ram(topic);
-        let head = self
-            .topics
-            .get(&topic)
-            .ok_or(StoreError::TopicNotFound(topic))?
-            .clone();
+        let head = self.claimed_head(topic)?;
         if head.ram.is_some() {
             return Ok(self.stage_ram_append(topic, head, messages, batch));
         }

@@ -130,6 +130,16 @@ impl Writer {
         );
     }
 
+    /// A copy of `topic`'s head, its memory log claimed first (see
+    /// [`claim_ram`](Self::claim_ram)).
+    pub(super) fn claimed_head(&mut self, topic: TopicId) -> StoreResult<TopicHead> {
+        self.claim_ram(topic);
+        self.topics
+            .get(&topic)
+            .cloned()
+            .ok_or(StoreError::TopicNotFound(topic))
+    }
+
     /// [`Op::Reserve`](super::Op::Reserve): stores an offset mark
     /// [`RESERVED_OFFSETS`] above the topic's next offset, unless a higher
     /// one is stored; the log hears of it once the batch is written.
@@ -245,12 +255,7 @@ impl Writer {
         before: Offset,
         drop_bytes: u64,
     ) -> StoreResult<(Offset, u64)> {
-        self.claim_ram(topic);
-        let head = self
-            .topics
-            .get(&topic)
-            .ok_or(StoreError::TopicNotFound(topic))?
-            .clone();
+        let head = self.claimed_head(topic)?;
         if head.ram.is_none() {
             return Err(StoreError::Engine {
                 context: "trimming a memory topic",
