@@ -81,6 +81,18 @@ bench_round() {
         sed -n "s/^\(RESULT\|LATENCY\|SERVER\) /round=$round $variant /p"
 }
 
+# peer_generator: prints the path of the peer benchmark's load generator,
+# the program ../shared/peer-bench/run-nats.sh builds into its cache (shared/
+# sits beside the checkout), running that script once when it is missing.
+# Call it from the repository's root.
+peer_generator() {
+    local generator=${XDG_CACHE_HOME:-$HOME/.cache}/tidings-peer-bench/target/release/peer-bench
+    if [ ! -x "$generator" ]; then
+        bash ../shared/peer-bench/run-nats.sh page-cache 1000 > /dev/null
+    fi
+    echo "$generator"
+}
+
 # nats_server MODE: starts a NATS JetStream server (file storage; with MODE
 # fsync, synced before every acknowledgement) on a free loopback port, with
 # a fresh store; sets NATS_URL, NATS_PID and NATS_DIR. Its binary comes

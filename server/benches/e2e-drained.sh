@@ -40,11 +40,7 @@ cd "$(dirname "$0")/../.."
 bench_binaries
 trap nats_stop EXIT
 
-peers=../shared/peer-bench   # shared/ sits beside the checkout
-generator=${XDG_CACHE_HOME:-$HOME/.cache}/tidings-peer-bench/target/release/peer-bench
-if [ ! -x "$generator" ]; then
-    bash "$peers/run-nats.sh" page-cache 1000 > /dev/null
-fi
+generator=$(peer_generator)
 
 # tidings_drained VARIANT E2E_FLAGS...: the backlog, drained, then the
 # latency run with E2E_FLAGS, on a fresh broker.

@@ -27,11 +27,7 @@ cd "$(dirname "$0")/../.."
 bench_binaries
 trap nats_stop EXIT
 
-peers=../shared/peer-bench   # shared/ sits beside the checkout
-generator=${XDG_CACHE_HOME:-$HOME/.cache}/tidings-peer-bench/target/release/peer-bench
-if [ ! -x "$generator" ]; then
-    bash "$peers/run-nats.sh" page-cache 1000 > /dev/null
-fi
+generator=$(peer_generator)
 
 for round in $(seq "$ROUNDS"); do
     for mode in $MODES; do
