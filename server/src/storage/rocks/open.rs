@@ -67,13 +67,13 @@ pub(super) fn open_with_recovery(
     db_options.set_wal_recovery_mode(mode);
     db_options.set_paranoid_checks(true);
     let mut families: Vec<_> = [CF_MESSAGES, CF_SUBSCRIPTIONS, CF_META, CF_DELAYS]
-        .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache)))
+        .map(|name| ColumnFamilyDescriptor::new(name, column_options(&cache, true)))
         .into();
-    let mut ids = column_options(&cache);
-    // Nearly every lookup is of a new id: a bloom filter over the memtable
-    // answers those without searching it (the table files have theirs).
-    ids.set_memtable_prefix_bloom_ratio(0.1);
-    ids.set_memtable_whole_key_filtering(true);
+    // Nothing looks remembered ids up by key (the writer keeps them in
+    // memory; a start reads them back in order), so no bloom filters; and
+    // hashes do not compress. Both only cost the flushes time.
+    let mut ids = column_options(&cache, false);
+    ids.set_compression_type(DBCompressionType::None);
     ids.set_compaction_filter(
         "forget-expired-ids",
         dedup::compaction_filter(windows.clone()),
@@ -95,10 +95,14 @@ fn background_env() -> Result<Env, rocksdb::Error> {
     Ok(env)
 }
 
-fn column_options(cache: &Cache) -> Options {
+/// A column family's options; `bloom`: whether its table files carry bloom
+/// filters, for lookups by key.
+fn column_options(cache: &Cache, bloom: bool) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
-    table.set_bloom_filter(10.0, false);
+    if bloom {
+        table.set_bloom_filter(10.0, false);
+    }
     // Index and filter blocks live in the block cache too, so memory stays
     // within the cache however many table files a long backlog makes. Level
     // 0's stay pinned: reads of recent messages, the common catch-up, need
