@@ -151,7 +151,7 @@ fn message_id(run: u64, n: u64) -> String {
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    id.iter().map(|&c| char::from(c)).collect()
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 /// Publisher `n`'s share of `total` requests in flight over `publishers`:
