@@ -2,7 +2,7 @@
 //! (`--auth-file`), and the decisions made from them.
 //!
 //! An [`Authorizer`] is either open (no auth file: everything is allowed,
-//! for local use) or holds the file's [`Policy`](policy), swapped whole
+//! for local use) or holds the file's `Policy` (module `policy`), swapped whole
 //! when the file is reloaded. A request first finds its [`Caller`] (a
 //! bearer token, compared by its SHA-256 in constant time, or an mTLS
 //! certificate subject), then asks the caller one decision per action:

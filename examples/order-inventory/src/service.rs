@@ -59,9 +59,8 @@ pub fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
-/// Creates each topic that does not exist yet, as
-/// [`topic_config`](crate::events::topic_config) says. A topic that exists
-/// is left as it is.
+/// Creates each topic that does not exist yet, as [`topic_config`] says.
+/// A topic that exists is left as it is.
 ///
 /// # Errors
 /// When the broker refuses for another reason than ALREADY_EXISTS.

@@ -27,10 +27,10 @@
 //! Reads (see `read`) run on `spawn_blocking` straight on the
 //! database, with short-lived iterators; `open` holds the database options.
 //!
-//! Memory topics keep their messages (and ids) in a [`RamLog`] each,
-//! never in the database: the writer changes them once the batch they
-//! belong to is written (see `writer::ram`), and reads of them take the
-//! log's lock instead of a blocking thread.
+//! Memory topics keep their messages (and ids) in a `RamLog` each (see
+//! `storage::ram`), never in the database: the writer changes them once
+//! the batch they belong to is written (see `writer::ram`), and reads of
+//! them take the log's lock instead of a blocking thread.
 //! This is the only module that names RocksDB; it knows nothing of leases,
 //! streams or gRPC.
 
