@@ -71,7 +71,8 @@ pub(super) fn open_with_recovery(
         .into();
     // Nothing looks remembered ids up by key (the writer keeps them in
     // memory; a start reads them back in order), so no bloom filters; and
-    // hashes do not compress. Both only cost the flushes time.
+    // hashes do not compress. Both only cost: the memtable's filter a
+    // tenth of its size, the flushes time.
     let mut ids = column_options(&cache, false);
     ids.set_compression_type(DBCompressionType::None);
     ids.set_compaction_filter(

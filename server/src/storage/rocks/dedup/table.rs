@@ -135,16 +135,17 @@ impl Slots {
     }
 
     /// Reads the slots a probe for `key` most likely looks at: its home
-    /// and the [`TOUCHED`] - 1 after it, each cache line they span (their
-    /// first, middle and last words: three slots are 72 bytes, so up to
-    /// three lines).
+    /// and the [`TOUCHED`] - 1 after it. Three slots are 72 bytes from a
+    /// word boundary, so they span at most two cache lines, one holding
+    /// their first word and the other their last (but for the two homes
+    /// whose slots wrap around the table's end).
     fn touch(&self, key: Key) -> u64 {
         if self.slots.is_empty() {
             return 0;
         }
         let home = self.home(key);
-        let at = |n: usize| &self.slots[(home + n) & self.mask()];
-        at(0)[0] ^ at(TOUCHED / 2)[1] ^ at(TOUCHED - 1)[2]
+        let last = &self.slots[(home + TOUCHED - 1) & self.mask()];
+        self.slots[home][0] ^ last[2]
     }
 
     /// The slot holding `key`, or the free slot that ends its probe.
