@@ -49,7 +49,7 @@ impl Writer {
             );
             ids.touch(self.hashes.iter().flatten().copied());
         }
-        self.undo.push(Undo::Topic(topic, Some(head.clone())));
+        self.undo.push(Undo::Topic(topic, Some(head)));
         let head = self.topics.get_mut(&topic).expect("looked up above");
         let mut offset = appended.first_offset;
         for (index, message) in messages.iter().enumerate() {
