@@ -244,6 +244,15 @@ impl StoreListener for Recorder {
     }
 }
 
+/// Creates a disk topic named `name` with the default settings; its id.
+async fn disk_topic(store: &SharedStore, name: &str) -> anyhow::Result<TopicId> {
+    let name = topic_name(name)?;
+    let record = store
+        .create_topic(&name, TopicSettings::default(), StorageClass::Disk)
+        .await?;
+    Ok(record.id)
+}
+
 async fn next_offset(store: &SharedStore, topic: TopicId) -> anyhow::Result<u64> {
     let catalog = store.load().await?;
     let record = catalog

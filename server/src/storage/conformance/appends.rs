@@ -59,14 +59,7 @@ pub(super) async fn concurrent_appends_get_disjoint_contiguous_ranges(
     const TASKS: usize = 16;
     const BATCHES: usize = 20;
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("busy")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "busy").await?;
     let tasks = append_from_tasks(
         &store,
         TASKS,
@@ -151,22 +144,8 @@ pub(super) async fn a_commit_appends_and_settles_together_and_hears_its_appends(
     let store = h.open().await?;
     let recorder = Arc::new(Recorder::default());
     store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
-    let source = store
-        .create_topic(
-            &topic_name("orders")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
-    let dead = store
-        .create_topic(
-            &topic_name("orders.dead")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let source = disk_topic(&store, "orders").await?;
+    let dead = disk_topic(&store, "orders.dead").await?;
     store.append(source, messages(&["a", "b"])).await?;
     let sub = store
         .create_subscription(
@@ -260,22 +239,8 @@ pub(super) async fn the_listener_hears_every_append_in_order(
     let store = h.open().await?;
     let recorder = Arc::new(Recorder::default());
     store.set_listener(Arc::clone(&recorder) as Arc<dyn StoreListener>);
-    let a = store
-        .create_topic(
-            &topic_name("a")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
-    let b = store
-        .create_topic(
-            &topic_name("b")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let a = disk_topic(&store, "a").await?;
+    let b = disk_topic(&store, "b").await?;
     store.append(a, messages(&["1", "2"])).await?;
     store.append(b, messages(&["x"])).await?;
     store.append(a, messages(&["3"])).await?;

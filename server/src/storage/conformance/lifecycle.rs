@@ -216,14 +216,7 @@ pub(super) async fn reopen_keeps_everything(mut h: impl Harness) -> anyhow::Resu
 
 pub(super) async fn closed_store_refuses_calls(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     store.append(topic, messages(&["a"])).await?;
     store.close().await?;
     store.close().await.context("closing twice is fine")?;

@@ -4,14 +4,7 @@ use super::*;
 
 pub(super) async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     append_sized(&store, topic, 10, 10).await?;
     let limit = |max_messages, max_bytes| ReadLimit {
         max_messages,
@@ -55,14 +48,7 @@ pub(super) async fn reads_respect_limits(mut h: impl Harness) -> anyhow::Result<
 
 pub(super) async fn read_offsets_skips_missing(mut h: impl Harness) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     store
         .append(topic, messages(&["0", "1", "2", "3", "4"]))
         .await?;
@@ -80,14 +66,7 @@ pub(super) async fn offset_at_time_finds_first_message_at_or_after(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     ensure!(
         store.offset_at_time(topic, UNIX_EPOCH).await? == 0,
         "empty topic"
@@ -122,14 +101,7 @@ pub(super) async fn reads_stop_at_the_end_of_their_range(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     append_sized(&store, topic, 6, 10).await?;
     ensure!(offsets(&store.read(topic, 1..4, EVERYTHING).await?) == vec![1, 2, 3]);
     ensure!(store.read(topic, 3..3, EVERYTHING).await?.is_empty());
@@ -141,14 +113,7 @@ pub(super) async fn truncate_deletes_below_and_never_goes_back(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     let first_at = |store: SharedStore| async move {
         let catalog = store.load().await?;
         let record = catalog.topics.into_iter().find(|t| t.id == topic);
@@ -182,14 +147,7 @@ pub(super) async fn offset_at_time_skips_offsets_without_messages(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     let first = store.append(topic, messages(&["0", "1", "2"])).await?;
     wait_past(first.publish_time).await;
     let second = store.append(topic, messages(&["3", "4"])).await?;

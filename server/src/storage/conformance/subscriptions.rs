@@ -6,14 +6,7 @@ pub(super) async fn ack_states_are_saved_replaced_and_loaded(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     let name = subscription_name("s")?;
     let deadline = Duration::from_secs(30);
     let sub = store
@@ -48,14 +41,7 @@ pub(super) async fn subscriptions_are_created_and_deleted(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     let deadline = Duration::from_millis(12_500);
     let first = store
         .create_subscription(
@@ -121,14 +107,7 @@ pub(super) async fn subscription_settings_change_and_survive_a_reopen(
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     let mut acks = AckState::starting_at(3);
     acks.ack(5);
     let sub = store
@@ -190,14 +169,7 @@ pub(super) async fn delivery_records_are_stored_deleted_and_go_with_their_subscr
     mut h: impl Harness,
 ) -> anyhow::Result<()> {
     let store = h.open().await?;
-    let topic = store
-        .create_topic(
-            &topic_name("t")?,
-            TopicSettings::default(),
-            StorageClass::Disk,
-        )
-        .await?
-        .id;
+    let topic = disk_topic(&store, "t").await?;
     let deadline = Duration::from_secs(30);
     let create = |name: &'static str| {
         let store = store.clone();
