@@ -13,16 +13,18 @@
 //! message is stored, across crashes too: at start the writer reads the
 //! entries within each topic's window back.
 //!
-//! Memory is 70 to 140 bytes per remembered id (24-byte slots of a table
-//! kept at most half full, plus 32 bytes in the storing order; both double
-//! as they grow), times the window times the rate of messages with ids: a
-//! window of 2 minutes at 10 000 such messages a second holds 1.2 million
-//! ids, up to 170 MiB. Entries past their
-//! topic's window are dropped from disk by a compaction filter when
-//! compaction reaches their file; files are compacted at least every
-//! [`PERIODIC_COMPACTION`], so what is kept stays bounded by the window,
-//! not by history. A deleted topic's entries go with it, in one range
-//! deletion.
+//! Memory is 40 to 110 bytes per remembered id (8-byte slots of a table
+//! kept between an eighth and half full, plus 24 bytes in the storing
+//! order, which doubles as it grows), times the window times the rate of
+//! messages with ids: a window of 2 minutes at 10 000 such messages a
+//! second holds 1.2 million ids, up to 130 MiB. A topic remembers at most
+//! 2^30 ids (tens of GiB of them); past that it forgets its oldest early.
+//!
+//! Entries past their topic's window are dropped from disk by a
+//! compaction filter when compaction reaches their file; files are
+//! compacted at least every [`PERIODIC_COMPACTION`], so what is kept stays
+//! bounded by the window, not by history. A deleted topic's entries go
+//! with it, in one range deletion.
 //!
 //! Hashes stand for ids: two different ids with the same 128-bit hash
 //! would be taken for one, with odds far below those of a disk error. The
@@ -136,28 +138,50 @@ impl Hasher for AlreadyHashed {
 /// A map keyed by id hashes.
 pub(super) type ByIdHash<V> = HashMap<u128, V, BuildHasherDefault<AlreadyHashed>>;
 
-/// The ids one topic remembers, in memory.
+/// The ids one topic remembers, in memory: in the order they were stored,
+/// and in a table that finds one by its hash.
 #[derive(Debug, Default)]
 pub(super) struct Remembered {
-    /// Id hash → the offset stored with it.
+    /// Which entry of `order` holds a hash: by sequence number.
     table: IdTable,
-    /// What was stored, in order: when (microseconds), id hash, offset.
-    order: VecDeque<(u64, u128, Offset)>,
+    /// What was stored, oldest first: each id's hash and offset, as three
+    /// words (24 bytes, where a tuple would take 32).
+    order: VecDeque<[u64; 3]>,
+    /// When `order`'s ids were stored, in runs: microseconds, and how many
+    /// ids (an append's ids share their time).
+    times: VecDeque<(u64, usize)>,
+    /// The sequence number of `order`'s first entry.
+    first: u32,
     /// Reused by [`expire`](Self::expire).
-    expired: Vec<(u128, Offset)>,
+    expired: Vec<(u32, u32)>,
 }
 
 impl Remembered {
     /// Fetches the slots of `ids` into the cache together; see `table`.
     pub(super) fn touch(&self, ids: impl IntoIterator<Item = u128>) {
-        self.table.touch(ids);
+        self.table.touch(ids.into_iter().map(table::tag));
+    }
+
+    /// The entry of `order` with sequence number `seq`.
+    fn entry(&self, seq: u32) -> [u64; 3] {
+        self.order[seq.wrapping_sub(self.first) as usize]
+    }
+
+    fn hash_of(entry: [u64; 3]) -> u128 {
+        u128::from(entry[0]) | u128::from(entry[1]) << 64
+    }
+
+    /// The sequence number of `id` if it is remembered.
+    fn find(&self, id: u128) -> Option<u32> {
+        self.table
+            .get(table::tag(id), |seq| Self::hash_of(self.entry(seq)) == id)
     }
 
     /// The offset stored with `id`. Within the window of the last
     /// [`expire`](Self::expire), since that forgot every id past it.
     #[cfg(test)]
     pub(super) fn get(&self, id: u128) -> Option<Offset> {
-        self.table.get(id)
+        self.find(id).map(|seq| self.entry(seq)[2])
     }
 
     /// Remembers `id`, stored with `offset` at `stored` (microseconds),
@@ -168,39 +192,85 @@ impl Remembered {
         offset: Offset,
         stored: u64,
     ) -> Result<(), Offset> {
-        self.table.insert_new(id, offset)?;
-        self.order.push_back((stored, id, offset));
+        if let Some(seq) = self.find(id) {
+            return Err(self.entry(seq)[2]);
+        }
+        let seq = self.push(id, offset, stored);
+        self.table.put_new(table::tag(id), seq);
         Ok(())
     }
 
     /// Remembers `id`, stored with `offset` at `stored`, in place of what
     /// it was stored with before (reading back, oldest first).
     fn insert(&mut self, id: u128, offset: Offset, stored: u64) {
-        self.table.insert(id, offset);
-        self.order.push_back((stored, id, offset));
+        let seq = self.push(id, offset, stored);
+        let (order, first) = (&self.order, self.first);
+        let is = |at: u32| Self::hash_of(order[at.wrapping_sub(first) as usize]) == id;
+        self.table.put(table::tag(id), seq, is);
+    }
+
+    /// Adds `id` to the storing order; its sequence number.
+    fn push(&mut self, id: u128, offset: Offset, stored: u64) -> u32 {
+        if self.order.len() >= table::MAX_IDS {
+            // A billion ids: forget the oldest early rather than reuse
+            // sequence numbers.
+            self.forget_oldest(1);
+        }
+        let seq = self.first.wrapping_add(self.order.len() as u32);
+        self.order.push_back([id as u64, (id >> 64) as u64, offset]);
+        match self.times.back_mut() {
+            Some((time, count)) if *time == stored => *count += 1,
+            _ => self.times.push_back((stored, 1)),
+        }
+        seq
     }
 
     /// Forgets `id` if it is still the one stored with `offset` (its
     /// write failed).
     pub(super) fn forget(&mut self, id: u128, offset: Offset) {
-        self.table.remove(id, offset);
+        if let Some(seq) = self.find(id)
+            && self.entry(seq)[2] == offset
+        {
+            self.table.remove(table::tag(id), seq);
+        }
     }
 
     /// Forgets the ids stored longer than `window` before `now`.
     pub(super) fn expire(&mut self, window: Duration, now: u64) {
-        self.expired.clear();
-        while let Some(&(stored, id, offset)) = self.order.front() {
+        let mut count = 0;
+        for &(stored, ids) in &self.times {
             if remembered(stored, window, now) {
                 break;
             }
-            self.order.pop_front();
-            self.expired.push((id, offset));
+            count += ids;
         }
-        self.table.touch(self.expired.iter().map(|&(id, _)| id));
-        for &(id, offset) in &self.expired {
+        self.forget_oldest(count);
+    }
+
+    /// Forgets the `count` ids stored first.
+    fn forget_oldest(&mut self, mut count: usize) {
+        self.expired.clear();
+        while count > 0 {
+            let Some((_, ids)) = self.times.front_mut() else {
+                break;
+            };
+            let taken = (*ids).min(count);
+            *ids -= taken;
+            count -= taken;
+            if *ids == 0 {
+                self.times.pop_front();
+            }
+            for entry in self.order.drain(..taken) {
+                self.expired
+                    .push((table::tag(Self::hash_of(entry)), self.first));
+                self.first = self.first.wrapping_add(1);
+            }
+        }
+        self.table.touch(self.expired.iter().map(|&(tag, _)| tag));
+        for &(tag, seq) in &self.expired {
             // Stored again since (or forgotten): the table holds another
-            // offset or none, and that stays.
-            self.table.remove(id, offset);
+            // sequence number or none, and that stays.
+            self.table.remove(tag, seq);
         }
     }
 
@@ -274,7 +344,29 @@ mod tests {
         ids.expire(window, 160);
         assert_eq!((ids.get(b), ids.len()), (None, 1));
         ids.expire(window, 200);
-        assert_eq!((ids.len(), ids.order.len()), (0, 0));
+        assert_eq!((ids.len(), ids.order.len(), ids.times.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn ids_whose_hashes_share_their_low_bits_are_told_apart() {
+        // The table keeps 32 bits of a hash; the rest is checked against
+        // the storing order.
+        let (a, b) = (5 | 1 << 64, 5 | 2 << 64);
+        let mut ids = Remembered::default();
+        assert_eq!(ids.insert_new(a, 1, 10), Ok(()));
+        assert_eq!(ids.get(b), None);
+        assert_eq!(ids.insert_new(b, 2, 10), Ok(()));
+        assert_eq!(
+            (ids.insert_new(a, 3, 11), ids.insert_new(b, 3, 11)),
+            (Err(1), Err(2))
+        );
+        ids.forget(b, 2);
+        assert_eq!((ids.get(a), ids.get(b)), (Some(1), None));
+        assert_eq!(ids.insert_new(b, 4, 12), Ok(()));
+        ids.expire(Duration::from_micros(2), 12);
+        assert_eq!((ids.get(a), ids.get(b), ids.len()), (None, Some(4), 1));
+        ids.expire(Duration::from_micros(2), 14);
+        assert_eq!((ids.len(), ids.order.len(), ids.times.len()), (0, 0, 0));
     }
 
     #[test]

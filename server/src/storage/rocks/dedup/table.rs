@@ -1,67 +1,69 @@
-//! The table behind [`Remembered`](super::Remembered): id hashes to the
-//! offsets stored with them, by open addressing with linear probing.
+//! The table behind [`Remembered`](super::Remembered): which of the ids
+//! it remembers has a given hash, by open addressing with linear probing.
 //!
 //! It exists for one cost. A topic publishing with ids remembers millions
 //! of them, so its table is far larger than the processor's caches, and
 //! every lookup or insert of a new id lands on a random cache line: a miss
-//! to memory, which on the writer thread (one per broker) held up every
-//! group commit by about a third of a microsecond per message. A general
-//! map hides where its slots are; this one can say, so the writer first
-//! [`touch`](IdTable::touch)es the slot of every id of an append — loads
-//! that do not depend on each other, which the processor overlaps — and
-//! then probes and inserts while those lines are in cache.
+//! to memory, on the writer thread (one per broker) that every group
+//! commit waits for. So the table is small and says where its slots are.
+//! A slot is one word: 32 bits of the id's hash (its tag) above the id's
+//! sequence number in `Remembered`'s storing order, where the whole hash
+//! and its offset are kept. A probe compares tags, and reads the storing
+//! order only when a tag matches (for a repeated id, or one time in 2^31
+//! for another): three slots in four fit in one cache line. And the
+//! writer first [`touch`](IdTable::touch)es the slots of every id of an
+//! append — loads that do not depend on each other, which the processor
+//! overlaps — and then probes and inserts while those lines are in cache.
 //!
-//! Keys are 128-bit hashes, uniform already, so a key's home slot is its
-//! low bits. The table keeps at most one key in two slots, so a probe for
-//! an absent key ends after a slot or two; it doubles when fuller and
-//! halves when less than an eighth full. Removal shifts the entries that
-//! follow back (no tombstones), so lookups never slow down as ids come and
-//! go. Growing or shrinking moves the ids a few at a time with each insert
-//! and removal, not all at once: at tens of millions of ids, moving them
-//! in one go held up every publish for seconds.
-
-use crate::offsets::Offset;
+//! Hashes are uniform already, so an id's tag is its hash's low 32 bits
+//! with the top one set (a used slot is never zero), and its home slot is
+//! the tag's low bits. The table keeps at most one id in two slots, so a
+//! probe for an absent id ends after a slot or two; it doubles when
+//! fuller and halves when less than an eighth full. Removal shifts the
+//! entries that follow back (no tombstones), so lookups never slow down as
+//! ids come and go. Growing or shrinking moves the ids a few at a time
+//! with each insert and removal, not all at once: at tens of millions of
+//! ids, moving them in one go held up every publish for seconds.
 
 /// Slots in a table that has grown at all.
 const MIN_SLOTS: usize = 1024;
 
-/// An id hash as stored: two words, so a slot packs into 24 bytes.
-type Key = [u64; 2];
+/// The most slots a table has: homes come from a tag's low 31 bits.
+const MAX_SLOTS: usize = 1 << 31;
 
-/// No key: a slot holding it is free. The hash `0` is stored as `1`,
-/// which joins two hashes in 2^128; see the module docs of `dedup` on
-/// collisions.
-const FREE: Key = [0, 0];
+/// The most ids a table holds; [`Remembered`](super::Remembered) forgets
+/// its oldest early rather than hold more.
+pub(super) const MAX_IDS: usize = MAX_SLOTS / 2;
 
-fn key(hash: u128) -> Key {
-    match [hash as u64, (hash >> 64) as u64] {
-        FREE => [1, 0],
-        key => key,
-    }
+/// Set in every tag, so that no used slot is zero.
+const TAG_BIT: u32 = 1 << 31;
+
+/// An id's tag: its hash's low bits, with [`TAG_BIT`] set.
+pub(super) fn tag(hash: u128) -> u32 {
+    hash as u32 | TAG_BIT
 }
 
-/// A key and its offset, as three words: an array of integers, so that a
-/// new table's slots come from zeroed pages the system hands over as they
-/// are first touched, instead of being written out all at once.
-type Slot = [u64; 3];
+/// A tag above a sequence number.
+type Slot = u64;
 
-const EMPTY: Slot = [0; 3];
+/// No id: a slot holding it is free.
+const FREE: Slot = 0;
 
-fn slot(key: Key, offset: Offset) -> Slot {
-    [key[0], key[1], offset]
+fn slot(tag: u32, seq: u32) -> Slot {
+    u64::from(tag) << 32 | u64::from(seq)
 }
 
-fn key_of(slot: &Slot) -> Key {
-    [slot[0], slot[1]]
+fn tag_of(slot: Slot) -> u32 {
+    (slot >> 32) as u32
 }
 
-fn offset_of(slot: &Slot) -> Offset {
-    slot[2]
+fn seq_of(slot: Slot) -> u32 {
+    slot as u32
 }
 
-/// Id hash → offset; see the module docs.
+/// Sequence number → id hash → offset; see the module docs.
 #[derive(Debug, Default)]
-pub(in crate::storage::rocks) struct IdTable {
+pub(super) struct IdTable {
     /// Where new ids go.
     live: Slots,
     /// While the table grows or shrinks: the slots it had, whose ids move
@@ -92,11 +94,11 @@ struct Moving {
 }
 
 impl Moving {
-    /// Whether `key` may still be here: its home is past the runs moved so
-    /// far (a key sits in the run that holds its home, and runs move
-    /// whole).
-    fn may_hold(&self, key: Key) -> bool {
-        let home = self.from.home(key);
+    /// Whether an id tagged `tag` may still be here: its home is past the
+    /// runs moved so far (an id sits in the run that holds its home, and
+    /// runs move whole).
+    fn may_hold(&self, tag: u32) -> bool {
+        let home = self.from.home(tag);
         let mask = self.from.mask();
         // Slots moved or passed: from just after `start` to `cursor`.
         let moved = self.cursor.wrapping_sub(self.start) & mask;
@@ -105,12 +107,12 @@ impl Moving {
     }
 }
 
-/// Slots [`Slots::touch`] fetches from a key's home on. A probe for a new
+/// Slots [`Slots::touch`] fetches from an id's home on. A probe for a new
 /// id, the common one, ends at the first free slot: at the table's fill of
 /// a quarter to a half, at its home 75 to 50 times in a hundred, within
-/// three slots 96 to 81 times (simulated); one that ran on past the line
-/// `touch` had fetched stalled on a miss of its own.
-const TOUCHED: usize = 3;
+/// four slots 98 to 87 times; one that ran on past the line `touch` had
+/// fetched stalled on a miss of its own.
+const TOUCHED: usize = 4;
 
 /// Slots looked at to move ids on each insert or removal. A table moves
 /// when it is half full (or an eighth), so the move is done long before
@@ -121,7 +123,7 @@ const MOVE_STEP: usize = 16;
 impl Slots {
     fn with_len(slots: usize) -> Self {
         Self {
-            slots: vec![EMPTY; slots],
+            slots: vec![FREE; slots],
             len: 0,
         }
     }
@@ -130,61 +132,61 @@ impl Slots {
         self.slots.len() - 1
     }
 
-    fn home(&self, key: Key) -> usize {
-        key[0] as usize & self.mask()
+    fn home(&self, tag: u32) -> usize {
+        tag as usize & self.mask()
     }
 
-    /// Reads the slots a probe for `key` most likely looks at: its home
-    /// and the [`TOUCHED`] - 1 after it. Three slots are 72 bytes from a
-    /// word boundary, so they span at most two cache lines, one holding
-    /// their first word and the other their last (but for the two homes
-    /// whose slots wrap around the table's end).
-    fn touch(&self, key: Key) -> u64 {
+    /// Reads the slots a probe for `tag` most likely looks at: its home
+    /// and the [`TOUCHED`] - 1 after it. Four slots are 32 bytes, so they
+    /// span at most two cache lines, one holding the first and the other
+    /// the last (but for the homes whose slots wrap around the table's
+    /// end).
+    fn touch(&self, tag: u32) -> u64 {
         if self.slots.is_empty() {
             return 0;
         }
-        let home = self.home(key);
-        let last = &self.slots[(home + TOUCHED - 1) & self.mask()];
-        self.slots[home][0] ^ last[2]
+        let home = self.home(tag);
+        self.slots[home] ^ self.slots[(home + TOUCHED - 1) & self.mask()]
     }
 
-    /// The slot holding `key`, or the free slot that ends its probe.
-    fn find(&self, key: Key) -> (usize, bool) {
-        let mut at = self.home(key);
+    /// The slot holding the id tagged `tag` for which `is` says yes to
+    /// its sequence number, or the free slot that ends its probe.
+    fn find(&self, tag: u32, is: impl Fn(u32) -> bool) -> (usize, bool) {
+        let mut at = self.home(tag);
         loop {
-            match key_of(&self.slots[at]) {
-                k if k == key => return (at, true),
+            match self.slots[at] {
                 FREE => return (at, false),
+                slot if tag_of(slot) == tag && is(seq_of(slot)) => return (at, true),
                 _ => at = (at + 1) & self.mask(),
             }
         }
     }
 
-    fn get(&self, key: Key) -> Option<Offset> {
+    fn get(&self, tag: u32, is: impl Fn(u32) -> bool) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
-        match self.find(key) {
-            (at, true) => Some(offset_of(&self.slots[at])),
+        match self.find(tag, is) {
+            (at, true) => Some(seq_of(self.slots[at])),
             (_, false) => None,
         }
     }
 
-    /// Stores `slot`, over the slot with its key if there is one; the
-    /// caller made room.
-    fn put(&mut self, slot: Slot) {
-        let (at, present) = self.find(key_of(&slot));
-        self.slots[at] = slot;
+    /// Stores `seq` under `tag`, over the slot of the id `is` recognises
+    /// if there is one; the caller made room.
+    fn put(&mut self, tag: u32, seq: u32, is: impl Fn(u32) -> bool) {
+        let (at, present) = self.find(tag, is);
+        self.slots[at] = slot(tag, seq);
         self.len += usize::from(!present);
     }
 
-    /// Removes `key` if `offset` is stored with it; whether it did.
-    fn remove(&mut self, key: Key, offset: Offset) -> bool {
+    /// Removes the slot holding `seq` under `tag`; whether there was one.
+    fn remove(&mut self, tag: u32, seq: u32) -> bool {
         if self.len == 0 {
             return false;
         }
-        let (mut hole, present) = self.find(key);
-        if !present || offset_of(&self.slots[hole]) != offset {
+        let (mut hole, present) = self.find(tag, |at| at == seq);
+        if !present {
             return false;
         }
         // Shift back every later entry of the run whose home does not lie
@@ -194,10 +196,10 @@ impl Slots {
         loop {
             at = (at + 1) & self.mask();
             let slot = self.slots[at];
-            if key_of(&slot) == FREE {
+            if slot == FREE {
                 break;
             }
-            let home = self.home(key_of(&slot));
+            let home = self.home(tag_of(slot));
             let stays = if hole <= at {
                 hole < home && home <= at
             } else {
@@ -208,7 +210,7 @@ impl Slots {
                 hole = at;
             }
         }
-        self.slots[hole] = EMPTY;
+        self.slots[hole] = FREE;
         self.len -= 1;
         true
     }
@@ -216,77 +218,59 @@ impl Slots {
 
 impl IdTable {
     /// How many ids it holds.
-    #[cfg(test)]
-    pub(in crate::storage::rocks) fn len(&self) -> usize {
-        self.len_now()
+    pub(super) fn len(&self) -> usize {
+        self.live.len + self.moving.as_ref().map_or(0, |m| m.from.len)
     }
 
-    /// Reads the slots where each hash's probe will look, so that the
+    /// Reads the slots where each tag's probe will look, so that the
     /// probes that follow find them in cache: the loads are independent,
     /// so their misses overlap instead of queueing one behind another.
-    pub(in crate::storage::rocks) fn touch(&self, hashes: impl IntoIterator<Item = u128>) {
+    pub(super) fn touch(&self, tags: impl IntoIterator<Item = u32>) {
         let mut seen = 0;
-        for hash in hashes {
-            let key = key(hash);
-            seen ^= self.live.touch(key);
-            if let Some(moving) = self.moving.as_ref().filter(|m| m.may_hold(key)) {
-                seen ^= moving.from.touch(key);
+        for tag in tags {
+            seen ^= self.live.touch(tag);
+            if let Some(moving) = self.moving.as_ref().filter(|m| m.may_hold(tag)) {
+                seen ^= moving.from.touch(tag);
             }
         }
         std::hint::black_box(seen);
     }
 
-    fn get_key(&self, key: Key) -> Option<Offset> {
-        self.live.get(key).or_else(|| {
+    /// The sequence number of the id tagged `tag` that `is` recognises.
+    pub(super) fn get(&self, tag: u32, is: impl Fn(u32) -> bool + Copy) -> Option<u32> {
+        self.live.get(tag, is).or_else(|| {
             self.moving
                 .as_ref()
-                .filter(|m| m.may_hold(key))
-                .and_then(|m| m.from.get(key))
+                .filter(|m| m.may_hold(tag))
+                .and_then(|m| m.from.get(tag, is))
         })
     }
 
-    /// The offset stored with `hash`.
-    #[cfg(test)]
-    pub(in crate::storage::rocks) fn get(&self, hash: u128) -> Option<Offset> {
-        self.get_key(key(hash))
-    }
-
-    /// Stores `offset` with `hash`, unless `hash` is there already: then
-    /// the offset stored with it, unchanged.
-    pub(in crate::storage::rocks) fn insert_new(
-        &mut self,
-        hash: u128,
-        offset: Offset,
-    ) -> Result<(), Offset> {
-        let key = key(hash);
-        if let Some(stored) = self.get_key(key) {
-            return Err(stored);
-        }
-        self.step();
-        self.live.put(slot(key, offset));
-        Ok(())
-    }
-
-    /// Stores `offset` with `hash`, replacing what was there.
-    pub(in crate::storage::rocks) fn insert(&mut self, hash: u128, offset: Offset) {
-        let key = key(hash);
+    /// Stores `seq` under `tag`, replacing the id `is` recognises if it
+    /// is there.
+    pub(super) fn put(&mut self, tag: u32, seq: u32, is: impl Fn(u32) -> bool + Copy) {
         if let Some(moving) = &mut self.moving
-            && let Some(stored) = moving.from.get(key)
+            && let Some(stored) = moving.from.get(tag, is)
         {
-            moving.from.remove(key, stored);
+            moving.from.remove(tag, stored);
         }
         self.step();
-        self.live.put(slot(key, offset));
+        self.live.put(tag, seq, is);
     }
 
-    /// Removes `hash` if `offset` is stored with it; whether it did.
-    pub(in crate::storage::rocks) fn remove(&mut self, hash: u128, offset: Offset) -> bool {
-        let key = key(hash);
-        let removed = self.live.remove(key, offset)
+    /// Stores `seq` under `tag`, for an id the caller found absent.
+    pub(super) fn put_new(&mut self, tag: u32, seq: u32) {
+        self.step();
+        self.live.put(tag, seq, |_| false);
+    }
+
+    /// Removes `seq` from under `tag`; whether it was there.
+    pub(super) fn remove(&mut self, tag: u32, seq: u32) -> bool {
+        let removed = self.live.remove(tag, seq)
             || self
                 .moving
                 .as_mut()
-                .is_some_and(|m| m.from.remove(key, offset));
+                .is_some_and(|m| m.from.remove(tag, seq));
         if removed {
             self.step();
         }
@@ -302,8 +286,8 @@ impl IdTable {
             self.move_some(MOVE_STEP);
         }
         let slots = self.live.slots.len();
-        let len = self.len_now();
-        let grow = (self.live.len + 1) * 2 > slots;
+        let len = self.len();
+        let grow = (self.live.len + 1) * 2 > slots && slots < MAX_SLOTS;
         let shrink = slots > MIN_SLOTS && len * 8 < slots;
         if !grow && !shrink {
             return;
@@ -324,17 +308,13 @@ impl IdTable {
         let start = from
             .slots
             .iter()
-            .position(|slot| key_of(slot) == FREE)
+            .position(|&slot| slot == FREE)
             .expect("a table is at most half full");
         self.moving = Some(Moving {
             from,
             start,
             cursor: start,
         });
-    }
-
-    fn len_now(&self) -> usize {
-        self.live.len + self.moving.as_ref().map_or(0, |m| m.from.len)
     }
 
     /// Moves the ids of at least `budget` slots' worth of whole runs to
@@ -352,14 +332,16 @@ impl IdTable {
             }
             moving.cursor = at;
             let slot = moving.from.slots[at];
-            if key_of(&slot) == FREE {
+            if slot == FREE {
                 if budget == 0 {
                     return;
                 }
             } else {
-                moving.from.slots[at] = EMPTY;
+                moving.from.slots[at] = FREE;
                 moving.from.len -= 1;
-                self.live.put(slot);
+                // Not in `live` yet: it moves once, and nothing inserts
+                // an id that is still here.
+                self.live.put(tag_of(slot), seq_of(slot), |_| false);
             }
             budget = budget.saturating_sub(1);
         }
@@ -372,18 +354,49 @@ mod tests {
 
     use super::*;
 
-    /// Hashes that share their home slot in a table of any size, to make
-    /// long runs and wrap-arounds on purpose.
-    fn colliding(home: u64, n: u64) -> u128 {
-        u128::from(home) | (u128::from(n + 1) << 64)
+    /// What `Remembered` keeps for the table: each sequence number's hash.
+    #[derive(Default)]
+    struct Ids {
+        table: IdTable,
+        hashes: Vec<u128>,
+    }
+
+    impl Ids {
+        fn get(&self, hash: u128) -> Option<u32> {
+            let hashes = &self.hashes;
+            self.table
+                .get(tag(hash), |seq| hashes[seq as usize] == hash)
+        }
+
+        /// Stores `hash` under a new sequence number, replacing it if it
+        /// is there; the number.
+        fn put(&mut self, hash: u128) -> u32 {
+            let seq = u32::try_from(self.hashes.len()).expect("small");
+            self.hashes.push(hash);
+            let hashes = &self.hashes;
+            self.table
+                .put(tag(hash), seq, |at| hashes[at as usize] == hash);
+            seq
+        }
+
+        fn remove(&mut self, hash: u128, seq: u32) -> bool {
+            self.table.remove(tag(hash), seq)
+        }
+    }
+
+    /// Hashes that share their tag (and so their home slot in a table of
+    /// any size), to make long runs, wrap-arounds and tag matches that are
+    /// not the id on purpose.
+    fn colliding(low: u32, n: u64) -> u128 {
+        u128::from(low) | (u128::from(n + 1) << 64)
     }
 
     #[test]
-    fn insert_get_and_remove_agree_with_a_map_through_growth_and_shrinking() {
-        let mut table = IdTable::default();
+    fn put_get_and_remove_agree_with_a_map_through_growth_and_shrinking() {
+        let mut ids = Ids::default();
         let mut model = HashMap::new();
         // A fixed sequence of pseudo-random operations, biased to runs of
-        // keys that share a home (the cases the shifting has to get right).
+        // ids that share a tag (the cases the shifting has to get right).
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = || {
             state ^= state << 13;
@@ -394,82 +407,92 @@ mod tests {
         for round in 0..60_000_u64 {
             let roll = next();
             let hash = match roll % 4 {
-                0 => colliding(u64::MAX - roll % 3, roll % 50),
-                1 => colliding(roll % 7, roll % 50),
+                0 => colliding(u32::MAX - (roll % 3) as u32, roll % 50),
+                1 => colliding((roll % 7) as u32, roll % 50),
                 _ => u128::from(next()) << 64 | u128::from(next() % 5_000),
             };
             // Grow for the first half, then mostly remove.
             let removing = if round < 30_000 { 3 } else { 7 };
             if next() % 10 < removing {
-                let offset = model.get(&hash).copied().unwrap_or(round);
-                assert_eq!(table.remove(hash, offset), model.remove(&hash).is_some());
-            } else if roll % 2 == 0 {
-                let before = model.get(&hash).copied();
-                assert_eq!(table.insert_new(hash, round).err(), before);
-                model.entry(hash).or_insert(round);
+                let seq = model.get(&hash).copied().unwrap_or(u32::MAX);
+                assert_eq!(ids.remove(hash, seq), model.remove(&hash).is_some());
             } else {
-                table.insert(hash, round);
-                model.insert(hash, round);
+                let seq = ids.put(hash);
+                model.insert(hash, seq);
             }
-            assert_eq!(table.len(), model.len());
-            assert_eq!(table.get(hash), model.get(&hash).copied());
+            assert_eq!(ids.table.len(), model.len());
+            assert_eq!(ids.get(hash), model.get(&hash).copied());
         }
-        assert!(table.live.slots.len() > MIN_SLOTS || model.len() * 2 <= MIN_SLOTS);
-        for (&hash, &offset) in &model {
-            assert_eq!(table.get(hash), Some(offset), "{hash:x}");
+        assert!(ids.table.live.slots.len() > MIN_SLOTS || model.len() * 2 <= MIN_SLOTS);
+        for (&hash, &seq) in &model {
+            assert_eq!(ids.get(hash), Some(seq), "{hash:x}");
         }
-        for (hash, offset) in model.clone() {
-            assert!(table.remove(hash, offset));
+        for (hash, seq) in model.clone() {
+            assert!(ids.remove(hash, seq));
         }
-        assert_eq!(table.len(), 0);
-        assert!(table.live.slots.len() <= 2 * MIN_SLOTS, "shrunk back");
-        assert_eq!(table.get(colliding(3, 1)), None);
+        assert_eq!(ids.table.len(), 0);
+        assert!(ids.table.live.slots.len() <= 2 * MIN_SLOTS, "shrunk back");
+        assert_eq!(ids.get(colliding(3, 1)), None);
     }
 
     #[test]
-    fn a_remove_names_the_offset_so_an_id_stored_again_stays() {
-        let mut table = IdTable::default();
-        table.insert(7, 1);
-        table.insert(7, 2);
-        assert_eq!(table.len(), 1);
-        assert!(!table.remove(7, 1), "stored again with 2");
-        assert_eq!(table.get(7), Some(2));
-        assert!(table.remove(7, 2));
-        assert_eq!(table.get(7), None);
+    fn a_remove_names_the_sequence_number_so_an_id_stored_again_stays() {
+        let mut ids = Ids::default();
+        let first = ids.put(7);
+        let second = ids.put(7);
+        assert_eq!(ids.table.len(), 1);
+        assert!(!ids.remove(7, first), "stored again as {second}");
+        assert_eq!(ids.get(7), Some(second));
+        assert!(ids.remove(7, second));
+        assert_eq!(ids.get(7), None);
     }
 
     #[test]
-    fn the_zero_hash_is_a_key_like_any_other() {
-        let mut table = IdTable::default();
-        assert_eq!(table.insert_new(0, 5), Ok(()));
-        assert_eq!(table.insert_new(0, 6), Err(5));
-        assert_eq!(table.get(0), Some(5));
-        assert!(table.remove(0, 5));
-        assert_eq!(table.len(), 0);
+    fn ids_with_one_tag_are_told_apart_by_their_whole_hash() {
+        let mut ids = Ids::default();
+        let (a, b) = (colliding(5, 1), colliding(5, 2));
+        assert_eq!(tag(a), tag(b));
+        let seq = ids.put(a);
+        assert_eq!(ids.get(b), None);
+        let other = ids.put(b);
+        assert_eq!((ids.get(a), ids.get(b)), (Some(seq), Some(other)));
+        assert!(ids.remove(a, seq));
+        assert!(!ids.remove(a, seq), "removed already");
+        assert_eq!((ids.get(a), ids.get(b)), (None, Some(other)));
+    }
+
+    #[test]
+    fn the_zero_hash_is_an_id_like_any_other() {
+        let mut ids = Ids::default();
+        assert_eq!(ids.get(0), None);
+        let seq = ids.put(0);
+        assert_eq!(ids.get(0), Some(seq));
+        assert!(ids.remove(0, seq));
+        assert_eq!(ids.table.len(), 0);
     }
 
     #[test]
     fn growing_moves_the_ids_a_few_at_a_time_and_loses_none() {
-        let mut table = IdTable::default();
-        let ids = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        let mut ids = Ids::default();
+        let hash = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
         let half = (MIN_SLOTS / 2) as u64;
         for n in 0..=half {
-            assert_eq!(table.insert_new(ids(n), n), Ok(()));
+            assert_eq!(ids.put(hash(n)), n as u32);
         }
         // The insert past half full began a move and moved only a few.
-        let moving = table.moving.as_ref().expect("growing");
+        let moving = ids.table.moving.as_ref().expect("growing");
         assert!(moving.from.len > 400, "{} left to move", moving.from.len);
-        assert_eq!(table.live.slots.len(), 2 * MIN_SLOTS);
+        assert_eq!(ids.table.live.slots.len(), 2 * MIN_SLOTS);
         let mut n = half + 1;
-        while table.moving.is_some() {
-            assert_eq!(table.insert_new(ids(n), n), Ok(()));
+        while ids.table.moving.is_some() {
+            assert_eq!(ids.get(hash(n)), None);
+            ids.put(hash(n));
             n += 1;
         }
         assert!(n < 2 * half, "the move took {} inserts", n - half);
         for m in 0..n {
-            assert_eq!(table.get(ids(m)), Some(m), "{m}");
-            assert_eq!(table.insert_new(ids(m), 0), Err(m));
+            assert_eq!(ids.get(hash(m)), Some(m as u32), "{m}");
         }
-        assert_eq!(table.len(), n as usize);
+        assert_eq!(ids.table.len(), n as usize);
     }
 }
