@@ -167,6 +167,7 @@ impl Remembered {
         self.order[seq.wrapping_sub(self.first) as usize]
     }
 
+    /// The id hash an entry of `order` holds.
     fn hash_of(entry: [u64; 3]) -> u128 {
         u128::from(entry[0]) | u128::from(entry[1]) << 64
     }
