@@ -144,16 +144,63 @@ pub(super) type ByIdHash<V> = HashMap<u128, V, BuildHasherDefault<AlreadyHashed>
 pub(super) struct Remembered {
     /// Which entry of `order` holds a hash: by sequence number.
     table: IdTable,
-    /// What was stored, oldest first: each id's hash and offset, as three
-    /// words (24 bytes, where a tuple would take 32).
-    order: VecDeque<[u64; 3]>,
+    order: Order,
     /// When `order`'s ids were stored, in runs: microseconds, and how many
     /// ids (an append's ids share their time).
     times: VecDeque<(u64, usize)>,
-    /// The sequence number of `order`'s first entry.
-    first: u32,
     /// Reused by [`expire`](Self::expire).
     expired: Vec<(u32, u32)>,
+}
+
+/// Remembered ids in the order they were stored, each by its sequence
+/// number.
+#[derive(Debug, Default)]
+struct Order {
+    /// Each id's hash and offset, oldest first, as three words (24 bytes,
+    /// where a tuple would take 32).
+    entries: VecDeque<[u64; 3]>,
+    /// The sequence number of the first entry.
+    first: u32,
+}
+
+impl Order {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn entry(&self, seq: u32) -> [u64; 3] {
+        self.entries[seq.wrapping_sub(self.first) as usize]
+    }
+
+    fn offset(&self, seq: u32) -> Offset {
+        self.entry(seq)[2]
+    }
+
+    /// Recognises `id`'s entry by its sequence number, for the table.
+    fn is(&self, id: u128) -> impl Fn(u32) -> bool + Copy + '_ {
+        move |seq| hash_of(self.entry(seq)) == id
+    }
+
+    /// Adds an entry; its sequence number.
+    fn push(&mut self, id: u128, offset: Offset) -> u32 {
+        let seq = self.first.wrapping_add(self.entries.len() as u32);
+        self.entries
+            .push_back([id as u64, (id >> 64) as u64, offset]);
+        seq
+    }
+
+    /// Takes the first entry: its hash and sequence number.
+    fn pop(&mut self) -> Option<(u128, u32)> {
+        let entry = self.entries.pop_front()?;
+        let seq = self.first;
+        self.first = self.first.wrapping_add(1);
+        Some((hash_of(entry), seq))
+    }
+}
+
+/// The id hash an entry of [`Order`] holds.
+fn hash_of(entry: [u64; 3]) -> u128 {
+    u128::from(entry[0]) | u128::from(entry[1]) << 64
 }
 
 impl Remembered {
@@ -162,27 +209,16 @@ impl Remembered {
         self.table.touch(ids.into_iter().map(table::tag));
     }
 
-    /// The entry of `order` with sequence number `seq`.
-    fn entry(&self, seq: u32) -> [u64; 3] {
-        self.order[seq.wrapping_sub(self.first) as usize]
-    }
-
-    /// The id hash an entry of `order` holds.
-    fn hash_of(entry: [u64; 3]) -> u128 {
-        u128::from(entry[0]) | u128::from(entry[1]) << 64
-    }
-
     /// The sequence number of `id` if it is remembered.
     fn find(&self, id: u128) -> Option<u32> {
-        self.table
-            .get(table::tag(id), |seq| Self::hash_of(self.entry(seq)) == id)
+        self.table.get(table::tag(id), self.order.is(id))
     }
 
     /// The offset stored with `id`. Within the window of the last
     /// [`expire`](Self::expire), since that forgot every id past it.
     #[cfg(test)]
     pub(super) fn get(&self, id: u128) -> Option<Offset> {
-        self.find(id).map(|seq| self.entry(seq)[2])
+        self.find(id).map(|seq| self.order.offset(seq))
     }
 
     /// Remembers `id`, stored with `offset` at `stored` (microseconds),
@@ -194,7 +230,7 @@ impl Remembered {
         stored: u64,
     ) -> Result<(), Offset> {
         if let Some(seq) = self.find(id) {
-            return Err(self.entry(seq)[2]);
+            return Err(self.order.offset(seq));
         }
         let seq = self.push(id, offset, stored);
         self.table.put_new(table::tag(id), seq);
@@ -205,9 +241,7 @@ impl Remembered {
     /// it was stored with before (reading back, oldest first).
     fn insert(&mut self, id: u128, offset: Offset, stored: u64) {
         let seq = self.push(id, offset, stored);
-        let (order, first) = (&self.order, self.first);
-        let is = |at: u32| Self::hash_of(order[at.wrapping_sub(first) as usize]) == id;
-        self.table.put(table::tag(id), seq, is);
+        self.table.put(table::tag(id), seq, self.order.is(id));
     }
 
     /// Adds `id` to the storing order; its sequence number.
@@ -217,20 +251,18 @@ impl Remembered {
             // sequence numbers.
             self.forget_oldest(1);
         }
-        let seq = self.first.wrapping_add(self.order.len() as u32);
-        self.order.push_back([id as u64, (id >> 64) as u64, offset]);
         match self.times.back_mut() {
             Some((time, count)) if *time == stored => *count += 1,
             _ => self.times.push_back((stored, 1)),
         }
-        seq
+        self.order.push(id, offset)
     }
 
     /// Forgets `id` if it is still the one stored with `offset` (its
     /// write failed).
     pub(super) fn forget(&mut self, id: u128, offset: Offset) {
         if let Some(seq) = self.find(id)
-            && self.entry(seq)[2] == offset
+            && self.order.offset(seq) == offset
         {
             self.table.remove(table::tag(id), seq);
         }
@@ -261,10 +293,8 @@ impl Remembered {
             if *ids == 0 {
                 self.times.pop_front();
             }
-            for entry in self.order.drain(..taken) {
-                self.expired
-                    .push((table::tag(Self::hash_of(entry)), self.first));
-                self.first = self.first.wrapping_add(1);
+            for (id, seq) in std::iter::from_fn(|| self.order.pop()).take(taken) {
+                self.expired.push((table::tag(id), seq));
             }
         }
         self.table.touch(self.expired.iter().map(|&(tag, _)| tag));

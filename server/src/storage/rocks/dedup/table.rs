@@ -110,8 +110,8 @@ impl Moving {
 /// Slots [`Slots::touch`] fetches from an id's home on. A probe for a new
 /// id, the common one, ends at the first free slot: at the table's fill of
 /// a quarter to a half, at its home 75 to 50 times in a hundred, within
-/// four slots 98 to 87 times; one that ran on past the line `touch` had
-/// fetched stalled on a miss of its own.
+/// four slots 99 to 87 times (simulated); one that ran on past the line
+/// `touch` had fetched stalled on a miss of its own.
 const TOUCHED: usize = 4;
 
 /// Slots looked at to move ids on each insert or removal. A table moves
