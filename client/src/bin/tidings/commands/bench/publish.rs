@@ -151,7 +151,9 @@ fn message_id(run: u64, n: u64) -> String {
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    String::from_utf8_lossy(&id).into_owned()
+    // ASCII throughout: the check is the quick one, not the lossy
+    // conversion's walk over the characters.
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 /// Publisher `n`'s share of `total` requests in flight over `publishers`:
