@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt as _;
 use tidings::v1::{
     AckRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteTopicRequest,
     GetSubscriptionRequest, GetTopicRequest, ModifyAckDeadlineRequest, NackRequest, PublishMessage,
-    PublishRequest, SubscribeRequest,
+    PublishRequest, PublishResponse, PublishStreamResponse, SubscribeRequest,
 };
 use tidings_client::Client;
 use tidings_tests::{
@@ -469,4 +470,90 @@ async fn limits_on_flow_control_and_deadlines_are_invalid_argument() -> anyhow::
         assert_no_subscription(&client, name).await?;
     }
     assert_data_intact(&client).await
+}
+
+/// `PublishRequest` as a client that writes its own bytes may send it: an
+/// id that is not UTF-8, which generated clients cannot produce.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawPublishRequest {
+    #[prost(string, tag = "1")]
+    topic: String,
+    #[prost(message, repeated, tag = "2")]
+    messages: Vec<RawPublishMessage>,
+}
+
+/// `PublishMessage`'s payload and id, the id as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawPublishMessage {
+    #[prost(bytes = "vec", tag = "1")]
+    payload: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    id: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_that_is_not_utf8_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    let broker = broker_with_data().await?;
+    let channel = tonic::transport::Endpoint::from_shared(broker.url())?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let request = RawPublishRequest {
+        topic: "t".into(),
+        messages: vec![
+            RawPublishMessage {
+                payload: b"fine".to_vec(),
+                id: b"order-1".to_vec(),
+            },
+            RawPublishMessage {
+                payload: b"broken".to_vec(),
+                id: b"order-\xff".to_vec(),
+            },
+        ],
+    };
+
+    grpc.ready().await?;
+    let unary = grpc
+        .unary(
+            tonic::Request::new(request.clone()),
+            "/tidings.v1.PublisherService/Publish".parse()?,
+            tonic_prost::ProstCodec::<RawPublishRequest, PublishResponse>::default(),
+        )
+        .await;
+    let status = expect_code(unary, Code::InvalidArgument)?;
+    assert!(status.message().contains("messages[1].id"), "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
+
+    // On a stream the request is answered with the same error, and the
+    // stream goes on.
+    grpc.ready().await?;
+    let fixed = RawPublishRequest {
+        messages: vec![request.messages[0].clone()],
+        ..request.clone()
+    };
+    let answers = grpc
+        .streaming(
+            tonic::Request::new(futures::stream::iter([request, fixed])),
+            "/tidings.v1.PublisherService/PublishStream".parse()?,
+            tonic_prost::ProstCodec::<RawPublishRequest, PublishStreamResponse>::default(),
+        )
+        .await?;
+    let answers: Vec<PublishStreamResponse> = answers.into_inner().try_collect().await?;
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(
+        answers[0].error_code,
+        Code::InvalidArgument as i32,
+        "{answers:?}"
+    );
+    assert!(
+        answers[0].error_message.contains("messages[1].id"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1].error_code, 0, "{answers:?}");
+    assert_eq!(
+        answers[1].offsets,
+        [3],
+        "the first message stored on its own"
+    );
+    Ok(())
 }

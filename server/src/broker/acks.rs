@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytestring::ByteString;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
@@ -438,13 +439,16 @@ fn dead_letter_copy(sub: &Subscription, message: StoredMessage, waiting: &Move) 
         ));
     }
     if !message.id.is_empty() {
-        attributes.push((format!("{RESERVED_ATTRIBUTE_PREFIX}source_id"), message.id));
+        attributes.push((
+            format!("{RESERVED_ATTRIBUTE_PREFIX}source_id"),
+            message.id.into(),
+        ));
     }
     NewMessage {
         payload: message.payload,
         key: message.key,
         attributes,
-        id: String::new(),
+        id: ByteString::new(),
         deliver_at: None,
         deliver_after: None,
     }

@@ -547,6 +547,7 @@ async fn sleep_until_option(at: Option<Instant>) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use bytestring::ByteString;
     use std::time::SystemTime;
 
     fn delivery(offset: Offset, size: usize) -> Delivery {
@@ -557,7 +558,7 @@ mod tests {
                 payload: Bytes::from(vec![0; size]),
                 key: String::new(),
                 attributes: Vec::new(),
-                id: String::new(),
+                id: ByteString::new(),
                 deliver_at: None,
             },
             attempt: 1,

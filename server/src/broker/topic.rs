@@ -385,6 +385,7 @@ mod tests {
     use super::*;
     use crate::names::TopicName;
     use bytes::Bytes;
+    use bytestring::ByteString;
     use std::time::Duration;
 
     fn topic() -> Topic {
@@ -503,7 +504,7 @@ mod tests {
             payload: Bytes::new(),
             key: String::new(),
             attributes: Vec::new(),
-            id: String::new(),
+            id: ByteString::new(),
             deliver_at: None,
         };
         let mut messages = vec![at(7200), at(60), at(0)];

@@ -8,9 +8,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use bytestring::ByteString;
 use tidings::v1;
 use tidings::v1::start_position::Position;
 
+use super::wire;
 use crate::broker::{
     BrokerError, BrokerResult, DEFAULT_ACK_DEADLINE, DEFAULT_MINIMUM_BACKOFF,
     DEFAULT_PULL_MESSAGES, DEFAULT_PUSH_OUTSTANDING, DEFAULT_READ_MESSAGES, DeadLetterPolicy,
@@ -74,6 +76,14 @@ impl TryFrom<v1::PublishRequest> for PublishCommand {
     type Error = BrokerError;
 
     fn try_from(request: v1::PublishRequest) -> BrokerResult<Self> {
+        Self::try_from(wire::PublishRequest::from(request))
+    }
+}
+
+impl TryFrom<wire::PublishRequest> for PublishCommand {
+    type Error = BrokerError;
+
+    fn try_from(request: wire::PublishRequest) -> BrokerResult<Self> {
         Ok(Self {
             topic: TopicName::new(request.topic)?,
             messages: request
@@ -99,9 +109,11 @@ fn delivery_delay(given: Option<prost_types::Duration>) -> BrokerResult<Duration
 /// broker checks how far ahead it is.
 ///
 /// # Errors
-/// [`BrokerError::Invalid`] for a negative `deliver_after`, a `deliver_at`
-/// that is no time, or both given.
-pub(crate) fn new_message(index: usize, message: v1::PublishMessage) -> BrokerResult<NewMessage> {
+/// [`BrokerError::Invalid`] for an id that is not UTF-8, a negative
+/// `deliver_after`, a `deliver_at` that is no time, or both given.
+pub(crate) fn new_message(index: usize, message: wire::PublishMessage) -> BrokerResult<NewMessage> {
+    let id = ByteString::try_from(message.id)
+        .map_err(|_| BrokerError::Invalid(format!("messages[{index}].id is not valid UTF-8")))?;
     let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
     // A map has no order; sorting makes what is stored deterministic.
     attributes.sort_unstable();
@@ -134,7 +146,7 @@ pub(crate) fn new_message(index: usize, message: v1::PublishMessage) -> BrokerRe
         payload: message.payload,
         key: message.key,
         attributes,
-        id: message.id,
+        id,
         deliver_at,
         deliver_after,
     })
@@ -678,7 +690,7 @@ impl From<Delivery> for v1::ReceivedMessage {
             publish_time: Some(message.publish_time.into()),
             delivery_attempt: delivery.attempt,
             ack_id: delivery.ack_id,
-            id: message.id,
+            id: message.id.into(),
         }
     }
 }

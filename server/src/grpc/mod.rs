@@ -9,6 +9,9 @@
 //! (`status.rs`). [`serve`] assembles the tidings services with health and
 //! reflection on one transport and runs the shutdown sequence; a request
 //! over the transport limit answers RESOURCE_EXHAUSTED (`limits.rs`).
+//! `Publish` and `PublishStream` decode into the broker's own request
+//! types, which keep ids as slices of the request (`wire.rs`,
+//! `routes.rs`); every other call uses the generated ones.
 //! Nothing here decides delivery, leases or storage.
 
 use std::io::Write as _;
@@ -16,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tidings::v1::admin_service_server::{self, AdminServiceServer};
-use tidings::v1::publisher_service_server::{self, PublisherServiceServer};
+use tidings::v1::publisher_service_server;
 use tidings::v1::subscriber_service_server::{self, SubscriberServiceServer};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,7 @@ use connections::ConnectionGate;
 use health::HealthSwitch;
 use limits::RequestLimit;
 use requests::CountRequests;
+use routes::PublisherRoutes;
 
 mod admin;
 mod caller;
@@ -43,8 +47,10 @@ mod limits;
 mod publish_stream;
 mod publisher;
 mod requests;
+mod routes;
 mod status;
 mod subscriber;
+mod wire;
 
 pub use admin::Admin;
 pub(crate) use caller::AUTHORIZATION;
@@ -119,11 +125,11 @@ pub async fn serve(
         .add_service(reflection_builder().build_v1().map_err(grpc_error)?)
         .add_service(reflection_builder().build_v1alpha().map_err(grpc_error)?)
         .add_service(RequestLimit::new(
-            PublisherServiceServer::new(
+            PublisherRoutes::new(
                 Publisher::new(broker.clone(), telemetry.clone(), auth.clone())
                     .stopping_on(streams_stop.clone()),
-            )
-            .max_decoding_message_size(request_limit),
+                request_limit,
+            ),
             request_limit,
         ))
         .add_service(RequestLimit::new(

@@ -32,11 +32,12 @@ use tidings::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{Instrument as _, Span, debug};
 
 use super::convert::PublishCommand;
 use super::limits::read_failure;
+use super::wire::PublishRequest;
 use crate::auth::Caller;
 use crate::broker::SharedEngine;
 use crate::metrics::Telemetry;
@@ -82,7 +83,7 @@ trait Start {
     /// Starts `request`, which holds `bytes` of the window.
     fn start(
         &self,
-        request: v1::PublishRequest,
+        request: PublishRequest,
         bytes: usize,
     ) -> impl Future<Output = WaitingAnswer> + Send;
 }
@@ -102,7 +103,10 @@ pub(super) struct PublishStream {
 
 impl PublishStream {
     /// Serves `requests` from a task of its own; returns the answers.
-    pub(super) fn serve(self, requests: Streaming<v1::PublishRequest>) -> PublishStreamResponses {
+    pub(super) fn serve(
+        self,
+        requests: impl Stream<Item = Result<PublishRequest, Status>> + Send + Unpin + 'static,
+    ) -> PublishStreamResponses {
         let (answers_tx, answers_rx) = mpsc::channel(ANSWERS_BUFFERED);
         let span = Span::current();
         let stop = self.stop.clone();
@@ -116,7 +120,7 @@ impl PublishStream {
 /// cancelled; then answers what it started and ends the stream. Returns
 /// early when the publisher is gone.
 async fn run(
-    mut requests: impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin,
+    mut requests: impl Stream<Item = Result<PublishRequest, Status>> + Unpin,
     starter: impl Start,
     stop: CancellationToken,
     answers_tx: mpsc::Sender<Result<v1::PublishStreamResponse, Status>>,
@@ -174,7 +178,7 @@ async fn run(
 /// broker shuts down; a connection closed with data unread in it is reset
 /// by the system, and a reset can destroy the status before the publisher
 /// has read it.
-async fn linger(mut requests: impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin) {
+async fn linger(mut requests: impl Stream<Item = Result<PublishRequest, Status>> + Unpin) {
     let drained = async { while let Some(Ok(_)) = requests.next().await {} };
     let _ = tokio::time::timeout(LINGER, drained).await;
 }
@@ -182,7 +186,7 @@ async fn linger(mut requests: impl Stream<Item = Result<v1::PublishRequest, Stat
 impl Start for PublishStream {
     /// Starts publishing `request` as `Publish` would; a failed request's
     /// answer is ready at once.
-    async fn start(&self, request: v1::PublishRequest, bytes: usize) -> WaitingAnswer {
+    async fn start(&self, request: PublishRequest, bytes: usize) -> WaitingAnswer {
         let started = Instant::now();
         let telemetry = self.telemetry.clone();
         let failed = |status: Status| -> WaitingAnswer {
@@ -245,6 +249,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
+    use crate::grpc::wire::PublishMessage;
 
     /// Starts every request at once and answers it when the test says.
     #[derive(Default, Clone)]
@@ -265,7 +270,7 @@ mod tests {
     }
 
     impl Start for Held {
-        async fn start(&self, _request: v1::PublishRequest, bytes: usize) -> WaitingAnswer {
+        async fn start(&self, _request: PublishRequest, bytes: usize) -> WaitingAnswer {
             let (release_tx, release_rx) = oneshot::channel();
             let mut release = self.release.lock().expect("not poisoned");
             let offset = release.len() as u64;
@@ -286,13 +291,13 @@ mod tests {
     fn endless(
         payload_bytes: usize,
         pulled: &Arc<AtomicUsize>,
-    ) -> impl Stream<Item = Result<v1::PublishRequest, Status>> + Unpin + use<> {
+    ) -> impl Stream<Item = Result<PublishRequest, Status>> + Unpin + use<> {
         let pulled = Arc::clone(pulled);
         let requests = futures::stream::iter(0..4 * WINDOW_REQUESTS).map(move |_| {
             pulled.fetch_add(1, Ordering::SeqCst);
-            Ok(v1::PublishRequest {
+            Ok(PublishRequest {
                 topic: "t".into(),
-                messages: vec![v1::PublishMessage {
+                messages: vec![PublishMessage {
                     payload: vec![0; payload_bytes].into(),
                     ..Default::default()
                 }],

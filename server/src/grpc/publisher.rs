@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use futures::{Stream, StreamExt as _};
 use tidings::v1;
 use tidings::v1::publisher_service_server::PublisherService;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,7 @@ use tracing::{debug, instrument};
 use super::caller::caller;
 use super::convert::{CallCommand, PublishCommand, ReplyCommand, commit_spec, publish_message};
 use super::publish_stream::{PublishStream, PublishStreamResponses};
+use super::wire;
 use crate::auth::{Authorizer, Resource};
 use crate::broker::SharedEngine;
 use crate::metrics::Telemetry;
@@ -46,17 +48,19 @@ impl Publisher {
     pub fn stopping_on(self, stop: CancellationToken) -> Self {
         Self { stop, ..self }
     }
-}
 
-#[tonic::async_trait]
-impl PublisherService for Publisher {
-    type PublishStreamStream = PublishStreamResponses;
-
+    /// `PublishStream` over requests as the broker decodes them.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED as [`caller`] says.
     #[instrument(name = "PublishStream", skip_all)]
-    async fn publish_stream(
+    pub(super) fn open_publish_stream<S>(
         &self,
-        request: Request<Streaming<v1::PublishRequest>>,
-    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        request: Request<S>,
+    ) -> Result<Response<PublishStreamResponses>, Status>
+    where
+        S: Stream<Item = Result<wire::PublishRequest, Status>> + Send + Unpin + 'static,
+    {
         let caller = caller(&self.auth, &request)?;
         debug!("opening stream");
         let stream = PublishStream {
@@ -68,14 +72,18 @@ impl PublisherService for Publisher {
         Ok(Response::new(stream.serve(request.into_inner())))
     }
 
+    /// `Publish` of a request as the broker decodes it.
+    ///
+    /// # Errors
+    /// As `Publish` says in the proto.
     #[instrument(
         name = "Publish",
         skip_all,
         fields(topic = %request.get_ref().topic, messages = request.get_ref().messages.len())
     )]
-    async fn publish(
+    pub(super) async fn publish_request(
         &self,
-        request: Request<v1::PublishRequest>,
+        request: Request<wire::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         debug!("publish");
         let started = Instant::now();
@@ -96,6 +104,31 @@ impl PublisherService for Publisher {
             offsets: published.offsets,
             duplicates: published.duplicates,
         }))
+    }
+}
+
+/// Over gRPC, `Publish` and `PublishStream` reach the methods above
+/// through `routes.rs`; these serve the HTTP bus and anyone else holding
+/// the generated types.
+#[tonic::async_trait]
+impl PublisherService for Publisher {
+    type PublishStreamStream = PublishStreamResponses;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<v1::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let requests =
+            request.map(|requests| requests.map(|read| read.map(wire::PublishRequest::from)));
+        self.open_publish_stream(requests)
+    }
+
+    async fn publish(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        self.publish_request(request.map(wire::PublishRequest::from))
+            .await
     }
 
     #[instrument(

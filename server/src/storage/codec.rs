@@ -434,7 +434,7 @@ pub(crate) fn decode_message(offset: Offset, value: Bytes) -> StoreResult<Stored
         payload: value.slice(start..),
         key,
         attributes,
-        id,
+        id: id.into(),
         deliver_at,
     })
 }

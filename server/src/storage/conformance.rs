@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, ensure};
 use async_trait::async_trait;
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use std::sync::{Arc, Mutex};
 
@@ -139,7 +140,7 @@ fn message(tag: &str) -> NewMessage {
             ("tag".to_owned(), tag.to_owned()),
             ("n".to_owned(), "1".to_owned()),
         ],
-        id: String::new(),
+        id: ByteString::new(),
         deliver_at: None,
         deliver_after: None,
     }
@@ -148,7 +149,7 @@ fn message(tag: &str) -> NewMessage {
 /// A message tagged `tag` with the id `id`.
 fn with_id(tag: &str, id: &str) -> NewMessage {
     NewMessage {
-        id: id.to_owned(),
+        id: id.into(),
         ..message(tag)
     }
 }

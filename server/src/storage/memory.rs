@@ -131,14 +131,15 @@ impl MemoryStore {
         let mut offset = first_offset;
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !window.is_zero() {
-                if let Some(&(original, _)) = data.ids.get(&message.id) {
+                if let Some(&(original, _)) = data.ids.get(&*message.id) {
                     duplicates.push(Duplicate {
                         index,
                         offset: original,
                     });
                     continue;
                 }
-                data.ids.insert(message.id.clone(), (offset, publish_time));
+                data.ids
+                    .insert(message.id.to_string(), (offset, publish_time));
             }
             data.record.retained_bytes += stored_size(message, publish_time);
             let stored = message.stored_at(offset, publish_time);

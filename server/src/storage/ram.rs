@@ -405,15 +405,17 @@ impl LogState {
         let mut offset = self.next_offset;
         for (index, message) in messages.iter().enumerate() {
             if !message.id.is_empty() && !window.is_zero() {
-                if let Some(&(original, _)) = self.ids.get(&message.id) {
+                if let Some(&(original, _)) = self.ids.get(&*message.id) {
                     appended.duplicates.push(Duplicate {
                         index,
                         offset: original,
                     });
                     continue;
                 }
-                self.ids.insert(message.id.clone(), (offset, publish_time));
-                self.stored.push_back((publish_time, message.id.clone()));
+                self.ids
+                    .insert(message.id.to_string(), (offset, publish_time));
+                self.stored
+                    .push_back((publish_time, message.id.to_string()));
             }
             let stored = RamMessage::new(message, offset, publish_time);
             self.retained_bytes += stored.size;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 #[cfg(doc)]
 use super::Store;
@@ -278,7 +279,9 @@ pub struct NewMessage {
     pub attributes: Vec<(String, String)>,
     /// The idempotency key; empty for none. Within the topic's dedup
     /// window a message whose id was stored already is not stored again.
-    pub id: String,
+    /// Shares the buffer it arrived in, as the payload does: whatever
+    /// outlives the message keeps a copy, not this.
+    pub id: ByteString,
     /// Delivered on no subscription before this time; `None` for at once.
     pub deliver_at: Option<SystemTime>,
     /// Delivered on no subscription before this long after its publish
@@ -341,7 +344,7 @@ pub struct StoredMessage {
     /// The attributes.
     pub attributes: Vec<(String, String)>,
     /// The id it was published with; empty for none.
-    pub id: String,
+    pub id: ByteString,
     /// Delivered on no subscription before this time; `None` for at once.
     pub deliver_at: Option<SystemTime>,
 }

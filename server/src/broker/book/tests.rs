@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use super::*;
 
@@ -42,7 +43,7 @@ fn message(offset: Offset, key: &str) -> StoredMessage {
         payload: Bytes::from_static(b"0123456789"),
         key: key.to_owned(),
         attributes: Vec::new(),
-        id: String::new(),
+        id: ByteString::new(),
         deliver_at: None,
     }
 }

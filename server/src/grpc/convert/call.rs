@@ -67,7 +67,7 @@ fn required_message(message: Option<v1::PublishMessage>) -> BrokerResult<NewMess
     let message = message.ok_or_else(|| {
         BrokerError::Invalid("message is missing; send the request or reply in `message`".into())
     })?;
-    new_message(0, message)
+    new_message(0, message.into())
 }
 
 /// A reply as the caller receives it: payload, key, attributes and id, as
@@ -77,7 +77,7 @@ pub(crate) fn publish_message(message: NewMessage) -> v1::PublishMessage {
         payload: message.payload,
         key: message.key,
         attributes: message.attributes.into_iter().collect(),
-        id: message.id,
+        id: message.id.into(),
         ..v1::PublishMessage::default()
     }
 }

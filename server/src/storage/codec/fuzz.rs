@@ -48,7 +48,7 @@ prop_compose! {
             payload: Bytes::from(payload),
             key,
             attributes,
-            id,
+            id: id.into(),
             deliver_at,
             deliver_after: None,
         }

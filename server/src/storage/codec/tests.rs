@@ -1,6 +1,7 @@
 //! The codec's round trips, and its refusals of bad bytes.
 
 use super::*;
+use bytestring::ByteString;
 
 fn time(micros: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(micros)
@@ -14,7 +15,7 @@ fn sample_message() -> NewMessage {
             ("kind".to_owned(), "placed".to_owned()),
             ("".to_owned(), "ünïcode".to_owned()),
         ],
-        id: String::new(),
+        id: ByteString::new(),
         deliver_at: None,
         deliver_after: None,
     }
@@ -96,7 +97,7 @@ fn a_message_id_round_trips_and_its_absence_keeps_the_v1_format() {
     let plain = encode_message(time(7), &sample_message());
     assert_eq!(plain[0], FORMAT_V1);
     let with_id = NewMessage {
-        id: "order-7/placed".to_owned(),
+        id: "order-7/placed".into(),
         ..sample_message()
     };
     let value = Bytes::from(encode_message(time(7), &with_id));
@@ -215,7 +216,7 @@ fn the_memory_class_is_one_tag_and_a_disk_record_has_none() {
 fn encoded_len_is_the_length_of_the_encoding() {
     let plain = sample_message();
     let with_id = NewMessage {
-        id: "order-17".to_owned(),
+        id: "order-17".into(),
         ..sample_message()
     };
     let delayed = NewMessage {

@@ -41,7 +41,7 @@ pub(super) async fn repeated_ids_are_stored_once_across_restarts(
         "the listener hears the stored messages only"
     );
     let read = store.read(topic.id, 0..u64::MAX, EVERYTHING).await?;
-    let ids: Vec<&str> = read.iter().map(|m| m.id.as_str()).collect();
+    let ids: Vec<&str> = read.iter().map(|m| &*m.id).collect();
     ensure!(ids == ["x", "y", "", "z"], "{read:?}");
 
     let store = h.reopen(store).await?;

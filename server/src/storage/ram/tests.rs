@@ -1,5 +1,6 @@
 use super::*;
 use bytes::Bytes;
+use bytestring::ByteString;
 
 fn head(first_offset: Offset, next_offset: Offset, retained_bytes: u64) -> LogHead {
     LogHead {
@@ -18,7 +19,7 @@ fn sized(offset: Offset, publish_time: SystemTime, size: u64) -> RamMessage {
             payload: Bytes::from(vec![b'x'; 10]),
             key: String::new(),
             attributes: Vec::new(),
-            id: String::new(),
+            id: ByteString::new(),
             deliver_at: None,
         },
         size,
@@ -111,7 +112,7 @@ impl StoreListener for Heard {
 fn message(id: &str) -> NewMessage {
     NewMessage {
         payload: Bytes::from_static(b"m"),
-        id: id.to_owned(),
+        id: id.into(),
         ..NewMessage::default()
     }
 }

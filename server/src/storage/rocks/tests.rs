@@ -183,7 +183,7 @@ async fn a_memory_topic_writes_nothing_per_append_but_its_offset_mark() -> anyho
         .await?;
     let with_id = |i: u32| NewMessage {
         payload: Bytes::from(format!("payload {i}")),
-        id: format!("id-{i}"),
+        id: format!("id-{i}").into(),
         ..NewMessage::default()
     };
     // The first append reserves offsets; the next ones write nothing.

@@ -212,7 +212,9 @@ impl Writer {
                     });
                     continue;
                 }
-                pending.ids.push((message.id.clone(), offset, publish_time));
+                pending
+                    .ids
+                    .push((message.id.to_string(), offset, publish_time));
                 in_batch.insert(id, offset);
             }
             let stored = RamMessage::new(message, offset, publish_time);
