@@ -2,8 +2,10 @@
 //! `PublishStream` decode their requests into the broker's own types
 //! (`wire.rs`: ids stay slices of the request, as payloads do) and go
 //! straight to [`Publisher`]'s methods; every other method goes to the
-//! generated server. Same paths, same wire format, same limits: a client
-//! cannot tell the difference.
+//! generated server. Same paths, same wire format, same limits; the one
+//! answer that differs is to an id that is not UTF-8, which is
+//! INVALID_ARGUMENT naming the message where the generated decoding failed
+//! the whole call with INTERNAL.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
